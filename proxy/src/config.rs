@@ -1,0 +1,217 @@
+//! The proxy's run-mode configuration: every setting is a flag with a `WEFT_PROXY_*` env var.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+/// Linkerd's default list of ports whose protocols are opaque or server-speaks-first.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// `weft-proxy` (run mode).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Where the inbound proxy listens (traffic redirected to this pod).
+    #[arg(long, env = "WEFT_PROXY_INBOUND_LISTEN_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_listen_addr: SocketAddr,
+
+    /// Where the outbound proxy listens (traffic this pod's apps send out).
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_LISTEN_ADDR", default_value = "127.0.0.1:4140")]
+    pub outbound_listen_addr: SocketAddr,
+
+    /// Where the admin server (metrics, probes, shutdown, log level) listens.
+    #[arg(long, env = "WEFT_PROXY_ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_listen_addr: SocketAddr,
+
+    /// Fixed target of every inbound connection, instead of reading SO_ORIGINAL_DST
+    /// (for use without iptables: VMs, the demo, tests).
+    #[arg(long, env = "WEFT_PROXY_INBOUND_ORIG_DST_ADDR")]
+    pub inbound_orig_dst_addr: Option<SocketAddr>,
+
+    /// Fixed target of every outbound connection, instead of reading SO_ORIGINAL_DST.
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_ORIG_DST_ADDR")]
+    pub outbound_orig_dst_addr: Option<SocketAddr>,
+
+    /// Target ports that skip protocol detection and are forwarded as opaque TCP
+    /// (comma-separated ports and ranges, e.g. `25,3306,8000-8100`; empty for none).
+    #[arg(long, env = "WEFT_PROXY_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS)]
+    pub opaque_ports: PortSet,
+
+    /// Longest time protocol detection may wait for the client's first bytes before
+    /// the connection is forwarded as opaque TCP (or closed when nobody has spoken).
+    #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// When a client stays silent this long, the upstream connection is opened
+    /// speculatively so that a server that speaks first is not stalled.
+    #[arg(long, env = "WEFT_PROXY_DETECT_SILENT_WINDOW", default_value = "300ms", value_parser = parse_duration)]
+    pub detect_silent_window: Duration,
+
+    /// Largest prefix protocol detection buffers before deciding (bytes).
+    #[arg(long, env = "WEFT_PROXY_DETECT_MAX_BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub detect_max_bytes: u32,
+
+    /// Timeout of a TCP connect to an upstream.
+    #[arg(long, env = "WEFT_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Most connections each of the inbound and outbound listeners holds at once;
+    /// beyond it new connections are closed at once and counted.
+    #[arg(long, env = "WEFT_PROXY_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// On SIGTERM/SIGINT or `POST /shutdown`: how long open connections may take to finish.
+    #[arg(long, env = "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
+
+    /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
+    /// apart; the rest are folded into the value `overflow`.
+    #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]
+    pub metrics_max_label_values: usize,
+
+    /// Tracing filter (e.g. `info`, `warn,weft_proxy=debug`); settable at runtime on the admin port.
+    #[arg(long, env = "WEFT_PROXY_LOG", default_value = "warn,weft_proxy=info")]
+    pub log: String,
+
+    /// Log output format.
+    #[arg(long, env = "WEFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Worker threads (0: one per available CPU). One core runs a single-threaded runtime.
+    #[arg(long, env = "WEFT_PROXY_CORES", default_value_t = 1)]
+    pub cores: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A set of TCP ports given as a list of ports and inclusive ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
+
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PortSetError {
+    #[error("{0:?} is not a port: expected a number from 1 to 65535")]
+    BadPort(String),
+    #[error("port range {0:?} is backwards: its start is above its end")]
+    Backwards(String),
+}
+
+impl FromStr for PortSet {
+    type Err = PortSetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        fn port(p: &str) -> Result<u16, PortSetError> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(PortSetError::BadPort(p.trim().to_string())),
+                Ok(n) => Ok(n),
+            }
+        }
+        let mut ranges = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let range = match item.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (port(lo)?, port(hi)?);
+                    if lo > hi {
+                        return Err(PortSetError::Backwards(item.to_string()));
+                    }
+                    (lo, hi)
+                }
+                None => {
+                    let p = port(item)?;
+                    (p, p)
+                }
+            };
+            ranges.push(range);
+        }
+        Ok(PortSet { ranges })
+    }
+}
+
+impl std::fmt::Display for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses durations such as `250ms`, `10s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 500ms, 10s, 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?} has an unknown unit {unit:?}: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_sets_parse_ports_and_ranges() {
+        let p: PortSet = "25, 3306,8000-8100".parse().expect("valid");
+        assert!(p.contains(25) && p.contains(3306) && p.contains(8000) && p.contains(8100));
+        assert!(!p.contains(24) && !p.contains(8101));
+        assert_eq!(p.to_string(), "25,3306,8000-8100");
+        assert!("".parse::<PortSet>().expect("empty is valid").is_empty());
+        let default: PortSet = DEFAULT_OPAQUE_PORTS.parse().expect("default");
+        assert!(default.contains(5432) && !default.contains(80));
+    }
+
+    #[test]
+    fn port_sets_reject_bad_input() {
+        assert_eq!("0".parse::<PortSet>(), Err(PortSetError::BadPort("0".into())));
+        assert_eq!("70000".parse::<PortSet>(), Err(PortSetError::BadPort("70000".into())));
+        assert_eq!("http".parse::<PortSet>(), Err(PortSetError::BadPort("http".into())));
+        assert_eq!("9-1".parse::<PortSet>(), Err(PortSetError::Backwards("9-1".into())));
+        assert!("1-".parse::<PortSet>().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("10d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

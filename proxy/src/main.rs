@@ -1,0 +1,72 @@
+//! The `weft-proxy` binary: `weft-proxy` runs the proxy, `weft-proxy init` installs the
+//! nat rules that redirect a pod's traffic through it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft_proxy::{BoundProxy, config::RunArgs, init::InitArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-proxy", version, about = "The Weft sidecar proxy", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the nat rules that redirect the pod's TCP traffic through the proxy
+    /// (run once, in the init container, with NET_ADMIN and NET_RAW).
+    Init(InitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Init(args)) => weft_proxy::init::run(&args),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let log_level = weft_proxy::logging::init(&args.log, args.log_format)?;
+    let runtime = match args.cores {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()?
+        }
+    };
+    tracing::info!(config = ?args, "starting");
+    runtime.block_on(async move {
+        let proxy = BoundProxy::bind(args).await?;
+        proxy.serve(Some(log_level), shutdown_signal()).await
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; the proxy only stops on POST /shutdown");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

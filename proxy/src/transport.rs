@@ -1,0 +1,292 @@
+//! The transport core shared by the inbound and outbound listeners: accept, find the
+//! original destination, refuse loops, detect the protocol (opening the upstream
+//! speculatively when the client is silent, so server-speaks-first protocols are not
+//! stalled), connect, and forward.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::{BufMut, BytesMut};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::{sleep_until, timeout, timeout_at},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    config::PortSet,
+    detect::{self, Detect, Protocol},
+    forward,
+    metrics::{Direction, Metrics, Peer},
+    orig_dst,
+};
+
+/// What one listener needs to serve its connections.
+#[derive(Debug)]
+pub struct Side {
+    pub direction: Direction,
+    /// Fixed target instead of SO_ORIGINAL_DST.
+    pub orig_dst_override: Option<SocketAddr>,
+    pub opaque_ports: PortSet,
+    pub detect_timeout: Duration,
+    pub detect_silent_window: Duration,
+    pub detect_max_bytes: usize,
+    pub connect_timeout: Duration,
+    /// This proxy's own listeners: a connection targeting one of them is a loop.
+    pub own_addrs: Vec<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Accepts connections until `stop` is cancelled; each connection runs on `tracker`
+/// so shutdown can wait for it. At most `max_connections` are served at once.
+pub async fn serve(
+    listener: TcpListener,
+    side: Arc<Side>,
+    max_connections: usize,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let errors = side.metrics.errors(side.direction);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (client, client_addr) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                errors.inc("accept_failed");
+                warn!(direction = side.direction.as_str(), error = %e, "accept failed");
+                // Out of file descriptors: give closing connections a moment.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            errors.inc("connection_limit");
+            debug!(client.addr = %client_addr, "connection limit reached; closing");
+            forward::reset_on_drop(&client);
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let span = info_span!("conn", direction = side.direction.as_str(), client.addr = %client_addr);
+        let side = side.clone();
+        tracker.spawn(
+            async move {
+                handle(client, &side).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    debug!(direction = side.direction.as_str(), "listener closed");
+}
+
+/// Why a connection ended before or instead of being forwarded. Each maps to an
+/// `error` label of `{inbound,outbound}_tcp_errors_total`.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(
+        "cannot read the original destination (SO_ORIGINAL_DST): {0}; are the nat rules of `weft-proxy init` installed, or should the orig-dst override be set?"
+    )]
+    OrigDst(io::Error),
+    #[error("original destination {0} is this proxy's own listener; refusing to connect to myself")]
+    Loop(SocketAddr),
+    #[error("nobody spoke within the detect timeout ({0:?}); closing")]
+    Silent(Duration),
+    #[error("client error during protocol detection: {0}")]
+    DetectIo(io::Error),
+    #[error("connection to {0} refused: is anything listening there?")]
+    ConnectRefused(SocketAddr),
+    #[error("connection to {0} timed out after {1:?}: the host may be down or a network policy may drop it")]
+    ConnectTimeout(SocketAddr, Duration),
+    #[error("connection to {0} failed: {1}")]
+    Connect(SocketAddr, io::Error),
+}
+
+impl ConnError {
+    fn label(&self) -> &'static str {
+        match self {
+            ConnError::OrigDst(_) => "orig_dst_unavailable",
+            ConnError::Loop(_) => "loop",
+            ConnError::Silent(_) => "detect_timeout",
+            ConnError::DetectIo(_) => "detect_io",
+            ConnError::ConnectRefused(_) => "connect_refused",
+            ConnError::ConnectTimeout(..) => "connect_timeout",
+            ConnError::Connect(..) => "connect_error",
+        }
+    }
+}
+
+async fn handle(mut client: TcpStream, side: &Side) {
+    let errors = side.metrics.errors(side.direction);
+    let (target, protocol, prefix, upstream) = match prepare(&mut client, side).await {
+        Ok(p) => p,
+        Err(e) => {
+            errors.inc(e.label());
+            match &e {
+                ConnError::Silent(_) | ConnError::DetectIo(_) => debug!(error = %e, "closing"),
+                _ => warn!(error = %e, "closing"),
+            }
+            forward::reset_on_drop(&client);
+            return;
+        }
+    };
+    let mut upstream = match upstream {
+        Some(u) => u,
+        None => match connect(target, side.connect_timeout).await {
+            Ok(u) => u,
+            Err(e) => {
+                errors.inc(e.label());
+                warn!(error = %e, "closing");
+                forward::reset_on_drop(&client);
+                return;
+            }
+        },
+    };
+    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
+    let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol);
+    debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
+    let result = forward::forward(&mut client, &mut upstream, &prefix, &src, &dst).await;
+    let err = result.as_ref().err();
+    if let Some(e) = err {
+        errors.inc("forward_io");
+        debug!(error = %e, "connection ended with an error");
+    }
+    src.close(err);
+    dst.close(err);
+}
+
+/// Finds the target and the protocol; returns the bytes already read from the client and
+/// the upstream connection when detection had to open it.
+async fn prepare(
+    client: &mut TcpStream,
+    side: &Side,
+) -> Result<(SocketAddr, Protocol, BytesMut, Option<TcpStream>), ConnError> {
+    let target = match side.orig_dst_override {
+        Some(t) => t,
+        None => orig_dst::original_dst(client).map_err(ConnError::OrigDst)?,
+    };
+    let local = client.local_addr().map_err(ConnError::DetectIo)?;
+    if is_own_listener(target, local, &side.own_addrs) {
+        return Err(ConnError::Loop(target));
+    }
+    if side.opaque_ports.contains(target.port()) {
+        return Ok((target, Protocol::Opaque, BytesMut::new(), None));
+    }
+    let (protocol, prefix, upstream) = detect_protocol(client, target, side).await?;
+    Ok((target, protocol, prefix, upstream))
+}
+
+/// Detection with speculative connect: a client silent for the silent window gets its
+/// upstream opened; if the server then speaks first, the connection is opaque at once.
+async fn detect_protocol(
+    client: &mut TcpStream,
+    target: SocketAddr,
+    side: &Side,
+) -> Result<(Protocol, BytesMut, Option<TcpStream>), ConnError> {
+    let deadline = tokio::time::Instant::now() + side.detect_timeout;
+    let mut upstream = None;
+    if timeout(side.detect_silent_window, client.readable()).await.is_err() {
+        let up = connect(target, side.connect_timeout).await?;
+        tokio::select! {
+            r = client.readable() => r.map_err(ConnError::DetectIo)?,
+            r = up.readable() => {
+                // The server spoke first (or closed): nothing for detection to see.
+                r.map_err(ConnError::DetectIo)?;
+                debug!("server spoke first; forwarding as opaque");
+                return Ok((Protocol::Opaque, BytesMut::new(), Some(up)));
+            }
+            _ = sleep_until(deadline) => return Err(ConnError::Silent(side.detect_timeout)),
+        }
+        upstream = Some(up);
+    }
+    let started = Instant::now();
+    let max = side.detect_max_bytes;
+    let mut buf = BytesMut::with_capacity(max.min(1024));
+    loop {
+        let room = max - buf.len();
+        match timeout_at(deadline, client.read_buf(&mut (&mut buf).limit(room))).await {
+            Ok(Ok(0)) => {
+                // The client finished sending: decide on what it sent.
+                let protocol = match detect::detect(&buf, buf.len()) {
+                    Detect::Found(p) => p,
+                    Detect::NeedMore => Protocol::Opaque,
+                };
+                return Ok((protocol, buf, upstream));
+            }
+            Ok(Ok(_)) => {
+                if let Detect::Found(p) = detect::detect(&buf, max) {
+                    debug!(protocol = p.label(), bytes = buf.len(), "detected");
+                    return Ok((p, buf, upstream));
+                }
+            }
+            Ok(Err(e)) => return Err(ConnError::DetectIo(e)),
+            Err(_elapsed) => {
+                // Slow or truncated bytes: forward what came, as opaque, rather than lose it.
+                side.metrics.errors(side.direction).inc("detect_timeout");
+                info!(
+                    bytes = buf.len(),
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "protocol detection timed out; forwarding as opaque"
+                );
+                return Ok((Protocol::Opaque, buf, upstream));
+            }
+        }
+    }
+}
+
+async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, ConnError> {
+    match timeout(limit, TcpStream::connect(target)).await {
+        Err(_) => Err(ConnError::ConnectTimeout(target, limit)),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(ConnError::ConnectRefused(target))
+        }
+        Ok(Err(e)) => Err(ConnError::Connect(target, e)),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// Whether `target` is one of this proxy's listeners: same port, and the same IP, or
+/// any local IP when the listener is on the unspecified address.
+fn is_own_listener(target: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter().any(|l| {
+        l.port() == target.port()
+            && (l.ip() == target.ip()
+                || (l.ip().is_unspecified()
+                    && (target.ip() == local.ip() || target.ip().is_loopback())))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn own_listeners_are_loops() {
+        let own = [a("0.0.0.0:4143"), a("127.0.0.1:4140"), a("0.0.0.0:4191")];
+        let local = a("10.0.0.5:4143");
+        assert!(is_own_listener(a("10.0.0.5:4143"), local, &own));
+        assert!(is_own_listener(a("127.0.0.1:4140"), local, &own));
+        assert!(is_own_listener(a("127.0.0.1:4191"), local, &own));
+        assert!(!is_own_listener(a("10.0.0.6:4143"), local, &own));
+        assert!(!is_own_listener(a("10.0.0.5:8080"), local, &own));
+        assert!(!is_own_listener(a("10.0.0.9:4140"), local, &own));
+    }
+}
