@@ -43,16 +43,36 @@ pub struct BoundProxy {
     metrics: Arc<Metrics>,
 }
 
+/// Accept queue of each listener (the kernel caps it at `net.core.somaxconn`). The
+/// standard library's 128 drops SYNs under a burst of new connections, which clients
+/// see as a one-second connect stall.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener with a deep accept queue; `[::]` also accepts IPv4.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 impl BoundProxy {
-    pub async fn bind(args: RunArgs) -> anyhow::Result<Self> {
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} ({what} listener)"))
+    pub fn bind(args: RunArgs) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| {
+            listen(addr).with_context(|| format!("cannot listen on {addr} ({what} listener)"))
         };
-        let inbound = bind(args.inbound_listen_addr, "inbound").await?;
-        let outbound = bind(args.outbound_listen_addr, "outbound").await?;
-        let admin = bind(args.admin_listen_addr, "admin").await?;
+        let inbound = bind(args.inbound_listen_addr, "inbound")?;
+        let outbound = bind(args.outbound_listen_addr, "outbound")?;
+        let admin = bind(args.admin_listen_addr, "admin")?;
         let metrics = Metrics::new(args.metrics_max_label_values);
         Ok(BoundProxy { args, inbound, outbound, admin, metrics })
     }

@@ -51,7 +51,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(config = ?args, "starting");
     runtime.block_on(async move {
-        let proxy = BoundProxy::bind(args).await?;
+        let proxy = BoundProxy::bind(args)?;
         proxy.serve(Some(log_level), shutdown_signal()).await
     })
 }

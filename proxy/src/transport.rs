@@ -12,7 +12,6 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 use tokio::{
-    io::AsyncReadExt,
     net::{TcpListener, TcpStream},
     sync::Semaphore,
     time::{sleep_until, timeout, timeout_at},
@@ -196,11 +195,15 @@ async fn detect_protocol(
 ) -> Result<(Protocol, BytesMut, Option<TcpStream>), ConnError> {
     let deadline = tokio::time::Instant::now() + side.detect_timeout;
     let mut upstream = None;
-    if timeout(side.detect_silent_window, client.readable()).await.is_err() {
+    // `readable()` may wake spuriously (it does at once on a fresh socket); `peek`
+    // waits for a byte (or EOF) that is really there.
+    let mut one = [0u8; 1];
+    if timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
         let up = connect(target, side.connect_timeout).await?;
+        let mut up_one = [0u8; 1];
         tokio::select! {
-            r = client.readable() => r.map_err(ConnError::DetectIo)?,
-            r = up.readable() => {
+            r = client.peek(&mut one) => { r.map_err(ConnError::DetectIo)?; }
+            r = up.peek(&mut up_one) => {
                 // The server spoke first (or closed): nothing for detection to see.
                 r.map_err(ConnError::DetectIo)?;
                 debug!("server spoke first; forwarding as opaque");
@@ -208,6 +211,7 @@ async fn detect_protocol(
             }
             _ = sleep_until(deadline) => return Err(ConnError::Silent(side.detect_timeout)),
         }
+        debug!("client spoke after the silent window");
         upstream = Some(up);
     }
     let started = Instant::now();
@@ -215,8 +219,9 @@ async fn detect_protocol(
     let mut buf = BytesMut::with_capacity(max.min(1024));
     loop {
         let room = max - buf.len();
-        match timeout_at(deadline, client.read_buf(&mut (&mut buf).limit(room))).await {
+        match timeout_at(deadline, read_some(client, &mut buf, room)).await {
             Ok(Ok(0)) => {
+                debug!(bytes = buf.len(), "client closed during detection");
                 // The client finished sending: decide on what it sent.
                 let protocol = match detect::detect(&buf, buf.len()) {
                     Detect::Found(p) => p,
@@ -241,6 +246,17 @@ async fn detect_protocol(
                 );
                 return Ok((Protocol::Opaque, buf, upstream));
             }
+        }
+    }
+}
+
+/// One read of at most `room` bytes, appended to `buf`; 0 at EOF.
+async fn read_some(client: &TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+    loop {
+        client.readable().await?;
+        match client.try_read_buf(&mut (&mut *buf).limit(room)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
         }
     }
 }
