@@ -65,8 +65,10 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut rsp = Response::new(Full::new(body.into()));
     *rsp.status_mut() = status;
-    rsp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     rsp
 }
 
@@ -96,16 +98,23 @@ impl Admin {
                 self.shutdown.cancel();
                 text(StatusCode::OK, "shutdown\n")
             }
-            (_, "/shutdown") if !local => {
-                text(StatusCode::FORBIDDEN, "shutdown is only accepted from localhost\n")
-            }
+            (_, "/shutdown") if !local => text(
+                StatusCode::FORBIDDEN,
+                "shutdown is only accepted from localhost\n",
+            ),
             (&Method::GET, "/proxy-log-level") => match &self.log_level {
                 Some(l) => text(StatusCode::OK, format!("{}\n", l.get())),
-                None => text(StatusCode::NOT_FOUND, "logging is not managed by this proxy\n"),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "logging is not managed by this proxy\n",
+                ),
             },
             (&Method::PUT, "/proxy-log-level") if local => {
                 let Some(level) = &self.log_level else {
-                    return text(StatusCode::NOT_FOUND, "logging is not managed by this proxy\n");
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        "logging is not managed by this proxy\n",
+                    );
                 };
                 let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -122,9 +131,10 @@ impl Admin {
                     Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 }
             }
-            (&Method::PUT, "/proxy-log-level") => {
-                text(StatusCode::FORBIDDEN, "the log level is only set from localhost\n")
-            }
+            (&Method::PUT, "/proxy-log-level") => text(
+                StatusCode::FORBIDDEN,
+                "the log level is only set from localhost\n",
+            ),
             (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/proxy-log-level") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }

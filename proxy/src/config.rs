@@ -11,15 +11,27 @@ pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Where the inbound proxy listens (traffic redirected to this pod).
-    #[arg(long, env = "WEFT_PROXY_INBOUND_LISTEN_ADDR", default_value = "0.0.0.0:4143")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_INBOUND_LISTEN_ADDR",
+        default_value = "0.0.0.0:4143"
+    )]
     pub inbound_listen_addr: SocketAddr,
 
     /// Where the outbound proxy listens (traffic this pod's apps send out).
-    #[arg(long, env = "WEFT_PROXY_OUTBOUND_LISTEN_ADDR", default_value = "127.0.0.1:4140")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_OUTBOUND_LISTEN_ADDR",
+        default_value = "127.0.0.1:4140"
+    )]
     pub outbound_listen_addr: SocketAddr,
 
     /// Where the admin server (metrics, probes, shutdown, log level) listens.
-    #[arg(long, env = "WEFT_PROXY_ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:4191")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_ADMIN_LISTEN_ADDR",
+        default_value = "0.0.0.0:4191"
+    )]
     pub admin_listen_addr: SocketAddr,
 
     /// Fixed target of every inbound connection, instead of reading SO_ORIGINAL_DST
@@ -65,7 +77,11 @@ pub struct RunArgs {
 
     /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
     /// apart; the rest are folded into the value `overflow`.
-    #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES",
+        default_value_t = 5_000
+    )]
     pub metrics_max_label_values: usize,
 
     /// Tracing filter (e.g. `info`, `warn,weft_proxy=debug`); settable at runtime on the admin port.
@@ -175,7 +191,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("{s:?} has an unknown unit {unit:?}: use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(d)
 }
@@ -197,10 +217,22 @@ mod tests {
 
     #[test]
     fn port_sets_reject_bad_input() {
-        assert_eq!("0".parse::<PortSet>(), Err(PortSetError::BadPort("0".into())));
-        assert_eq!("70000".parse::<PortSet>(), Err(PortSetError::BadPort("70000".into())));
-        assert_eq!("http".parse::<PortSet>(), Err(PortSetError::BadPort("http".into())));
-        assert_eq!("9-1".parse::<PortSet>(), Err(PortSetError::Backwards("9-1".into())));
+        assert_eq!(
+            "0".parse::<PortSet>(),
+            Err(PortSetError::BadPort("0".into()))
+        );
+        assert_eq!(
+            "70000".parse::<PortSet>(),
+            Err(PortSetError::BadPort("70000".into()))
+        );
+        assert_eq!(
+            "http".parse::<PortSet>(),
+            Err(PortSetError::BadPort("http".into()))
+        );
+        assert_eq!(
+            "9-1".parse::<PortSet>(),
+            Err(PortSetError::Backwards("9-1".into()))
+        );
         assert!("1-".parse::<PortSet>().is_err());
     }
 

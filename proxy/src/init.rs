@@ -68,7 +68,11 @@ pub struct InitArgs {
     pub dry_run: bool,
 
     /// Tracing filter for init's own logs (on stderr).
-    #[arg(long, env = "WEFT_PROXY_INIT_LOG", default_value = "warn,weft_proxy=info")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_INIT_LOG",
+        default_value = "warn,weft_proxy=info"
+    )]
     pub log: String,
 
     /// Log output format.
@@ -187,7 +191,11 @@ fn validate(args: &InitArgs) -> anyhow::Result<RuleConfig> {
 }
 
 fn families(args: &InitArgs) -> Vec<Family> {
-    if args.ipv6 { vec![Family::V4, Family::V6] } else { vec![Family::V4] }
+    if args.ipv6 {
+        vec![Family::V4, Family::V6]
+    } else {
+        vec![Family::V4]
+    }
 }
 
 /// What `--dry-run` prints: each family's restore input as a first run would apply it.
@@ -213,30 +221,56 @@ pub enum CommandError {
     )]
     NotFound { program: String },
     #[error("could not run `{program}`: {source}")]
-    Io { program: String, source: std::io::Error },
+    Io {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Failed { command: String, status: String, stderr: String },
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 /// Runs the iptables binaries; a trait so that tests can script their answers.
 trait Runner {
     /// Runs `program` with `args` and `stdin`, returning its stdout when it succeeds.
-    fn run(&mut self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, CommandError>;
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, CommandError>;
 }
 
 /// The real binaries, found in `PATH`.
 struct System;
 
 impl Runner for System {
-    fn run(&mut self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, CommandError> {
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, CommandError> {
         let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::NotFound => CommandError::NotFound { program: program.to_string() },
-            _ => CommandError::Io { program: program.to_string(), source },
+            std::io::ErrorKind::NotFound => CommandError::NotFound {
+                program: program.to_string(),
+            },
+            _ => CommandError::Io {
+                program: program.to_string(),
+                source,
+            },
         };
         debug!(program, ?args, "running");
         let mut child = Command::new(program)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -251,7 +285,10 @@ impl Runner for System {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
         }
         Err(CommandError::Failed {
-            command: std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" "),
+            command: std::iter::once(program)
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" "),
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         })
@@ -267,7 +304,12 @@ struct Staged {
 
 /// Chooses the backend, reads, plans and test-loads every family, then applies them; when a
 /// family fails after others were applied, those are put back as they were.
-fn apply(mode: IptablesMode, config: &RuleConfig, families: &[Family], runner: &mut dyn Runner) -> anyhow::Result<()> {
+fn apply(
+    mode: IptablesMode,
+    config: &RuleConfig,
+    families: &[Family],
+    runner: &mut dyn Runner,
+) -> anyhow::Result<()> {
     let backend = match mode {
         IptablesMode::Nft => Backend::Nft,
         IptablesMode::Legacy => Backend::Legacy,
@@ -287,27 +329,42 @@ fn apply(mode: IptablesMode, config: &RuleConfig, families: &[Family], runner: &
         })?;
         let input = plan(config, family, &snapshot);
         debug!(%family, %input, "planned");
-        staged.push(Staged { family, snapshot, input });
+        staged.push(Staged {
+            family,
+            snapshot,
+            input,
+        });
     }
 
     for Staged { family, input, .. } in &staged {
         let restore = backend.binary(*family, "restore");
         runner
-            .run(&restore, &backend.restore_args(&["--noflush", "--test"]), Some(input))
+            .run(
+                &restore,
+                &backend.restore_args(&["--noflush", "--test"]),
+                Some(input),
+            )
             .map_err(|e| anyhow!("the {family} rules were refused, nothing was changed: {e}"))?;
     }
 
     for (i, Staged { family, input, .. }) in staged.iter().enumerate() {
         let restore = backend.binary(*family, "restore");
-        let Err(e) = runner.run(&restore, &backend.restore_args(&["--noflush"]), Some(input)) else {
+        let Err(e) = runner.run(&restore, &backend.restore_args(&["--noflush"]), Some(input))
+        else {
             info!(%family, %backend, "rules installed");
             continue;
         };
         let applied = &staged[..i];
         if applied.is_empty() {
-            return Err(anyhow!("applying the {family} rules failed, nothing was changed: {e}"));
+            return Err(anyhow!(
+                "applying the {family} rules failed, nothing was changed: {e}"
+            ));
         }
-        let names = applied.iter().map(|s| s.family.to_string()).collect::<Vec<_>>().join(" and ");
+        let names = applied
+            .iter()
+            .map(|s| s.family.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
         let mut rollback_errors = Vec::new();
         for done in applied.iter().rev() {
             let restore = backend.binary(done.family, "restore");

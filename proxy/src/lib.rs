@@ -74,19 +74,31 @@ impl BoundProxy {
         let outbound = bind(args.outbound_listen_addr, "outbound")?;
         let admin = bind(args.admin_listen_addr, "admin")?;
         let metrics = Metrics::new(args.metrics_max_label_values);
-        Ok(BoundProxy { args, inbound, outbound, admin, metrics })
+        Ok(BoundProxy {
+            args,
+            inbound,
+            outbound,
+            admin,
+            metrics,
+        })
     }
 
     pub fn inbound_addr(&self) -> SocketAddr {
-        self.inbound.local_addr().unwrap_or(self.args.inbound_listen_addr)
+        self.inbound
+            .local_addr()
+            .unwrap_or(self.args.inbound_listen_addr)
     }
 
     pub fn outbound_addr(&self) -> SocketAddr {
-        self.outbound.local_addr().unwrap_or(self.args.outbound_listen_addr)
+        self.outbound
+            .local_addr()
+            .unwrap_or(self.args.outbound_listen_addr)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or(self.args.admin_listen_addr)
+        self.admin
+            .local_addr()
+            .unwrap_or(self.args.admin_listen_addr)
     }
 
     /// Serves until `shutdown` completes or `POST /shutdown` arrives, then drains: the
@@ -97,7 +109,13 @@ impl BoundProxy {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let own_addrs = vec![self.inbound_addr(), self.outbound_addr(), self.admin_addr()];
-        let BoundProxy { args, inbound, outbound, admin, metrics } = self;
+        let BoundProxy {
+            args,
+            inbound,
+            outbound,
+            admin,
+            metrics,
+        } = self;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
@@ -119,8 +137,20 @@ impl BoundProxy {
         let inbound_side = side(Direction::Inbound, args.inbound_orig_dst_addr);
         let outbound_side = side(Direction::Outbound, args.outbound_orig_dst_addr);
         let listeners = [
-            tokio::spawn(transport::serve(inbound, inbound_side, max, stop.clone(), tracker.clone())),
-            tokio::spawn(transport::serve(outbound, outbound_side, max, stop.clone(), tracker.clone())),
+            tokio::spawn(transport::serve(
+                inbound,
+                inbound_side,
+                max,
+                stop.clone(),
+                tracker.clone(),
+            )),
+            tokio::spawn(transport::serve(
+                outbound,
+                outbound_side,
+                max,
+                stop.clone(),
+                tracker.clone(),
+            )),
         ];
         let admin_state = admin::Admin {
             metrics,
@@ -150,8 +180,14 @@ impl BoundProxy {
             grace_ms = args.shutdown_grace_period.as_millis() as u64,
             "draining: listeners closed, waiting for open connections"
         );
-        if tokio::time::timeout(args.shutdown_grace_period, tracker.wait()).await.is_err() {
-            warn!(open = tracker.len(), "grace period over; closing the remaining connections");
+        if tokio::time::timeout(args.shutdown_grace_period, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = tracker.len(),
+                "grace period over; closing the remaining connections"
+            );
         }
         admin_task.abort();
         info!("shut down");

@@ -1,7 +1,9 @@
 //! Tracing setup: plain or JSON output, and a filter that the admin server can read and
 //! replace at runtime.
 
-use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
 
 use crate::config::LogFormat;
 
@@ -15,7 +17,8 @@ impl LogLevel {
     }
 
     pub fn set(&self, filter: &str) -> Result<(), String> {
-        let f = EnvFilter::try_new(filter.trim()).map_err(|e| format!("invalid log filter: {e}"))?;
+        let f =
+            EnvFilter::try_new(filter.trim()).map_err(|e| format!("invalid log filter: {e}"))?;
         self.0.reload(f).map_err(|e| e.to_string())
     }
 }
@@ -28,7 +31,12 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<LogLevel> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (plain, json) = match format {
         LogFormat::Plain => (
-            Some(tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            ),
             None,
         ),
         LogFormat::Json => (
@@ -42,6 +50,10 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<LogLevel> {
             ),
         ),
     };
-    tracing_subscriber::registry().with(filter).with(plain).with(json).try_init()?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(plain)
+        .with(json)
+        .try_init()?;
     Ok(LogLevel(handle))
 }

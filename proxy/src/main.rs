@@ -7,7 +7,12 @@ use clap::{Parser, Subcommand};
 use weft_proxy::{BoundProxy, config::RunArgs, init::InitArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-proxy", version, about = "The Weft sidecar proxy", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "The Weft sidecar proxy",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -40,7 +45,9 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let log_level = weft_proxy::logging::init(&args.log, args.log_format)?;
     let runtime = match args.cores {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if n > 0 {
@@ -59,9 +66,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Completes on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; the proxy only stops on POST /shutdown");
         return std::future::pending().await;
     };

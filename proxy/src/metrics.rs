@@ -81,11 +81,19 @@ pub const OVERFLOW: &str = "overflow";
 
 impl LabelCap {
     pub fn new(max: usize) -> Self {
-        LabelCap { max, seen: RwLock::new(HashSet::new()) }
+        LabelCap {
+            max,
+            seen: RwLock::new(HashSet::new()),
+        }
     }
 
     pub fn admit(&self, value: String) -> String {
-        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(&value) {
+        if self
+            .seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&value)
+        {
             return value;
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
@@ -130,7 +138,10 @@ impl ConnMetrics {
         if !self.closed {
             self.closed = true;
             self.open.dec();
-            let labels = CloseLabels { tcp: self.labels.clone(), errno };
+            let labels = CloseLabels {
+                tcp: self.labels.clone(),
+                errno,
+            };
             self.close_total.get_or_create(&labels).inc();
         }
     }
@@ -177,8 +188,16 @@ impl Metrics {
             "Connections currently open",
             tcp.open_connections.clone(),
         );
-        registry.register("tcp_read_bytes", "Bytes read from the peer", tcp.read_bytes.clone());
-        registry.register("tcp_write_bytes", "Bytes written to the peer", tcp.write_bytes.clone());
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from the peer",
+            tcp.read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to the peer",
+            tcp.write_bytes.clone(),
+        );
         registry.register("tcp_close", "Connections closed", tcp.close_total.clone());
         let inbound_errors = TcpErrors::default();
         let outbound_errors = TcpErrors::default();
@@ -302,9 +321,17 @@ impl ProcessStats {
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()?
             .lines()
-            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))?;
-        let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as i64).unwrap_or(0);
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            .find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })?;
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as i64)
+            .unwrap_or(0);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: `lim` is a valid, writable rlimit.
         let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
             i64::try_from(lim.rlim_cur).unwrap_or(i64::MAX)
@@ -335,10 +362,26 @@ impl Collector for ProcessCollector {
             cpu.metric_type(),
         )?)?;
         let gauges: [(&str, &str, f64); 5] = [
-            ("process_resident_memory_bytes", "Resident memory size in bytes", p.resident_bytes as f64),
-            ("process_virtual_memory_bytes", "Virtual memory size in bytes", p.virtual_bytes as f64),
-            ("process_open_fds", "Number of open file descriptors", p.open_fds as f64),
-            ("process_max_fds", "Maximum number of open file descriptors", p.max_fds as f64),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                p.max_fds as f64,
+            ),
             (
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds",

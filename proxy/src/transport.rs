@@ -77,7 +77,8 @@ pub async fn serve(
             continue;
         };
         let _ = client.set_nodelay(true);
-        let span = info_span!("conn", direction = side.direction.as_str(), client.addr = %client_addr);
+        let span =
+            info_span!("conn", direction = side.direction.as_str(), client.addr = %client_addr);
         let side = side.clone();
         tracker.spawn(
             async move {
@@ -106,7 +107,9 @@ enum ConnError {
     DetectIo(io::Error),
     #[error("connection to {0} refused: is anything listening there?")]
     ConnectRefused(SocketAddr),
-    #[error("connection to {0} timed out after {1:?}: the host may be down or a network policy may drop it")]
+    #[error(
+        "connection to {0} timed out after {1:?}: the host may be down or a network policy may drop it"
+    )]
     ConnectTimeout(SocketAddr, Duration),
     #[error("connection to {0} failed: {1}")]
     Connect(SocketAddr, io::Error),
@@ -152,8 +155,12 @@ async fn handle(mut client: TcpStream, side: &Side) {
             }
         },
     };
-    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
-    let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol);
+    let src = side
+        .metrics
+        .open(side.direction, Peer::Src, &target, &protocol);
+    let dst = side
+        .metrics
+        .open(side.direction, Peer::Dst, &target, &protocol);
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
     let result = forward::forward(&mut client, &mut upstream, &prefix, &src, &dst).await;
     let err = result.as_ref().err();
@@ -198,7 +205,10 @@ async fn detect_protocol(
     // `readable()` may wake spuriously (it does at once on a fresh socket); `peek`
     // waits for a byte (or EOF) that is really there.
     let mut one = [0u8; 1];
-    if timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
+    if timeout(side.detect_silent_window, client.peek(&mut one))
+        .await
+        .is_err()
+    {
         let up = connect(target, side.connect_timeout).await?;
         let mut up_one = [0u8; 1];
         tokio::select! {
@@ -231,7 +241,12 @@ async fn detect_protocol(
             }
             Ok(Ok(_)) => {
                 if let Detect::Found(p) = detect::detect(&buf, max) {
-                    debug!(protocol = p.label(), bytes = buf.len(), "detected");
+                    match &p {
+                        Protocol::Tls { sni: Some(sni) } => {
+                            debug!(protocol = "tls", sni, "detected")
+                        }
+                        _ => debug!(protocol = p.label(), bytes = buf.len(), "detected"),
+                    }
                     return Ok((p, buf, upstream));
                 }
             }

@@ -1,0 +1,297 @@
+//! Test support: the real `weft-proxy` binary as a child process (its bound addresses read
+//! from its own JSON "serving" log line), metric scraping, and small backends (echo,
+//! banner, HTTP/1 + HTTP/2 via hyper) served from pre-bound listeners so that they can
+//! live in a network namespace.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use crate::netns::proxy_bin;
+
+/// A running `weft-proxy`, killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Starts the proxy on loopback with ephemeral ports and the given extra flags.
+    pub fn start(extra: &[&str]) -> Proxy {
+        let mut cmd = Command::new(proxy_bin());
+        // Through the environment, so that flags in `extra` override them.
+        for var in ["INBOUND", "OUTBOUND", "ADMIN"] {
+            cmd.env(format!("WEFT_PROXY_{var}_LISTEN_ADDR"), "127.0.0.1:0");
+        }
+        cmd.args(extra);
+        Proxy::start_cmd(cmd)
+    }
+
+    /// Starts a prepared command (e.g. `ip netns exec ... setpriv ... weft-proxy ...`);
+    /// JSON logs at debug level are added so that the bound addresses can be read.
+    pub fn start_cmd(mut cmd: Command) -> Proxy {
+        cmd.env("WEFT_PROXY_LOG_FORMAT", "json")
+            .env("WEFT_PROXY_LOG", "info,weft_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start weft-proxy");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let f = &v["fields"];
+                    if f["message"] == "serving" {
+                        let addr = |k: &str| f[k].as_str().and_then(|s| s.parse().ok());
+                        let _ = tx.send((addr("inbound"), addr("outbound"), addr("admin")));
+                    }
+                }
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let started = rx.recv_timeout(Duration::from_secs(20));
+        let Ok((Some(inbound), Some(outbound), Some(admin))) = started else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "weft-proxy did not start serving; its log:\n{}",
+                logs.lock().unwrap_or_else(|e| e.into_inner())
+            );
+        };
+        Proxy {
+            child,
+            inbound,
+            outbound,
+            admin,
+            logs,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `/metrics` from a proxy reachable from this network namespace.
+    pub fn metrics(&self) -> String {
+        scrape(self.admin)
+    }
+
+    /// Resident memory of the proxy process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.child.id())
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// One HTTP/1.0 request to an admin port; returns (status code, body).
+pub fn admin_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the admin port");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut rsp = String::new();
+    s.read_to_string(&mut rsp).expect("read the admin response");
+    let code = rsp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = rsp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+pub fn scrape(admin: SocketAddr) -> String {
+    let (code, body) = admin_request(admin, "GET", "/metrics", "");
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    body
+}
+
+/// The sum of the samples of `name` whose labels include every `(key, value)` given.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Polls `f` until it returns true or `limit` passes (metrics are updated asynchronously
+/// to what a client sees, e.g. a close is counted after the client read its EOF).
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn local_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind a test listener")
+}
+
+/// Serves connections on `listener` with `handle`, a thread each.
+pub fn serve(
+    listener: TcpListener,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> SocketAddr {
+    let addr = listener.local_addr().expect("addr");
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(conn));
+        }
+    });
+    addr
+}
+
+/// Echoes until EOF, then closes its write side.
+pub fn echo(mut s: TcpStream) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// Writes `banner` before reading anything, then echoes.
+pub fn banner(banner: &'static [u8]) -> impl Fn(TcpStream) + Send + Sync + 'static {
+    move |mut s: TcpStream| {
+        if s.write_all(banner).is_ok() {
+            echo(s);
+        }
+    }
+}
+
+/// Reads everything until EOF, then answers how many bytes it got: proves that a
+/// client's half-close crossed the proxies while the other direction stayed open.
+pub fn count_then_reply(mut s: TcpStream) {
+    let mut n = 0usize;
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(k) = s.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    let _ = write!(s, "got {n} bytes");
+}
+
+/// An HTTP/1.1 and HTTP/2 (prior knowledge) server answering `hello <version>`.
+pub fn http_server(listener: TcpListener) -> SocketAddr {
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((io, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = format!("hello {:?}\n", req.version());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// Runs a command, returning (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
