@@ -48,11 +48,11 @@ struct Pair {
 
 async fn start_pair(backend: SocketAddr) -> anyhow::Result<Pair> {
     let server = BoundProxy::bind(proxy_args(None, Some(backend)))?;
-    let client = BoundProxy::bind(proxy_args(Some(server.inbound_addr()), None))?;
+    let client = BoundProxy::bind(proxy_args(Some(server.inbound_addrs()[0]), None))?;
     let pair = Pair {
-        outbound: client.outbound_addr(),
-        client_admin: client.admin_addr(),
-        server_admin: server.admin_addr(),
+        outbound: client.outbound_addrs()[0],
+        client_admin: client.admin_addrs()[0],
+        server_admin: server.admin_addrs()[0],
     };
     for proxy in [server, client] {
         tokio::spawn(proxy.serve(None, std::future::pending()));
@@ -70,9 +70,9 @@ fn proxy_args(outbound_target: Option<SocketAddr>, inbound_target: Option<Socket
     // Defaults come from the same clap definitions as the real binary.
     let mut args = P::parse_from(["weft-proxy"]).run;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    args.inbound_listen_addr = loopback;
-    args.outbound_listen_addr = loopback;
-    args.admin_listen_addr = loopback;
+    args.inbound_listen_addr = vec![loopback];
+    args.outbound_listen_addr = vec![loopback];
+    args.admin_listen_addr = vec![loopback];
     args.outbound_orig_dst_addr = outbound_target;
     args.inbound_orig_dst_addr = inbound_target;
     args

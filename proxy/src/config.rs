@@ -10,29 +10,33 @@ pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 /// `weft-proxy` (run mode).
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Where the inbound proxy listens (traffic redirected to this pod).
+    /// Where the inbound proxy listens (traffic redirected to this pod); comma-separated.
+    /// IPv6 addresses are skipped with a warning on a host without IPv6.
     #[arg(
         long,
         env = "WEFT_PROXY_INBOUND_LISTEN_ADDR",
-        default_value = "0.0.0.0:4143"
+        value_delimiter = ',',
+        default_value = "0.0.0.0:4143,[::]:4143"
     )]
-    pub inbound_listen_addr: SocketAddr,
+    pub inbound_listen_addr: Vec<SocketAddr>,
 
-    /// Where the outbound proxy listens (traffic this pod's apps send out).
+    /// Where the outbound proxy listens (traffic this pod's apps send out); comma-separated.
     #[arg(
         long,
         env = "WEFT_PROXY_OUTBOUND_LISTEN_ADDR",
-        default_value = "127.0.0.1:4140"
+        value_delimiter = ',',
+        default_value = "127.0.0.1:4140,[::1]:4140"
     )]
-    pub outbound_listen_addr: SocketAddr,
+    pub outbound_listen_addr: Vec<SocketAddr>,
 
-    /// Where the admin server (metrics, probes, shutdown, log level) listens.
+    /// Where the admin server (metrics, probes, shutdown, log level) listens; comma-separated.
     #[arg(
         long,
         env = "WEFT_PROXY_ADMIN_LISTEN_ADDR",
-        default_value = "0.0.0.0:4191"
+        value_delimiter = ',',
+        default_value = "0.0.0.0:4191,[::]:4191"
     )]
-    pub admin_listen_addr: SocketAddr,
+    pub admin_listen_addr: Vec<SocketAddr>,
 
     /// Fixed target of every inbound connection, instead of reading SO_ORIGINAL_DST
     /// (for use without iptables: VMs, the demo, tests).

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
@@ -37,9 +37,9 @@ use crate::{
 #[derive(Debug)]
 pub struct BoundProxy {
     args: RunArgs,
-    inbound: TcpListener,
-    outbound: TcpListener,
-    admin: TcpListener,
+    inbound: Vec<TcpListener>,
+    outbound: Vec<TcpListener>,
+    admin: Vec<TcpListener>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,7 +48,8 @@ pub struct BoundProxy {
 /// see as a one-second connect stall.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Binds a listener with a deep accept queue; `[::]` also accepts IPv4.
+/// Binds a listener with a deep accept queue. IPv6 listeners are IPv6-only so that a
+/// v4 and a v6 listener can share a port.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -57,7 +58,7 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     )?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
+        socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -65,14 +66,58 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Binds every address of one listener; an IPv6 address on a host without IPv6 is
+/// skipped with a warning as long as another address is bound.
+fn listen_all(addrs: &[SocketAddr], what: &'static str) -> anyhow::Result<Vec<TcpListener>> {
+    let mut bound = Vec::with_capacity(addrs.len());
+    let mut skipped = Vec::new();
+    for &addr in addrs {
+        match listen(addr) {
+            Ok(l) => bound.push(l),
+            Err(e)
+                if addr.is_ipv6()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                    ) =>
+            {
+                skipped.push((addr, e));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot listen on {addr} ({what} listener)"));
+            }
+        }
+    }
+    if bound.is_empty() {
+        anyhow::bail!("no address of the {what} listener could be bound: {skipped:?}");
+    }
+    for (addr, e) in skipped {
+        warn!(%addr, error = %e, "no IPv6 here; {what} listener skips this address");
+    }
+    Ok(bound)
+}
+
+fn addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl BoundProxy {
     pub fn bind(args: RunArgs) -> anyhow::Result<Self> {
-        let bind = |addr: SocketAddr, what: &'static str| {
-            listen(addr).with_context(|| format!("cannot listen on {addr} ({what} listener)"))
-        };
-        let inbound = bind(args.inbound_listen_addr, "inbound")?;
-        let outbound = bind(args.outbound_listen_addr, "outbound")?;
-        let admin = bind(args.admin_listen_addr, "admin")?;
+        let inbound = listen_all(&args.inbound_listen_addr, "inbound")?;
+        let outbound = listen_all(&args.outbound_listen_addr, "outbound")?;
+        let admin = listen_all(&args.admin_listen_addr, "admin")?;
         let metrics = Metrics::new(args.metrics_max_label_values);
         Ok(BoundProxy {
             args,
@@ -83,22 +128,17 @@ impl BoundProxy {
         })
     }
 
-    pub fn inbound_addr(&self) -> SocketAddr {
-        self.inbound
-            .local_addr()
-            .unwrap_or(self.args.inbound_listen_addr)
+    /// The bound inbound addresses (the first is the primary one).
+    pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        addrs(&self.inbound)
     }
 
-    pub fn outbound_addr(&self) -> SocketAddr {
-        self.outbound
-            .local_addr()
-            .unwrap_or(self.args.outbound_listen_addr)
+    pub fn outbound_addrs(&self) -> Vec<SocketAddr> {
+        addrs(&self.outbound)
     }
 
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .unwrap_or(self.args.admin_listen_addr)
+    pub fn admin_addrs(&self) -> Vec<SocketAddr> {
+        addrs(&self.admin)
     }
 
     /// Serves until `shutdown` completes or `POST /shutdown` arrives, then drains: the
@@ -108,7 +148,16 @@ impl BoundProxy {
         log_level: Option<LogLevel>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let own_addrs = vec![self.inbound_addr(), self.outbound_addr(), self.admin_addr()];
+        let (inbound_addrs, outbound_addrs, admin_addrs) = (
+            self.inbound_addrs(),
+            self.outbound_addrs(),
+            self.admin_addrs(),
+        );
+        let own_addrs: Vec<SocketAddr> = [&inbound_addrs, &outbound_addrs, &admin_addrs]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let BoundProxy {
             args,
             inbound,
@@ -133,35 +182,38 @@ impl BoundProxy {
                 metrics: metrics.clone(),
             })
         };
-        let max = args.max_connections as usize;
-        let inbound_side = side(Direction::Inbound, args.inbound_orig_dst_addr);
-        let outbound_side = side(Direction::Outbound, args.outbound_orig_dst_addr);
-        let listeners = [
-            tokio::spawn(transport::serve(
-                inbound,
-                inbound_side,
-                max,
-                stop.clone(),
-                tracker.clone(),
-            )),
-            tokio::spawn(transport::serve(
-                outbound,
-                outbound_side,
-                max,
-                stop.clone(),
-                tracker.clone(),
-            )),
-        ];
+        let mut listeners = Vec::new();
+        for (direction, orig_dst, bound) in [
+            (Direction::Inbound, args.inbound_orig_dst_addr, inbound),
+            (Direction::Outbound, args.outbound_orig_dst_addr, outbound),
+        ] {
+            // One connection limit per direction, shared by its addresses.
+            let limit = Arc::new(Semaphore::new(args.max_connections as usize));
+            let side = side(direction, orig_dst);
+            for l in bound {
+                let serve = transport::serve(
+                    l,
+                    side.clone(),
+                    limit.clone(),
+                    stop.clone(),
+                    tracker.clone(),
+                );
+                listeners.push(tokio::spawn(serve));
+            }
+        }
         let admin_state = admin::Admin {
             metrics,
             ready: ready.clone(),
             shutdown: stop.clone(),
             log_level,
         };
-        let admin_task = tokio::spawn(admin::serve(admin, admin_state));
+        let admin_tasks: Vec<_> = admin
+            .into_iter()
+            .map(|l| tokio::spawn(admin::serve(l, admin_state.clone())))
+            .collect();
         ready.store(true, Ordering::Release);
         info!(
-            inbound = %own_addrs[0], outbound = %own_addrs[1], admin = %own_addrs[2],
+            inbound = %join(&inbound_addrs), outbound = %join(&outbound_addrs), admin = %join(&admin_addrs),
             "serving"
         );
 
@@ -189,7 +241,9 @@ impl BoundProxy {
                 "grace period over; closing the remaining connections"
             );
         }
-        admin_task.abort();
+        for t in admin_tasks {
+            t.abort();
+        }
         info!("shut down");
         Ok(())
     }

@@ -44,15 +44,14 @@ pub struct Side {
 }
 
 /// Accepts connections until `stop` is cancelled; each connection runs on `tracker`
-/// so shutdown can wait for it. At most `max_connections` are served at once.
+/// so shutdown can wait for it. At most `limit`'s permits are served at once.
 pub async fn serve(
     listener: TcpListener,
     side: Arc<Side>,
-    max_connections: usize,
+    limit: Arc<Semaphore>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
     let errors = side.metrics.errors(side.direction);
     loop {
         let accepted = tokio::select! {

@@ -2,6 +2,7 @@
 //! iptables rules in network namespaces. One test binary to keep link time down.
 
 mod init;
+mod interception;
 mod loopback;
 mod netns;
 mod support;

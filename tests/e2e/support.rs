@@ -52,7 +52,12 @@ impl Proxy {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     let f = &v["fields"];
                     if f["message"] == "serving" {
-                        let addr = |k: &str| f[k].as_str().and_then(|s| s.parse().ok());
+                        // The first address of each listener (they may have several).
+                        let addr = |k: &str| {
+                            f[k].as_str()
+                                .and_then(|s| s.split(',').next())
+                                .and_then(|s| s.parse().ok())
+                        };
                         let _ = tx.send((addr("inbound"), addr("outbound"), addr("admin")));
                     }
                 }
