@@ -36,14 +36,20 @@ struct Mesh {
     server_proxy: Proxy,
     client: Netns,
     server: Netns,
-    _tls_dir: TempDir,
+    _tls_server: TlsServer,
 }
 
-struct TempDir(std::path::PathBuf);
+/// `openssl s_server` in the server pod, and its key and certificate.
+struct TlsServer {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
 
-impl Drop for TempDir {
+impl Drop for TlsServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -107,7 +113,7 @@ impl Mesh {
             server_proxy,
             client,
             server,
-            _tls_dir: tls_dir,
+            _tls_server: tls_server,
         }
     }
 
@@ -161,8 +167,9 @@ impl Mesh {
     }
 }
 
-fn start_tls_server(ns: &Netns, dir: &std::path::Path) {
-    std::fs::create_dir_all(dir).expect("tls dir");
+fn start_tls_server(ns: &Netns) -> TlsServer {
+    let dir = std::env::temp_dir().join(format!("weft-e2e-ns-tls-{}", ns.name));
+    std::fs::create_dir_all(&dir).expect("tls dir");
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
     let (ok, _, err) = run(Command::new("openssl").args([
         "req",
@@ -183,7 +190,7 @@ fn start_tls_server(ns: &Netns, dir: &std::path::Path) {
     ]));
     assert!(ok, "openssl req: {err}");
     let port = TLS.to_string();
-    ns.spawn(
+    let child = ns.spawn(
         "openssl",
         &[
             "s_server",
@@ -206,6 +213,7 @@ fn start_tls_server(ns: &Netns, dir: &std::path::Path) {
         "openssl s_server did not start: {}",
         ns.logs()
     );
+    TlsServer { dir, child }
 }
 
 #[test]
