@@ -27,10 +27,7 @@ const BANNER: &[u8] = b"220 smtp.demo ESMTP ready\r\n";
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     tracing_subscriber_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(demo(args))
 }
 
@@ -84,10 +81,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let smtp = spawn_backend(Backend::Banner).await?;
     let web = start_pair(echo).await?;
     let mail = start_pair(smtp).await?;
-    println!(
-        "  app --> client proxy {} --> server proxy --> echo backend {echo}",
-        web.outbound
-    );
+    println!("  app --> client proxy {} --> server proxy --> echo backend {echo}", web.outbound);
     println!(
         "  app --> client proxy {} --> server proxy --> SMTP-like backend {smtp} (speaks first)\n",
         mail.outbound
@@ -95,10 +89,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let payloads: [(&str, &[u8]); 3] = [
         ("HTTP/1.1", b"GET /hello HTTP/1.1\r\nHost: web.demo\r\n\r\n"),
-        (
-            "HTTP/2",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
-        ),
+        ("HTTP/2", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
         ("opaque", b"\x00\x01binary-protocol-frame"),
     ];
     let started = Instant::now();
@@ -154,10 +145,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
         }
     }
-    println!(
-        "\nscrape them yourself while it runs: curl http://{}/metrics",
-        web.client_admin
-    );
+    println!("\nscrape them yourself while it runs: curl http://{}/metrics", web.client_admin);
     if failed > 0 {
         anyhow::bail!("{failed} demo connections failed");
     }
@@ -201,14 +189,10 @@ async fn spawn_backend(kind: Backend) -> anyhow::Result<SocketAddr> {
 /// Fetches `/metrics` with a minimal HTTP/1.0 request (the demo needs no HTTP client).
 async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(admin).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
-        .await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n").await?;
     let mut rsp = String::new();
     s.read_to_string(&mut rsp).await?;
-    let body = rsp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
+    let body = rsp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
     Ok(body.to_string())
 }
 
@@ -241,9 +225,7 @@ fn summarize(text: &str) -> BTreeMap<(String, String), Row> {
             continue;
         }
         let v = value.parse::<f64>().unwrap_or(0.0) as u64;
-        let row = rows
-            .entry((label("direction"), label("protocol")))
-            .or_default();
+        let row = rows.entry((label("direction"), label("protocol"))).or_default();
         match name {
             "tcp_open_total" => row.opened += v,
             "tcp_open_connections" => row.open += v,

@@ -8,11 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "weft",
-    version,
-    about = "Weft: a small, fast service mesh for Kubernetes"
-)]
+#[command(name = "weft", version, about = "Weft: a small, fast service mesh for Kubernetes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -98,23 +98,16 @@ impl Admin {
                 self.shutdown.cancel();
                 text(StatusCode::OK, "shutdown\n")
             }
-            (_, "/shutdown") if !local => text(
-                StatusCode::FORBIDDEN,
-                "shutdown is only accepted from localhost\n",
-            ),
+            (_, "/shutdown") if !local => {
+                text(StatusCode::FORBIDDEN, "shutdown is only accepted from localhost\n")
+            }
             (&Method::GET, "/proxy-log-level") => match &self.log_level {
                 Some(l) => text(StatusCode::OK, format!("{}\n", l.get())),
-                None => text(
-                    StatusCode::NOT_FOUND,
-                    "logging is not managed by this proxy\n",
-                ),
+                None => text(StatusCode::NOT_FOUND, "logging is not managed by this proxy\n"),
             },
             (&Method::PUT, "/proxy-log-level") if local => {
                 let Some(level) = &self.log_level else {
-                    return text(
-                        StatusCode::NOT_FOUND,
-                        "logging is not managed by this proxy\n",
-                    );
+                    return text(StatusCode::NOT_FOUND, "logging is not managed by this proxy\n");
                 };
                 let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -131,10 +124,9 @@ impl Admin {
                     Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 }
             }
-            (&Method::PUT, "/proxy-log-level") => text(
-                StatusCode::FORBIDDEN,
-                "the log level is only set from localhost\n",
-            ),
+            (&Method::PUT, "/proxy-log-level") => {
+                text(StatusCode::FORBIDDEN, "the log level is only set from localhost\n")
+            }
             (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/proxy-log-level") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }

@@ -81,11 +81,7 @@ pub struct RunArgs {
 
     /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
     /// apart; the rest are folded into the value `overflow`.
-    #[arg(
-        long,
-        env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES",
-        default_value_t = 5_000
-    )]
+    #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]
     pub metrics_max_label_values: usize,
 
     /// Tracing filter (e.g. `info`, `warn,weft_proxy=debug`); settable at runtime on the admin port.
@@ -221,22 +217,10 @@ mod tests {
 
     #[test]
     fn port_sets_reject_bad_input() {
-        assert_eq!(
-            "0".parse::<PortSet>(),
-            Err(PortSetError::BadPort("0".into()))
-        );
-        assert_eq!(
-            "70000".parse::<PortSet>(),
-            Err(PortSetError::BadPort("70000".into()))
-        );
-        assert_eq!(
-            "http".parse::<PortSet>(),
-            Err(PortSetError::BadPort("http".into()))
-        );
-        assert_eq!(
-            "9-1".parse::<PortSet>(),
-            Err(PortSetError::Backwards("9-1".into()))
-        );
+        assert_eq!("0".parse::<PortSet>(), Err(PortSetError::BadPort("0".into())));
+        assert_eq!("70000".parse::<PortSet>(), Err(PortSetError::BadPort("70000".into())));
+        assert_eq!("http".parse::<PortSet>(), Err(PortSetError::BadPort("http".into())));
+        assert_eq!("9-1".parse::<PortSet>(), Err(PortSetError::Backwards("9-1".into())));
         assert!("1-".parse::<PortSet>().is_err());
     }
 

@@ -126,10 +126,7 @@ fn http1(buf: &[u8]) -> Detect {
         None if buf.len() >= MAX_REQUEST_LINE => return ruled_out(),
         None => {
             // Bytes of a request target are visible ASCII; anything else is not HTTP.
-            return if rest
-                .iter()
-                .all(|&b| b.is_ascii_graphic() || b == b' ' || b == b'\r')
-            {
+            return if rest.iter().all(|&b| b.is_ascii_graphic() || b == b' ' || b == b'\r') {
                 Detect::NeedMore
             } else {
                 ruled_out()
@@ -297,25 +294,16 @@ mod tests {
         let hello = client_hello(Some("Web.Prod.svc.cluster.local"));
         assert_eq!(
             detect(&hello, MAX),
-            found(Protocol::Tls {
-                sni: Some("web.prod.svc.cluster.local".into())
-            })
+            found(Protocol::Tls { sni: Some("web.prod.svc.cluster.local".into()) })
         );
-        assert_eq!(
-            detect(&client_hello(None), MAX),
-            found(Protocol::Tls { sni: None })
-        );
+        assert_eq!(detect(&client_hello(None), MAX), found(Protocol::Tls { sni: None }));
     }
 
     #[test]
     fn tls_prefixes_need_more_at_every_length() {
         let hello = client_hello(Some("a.example"));
         for n in 1..hello.len() {
-            assert_eq!(
-                detect(&hello[..n], MAX),
-                Detect::NeedMore,
-                "prefix of {n} bytes"
-            );
+            assert_eq!(detect(&hello[..n], MAX), Detect::NeedMore, "prefix of {n} bytes");
         }
     }
 
@@ -336,18 +324,10 @@ mod tests {
 
     #[test]
     fn not_tls() {
-        for bytes in [
-            &[22u8, 2][..],
-            &[22, 3, 9],
-            &[22, 3, 1, 0, 10, 2],
-            &[23, 3, 3, 0, 5],
-        ] {
+        for bytes in [&[22u8, 2][..], &[22, 3, 9], &[22, 3, 1, 0, 10, 2], &[23, 3, 3, 0, 5]] {
             assert_eq!(detect(bytes, MAX), found(Protocol::Opaque), "{bytes:?}");
         }
-        assert_eq!(
-            detect(&[22, 3, 1, 0, 0, 1, 0, 0, 0], MAX),
-            found(Protocol::Opaque)
-        );
+        assert_eq!(detect(&[22, 3, 1, 0, 0, 1, 0, 0, 0], MAX), found(Protocol::Opaque));
     }
 
     #[test]

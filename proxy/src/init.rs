@@ -68,11 +68,7 @@ pub struct InitArgs {
     pub dry_run: bool,
 
     /// Tracing filter for init's own logs (on stderr).
-    #[arg(
-        long,
-        env = "WEFT_PROXY_INIT_LOG",
-        default_value = "warn,weft_proxy=info"
-    )]
+    #[arg(long, env = "WEFT_PROXY_INIT_LOG", default_value = "warn,weft_proxy=info")]
     pub log: String,
 
     /// Log output format.
@@ -191,11 +187,7 @@ fn validate(args: &InitArgs) -> anyhow::Result<RuleConfig> {
 }
 
 fn families(args: &InitArgs) -> Vec<Family> {
-    if args.ipv6 {
-        vec![Family::V4, Family::V6]
-    } else {
-        vec![Family::V4]
-    }
+    if args.ipv6 { vec![Family::V4, Family::V6] } else { vec![Family::V4] }
 }
 
 /// What `--dry-run` prints: each family's restore input as a first run would apply it.
@@ -221,16 +213,9 @@ pub enum CommandError {
     )]
     NotFound { program: String },
     #[error("could not run `{program}`: {source}")]
-    Io {
-        program: String,
-        source: std::io::Error,
-    },
+    Io { program: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { command: String, status: String, stderr: String },
 }
 
 /// Runs the iptables binaries; a trait so that tests can script their answers.
@@ -255,22 +240,13 @@ impl Runner for System {
         stdin: Option<&str>,
     ) -> Result<String, CommandError> {
         let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::NotFound => CommandError::NotFound {
-                program: program.to_string(),
-            },
-            _ => CommandError::Io {
-                program: program.to_string(),
-                source,
-            },
+            std::io::ErrorKind::NotFound => CommandError::NotFound { program: program.to_string() },
+            _ => CommandError::Io { program: program.to_string(), source },
         };
         debug!(program, ?args, "running");
         let mut child = Command::new(program)
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -329,21 +305,13 @@ fn apply(
         })?;
         let input = plan(config, family, &snapshot);
         debug!(%family, %input, "planned");
-        staged.push(Staged {
-            family,
-            snapshot,
-            input,
-        });
+        staged.push(Staged { family, snapshot, input });
     }
 
     for Staged { family, input, .. } in &staged {
         let restore = backend.binary(*family, "restore");
         runner
-            .run(
-                &restore,
-                &backend.restore_args(&["--noflush", "--test"]),
-                Some(input),
-            )
+            .run(&restore, &backend.restore_args(&["--noflush", "--test"]), Some(input))
             .map_err(|e| anyhow!("the {family} rules were refused, nothing was changed: {e}"))?;
     }
 
@@ -356,15 +324,9 @@ fn apply(
         };
         let applied = &staged[..i];
         if applied.is_empty() {
-            return Err(anyhow!(
-                "applying the {family} rules failed, nothing was changed: {e}"
-            ));
+            return Err(anyhow!("applying the {family} rules failed, nothing was changed: {e}"));
         }
-        let names = applied
-            .iter()
-            .map(|s| s.family.to_string())
-            .collect::<Vec<_>>()
-            .join(" and ");
+        let names = applied.iter().map(|s| s.family.to_string()).collect::<Vec<_>>().join(" and ");
         let mut rollback_errors = Vec::new();
         for done in applied.iter().rev() {
             let restore = backend.binary(done.family, "restore");

@@ -99,18 +99,11 @@ fn listen_all(addrs: &[SocketAddr], what: &'static str) -> anyhow::Result<Vec<Tc
 }
 
 fn addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
-    listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect()
+    listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
 }
 
 fn join(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 impl BoundProxy {
@@ -119,13 +112,7 @@ impl BoundProxy {
         let outbound = listen_all(&args.outbound_listen_addr, "outbound")?;
         let admin = listen_all(&args.admin_listen_addr, "admin")?;
         let metrics = Metrics::new(args.metrics_max_label_values);
-        Ok(BoundProxy {
-            args,
-            inbound,
-            outbound,
-            admin,
-            metrics,
-        })
+        Ok(BoundProxy { args, inbound, outbound, admin, metrics })
     }
 
     /// The bound inbound addresses (the first is the primary one).
@@ -148,23 +135,14 @@ impl BoundProxy {
         log_level: Option<LogLevel>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let (inbound_addrs, outbound_addrs, admin_addrs) = (
-            self.inbound_addrs(),
-            self.outbound_addrs(),
-            self.admin_addrs(),
-        );
+        let (inbound_addrs, outbound_addrs, admin_addrs) =
+            (self.inbound_addrs(), self.outbound_addrs(), self.admin_addrs());
         let own_addrs: Vec<SocketAddr> = [&inbound_addrs, &outbound_addrs, &admin_addrs]
             .into_iter()
             .flatten()
             .copied()
             .collect();
-        let BoundProxy {
-            args,
-            inbound,
-            outbound,
-            admin,
-            metrics,
-        } = self;
+        let BoundProxy { args, inbound, outbound, admin, metrics } = self;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
@@ -191,26 +169,15 @@ impl BoundProxy {
             let limit = Arc::new(Semaphore::new(args.max_connections as usize));
             let side = side(direction, orig_dst);
             for l in bound {
-                let serve = transport::serve(
-                    l,
-                    side.clone(),
-                    limit.clone(),
-                    stop.clone(),
-                    tracker.clone(),
-                );
+                let serve =
+                    transport::serve(l, side.clone(), limit.clone(), stop.clone(), tracker.clone());
                 listeners.push(tokio::spawn(serve));
             }
         }
-        let admin_state = admin::Admin {
-            metrics,
-            ready: ready.clone(),
-            shutdown: stop.clone(),
-            log_level,
-        };
-        let admin_tasks: Vec<_> = admin
-            .into_iter()
-            .map(|l| tokio::spawn(admin::serve(l, admin_state.clone())))
-            .collect();
+        let admin_state =
+            admin::Admin { metrics, ready: ready.clone(), shutdown: stop.clone(), log_level };
+        let admin_tasks: Vec<_> =
+            admin.into_iter().map(|l| tokio::spawn(admin::serve(l, admin_state.clone()))).collect();
         ready.store(true, Ordering::Release);
         info!(
             inbound = %join(&inbound_addrs), outbound = %join(&outbound_addrs), admin = %join(&admin_addrs),
@@ -232,14 +199,8 @@ impl BoundProxy {
             grace_ms = args.shutdown_grace_period.as_millis() as u64,
             "draining: listeners closed, waiting for open connections"
         );
-        if tokio::time::timeout(args.shutdown_grace_period, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                open = tracker.len(),
-                "grace period over; closing the remaining connections"
-            );
+        if tokio::time::timeout(args.shutdown_grace_period, tracker.wait()).await.is_err() {
+            warn!(open = tracker.len(), "grace period over; closing the remaining connections");
         }
         for t in admin_tasks {
             t.abort();

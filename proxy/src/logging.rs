@@ -50,10 +50,6 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<LogLevel> {
             ),
         ),
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(plain)
-        .with(json)
-        .try_init()?;
+    tracing_subscriber::registry().with(filter).with(plain).with(json).try_init()?;
     Ok(LogLevel(handle))
 }

@@ -45,9 +45,7 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let log_level = weft_proxy::logging::init(&args.log, args.log_format)?;
     let runtime = match args.cores {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if n > 0 {
@@ -66,10 +64,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Completes on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; the proxy only stops on POST /shutdown");
         return std::future::pending().await;
     };

@@ -64,6 +64,11 @@ pub struct CloseLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: &'static str,
 }
@@ -81,19 +86,11 @@ pub const OVERFLOW: &str = "overflow";
 
 impl LabelCap {
     pub fn new(max: usize) -> Self {
-        LabelCap {
-            max,
-            seen: RwLock::new(HashSet::new()),
-        }
+        LabelCap { max, seen: RwLock::new(HashSet::new()) }
     }
 
     pub fn admit(&self, value: String) -> String {
-        if self
-            .seen
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&value)
-        {
+        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(&value) {
             return value;
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
@@ -138,10 +135,7 @@ impl ConnMetrics {
         if !self.closed {
             self.closed = true;
             self.open.dec();
-            let labels = CloseLabels {
-                tcp: self.labels.clone(),
-                errno,
-            };
+            let labels = CloseLabels { tcp: self.labels.clone(), errno };
             self.close_total.get_or_create(&labels).inc();
         }
     }
@@ -175,7 +169,18 @@ pub struct Metrics {
     tcp: TcpMetrics,
     pub inbound_errors: TcpErrors,
     pub outbound_errors: TcpErrors,
+    detecting: Family<DirectionLabels, Gauge>,
     target_addrs: LabelCap,
+}
+
+/// Counts a connection as detecting while it lives.
+#[derive(Debug)]
+pub struct Detecting(Gauge);
+
+impl Drop for Detecting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -188,16 +193,8 @@ impl Metrics {
             "Connections currently open",
             tcp.open_connections.clone(),
         );
-        registry.register(
-            "tcp_read_bytes",
-            "Bytes read from the peer",
-            tcp.read_bytes.clone(),
-        );
-        registry.register(
-            "tcp_write_bytes",
-            "Bytes written to the peer",
-            tcp.write_bytes.clone(),
-        );
+        registry.register("tcp_read_bytes", "Bytes read from the peer", tcp.read_bytes.clone());
+        registry.register("tcp_write_bytes", "Bytes written to the peer", tcp.write_bytes.clone());
         registry.register("tcp_close", "Connections closed", tcp.close_total.clone());
         let inbound_errors = TcpErrors::default();
         let outbound_errors = TcpErrors::default();
@@ -211,12 +208,19 @@ impl Metrics {
             "Outbound connections that failed, by reason",
             outbound_errors.0.clone(),
         );
+        let detecting = Family::<DirectionLabels, Gauge>::default();
+        registry.register(
+            "tcp_detecting_connections",
+            "Accepted connections whose protocol is not known yet (silent or slow clients)",
+            detecting.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Arc::new(Metrics {
             registry,
             tcp,
             inbound_errors,
             outbound_errors,
+            detecting,
             target_addrs: LabelCap::new(max_label_values),
         })
     }
@@ -226,6 +230,16 @@ impl Metrics {
             Direction::Inbound => &self.inbound_errors,
             Direction::Outbound => &self.outbound_errors,
         }
+    }
+
+    /// Marks a connection as in protocol detection until the guard is dropped.
+    pub fn detecting(&self, direction: Direction) -> Detecting {
+        let g = self
+            .detecting
+            .get_or_create(&DirectionLabels { direction: direction.as_str() })
+            .clone();
+        g.inc();
+        Detecting(g)
     }
 
     /// Opens the metrics of one side of a proxied connection.
@@ -321,17 +335,9 @@ impl ProcessStats {
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()?
             .lines()
-            .find_map(|l| {
-                l.strip_prefix("btime ")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })?;
-        let open_fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count() as i64)
-            .unwrap_or(0);
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as i64).unwrap_or(0);
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `lim` is a valid, writable rlimit.
         let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
             i64::try_from(lim.rlim_cur).unwrap_or(i64::MAX)
@@ -372,16 +378,8 @@ impl Collector for ProcessCollector {
                 "Virtual memory size in bytes",
                 p.virtual_bytes as f64,
             ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors",
-                p.open_fds as f64,
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                p.max_fds as f64,
-            ),
+            ("process_open_fds", "Number of open file descriptors", p.open_fds as f64),
+            ("process_max_fds", "Maximum number of open file descriptors", p.max_fds as f64),
             (
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds",

@@ -24,10 +24,7 @@ pub fn original_dst(stream: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
     if v4_socket {
         let sin: libc::sockaddr_in = getsockopt(fd, libc::SOL_IP)?;
         let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        Ok(SocketAddr::V4(SocketAddrV4::new(
-            ip,
-            u16::from_be(sin.sin_port),
-        )))
+        Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
     } else {
         let sin6: libc::sockaddr_in6 = getsockopt(fd, libc::SOL_IPV6)?;
         let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
@@ -46,13 +43,7 @@ fn getsockopt<T: Copy>(fd: libc::c_int, level: libc::c_int) -> io::Result<T> {
     // SAFETY: `value` is a writable buffer of `len` bytes, and the kernel writes at
     // most `len` bytes of a sockaddr of this family into it.
     let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            SO_ORIGINAL_DST,
-            value.as_mut_ptr().cast(),
-            &mut len,
-        )
+        libc::getsockopt(fd, level, SO_ORIGINAL_DST, value.as_mut_ptr().cast(), &mut len)
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -71,19 +62,14 @@ mod tests {
         // Without a nat rule conntrack has no redirect for this flow: the kernel
         // answers with an error (ENOENT, or ENOPROTOOPT without conntrack) or the
         // untouched destination. Either way nothing panics and no garbage comes back.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
         match original_dst(&server) {
             Ok(dst) => assert_eq!(dst, addr),
             Err(e) => assert!(
-                matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT) | Some(libc::ENOPROTOOPT)
-                ),
+                matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOPROTOOPT)),
                 "{e}"
             ),
         }

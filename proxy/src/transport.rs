@@ -130,7 +130,10 @@ impl ConnError {
 
 async fn handle(mut client: TcpStream, side: &Side) {
     let errors = side.metrics.errors(side.direction);
-    let (target, protocol, prefix, upstream) = match prepare(&mut client, side).await {
+    let detecting = side.metrics.detecting(side.direction);
+    let prepared = prepare(&mut client, side).await;
+    drop(detecting);
+    let (target, protocol, prefix, upstream) = match prepared {
         Ok(p) => p,
         Err(e) => {
             errors.inc(e.label());
@@ -154,12 +157,8 @@ async fn handle(mut client: TcpStream, side: &Side) {
             }
         },
     };
-    let src = side
-        .metrics
-        .open(side.direction, Peer::Src, &target, &protocol);
-    let dst = side
-        .metrics
-        .open(side.direction, Peer::Dst, &target, &protocol);
+    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
+    let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol);
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
     let result = forward::forward(&mut client, &mut upstream, &prefix, &src, &dst).await;
     let err = result.as_ref().err();
@@ -204,10 +203,7 @@ async fn detect_protocol(
     // `readable()` may wake spuriously (it does at once on a fresh socket); `peek`
     // waits for a byte (or EOF) that is really there.
     let mut one = [0u8; 1];
-    if timeout(side.detect_silent_window, client.peek(&mut one))
-        .await
-        .is_err()
-    {
+    if timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
         let up = connect(target, side.connect_timeout).await?;
         let mut up_one = [0u8; 1];
         tokio::select! {

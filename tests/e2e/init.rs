@@ -38,10 +38,7 @@ fn save(ns: &Netns, cmd: &str, backend: &str, nat_only: bool) -> String {
     let tool = format!("{cmd}-{backend}-save");
     let args: &[&str] = if nat_only { &["-t", "nat"] } else { &[] };
     let out = ns.exec_ok(&tool, args);
-    out.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    out.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
 }
 
 fn nat(ns: &Netns, cmd: &str, backend: &str) -> String {
@@ -53,10 +50,7 @@ fn all_tables(ns: &Netns) -> String {
     let mut out = String::new();
     for cmd in ["iptables", "ip6tables"] {
         for backend in ["nft", "legacy"] {
-            out.push_str(&format!(
-                "== {cmd}-{backend}\n{}",
-                save(ns, cmd, backend, false)
-            ));
+            out.push_str(&format!("== {cmd}-{backend}\n{}", save(ns, cmd, backend, false)));
         }
     }
     out.push_str(&ns.exec_ok("nft", &["list", "ruleset"]));
@@ -66,10 +60,7 @@ fn all_tables(ns: &Netns) -> String {
 /// The `-A` lines of `chain` in a saved table, in order.
 fn chain(save: &str, chain: &str) -> Vec<String> {
     let prefix = format!("-A {chain} ");
-    save.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
+    save.lines().filter(|l| l.starts_with(&prefix)).map(str::to_string).collect()
 }
 
 const JUMP_IN: &str = "-A PREROUTING -m comment --comment \"weft/inbound\" -j WEFT_INBOUND";
@@ -136,24 +127,13 @@ fn installs_rules(backend: &str, other: &str) {
 
     let inbound = inbound_chain("22,4190:4191,8000:8100");
     let v4 = nat(&ns, "iptables", backend);
-    assert_installed(
-        &v4,
-        &inbound,
-        &outbound_chain(Some("5432"), Some("10.96.0.0/12")),
-    );
+    assert_installed(&v4, &inbound, &outbound_chain(Some("5432"), Some("10.96.0.0/12")));
     let v6 = nat(&ns, "ip6tables", backend);
-    assert_installed(
-        &v6,
-        &inbound,
-        &outbound_chain(Some("5432"), Some("fd00::/8")),
-    );
+    assert_installed(&v6, &inbound, &outbound_chain(Some("5432"), Some("fd00::/8")));
 
     for cmd in ["iptables", "ip6tables"] {
         let untouched = nat(&ns, cmd, other);
-        assert!(
-            !untouched.contains("WEFT"),
-            "{cmd}-{other} has rules too:\n{untouched}"
-        );
+        assert!(!untouched.contains("WEFT"), "{cmd}-{other} has rules too:\n{untouched}");
     }
 }
 
@@ -202,27 +182,16 @@ fn init_dry_run_prints_the_rules_and_changes_nothing() {
     for mode in ["auto", "nft", "legacy"] {
         let out = init_ok(
             &ns,
-            &[
-                "--dry-run",
-                "--iptables-mode",
-                mode,
-                "--skip-subnets=10.0.0.0/8,fd00::/8",
-            ],
+            &["--dry-run", "--iptables-mode", mode, "--skip-subnets=10.0.0.0/8,fd00::/8"],
         );
         assert_eq!(out.matches("*nat\n").count(), 2, "{out}");
         assert_eq!(out.matches("COMMIT\n").count(), 2, "{out}");
-        for line in [
-            JUMP_IN,
-            JUMP_OUT,
-            "-A WEFT_OUTBOUND -d 10.0.0.0/8 ",
-            "-A WEFT_OUTBOUND -d fd00::/8 ",
-        ] {
+        for line in
+            [JUMP_IN, JUMP_OUT, "-A WEFT_OUTBOUND -d 10.0.0.0/8 ", "-A WEFT_OUTBOUND -d fd00::/8 "]
+        {
             assert!(out.contains(line), "{line:?} missing from:\n{out}");
         }
-        assert!(
-            out.contains(&inbound_chain("4190:4191").join("\n")),
-            "{out}"
-        );
+        assert!(out.contains(&inbound_chain("4190:4191").join("\n")), "{out}");
     }
     let out = init_ok(&ns, &["--dry-run", "--ipv6=false"]);
     assert_eq!(out.matches("*nat\n").count(), 1, "{out}");
@@ -242,11 +211,7 @@ fn init_dry_run_prints_the_rules_and_changes_nothing() {
             "--dry-run",
         ],
     );
-    assert!(
-        nobody.status.success(),
-        "{}",
-        String::from_utf8_lossy(&nobody.stderr)
-    );
+    assert!(nobody.status.success(), "{}", String::from_utf8_lossy(&nobody.stderr));
 }
 
 #[test]
@@ -263,49 +228,31 @@ fn init_refuses_bad_args_and_changes_nothing() {
             "invalid value '0' for '--inbound-port <INBOUND_PORT>': 0 is not in 1..=65535",
         ),
         (&["--outbound-port=70000"], "70000 is not in 1..=65535"),
-        (
-            &["--skip-inbound-ports=8000-70"],
-            "port range \"8000-70\" is backwards",
-        ),
+        (&["--skip-inbound-ports=8000-70"], "port range \"8000-70\" is backwards"),
         (&["--skip-outbound-ports=0"], "\"0\" is not a port"),
         (
             &["--skip-subnets=10.0.0.0"],
             "\"10.0.0.0\" is not a subnet: expected an address and a prefix length",
         ),
-        (
-            &["--skip-subnets=10.0.0.0/33"],
-            "an IPv4 prefix length is a number from 0 to 32",
-        ),
+        (&["--skip-subnets=10.0.0.0/33"], "an IPv4 prefix length is a number from 0 to 32"),
         (
             &["--skip-subnets=10.0.0.1/8"],
             "\"10.0.0.1/8\" has host bits set: did you mean 10.0.0.0/8?",
         ),
-        (
-            &["--iptables-mode=iptables"],
-            "invalid value 'iptables' for '--iptables-mode",
-        ),
+        (&["--iptables-mode=iptables"], "invalid value 'iptables' for '--iptables-mode"),
         (&["--ipv6=maybe"], "invalid value 'maybe' for '--ipv6"),
-        (
-            &["--inbound-port=4140"],
-            "--inbound-port and --outbound-port are both 4140",
-        ),
+        (&["--inbound-port=4140"], "--inbound-port and --outbound-port are both 4140"),
     ];
     for (args, message) in cases {
         let out = init(&ns, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(
-            stderr.contains(message),
-            "{args:?}: expected {message:?} in:\n{stderr}"
-        );
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in:\n{stderr}");
     }
     // Through the environment too.
     let bin = proxy_bin();
     let bin = bin.to_str().expect("utf-8");
-    let out = ns.exec(
-        "env",
-        &["WEFT_PROXY_INIT_SKIP_SUBNETS=fd00::1/8", bin, "init"],
-    );
+    let out = ns.exec("env", &["WEFT_PROXY_INIT_SKIP_SUBNETS=fd00::1/8", bin, "init"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean fd00::/8?"));
     assert_eq!(all_tables(&ns), before, "a refused run changed the tables");
@@ -317,11 +264,7 @@ fn init_auto_uses_nft_unless_only_legacy_has_rules() {
     require_root();
     let fresh = Netns::new("weft-init");
     let out = init(&fresh, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("using the nft iptables backend"));
     assert!(nat(&fresh, "iptables", "nft").contains("WEFT_INBOUND"));
     assert!(!nat(&fresh, "iptables", "legacy").contains("WEFT"));
@@ -329,26 +272,17 @@ fn init_auto_uses_nft_unless_only_legacy_has_rules() {
     let legacy = Netns::new("weft-init");
     legacy.exec_ok(
         "iptables-legacy",
-        &[
-            "-w", "10", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT",
-        ],
+        &["-w", "10", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"],
     );
     let out = init(&legacy, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("using the legacy iptables backend"));
     assert!(nat(&legacy, "iptables", "legacy").contains("WEFT_INBOUND"));
     assert!(nat(&legacy, "ip6tables", "legacy").contains("WEFT_INBOUND"));
     assert!(!nat(&legacy, "iptables", "nft").contains("WEFT"));
     // And keeps using it on a second run, which now finds its own rules there.
     init_ok(&legacy, &[]);
-    assert_eq!(
-        chain(&nat(&legacy, "iptables", "legacy"), "PREROUTING"),
-        [JUMP_IN]
-    );
+    assert_eq!(chain(&nat(&legacy, "iptables", "legacy"), "PREROUTING"), [JUMP_IN]);
     assert!(!nat(&legacy, "iptables", "nft").contains("WEFT"));
 }
 
@@ -413,52 +347,21 @@ fn init_rolls_ipv4_back_when_ipv6_fails() {
         let iptables = format!("iptables-{backend}");
         ns.exec_ok(
             &iptables,
-            &[
-                "-w",
-                "10",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "lo",
-                "-j",
-                "RETURN",
-            ],
+            &["-w", "10", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN"],
         );
         init_ok(&ns, &[&mode, "--skip-outbound-ports=443"]);
-        let before = (
-            nat(&ns, "iptables", backend),
-            nat(&ns, "ip6tables", backend),
-        );
+        let before = (nat(&ns, "iptables", backend), nat(&ns, "ip6tables", backend));
 
-        let out = ns.exec(
-            "env",
-            &[
-                &fake.path_var(),
-                bin,
-                "init",
-                &mode,
-                "--skip-outbound-ports=80",
-            ],
-        );
+        let out =
+            ns.exec("env", &[&fake.path_var(), bin, "init", &mode, "--skip-outbound-ports=80"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "{backend}: the failure went unnoticed: {stderr}"
-        );
+        assert!(!out.status.success(), "{backend}: the failure went unnoticed: {stderr}");
         assert!(
             stderr.contains("applying the IPv6 rules failed after the IPv4 rules were applied; those were rolled back"),
             "{backend}: {stderr}"
         );
-        assert!(
-            stderr.contains("simulated ip6tables failure"),
-            "{backend}: {stderr}"
-        );
-        let after = (
-            nat(&ns, "iptables", backend),
-            nat(&ns, "ip6tables", backend),
-        );
+        assert!(stderr.contains("simulated ip6tables failure"), "{backend}: {stderr}");
+        let after = (nat(&ns, "iptables", backend), nat(&ns, "ip6tables", backend));
         assert_eq!(after, before, "{backend}: the tables are not as they were");
     }
 }
@@ -472,13 +375,7 @@ fn init_without_iptables_names_the_package() {
     for mode in ["nft", "legacy", "auto"] {
         let out = ns.exec(
             "env",
-            &[
-                "PATH=/nonexistent",
-                bin.to_str().expect("utf-8"),
-                "init",
-                "--iptables-mode",
-                mode,
-            ],
+            &["PATH=/nonexistent", bin.to_str().expect("utf-8"), "init", "--iptables-mode", mode],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{mode}");
@@ -495,12 +392,7 @@ fn app_and_peer(init_args: &[&str]) -> (Netns, Netns) {
     require_root();
     let app = Netns::new("weft-app");
     let peer = Netns::new("weft-peer");
-    veth_pair_with(
-        &app,
-        &["10.77.0.1/24", "fd77::1/64"],
-        &peer,
-        &["10.77.0.2/24", "fd77::2/64"],
-    );
+    veth_pair_with(&app, &["10.77.0.1/24", "fd77::1/64"], &peer, &["10.77.0.2/24", "fd77::2/64"]);
     veth_pair(&app, "10.78.0.1/24", &peer, "10.78.0.2/24");
     init_ok(&app, init_args);
     (app, peer)
@@ -526,14 +418,9 @@ fn reaches(stream: TcpStream, listener: &TcpListener, not_on: &TcpListener) -> T
     writeln!(stream, "hello").expect("write");
     let (accepted, _) = accept_within(listener, WAIT).expect("the connection arrived");
     let mut line = String::new();
-    BufReader::new(&accepted)
-        .read_line(&mut line)
-        .expect("read");
+    BufReader::new(&accepted).read_line(&mut line).expect("read");
     assert_eq!(line, "hello\n");
-    assert!(
-        accept_within(not_on, NOTHING).is_none(),
-        "the connection also arrived elsewhere"
-    );
+    assert!(accept_within(not_on, NOTHING).is_none(), "the connection also arrived elsewhere");
     accepted
 }
 
@@ -584,9 +471,7 @@ fn outbound_tcp_is_redirected_except_for_the_proxy_uid_loopback_and_skips() {
     let (accepted, _) =
         accept_within(&server, WAIT).unwrap_or_else(|| panic!("uid 2102: {}", app.logs()));
     let mut line = String::new();
-    BufReader::new(&accepted)
-        .read_line(&mut line)
-        .expect("read");
+    BufReader::new(&accepted).read_line(&mut line).expect("read");
     assert_eq!(line, "from-uid-2102\n");
     assert!(accept_within(&proxy_v4, NOTHING).is_none());
     let _ = proxy_user.kill();
@@ -609,10 +494,9 @@ fn inbound_tcp_is_redirected_except_skipped_ports() {
     let admin = listen(&app, "[::]:4191");
     let ssh = listen(&app, "[::]:22");
 
-    for (target, original) in [
-        ("10.77.0.1:8080", "10.77.0.1:8080"),
-        ("[fd77::1]:8080", "[fd77::1]:8080"),
-    ] {
+    for (target, original) in
+        [("10.77.0.1:8080", "10.77.0.1:8080"), ("[fd77::1]:8080", "[fd77::1]:8080")]
+    {
         let accepted = reaches(connect(&peer, target), &proxy, &admin);
         let dst = original_dst(&accepted).expect("SO_ORIGINAL_DST");
         assert_eq!(dst, original.parse().expect("addr"), "{target}");

@@ -74,9 +74,7 @@ fn start_proxy(ns: &Netns) -> Proxy {
 
 fn listen(ns: &Netns, port: u16) -> TcpListener {
     // `[::]` takes IPv4 too (bindv6only is off by default).
-    ns.run_in(|| {
-        TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("bind app port {port}: {e}"))
-    })
+    ns.run_in(|| listener((std::net::Ipv6Addr::UNSPECIFIED, port).into()))
 }
 
 impl Mesh {
@@ -102,19 +100,22 @@ impl Mesh {
         serve(listen(&server, MYSQL), echo);
         serve(listen(&server, SMTP), banner(BANNER));
         serve(listen(&server, SKIPPED), echo);
-        let tls_dir =
-            TempDir(std::env::temp_dir().join(format!("weft-e2e-ns-tls-{}", server.name)));
-        start_tls_server(&server, &tls_dir.0);
+        let tls_server = start_tls_server(&server);
 
+        // The veth link and IPv6 neighbour discovery take a moment after setup; wait until
+        // the server pod answers on the port no proxy touches, over both families.
+        for ip in [SERVER_IP, SERVER_IP6] {
+            let addr = SocketAddr::new(ip.parse().expect("ip"), SKIPPED);
+            let up = eventually(Duration::from_secs(10), || {
+                client.run_in(|| {
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                })
+            });
+            assert!(up, "the server pod is unreachable at {addr}");
+        }
         let server_proxy = start_proxy(&server);
         let client_proxy = start_proxy(&client);
-        Mesh {
-            client_proxy,
-            server_proxy,
-            client,
-            server,
-            _tls_server: tls_server,
-        }
+        Mesh { client_proxy, server_proxy, client, server, _tls_server: tls_server }
     }
 
     fn client_metrics(&self) -> String {
@@ -127,12 +128,9 @@ impl Mesh {
 
     /// A TCP connection from an app in the client pod.
     fn connect(&self, addr: SocketAddr) -> TcpStream {
-        let s = self
-            .client
-            .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+        let s = self.client.run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
         let s = s.unwrap_or_else(|e| panic!("connect to {addr}: {e}\n{}", self.logs()));
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         s
     }
 
@@ -150,18 +148,9 @@ impl Mesh {
     fn went_through_both(&self, target: &str, protocol: &str) -> bool {
         eventually(Duration::from_secs(5), || {
             let labels = |d| {
-                [
-                    ("direction", d),
-                    ("peer", "src"),
-                    ("target_addr", target),
-                    ("protocol", protocol),
-                ]
+                [("direction", d), ("peer", "src"), ("target_addr", target), ("protocol", protocol)]
             };
-            metric(
-                &self.client_metrics(),
-                "tcp_open_total",
-                &labels("outbound"),
-            ) >= 1.0
+            metric(&self.client_metrics(), "tcp_open_total", &labels("outbound")) >= 1.0
                 && metric(&self.server_metrics(), "tcp_open_total", &labels("inbound")) >= 1.0
         })
     }
@@ -208,8 +197,7 @@ fn start_tls_server(ns: &Netns) -> TlsServer {
     );
     let addr: SocketAddr = ([127, 0, 0, 1], TLS).into();
     assert!(
-        eventually(Duration::from_secs(10), || ns
-            .run_in(|| TcpStream::connect(addr).is_ok())),
+        eventually(Duration::from_secs(10), || ns.run_in(|| TcpStream::connect(addr).is_ok())),
         "openssl s_server did not start: {}",
         ns.logs()
     );
@@ -221,27 +209,15 @@ fn start_tls_server(ns: &Netns) -> TlsServer {
 fn http1_h2_and_tls_are_intercepted_and_detected_on_both_sides() {
     let mesh = Mesh::new();
     let url = format!("http://{SERVER_IP}:{HTTP}/");
-    let out = mesh
-        .client
-        .exec_ok("curl", &["-sS", "--max-time", "10", "--http1.1", &url]);
+    let out = mesh.client.exec_ok("curl", &["-sS", "--max-time", "10", "--http1.1", &url]);
     assert_eq!(out, "hello HTTP/1.1\n");
-    let out = mesh.client.exec_ok(
-        "curl",
-        &["-sS", "--max-time", "10", "--http2-prior-knowledge", &url],
-    );
+    let out =
+        mesh.client.exec_ok("curl", &["-sS", "--max-time", "10", "--http2-prior-knowledge", &url]);
     assert_eq!(out, "hello HTTP/2.0\n");
     let tls = format!("{SERVER_IP}:{TLS}");
-    let out = mesh.client.exec(
-        "openssl",
-        &[
-            "s_client",
-            "-connect",
-            &tls,
-            "-servername",
-            "app.test",
-            "-brief",
-        ],
-    );
+    let out = mesh
+        .client
+        .exec("openssl", &["s_client", "-connect", &tls, "-servername", "app.test", "-brief"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("CONNECTION ESTABLISHED"),
         "openssl s_client: {}",
@@ -276,32 +252,16 @@ fn http1_h2_and_tls_are_intercepted_and_detected_on_both_sides() {
     // The proxies' own upstream connections (uid 2102) were not redirected back into
     // them: no loops, and the server proxy's upstream went to the app directly.
     for m in [mesh.client_metrics(), mesh.server_metrics()] {
-        assert_eq!(
-            metric(&m, "outbound_tcp_errors_total", &[("error", "loop")]),
-            0.0,
-            "{m}"
-        );
-        assert_eq!(
-            metric(&m, "inbound_tcp_errors_total", &[("error", "loop")]),
-            0.0,
-            "{m}"
-        );
+        assert_eq!(metric(&m, "outbound_tcp_errors_total", &[("error", "loop")]), 0.0, "{m}");
+        assert_eq!(metric(&m, "inbound_tcp_errors_total", &[("error", "loop")]), 0.0, "{m}");
     }
     let s = mesh.server_metrics();
-    assert_eq!(
-        metric(&s, "tcp_open_total", &[("direction", "outbound")]),
-        0.0,
-        "{s}"
-    );
+    assert_eq!(metric(&s, "tcp_open_total", &[("direction", "outbound")]), 0.0, "{s}");
     assert!(
         metric(
             &s,
             "tcp_open_total",
-            &[
-                ("direction", "inbound"),
-                ("peer", "dst"),
-                ("target_addr", &http)
-            ]
+            &[("direction", "inbound"), ("peer", "dst"), ("target_addr", &http)]
         ) >= 2.0,
         "{s}"
     );
@@ -321,11 +281,7 @@ fn opaque_ports_server_first_protocols_and_half_close() {
     s.read_exact(&mut back).expect("echo");
     assert_eq!(back, req);
     let mysql = format!("{SERVER_IP}:{MYSQL}");
-    assert!(
-        mesh.went_through_both(&mysql, "opaque"),
-        "{}",
-        mesh.client_metrics()
-    );
+    assert!(mesh.went_through_both(&mysql, "opaque"), "{}", mesh.client_metrics());
     assert_eq!(
         metric(
             &mesh.client_metrics(),
@@ -340,14 +296,10 @@ fn opaque_ports_server_first_protocols_and_half_close() {
     let started = Instant::now();
     let mut s = mesh.connect((server, SMTP).into());
     let mut got = vec![0; BANNER.len()];
-    s.read_exact(&mut got)
-        .unwrap_or_else(|e| panic!("banner: {e}\n{}", mesh.logs()));
+    s.read_exact(&mut got).unwrap_or_else(|e| panic!("banner: {e}\n{}", mesh.logs()));
     let waited = started.elapsed();
     assert_eq!(got, BANNER);
-    assert!(
-        waited < Duration::from_secs(3),
-        "the banner took {waited:?}"
-    );
+    assert!(waited < Duration::from_secs(3), "the banner took {waited:?}");
     assert!(mesh.went_through_both(&format!("{SERVER_IP}:{SMTP}"), "opaque"));
 
     // Half-close: the client shuts its write side and still reads the answer.
@@ -376,11 +328,7 @@ fn skipped_ports_bypass_both_proxies() {
     assert!(mesh.went_through_both(&format!("{SERVER_IP}:{ECHO}"), "opaque"));
     let skipped = format!("{SERVER_IP}:{SKIPPED}");
     for m in [mesh.client_metrics(), mesh.server_metrics()] {
-        assert_eq!(
-            metric(&m, "tcp_open_total", &[("target_addr", &skipped)]),
-            0.0,
-            "{m}"
-        );
+        assert_eq!(metric(&m, "tcp_open_total", &[("target_addr", &skipped)]), 0.0, "{m}");
     }
 }
 
@@ -389,10 +337,14 @@ fn skipped_ports_bypass_both_proxies() {
 fn ipv6_is_intercepted_with_its_original_destination() {
     let mesh = Mesh::new();
     let url = format!("http://[{SERVER_IP6}]:{HTTP}/");
-    let out = mesh
-        .client
-        .exec_ok("curl", &["-sS", "-g", "--max-time", "10", &url]);
-    assert_eq!(out, "hello HTTP/1.1\n");
+    let out = mesh.client.exec("curl", &["-sS", "-g", "--max-time", "10", &url]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello HTTP/1.1\n",
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mesh.logs()
+    );
     let target = format!("[{SERVER_IP6}]:{HTTP}");
     assert!(
         mesh.went_through_both(&target, "http/1"),

@@ -48,11 +48,7 @@ impl Netns {
         std::fs::create_dir_all(&log_dir).expect("create the namespace's log dir");
         check(Command::new("ip").args(["netns", "add", &name]));
         // From here on Drop removes the namespace, also if bringing lo up fails.
-        let ns = Netns {
-            name,
-            log_dir,
-            spawned: Mutex::new(Vec::new()),
-        };
+        let ns = Netns { name, log_dir, spawned: Mutex::new(Vec::new()) };
         ns.exec_ok("ip", &["link", "set", "lo", "up"]);
         ns
     }
@@ -92,9 +88,7 @@ impl Netns {
         uid: Option<u32>,
     ) -> Child {
         let mut spawned = self.spawned.lock().unwrap_or_else(PoisonError::into_inner);
-        let base = Path::new(cmd)
-            .file_name()
-            .map_or(cmd.into(), |f| f.to_string_lossy());
+        let base = Path::new(cmd).file_name().map_or(cmd.into(), |f| f.to_string_lossy());
         let label = format!("{}-{base}", spawned.len());
         let log = |stream: &str| {
             let path = self.log_dir.join(format!("{label}.{stream}"));
@@ -105,15 +99,7 @@ impl Netns {
         command.args(["netns", "exec", &self.name]);
         let uid = uid.map(|u| u.to_string());
         if let Some(uid) = &uid {
-            command.args([
-                "setpriv",
-                "--reuid",
-                uid,
-                "--regid",
-                uid,
-                "--clear-groups",
-                "--",
-            ]);
+            command.args(["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--"]);
         }
         let child = command
             .arg(cmd)
@@ -159,17 +145,11 @@ impl Netns {
                 // SAFETY: the descriptor is open for the whole call; setns only changes this
                 // thread's network namespace.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!(
-                        "cannot enter {}: {}",
-                        path.display(),
-                        io::Error::last_os_error()
-                    );
+                    panic!("cannot enter {}: {}", path.display(), io::Error::last_os_error());
                 }
                 f()
             });
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 
@@ -188,12 +168,9 @@ impl Netns {
             std::fs::read_link(format!("/proc/{pid}/ns/net"))
                 .is_ok_and(|link| link.as_os_str() == ns_link.as_str())
         };
-        let listed = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output();
-        let listed = listed
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        let listed = Command::new("ip").args(["netns", "pids", &self.name]).output();
+        let listed =
+            listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         let spawned = self.spawned.lock().unwrap_or_else(PoisonError::into_inner);
         let mut pids: Vec<u32> = spawned
             .iter()
@@ -247,9 +224,7 @@ pub fn veth_pair_with(
     let (a_if, b_if) = (format!("wa{n}"), format!("wb{n}"));
     a.exec_ok(
         "ip",
-        &[
-            "link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
-        ],
+        &["link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name],
     );
     for (ns, ifname, addrs) in [(a, &a_if, a_addrs), (b, &b_if, b_addrs)] {
         for addr in addrs {
@@ -271,25 +246,13 @@ pub fn proxy_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test executable's path");
         // <target>/<profile>/deps/e2e-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("<target>/<profile>/deps/<test>");
+        let profile_dir =
+            exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps/<test>");
         let target_dir = profile_dir.parent().expect("<target>/<profile>");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|p| p.to_str())
-            .expect("a profile name");
+        let profile = profile_dir.file_name().and_then(|p| p.to_str()).expect("a profile name");
         let mut cargo = Command::new(env!("CARGO"));
         cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
-        cargo.args([
-            "build",
-            "-p",
-            "weft-proxy",
-            "--bin",
-            "weft-proxy",
-            "--target-dir",
-        ]);
+        cargo.args(["build", "-p", "weft-proxy", "--bin", "weft-proxy", "--target-dir"]);
         cargo.arg(target_dir);
         match profile {
             "debug" => {}
@@ -308,11 +271,7 @@ pub fn proxy_bin() -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
         let bin = profile_dir.join("weft-proxy");
-        assert!(
-            bin.is_file(),
-            "cargo built weft-proxy but {} is not there",
-            bin.display()
-        );
+        assert!(bin.is_file(), "cargo built weft-proxy but {} is not there", bin.display());
         bin
     })
     .clone()
@@ -320,9 +279,7 @@ pub fn proxy_bin() -> PathBuf {
 
 /// Accepts one connection, or gives up after `timeout`.
 pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Option<(TcpStream, SocketAddr)> {
-    listener
-        .set_nonblocking(true)
-        .expect("nonblocking listener");
+    listener.set_nonblocking(true).expect("nonblocking listener");
     let deadline = Instant::now() + timeout;
     loop {
         match listener.accept() {
@@ -371,27 +328,17 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     if v4 {
         let sin: libc::sockaddr_in = get(stream, libc::SOL_IP)?;
         let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        Ok(SocketAddr::V4(SocketAddrV4::new(
-            ip,
-            u16::from_be(sin.sin_port),
-        )))
+        Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
     } else {
         let sin6: libc::sockaddr_in6 = get(stream, libc::SOL_IPV6)?;
         let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-        Ok(SocketAddr::V6(SocketAddrV6::new(
-            ip,
-            u16::from_be(sin6.sin6_port),
-            0,
-            0,
-        )))
+        Ok(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), 0, 0)))
     }
 }
 
 /// Runs `command` and panics with its stderr unless it succeeds.
 fn check(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let out = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         out.status.success(),
         "{command:?} failed ({}): {}",

@@ -76,13 +76,7 @@ impl Proxy {
                 logs.lock().unwrap_or_else(|e| e.into_inner())
             );
         };
-        Proxy {
-            child,
-            inbound,
-            outbound,
-            admin,
-            logs,
-        }
+        Proxy { child, inbound, outbound, admin, logs }
     }
 
     pub fn logs(&self) -> String {
@@ -136,8 +130,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
 /// One HTTP/1.0 request to an admin port; returns (status code, body).
 pub fn admin_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the admin port");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {}\r\n\r\n{body}",
@@ -147,10 +140,7 @@ pub fn admin_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> 
     let mut rsp = String::new();
     s.read_to_string(&mut rsp).expect("read the admin response");
     let code = rsp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = rsp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = rsp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
 
@@ -170,9 +160,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if n != name {
                 return None;
             }
-            let ok = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            let ok = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -193,8 +181,25 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A loopback listener on an ephemeral port with a deep accept queue (std's 128 drops
+/// SYNs when a proxy opens hundreds of upstream connections at once).
 pub fn local_listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind a test listener")
+    listener(([127, 0, 0, 1], 0).into())
+}
+
+pub fn listener(addr: SocketAddr) -> TcpListener {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
+    };
+    bind().unwrap_or_else(|e| panic!("bind a test listener on {addr}: {e}"))
 }
 
 /// Serves connections on `listener` with `handle`, a thread each.
@@ -258,10 +263,7 @@ pub fn http_server(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     listener.set_nonblocking(true).expect("nonblocking");
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
@@ -291,9 +293,7 @@ pub fn http_server(listener: TcpListener) -> SocketAddr {
 
 /// Runs a command, returning (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -21,10 +21,8 @@ pub const ALWAYS_SKIPPED_INBOUND_PORTS: (u16, u16) = (4190, 4191);
 const MULTIPORT_LIMIT: usize = 15;
 
 /// The jumps into our chains: (builtin chain, our chain, comment).
-const JUMPS: [(&str, &str, &str); 2] = [
-    ("PREROUTING", INBOUND_CHAIN, "inbound"),
-    ("OUTPUT", OUTBOUND_CHAIN, "outbound"),
-];
+const JUMPS: [(&str, &str, &str); 2] =
+    [("PREROUTING", INBOUND_CHAIN, "inbound"), ("OUTPUT", OUTBOUND_CHAIN, "outbound")];
 
 /// An IP family: each has its own tables, binaries and skipped subnets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,12 +110,7 @@ pub fn rules(config: &RuleConfig, family: Family) -> String {
         rule(OUTBOUND_CHAIN, &matches, "outbound-skip-ports", "RETURN");
     }
     for subnet in skip_subnets.of(family) {
-        rule(
-            OUTBOUND_CHAIN,
-            &format!("-d {subnet}"),
-            "outbound-skip-subnet",
-            "RETURN",
-        );
+        rule(OUTBOUND_CHAIN, &format!("-d {subnet}"), "outbound-skip-subnet", "RETURN");
     }
     rule(
         OUTBOUND_CHAIN,
@@ -139,10 +132,7 @@ pub fn plan(config: &RuleConfig, family: Family, current_save: &str) -> String {
     input.push_str(&rules(config, family));
     for (from, to, comment) in JUMPS {
         if !has_jump(current_save, from, to) {
-            let _ = writeln!(
-                input,
-                "-A {from} -m comment --comment \"weft/{comment}\" -j {to}"
-            );
+            let _ = writeln!(input, "-A {from} -m comment --comment \"weft/{comment}\" -j {to}");
         }
     }
     input.push_str("COMMIT\n");
@@ -173,11 +163,7 @@ pub fn rollback_input(snapshot: &str) -> String {
 pub fn count_rules(save: &str) -> usize {
     ["nat", "filter"]
         .into_iter()
-        .map(|table| {
-            table_lines(save, table)
-                .filter(|l| l.starts_with("-A "))
-                .count()
-        })
+        .map(|table| table_lines(save, table).filter(|l| l.starts_with("-A ")).count())
         .sum()
 }
 
@@ -222,11 +208,7 @@ pub fn multiport_groups(ranges: &[(u16, u16)]) -> Vec<String> {
     let mut groups = Vec::new();
     let (mut group, mut used) = (Vec::new(), 0);
     for (lo, hi) in merged {
-        let (item, cost) = if lo == hi {
-            (lo.to_string(), 1)
-        } else {
-            (format!("{lo}:{hi}"), 2)
-        };
+        let (item, cost) = if lo == hi { (lo.to_string(), 1) } else { (format!("{lo}:{hi}"), 2) };
         if used + cost > MULTIPORT_LIMIT {
             groups.push(std::mem::take(&mut group).join(","));
             used = 0;
@@ -265,11 +247,7 @@ pub enum CidrError {
     #[error("{0:?} is not a subnet: its address is not an IPv4 or IPv6 address")]
     Address(String),
     #[error("{input:?} is not a subnet: an {family} prefix length is a number from 0 to {max}")]
-    Prefix {
-        input: String,
-        family: Family,
-        max: u8,
-    },
+    Prefix { input: String, family: Family, max: u8 },
     #[error("{input:?} has host bits set: did you mean {network}?")]
     HostBits { input: String, network: Cidr },
 }
@@ -278,22 +256,14 @@ impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| CidrError::Syntax(s.to_string()))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| CidrError::Address(s.to_string()))?;
+        let (addr, prefix) = s.split_once('/').ok_or_else(|| CidrError::Syntax(s.to_string()))?;
+        let addr: IpAddr = addr.parse().map_err(|_| CidrError::Address(s.to_string()))?;
         let family = match addr {
             IpAddr::V4(_) => Family::V4,
             IpAddr::V6(_) => Family::V6,
         };
         let max = family.max_prefix();
-        let bad_prefix = || CidrError::Prefix {
-            input: s.to_string(),
-            family,
-            max,
-        };
+        let bad_prefix = || CidrError::Prefix { input: s.to_string(), family, max };
         // Digits only: `u8::from_str` would also take a leading `+`.
         if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad_prefix());
@@ -302,15 +272,9 @@ impl FromStr for Cidr {
         if prefix > max {
             return Err(bad_prefix());
         }
-        let network = Cidr {
-            addr: mask(addr, prefix),
-            prefix,
-        };
+        let network = Cidr { addr: mask(addr, prefix), prefix };
         if network.addr != addr {
-            return Err(CidrError::HostBits {
-                input: s.to_string(),
-                network,
-            });
+            return Err(CidrError::HostBits { input: s.to_string(), network });
         }
         Ok(network)
     }
@@ -434,10 +398,7 @@ mod tests {
             "-A WEFT_INBOUND -p tcp -m multiport --dports 22,4190:4191,8000:8100 -m comment --comment \"weft/inbound-skip-ports\" -j RETURN"
         );
         assert!(lines[3].ends_with("-j REDIRECT --to-ports 5000"), "{v4}");
-        assert!(
-            lines[4].starts_with("-A WEFT_OUTBOUND -m owner --uid-owner 0 "),
-            "{v4}"
-        );
+        assert!(lines[4].starts_with("-A WEFT_OUTBOUND -m owner --uid-owner 0 "), "{v4}");
         assert!(lines[5].starts_with("-A WEFT_OUTBOUND -o lo "), "{v4}");
         assert_eq!(
             lines[6],
@@ -447,29 +408,20 @@ mod tests {
             lines[7],
             "-A WEFT_OUTBOUND -d 10.96.0.0/12 -m comment --comment \"weft/outbound-skip-subnet\" -j RETURN"
         );
-        assert!(
-            lines[8].starts_with("-A WEFT_OUTBOUND -d 192.168.0.0/16 "),
-            "{v4}"
-        );
+        assert!(lines[8].starts_with("-A WEFT_OUTBOUND -d 192.168.0.0/16 "), "{v4}");
         assert!(lines[9].ends_with("-j REDIRECT --to-ports 5001"), "{v4}");
         assert_eq!(lines.len(), 10);
         assert!(!v4.contains("fd00"));
 
         let v6 = rules(&config, Family::V6);
-        assert!(
-            v6.contains("-A WEFT_OUTBOUND -d fd00::/8 -m comment"),
-            "{v6}"
-        );
+        assert!(v6.contains("-A WEFT_OUTBOUND -d fd00::/8 -m comment"), "{v6}");
         assert!(!v6.contains("10.96.0.0") && !v6.contains("192.168"), "{v6}");
         assert_eq!(v6.lines().count(), 9);
     }
 
     #[test]
     fn the_proxy_ports_are_skipped_even_when_listed() {
-        let config = RuleConfig {
-            skip_inbound_ports: ports("4191,4190,4191-4195"),
-            ..config()
-        };
+        let config = RuleConfig { skip_inbound_ports: ports("4191,4190,4191-4195"), ..config() };
         let text = rules(&config, Family::V4);
         assert!(text.contains("--dports 4190:4195 "), "{text}");
         assert_eq!(text.matches("inbound-skip-ports").count(), 1);
@@ -493,15 +445,9 @@ mod tests {
     fn multiport_groups_respect_the_limit() {
         assert!(multiport_groups(&[]).is_empty());
         assert_eq!(multiport_groups(&[(80, 80)]), ["80"]);
-        assert_eq!(
-            multiport_groups(&[(9, 9), (1, 3), (2, 5), (6, 6)]),
-            ["1:6,9"]
-        );
+        assert_eq!(multiport_groups(&[(9, 9), (1, 3), (2, 5), (6, 6)]), ["1:6,9"]);
         assert_eq!(multiport_groups(&[(1, 65535), (80, 80)]), ["1:65535"]);
-        assert_eq!(
-            multiport_groups(&[(65535, 65535), (65534, 65534)]),
-            ["65534:65535"]
-        );
+        assert_eq!(multiport_groups(&[(65535, 65535), (65534, 65534)]), ["65534:65535"]);
 
         let singles: Vec<(u16, u16)> = (1..=16).map(|p| (p * 2, p * 2)).collect();
         let groups = multiport_groups(&singles);
@@ -512,10 +458,7 @@ mod tests {
         // Seven ranges (14 references) and a range: the range does not fit in the first rule.
         let ranges: Vec<(u16, u16)> = (1..=8).map(|i| (i * 10, i * 10 + 1)).collect();
         let groups = multiport_groups(&ranges);
-        assert_eq!(
-            groups,
-            ["10:11,20:21,30:31,40:41,50:51,60:61,70:71", "80:81"]
-        );
+        assert_eq!(groups, ["10:11,20:21,30:31,40:41,50:51,60:61,70:71", "80:81"]);
         // ... but a single port does.
         let mut mixed = ranges[..7].to_vec();
         mixed.push((99, 99));
@@ -524,10 +467,8 @@ mod tests {
         for n in 0..200u16 {
             let input: Vec<(u16, u16)> = (0..n).map(|i| (i * 3 + 1, i * 3 + 1 + i % 2)).collect();
             for group in multiport_groups(&input) {
-                let refs: usize = group
-                    .split(',')
-                    .map(|p| if p.contains(':') { 2 } else { 1 })
-                    .sum();
+                let refs: usize =
+                    group.split(',').map(|p| if p.contains(':') { 2 } else { 1 }).sum();
                 assert!(refs <= MULTIPORT_LIMIT, "{group}");
             }
         }
@@ -552,17 +493,10 @@ mod tests {
         // What `iptables-save -t nat` shows after the first run.
         let saved = format!(
             "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{}",
-            first
-                .lines()
-                .skip(1)
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
+            first.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>()
         );
         let second = plan(&config(), Family::V4, &saved);
-        assert_eq!(
-            second,
-            format!("*nat\n{}COMMIT\n", rules(&config(), Family::V4))
-        );
+        assert_eq!(second, format!("*nat\n{}COMMIT\n", rules(&config(), Family::V4)));
         assert!(!second.contains("-A PREROUTING") && !second.contains("-A OUTPUT"));
     }
 
@@ -622,27 +556,15 @@ mod tests {
             let cidr: Cidr = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(cidr.to_string(), ok);
         }
-        assert_eq!(
-            "10.0.0.0/8".parse::<Cidr>().map(|c| c.family()),
-            Ok(Family::V4)
-        );
-        assert_eq!(
-            "fd00::/8".parse::<Cidr>().map(|c| c.family()),
-            Ok(Family::V6)
-        );
+        assert_eq!("10.0.0.0/8".parse::<Cidr>().map(|c| c.family()), Ok(Family::V4));
+        assert_eq!("fd00::/8".parse::<Cidr>().map(|c| c.family()), Ok(Family::V6));
 
         let syntax = |s: &str| CidrError::Syntax(s.to_string());
         let address = |s: &str| CidrError::Address(s.to_string());
-        let v4_prefix = |s: &str| CidrError::Prefix {
-            input: s.to_string(),
-            family: Family::V4,
-            max: 32,
-        };
-        let v6_prefix = |s: &str| CidrError::Prefix {
-            input: s.to_string(),
-            family: Family::V6,
-            max: 128,
-        };
+        let v4_prefix =
+            |s: &str| CidrError::Prefix { input: s.to_string(), family: Family::V4, max: 32 };
+        let v6_prefix =
+            |s: &str| CidrError::Prefix { input: s.to_string(), family: Family::V6, max: 128 };
         let cases = [
             ("10.0.0.0", syntax("10.0.0.0")),
             ("", syntax("")),
@@ -669,20 +591,11 @@ mod tests {
     #[test]
     fn cidrs_with_host_bits_are_refused_with_a_suggestion() {
         let err = "10.0.0.1/8".parse::<Cidr>().expect_err("host bits");
-        assert_eq!(
-            err.to_string(),
-            "\"10.0.0.1/8\" has host bits set: did you mean 10.0.0.0/8?"
-        );
+        assert_eq!(err.to_string(), "\"10.0.0.1/8\" has host bits set: did you mean 10.0.0.0/8?");
         let err = "fd00::1/64".parse::<Cidr>().expect_err("host bits");
-        assert_eq!(
-            err.to_string(),
-            "\"fd00::1/64\" has host bits set: did you mean fd00::/64?"
-        );
+        assert_eq!(err.to_string(), "\"fd00::1/64\" has host bits set: did you mean fd00::/64?");
         let err = "255.255.255.255/0".parse::<Cidr>().expect_err("host bits");
-        assert!(
-            err.to_string().ends_with("did you mean 0.0.0.0/0?"),
-            "{err}"
-        );
+        assert!(err.to_string().ends_with("did you mean 0.0.0.0/0?"), "{err}");
         assert!("10.1.0.0/15".parse::<Cidr>().is_err());
         assert!("10.2.0.0/15".parse::<Cidr>().is_ok());
     }
@@ -696,9 +609,7 @@ mod tests {
         assert_eq!(list.of(Family::V6).count(), 1);
         assert!(subnets("").is_empty());
         assert_eq!(
-            "10.0.0.0/8,10.0.0.1/8"
-                .parse::<Subnets>()
-                .map_err(|e| e.to_string()),
+            "10.0.0.0/8,10.0.0.1/8".parse::<Subnets>().map_err(|e| e.to_string()),
             Err("\"10.0.0.1/8\" has host bits set: did you mean 10.0.0.0/8?".to_string())
         );
     }

@@ -25,10 +25,7 @@ fn args(extra: &[&str]) -> InitArgs {
 #[test]
 fn defaults() {
     let a = args(&[]);
-    assert_eq!(
-        (a.inbound_port, a.outbound_port, a.proxy_uid),
-        (4143, 4140, 2102)
-    );
+    assert_eq!((a.inbound_port, a.outbound_port, a.proxy_uid), (4143, 4140, 2102));
     assert!(a.skip_inbound_ports.is_empty() && a.skip_outbound_ports.is_empty());
     assert!(a.skip_subnets.is_empty());
     assert_eq!(a.iptables_mode, IptablesMode::Auto);
@@ -49,10 +46,7 @@ fn flags() {
         "--ipv6=false",
         "--dry-run",
     ]);
-    assert_eq!(
-        (a.inbound_port, a.outbound_port, a.proxy_uid),
-        (5143, 5140, 1000)
-    );
+    assert_eq!((a.inbound_port, a.outbound_port, a.proxy_uid), (5143, 5140, 1000));
     assert_eq!(a.skip_inbound_ports.to_string(), "22,8000-8100");
     assert_eq!(a.skip_outbound_ports.to_string(), "443");
     assert_eq!(a.skip_subnets.to_string(), "10.96.0.0/12,fd00::/8");
@@ -60,10 +54,7 @@ fn flags() {
     assert!(!a.ipv6 && a.dry_run);
     assert_eq!(families(&a), [Family::V4]);
     assert!(args(&["--ipv6", "true"]).ipv6);
-    assert_eq!(
-        args(&["--iptables-mode", "nft"]).iptables_mode,
-        IptablesMode::Nft
-    );
+    assert_eq!(args(&["--iptables-mode", "nft"]).iptables_mode, IptablesMode::Nft);
 }
 
 #[test]
@@ -72,23 +63,11 @@ fn bad_flags_are_refused_with_the_reason() {
         (&["--inbound-port", "0"], "0 is not in 1..=65535"),
         (&["--outbound-port", "65536"], "65536 is not in 1..=65535"),
         (&["--proxy-uid=-1"], "invalid value '-1' for '--proxy-uid"),
-        (
-            &["--skip-inbound-ports", "8000-70"],
-            "\"8000-70\" is backwards",
-        ),
+        (&["--skip-inbound-ports", "8000-70"], "\"8000-70\" is backwards"),
         (&["--skip-outbound-ports", "0"], "\"0\" is not a port"),
-        (
-            &["--skip-subnets", "10.0.0.0"],
-            "expected an address and a prefix length",
-        ),
-        (
-            &["--skip-subnets", "10.0.0.1/8"],
-            "did you mean 10.0.0.0/8?",
-        ),
-        (
-            &["--iptables-mode", "iptables"],
-            "[possible values: auto, nft, legacy]",
-        ),
+        (&["--skip-subnets", "10.0.0.0"], "expected an address and a prefix length"),
+        (&["--skip-subnets", "10.0.0.1/8"], "did you mean 10.0.0.0/8?"),
+        (&["--iptables-mode", "iptables"], "[possible values: auto, nft, legacy]"),
         (&["--ipv6", "yes"], "--ipv6"),
     ];
     for (flags, message) in cases {
@@ -100,11 +79,7 @@ fn bad_flags_are_refused_with_the_reason() {
 #[test]
 fn the_two_proxy_ports_must_differ() {
     let err = validate(&args(&["--inbound-port=4140"])).expect_err("same ports");
-    assert!(
-        err.to_string()
-            .contains("--inbound-port and --outbound-port are both 4140"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("--inbound-port and --outbound-port are both 4140"), "{err}");
     let config = validate(&args(&["--skip-subnets=fd00::/8", "--ipv6=false"])).expect("valid");
     assert_eq!(config.skip_subnets.to_string(), "fd00::/8");
 }
@@ -136,17 +111,10 @@ fn choosing_a_backend() {
         (None, Some(0), Nft),
     ];
     for (legacy, nft, expected) in cases {
-        assert_eq!(
-            choose_backend(legacy, nft),
-            expected,
-            "legacy {legacy:?}, nft {nft:?}"
-        );
+        assert_eq!(choose_backend(legacy, nft), expected, "legacy {legacy:?}, nft {nft:?}");
     }
     assert_eq!(Nft.binary(Family::V4, "save"), "iptables-nft-save");
-    assert_eq!(
-        Legacy.binary(Family::V6, "restore"),
-        "ip6tables-legacy-restore"
-    );
+    assert_eq!(Legacy.binary(Family::V6, "restore"), "ip6tables-legacy-restore");
 }
 
 /// Records every call and answers from a script keyed by program name, with a suffix for
@@ -160,10 +128,7 @@ struct Fake {
 
 impl Fake {
     fn answer(mut self, key: &str, result: Result<&str, &str>) -> Self {
-        self.answers.insert(
-            key.to_string(),
-            result.map(str::to_string).map_err(str::to_string),
-        );
+        self.answers.insert(key.to_string(), result.map(str::to_string).map_err(str::to_string));
         self
     }
 
@@ -201,9 +166,9 @@ impl Runner for Fake {
         match self.answers.get(&key) {
             None => Ok(String::new()),
             Some(Ok(out)) => Ok(out.clone()),
-            Some(Err(stderr)) if stderr == "missing" => Err(CommandError::NotFound {
-                program: program.to_string(),
-            }),
+            Some(Err(stderr)) if stderr == "missing" => {
+                Err(CommandError::NotFound { program: program.to_string() })
+            }
             Some(Err(stderr)) => Err(CommandError::Failed {
                 command: program.to_string(),
                 status: "exit status: 1".to_string(),
@@ -229,13 +194,7 @@ fn config() -> RuleConfig {
 #[test]
 fn both_families_are_read_and_test_loaded_before_either_is_applied() {
     let mut runner = fake();
-    apply(
-        IptablesMode::Nft,
-        &config(),
-        &[Family::V4, Family::V6],
-        &mut runner,
-    )
-    .expect("applied");
+    apply(IptablesMode::Nft, &config(), &[Family::V4, Family::V6], &mut runner).expect("applied");
     assert_eq!(
         runner.programs(),
         [
@@ -247,11 +206,8 @@ fn both_families_are_read_and_test_loaded_before_either_is_applied() {
             "ip6tables-nft-restore --noflush",
         ]
     );
-    let inputs: Vec<&str> = runner
-        .calls
-        .iter()
-        .filter_map(|(_, _, stdin)| stdin.as_deref())
-        .collect();
+    let inputs: Vec<&str> =
+        runner.calls.iter().filter_map(|(_, _, stdin)| stdin.as_deref()).collect();
     let v4 = plan(&config(), Family::V4, V4_SAVE);
     let v6 = plan(&config(), Family::V6, V6_SAVE);
     assert_eq!(inputs, [&v4, &v6, &v4, &v6]);
@@ -279,10 +235,7 @@ fn jumps_already_in_place_are_not_added_again() {
     let mut runner = Fake::default().answer("iptables-nft-save", Ok(saved));
     apply(IptablesMode::Nft, &config(), &[Family::V4], &mut runner).expect("applied");
     let input = runner.calls[2].2.as_deref().expect("restore input");
-    assert!(
-        !input.contains("-A PREROUTING") && !input.contains("-A OUTPUT"),
-        "{input}"
-    );
+    assert!(!input.contains("-A PREROUTING") && !input.contains("-A OUTPUT"), "{input}");
     assert!(input.contains(":WEFT_INBOUND - [0:0]"), "{input}");
 }
 
@@ -334,22 +287,12 @@ fn a_missing_binary_names_the_package() {
 
 #[test]
 fn an_unreadable_ipv6_table_changes_nothing_and_suggests_ipv6_false() {
-    let mut runner = fake().answer(
-        "ip6tables-nft-save",
-        Err("can't initialize ip6tables table `nat'"),
-    );
-    let err = apply(
-        IptablesMode::Nft,
-        &config(),
-        &[Family::V4, Family::V6],
-        &mut runner,
-    )
-    .expect_err("fails");
+    let mut runner =
+        fake().answer("ip6tables-nft-save", Err("can't initialize ip6tables table `nat'"));
+    let err = apply(IptablesMode::Nft, &config(), &[Family::V4, Family::V6], &mut runner)
+        .expect_err("fails");
     let err = err.to_string();
-    assert!(
-        err.contains("reading the IPv6 nat table failed, nothing was changed"),
-        "{err}"
-    );
+    assert!(err.contains("reading the IPv6 nat table failed, nothing was changed"), "{err}");
     assert!(
         err.contains("can't initialize ip6tables table") && err.ends_with("--ipv6 false"),
         "{err}"
@@ -360,41 +303,20 @@ fn an_unreadable_ipv6_table_changes_nothing_and_suggests_ipv6_false() {
 #[test]
 fn input_refused_by_a_test_load_changes_nothing() {
     let mut runner = fake().answer("ip6tables-nft-restore --test", Err("line 5 failed"));
-    let err = apply(
-        IptablesMode::Nft,
-        &config(),
-        &[Family::V4, Family::V6],
-        &mut runner,
-    )
-    .expect_err("fails");
-    assert!(
-        err.to_string()
-            .contains("the IPv6 rules were refused, nothing was changed"),
-        "{err}"
-    );
+    let err = apply(IptablesMode::Nft, &config(), &[Family::V4, Family::V6], &mut runner)
+        .expect_err("fails");
+    assert!(err.to_string().contains("the IPv6 rules were refused, nothing was changed"), "{err}");
     assert!(err.to_string().contains("line 5 failed"), "{err}");
-    assert!(
-        runner.programs().iter().all(|p| !p.ends_with("--noflush")),
-        "{:?}",
-        runner.programs()
-    );
+    assert!(runner.programs().iter().all(|p| !p.ends_with("--noflush")), "{:?}", runner.programs());
 }
 
 #[test]
 fn a_failing_ipv4_apply_stops_before_ipv6() {
     let mut runner = fake().answer("iptables-nft-restore", Err("resource busy"));
-    let err = apply(
-        IptablesMode::Nft,
-        &config(),
-        &[Family::V4, Family::V6],
-        &mut runner,
-    )
-    .expect_err("fails");
+    let err = apply(IptablesMode::Nft, &config(), &[Family::V4, Family::V6], &mut runner)
+        .expect_err("fails");
     let err = err.to_string();
-    assert!(
-        err.starts_with("applying the IPv4 rules failed, nothing was changed"),
-        "{err}"
-    );
+    assert!(err.starts_with("applying the IPv4 rules failed, nothing was changed"), "{err}");
     assert!(err.contains("resource busy"), "{err}");
     assert_eq!(
         runner.programs().last().map(String::as_str),
@@ -405,13 +327,8 @@ fn a_failing_ipv4_apply_stops_before_ipv6() {
 #[test]
 fn a_failing_ipv6_apply_rolls_ipv4_back() {
     let mut runner = fake().answer("ip6tables-nft-restore", Err("no nat table"));
-    let err = apply(
-        IptablesMode::Nft,
-        &config(),
-        &[Family::V4, Family::V6],
-        &mut runner,
-    )
-    .expect_err("fails");
+    let err = apply(IptablesMode::Nft, &config(), &[Family::V4, Family::V6], &mut runner)
+        .expect_err("fails");
     let err = err.to_string();
     assert!(
         err.starts_with(
@@ -435,43 +352,23 @@ fn a_failed_rollback_says_what_state_is_left() {
     let mut runner = fake()
         .answer("ip6tables-nft-restore", Err("no nat table"))
         .answer("iptables-nft-restore rollback", Err("table busy"));
-    let err = apply(
-        IptablesMode::Nft,
-        &config(),
-        &[Family::V4, Family::V6],
-        &mut runner,
-    )
-    .expect_err("fails");
+    let err = apply(IptablesMode::Nft, &config(), &[Family::V4, Family::V6], &mut runner)
+        .expect_err("fails");
     let err = err.to_string();
-    assert!(
-        err.contains("rolling those back failed too (IPv4: "),
-        "{err}"
-    );
+    assert!(err.contains("rolling those back failed too (IPv4: "), "{err}");
     assert!(err.contains("table busy"), "{err}");
-    assert!(
-        err.contains("the IPv4 nat table has Weft's rules but the IPv6 one does not"),
-        "{err}"
-    );
+    assert!(err.contains("the IPv4 nat table has Weft's rules but the IPv6 one does not"), "{err}");
     assert!(err.ends_with("no nat table"), "{err}");
 }
 
 #[test]
 fn the_system_runner_reports_what_happened() {
-    let out = System
-        .run("cat", &[], Some("*nat\nCOMMIT\n"))
-        .expect("cat runs");
+    let out = System.run("cat", &[], Some("*nat\nCOMMIT\n")).expect("cat runs");
     assert_eq!(out, "*nat\nCOMMIT\n");
-    let err = System
-        .run("weft-no-such-iptables-save", &["-t", "nat"], None)
-        .expect_err("missing");
+    let err = System.run("weft-no-such-iptables-save", &["-t", "nat"], None).expect_err("missing");
     assert!(matches!(err, CommandError::NotFound { .. }), "{err}");
-    assert!(
-        err.to_string().contains("install the `iptables` package"),
-        "{err}"
-    );
-    let err = System
-        .run("sh", &["-c", "echo bad input >&2; exit 2"], None)
-        .expect_err("fails");
+    assert!(err.to_string().contains("install the `iptables` package"), "{err}");
+    let err = System.run("sh", &["-c", "echo bad input >&2; exit 2"], None).expect_err("fails");
     assert_eq!(
         err.to_string(),
         "`sh -c echo bad input >&2; exit 2` failed (exit status: 2): bad input"
