@@ -454,3 +454,44 @@ fn bad_flags_are_refused_with_a_clear_message() {
         run(Command::new(crate::netns::proxy_bin()).env("WEFT_PROXY_OPAQUE_PORTS", "http"));
     assert!(!ok && err.contains("not a port"), "{err}");
 }
+
+#[test]
+fn an_upstream_that_never_answers_hits_the_connect_timeout() {
+    // A listener whose accept queue is full and never drained: the kernel drops further
+    // SYNs, so a connect to it hangs like one to a host that is down.
+    let full = {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+        socket.listen(0).expect("listen");
+        std::net::TcpListener::from(socket)
+    };
+    let target = full.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    let p = Proxy::start(&[
+        "--outbound-orig-dst-addr",
+        &target.to_string(),
+        "--connect-timeout",
+        "500ms",
+    ]);
+    let mut s = TcpStream::connect(p.outbound).expect("connect");
+    s.write_all(b"\x00hello").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 8];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    assert!(started.elapsed() < Duration::from_secs(8), "closed within its timeout");
+    let m = p.metrics();
+    assert_eq!(
+        metric(&m, "outbound_tcp_errors_total", &[("error", "connect_timeout")]),
+        1.0,
+        "{m}"
+    );
+    assert!(p.logs().contains("timed out"), "{}", p.logs());
+    drop(fillers);
+}
