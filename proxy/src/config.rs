@@ -79,6 +79,43 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,
 
+    /// Longest wait for an upstream's HTTP response headers before answering 504
+    /// (`0s`: no limit).
+    #[arg(long, env = "WEFT_PROXY_HTTP_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_response_header_timeout: Duration,
+
+    /// How long an idle pooled HTTP/1 upstream connection is kept.
+    #[arg(long, env = "WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http_pool_idle_timeout: Duration,
+
+    /// Largest request or response header block (bytes): HTTP/1 read buffer, HTTP/2
+    /// header list; bigger ones get 431 (HTTP/1) or a stream reset (HTTP/2).
+    #[arg(long, env = "WEFT_PROXY_HTTP_MAX_HEADER_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..=16_777_216))]
+    pub http_max_header_bytes: u32,
+
+    /// Most concurrent streams a client may open on one HTTP/2 connection.
+    #[arg(long, env = "WEFT_PROXY_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Most streams a client may reset before the proxy accepts them (rapid-reset
+    /// protection, CVE-2023-44487); past it the connection is closed with GOAWAY.
+    #[arg(long, env = "WEFT_PROXY_HTTP2_MAX_PENDING_RESET_STREAMS", default_value_t = 20)]
+    pub http2_max_pending_reset_streams: usize,
+
+    /// Most streams the proxy resets for a client's protocol errors before closing the
+    /// connection (the MadeYouReset family of floods).
+    #[arg(long, env = "WEFT_PROXY_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 1024)]
+    pub http2_max_local_error_reset_streams: usize,
+
+    /// Most HTTP requests in flight per direction; past it requests are shed with 503.
+    #[arg(long, env = "WEFT_PROXY_HTTP_MAX_IN_FLIGHT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_in_flight: u32,
+
+    /// Outbound targets whose peer is a Weft or Linkerd proxy: HTTP/1 to them travels as
+    /// HTTP/2 (`l5d-orig-proto`). `*`, or comma-separated `ip:port`s and ports.
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_HTTP2_UPGRADE_TARGETS", default_value = "")]
+    pub outbound_http2_upgrade_targets: crate::http::TargetSet,
+
     /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
     /// apart; the rest are folded into the value `overflow`.
     #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]

@@ -6,7 +6,9 @@ pub mod admin;
 pub mod config;
 pub mod detect;
 pub mod forward;
+pub mod http;
 pub mod init;
+pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod orig_dst;
@@ -158,6 +160,30 @@ impl BoundProxy {
                 connect_timeout: args.connect_timeout,
                 own_addrs: own_addrs.clone(),
                 metrics: metrics.clone(),
+                http: http::Http {
+                    config: http::HttpConfig {
+                        response_header_timeout: args.http_response_header_timeout,
+                        max_header_bytes: args.http_max_header_bytes as usize,
+                        h2_max_concurrent_streams: args.http2_max_concurrent_streams,
+                        h2_max_pending_reset_streams: args.http2_max_pending_reset_streams,
+                        h2_max_local_error_reset_streams: args.http2_max_local_error_reset_streams,
+                        h2_upgrade: match direction {
+                            Direction::Outbound => args.outbound_http2_upgrade_targets.clone(),
+                            Direction::Inbound => http::TargetSet::default(),
+                        },
+                    },
+                    pool: http::Pool::new(
+                        direction,
+                        metrics.clone(),
+                        http::PoolConfig {
+                            connect_timeout: args.connect_timeout,
+                            idle_timeout: args.http_pool_idle_timeout,
+                            max_header_bytes: args.http_max_header_bytes as usize,
+                        },
+                    ),
+                    in_flight: Arc::new(Semaphore::new(args.http_max_in_flight as usize)),
+                },
+                stop: stop.clone(),
             })
         };
         let mut listeners = Vec::new();

@@ -89,6 +89,14 @@ impl LabelCap {
         LabelCap { max, seen: RwLock::new(HashSet::new()) }
     }
 
+    /// `admit` for a borrowed value (the common case: one already admitted).
+    pub fn admit_str(&self, value: &str) -> String {
+        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(value) {
+            return value.to_string();
+        }
+        self.admit(value.to_string())
+    }
+
     pub fn admit(&self, value: String) -> String {
         if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(&value) {
             return value;
@@ -170,6 +178,7 @@ pub struct Metrics {
     pub inbound_errors: TcpErrors,
     pub outbound_errors: TcpErrors,
     detecting: Family<DirectionLabels, Gauge>,
+    pub http: crate::http::metrics::HttpMetrics,
     target_addrs: LabelCap,
 }
 
@@ -214,6 +223,7 @@ impl Metrics {
             "Accepted connections whose protocol is not known yet (silent or slow clients)",
             detecting.clone(),
         );
+        let http = crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values);
         registry.register_collector(Box::new(ProcessCollector));
         Arc::new(Metrics {
             registry,
@@ -221,6 +231,7 @@ impl Metrics {
             inbound_errors,
             outbound_errors,
             detecting,
+            http,
             target_addrs: LabelCap::new(max_label_values),
         })
     }
@@ -230,6 +241,11 @@ impl Metrics {
             Direction::Inbound => &self.inbound_errors,
             Direction::Outbound => &self.outbound_errors,
         }
+    }
+
+    /// The `target_addr` label value of a target (capped).
+    pub fn target_label(&self, target: &std::net::SocketAddr) -> String {
+        self.target_addrs.admit(target.to_string())
     }
 
     /// Marks a connection as in protocol detection until the guard is dropped.
@@ -256,7 +272,7 @@ impl Metrics {
                 Peer::Src => "src",
                 Peer::Dst => "dst",
             },
-            target_addr: self.target_addrs.admit(target_addr.to_string()),
+            target_addr: self.target_label(target_addr),
             protocol: protocol.label(),
             // Identity arrives with the mTLS issue; until then no connection is meshed-TLS.
             tls: "no_identity",

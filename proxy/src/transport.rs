@@ -41,6 +41,15 @@ pub struct Side {
     /// This proxy's own listeners: a connection targeting one of them is a loop.
     pub own_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    pub http: crate::http::Http,
+    /// Cancelled when the proxy starts draining.
+    pub stop: CancellationToken,
+}
+
+impl Side {
+    pub fn target_label(&self, target: SocketAddr) -> String {
+        self.metrics.target_label(&target)
+    }
 }
 
 /// Accepts connections until `stop` is cancelled; each connection runs on `tracker`
@@ -81,7 +90,7 @@ pub async fn serve(
         let side = side.clone();
         tracker.spawn(
             async move {
-                handle(client, &side).await;
+                handle(client, side).await;
                 drop(permit);
             }
             .instrument(span),
@@ -93,7 +102,7 @@ pub async fn serve(
 /// Why a connection ended before or instead of being forwarded. Each maps to an
 /// `error` label of `{inbound,outbound}_tcp_errors_total`.
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub enum ConnError {
     #[error(
         "cannot read the original destination (SO_ORIGINAL_DST): {0}; are the nat rules of `weft-proxy init` installed, or should the orig-dst override be set?"
     )]
@@ -128,10 +137,10 @@ impl ConnError {
     }
 }
 
-async fn handle(mut client: TcpStream, side: &Side) {
+async fn handle(mut client: TcpStream, side: Arc<Side>) {
     let errors = side.metrics.errors(side.direction);
     let detecting = side.metrics.detecting(side.direction);
-    let prepared = prepare(&mut client, side).await;
+    let prepared = prepare(&mut client, &side).await;
     drop(detecting);
     let (target, protocol, prefix, upstream) = match prepared {
         Ok(p) => p,
@@ -145,6 +154,15 @@ async fn handle(mut client: TcpStream, side: &Side) {
             return;
         }
     };
+    if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
+        // The HTTP layer opens (and pools) its own upstream connections; a speculative
+        // one from detection is not needed.
+        drop(upstream);
+        let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
+        let io = crate::io::MeteredIo::new(client, prefix, src);
+        crate::http::serve(io, protocol, target, side).await;
+        return;
+    }
     let mut upstream = match upstream {
         Some(u) => u,
         None => match connect(target, side.connect_timeout).await {
@@ -271,7 +289,7 @@ async fn read_some(client: &TcpStream, buf: &mut BytesMut, room: usize) -> io::R
     }
 }
 
-async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, ConnError> {
+pub async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, ConnError> {
     match timeout(limit, TcpStream::connect(target)).await {
         Err(_) => Err(ConnError::ConnectTimeout(target, limit)),
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {

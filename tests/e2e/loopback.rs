@@ -59,8 +59,9 @@ fn curl_http1_and_http2_are_detected_and_forwarded() {
     assert!(metric(&m, "tcp_read_bytes_total", &[("peer", "src")]) > 0.0, "{m}");
     assert!(metric(&m, "tcp_write_bytes_total", &[("peer", "src")]) > 0.0, "{m}");
     assert!(metric(&m, "tcp_read_bytes_total", &[("peer", "dst")]) > 0.0, "{m}");
+    // curl's connections are closed; the upstream ones stay pooled for reuse.
     assert!(eventually(Duration::from_secs(5), || {
-        metric(&server.metrics(), "tcp_open_connections", &[]) == 0.0
+        metric(&client.metrics(), "tcp_open_connections", &[("peer", "src")]) == 0.0
     }));
 }
 
@@ -245,21 +246,26 @@ fn silent_clients_of_a_silent_server_are_closed_at_the_detect_timeout() {
 
 #[test]
 fn refused_and_reset_upstreams_end_in_a_closed_connection_and_a_metric() {
-    // Refused: nothing listens on the target.
+    // Refused: nothing listens on the target. Opaque TCP: the client's connection is closed.
     let dead = local_listener().local_addr().expect("addr");
     let refused = Proxy::start(&["--outbound-orig-dst-addr", &dead.to_string()]);
     let mut s = TcpStream::connect(refused.outbound).expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    s.write_all(b"\x00opaque bytes").expect("write");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut buf = [0u8; 16];
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
     let m = refused.metrics();
-    assert_eq!(
-        metric(&m, "outbound_tcp_errors_total", &[("error", "connect_refused")]),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric(&m, "outbound_tcp_errors_total", &[("error", "connect_refused")]), 1.0, "{m}");
     assert!(refused.logs().contains("refused"), "{}", refused.logs());
+    // HTTP: the client gets a 502 saying why.
+    let mut s = TcpStream::connect(refused.outbound).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
+    let mut rsp = String::new();
+    s.read_to_string(&mut rsp).expect("a response");
+    assert!(rsp.starts_with("HTTP/1.1 502"), "{rsp}");
+    assert!(rsp.to_ascii_lowercase().contains("l5d-proxy-error: connection refused"), "{rsp}");
+    let m = refused.metrics();
+    assert_eq!(metric(&m, "outbound_http_errors_total", &[("error", "connect_refused")]), 1.0, "{m}");
 
     // Reset mid-stream: the backend reads a little and resets; the client sees a reset
     // (or at least a close), and the close is counted with its errno.

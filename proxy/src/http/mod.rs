@@ -1,0 +1,408 @@
+//! The HTTP layer: serves HTTP/1 and HTTP/2 connections that the transport core
+//! detected, and forwards each request to the target over pooled upstream connections —
+//! streaming bodies both ways, keeping trailers, switching upgrades (WebSocket, CONNECT)
+//! to opaque forwarding, carrying HTTP/1 as HTTP/2 between proxies, answering failures
+//! with statuses a client can act on, and measuring every request.
+
+pub mod metrics;
+pub mod orig_proto;
+pub mod pool;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
+    header::{self, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
+};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, server::conn, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::{
+    config::PortSet,
+    detect::Protocol,
+    io::MeteredIo,
+    metrics::Direction,
+    transport::{ConnError, Side},
+};
+
+pub use pool::{Pool, PoolConfig};
+
+type RspBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The header that tells a client why the proxy, not the upstream, failed its request.
+pub const PROXY_ERROR: &str = "l5d-proxy-error";
+
+/// HTTP settings of one side (inbound or outbound).
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Longest wait for an upstream's response headers (none when zero).
+    pub response_header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+    /// Targets whose proxy takes HTTP/1 as HTTP/2 (`l5d-orig-proto`); outbound only.
+    pub h2_upgrade: TargetSet,
+}
+
+/// A set of targets given as `*` (all), or a list of `ip:port` and ports.
+#[derive(Debug, Clone, Default)]
+pub struct TargetSet {
+    all: bool,
+    addrs: Vec<SocketAddr>,
+    ports: PortSet,
+}
+
+impl TargetSet {
+    pub fn contains(&self, target: SocketAddr) -> bool {
+        self.all || self.addrs.contains(&target) || self.ports.contains(target.port())
+    }
+}
+
+impl std::str::FromStr for TargetSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut set = TargetSet::default();
+        let mut ports = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "*" {
+                set.all = true;
+            } else if let Ok(addr) = item.parse::<SocketAddr>() {
+                set.addrs.push(addr);
+            } else {
+                ports.push(item);
+            }
+        }
+        set.ports = ports.join(",").parse().map_err(|e| {
+            format!("{s:?} is not a target list (`*`, ip:port or ports, comma-separated): {e}")
+        })?;
+        Ok(set)
+    }
+}
+
+/// Everything the HTTP layer of one side shares across connections.
+#[derive(Debug)]
+pub struct Http {
+    pub config: HttpConfig,
+    pub pool: Arc<Pool>,
+    /// Requests in flight on this side; past the limit new ones are shed with 503.
+    pub in_flight: Arc<Semaphore>,
+}
+
+/// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
+/// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY).
+pub async fn serve(client: MeteredIo, protocol: Protocol, target: SocketAddr, side: Arc<Side>) {
+    let config = &side.http.config;
+    let stop = side.stop.clone();
+    let svc_side = side.clone();
+    let svc = service_fn(move |req| {
+        let side = svc_side.clone();
+        async move { Ok::<_, Infallible>(proxy(req, target, &side).await) }
+    });
+    let io = TokioIo::new(client);
+    let result = match protocol {
+        Protocol::Http2 => {
+            let mut b = conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(config.h2_max_concurrent_streams)
+                .max_header_list_size(config.max_header_bytes as u32)
+                .max_pending_accept_reset_streams(config.h2_max_pending_reset_streams)
+                .max_local_error_reset_streams(config.h2_max_local_error_reset_streams);
+            let c = b.serve_connection(io, svc);
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = stop.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        }
+        _ => {
+            let c = conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_buf_size(config.max_header_bytes.max(8192))
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = stop.cancelled() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Forwards one request; never fails: the proxy's own failures become responses.
+async fn proxy(
+    mut req: Request<Incoming>,
+    target: SocketAddr,
+    side: &Arc<Side>,
+) -> Response<RspBody> {
+    let started = Instant::now();
+    let metrics = &side.metrics;
+    let direction = side.direction;
+    let authority = authority(&req);
+    let route = metrics.http.route(direction, &authority, side.target_label(target));
+    metrics.http.request(&route);
+
+    let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
+        metrics.http.error(direction, "load_shed");
+        return finish(
+            side,
+            route,
+            started,
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "in-flight request limit reached"),
+        );
+    };
+
+    if is_upgrade(&req) {
+        let rsp = upgrade::forward(req, target, side).await;
+        return finish(side, route, started, rsp);
+    }
+
+    // The version to the upstream: HTTP/1 between proxies travels as HTTP/2.
+    let downgraded = match orig_proto::downgrade(&mut req) {
+        Ok(d) => d,
+        Err(e) => {
+            metrics.http.error(direction, "bad_request");
+            return finish(
+                side,
+                route,
+                started,
+                error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+            );
+        }
+    };
+    let client_version = req.version();
+    let mut version = req.version();
+    if direction == Direction::Outbound
+        && version != Version::HTTP_2
+        && side.http.config.h2_upgrade.contains(target)
+    {
+        match orig_proto::upgrade(&mut req) {
+            Ok(()) => version = Version::HTTP_2,
+            Err(e) => debug!(error = %e, "sending as HTTP/1"),
+        }
+    }
+    if downgraded {
+        version = req.version();
+    }
+    strip_hop_by_hop(req.headers_mut(), version == Version::HTTP_2);
+    if version != Version::HTTP_2 {
+        // An HTTP/2 client's request to an HTTP/1 upstream needs a Host header.
+        if let Some(a) = req.uri().authority().cloned()
+            && !req.headers().contains_key(HOST)
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            req.headers_mut().insert(HOST, v);
+        }
+        if req.uri().authority().is_some() && client_version == Version::HTTP_2 {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+            if let Ok(uri) = path.parse() {
+                *req.uri_mut() = uri;
+            }
+        }
+        *req.version_mut() = Version::HTTP_11;
+    }
+    let is_grpc = is_grpc(req.headers());
+    let req = req.map(|b| b.boxed_unsync());
+
+    let send = side.http.pool.send(target, version, req);
+    let timeout = side.http.config.response_header_timeout;
+    let result =
+        if timeout.is_zero() { Ok(send.await) } else { tokio::time::timeout(timeout, send).await };
+    let rsp = match result {
+        Err(_) => {
+            metrics.http.error(direction, "response_timeout");
+            warn!(target = %target, ?timeout, "no response headers from the upstream in time");
+            error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("response timeout: no response headers from {target} within {timeout:?}"),
+            )
+        }
+        Ok(Err(e)) => {
+            let (label, message) = match &e {
+                pool::SendError::Connect(ConnError::ConnectRefused(_)) => {
+                    ("connect_refused", "connection refused".to_string())
+                }
+                pool::SendError::Connect(ConnError::ConnectTimeout(..)) => {
+                    ("connect_timeout", "connect timed out".to_string())
+                }
+                pool::SendError::Connect(_) => ("connect_error", e.to_string()),
+                _ => ("upstream_error", e.to_string()),
+            };
+            metrics.http.error(direction, label);
+            warn!(target = %target, error = %e, "request failed");
+            error_response(StatusCode::BAD_GATEWAY, &message)
+        }
+        Ok(Ok(mut rsp)) => {
+            strip_hop_by_hop(rsp.headers_mut(), client_version == Version::HTTP_2);
+            // The client gets the response in its own version.
+            *rsp.version_mut() = client_version;
+            let status = rsp.status().as_u16();
+            metrics.http.latency(&route, status, started);
+            let done = metrics::Done {
+                metrics: metrics.clone(),
+                route,
+                status_code: status,
+                grpc_status: metrics::grpc_status(rsp.headers()),
+                is_grpc,
+            };
+            return rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync());
+        }
+    };
+    finish(side, route, started, rsp)
+}
+
+/// Records latency and the response of a response made by the proxy itself.
+fn finish(
+    side: &Side,
+    route: metrics::RouteLabels,
+    started: Instant,
+    rsp: Response<RspBody>,
+) -> Response<RspBody> {
+    let status = rsp.status().as_u16();
+    side.metrics.http.latency(&route, status, started);
+    let done = metrics::Done {
+        metrics: side.metrics.clone(),
+        route,
+        status_code: status,
+        grpc_status: None,
+        is_grpc: false,
+    };
+    rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync())
+}
+
+fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
+    let mut rsp = Response::new(
+        Full::new(Bytes::from(format!("{why}\n"))).map_err(|never| match never {}).boxed_unsync(),
+    );
+    *rsp.status_mut() = status;
+    let h = rsp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(why) {
+        h.insert(PROXY_ERROR, v);
+    }
+    rsp
+}
+
+fn authority<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || (req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE))
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1): `Connection` and those it
+/// names, and the fixed list. HTTP/2 keeps `te: trailers`, which gRPC needs.
+fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, header::PROXY_AUTHENTICATE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    let te_trailers =
+        headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(TE);
+    if h2 && te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+mod upgrade {
+    //! `Upgrade` (WebSocket) and `CONNECT`: the request goes to the upstream on a
+    //! connection of its own; after a 101 (or a 2xx to CONNECT) both connections are
+    //! handed over to byte forwarding.
+
+    use super::*;
+
+    pub async fn forward(
+        mut req: Request<Incoming>,
+        target: SocketAddr,
+        side: &Arc<Side>,
+    ) -> Response<RspBody> {
+        let direction = side.direction;
+        let mut sender = match side.http.pool.connect_h1(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                side.metrics.http.error(direction, "connect_error");
+                return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
+            }
+        };
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let is_connect = req.method() == Method::CONNECT;
+        let req = req.map(|b| b.boxed_unsync());
+        let mut rsp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                side.metrics.http.error(direction, "upstream_error");
+                return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
+            }
+        };
+        let switched = if is_connect {
+            rsp.status().is_success()
+        } else {
+            rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+        };
+        if switched {
+            let upstream_upgrade = hyper::upgrade::on(&mut rsp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            debug!(error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        rsp.map(|b| b.boxed_unsync())
+    }
+}

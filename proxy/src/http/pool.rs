@@ -1,0 +1,230 @@
+//! Upstream HTTP connections per target: a keep-alive pool of HTTP/1 connections with an
+//! idle timeout, and one multiplexed HTTP/2 connection.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::debug;
+
+use crate::{
+    detect::Protocol,
+    io::MeteredIo,
+    metrics::{Direction, Metrics, Peer},
+    transport::{self, ConnError},
+};
+
+pub type ReqBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnError),
+    #[error("HTTP/2 handshake with the upstream failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("the upstream failed the request: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Settings of the upstream connections.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>>;
+/// Idle HTTP/1 connections of a target, with the time each became idle.
+type H1Idle = Vec<(http1::SendRequest<ReqBody>, Instant)>;
+
+#[derive(Debug)]
+pub struct Pool {
+    direction: Direction,
+    metrics: Arc<Metrics>,
+    config: PoolConfig,
+    h1: Mutex<HashMap<SocketAddr, H1Idle>>,
+    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
+}
+
+impl Pool {
+    pub fn new(direction: Direction, metrics: Arc<Metrics>, config: PoolConfig) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            direction,
+            metrics,
+            config,
+            h1: Mutex::default(),
+            h2: Mutex::default(),
+        });
+        // Closes idle HTTP/1 connections; holds only a weak reference so that the pool
+        // (and this task) go away with the proxy.
+        let weak = Arc::downgrade(&pool);
+        let period = (pool.config.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.expire_idle();
+            }
+        });
+        pool
+    }
+
+    fn expire_idle(&self) {
+        let idle = self.config.idle_timeout;
+        let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        h1.retain(|_, conns| {
+            conns.retain(|(s, since)| since.elapsed() < idle && !s.is_closed());
+            !conns.is_empty()
+        });
+        let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        h2.retain(|_, slot| {
+            slot.try_lock().map_or(true, |s| s.as_ref().is_some_and(|s| !s.is_closed()))
+        });
+    }
+
+    /// Sends `req` to `target` over a connection of `version` (HTTP/2, or else HTTP/1).
+    pub async fn send(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        version: Version,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if version == Version::HTTP_2 {
+            self.send_h2(target, req).await
+        } else {
+            self.send_h1(target, req).await
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // A pooled connection the server closed meanwhile gives the request back
+        // unsent: it is then safe to try again on a fresh connection.
+        while let Some(mut sender) = self.checkout_h1(target) {
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    self.checkin_when_ready(target, sender);
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_h1(target).await?;
+        let rsp = sender.send_request(req).await?;
+        self.checkin_when_ready(target, sender);
+        Ok(rsp)
+    }
+
+    fn checkout_h1(&self, target: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+        let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = h1.get_mut(&target)?;
+        while let Some((s, since)) = conns.pop() {
+            if s.is_ready() && since.elapsed() < self.config.idle_timeout {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns the connection to the pool once its response is read (an upgraded or
+    /// closed one never comes back).
+    fn checkin_when_ready(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        mut sender: http1::SendRequest<ReqBody>,
+    ) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                let mut h1 = pool.h1.lock().unwrap_or_else(|e| e.into_inner());
+                h1.entry(target).or_default().push((sender, Instant::now()));
+            }
+        });
+    }
+
+    /// A new HTTP/1 connection, not pooled until its first response is read.
+    pub async fn connect_h1(
+        &self,
+        target: SocketAddr,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let io = self.connect(target, Protocol::Http1).await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.config.max_header_bytes.max(8192))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream HTTP/1 connection failed");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        target: SocketAddr,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let slot = {
+            let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            h2.entry(target).or_default().clone()
+        };
+        let mut sender = {
+            // Held while connecting, so concurrent first requests share one connection.
+            let mut slot = slot.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let io = self.connect(target, Protocol::Http2).await?;
+                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .max_header_list_size(self.config.max_header_bytes as u32)
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(SendError::Handshake)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(error = %e, "upstream HTTP/2 connection failed");
+                        }
+                    });
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn connect(
+        &self,
+        target: SocketAddr,
+        protocol: Protocol,
+    ) -> Result<MeteredIo, ConnError> {
+        let stream = transport::connect(target, self.config.connect_timeout).await?;
+        let metrics = self.metrics.open(self.direction, Peer::Dst, &target, &protocol);
+        Ok(MeteredIo::new(stream, bytes::BytesMut::new(), metrics))
+    }
+}
