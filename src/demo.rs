@@ -18,9 +18,12 @@ use weft_proxy::{BoundProxy, config::RunArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Connections per protocol in the burst.
+    /// Opaque TCP connections in the burst.
     #[arg(long, env = "WEFT_DEMO_CONNECTIONS", default_value_t = 200)]
     connections: usize,
+    /// How long HTTP clients send requests (seconds).
+    #[arg(long, env = "WEFT_DEMO_SECONDS", default_value_t = 3)]
+    seconds: u64,
 }
 
 const BANNER: &[u8] = b"220 smtp.demo ESMTP ready\r\n";
@@ -43,9 +46,13 @@ struct Pair {
     server_admin: SocketAddr,
 }
 
-async fn start_pair(backend: SocketAddr) -> anyhow::Result<Pair> {
+async fn start_pair(backend: SocketAddr, h2_between_proxies: bool) -> anyhow::Result<Pair> {
     let server = BoundProxy::bind(proxy_args(None, Some(backend)))?;
-    let client = BoundProxy::bind(proxy_args(Some(server.inbound_addrs()[0]), None))?;
+    let mut client_args = proxy_args(Some(server.inbound_addrs()[0]), None);
+    if h2_between_proxies {
+        client_args.outbound_http2_upgrade_targets = "*".parse().map_err(anyhow::Error::msg)?;
+    }
+    let client = BoundProxy::bind(client_args)?;
     let pair = Pair {
         outbound: client.outbound_addrs()[0],
         client_admin: client.admin_addrs()[0],
@@ -77,79 +84,177 @@ fn proxy_args(outbound_target: Option<SocketAddr>, inbound_target: Option<Socket
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("weft demo: a mesh on loopback\n");
+    let web_backend = spawn_http_backend().await?;
     let echo = spawn_backend(Backend::Echo).await?;
     let smtp = spawn_backend(Backend::Banner).await?;
-    let web = start_pair(echo).await?;
-    let mail = start_pair(smtp).await?;
-    println!("  app --> client proxy {} --> server proxy --> echo backend {echo}", web.outbound);
+    let web = start_pair(web_backend, true).await?;
+    let db = start_pair(echo, false).await?;
+    let mail = start_pair(smtp, false).await?;
     println!(
-        "  app --> client proxy {} --> server proxy --> SMTP-like backend {smtp} (speaks first)\n",
+        "  web:  app --HTTP/1.1 and HTTP/2--> client proxy {} ==HTTP/2==> server proxy --> HTTP backend {web_backend}",
+        web.outbound
+    );
+    println!(
+        "  db:   app --opaque TCP--> client proxy {} --> server proxy --> echo backend {echo}",
+        db.outbound
+    );
+    println!(
+        "  mail: app --silent--> client proxy {} --> server proxy --> SMTP-like backend {smtp} (speaks first)\n",
         mail.outbound
     );
 
-    let payloads: [(&str, &[u8]); 3] = [
-        ("HTTP/1.1", b"GET /hello HTTP/1.1\r\nHost: web.demo\r\n\r\n"),
-        ("HTTP/2", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
-        ("opaque", b"\x00\x01binary-protocol-frame"),
-    ];
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (_, payload) in payloads {
-        for _ in 0..args.connections {
-            tasks.push(tokio::spawn(echo_once(web.outbound, payload)));
-        }
+    // HTTP: keep-alive HTTP/1.1 clients and multiplexed HTTP/2 clients for a few seconds.
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        clients.push(tokio::spawn(http_client(web.outbound, i % 4 == 3, until)));
     }
-    let mut failed = 0;
-    for t in tasks {
-        if !matches!(t.await, Ok(Ok(()))) {
-            failed += 1;
-        }
+    let mut opaque = Vec::new();
+    for _ in 0..args.connections {
+        opaque.push(tokio::spawn(echo_once(db.outbound, b"\x00\x01binary-protocol-frame")));
     }
-    let total = payloads.len() * args.connections;
-    println!(
-        "sent {total} connections ({} each of HTTP/1.1, HTTP/2, opaque) through the pair in {:.0?}: {} ok, {failed} failed",
-        args.connections,
-        started.elapsed(),
-        total - failed
-    );
-
     let t = Instant::now();
     let mut s = TcpStream::connect(mail.outbound).await?;
     let mut banner = vec![0; BANNER.len()];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut banner))
         .await
         .context("the banner of a server-speaks-first backend did not arrive")??;
-    println!(
-        "a server-speaks-first backend's banner reached the silent client in {:.0?} (the speculative connect after the silent window; Linkerd waits 10 s here unless the port is marked opaque)\n",
-        t.elapsed()
-    );
+    let banner_after = t.elapsed();
     drop(s);
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for c in clients {
+        let (ok, bad) = c.await??;
+        sent += ok + bad;
+        failed += bad;
+    }
+    let mut opaque_failed = 0;
+    for t in opaque {
+        if !matches!(t.await, Ok(Ok(()))) {
+            opaque_failed += 1;
+        }
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
-
-    println!("what the proxies report on their admin ports (/metrics):");
     println!(
-        "{:<14} {:<9} {:<9} {:>11} {:>8} {:>12} {:>12}",
+        "HTTP clients sent {sent} requests in {}s ({failed} failed at the client); {} opaque connections ({opaque_failed} failed)",
+        args.seconds, args.connections
+    );
+    println!(
+        "a server-speaks-first backend's banner reached a silent client in {banner_after:.0?} (Linkerd waits 10 s here unless the port is marked opaque)\n"
+    );
+
+    println!("HTTP, as the proxies report it on their admin ports (/metrics):");
+    println!(
+        "{:<12} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "proxy", "direction", "requests", "req/s", "success", "p50 ms", "p99 ms"
+    );
+    for (name, admin) in [("web client", web.client_admin), ("web server", web.server_admin)] {
+        let text = scrape(admin).await?;
+        for (direction, h) in http_summary(&text) {
+            println!(
+                "{name:<12} {direction:<9} {:>9} {:>9.0} {:>8.2}% {:>9.1} {:>9.1}",
+                h.requests,
+                h.requests as f64 / args.seconds as f64,
+                100.0 * h.successes as f64 / h.responses.max(1) as f64,
+                h.quantile(0.5),
+                h.quantile(0.99),
+            );
+        }
+    }
+    println!("\nconnections (client side of each proxy):");
+    println!(
+        "{:<12} {:<9} {:<9} {:>11} {:>8} {:>12} {:>12}",
         "proxy", "direction", "protocol", "connections", "open", "bytes read", "bytes written"
     );
     for (name, admin) in [
         ("web client", web.client_admin),
         ("web server", web.server_admin),
+        ("db client", db.client_admin),
+        ("db server", db.server_admin),
         ("mail client", mail.client_admin),
         ("mail server", mail.server_admin),
     ] {
         let text = scrape(admin).await?;
         for ((direction, protocol), row) in summarize(&text) {
             println!(
-                "{name:<14} {direction:<9} {protocol:<9} {:>11} {:>8} {:>12} {:>12}",
+                "{name:<12} {direction:<9} {protocol:<9} {:>11} {:>8} {:>12} {:>12}",
                 row.opened, row.open, row.read, row.written
             );
         }
     }
-    println!("\nscrape them yourself while it runs: curl http://{}/metrics", web.client_admin);
-    if failed > 0 {
-        anyhow::bail!("{failed} demo connections failed");
+    println!(
+        "\n(HTTP/1.1 from the app crosses between the proxies as HTTP/2: the web server proxy's inbound side sees h2.)"
+    );
+    if failed > 0 || opaque_failed > 0 {
+        anyhow::bail!("{failed} HTTP requests and {opaque_failed} opaque connections failed");
     }
     Ok(())
+}
+
+/// Sends GET requests on one connection until `until`; returns (ok, failed).
+async fn http_client(proxy: SocketAddr, h2: bool, until: Instant) -> anyhow::Result<(u64, u64)> {
+    use http_body_util::Empty;
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy).await?);
+    let (mut ok, mut bad) = (0, 0);
+    let request = || http::Request::get("http://web.demo/hello").body(Empty::<bytes::Bytes>::new());
+    if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        while Instant::now() < until {
+            // Eight streams at a time on the one connection.
+            let batch: Vec<_> =
+                (0..8).map(|_| sender.send_request(request().expect("valid request"))).collect();
+            for rsp in batch {
+                match rsp.await {
+                    Ok(r) if r.status().is_success() => {
+                        ok += 1;
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                    }
+                    _ => bad += 1,
+                }
+            }
+        }
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        while Instant::now() < until {
+            sender.ready().await?;
+            let mut req = request()?;
+            *req.uri_mut() = "/hello".parse()?;
+            req.headers_mut()
+                .insert(http::header::HOST, http::HeaderValue::from_static("web.demo"));
+            match sender.send_request(req).await {
+                Ok(r) if r.status().is_success() => {
+                    ok += 1;
+                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                }
+                _ => bad += 1,
+            }
+        }
+    }
+    Ok((ok, bad))
+}
+
+async fn spawn_http_backend() -> anyhow::Result<SocketAddr> {
+    let listener = weft_proxy::listen(([127, 0, 0, 1], 0).into())?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello from web\n")),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
 async fn echo_once(addr: SocketAddr, payload: &'static [u8]) -> anyhow::Result<()> {
@@ -194,6 +299,75 @@ async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     s.read_to_string(&mut rsp).await?;
     let body = rsp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
     Ok(body.to_string())
+}
+
+/// HTTP figures of one direction, from `request_total`, `response_total` and the
+/// `response_latency_ms` histogram.
+#[derive(Default)]
+struct HttpRow {
+    requests: u64,
+    responses: u64,
+    successes: u64,
+    /// (upper bound in ms, cumulative count), summed over label sets.
+    buckets: BTreeMap<u64, u64>,
+}
+
+impl HttpRow {
+    /// The q-quantile in ms, interpolated within its bucket as Prometheus does.
+    fn quantile(&self, q: f64) -> f64 {
+        let total = self.buckets.values().copied().max().unwrap_or(0);
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = q * total as f64;
+        let mut prev = (0u64, 0u64);
+        for (&le, &count) in &self.buckets {
+            if count as f64 >= rank {
+                let (lo, below) = prev;
+                let in_bucket = (count - below).max(1) as f64;
+                return lo as f64 + (le - lo) as f64 * (rank - below as f64) / in_bucket;
+            }
+            prev = (le, count);
+        }
+        prev.0 as f64
+    }
+}
+
+fn http_summary(text: &str) -> BTreeMap<String, HttpRow> {
+    let mut rows: BTreeMap<String, HttpRow> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((name, labels)) = series.split_once('{') else { continue };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches(['"', '}']).to_string())
+                .unwrap_or_default()
+        };
+        let v = value.parse::<f64>().unwrap_or(0.0) as u64;
+        let direction = label("direction");
+        if direction.is_empty() {
+            continue;
+        }
+        match name {
+            "request_total" => rows.entry(direction).or_default().requests += v,
+            "response_total" => {
+                let row = rows.entry(direction).or_default();
+                row.responses += v;
+                if label("classification") == "success" {
+                    row.successes += v;
+                }
+            }
+            "response_latency_ms_bucket" => {
+                if let Ok(le) = label("le").parse::<f64>() {
+                    *rows.entry(direction).or_default().buckets.entry(le as u64).or_default() += v;
+                }
+            }
+            _ => {}
+        }
+    }
+    rows
 }
 
 #[derive(Default)]

@@ -173,8 +173,13 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-impl<B> MeteredBody<B> {
+impl<B: Body> MeteredBody<B> {
     pub fn new(inner: B, done: Done) -> Self {
+        if inner.is_end_stream() {
+            // An empty body is never polled: the response is complete now.
+            done.finish(None, false);
+            return MeteredBody { inner, done: None };
+        }
         MeteredBody { inner, done: Some(done) }
     }
 }
