@@ -11,19 +11,6 @@ use std::{
 
 use crate::support::*;
 
-/// A pair in front of `backend`: (client-side proxy, server-side proxy).
-fn pair(backend: SocketAddr, extra: &[&str]) -> (Proxy, Proxy) {
-    let target = backend.to_string();
-    let mut args = vec!["--inbound-orig-dst-addr", &target];
-    args.extend(extra);
-    let server = Proxy::start(&args);
-    let inbound = server.inbound.to_string();
-    let mut args = vec!["--outbound-orig-dst-addr", &inbound];
-    args.extend(extra);
-    let client = Proxy::start(&args);
-    (client, server)
-}
-
 fn opened(p: &Proxy, direction: &str, protocol: &str) -> f64 {
     metric(
         &p.metrics(),
@@ -255,7 +242,11 @@ fn refused_and_reset_upstreams_end_in_a_closed_connection_and_a_metric() {
     let mut buf = [0u8; 16];
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
     let m = refused.metrics();
-    assert_eq!(metric(&m, "outbound_tcp_errors_total", &[("error", "connect_refused")]), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "outbound_tcp_errors_total", &[("error", "connect_refused")]),
+        1.0,
+        "{m}"
+    );
     assert!(refused.logs().contains("refused"), "{}", refused.logs());
     // HTTP: the client gets a 502 saying why.
     let mut s = TcpStream::connect(refused.outbound).expect("connect");
@@ -265,7 +256,11 @@ fn refused_and_reset_upstreams_end_in_a_closed_connection_and_a_metric() {
     assert!(rsp.starts_with("HTTP/1.1 502"), "{rsp}");
     assert!(rsp.to_ascii_lowercase().contains("l5d-proxy-error: connection refused"), "{rsp}");
     let m = refused.metrics();
-    assert_eq!(metric(&m, "outbound_http_errors_total", &[("error", "connect_refused")]), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "outbound_http_errors_total", &[("error", "connect_refused")]),
+        1.0,
+        "{m}"
+    );
 
     // Reset mid-stream: the backend reads a little and resets; the client sees a reset
     // (or at least a close), and the close is counted with its errno.

@@ -83,6 +83,10 @@ impl Proxy {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `/metrics` from a proxy reachable from this network namespace.
     pub fn metrics(&self) -> String {
         scrape(self.admin)
@@ -116,6 +120,19 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A pair in front of `backend`: (client-side proxy, server-side proxy).
+pub fn pair(backend: SocketAddr, extra: &[&str]) -> (Proxy, Proxy) {
+    let target = backend.to_string();
+    let mut args = vec!["--inbound-orig-dst-addr", &target];
+    args.extend(extra);
+    let server = Proxy::start(&args);
+    let inbound = server.inbound.to_string();
+    let mut args = vec!["--outbound-orig-dst-addr", &inbound];
+    args.extend(extra);
+    let client = Proxy::start(&args);
+    (client, server)
 }
 
 pub fn rss_bytes(pid: u32) -> u64 {
@@ -258,7 +275,10 @@ pub fn count_then_reply(mut s: TcpStream) {
     let _ = write!(s, "got {n} bytes");
 }
 
-/// An HTTP/1.1 and HTTP/2 (prior knowledge) server answering `hello <version>`.
+/// An HTTP/1.1 and HTTP/2 (prior knowledge) test app. Routes:
+/// `/` → `hello <version>`; `/echo` → the request as the app saw it (version, method,
+/// target, headers); `/upload` → `got N bytes` after reading the whole body; `/slow` →
+/// headers after 5 s; `/reset` → a partial body, then the stream fails.
 pub fn http_server(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -267,28 +287,101 @@ pub fn http_server(listener: TcpListener) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
-                let Ok((io, _)) = listener.accept().await else {
-                    continue;
-                };
+                let Ok((io, _)) = listener.accept().await else { continue };
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let body = format!("hello {:?}\n", req.version());
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from(body)),
-                            ))
-                        },
-                    );
+                    let svc = hyper::service::service_fn(app);
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
-                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
                     .await;
                 });
             }
         });
     });
     addr
+}
+
+type AppBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
+
+async fn app(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<AppBody>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let full = |s: String| {
+        http_body_util::Full::new(bytes::Bytes::from(s))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    };
+    let body = match req.uri().path() {
+        "/echo" => {
+            let mut out = format!("{:?} {} {}\n", req.version(), req.method(), req.uri());
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            full(out)
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0usize;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len()),
+                    Err(e) => {
+                        return Ok(hyper::Response::new(full(format!("error after {n}: {e}"))));
+                    }
+                }
+            }
+            full(format!("got {n} bytes"))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            full("slow".into())
+        }
+        "/reset" => {
+            // Headers and a first chunk go out; a moment later the body fails.
+            let mut rsp = hyper::Response::new(failing_body());
+            rsp.headers_mut()
+                .insert("content-length", hyper::header::HeaderValue::from_static("1000"));
+            return Ok(rsp);
+        }
+        _ => full(format!("hello {:?}\n", req.version())),
+    };
+    Ok(hyper::Response::new(body))
+}
+
+/// A body that yields `partial`, then after 200 ms an error.
+fn failing_body() -> AppBody {
+    use http_body_util::BodyExt;
+    struct Failing {
+        sent: bool,
+        sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    }
+    impl hyper::body::Body for Failing {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>>
+        {
+            use std::task::Poll;
+            if !self.sent {
+                self.sent = true;
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                    b"partial",
+                )))));
+            }
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(std::io::Error::other("the app fails mid-body"))))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+    Failing { sent: false, sleep: Box::pin(tokio::time::sleep(Duration::from_millis(200))) }
+        .boxed_unsync()
 }
 
 /// Runs a command, returning (success, stdout, stderr).

@@ -1,0 +1,337 @@
+//! The HTTP layer through a proxy pair on loopback, with independent clients and servers:
+//! curl, h2load, Python grpcio and websockets; what happened is checked in the proxies'
+//! own metrics.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::support::*;
+
+/// A pair in which HTTP/1 travels as HTTP/2 between the proxies.
+fn upgraded_pair(backend: SocketAddr, extra: &[&str]) -> (Proxy, Proxy) {
+    let mut args = vec!["--outbound-http2-upgrade-targets", "*"];
+    args.extend(extra);
+    pair(backend, &args)
+}
+
+/// A Python peer (tests/e2e/py/peers.py); servers are waited for until they print "ready".
+struct Py(Child);
+
+impl Py {
+    fn server(cmd: &str, port: u16) -> Py {
+        let mut child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/py/peers.py"))
+            .args([cmd, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 (CI installs grpcio and websockets)");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout).read_line(&mut line).expect("read the server's first line");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "{cmd} did not start (is `pip install grpcio websockets` done?)"
+        );
+        Py(child)
+    }
+
+    fn client(cmd: &str, arg: &str) -> (bool, String, String) {
+        run(Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/py/peers.py"))
+            .args([cmd, arg]))
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    local_listener().local_addr().expect("addr").port()
+}
+
+fn requests(p: &Proxy, direction: &str) -> f64 {
+    metric(&p.metrics(), "request_total", &[("direction", direction)])
+}
+
+#[test]
+fn h2load_over_http2_and_http1_through_the_pair() {
+    let backend = http_server(local_listener());
+    let (client, server) = upgraded_pair(backend, &[]);
+    let url = format!("http://{}/", client.outbound);
+    for (flags, n) in [(&["-c", "4", "-m", "10"][..], 2000), (&["--h1", "-c", "4"][..], 1000)] {
+        let (ok, out, err) =
+            run(Command::new("h2load").args(["-n", &n.to_string()]).args(flags).arg(&url));
+        assert!(ok, "h2load {flags:?}: {out}{err}");
+        assert!(
+            out.contains(&format!("{n} succeeded, 0 failed, 0 errored")),
+            "h2load {flags:?}: {out}"
+        );
+    }
+    assert!(eventually(Duration::from_secs(5), || requests(&client, "outbound") == 3000.0));
+    assert_eq!(requests(&server, "inbound"), 3000.0);
+    let m = client.metrics();
+    assert_eq!(
+        metric(&m, "response_total", &[("status_code", "200"), ("classification", "success")]),
+        3000.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "response_latency_ms_count", &[("direction", "outbound")]),
+        3000.0,
+        "{m}"
+    );
+    // HTTP/1 crossed between the proxies as HTTP/2 on few multiplexed connections.
+    let s = server.metrics();
+    assert_eq!(
+        metric(&s, "tcp_open_total", &[("peer", "src"), ("protocol", "http/1")]),
+        0.0,
+        "{s}"
+    );
+    assert!(metric(&s, "tcp_open_total", &[("peer", "src"), ("protocol", "h2")]) <= 2.0, "{s}");
+}
+
+#[test]
+fn curl_http1_and_http2_with_the_app_seeing_the_original_request() {
+    let backend = http_server(local_listener());
+    let (client, server) = upgraded_pair(backend, &[]);
+    let url = format!("http://{}/echo?q=1", client.outbound);
+    let (ok, out, err) = run(Command::new("curl").args([
+        "-sS",
+        "--http1.1",
+        "-H",
+        "X-Custom: kept",
+        "-H",
+        "Host: web.test:8080",
+        "-H",
+        "Keep-Alive: timeout=5",
+        &url,
+    ]));
+    assert!(ok, "{err}");
+    // The app behind the inbound proxy sees HTTP/1.1 with the original headers, and
+    // nothing of the HTTP/2 hop.
+    assert!(out.starts_with("HTTP/1.1 GET /echo?q=1\n"), "{out}");
+    assert!(out.contains("x-custom: kept\n"), "{out}");
+    assert!(out.contains("host: web.test:8080\n"), "{out}");
+    assert!(!out.contains("l5d-orig-proto"), "{out}");
+    assert!(!out.contains("keep-alive"), "hop-by-hop header forwarded: {out}");
+
+    // Absolute-form keeps its form to the app.
+    let (ok, out, err) = run(Command::new("curl").args([
+        "-sS",
+        "--http1.1",
+        "--proxy",
+        &format!("http://{}", client.outbound),
+        "http://web.test/echo",
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 GET http://web.test/echo\n"), "{out}");
+
+    let (ok, out, err) = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", &url]));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/2.0 GET"), "{out}");
+    let m = server.metrics();
+    assert_eq!(metric(&m, "request_total", &[("authority", "web.test:8080")]), 1.0, "{m}");
+}
+
+#[test]
+fn grpc_unary_and_bidirectional_streaming() {
+    let port = free_port();
+    let _server = Py::server("grpc-server", port);
+    let (client, server) = pair(([127, 0, 0, 1], port).into(), &[]);
+    let (ok, out, err) = Py::client("grpc-client", &client.outbound.to_string());
+    assert!(ok && out.trim() == "ok", "grpc through the pair: {out}{err}\n{}", client.logs());
+    assert!(eventually(Duration::from_secs(5), || requests(&server, "inbound") == 3.0));
+    let m = client.metrics();
+    assert_eq!(
+        metric(&m, "response_total", &[("grpc_status", "0"), ("classification", "success")]),
+        2.0,
+        "{m}"
+    );
+    // A gRPC error travels in a 200 response's trailers, and is a failure.
+    assert_eq!(
+        metric(&m, "response_total", &[("grpc_status", "14"), ("classification", "failure")]),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn websocket_echo_through_the_pair() {
+    let port = free_port();
+    let _server = Py::server("ws-server", port);
+    let (client, _server) = upgraded_pair(([127, 0, 0, 1], port).into(), &[]);
+    let (ok, out, err) = Py::client("ws-client", &format!("ws://{}/", client.outbound));
+    assert!(ok && out.trim() == "ok", "websocket through the pair: {out}{err}\n{}", client.logs());
+    let m = client.metrics();
+    assert_eq!(metric(&m, "response_total", &[("status_code", "101")]), 1.0, "{m}");
+}
+
+#[test]
+fn a_100_mib_chunked_upload_streams_without_buffering() {
+    let backend = http_server(local_listener());
+    let (client, server) = upgraded_pair(backend, &[]);
+    let url = format!("http://{}/upload", client.outbound);
+    let cmd = format!(
+        "head -c 104857600 /dev/zero | curl -sS --http1.1 -H 'Transfer-Encoding: chunked' -T - {url}"
+    );
+    let (ok, out, err) = run(Command::new("sh").args(["-c", &cmd]));
+    assert!(ok, "{err}");
+    assert_eq!(out, "got 104857600 bytes");
+    for p in [&client, &server] {
+        let peak = peak_rss_bytes(p);
+        assert!(peak < 64 << 20, "peak RSS {} MiB while streaming 100 MiB", peak >> 20);
+    }
+}
+
+fn peak_rss_bytes(p: &Proxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn failures_become_statuses_with_l5d_proxy_error_and_metrics() {
+    // Refused.
+    let dead = local_listener().local_addr().expect("addr");
+    let refused = Proxy::start(&["--outbound-orig-dst-addr", &dead.to_string()]);
+    for h2 in [false, true] {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-D", "-", "-o", "/dev/null"]);
+        cmd.arg(if h2 { "--http2-prior-knowledge" } else { "--http1.1" });
+        let (ok, out, err) = run(cmd.arg(format!("http://{}/", refused.outbound)));
+        assert!(ok, "{err}");
+        assert!(out.contains(" 502"), "{out}");
+        assert!(out.to_ascii_lowercase().contains("l5d-proxy-error: connection refused"), "{out}");
+    }
+    let m = refused.metrics();
+    assert_eq!(
+        metric(&m, "outbound_http_errors_total", &[("error", "connect_refused")]),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "response_total", &[("status_code", "502"), ("classification", "failure")]),
+        2.0,
+        "{m}"
+    );
+
+    // No response headers in time.
+    let backend = http_server(local_listener());
+    let (client, _server) = pair(backend, &["--http-response-header-timeout", "500ms"]);
+    let (ok, out, err) = run(Command::new("curl").args([
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{}/slow", client.outbound),
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains(" 504"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("l5d-proxy-error: response timeout"), "{out}");
+    let m = client.metrics();
+    assert_eq!(
+        metric(&m, "outbound_http_errors_total", &[("error", "response_timeout")]),
+        1.0,
+        "{m}"
+    );
+
+    // Reset mid-body: the client sees the failure (not a clean, short body), and the
+    // response is counted as a failure.
+    let (ok, _, err) = run(Command::new("curl").args([
+        "-sS",
+        "--http1.1",
+        &format!("http://{}/reset", client.outbound),
+    ]));
+    assert!(!ok, "curl must see the broken body: {err}");
+    let (ok, _, err) = run(Command::new("curl").args([
+        "-sS",
+        "--http2-prior-knowledge",
+        &format!("http://{}/reset", client.outbound),
+    ]));
+    assert!(!ok, "curl must see the reset stream: {err}");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metric(
+                &client.metrics(),
+                "response_total",
+                &[("status_code", "200"), ("classification", "failure")],
+            ) == 2.0
+        }),
+        "{}",
+        client.metrics()
+    );
+}
+
+#[test]
+fn the_authority_label_is_capped_under_100_000_distinct_hosts() {
+    let backend = http_server(local_listener());
+    let (client, _server) = pair(backend, &["--metrics-max-label-values", "100"]);
+    let rss_before = client.rss_bytes();
+    // Four keep-alive connections, requests pipelined in batches.
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let addr = client.outbound;
+        threads.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            for batch in 0..250 {
+                let mut out = String::new();
+                for i in 0..100 {
+                    out.push_str(&format!("GET / HTTP/1.1\r\nHost: h{t}-{batch}-{i}.test\r\n\r\n"));
+                }
+                s.write_all(out.as_bytes()).expect("write");
+                for _ in 0..100 {
+                    read_response(&mut reader);
+                }
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let m = client.metrics();
+    let series = m.lines().filter(|l| l.starts_with("request_total{")).count();
+    assert!(series <= 101, "{series} request_total series");
+    assert_eq!(metric(&m, "request_total", &[]), 100_000.0);
+    assert!(metric(&m, "request_total", &[("authority", "overflow")]) >= 99_900.0);
+    let rss = client.rss_bytes();
+    assert!(
+        rss < rss_before + (16 << 20),
+        "RSS grew from {} to {} KiB",
+        rss_before >> 10,
+        rss >> 10
+    );
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+fn read_response(r: &mut BufReader<TcpStream>) {
+    let mut len = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("response line");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).expect("body");
+}
