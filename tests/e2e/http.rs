@@ -335,3 +335,98 @@ fn read_response(r: &mut BufReader<TcpStream>) {
     let mut body = vec![0; len];
     r.read_exact(&mut body).expect("body");
 }
+
+#[test]
+fn limits_hostile_clients_cannot_pass() {
+    let backend = http_server(local_listener());
+    let (client, _server) = pair(
+        backend,
+        &[
+            "--http2-max-concurrent-streams",
+            "50",
+            "--http-max-header-bytes",
+            "16384",
+            "--http-max-in-flight",
+            "2",
+        ],
+    );
+    let addr = client.outbound.to_string();
+
+    // The stream limit is advertised.
+    let (ok, out, err) = Py::client("h2-settings", &addr);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "3=50"), "SETTINGS_MAX_CONCURRENT_STREAMS: {out}");
+
+    // An HTTP/1 header block past the limit gets 431.
+    let big = format!("X-Big: {}", "a".repeat(40_000));
+    let (ok, out, err) = run(Command::new("curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--http1.1",
+        "-H",
+        &big,
+        &format!("http://{addr}/"),
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out, "431");
+
+    // Rapid reset: the connection is closed long before the client's 5000 streams.
+    let (ok, out, err) = Py::client("h2-rapid-reset", &addr);
+    assert!(ok, "{err}");
+    let goaway = out.split_whitespace().find_map(|kv| kv.strip_prefix("goaway=")).unwrap_or("");
+    // ENHANCE_YOUR_CALM (11) is what hyper answers; a plain close also stops it.
+    assert!(goaway == "11" || goaway == "None", "{out}");
+    let sent: usize = out
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("sent="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(sent < 5000 || goaway == "11", "{out}");
+
+    // CONTINUATION flood: the header block is cut off at the limit, not buffered.
+    let (ok, out, err) = Py::client("h2-continuation-flood", &addr);
+    assert!(ok, "{err}");
+    let sent: usize =
+        out.trim().strip_prefix("sent=").and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    assert!(sent < 16 << 20, "{out}");
+    assert!(client.rss_bytes() < 48 << 20, "RSS {} MiB after the flood", client.rss_bytes() >> 20);
+
+    // In-flight limit: past two slow requests, the rest are shed with 503.
+    let url = format!("http://{addr}/slow");
+    let curls: Vec<_> = (0..5)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-D", "-", "--http1.1", &url])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    let outs: Vec<String> = curls
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.wait_with_output().expect("curl").stdout).into_owned())
+        .collect();
+    let shed = outs
+        .iter()
+        .filter(|o| {
+            o.contains(" 503")
+                && o.to_ascii_lowercase()
+                    .contains("l5d-proxy-error: in-flight request limit reached")
+        })
+        .count();
+    let served = outs.iter().filter(|o| o.contains(" 200")).count();
+    assert_eq!((served, shed), (2, 3), "{outs:?}");
+
+    // Every protection was counted, and the proxy still serves.
+    let m = client.metrics();
+    assert_eq!(metric(&m, "outbound_http_errors_total", &[("error", "load_shed")]), 3.0, "{m}");
+    assert!(
+        metric(&m, "outbound_http_errors_total", &[("error", "connection_error")]) >= 2.0,
+        "{m}"
+    );
+    let (ok, out, _) = run(Command::new("curl").args(["-sS", &format!("http://{addr}/")]));
+    assert!(ok && out == "hello HTTP/1.1\n", "{out}");
+}

