@@ -430,3 +430,28 @@ fn limits_hostile_clients_cannot_pass() {
     let (ok, out, _) = run(Command::new("curl").args(["-sS", &format!("http://{addr}/")]));
     assert!(ok && out == "hello HTTP/1.1\n", "{out}");
 }
+
+#[test]
+fn pooled_upstream_connections_are_reused_then_closed_when_idle() {
+    let backend = http_server(local_listener());
+    let (client, server) = pair(backend, &["--http-pool-idle-timeout", "1s"]);
+    let url = format!("http://{}/", client.outbound);
+    for _ in 0..20 {
+        let (ok, out, err) = run(Command::new("curl").args(["-sS", "--http1.1", &url]));
+        assert!(ok && out == "hello HTTP/1.1\n", "{out}{err}");
+    }
+    // Twenty client connections, one upstream connection on each hop.
+    let upstream = |p: &Proxy| {
+        metric(&p.metrics(), "tcp_open_total", &[("peer", "dst"), ("protocol", "http/1")])
+    };
+    assert_eq!(upstream(&client), 1.0, "{}", client.metrics());
+    assert_eq!(upstream(&server), 1.0, "{}", server.metrics());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            metric(&client.metrics(), "tcp_open_connections", &[("peer", "dst")]) == 0.0
+                && metric(&server.metrics(), "tcp_open_connections", &[("peer", "dst")]) == 0.0
+        }),
+        "idle upstream connections were not closed:\n{}",
+        client.metrics()
+    );
+}
