@@ -455,3 +455,22 @@ fn pooled_upstream_connections_are_reused_then_closed_when_idle() {
         client.metrics()
     );
 }
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_grace_period() {
+    let backend = http_server(local_listener());
+    let (mut client, _server) = pair(backend, &["--shutdown-grace-period", "60s"]);
+    // An HTTP/1.1 keep-alive connection left idle after one request.
+    let mut s = TcpStream::connect(client.outbound).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    read_response(&mut reader);
+    client.signal(libc::SIGTERM);
+    // The proxy closes the idle connection itself (HTTP/1: after the response in
+    // flight, here none) instead of holding the drain for the 60 s grace period.
+    let status = client.wait_exit(Duration::from_secs(20)).expect("exits once drained");
+    assert!(status.success(), "{status:?}");
+    let mut rest = Vec::new();
+    assert!(matches!(reader.read_to_end(&mut rest), Ok(0) | Err(_)));
+}
