@@ -3,6 +3,7 @@
 //! It has no Kubernetes client.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod forward;
