@@ -116,6 +116,42 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_OUTBOUND_HTTP2_UPGRADE_TARGETS", default_value = "")]
     pub outbound_http2_upgrade_targets: crate::http::TargetSet,
 
+    /// The destination service (discovery), `ip:port`. Without it outbound traffic goes
+    /// to the original destination as it is.
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR")]
+    pub destination_addr: Option<SocketAddr>,
+
+    /// Sent with every lookup (Linkerd's context token: namespace, node, ...).
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_CONTEXT", default_value = "")]
+    pub destination_context: String,
+
+    /// How long a connection to a target seen for the first time waits for discovery
+    /// before going to the original destination.
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_FIRST_UPDATE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub destination_first_update_timeout: Duration,
+
+    /// A target unused this long is forgotten (its discovery streams closed).
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub destination_idle_timeout: Duration,
+
+    /// Latency assumed for a new endpoint (peak-EWMA), and how fast observations fade.
+    #[arg(long, env = "WEFT_PROXY_BALANCE_DEFAULT_RTT", default_value = "30ms", value_parser = parse_duration)]
+    pub balance_default_rtt: Duration,
+
+    #[arg(long, env = "WEFT_PROXY_BALANCE_DECAY", default_value = "10s", value_parser = parse_duration)]
+    pub balance_decay: Duration,
+
+    /// Consecutive failures that take an endpoint out of the balancer.
+    #[arg(long, env = "WEFT_PROXY_FAILURE_ACCRUAL_CONSECUTIVE_FAILURES", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub failure_accrual_consecutive_failures: u32,
+
+    /// First and longest backoff of an endpoint taken out (doubling, jittered).
+    #[arg(long, env = "WEFT_PROXY_FAILURE_ACCRUAL_MIN_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub failure_accrual_min_backoff: Duration,
+
+    #[arg(long, env = "WEFT_PROXY_FAILURE_ACCRUAL_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
+    pub failure_accrual_max_backoff: Duration,
+
     /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
     /// apart; the rest are folded into the value `overflow`.
     #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]

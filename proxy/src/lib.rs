@@ -6,6 +6,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod forward;
 pub mod http;
 pub mod init;
@@ -13,6 +14,7 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod orig_dst;
+pub mod profile;
 pub mod transport;
 
 use std::{
@@ -150,6 +152,25 @@ impl BoundProxy {
         let tracker = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
 
+        let discovery = match args.destination_addr {
+            Some(addr) => Some(discovery::Discovery::new(
+                addr,
+                discovery::DiscoveryConfig {
+                    first_update_timeout: args.destination_first_update_timeout,
+                    idle_timeout: args.destination_idle_timeout,
+                    context_token: args.destination_context.clone(),
+                    balance: balance::BalanceConfig {
+                        default_rtt: args.balance_default_rtt,
+                        decay: args.balance_decay,
+                        max_failures: args.failure_accrual_consecutive_failures,
+                        min_backoff: args.failure_accrual_min_backoff,
+                        max_backoff: args.failure_accrual_max_backoff,
+                    },
+                },
+                metrics.discovery.clone(),
+            )?),
+            None => None,
+        };
         let side = |direction, orig_dst_override| {
             Arc::new(Side {
                 direction,
@@ -183,6 +204,10 @@ impl BoundProxy {
                         },
                     ),
                     in_flight: Arc::new(Semaphore::new(args.http_max_in_flight as usize)),
+                },
+                discovery: match direction {
+                    Direction::Outbound => discovery.clone(),
+                    Direction::Inbound => None,
                 },
                 stop: stop.clone(),
             })

@@ -179,6 +179,7 @@ pub struct Metrics {
     pub outbound_errors: TcpErrors,
     detecting: Family<DirectionLabels, Gauge>,
     pub http: crate::http::metrics::HttpMetrics,
+    pub discovery: crate::discovery::DiscoveryMetrics,
     target_addrs: LabelCap,
 }
 
@@ -224,6 +225,7 @@ impl Metrics {
             detecting.clone(),
         );
         let http = crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values);
+        let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         Arc::new(Metrics {
             registry,
@@ -232,6 +234,7 @@ impl Metrics {
             outbound_errors,
             detecting,
             http,
+            discovery,
             target_addrs: LabelCap::new(max_label_values),
         })
     }

@@ -42,6 +42,8 @@ pub struct Side {
     pub own_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub http: crate::http::Http,
+    /// Outbound only, when a destination service is configured.
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
     /// Cancelled when the proxy starts draining.
     pub stop: CancellationToken,
 }
@@ -121,6 +123,8 @@ pub enum ConnError {
     ConnectTimeout(SocketAddr, Duration),
     #[error("connection to {0} failed: {1}")]
     Connect(SocketAddr, io::Error),
+    #[error("no endpoint of {0}'s service can take the connection: {1}")]
+    NoEndpoint(SocketAddr, crate::balance::PickError),
 }
 
 impl ConnError {
@@ -133,6 +137,7 @@ impl ConnError {
             ConnError::ConnectRefused(_) => "connect_refused",
             ConnError::ConnectTimeout(..) => "connect_timeout",
             ConnError::Connect(..) => "connect_error",
+            ConnError::NoEndpoint(..) => "no_endpoints",
         }
     }
 }
@@ -165,7 +170,7 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
     }
     let mut upstream = match upstream {
         Some(u) => u,
-        None => match connect(target, side.connect_timeout).await {
+        None => match connect_balanced(target, &side).await {
             Ok(u) => u,
             Err(e) => {
                 errors.inc(e.label());
@@ -301,6 +306,23 @@ pub async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, C
             Ok(s)
         }
     }
+}
+
+/// Connects to an endpoint of the target's service when discovery knows it (balanced per
+/// connection), else to the target itself.
+async fn connect_balanced(target: SocketAddr, side: &Side) -> Result<TcpStream, ConnError> {
+    let Some(d) = &side.discovery else {
+        return connect(target, side.connect_timeout).await;
+    };
+    let Some(res) = d.resolve(target).await else {
+        return connect(target, side.connect_timeout).await;
+    };
+    let picked = res.balancer.pick().map_err(|e| ConnError::NoEndpoint(target, e))?;
+    let endpoint = picked.endpoint.addr;
+    let result = connect(endpoint, side.connect_timeout).await;
+    // The connect time feeds the latency estimate; a failed connect, failure accrual.
+    picked.complete(result.is_ok());
+    result
 }
 
 /// Whether `target` is one of this proxy's listeners: same port, and the same IP, or

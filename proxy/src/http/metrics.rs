@@ -18,7 +18,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::metrics::{Direction, ErrorLabels, LabelCap};
+use crate::{
+    discovery::DstLabels,
+    metrics::{Direction, ErrorLabels, LabelCap},
+};
 
 /// Linkerd's `response_latency_ms` buckets.
 const LATENCY_BUCKETS_MS: [f64; 25] = [
@@ -33,6 +36,17 @@ pub struct RouteLabels {
     pub target_addr: String,
     pub tls: &'static str,
     pub no_tls_reason: &'static str,
+    /// `dst_*` labels of the endpoint, from discovery.
+    #[prometheus(flatten)]
+    pub dst: DstLabels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    #[prometheus(flatten)]
+    pub service: DstLabels,
+    /// `taken`, or `budget_exhausted` when the budget refused it.
+    pub result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -62,6 +76,7 @@ pub struct HttpMetrics {
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     inbound_errors: Family<ErrorLabels, Counter>,
     outbound_errors: Family<ErrorLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
     authorities: LabelCap,
 }
 
@@ -73,8 +88,14 @@ impl HttpMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             inbound_errors: Family::default(),
             outbound_errors: Family::default(),
+            retries: Family::default(),
             authorities: LabelCap::new(max_label_values),
         };
+        registry.register(
+            "outbound_http_retries",
+            "Retries of outbound requests by service: taken, or refused by the retry budget",
+            m.retries.clone(),
+        );
         registry.register("request", "HTTP requests received", m.requests.clone());
         registry.register("response", "HTTP responses sent, once complete", m.responses.clone());
         registry.register(
@@ -95,14 +116,38 @@ impl HttpMetrics {
         m
     }
 
-    pub fn route(&self, direction: Direction, authority: &str, target_addr: String) -> RouteLabels {
+    pub fn route(
+        &self,
+        direction: Direction,
+        authority: &str,
+        target_addr: String,
+        dst: DstLabels,
+    ) -> RouteLabels {
         RouteLabels {
             direction: direction.as_str(),
             authority: self.authorities.admit_str(authority),
             target_addr,
             tls: "no_identity",
             no_tls_reason: "identity_disabled",
+            dst,
         }
+    }
+
+    /// Counts a retry (or its refusal) for the service of an endpoint.
+    pub fn retry(&self, endpoint_labels: &DstLabels, taken: bool) {
+        let service: Vec<(String, String)> = endpoint_labels
+            .0
+            .iter()
+            .filter(|(k, _)| k == "dst_namespace" || k == "dst_service")
+            .cloned()
+            .collect();
+        let result = if taken { "taken" } else { "budget_exhausted" };
+        self.retries
+            .get_or_create(&RetryLabels {
+                service: DstLabels(std::sync::Arc::new(service)),
+                result,
+            })
+            .inc();
     }
 
     pub fn request(&self, route: &RouteLabels) {

@@ -4,9 +4,11 @@
 //! to opaque forwarding, carrying HTTP/1 as HTTP/2 between proxies, answering failures
 //! with statuses a client can act on, and measuring every request.
 
+mod balanced;
 pub mod metrics;
 pub mod orig_proto;
 pub mod pool;
+pub mod retry;
 
 use std::{
     convert::Infallible,
@@ -29,6 +31,7 @@ use tracing::{debug, warn};
 use crate::{
     config::PortSet,
     detect::Protocol,
+    discovery::{DstLabels, Resolution},
     io::MeteredIo,
     metrics::Direction,
     transport::{ConnError, Side},
@@ -104,10 +107,16 @@ pub struct Http {
 pub async fn serve(client: MeteredIo, protocol: Protocol, target: SocketAddr, side: Arc<Side>) {
     let config = &side.http.config;
     let stop = side.stop.clone();
+    // Discovery, once per connection: a known service is balanced per request.
+    let dst = match &side.discovery {
+        Some(d) => d.resolve(target).await,
+        None => None,
+    };
     let svc_side = side.clone();
     let svc = service_fn(move |req| {
         let side = svc_side.clone();
-        async move { Ok::<_, Infallible>(proxy(req, target, &side).await) }
+        let dst = dst.clone();
+        async move { Ok::<_, Infallible>(proxy(req, target, &side, dst).await) }
     });
     let io = TokioIo::new(client);
     let result = match protocol {
@@ -171,124 +180,160 @@ fn connection_error(e: &hyper::Error) -> &'static str {
 
 /// Forwards one request; never fails: the proxy's own failures become responses.
 async fn proxy(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     target: SocketAddr,
     side: &Arc<Side>,
+    dst: Option<Arc<Resolution>>,
 ) -> Response<RspBody> {
     let started = Instant::now();
     let metrics = &side.metrics;
     let direction = side.direction;
     let authority = authority(&req);
-    let route = metrics.http.route(direction, &authority, side.target_label(target));
-    metrics.http.request(&route);
+    let direct_route =
+        metrics.http.route(direction, &authority, side.target_label(target), DstLabels::default());
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
+        metrics.http.request(&direct_route);
         metrics.http.error(direction, "load_shed");
-        return finish(
-            side,
-            route,
-            started,
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "in-flight request limit reached"),
-        );
+        let rsp =
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "in-flight request limit reached");
+        return finish(side, direct_route, started, rsp);
     };
 
     if is_upgrade(&req) {
+        metrics.http.request(&direct_route);
         let rsp = upgrade::forward(req, target, side).await;
-        return finish(side, route, started, rsp);
+        return finish(side, direct_route, started, rsp);
     }
 
-    // The version to the upstream: HTTP/1 between proxies travels as HTTP/2.
-    let downgraded = match orig_proto::downgrade(&mut req) {
-        Ok(d) => d,
-        Err(e) => {
-            metrics.http.error(direction, "bad_request");
-            return finish(
-                side,
-                route,
-                started,
-                error_response(StatusCode::BAD_REQUEST, &e.to_string()),
-            );
-        }
-    };
     let client_version = req.version();
-    let mut version = req.version();
-    if direction == Direction::Outbound
-        && version != Version::HTTP_2
-        && side.http.config.h2_upgrade.contains(target)
-    {
-        match orig_proto::upgrade(&mut req) {
-            Ok(()) => version = Version::HTTP_2,
-            Err(e) => debug!(error = %e, "sending as HTTP/1"),
-        }
-    }
-    if downgraded {
-        version = req.version();
-    }
-    strip_hop_by_hop(req.headers_mut(), version == Version::HTTP_2);
-    if version != Version::HTTP_2 {
-        // An HTTP/2 client's request to an HTTP/1 upstream needs a Host header.
-        if let Some(a) = req.uri().authority().cloned()
-            && !req.headers().contains_key(HOST)
-            && let Ok(v) = HeaderValue::from_str(a.as_str())
-        {
-            req.headers_mut().insert(HOST, v);
-        }
-        if req.uri().authority().is_some() && client_version == Version::HTTP_2 {
-            let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-            if let Ok(uri) = path.parse() {
-                *req.uri_mut() = uri;
-            }
-        }
-        *req.version_mut() = Version::HTTP_11;
-    }
     let is_grpc = is_grpc(req.headers());
-    let req = req.map(|b| b.boxed_unsync());
-
-    let send = side.http.pool.send(target, version, req);
-    let timeout = side.http.config.response_header_timeout;
-    let result =
-        if timeout.is_zero() { Ok(send.await) } else { tokio::time::timeout(timeout, send).await };
-    let rsp = match result {
-        Err(_) => {
-            metrics.http.error(direction, "response_timeout");
-            warn!(target = %target, ?timeout, "no response headers from the upstream in time");
-            error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!("response timeout: no response headers from {target} within {timeout:?}"),
-            )
-        }
-        Ok(Err(e)) => {
-            let (label, message) = match &e {
-                pool::SendError::Connect(ConnError::ConnectRefused(_)) => {
-                    ("connect_refused", "connection refused".to_string())
-                }
-                pool::SendError::Connect(ConnError::ConnectTimeout(..)) => {
-                    ("connect_timeout", "connect timed out".to_string())
-                }
-                pool::SendError::Connect(_) => ("connect_error", e.to_string()),
-                _ => ("upstream_error", e.to_string()),
-            };
-            metrics.http.error(direction, label);
-            warn!(target = %target, error = %e, "request failed");
-            error_response(StatusCode::BAD_GATEWAY, &message)
-        }
-        Ok(Ok(mut rsp)) => {
-            strip_hop_by_hop(rsp.headers_mut(), client_version == Version::HTTP_2);
-            // The client gets the response in its own version.
-            *rsp.version_mut() = client_version;
-            let status = rsp.status().as_u16();
-            metrics.http.latency(&route, status, started);
-            let done = metrics::Done {
-                metrics: metrics.clone(),
-                route,
-                status_code: status,
-                grpc_status: metrics::grpc_status(rsp.headers()),
-                is_grpc,
-            };
-            return rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync());
+    let (parts, body) = match normalize(req) {
+        Ok(r) => r.into_parts(),
+        Err(e) => {
+            metrics.http.request(&direct_route);
+            metrics.http.error(direction, "bad_request");
+            let rsp = error_response(StatusCode::BAD_REQUEST, &e.to_string());
+            return finish(side, direct_route, started, rsp);
         }
     };
-    finish(side, route, started, rsp)
+    let reply = Reply { side, started, client_version, is_grpc };
+    match dst {
+        Some(res) => {
+            let req = balanced::Request { parts, body: body.boxed_unsync(), authority, target };
+            balanced::forward(req, &res, reply).await
+        }
+        None => {
+            metrics.http.request(&direct_route);
+            let h2 =
+                direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
+            let send = send(side, target, parts, body.boxed_unsync(), h2);
+            let result = with_timeout(side.http.config.response_header_timeout, send).await;
+            reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
+        }
+    }
+}
+
+/// Makes the request fit to forward: the original HTTP/1 request restored when a peer
+/// proxy carried it as HTTP/2, and the hop-by-hop headers dropped.
+fn normalize(mut req: Request<Incoming>) -> Result<Request<Incoming>, orig_proto::Error> {
+    orig_proto::downgrade(&mut req)?;
+    strip_hop_by_hop(req.headers_mut(), true);
+    Ok(req)
+}
+
+/// Sends one try to `addr`; `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2.
+async fn send(
+    side: &Side,
+    addr: SocketAddr,
+    parts: http::request::Parts,
+    body: pool::ReqBody,
+    h2: bool,
+) -> Result<Response<Incoming>, pool::Failed> {
+    let mut req = Request::from_parts(parts, body);
+    if h2
+        && req.version() != Version::HTTP_2
+        && let Err(e) = orig_proto::upgrade(&mut req)
+    {
+        debug!(error = %e, "sending as HTTP/1");
+    }
+    let version = req.version();
+    side.http.pool.send(addr, version, req).await
+}
+
+/// `Err(())` when `limit` (non-zero) passed first.
+async fn with_timeout<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, ()> {
+    if limit.is_zero() { Ok(f.await) } else { tokio::time::timeout(limit, f).await.map_err(|_| ()) }
+}
+
+/// What the response to a client needs to know of its request.
+struct Reply<'a> {
+    side: &'a Arc<Side>,
+    started: Instant,
+    client_version: Version,
+    is_grpc: bool,
+}
+
+impl Reply<'_> {
+    /// The client's response: the upstream's, or the proxy's own failure as a status.
+    fn respond(
+        &self,
+        route: metrics::RouteLabels,
+        result: Result<Result<Response<Incoming>, pool::SendError>, ()>,
+        upstream: SocketAddr,
+    ) -> Response<RspBody> {
+        let (metrics, direction) = (&self.side.metrics, self.side.direction);
+        let rsp = match result {
+            Err(()) => {
+                let timeout = self.side.http.config.response_header_timeout;
+                metrics.http.error(direction, "response_timeout");
+                warn!(%upstream, ?timeout, "no response headers from the upstream in time");
+                error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("response timeout: no response headers from {upstream} in time"),
+                )
+            }
+            Ok(Err(e)) => {
+                let (label, message) = send_error(&e);
+                metrics.http.error(direction, label);
+                warn!(%upstream, error = %e, "request failed");
+                error_response(StatusCode::BAD_GATEWAY, &message)
+            }
+            Ok(Ok(mut rsp)) => {
+                strip_hop_by_hop(rsp.headers_mut(), self.client_version == Version::HTTP_2);
+                // The client gets the response in its own version.
+                *rsp.version_mut() = self.client_version;
+                let status = rsp.status().as_u16();
+                metrics.http.latency(&route, status, self.started);
+                let done = metrics::Done {
+                    metrics: metrics.clone(),
+                    route,
+                    status_code: status,
+                    grpc_status: metrics::grpc_status(rsp.headers()),
+                    is_grpc: self.is_grpc,
+                };
+                return rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync());
+            }
+        };
+        finish(self.side, route, self.started, rsp)
+    }
+}
+
+/// The `error` label and the `l5d-proxy-error` text of a failed try.
+fn send_error(e: &pool::SendError) -> (&'static str, String) {
+    match e {
+        pool::SendError::Connect(ConnError::ConnectRefused(_)) => {
+            ("connect_refused", "connection refused".into())
+        }
+        pool::SendError::Connect(ConnError::ConnectTimeout(..)) => {
+            ("connect_timeout", "connect timed out".into())
+        }
+        pool::SendError::Connect(_) => ("connect_error", e.to_string()),
+        _ => ("upstream_error", e.to_string()),
+    }
 }
 
 /// Records latency and the response of a response made by the proxy itself.

@@ -37,6 +37,20 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
+/// A failed try; `unsent` gives the request back when it never left the proxy (the
+/// connection failed first), so it can be sent elsewhere even with a streaming body.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<ReqBody>>,
+}
+
+impl Failed {
+    fn sent(error: impl Into<SendError>) -> Self {
+        Failed { error: error.into(), unsent: None }
+    }
+}
+
 /// Settings of the upstream connections.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -101,7 +115,7 @@ impl Pool {
         target: SocketAddr,
         version: Version,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Incoming>, Failed> {
         if version == Version::HTTP_2 {
             self.send_h2(target, req).await
         } else {
@@ -113,7 +127,7 @@ impl Pool {
         self: &Arc<Self>,
         target: SocketAddr,
         mut req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Incoming>, Failed> {
         // A pooled connection the server closed meanwhile gives the request back
         // unsent: it is then safe to try again on a fresh connection.
         while let Some(mut sender) = self.checkout_h1(target) {
@@ -124,12 +138,15 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => return Err(Failed::sent(e.into_error())),
                 },
             }
         }
-        let mut sender = self.connect_h1(target).await?;
-        let rsp = sender.send_request(req).await?;
+        let mut sender = match self.connect_h1(target).await {
+            Ok(s) => s,
+            Err(error) => return Err(Failed { error, unsent: Some(req) }),
+        };
+        let rsp = sender.send_request(req).await.map_err(Failed::sent)?;
         self.checkin_when_ready(target, sender);
         Ok(rsp)
     }
@@ -186,12 +203,27 @@ impl Pool {
         &self,
         target: SocketAddr,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Incoming>, Failed> {
+        let mut sender = match self.h2_sender(target).await {
+            Ok(s) => s,
+            Err(error) => return Err(Failed { error, unsent: Some(req) }),
+        };
+        if let Err(e) = sender.ready().await {
+            return Err(Failed { error: e.into(), unsent: Some(req) });
+        }
+        sender.send_request(req).await.map_err(Failed::sent)
+    }
+
+    /// The target's HTTP/2 connection, made if there is none (or it closed).
+    async fn h2_sender(
+        &self,
+        target: SocketAddr,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
         let slot = {
             let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
             h2.entry(target).or_default().clone()
         };
-        let mut sender = {
+        let sender = {
             // Held while connecting, so concurrent first requests share one connection.
             let mut slot = slot.lock().await;
             match slot.as_ref() {
@@ -214,8 +246,7 @@ impl Pool {
                 }
             }
         };
-        sender.ready().await?;
-        Ok(sender.send_request(req).await?)
+        Ok(sender)
     }
 
     async fn connect(

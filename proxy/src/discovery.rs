@@ -1,0 +1,405 @@
+//! Discovery: asks the destination service (`Destination/Get`, `GetProfile`) which
+//! endpoints stand behind an outbound target and how to treat its requests, follows the
+//! update streams, and keeps one balancer per target. Availability first: while the
+//! destination service is unreachable, or does not know the target, traffic goes to the
+//! original destination as it is (and is counted); a stream that breaks keeps the last
+//! endpoints and reconnects with backoff.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use linkerd2_proxy_api::destination::{
+    self as api, destination_client::DestinationClient, update::Update,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
+use tracing::{debug, info, warn};
+
+use crate::{
+    balance::{BalanceConfig, Balancer},
+    http::retry::RetryBudget,
+    profile::{self, Profile},
+};
+
+/// What discovery says about one endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointMeta {
+    /// `dst_*` metric labels (set-level and endpoint-level).
+    pub labels: DstLabels,
+    /// The identity its proxy proves, when it is meshed.
+    pub identity: Option<String>,
+    /// Its proxy takes HTTP/1 as HTTP/2.
+    pub h2: bool,
+    /// Its proxy's inbound port for opaque transport.
+    pub opaque_transport_port: Option<u16>,
+}
+
+/// `dst_*` labels, shared by every request to an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DstLabels(pub Arc<Vec<(String, String)>>);
+
+impl EncodeLabelSet for DstLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.as_slice().encode(encoder)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// How long the first lookup of a target waits for the destination service.
+    pub first_update_timeout: Duration,
+    /// A target not used for this long is forgotten (its streams closed).
+    pub idle_timeout: Duration,
+    pub context_token: String,
+    pub balance: BalanceConfig,
+}
+
+/// The state of a target's resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No answer yet.
+    Pending,
+    /// The destination service knows the target (with or without endpoints now).
+    Known,
+    /// The destination service does not know it: traffic goes to the target as it is.
+    Unknown,
+    /// The destination service cannot be reached and has never answered.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct Resolution {
+    pub target: SocketAddr,
+    pub balancer: Balancer<EndpointMeta>,
+    /// Bounds the retries of every request to this service.
+    pub budget: RetryBudget,
+    state: watch::Sender<State>,
+    profile: RwLock<Arc<Profile>>,
+    last_used: Mutex<Instant>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Resolution {
+    pub fn profile(&self) -> Arc<Profile> {
+        self.profile.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+}
+
+impl Drop for Resolution {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Discovery's metric families, registered with the proxy's registry at start.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryMetrics {
+    lookups: Family<ResultLabels, Counter>,
+    updates: Family<ResultLabels, Counter>,
+    resolutions: Gauge,
+}
+
+impl DiscoveryMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = DiscoveryMetrics::default();
+        registry.register(
+            "outbound_discovery_lookups",
+            "Outbound connections by what discovery said of their target (`balanced`; or forwarded to the original destination: `unknown`, `unavailable`, `pending`)",
+            m.lookups.clone(),
+        );
+        registry.register(
+            "outbound_discovery_updates",
+            "Updates from the destination service, by kind",
+            m.updates.clone(),
+        );
+        registry.register(
+            "outbound_discovery_targets",
+            "Targets being resolved",
+            m.resolutions.clone(),
+        );
+        m
+    }
+}
+
+#[derive(Debug)]
+pub struct Discovery {
+    client: DestinationClient<Channel>,
+    config: DiscoveryConfig,
+    cache: Mutex<HashMap<SocketAddr, Arc<Resolution>>>,
+    metrics: DiscoveryMetrics,
+}
+
+impl Discovery {
+    /// A client of the destination service at `addr` (plaintext HTTP/2 until identity
+    /// exists; connections are made lazily and re-made as needed).
+    pub fn new(
+        addr: SocketAddr,
+        config: DiscoveryConfig,
+        metrics: DiscoveryMetrics,
+    ) -> anyhow::Result<Arc<Self>> {
+        let channel = GrpcEndpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .connect_lazy();
+        let d = Arc::new(Discovery {
+            client: DestinationClient::new(channel),
+            config,
+            cache: Mutex::default(),
+            metrics,
+        });
+        let weak = Arc::downgrade(&d);
+        let period = (d.config.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(d) = weak.upgrade() else { return };
+                d.evict_idle();
+            }
+        });
+        Ok(d)
+    }
+
+    fn evict_idle(&self) {
+        let idle = self.config.idle_timeout;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|target, r| {
+            let keep = r.last_used.lock().unwrap_or_else(|e| e.into_inner()).elapsed() < idle;
+            if !keep {
+                debug!(%target, "forgetting an idle target");
+            }
+            keep
+        });
+        self.metrics.resolutions.set(cache.len() as i64);
+    }
+
+    /// The resolution of `target` when the destination service knows it; `None` means
+    /// "forward to the target as it is".
+    pub async fn resolve(self: &Arc<Self>, target: SocketAddr) -> Option<Arc<Resolution>> {
+        let (res, fresh) = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&target) {
+                Some(r) => (r.clone(), false),
+                None => {
+                    let r = self.start(target);
+                    cache.insert(target, r.clone());
+                    self.metrics.resolutions.set(cache.len() as i64);
+                    (r, true)
+                }
+            }
+        };
+        *res.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        if fresh || res.state() == State::Pending {
+            let mut rx = res.state.subscribe();
+            let _ = tokio::time::timeout(
+                self.config.first_update_timeout,
+                rx.wait_for(|s| *s != State::Pending),
+            )
+            .await;
+        }
+        let result = match res.state() {
+            State::Known => "balanced",
+            State::Unknown => "unknown",
+            State::Unavailable => "unavailable",
+            State::Pending => "pending",
+        };
+        self.metrics.lookups.get_or_create(&ResultLabels { result }).inc();
+        (res.state() == State::Known).then_some(res)
+    }
+
+    fn start(self: &Arc<Self>, target: SocketAddr) -> Arc<Resolution> {
+        let (state, _) = watch::channel(State::Pending);
+        let res = Arc::new(Resolution {
+            target,
+            balancer: Balancer::new(self.config.balance.clone()),
+            budget: RetryBudget::new(profile::Budget::default()),
+            state,
+            profile: RwLock::new(Arc::new(Profile::default())),
+            last_used: Mutex::new(Instant::now()),
+            tasks: Mutex::default(),
+        });
+        // The tasks hold weak references: dropping the resolution (eviction) ends them.
+        let endpoints = tokio::spawn(follow_endpoints(self.clone(), Arc::downgrade(&res)));
+        let profile = tokio::spawn(follow_profile(self.clone(), Arc::downgrade(&res)));
+        res.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([endpoints, profile]);
+        res
+    }
+
+    fn request(&self, target: SocketAddr) -> api::GetDestination {
+        api::GetDestination {
+            scheme: "k8s".into(),
+            path: target.to_string(),
+            context_token: self.config.context_token.clone(),
+        }
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics.updates.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// Backoff between reconnects: 100 ms doubling to 10 s, jittered.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
+    let base = base.min(Duration::from_secs(10));
+    let jitter = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
+    base.mul_f64(0.5 + jitter)
+}
+
+async fn follow_endpoints(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
+    let mut attempt = 0;
+    loop {
+        let Some(target) = res.upgrade().map(|r| r.target) else { return };
+        let mut client = d.client.clone();
+        match client.get(d.request(target)).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                let mut endpoints: HashMap<SocketAddr, EndpointMeta> = HashMap::new();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            attempt = 0;
+                            let Some(r) = res.upgrade() else { return };
+                            apply(&d, &r, &mut endpoints, update);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(%target, error = %e, "destination stream failed");
+                            break;
+                        }
+                    }
+                }
+                d.count("stream_ended");
+            }
+            Err(e) => {
+                let Some(r) = res.upgrade() else { return };
+                if r.state() == State::Pending {
+                    // Never answered: let lookups fall back to the original destination.
+                    r.state.send_replace(State::Unavailable);
+                }
+                if attempt == 0 {
+                    warn!(%target, error = %e, "the destination service is unavailable; forwarding to the original destination meanwhile");
+                }
+                d.count("unavailable");
+            }
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+}
+
+fn apply(
+    d: &Discovery,
+    r: &Resolution,
+    endpoints: &mut HashMap<SocketAddr, EndpointMeta>,
+    update: api::Update,
+) {
+    match update.update {
+        Some(Update::Add(set)) => {
+            d.count("add");
+            for addr in &set.addrs {
+                if let Some((a, meta)) = endpoint(&set.metric_labels, addr) {
+                    endpoints.insert(a, meta);
+                }
+            }
+            r.state.send_replace(State::Known);
+        }
+        Some(Update::Remove(set)) => {
+            d.count("remove");
+            for a in set.addrs.iter().filter_map(socket_addr) {
+                endpoints.remove(&a);
+            }
+        }
+        Some(Update::NoEndpoints(none)) => {
+            d.count("no_endpoints");
+            endpoints.clear();
+            r.state.send_replace(if none.exists { State::Known } else { State::Unknown });
+        }
+        None => {
+            d.count("empty");
+            return;
+        }
+    }
+    info!(target = %r.target, endpoints = endpoints.len(), "endpoints updated");
+    r.balancer.update(endpoints.iter().map(|(a, m)| (*a, m.clone())).collect());
+}
+
+fn socket_addr(a: &linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
+    let ip: std::net::IpAddr = a.ip?.try_into().ok()?;
+    Some(SocketAddr::new(ip, u16::try_from(a.port).ok()?))
+}
+
+fn endpoint(
+    set_labels: &HashMap<String, String>,
+    a: &api::WeightedAddr,
+) -> Option<(SocketAddr, EndpointMeta)> {
+    let addr = socket_addr(a.addr.as_ref()?)?;
+    let mut labels: Vec<(String, String)> = set_labels
+        .iter()
+        .chain(a.metric_labels.iter())
+        .map(|(k, v)| (format!("dst_{k}"), v.clone()))
+        .collect();
+    labels.sort();
+    labels.dedup_by(|x, y| x.0 == y.0);
+    let identity = a.tls_identity.as_ref().and_then(|t| match &t.strategy {
+        Some(api::tls_identity::Strategy::DnsLikeIdentity(id)) => Some(id.name.clone()),
+        _ => None,
+    });
+    let hint = a.protocol_hint.as_ref();
+    let h2 =
+        matches!(hint.and_then(|h| h.protocol.as_ref()), Some(api::protocol_hint::Protocol::H2(_)));
+    let opaque_transport_port = hint
+        .and_then(|h| h.opaque_transport.as_ref())
+        .and_then(|o| u16::try_from(o.inbound_port).ok());
+    Some((
+        addr,
+        EndpointMeta { labels: DstLabels(Arc::new(labels)), identity, h2, opaque_transport_port },
+    ))
+}
+
+async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
+    let mut attempt = 0;
+    loop {
+        let Some(target) = res.upgrade().map(|r| r.target) else { return };
+        let mut client = d.client.clone();
+        if let Ok(stream) = client.get_profile(d.request(target)).await {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(p)) = stream.message().await {
+                attempt = 0;
+                let Some(r) = res.upgrade() else { return };
+                let (profile, errors) = profile::from_api(&p);
+                for e in errors {
+                    warn!(%target, error = %e, "ignoring part of the service profile");
+                    d.count("profile_error");
+                }
+                d.count("profile");
+                r.budget.set(profile.budget);
+                *r.profile.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profile);
+            }
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+}

@@ -1,0 +1,240 @@
+//! Requests to a discovered service: each try goes to an endpoint the balancer picks,
+//! failures feed failure accrual, and what the profile allows is retried within the
+//! retry budget — on another endpoint when there is one. Bodies up to 64 KiB with a
+//! known length are buffered for replay; larger (or unknown-length) bodies are sent once
+//! and not retried, except when the connection failed before the request left.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header::CONTENT_LENGTH};
+use http_body_util::{BodyExt, Full, Limited};
+use tracing::debug;
+
+use super::{Reply, RspBody, error_response, finish, pool, send, with_timeout};
+use crate::{
+    balance::{PickError, Picked},
+    discovery::{EndpointMeta, Resolution},
+    metrics::Direction,
+    profile::Route,
+};
+
+/// Largest request body kept for replay.
+pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
+
+pub struct Request {
+    pub parts: http::request::Parts,
+    pub body: pool::ReqBody,
+    pub authority: String,
+    pub target: SocketAddr,
+}
+
+pub async fn forward(req: Request, res: &Arc<Resolution>, reply: Reply<'_>) -> Response<RspBody> {
+    let side = reply.side;
+    let profile = res.profile();
+    let route = profile.route(&req.parts.method, req.parts.uri.path()).cloned();
+    let total = route.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+    let target = req.target;
+    match with_timeout(total, tries(req, res, route, &reply)).await {
+        Ok(rsp) => rsp,
+        Err(()) => {
+            side.metrics.http.error(side.direction, "request_timeout");
+            let route = side.metrics.http.route(
+                side.direction,
+                "",
+                side.target_label(target),
+                Default::default(),
+            );
+            let why = format!("request timeout: no response within the route's {total:?}");
+            finish(side, route, reply.started, error_response(StatusCode::GATEWAY_TIMEOUT, &why))
+        }
+    }
+}
+
+async fn tries(
+    req: Request,
+    res: &Arc<Resolution>,
+    route: Option<Route>,
+    reply: &Reply<'_>,
+) -> Response<RspBody> {
+    let side = reply.side;
+    let metrics = &side.metrics.http;
+    let direction = side.direction;
+    let Request { parts, body, authority, target } = req;
+    let retryable = route.as_ref().is_some_and(|r| r.retryable);
+    let limit = route.as_ref().map_or(0, |r| if r.retryable { r.retry_limit } else { 0 });
+    let try_timeout = match route.as_ref().map(|r| r.try_timeout) {
+        Some(t) if !t.is_zero() => t,
+        _ => side.http.config.response_header_timeout,
+    };
+    res.budget.deposit();
+
+    // The body for every try: kept when small enough to replay, else sent once.
+    let (replay, mut once) = if retryable {
+        match buffer(&parts, body).await {
+            Ok(Buffered::Replay(b)) => (Some(b), None),
+            Ok(Buffered::Stream(b)) => (None, Some(b)),
+            Err(e) => {
+                metrics.error(direction, "bad_request");
+                let route = metrics.route(
+                    direction,
+                    &authority,
+                    side.target_label(target),
+                    Default::default(),
+                );
+                let rsp = error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request body: {e}"),
+                );
+                return finish(side, route, reply.started, rsp);
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+
+    let mut attempt = 0u32;
+    let mut avoid: Option<SocketAddr> = None;
+    let mut counted = false;
+    loop {
+        let picked = match pick(res, avoid) {
+            Ok(p) => p,
+            Err(e) => {
+                let label = match e {
+                    PickError::NoEndpoints => "no_endpoints",
+                    PickError::AllEjected => "all_endpoints_failing",
+                };
+                metrics.error(direction, label);
+                let route = metrics.route(
+                    direction,
+                    &authority,
+                    side.target_label(target),
+                    Default::default(),
+                );
+                if !counted {
+                    metrics.request(&route);
+                }
+                let rsp = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+                return finish(side, route, reply.started, rsp);
+            }
+        };
+        let endpoint = picked.endpoint.clone();
+        let labels = metrics.route(
+            direction,
+            &authority,
+            side.target_label(target),
+            endpoint.meta.labels.clone(),
+        );
+        if !counted {
+            metrics.request(&labels);
+            counted = true;
+        }
+        let body = match (&replay, once.take()) {
+            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
+            (None, Some(b)) => b,
+            // Unreachable: without a replayable body only an unsent request is retried,
+            // and it gives its body back.
+            (None, None) => Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync(),
+        };
+        let h2 = endpoint.meta.h2
+            || (direction == Direction::Outbound
+                && side.http.config.h2_upgrade.contains(endpoint.addr));
+        let result =
+            with_timeout(try_timeout, send(side, endpoint.addr, parts.clone(), body, h2)).await;
+        match result {
+            Ok(Ok(rsp)) => {
+                let failure = route
+                    .as_ref()
+                    .map_or(rsp.status().is_server_error(), |r| r.is_failure(rsp.status()));
+                picked.complete(!failure);
+                if failure
+                    && replay.is_some()
+                    && attempt < limit
+                    && retry(res, &endpoint.meta, reply)
+                {
+                    debug!(endpoint = %endpoint.addr, status = %rsp.status(), "retrying");
+                    attempt += 1;
+                    avoid = Some(endpoint.addr);
+                    continue;
+                }
+                return reply.respond(labels, Ok(Ok(rsp)), endpoint.addr);
+            }
+            Ok(Err(failed)) => {
+                picked.complete(false);
+                // A request that never left (the connection failed first) may go
+                // elsewhere once even on a route without retries, streaming body and all.
+                let may_retry = match failed.unsent {
+                    Some(req) => {
+                        once = Some(req.into_body());
+                        attempt < limit.max(1)
+                    }
+                    None => replay.is_some() && attempt < limit,
+                };
+                if may_retry && retry(res, &endpoint.meta, reply) {
+                    debug!(endpoint = %endpoint.addr, error = %failed.error, "retrying after a failed try");
+                    attempt += 1;
+                    avoid = Some(endpoint.addr);
+                    continue;
+                }
+                return reply.respond(labels, Ok(Err(failed.error)), endpoint.addr);
+            }
+            Err(()) => {
+                picked.complete(false);
+                if replay.is_some() && attempt < limit && retry(res, &endpoint.meta, reply) {
+                    attempt += 1;
+                    avoid = Some(endpoint.addr);
+                    continue;
+                }
+                return reply.respond(labels, Err(()), endpoint.addr);
+            }
+        }
+    }
+}
+
+/// Takes a retry from the budget, counting the outcome per service.
+fn retry(res: &Resolution, meta: &EndpointMeta, reply: &Reply<'_>) -> bool {
+    let taken = res.budget.withdraw();
+    reply.side.metrics.http.retry(&meta.labels, taken);
+    taken
+}
+
+/// An endpoint, preferring one other than `avoid` (the one that just failed).
+fn pick(
+    res: &Resolution,
+    avoid: Option<SocketAddr>,
+) -> Result<Picked<'_, EndpointMeta>, PickError> {
+    let mut p = res.balancer.pick()?;
+    for _ in 0..3 {
+        if Some(p.endpoint.addr) != avoid {
+            break;
+        }
+        p = res.balancer.pick()?;
+    }
+    Ok(p)
+}
+
+enum Buffered {
+    Replay(Bytes),
+    Stream(pool::ReqBody),
+}
+
+/// Reads a body of known length up to `MAX_REPLAY_BYTES` into memory; anything else
+/// streams.
+async fn buffer(parts: &http::request::Parts, body: pool::ReqBody) -> Result<Buffered, String> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Buffered::Replay(Bytes::new()));
+    }
+    let len = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match len {
+        Some(n) if n <= MAX_REPLAY_BYTES => {
+            let collected =
+                Limited::new(body, MAX_REPLAY_BYTES).collect().await.map_err(|e| e.to_string())?;
+            Ok(Buffered::Replay(collected.to_bytes()))
+        }
+        _ => Ok(Buffered::Stream(body)),
+    }
+}

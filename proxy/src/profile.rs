@@ -1,0 +1,330 @@
+//! Service profiles: what the destination service's `GetProfile` says about a service's
+//! HTTP routes — which responses are failures, which routes may be retried and how often,
+//! timeouts — and the retry budget that bounds all retries. Converted once per update
+//! from the protobuf into plain types that the request path can match cheaply.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use linkerd2_proxy_api::destination as api;
+
+/// Retries may add this share of the request rate on top of the floor below.
+pub const DEFAULT_RETRY_RATIO: f64 = 0.2;
+pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
+pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
+/// Retries of one request, when the profile does not say.
+pub const DEFAULT_RETRY_LIMIT: u32 = 2;
+
+/// Route metric labels by which the destination service carries the settings the
+/// profile protobuf has no field for.
+pub const LABEL_RETRY_LIMIT: &str = "retry_limit";
+pub const LABEL_RETRY_TIMEOUT: &str = "retry_timeout_ms";
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub routes: Vec<Route>,
+    pub budget: Budget,
+}
+
+impl Default for Profile {
+    /// No routes: nothing is retried; 5xx are failures.
+    fn default() -> Self {
+        Profile { routes: Vec::new(), budget: Budget::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+    pub ttl: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            ratio: DEFAULT_RETRY_RATIO,
+            min_per_second: DEFAULT_MIN_RETRIES_PER_SECOND,
+            ttl: DEFAULT_BUDGET_TTL,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub condition: RequestMatch,
+    pub failures: Vec<ResponseMatch>,
+    pub retryable: bool,
+    pub retry_limit: u32,
+    /// Timeout of each try (none when zero).
+    pub try_timeout: Duration,
+    /// Timeout of the whole request, retries included (none when zero).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum RequestMatch {
+    All(Vec<RequestMatch>),
+    Any(Vec<RequestMatch>),
+    Not(Box<RequestMatch>),
+    Path(regex_lite::Regex),
+    Method(Method),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseMatch {
+    All(Vec<ResponseMatch>),
+    Any(Vec<ResponseMatch>),
+    Not(Box<ResponseMatch>),
+    Status { min: u16, max: u16 },
+}
+
+impl RequestMatch {
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        match self {
+            RequestMatch::All(m) => m.iter().all(|m| m.matches(method, path)),
+            RequestMatch::Any(m) => m.iter().any(|m| m.matches(method, path)),
+            RequestMatch::Not(m) => !m.matches(method, path),
+            RequestMatch::Path(re) => re.is_match(path),
+            RequestMatch::Method(m) => m == method,
+        }
+    }
+}
+
+impl ResponseMatch {
+    pub fn matches(&self, status: StatusCode) -> bool {
+        match self {
+            ResponseMatch::All(m) => m.iter().all(|m| m.matches(status)),
+            ResponseMatch::Any(m) => m.iter().any(|m| m.matches(status)),
+            ResponseMatch::Not(m) => !m.matches(status),
+            ResponseMatch::Status { min, max } => (*min..=*max).contains(&status.as_u16()),
+        }
+    }
+}
+
+impl Route {
+    /// Whether `status` is a failure on this route; without classes, 5xx are.
+    pub fn is_failure(&self, status: StatusCode) -> bool {
+        if self.failures.is_empty() {
+            status.is_server_error()
+        } else {
+            self.failures.iter().any(|m| m.matches(status))
+        }
+    }
+}
+
+impl Profile {
+    /// The first route matching the request, as Linkerd orders them.
+    pub fn route(&self, method: &Method, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.condition.matches(method, path))
+    }
+}
+
+/// Why part of a profile was ignored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProfileError {
+    #[error("route path regex {0:?} does not compile: {1}")]
+    Regex(String, String),
+    #[error("route has no condition")]
+    NoCondition,
+    #[error("invalid method in a route condition")]
+    Method,
+}
+
+/// Converts a profile update. Routes that cannot be understood are dropped (with the
+/// reasons returned) rather than guessed at.
+pub fn from_api(p: &api::DestinationProfile) -> (Profile, Vec<ProfileError>) {
+    let mut errors = Vec::new();
+    let routes = p
+        .routes
+        .iter()
+        .filter_map(|r| match route(r) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        })
+        .collect();
+    let budget = p.retry_budget.as_ref().map_or_else(Budget::default, |b| Budget {
+        ratio: f64::from(b.retry_ratio).clamp(0.0, 1000.0),
+        min_per_second: b.min_retries_per_second,
+        ttl: b
+            .ttl
+            .as_ref()
+            .and_then(duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_BUDGET_TTL)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+    });
+    (Profile { routes, budget }, errors)
+}
+
+fn route(r: &api::Route) -> Result<Route, ProfileError> {
+    let condition = request_match(r.condition.as_ref().ok_or(ProfileError::NoCondition)?)?;
+    let label_ms = |k: &str| r.metrics_labels.get(k).and_then(|v| v.parse::<u64>().ok());
+    Ok(Route {
+        condition,
+        failures: r
+            .response_classes
+            .iter()
+            .filter(|c| c.is_failure)
+            .filter_map(|c| c.condition.as_ref().map(response_match))
+            .collect(),
+        retryable: r.is_retryable,
+        retry_limit: label_ms(LABEL_RETRY_LIMIT).map_or(DEFAULT_RETRY_LIMIT, |n| n.min(10) as u32),
+        try_timeout: label_ms(LABEL_RETRY_TIMEOUT).map(Duration::from_millis).unwrap_or_default(),
+        timeout: r.timeout.as_ref().and_then(duration).unwrap_or_default(),
+    })
+}
+
+fn duration(d: &prost_types::Duration) -> Option<Duration> {
+    let secs = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
+fn request_match(m: &api::RequestMatch) -> Result<RequestMatch, ProfileError> {
+    use api::request_match::Match;
+    let seq = |s: &api::request_match::Seq| {
+        s.matches.iter().map(request_match).collect::<Result<Vec<_>, _>>()
+    };
+    match m.r#match.as_ref().ok_or(ProfileError::NoCondition)? {
+        Match::All(s) => Ok(RequestMatch::All(seq(s)?)),
+        Match::Any(s) => Ok(RequestMatch::Any(seq(s)?)),
+        Match::Not(m) => Ok(RequestMatch::Not(Box::new(request_match(m)?))),
+        Match::Path(p) => {
+            // Linkerd anchors route regexes to the whole path.
+            let anchored = format!("^(?:{})$", p.regex);
+            regex_lite::Regex::new(&anchored)
+                .map(RequestMatch::Path)
+                .map_err(|e| ProfileError::Regex(p.regex.clone(), e.to_string()))
+        }
+        Match::Method(m) => {
+            Method::try_from(m.clone()).map(RequestMatch::Method).map_err(|_| ProfileError::Method)
+        }
+    }
+}
+
+fn response_match(m: &api::ResponseMatch) -> ResponseMatch {
+    use api::response_match::Match;
+    let seq = |s: &api::response_match::Seq| s.matches.iter().map(response_match).collect();
+    match m.r#match.as_ref() {
+        Some(Match::All(s)) => ResponseMatch::All(seq(s)),
+        Some(Match::Any(s)) => ResponseMatch::Any(seq(s)),
+        Some(Match::Not(m)) => ResponseMatch::Not(Box::new(response_match(m))),
+        Some(Match::Status(r)) => ResponseMatch::Status {
+            min: u16::try_from(r.min).unwrap_or(u16::MAX),
+            max: u16::try_from(r.max).unwrap_or(u16::MAX),
+        },
+        // An empty match matches nothing.
+        None => ResponseMatch::Any(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_class(min: u32, max: u32) -> api::ResponseClass {
+        api::ResponseClass {
+            condition: Some(api::ResponseMatch {
+                r#match: Some(api::response_match::Match::Status(api::HttpStatusRange {
+                    min,
+                    max,
+                })),
+            }),
+            is_failure: true,
+        }
+    }
+
+    fn path(re: &str) -> api::RequestMatch {
+        api::RequestMatch {
+            r#match: Some(api::request_match::Match::Path(api::PathMatch { regex: re.into() })),
+        }
+    }
+
+    #[test]
+    fn a_catch_all_retry_route() {
+        let p = api::DestinationProfile {
+            routes: vec![api::Route {
+                condition: Some(path(".*")),
+                response_classes: vec![status_class(500, 599)],
+                metrics_labels: [
+                    (LABEL_RETRY_LIMIT.to_string(), "3".to_string()),
+                    (LABEL_RETRY_TIMEOUT.to_string(), "250".to_string()),
+                ]
+                .into(),
+                is_retryable: true,
+                timeout: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+            }],
+            retry_budget: Some(api::RetryBudget {
+                retry_ratio: 0.5,
+                min_retries_per_second: 3,
+                ttl: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            }),
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&p);
+        assert!(errors.is_empty());
+        let r = profile.route(&Method::POST, "/any/path").expect("catch-all");
+        assert!(r.retryable);
+        assert_eq!(r.retry_limit, 3);
+        assert_eq!(r.try_timeout, Duration::from_millis(250));
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert!(r.is_failure(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!r.is_failure(StatusCode::NOT_FOUND));
+        assert_eq!(
+            profile.budget,
+            Budget { ratio: 0.5, min_per_second: 3, ttl: Duration::from_secs(5) }
+        );
+    }
+
+    #[test]
+    fn routes_match_anchored_paths_and_methods_in_order() {
+        let get = api::RequestMatch {
+            r#match: Some(api::request_match::Match::Method(http::Method::GET.into())),
+        };
+        let p = api::DestinationProfile {
+            routes: vec![
+                api::Route {
+                    condition: Some(api::RequestMatch {
+                        r#match: Some(api::request_match::Match::All(api::request_match::Seq {
+                            matches: vec![path("/books/[0-9]+"), get],
+                        })),
+                    }),
+                    is_retryable: true,
+                    ..Default::default()
+                },
+                api::Route { condition: Some(path("/books.*")), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&p);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(profile.route(&Method::GET, "/books/12").expect("route").retryable);
+        assert!(!profile.route(&Method::POST, "/books/12").expect("route").retryable);
+        assert!(!profile.route(&Method::GET, "/books/12/x").expect("second route").retryable);
+        assert!(profile.route(&Method::GET, "/authors").is_none());
+        // Without classes, 5xx are failures.
+        let r = profile.route(&Method::GET, "/books/1").expect("route");
+        assert!(r.is_failure(StatusCode::BAD_GATEWAY) && !r.is_failure(StatusCode::OK));
+    }
+
+    #[test]
+    fn bad_routes_are_dropped_with_a_reason_and_defaults_hold() {
+        let p = api::DestinationProfile {
+            routes: vec![
+                api::Route { condition: Some(path("(")), ..Default::default() },
+                api::Route::default(),
+            ],
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&p);
+        assert!(profile.routes.is_empty());
+        assert_eq!(errors.len(), 2);
+        assert!(matches!(errors[0], ProfileError::Regex(..)));
+        assert_eq!(errors[1], ProfileError::NoCondition);
+        assert_eq!(profile.budget, Budget::default());
+    }
+}
