@@ -17,8 +17,8 @@ pub const DEFAULT_RETRY_LIMIT: u32 = 2;
 
 /// Route metric labels by which the destination service carries the settings the
 /// profile protobuf has no field for.
-pub const LABEL_RETRY_LIMIT: &str = "retry_limit";
-pub const LABEL_RETRY_TIMEOUT: &str = "retry_timeout_ms";
+pub const LABEL_RETRY_LIMIT: &str = "weft_retry_limit";
+pub const LABEL_RETRY_TIMEOUT: &str = "weft_retry_timeout_ms";
 
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -172,7 +172,7 @@ fn route(r: &api::Route) -> Result<Route, ProfileError> {
             .filter_map(|c| c.condition.as_ref().map(response_match))
             .collect(),
         retryable: r.is_retryable,
-        retry_limit: label_ms(LABEL_RETRY_LIMIT).map_or(DEFAULT_RETRY_LIMIT, |n| n.min(10) as u32),
+        retry_limit: label_ms(LABEL_RETRY_LIMIT).map_or(DEFAULT_RETRY_LIMIT, |n| n.min(100) as u32),
         try_timeout: label_ms(LABEL_RETRY_TIMEOUT).map(Duration::from_millis).unwrap_or_default(),
         timeout: r.timeout.as_ref().and_then(duration).unwrap_or_default(),
     })

@@ -318,23 +318,6 @@ fn the_authority_label_is_capped_under_100_000_distinct_hosts() {
     );
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body.
-fn read_response(r: &mut BufReader<TcpStream>) {
-    let mut len = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).expect("response line");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().expect("length");
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).expect("body");
-}
 
 #[test]
 fn limits_hostile_clients_cannot_pass() {

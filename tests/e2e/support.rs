@@ -384,6 +384,108 @@ fn failing_body() -> AppBody {
         .boxed_unsync()
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body.
+pub fn read_response(r: &mut BufReader<TcpStream>) -> u16 {
+    let mut len = 0usize;
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("response line");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).expect("body");
+    status
+}
+
+/// A test backend for balancing and retries: answers every request after `delay`, with
+/// 503 when `failing` is set or every `fail_every`-th request, else 200; counts requests.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<std::sync::atomic::AtomicU64>,
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Backend {
+    pub fn start(delay: Duration, fail_every: Option<u64>) -> Backend {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = local_listener();
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let hits = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let (h, f) = (hits.clone(), failing.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((io, _)) = listener.accept().await else { continue };
+                    let (h, f) = (h.clone(), f.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (h, f) = (h.clone(), f.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                                let _ = req.into_body().collect().await;
+                                if !delay.is_zero() {
+                                    tokio::time::sleep(delay).await;
+                                }
+                                let fail = f.load(Ordering::SeqCst) || fail_every.is_some_and(|k| n % k == 0);
+                                let mut rsp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                                    format!("{}\n", addr.port()),
+                                )));
+                                if fail {
+                                    *rsp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                                Ok::<_, std::convert::Infallible>(rsp)
+                            }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        Backend { addr, hits, failing }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `n` GET requests over `connections` keep-alive HTTP/1.1 connections to `addr`;
+/// returns the statuses in the order they completed.
+pub fn load(addr: SocketAddr, connections: usize, n: usize) -> Vec<u16> {
+    let per = n / connections;
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                (0..per)
+                    .map(|_| {
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: web.prod.svc.cluster.local\r\n\r\n").expect("write");
+                        read_response(&mut r)
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    threads.into_iter().flat_map(|t| t.join().expect("load thread")).collect()
+}
+
 /// Runs a command, returning (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
