@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod profile;
 pub mod transport;
+pub mod transport_header;
 
 use std::{
     future::Future,
