@@ -1,10 +1,12 @@
 //! Opaque forwarding: copies bytes both ways between two TCP streams, keeping half-close
 //! (one side's EOF becomes a write shutdown on the other) and backpressure (a read is
-//! not taken until the previous bytes are written). Buffers are taken only while bytes
-//! are flowing, so an idle connection holds none.
+//! not taken until the previous bytes are written). Bytes pass through a stack buffer
+//! that never outlives a wake-up: only what the peer could not take at once is copied
+//! to the heap, so neither an idle nor a busy connection holds a buffer between reads.
 
 use std::io;
 
+use bytes::BytesMut;
 use tokio::{
     io::AsyncWriteExt,
     net::{
@@ -19,12 +21,13 @@ use crate::metrics::ConnMetrics;
 const CHUNK: usize = 16 * 1024;
 
 /// Forwards until both directions have finished; `prefix` (bytes already read from the
-/// client during detection) goes to the upstream first. On an error in either
-/// direction both sockets are set to reset when dropped, so the peers see what failed.
+/// client during detection) goes to the upstream first and is freed once written. On an
+/// error in either direction both sockets are set to reset when dropped, so the peers
+/// see what failed.
 pub async fn forward(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    prefix: &[u8],
+    prefix: BytesMut,
     src: &ConnMetrics,
     dst: &ConnMetrics,
 ) -> io::Result<()> {
@@ -35,9 +38,10 @@ pub async fn forward(
             if !prefix.is_empty() {
                 // Read from the client during detection, counted here once forwarded.
                 src.read_bytes.inc_by(prefix.len() as u64);
-                upstream_w.write_all(prefix).await?;
+                upstream_w.write_all(&prefix).await?;
                 dst.write_bytes.inc_by(prefix.len() as u64);
             }
+            drop(prefix);
             copy(&client_r, &mut upstream_w, src, dst).await
         };
         let to_client = copy(&upstream_r, &mut client_w, dst, src);
@@ -50,6 +54,18 @@ pub async fn forward(
     result
 }
 
+/// What one non-blocking read-and-write step left to do.
+enum Step {
+    /// Everything read was written; read again.
+    Done,
+    /// Nothing to read now.
+    WouldBlock,
+    /// The peer finished sending.
+    Eof,
+    /// The writer could not take all of it: the rest, to write with backpressure.
+    Rest(Vec<u8>),
+}
+
 /// One direction: `from` is read and counted as `read_bytes` of its peer's metrics,
 /// what is written to `to` as `write_bytes` of the other's.
 async fn copy(
@@ -60,26 +76,48 @@ async fn copy(
 ) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let mut buf = Vec::with_capacity(CHUNK);
         loop {
-            buf.clear();
-            match from.try_read_buf(&mut buf) {
-                Ok(0) => {
+            match step(from, to, from_metrics, to_metrics)? {
+                Step::Done => {}
+                Step::WouldBlock => break,
+                Step::Eof => {
                     // The peer already gone is not an error of this direction: the
                     // other direction reports it.
                     let _ = to.shutdown().await;
                     return Ok(());
                 }
-                Ok(n) => {
-                    from_metrics.read_bytes.inc_by(n as u64);
-                    to.write_all(&buf).await?;
-                    to_metrics.write_bytes.inc_by(n as u64);
+                Step::Rest(rest) => {
+                    to.write_all(&rest).await?;
+                    to_metrics.write_bytes.inc_by(rest.len() as u64);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// Reads what is there into a stack buffer and writes as much as the peer takes, without
+/// waiting; the buffer is gone before the caller awaits anything.
+fn step(
+    from: &ReadHalf<'_>,
+    to: &WriteHalf<'_>,
+    from_metrics: &ConnMetrics,
+    to_metrics: &ConnMetrics,
+) -> io::Result<Step> {
+    let mut buf = [0u8; CHUNK];
+    let n = match from.try_read(&mut buf) {
+        Ok(0) => return Ok(Step::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::WouldBlock),
+        Err(e) => return Err(e),
+    };
+    from_metrics.read_bytes.inc_by(n as u64);
+    let written = match to.try_write(&buf[..n]) {
+        Ok(w) => w,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    to_metrics.write_bytes.inc_by(written as u64);
+    Ok(if written == n { Step::Done } else { Step::Rest(buf[written..n].to_vec()) })
 }
 
 /// Makes the socket send RST instead of FIN when it is closed.

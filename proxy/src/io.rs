@@ -46,6 +46,10 @@ impl AsyncRead for MeteredIo {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Free the detection buffer: the connection may live long.
+                this.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

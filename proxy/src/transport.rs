@@ -183,7 +183,7 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
     let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
     let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol);
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
-    let result = forward::forward(&mut client, &mut upstream, &prefix, &src, &dst).await;
+    let result = forward::forward(&mut client, &mut upstream, prefix, &src, &dst).await;
     let err = result.as_ref().err();
     if let Some(e) = err {
         errors.inc("forward_io");

@@ -496,3 +496,52 @@ fn an_upstream_that_never_answers_hits_the_connect_timeout() {
     assert!(p.logs().contains("timed out"), "{}", p.logs());
     drop(fillers);
 }
+
+#[test]
+fn a_bulk_transfer_to_a_slow_reader_is_intact_and_bounded() {
+    fn fnv(hash: &mut u64, bytes: &[u8]) {
+        for b in bytes {
+            *hash ^= u64::from(*b);
+            *hash = hash.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    // The backend reads slowly at first, so the proxies meet backpressure (partial
+    // writes), then hashes everything and answers with the hash.
+    let backend = serve(local_listener(), |mut s: TcpStream| {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut reads = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => fnv(&mut hash, &buf[..n]),
+            }
+            reads += 1;
+            if reads < 50 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = write!(s, "{hash:016x}");
+    });
+    let (client, server) = pair(backend, &["--opaque-ports", "1-65535"]);
+    let mut s = TcpStream::connect(client.outbound).expect("connect");
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    for i in 0..64u32 {
+        for (j, b) in chunk.iter_mut().enumerate() {
+            *b = (i as usize * 31 + j * 7) as u8;
+        }
+        fnv(&mut hash, &chunk);
+        s.write_all(&chunk).expect("write");
+    }
+    s.shutdown(Shutdown::Write).expect("half-close");
+    let mut rsp = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    s.read_to_string(&mut rsp).expect("the backend's hash");
+    assert_eq!(rsp, format!("{hash:016x}"), "the bytes arrived changed");
+    for p in [&client, &server] {
+        let m = p.metrics();
+        assert_eq!(metric(&m, "tcp_read_bytes_total", &[("peer", "src")]), 64.0 * 1048576.0, "{m}");
+        assert!(p.rss_bytes() < 32 << 20, "RSS {} MiB", p.rss_bytes() >> 20);
+    }
+}
