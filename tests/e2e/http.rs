@@ -318,7 +318,6 @@ fn the_authority_label_is_capped_under_100_000_distinct_hosts() {
     );
 }
 
-
 #[test]
 fn limits_hostile_clients_cannot_pass() {
     let backend = http_server(local_listener());
@@ -456,4 +455,31 @@ fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_grace_peri
     assert!(status.success(), "{status:?}");
     let mut rest = Vec::new();
     assert!(matches!(reader.read_to_end(&mut rest), Ok(0) | Err(_)));
+}
+
+#[test]
+fn connect_switches_to_a_tunnel_after_the_2xx() {
+    let backend = http_server(local_listener());
+    let (client, _server) = upgraded_pair(backend, &[]);
+    let mut s = TcpStream::connect(client.outbound).expect("connect");
+    s.write_all(b"CONNECT db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\n\r\n").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // Bytes that are no HTTP at all go through the tunnel and come back.
+    s.write_all(b"\x00\x01tunnelled\xff").expect("write through the tunnel");
+    let mut back = [0u8; 12];
+    reader.read_exact(&mut back).expect("echo through the tunnel");
+    assert_eq!(&back, b"\x00\x01tunnelled\xff");
+    let m = client.metrics();
+    assert_eq!(metric(&m, "response_total", &[("status_code", "200")]), 1.0, "{m}");
 }

@@ -313,6 +313,17 @@ async fn app(
             .map_err(|never| match never {})
             .boxed_unsync()
     };
+    if req.method() == hyper::Method::CONNECT {
+        // A tunnel: 200, then echo whatever comes through it.
+        tokio::spawn(async move {
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Ok(hyper::Response::new(full(String::new())));
+    }
     let body = match req.uri().path() {
         "/echo" => {
             let mut out = format!("{:?} {} {}\n", req.version(), req.method(), req.uri());
@@ -423,35 +434,41 @@ impl Backend {
         let failing = Arc::new(AtomicBool::new(false));
         let (h, f) = (hits.clone(), failing.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let rt =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 loop {
                     let Ok((io, _)) = listener.accept().await else { continue };
                     let (h, f) = (h.clone(), f.clone());
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (h, f) = (h.clone(), f.clone());
-                            async move {
-                                use http_body_util::BodyExt;
-                                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
-                                let _ = req.into_body().collect().await;
-                                if !delay.is_zero() {
-                                    tokio::time::sleep(delay).await;
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let (h, f) = (h.clone(), f.clone());
+                                async move {
+                                    use http_body_util::BodyExt;
+                                    let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                                    let _ = req.into_body().collect().await;
+                                    if !delay.is_zero() {
+                                        tokio::time::sleep(delay).await;
+                                    }
+                                    let fail = f.load(Ordering::SeqCst)
+                                        || fail_every.is_some_and(|k| n % k == 0);
+                                    let mut rsp = hyper::Response::new(http_body_util::Full::new(
+                                        bytes::Bytes::from(format!("{}\n", addr.port())),
+                                    ));
+                                    if fail {
+                                        *rsp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                    }
+                                    Ok::<_, std::convert::Infallible>(rsp)
                                 }
-                                let fail = f.load(Ordering::SeqCst) || fail_every.is_some_and(|k| n % k == 0);
-                                let mut rsp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-                                    format!("{}\n", addr.port()),
-                                )));
-                                if fail {
-                                    *rsp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
-                                }
-                                Ok::<_, std::convert::Infallible>(rsp)
-                            }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-                            .await;
+                            },
+                        );
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                        .await;
                     });
                 }
             });
@@ -476,7 +493,8 @@ pub fn load(addr: SocketAddr, connections: usize, n: usize) -> Vec<u16> {
                 let mut r = BufReader::new(s.try_clone().expect("clone"));
                 (0..per)
                     .map(|_| {
-                        s.write_all(b"GET / HTTP/1.1\r\nHost: web.prod.svc.cluster.local\r\n\r\n").expect("write");
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: web.prod.svc.cluster.local\r\n\r\n")
+                            .expect("write");
                         read_response(&mut r)
                     })
                     .collect::<Vec<u16>>()
