@@ -16,6 +16,8 @@ use tokio::{
 };
 use weft_proxy::{BoundProxy, config::RunArgs};
 
+mod balancing;
+
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Opaque TCP connections in the burst.
@@ -24,6 +26,9 @@ pub struct DemoArgs {
     /// How long HTTP clients send requests (seconds).
     #[arg(long, env = "WEFT_DEMO_SECONDS", default_value_t = 3)]
     seconds: u64,
+    /// Requests sent to each discovered service in the balancing part.
+    #[arg(long, env = "WEFT_DEMO_REQUESTS", default_value_t = 3000)]
+    requests: u64,
 }
 
 const BANNER: &[u8] = b"220 smtp.demo ESMTP ready\r\n";
@@ -64,7 +69,7 @@ async fn start_pair(backend: SocketAddr, h2_between_proxies: bool) -> anyhow::Re
     Ok(pair)
 }
 
-fn proxy_args(outbound_target: Option<SocketAddr>, inbound_target: Option<SocketAddr>) -> RunArgs {
+pub(crate) fn proxy_args(outbound_target: Option<SocketAddr>, inbound_target: Option<SocketAddr>) -> RunArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct P {
@@ -187,7 +192,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if failed > 0 || opaque_failed > 0 {
         anyhow::bail!("{failed} HTTP requests and {opaque_failed} opaque connections failed");
     }
-    Ok(())
+    balancing::run(args.requests).await
 }
 
 /// Sends GET requests on one connection until `until`; returns (ok, failed).

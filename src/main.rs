@@ -2,6 +2,9 @@
 //! Subcommands appear as their issues land; today: `weft demo`.
 
 mod demo;
+mod inject;
+mod injector;
+mod destination;
 
 use std::process::ExitCode;
 
@@ -16,14 +19,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy injector (mutating admission webhook)
+    Injector(injector::InjectorArgs),
+    /// Add the proxy to Kubernetes manifests
+    Inject(inject::InjectArgs),
     /// Run a whole mesh on loopback (no cluster, no root) and print what the proxies saw.
     Demo(demo::DemoArgs),
+    /// Run the destination service (discovery for proxies).
+    Destination(destination::DestinationArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Injector(args) => injector::run(args),
+        Command::Inject(args) => inject::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Destination(args) => destination::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

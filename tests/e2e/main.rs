@@ -1,9 +1,13 @@
 //! End-to-end tests: the real binaries, real sockets, real clients, and (as root) real
 //! iptables rules in network namespaces. One test binary to keep link time down.
 
+mod destination;
+mod discovery;
 mod http;
 mod init;
+mod injector;
 mod interception;
+mod kubeapi;
 mod loopback;
 mod netns;
 mod support;

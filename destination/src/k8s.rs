@@ -1,0 +1,214 @@
+//! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
+//! Pods (kube-runtime watchers, with backoff), converted to the model and fed to the index.
+//! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
+//! kind in the index at once, so objects deleted while a watch was down disappear.
+
+use std::{
+    fmt::Debug,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::{
+    index::{Index, SharedIndex},
+    metrics::{KindLabels, Metrics},
+    model::{Namespace, ObjKey, Pod, Problem, Service, Slice},
+};
+
+/// Objects per LIST page. Pages are parsed whole, so a smaller page keeps the peak memory of
+/// a (re)list low (a page of 500 pods is several MiB of JSON and objects); 100 costs a few
+/// more round trips on a big cluster and nothing on a small one.
+const LIST_PAGE_SIZE: u32 = 100;
+
+/// How one kind goes from the API into the index.
+trait Kind:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+    const NAME: &'static str;
+    type Model;
+    fn convert(&self) -> Result<(Self::Model, Vec<Problem>), Problem>;
+    fn apply(index: &mut Index, model: Self::Model);
+    fn delete(index: &mut Index, obj: &Self);
+    fn reset(index: &mut Index, all: Vec<Self::Model>);
+}
+
+fn obj_key<K: Resource>(obj: &K) -> Option<ObjKey> {
+    Some(ObjKey::new(obj.namespace()?, obj.meta().name.clone()?))
+}
+
+impl Kind for K8sNamespace {
+    const NAME: &'static str = "namespace";
+    type Model = Namespace;
+    fn convert(&self) -> Result<(Namespace, Vec<Problem>), Problem> {
+        Namespace::from_k8s(self)
+    }
+    fn apply(index: &mut Index, model: Namespace) {
+        index.apply_namespace(model)
+    }
+    fn delete(index: &mut Index, obj: &Self) {
+        if let Some(name) = &obj.metadata.name {
+            index.delete_namespace(name)
+        }
+    }
+    fn reset(index: &mut Index, all: Vec<Namespace>) {
+        index.reset_namespaces(all)
+    }
+}
+
+impl Kind for K8sService {
+    const NAME: &'static str = "service";
+    type Model = Service;
+    fn convert(&self) -> Result<(Service, Vec<Problem>), Problem> {
+        Service::from_k8s(self)
+    }
+    fn apply(index: &mut Index, model: Service) {
+        index.apply_service(model)
+    }
+    fn delete(index: &mut Index, obj: &Self) {
+        if let Some(key) = obj_key(obj) {
+            index.delete_service(&key)
+        }
+    }
+    fn reset(index: &mut Index, all: Vec<Service>) {
+        index.reset_services(all)
+    }
+}
+
+impl Kind for EndpointSlice {
+    const NAME: &'static str = "endpointslice";
+    type Model = Slice;
+    fn convert(&self) -> Result<(Slice, Vec<Problem>), Problem> {
+        Slice::from_k8s(self)
+    }
+    fn apply(index: &mut Index, model: Slice) {
+        index.apply_slice(model)
+    }
+    fn delete(index: &mut Index, obj: &Self) {
+        if let Some(key) = obj_key(obj) {
+            index.delete_slice(&key)
+        }
+    }
+    fn reset(index: &mut Index, all: Vec<Slice>) {
+        index.reset_slices(all)
+    }
+}
+
+impl Kind for K8sPod {
+    const NAME: &'static str = "pod";
+    type Model = Pod;
+    fn convert(&self) -> Result<(Pod, Vec<Problem>), Problem> {
+        Pod::from_k8s(self)
+    }
+    fn apply(index: &mut Index, model: Pod) {
+        index.apply_pod(model)
+    }
+    fn delete(index: &mut Index, obj: &Self) {
+        if let Some(key) = obj_key(obj) {
+            index.delete_pod(&key)
+        }
+    }
+    fn reset(index: &mut Index, all: Vec<Pod>) {
+        index.reset_pods(all)
+    }
+}
+
+/// Set to true once every watch has listed its kind; gRPC lookups wait for it so that a
+/// proxy is never told "does not exist" about a service that is merely not listed yet.
+#[derive(Clone, Debug)]
+pub struct Synced {
+    pending: Arc<AtomicUsize>,
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Synced {
+    fn new(kinds: usize, tx: watch::Sender<bool>) -> Self {
+        Self { pending: Arc::new(AtomicUsize::new(kinds)), tx: Arc::new(tx) }
+    }
+
+    fn done(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            info!("kubernetes caches synced");
+            self.tx.send_replace(true);
+        }
+    }
+}
+
+/// Runs the four watches until the process ends; `synced` turns true after the first lists.
+pub async fn run(
+    client: Client,
+    index: SharedIndex,
+    metrics: Metrics,
+    synced: watch::Sender<bool>,
+) {
+    let synced = Synced::new(4, synced);
+    tokio::join!(
+        watch_kind::<K8sNamespace>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
+        watch_kind::<K8sService>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
+        watch_kind::<EndpointSlice>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
+        watch_kind::<K8sPod>(client, index, metrics, synced),
+    );
+}
+
+async fn watch_kind<K: Kind>(client: Client, index: SharedIndex, metrics: Metrics, synced: Synced) {
+    let api: Api<K> = Api::all(client);
+    let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut listing: Option<Vec<K::Model>> = None;
+    let mut first_sync = Some(synced);
+    let convert = |obj: &K| match obj.convert() {
+        Ok((model, problems)) => {
+            problems.iter().for_each(|p| metrics.skip(p));
+            Some(model)
+        }
+        Err(problem) => {
+            metrics.skip(&problem);
+            None
+        }
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => {
+                debug!(kind = K::NAME, "listing");
+                listing = Some(Vec::new());
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                if let (Some(list), Some(model)) = (listing.as_mut(), convert(&obj)) {
+                    list.push(model);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let all = listing.take().unwrap_or_default();
+                info!(kind = K::NAME, objects = all.len(), "listed");
+                K::reset(&mut index.lock(), all);
+                if let Some(s) = first_sync.take() {
+                    s.done();
+                }
+            }
+            Ok(watcher::Event::Apply(obj)) => {
+                if let Some(model) = convert(&obj) {
+                    K::apply(&mut index.lock(), model);
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => K::delete(&mut index.lock(), &obj),
+            Err(error) => {
+                warn!(kind = K::NAME, %error, "watch failed; retrying");
+                metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The destination service's metric families, registered on the registry passed in.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    pub rpc: &'static str,
+    pub update: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub rpc: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Open `Get` / `GetProfile` streams.
+    pub subscribers: Family<RpcLabels, Gauge>,
+    /// Messages sent on those streams, by kind (`add`, `remove`, `no_endpoints`, `profile`).
+    pub updates: Family<UpdateLabels, Counter>,
+    /// Lookups by what they resolved to (`service`, `pod`, `not_found`, `invalid`).
+    pub lookups: Family<LookupLabels, Counter>,
+    /// Objects, or parts of them, not used (bad IPs, missing names, invalid annotations).
+    pub skipped: Family<SkipLabels, Counter>,
+    /// Kubernetes watch errors (each is retried with backoff).
+    pub watch_errors: Family<KindLabels, Counter>,
+    /// Static file loads, `ok` or `error`.
+    pub static_loads: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        let r = registry.sub_registry_with_prefix("destination");
+        r.register("subscribers", "Open Get and GetProfile streams", m.subscribers.clone());
+        r.register("updates", "Messages sent on Get and GetProfile streams", m.updates.clone());
+        r.register("lookups", "Lookups by what they resolved to", m.lookups.clone());
+        r.register(
+            "objects_skipped",
+            "Objects or parts of objects not used, by reason",
+            m.skipped.clone(),
+        );
+        r.register(
+            "watch_errors",
+            "Kubernetes watch errors (retried with backoff)",
+            m.watch_errors.clone(),
+        );
+        r.register("static_loads", "Static file loads by result", m.static_loads.clone());
+        m
+    }
+
+    pub fn skip(&self, problem: &crate::model::Problem) {
+        tracing::warn!(%problem, "skipped");
+        self.skipped
+            .get_or_create(&SkipLabels { kind: problem.kind, reason: problem.reason })
+            .inc();
+    }
+}

@@ -1,0 +1,467 @@
+//! The static source: endpoints from a YAML file, for the demo, VMs and tests. The file is
+//! re-read when its modification time or size changes (polled every second); a file that
+//! does not parse is reported and counted, and the previous state is kept.
+//!
+//! ```yaml
+//! services:
+//!   - name: web                  # required
+//!     namespace: prod            # required
+//!     clusterIPs: [10.96.0.10]   # optional: lookups by ClusterIP:port
+//!     annotations:               # optional: as on a Service (retries, timeouts, opaque ports)
+//!       retry.weft.dev/http: 5xx
+//!       timeout.weft.dev/request: 2s
+//!       config.weft.dev/opaque-ports: "5432"
+//!     ports:
+//!       - port: 80               # the port clients use
+//!         endpoints:
+//!           - address: 127.0.0.1:8080
+//!             identity: web.prod.serviceaccount.identity.weft.cluster.local  # optional: meshed
+//!             protocolHint: h2   # optional: h2 (default h2 when an identity is set) | none
+//!             opaqueTransportPort: 4143  # optional: reach an opaque port through this port
+//!             weight: 10000      # optional
+//!             labels: {pod: web-1}       # optional, added to namespace/service
+//! ```
+//!
+//! Lookups: `web.prod.svc.<cluster-domain>:80`, a ClusterIP with a listed port, or an
+//! endpoint's own address (that endpoint alone).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    metrics::{Metrics, ResultLabels},
+    model::{OPAQUE_PORTS_ANNOTATION, ObjKey, PortSet},
+    profile::{self, ProfilePolicy},
+    resolve::{
+        DEFAULT_WEIGHT, Discover, Endpoint, Hint, ProfileSource, Resolution, Subscriptions, Target,
+    },
+};
+
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    services: Vec<FileService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileService {
+    name: String,
+    namespace: String,
+    #[serde(default, rename = "clusterIPs")]
+    cluster_ips: Vec<IpAddr>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    ports: Vec<FilePort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePort {
+    port: u16,
+    #[serde(default)]
+    endpoints: Vec<FileEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileEndpoint {
+    address: SocketAddr,
+    identity: Option<String>,
+    protocol_hint: Option<FileHint>,
+    opaque_transport_port: Option<u16>,
+    weight: Option<u32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FileHint {
+    H2,
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: serde_yaml_ng::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct StaticService {
+    key: ObjKey,
+    ports: BTreeMap<u16, BTreeMap<SocketAddr, Arc<Endpoint>>>,
+    policy: ProfilePolicy,
+    opaque_ports: Option<PortSet>,
+}
+
+/// The parsed file.
+#[derive(Debug, Default, PartialEq)]
+pub struct Catalog {
+    services: HashMap<ObjKey, StaticService>,
+    cluster_ips: HashMap<IpAddr, ObjKey>,
+    endpoints: HashMap<SocketAddr, (ObjKey, u16)>,
+}
+
+impl Catalog {
+    /// Parses a file's contents. Structural errors fail the whole file; an invalid
+    /// annotation value is returned as a warning and ignored.
+    pub fn parse(path: &Path, text: &str) -> Result<(Catalog, Vec<String>), LoadError> {
+        let file: File = if text.trim().is_empty() {
+            File::default()
+        } else {
+            serde_yaml_ng::from_str(text)
+                .map_err(|source| LoadError::Parse { path: path.to_path_buf(), source })?
+        };
+        let invalid = |message: String| LoadError::Invalid { path: path.to_path_buf(), message };
+        let mut catalog = Catalog::default();
+        let mut warnings = Vec::new();
+        for s in file.services {
+            let key = ObjKey::new(&s.namespace, &s.name);
+            if s.name.is_empty() || s.namespace.is_empty() {
+                return Err(invalid(format!("service {key}: name and namespace are required")));
+            }
+            if catalog.services.contains_key(&key) {
+                return Err(invalid(format!("service {key} is listed twice")));
+            }
+            let (policy, errors) = profile::parse_annotations(&s.annotations);
+            warnings.extend(errors.iter().map(|e| format!("service {key}: {e}")));
+            let opaque_ports = s.annotations.get(OPAQUE_PORTS_ANNOTATION).map(|v| {
+                let (set, bad) = PortSet::parse(v);
+                if !bad.is_empty() {
+                    warnings.push(format!(
+                        "service {key}: {OPAQUE_PORTS_ANNOTATION}: ignoring {bad:?}"
+                    ));
+                }
+                set
+            });
+            for ip in &s.cluster_ips {
+                if let Some(other) = catalog.cluster_ips.insert(*ip, key.clone()) {
+                    return Err(invalid(format!("clusterIP {ip} belongs to {other} and {key}")));
+                }
+            }
+            let mut ports = BTreeMap::new();
+            for p in s.ports {
+                if p.port == 0 || ports.contains_key(&p.port) {
+                    return Err(invalid(format!(
+                        "service {key}: port {} is zero or listed twice",
+                        p.port
+                    )));
+                }
+                let mut endpoints = BTreeMap::new();
+                for e in p.endpoints {
+                    let mut labels = e.labels;
+                    labels.insert("namespace".into(), key.namespace.clone());
+                    labels.insert("service".into(), key.name.clone());
+                    let hint = match (e.protocol_hint, &e.identity) {
+                        (Some(FileHint::H2), _) | (None, Some(_)) => {
+                            Hint::H2 { opaque_transport: e.opaque_transport_port }
+                        }
+                        (Some(FileHint::None), _) | (None, None) => Hint::Unknown,
+                    };
+                    let endpoint = Endpoint {
+                        addr: e.address,
+                        weight: e.weight.unwrap_or(DEFAULT_WEIGHT),
+                        labels,
+                        identity: e.identity.filter(|i| !i.is_empty()),
+                        hint,
+                    };
+                    catalog.endpoints.entry(e.address).or_insert((key.clone(), p.port));
+                    endpoints.insert(e.address, Arc::new(endpoint));
+                }
+                ports.insert(p.port, endpoints);
+            }
+            catalog
+                .services
+                .insert(key.clone(), StaticService { key, ports, policy, opaque_ports });
+        }
+        Ok((catalog, warnings))
+    }
+
+    pub fn resolve(&self, target: &Target, cluster_domain: &str) -> Resolution {
+        match target {
+            Target::Service { key, port } => self.resolve_service(key, *port, cluster_domain),
+            Target::Addr(addr) => {
+                if let Some(key) = self.cluster_ips.get(&addr.ip()) {
+                    return self.resolve_service(key, addr.port(), cluster_domain);
+                }
+                let Some((key, port)) = self.endpoints.get(addr) else {
+                    return Resolution::not_found();
+                };
+                let Some(ep) = self.services.get(key).and_then(|s| s.ports.get(port)?.get(addr))
+                else {
+                    return Resolution::not_found();
+                };
+                Resolution {
+                    exists: true,
+                    labels: [("namespace".to_string(), key.namespace.clone())].into(),
+                    endpoints: [(*addr, ep.clone())].into(),
+                    profile: ProfileSource { endpoint: Some(ep.clone()), ..Default::default() },
+                }
+            }
+            Target::External(_) => Resolution::not_found(),
+        }
+    }
+
+    fn resolve_service(&self, key: &ObjKey, port: u16, cluster_domain: &str) -> Resolution {
+        let Some(svc) = self.services.get(key) else { return Resolution::not_found() };
+        Resolution {
+            exists: true,
+            labels: [
+                ("namespace".to_string(), key.namespace.clone()),
+                ("service".to_string(), key.name.clone()),
+            ]
+            .into(),
+            endpoints: svc.ports.get(&port).cloned().unwrap_or_default(),
+            profile: ProfileSource {
+                fqn: format!(
+                    "{}.{}.svc.{}",
+                    key.name,
+                    key.namespace,
+                    cluster_domain.trim_matches('.')
+                ),
+                policy: svc.policy.clone(),
+                opaque: svc.opaque_ports.as_ref().is_some_and(|p| p.contains(port)),
+                endpoint: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    catalog: Catalog,
+    subs: Subscriptions,
+}
+
+/// The static source: the current catalog and the streams following it.
+#[derive(Clone, Debug)]
+pub struct StaticIndex {
+    inner: Arc<Mutex<Inner>>,
+    cluster_domain: Arc<str>,
+}
+
+impl StaticIndex {
+    pub fn new(catalog: Catalog, cluster_domain: &str) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner { catalog, subs: Subscriptions::default() })),
+            cluster_domain: cluster_domain.into(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Swaps in a new catalog and pushes what changed to the followed targets.
+    pub fn replace(&self, catalog: Catalog) {
+        let mut inner = self.lock();
+        let Inner { catalog: current, subs } = &mut *inner;
+        *current = catalog;
+        subs.refresh_all(|t| current.resolve(t, &self.cluster_domain));
+    }
+}
+
+impl Discover for StaticIndex {
+    fn resolve(&self, target: &Target) -> Option<watch::Receiver<Arc<Resolution>>> {
+        let mut inner = self.lock();
+        let Inner { catalog, subs } = &mut *inner;
+        subs.subscribe(target, || catalog.resolve(target, &self.cluster_domain))
+    }
+}
+
+/// The file's identity for change detection.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reads and parses the file, logging warnings and counting the result.
+pub fn load(path: &Path, metrics: &Metrics) -> Result<Catalog, LoadError> {
+    let result = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })
+        .and_then(|text| Catalog::parse(path, &text));
+    let label = if result.is_ok() { "ok" } else { "error" };
+    metrics.static_loads.get_or_create(&ResultLabels { result: label }).inc();
+    let (catalog, warnings) = result?;
+    for w in warnings {
+        warn!(path = %path.display(), "{w}");
+        metrics.skip(&crate::model::Problem {
+            kind: "static",
+            object: path.display().to_string(),
+            reason: "invalid_annotation",
+            detail: w,
+        });
+    }
+    Ok(catalog)
+}
+
+/// Re-reads the file whenever it changes; keeps the old catalog when the new one is bad.
+pub async fn watch_file(path: PathBuf, index: StaticIndex, metrics: Metrics) {
+    let mut last = stamp(&path);
+    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let (p, m) = (path.clone(), metrics.clone());
+        let loaded = tokio::task::spawn_blocking(move || load(&p, &m)).await;
+        match loaded {
+            Ok(Ok(catalog)) => {
+                info!(path = %path.display(), services = catalog.services.len(), "static file reloaded");
+                index.replace(catalog);
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "static file not reloaded; keeping the previous endpoints")
+            }
+            Err(error) => warn!(%error, "static file reload failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+services:
+  - name: web
+    namespace: prod
+    clusterIPs: [10.96.0.10]
+    annotations:
+      retry.weft.dev/http: 5xx
+      config.weft.dev/opaque-ports: "5432"
+    ports:
+      - port: 80
+        endpoints:
+          - address: 127.0.0.1:8080
+            identity: web.prod.serviceaccount.identity.weft.cluster.local
+            labels: {pod: web-1}
+          - address: 127.0.0.1:8081
+      - port: 5432
+        endpoints:
+          - address: 127.0.0.1:5432
+            identity: db.prod.serviceaccount.identity.weft.cluster.local
+            opaqueTransportPort: 4143
+  - name: empty
+    namespace: prod
+"#;
+
+    fn catalog() -> Catalog {
+        let (c, warnings) = Catalog::parse(Path::new("f.yaml"), FILE).expect("parses");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        c
+    }
+
+    #[test]
+    fn lookups() {
+        let c = catalog();
+        let d = "cluster.local";
+        let web = |port| Target::Service { key: ObjKey::new("prod", "web"), port };
+        let r = c.resolve(&web(80), d);
+        assert!(r.exists);
+        assert_eq!(r.endpoints.len(), 2);
+        assert_eq!(r.profile.fqn, "web.prod.svc.cluster.local");
+        assert!(r.profile.policy.retry.is_some());
+        assert!(!r.profile.opaque);
+        let ep = &r.endpoints[&"127.0.0.1:8080".parse().unwrap()];
+        assert_eq!(
+            ep.identity.as_deref(),
+            Some("web.prod.serviceaccount.identity.weft.cluster.local")
+        );
+        assert_eq!(ep.hint, Hint::H2 { opaque_transport: None });
+        assert_eq!(ep.labels.get("pod").map(String::as_str), Some("web-1"));
+        assert_eq!(ep.labels.get("service").map(String::as_str), Some("web"));
+        let plain = &r.endpoints[&"127.0.0.1:8081".parse().unwrap()];
+        assert_eq!((plain.identity.as_ref(), &plain.hint), (None, &Hint::Unknown));
+
+        let db = c.resolve(&web(5432), d);
+        assert!(db.profile.opaque);
+        assert_eq!(
+            db.endpoints.values().next().unwrap().hint,
+            Hint::H2 { opaque_transport: Some(4143) }
+        );
+
+        // By ClusterIP, by an endpoint's address, unknowns.
+        assert_eq!(c.resolve(&Target::Addr("10.96.0.10:80".parse().unwrap()), d), r);
+        let one = c.resolve(&Target::Addr("127.0.0.1:8081".parse().unwrap()), d);
+        assert_eq!(one.endpoints.len(), 1);
+        assert!(one.profile.endpoint.is_some());
+        assert!(!c.resolve(&Target::Addr("127.0.0.1:9".parse().unwrap()), d).exists);
+        let none = c.resolve(&Target::Service { key: ObjKey::new("prod", "nope"), port: 80 }, d);
+        assert!(!none.exists);
+        // A known service on an unlisted port exists with no endpoints.
+        let unlisted = c.resolve(&web(81), d);
+        assert!(unlisted.exists && unlisted.endpoints.is_empty());
+        let empty = c.resolve(&Target::Service { key: ObjKey::new("prod", "empty"), port: 80 }, d);
+        assert!(empty.exists && empty.endpoints.is_empty());
+    }
+
+    #[test]
+    fn bad_files() {
+        let p = Path::new("f.yaml");
+        assert_eq!(Catalog::parse(p, "").map(|(c, _)| c.services.len()).ok(), Some(0));
+        for bad in [
+            "services: [{name: a}]",
+            "services: [{name: a, namespace: b, ports: [{port: 80, endpoints: [{address: nope}]}]}]",
+            "services: [{name: a, namespace: b, extra: 1}]",
+            "services: [{name: a, namespace: b}, {name: a, namespace: b}]",
+            "services: [{name: a, namespace: b, ports: [{port: 80}, {port: 80}]}]",
+            "services: [{name: a, namespace: b, clusterIPs: [10.0.0.1]}, {name: c, namespace: b, clusterIPs: [10.0.0.1]}]",
+            "services: [{name: '', namespace: b}]",
+            "services: [{name: a, namespace: b, ports: [{port: 80, endpoints: [{address: '1.2.3.4:1', protocolHint: h3}]}]}]",
+            "services: {",
+        ] {
+            assert!(Catalog::parse(p, bad).is_err(), "{bad:?} accepted");
+        }
+        // A bad annotation value is a warning; the rest of the file stands.
+        let (c, warnings) = Catalog::parse(
+            p,
+            "services: [{name: a, namespace: b, annotations: {retry.weft.dev/http: often}, ports: [{port: 80}]}]",
+        )
+        .expect("parses");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(c.services.len(), 1);
+    }
+
+    #[test]
+    fn replace_pushes_changes() {
+        let index = StaticIndex::new(catalog(), "cluster.local");
+        let t = Target::Service { key: ObjKey::new("prod", "web"), port: 80 };
+        let mut rx = index.resolve(&t).expect("followed");
+        assert_eq!(rx.borrow_and_update().endpoints.len(), 2);
+        let (c, _) = Catalog::parse(
+            Path::new("f"),
+            "services: [{name: web, namespace: prod, ports: [{port: 80, endpoints: [{address: '127.0.0.1:9000'}]}]}]",
+        )
+        .expect("parses");
+        index.replace(c);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().endpoints.len(), 1);
+        index.replace(Catalog::default());
+        assert!(!rx.borrow_and_update().exists);
+    }
+}

@@ -1,0 +1,55 @@
+//! The injector's metrics, registered in the registry the server is given.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InjectionLabels {
+    /// `injected`, `skipped`, `invalid`, `allowed` (not a pod being created), `rejected`
+    /// (not a usable AdmissionReview), `error` (namespace unknown).
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub injections: Family<InjectionLabels, Counter>,
+    pub request_duration: Histogram,
+    pub certificate_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let registry = registry.sub_registry_with_prefix("weft_injector");
+        let injections = Family::<InjectionLabels, Counter>::default();
+        registry.register(
+            "injections",
+            "Admission reviews answered, by outcome and reason (dry runs are not counted)",
+            injections.clone(),
+        );
+        // 0.25 ms to ~4 s: the API server gives a webhook at most 10 s.
+        let request_duration = Histogram::new([
+            0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 4.0,
+        ]);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a review's body read to its answer, namespace lookup included",
+            request_duration.clone(),
+        );
+        let certificate_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate changes seen on disk, by result (ok, rejected)",
+            certificate_reloads.clone(),
+        );
+        Metrics { injections, request_duration, certificate_reloads }
+    }
+}

@@ -1,0 +1,265 @@
+//! Parsers for the values of config annotations and injector flags. Each accepts exactly
+//! what the consumer (`weft-proxy`, `weft-proxy init`, Kubernetes) accepts, and says why
+//! not otherwise: an injector that guessed would render a pod that fails later, far from
+//! the annotation that caused it.
+
+use std::net::IpAddr;
+
+/// A comma-separated list of ports and ranges (`25,8000-8100`), as `weft-proxy` reads
+/// `WEFT_PROXY_OPAQUE_PORTS` and `weft-proxy init` its `--skip-*-ports`. Returns the list
+/// normalized (items trimmed, empties dropped).
+pub fn ports(s: &str) -> Result<String, String> {
+    fn port(p: &str) -> Result<u16, String> {
+        match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 && p.trim().bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(format!("{:?} is not a port (1-65535)", p.trim())),
+        }
+    }
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (port(lo)?, port(hi)?);
+                if lo > hi {
+                    return Err(format!("range {item:?} is backwards"));
+                }
+                out.push(format!("{lo}-{hi}"));
+            }
+            None => out.push(port(item)?.to_string()),
+        }
+    }
+    Ok(out.join(","))
+}
+
+/// A comma-separated list of CIDRs, IPv4 and/or IPv6, with no host bits set (as
+/// `weft-proxy init --skip-subnets` requires).
+pub fn subnets(s: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((addr, prefix)) = item.split_once('/') else {
+            return Err(format!("{item:?} is not a CIDR (e.g. 10.0.0.0/8)"));
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{item:?}: bad address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u32 = match prefix.parse() {
+            Ok(p)
+                if p <= max && !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                p
+            }
+            _ => return Err(format!("{item:?}: prefix must be 0-{max}")),
+        };
+        let host_bits_clear = match addr {
+            IpAddr::V4(a) => u32::from(a).checked_shl(prefix).unwrap_or(0) == 0,
+            IpAddr::V6(a) => u128::from(a).checked_shl(prefix).unwrap_or(0) == 0,
+        };
+        if !host_bits_clear {
+            return Err(format!("{item:?} has host bits set"));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out.join(","))
+}
+
+/// A Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`), returned as its value in
+/// base units, so that a request can be compared with its limit.
+pub fn quantity(s: &str) -> Result<f64, String> {
+    let bad = || format!("{s:?} is not a Kubernetes quantity (e.g. 100m, 0.5, 64Mi)");
+    let t = s.trim();
+    if t.is_empty() || t != s {
+        return Err(bad());
+    }
+    let body = t.strip_prefix('+').unwrap_or(t);
+    if body.starts_with('-') {
+        return Err(format!("{s:?} is negative"));
+    }
+    let end = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
+    let (num, suffix) = body.split_at(end);
+    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+        return Err(bad());
+    }
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => {
+            let exp = &e[1..];
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            10f64.powi(exp.parse::<i32>().map_err(|_| bad())?)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(n * mult)
+}
+
+/// A user id for `runAsUser` of a container that must run as non-root: 1 to 2^31-1.
+pub fn uid(s: &str) -> Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(0) => Err("0 is root; the proxy runs as non-root".to_string()),
+        Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) && !s.starts_with('+') => Ok(n),
+        _ => Err(format!("{s:?} is not a user id (1-2147483647)")),
+    }
+}
+
+/// `true` or `false`, exactly.
+pub fn boolean(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{s:?} is neither \"true\" nor \"false\"")),
+    }
+}
+
+/// A duration as `weft-proxy` reads it (`500ms`, `30s`, `2m`, `1h`; digits alone are
+/// seconds), returned in milliseconds.
+pub fn duration_ms(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 2m)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(ms)
+}
+
+/// A tracing filter of `[target=]level` directives (`warn,weft_proxy=debug`).
+pub fn log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let mut any = false;
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = d.rsplit_once('=').map_or(("", d), |(t, l)| (t, l));
+        let target_ok = target.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b));
+        if !target_ok || !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{d:?} is not a log directive ([target=]trace|debug|info|warn|error|off)"
+            ));
+        }
+        any = true;
+    }
+    if !any {
+        return Err("empty log level".to_string());
+    }
+    Ok(s.trim().to_string())
+}
+
+/// A container image reference: registry/repository with an optional tag and/or digest.
+pub fn image(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 512
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+        && !s.starts_with(['/', ':', '@', '-', '.'])
+        && !s.ends_with(['/', ':', '@']);
+    if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not an image reference")) }
+}
+
+/// The default inbound policies that Linkerd-style proxies understand.
+pub const INBOUND_POLICIES: [&str; 6] = [
+    "all-unauthenticated",
+    "all-authenticated",
+    "cluster-unauthenticated",
+    "cluster-authenticated",
+    "audit",
+    "deny",
+];
+
+pub fn inbound_policy(s: &str) -> Result<String, String> {
+    if INBOUND_POLICIES.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not one of {}", INBOUND_POLICIES.join(", ")))
+    }
+}
+
+/// The version an image reference names: its digest, else its tag, else `latest`.
+pub fn image_version(image: &str) -> &str {
+    if let Some((_, digest)) = image.split_once('@') {
+        return digest;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.rsplit_once(':').map_or("latest", |(_, tag)| tag)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists() {
+        assert_eq!(ports(" 25, 8000-8100 ,,").as_deref(), Ok("25,8000-8100"));
+        assert_eq!(ports("").as_deref(), Ok(""));
+        for bad in ["0", "65536", "http", "10-5", "+5", "1-", "-3", "5 6"] {
+            assert!(ports(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subnet_lists() {
+        assert_eq!(subnets("10.0.0.0/8, fd00::/8").as_deref(), Ok("10.0.0.0/8,fd00::/8"));
+        assert!(subnets("0.0.0.0/0").is_ok());
+        for bad in ["10.0.0.1/8", "10.0.0.0", "10.0.0.0/33", "fd00::/129", "x/8", "10.0.0.0/+8"] {
+            assert!(subnets(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity("100m"), Ok(0.1));
+        assert_eq!(quantity("64Mi"), Ok(64.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity("1e3"), Ok(1000.0));
+        assert_eq!(quantity("0.5"), Ok(0.5));
+        assert_eq!(quantity("2"), Ok(2.0));
+        for bad in ["", "-1", "1x", "m", "1.2.3", " 1", "1Mib", "1e", "abc", "."] {
+            assert!(quantity(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(uid("2102"), Ok(2102));
+        for bad in ["0", "-1", "2147483648", "x", "+5", ""] {
+            assert!(uid(bad).is_err(), "{bad}");
+        }
+        assert_eq!(boolean("false"), Ok(false));
+        assert!(boolean("False").is_err() && boolean("yes").is_err());
+        assert_eq!(duration_ms("30s"), Ok(30_000));
+        assert_eq!(duration_ms("500ms"), Ok(500));
+        assert_eq!(duration_ms("2m"), Ok(120_000));
+        assert!(
+            duration_ms("30 s").is_err() && duration_ms("s").is_err() && duration_ms("1d").is_err()
+        );
+        assert!(log_level("warn,weft_proxy=debug").is_ok());
+        assert!(
+            log_level("loud").is_err() && log_level("").is_err() && log_level("a b=info").is_err()
+        );
+        assert!(image("ghcr.io/weft-mesh/weft-proxy:1.2").is_ok());
+        assert!(image("").is_err() && image("a b").is_err() && image("img:").is_err());
+        assert!(inbound_policy("deny").is_ok() && inbound_policy("allow").is_err());
+    }
+
+    #[test]
+    fn image_versions() {
+        assert_eq!(image_version("ghcr.io/weft-mesh/weft-proxy:0.1.0"), "0.1.0");
+        assert_eq!(image_version("localhost:5000/weft-proxy"), "latest");
+        assert_eq!(image_version("x/p@sha256:abc"), "sha256:abc");
+    }
+}

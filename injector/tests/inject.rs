@@ -1,0 +1,523 @@
+//! The patch builder through the admission layer, on pods built from committed kubectl
+//! fixtures: every patch is applied to the original, the result read strictly as a
+//! k8s-openapi Pod, compared with what the injector documents, and injected again to an
+//! empty patch.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/review.rs"]
+mod review;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use review::{apply_strict, patch_of, pod_from, review as wrap, set_annotation};
+use serde_json::{Value, json};
+use weft_injector::{InjectorConfig, admission};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn ns(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Runs `pod` through the webhook's pure path.
+fn answer(pod: &Value, ns_annotations: &BTreeMap<String, String>) -> admission::Answer {
+    answer_with(pod, ns_annotations, &InjectorConfig::default())
+}
+
+fn answer_with(
+    pod: &Value,
+    ns_annotations: &BTreeMap<String, String>,
+    c: &InjectorConfig,
+) -> admission::Answer {
+    let body = serde_json::to_vec(&wrap("Pod", "pods", pod)).unwrap();
+    let req = admission::parse(&body).expect("a pod request");
+    let a = admission::decide(&req, Some(ns_annotations), None, c);
+    assert_eq!(a.review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(a.review["kind"], "AdmissionReview");
+    assert_eq!(a.review["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    a
+}
+
+/// Injects, checks the result strictly, checks that injecting again is a no-op.
+fn inject(pod: &Value, ns_annotations: &BTreeMap<String, String>) -> (Value, Pod) {
+    inject_with(pod, ns_annotations, &InjectorConfig::default())
+}
+
+fn inject_with(pod: &Value, nsa: &BTreeMap<String, String>, c: &InjectorConfig) -> (Value, Pod) {
+    let a = answer_with(pod, nsa, c);
+    assert_eq!(a.outcome, "injected", "{}", a.message);
+    assert_eq!(a.review["response"]["allowed"], true);
+    let patch = patch_of(&a.review).expect("a patch");
+    let (patched, typed) = apply_strict(pod, &patch);
+    let again = answer_with(&patched, nsa, c);
+    assert_eq!((again.outcome, again.reason), ("skipped", "already-injected"));
+    assert!(patch_of(&again.review).is_none(), "injecting again must yield an empty patch");
+    (patched, typed)
+}
+
+fn skipped(pod: &Value, nsa: &BTreeMap<String, String>) -> &'static str {
+    let a = answer(pod, nsa);
+    assert_eq!(a.outcome, "skipped", "{}", a.message);
+    assert_eq!(
+        a.review["response"],
+        json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true})
+    );
+    a.reason
+}
+
+fn enabled_pod(fixture: &str) -> Value {
+    let mut pod = pod_from(fixture, "prod");
+    set_annotation(&mut pod, "weft.dev/inject", "enabled");
+    pod
+}
+
+fn container<'a>(cs: &'a Option<Vec<Container>>, name: &str) -> &'a Container {
+    cs.iter().flatten().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env_of(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let v = e.value.clone().unwrap_or_else(|| {
+                format!(
+                    "fieldRef:{}",
+                    e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path
+                )
+            });
+            (e.name.clone(), v)
+        })
+        .collect()
+}
+
+/// The documented defaults: the init container, the native-sidecar proxy, the volumes and
+/// the annotations, exactly.
+#[test]
+fn default_injection_is_exactly_as_documented() {
+    let pod = enabled_pod("deployment-web.json");
+    let (patched, typed) = inject(&pod, &ns(&[]));
+    let image = format!("ghcr.io/weft-mesh/weft-proxy:{VERSION}");
+    let spec = &patched["spec"];
+    assert_eq!(
+        spec["initContainers"][0],
+        json!({
+            "name": "weft-proxy-init",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "args": ["init", "--inbound-port", "4143", "--outbound-port", "4140", "--proxy-uid", "2102",
+                     "--iptables-mode", "auto", "--ipv6", "true"],
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+                "privileged": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": false,
+                "runAsUser": 0,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [{"mountPath": "/run", "name": "weft-proxy-init-xtables"}]
+        })
+    );
+    let probe = |path: &str, extra: Value| {
+        let mut p = json!({"httpGet": {"path": path, "port": 4191}, "timeoutSeconds": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let env = |name: &str, value: &str| json!({"name": name, "value": value});
+    assert_eq!(
+        spec["initContainers"][1],
+        json!({
+            "name": "weft-proxy",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "restartPolicy": "Always",
+            "env": [
+                env("WEFT_PROXY_INBOUND_LISTEN_ADDR", "0.0.0.0:4143,[::]:4143"),
+                env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:4140,[::1]:4140"),
+                env("WEFT_PROXY_ADMIN_LISTEN_ADDR", "0.0.0.0:4191,[::]:4191"),
+                env("WEFT_PROXY_LOG", "warn,weft_proxy=info"),
+                env("WEFT_PROXY_LOG_FORMAT", "plain"),
+                env("WEFT_PROXY_OPAQUE_PORTS", "25,587,3306,4444,5432,6379,9300,11211"),
+                env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
+                env("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated"),
+                {"name": "WEFT_POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "WEFT_POD_SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                env("WEFT_PROXY_IDENTITY_ADDR", "weft-identity.weft.svc.cluster.local:8080"),
+                env("WEFT_PROXY_IDENTITY_NAME", "$(WEFT_POD_SA).$(WEFT_POD_NS).serviceaccount.identity.weft.cluster.local"),
+                env("WEFT_PROXY_IDENTITY_SVC_NAME", "weft-identity.weft.serviceaccount.identity.weft.cluster.local"),
+                env("WEFT_PROXY_IDENTITY_TOKEN_FILE", "/var/run/secrets/tokens/weft-identity-token"),
+                env("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", "/var/run/weft/identity/trust-roots/ca-bundle.crt"),
+                env("WEFT_PROXY_DESTINATION_ADDR", "weft-destination.weft.svc.cluster.local:8086"),
+                env("WEFT_PROXY_DESTINATION_SVC_NAME", "weft-destination.weft.serviceaccount.identity.weft.cluster.local"),
+            ],
+            "ports": [
+                {"name": "weft-proxy", "containerPort": 4143, "protocol": "TCP"},
+                {"name": "weft-admin", "containerPort": 4191, "protocol": "TCP"}
+            ],
+            "livenessProbe": probe("/live", json!({"initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3})),
+            "readinessProbe": probe("/ready", json!({"initialDelaySeconds": 2, "periodSeconds": 10, "failureThreshold": 3})),
+            "startupProbe": probe("/ready", json!({"periodSeconds": 1, "failureThreshold": 120})),
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "runAsUser": 2102,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [
+                {"mountPath": "/var/run/secrets/tokens", "name": "weft-identity-token", "readOnly": true},
+                {"mountPath": "/var/run/weft/identity/trust-roots", "name": "weft-identity-trust-roots", "readOnly": true}
+            ]
+        })
+    );
+    assert_eq!(spec["initContainers"].as_array().unwrap().len(), 2);
+    assert_eq!(spec["containers"], pod["spec"]["containers"], "the app is untouched");
+    assert_eq!(
+        spec["volumes"],
+        json!([
+            {"name": "weft-identity-token", "projected": {"sources": [{"serviceAccountToken":
+                {"audience": "identity.weft.dev", "expirationSeconds": 86400, "path": "weft-identity-token"}}]}},
+            {"name": "weft-identity-trust-roots", "configMap": {"name": "weft-identity-trust-roots"}},
+            {"name": "weft-proxy-init-xtables", "emptyDir": {}}
+        ])
+    );
+    let annotations = typed.metadata.annotations.unwrap();
+    assert_eq!(annotations["weft.dev/proxy-version"], VERSION);
+    assert_eq!(annotations["weft.dev/injected-by"], format!("weft/{VERSION}"));
+    assert_eq!(annotations["kubectl.kubernetes.io/default-container"], "nginx");
+    assert_eq!(annotations["weft.dev/inject"], "enabled");
+    assert_eq!(typed.metadata.labels.unwrap()["weft.dev/control-plane-ns"], "weft");
+}
+
+#[test]
+fn pod_annotation_namespace_annotation_and_conflicts() {
+    let enabled = ns(&[("weft.dev/inject", "enabled")]);
+    let disabled = ns(&[("weft.dev/inject", "disabled")]);
+
+    let a = answer(&enabled_pod("deployment-web.json"), &ns(&[]));
+    assert_eq!(a.reason, "enabled-on-pod");
+    let plain = pod_from("deployment-web.json", "prod");
+    let a = answer(&plain, &enabled);
+    assert_eq!(a.reason, "enabled-on-namespace");
+    inject(&plain, &enabled);
+    assert_eq!(skipped(&plain, &ns(&[])), "not-enabled");
+    assert_eq!(skipped(&plain, &disabled), "disabled-on-namespace");
+
+    // Both, conflicting: the pod's value wins either way.
+    let mut off = plain.clone();
+    set_annotation(&mut off, "weft.dev/inject", "disabled");
+    assert_eq!(skipped(&off, &enabled), "disabled-on-pod");
+    let on = enabled_pod("deployment-web.json");
+    assert_eq!(answer(&on, &disabled).reason, "enabled-on-pod");
+    inject(&on, &disabled);
+}
+
+#[test]
+fn skip_rules() {
+    let enabled = ns(&[("weft.dev/inject", "enabled")]);
+    let mut host = pod_from("deployment-hostnet.json", "prod");
+    host["spec"]["hostNetwork"] = json!(true);
+    assert_eq!(skipped(&host, &enabled), "host-network");
+
+    let cp = pod_from("deployment-web.json", "weft");
+    assert_eq!(skipped(&cp, &enabled), "control-plane");
+    let mut cp = pod_from("deployment-web.json", "prod");
+    cp["metadata"]["labels"]["weft.dev/control-plane-component"] = json!("destination");
+    assert_eq!(skipped(&cp, &enabled), "control-plane");
+
+    let mut linkerd = pod_from("deployment-web.json", "prod");
+    linkerd["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "linkerd-proxy", "image": "x"}));
+    assert_eq!(skipped(&linkerd, &enabled), "other-mesh");
+    let mut istio = pod_from("deployment-web.json", "prod");
+    set_annotation(&mut istio, "sidecar.istio.io/status", "{}");
+    assert_eq!(skipped(&istio, &enabled), "other-mesh");
+
+    // Injected by `weft inject --manual` before the pod reached the webhook.
+    let (patched, _) = inject(&pod_from("deployment-web.json", "prod"), &enabled);
+    let mut stripped = patched.clone();
+    stripped["metadata"]["annotations"].as_object_mut().unwrap().remove("weft.dev/proxy-version");
+    assert_eq!(skipped(&stripped, &enabled), "already-injected");
+    // Already injected, then disabled: still a no-op, never a removal.
+    assert_eq!(skipped(&patched, &ns(&[("weft.dev/inject", "disabled")])), "already-injected");
+}
+
+#[test]
+fn native_sidecar_on_and_off_for_jobs_and_cronjobs() {
+    for fixture in ["job-migrate.json", "cronjob-report.json"] {
+        let pod = enabled_pod(fixture);
+        let (_, typed) = inject(&pod, &ns(&[]));
+        let spec = typed.spec.unwrap();
+        let inits: Vec<_> =
+            spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(inits, ["weft-proxy-init", "weft-proxy"], "{fixture}");
+        let proxy = container(&spec.init_containers, "weft-proxy");
+        // A native sidecar does not keep a Job's pod from completing.
+        assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+        assert!(proxy.startup_probe.is_some());
+        assert_eq!(spec.containers.len(), 1);
+
+        let mut pod = pod.clone();
+        set_annotation(&mut pod, "config.weft.dev/native-sidecar", "false");
+        let (_, typed) = inject(&pod, &ns(&[]));
+        let spec = typed.spec.unwrap();
+        let inits: Vec<_> =
+            spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(inits, ["weft-proxy-init"]);
+        assert_eq!(spec.containers[0].name, "weft-proxy", "the proxy comes first");
+        assert_eq!(spec.containers[0].restart_policy, None);
+        assert_eq!(spec.containers[0].startup_probe, None);
+        assert_eq!(spec.containers.len(), 2);
+    }
+    // The namespace's value is a default the pod can override.
+    let pod = enabled_pod("deployment-web.json");
+    let (_, typed) = inject(&pod, &ns(&[("config.weft.dev/native-sidecar", "false")]));
+    assert_eq!(typed.spec.unwrap().containers[0].name, "weft-proxy");
+}
+
+#[test]
+fn every_config_annotation_takes_effect() {
+    let mut pod = enabled_pod("deployment-web.json");
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(60);
+    for (k, v) in [
+        ("proxy-image", "registry.local/weft/proxy:9.9.9"),
+        ("proxy-log-level", "debug,weft_proxy=trace"),
+        ("skip-inbound-ports", "22, 8000-8100"),
+        ("skip-outbound-ports", "5432"),
+        ("skip-subnets", "10.96.0.0/12,fd00::/8"),
+        ("opaque-ports", "3306,6379"),
+        ("proxy-cpu-request", "100m"),
+        ("proxy-cpu-limit", "1500m"),
+        ("proxy-memory-request", "20Mi"),
+        ("proxy-memory-limit", "250Mi"),
+        ("proxy-uid", "3100"),
+        ("native-sidecar", "true"),
+        ("shutdown-grace-period", "45s"),
+        ("default-inbound-policy", "cluster-authenticated"),
+    ] {
+        set_annotation(&mut pod, &format!("config.weft.dev/{k}"), v);
+    }
+    let a = answer(&pod, &ns(&[]));
+    assert!(a.review["response"]["warnings"].is_null(), "{}", a.review);
+    let (_, typed) = inject(&pod, &ns(&[]));
+    let spec = typed.spec.unwrap();
+    let init = container(&spec.init_containers, "weft-proxy-init");
+    let proxy = container(&spec.init_containers, "weft-proxy");
+    assert_eq!(proxy.image.as_deref(), Some("registry.local/weft/proxy:9.9.9"));
+    assert_eq!(init.image, proxy.image);
+    assert_eq!(typed.metadata.annotations.unwrap()["weft.dev/proxy-version"], "9.9.9");
+    assert_eq!(
+        init.args.as_deref().unwrap()[1..],
+        [
+            "--inbound-port",
+            "4143",
+            "--outbound-port",
+            "4140",
+            "--proxy-uid",
+            "3100",
+            "--iptables-mode",
+            "auto",
+            "--ipv6",
+            "true",
+            "--skip-inbound-ports",
+            "22,8000-8100",
+            "--skip-outbound-ports",
+            "5432",
+            "--skip-subnets",
+            "10.96.0.0/12,fd00::/8"
+        ]
+    );
+    let env = env_of(proxy);
+    assert_eq!(env["WEFT_PROXY_LOG"], "debug,weft_proxy=trace");
+    assert_eq!(env["WEFT_PROXY_OPAQUE_PORTS"], "3306,6379");
+    assert_eq!(env["WEFT_PROXY_SHUTDOWN_GRACE_PERIOD"], "45s");
+    assert_eq!(env["WEFT_PROXY_INBOUND_DEFAULT_POLICY"], "cluster-authenticated");
+    assert_eq!(env["WEFT_PROXY_CORES"], "2", "ceil(1.5 cores)");
+    assert_eq!(proxy.security_context.as_ref().unwrap().run_as_user, Some(3100));
+    let res = serde_json::to_value(proxy.resources.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        res,
+        json!({"requests": {"cpu": "100m", "memory": "20Mi"}, "limits": {"cpu": "1500m", "memory": "250Mi"}})
+    );
+    assert_eq!(init.resources, proxy.resources);
+}
+
+#[test]
+fn namespace_config_annotations_are_defaults() {
+    let nsa = ns(&[
+        ("weft.dev/inject", "enabled"),
+        ("config.weft.dev/proxy-log-level", "info"),
+        ("config.weft.dev/proxy-uid", "4000"),
+    ]);
+    let mut pod = pod_from("deployment-web.json", "prod");
+    set_annotation(&mut pod, "config.weft.dev/proxy-uid", "5000");
+    let (_, typed) = inject(&pod, &nsa);
+    let spec = typed.spec.unwrap();
+    let proxy = container(&spec.init_containers, "weft-proxy");
+    assert_eq!(env_of(proxy)["WEFT_PROXY_LOG"], "info");
+    assert_eq!(proxy.security_context.as_ref().unwrap().run_as_user, Some(5000));
+}
+
+#[test]
+fn invalid_values_are_reported_not_guessed() {
+    let cases = [
+        ("proxy-image", "not an image"),
+        ("proxy-log-level", "loud"),
+        ("skip-inbound-ports", "22,http"),
+        ("skip-outbound-ports", "70000"),
+        ("skip-subnets", "10.0.0.1/8"),
+        ("opaque-ports", "10-5"),
+        ("proxy-cpu-request", "lots"),
+        ("proxy-cpu-limit", "-1"),
+        ("proxy-memory-request", "64MB"),
+        ("proxy-memory-limit", "1Gb"),
+        ("proxy-uid", "0"),
+        ("native-sidecar", "yes"),
+        ("shutdown-grace-period", "1d"),
+        ("default-inbound-policy", "allow-all"),
+    ];
+    for (k, v) in cases {
+        let key = format!("config.weft.dev/{k}");
+        for on_pod in [true, false] {
+            let mut pod = enabled_pod("deployment-web.json");
+            let mut nsa = ns(&[]);
+            if on_pod {
+                set_annotation(&mut pod, &key, v);
+            } else {
+                nsa.insert(key.clone(), v.to_string());
+            }
+            let a = answer(&pod, &nsa);
+            assert_eq!((a.outcome, a.reason), ("invalid", "invalid-annotation"), "{key}={v}");
+            let rsp = &a.review["response"];
+            assert_eq!(rsp["allowed"], false);
+            assert_eq!(rsp["status"]["code"], 400);
+            let msg = rsp["status"]["message"].as_str().unwrap();
+            let place = if on_pod { "on the pod" } else { "on the namespace" };
+            assert!(msg.contains(&key) && msg.contains(place), "{msg}");
+            assert!(rsp["patch"].is_null());
+        }
+    }
+    // All at once: every one is reported.
+    let mut pod = enabled_pod("deployment-web.json");
+    for (k, v) in cases {
+        set_annotation(&mut pod, &format!("config.weft.dev/{k}"), v);
+    }
+    let a = answer(&pod, &ns(&[]));
+    let msg = a.review["response"]["status"]["message"].as_str().unwrap().to_string();
+    for (k, _) in cases {
+        assert!(msg.contains(&format!("config.weft.dev/{k}=")), "{k} missing from {msg}");
+    }
+    // A request above its limit, and a bad inject value.
+    let mut pod = enabled_pod("deployment-web.json");
+    set_annotation(&mut pod, "config.weft.dev/proxy-memory-request", "1Gi");
+    set_annotation(&mut pod, "config.weft.dev/proxy-memory-limit", "128Mi");
+    assert_eq!(answer(&pod, &ns(&[])).reason, "invalid-annotation");
+    let mut pod = pod_from("deployment-web.json", "prod");
+    set_annotation(&mut pod, "weft.dev/inject", "true");
+    assert_eq!(answer(&pod, &ns(&[])).reason, "invalid-annotation");
+    // Unknown config keys and a grace period the pod would cut short are warnings only.
+    let mut pod = enabled_pod("deployment-web.json");
+    set_annotation(&mut pod, "config.weft.dev/proxy-cpu-limt", "1");
+    set_annotation(&mut pod, "config.weft.dev/shutdown-grace-period", "2m");
+    let a = answer(&pod, &ns(&[]));
+    assert_eq!(a.outcome, "injected");
+    assert_eq!(a.review["response"]["warnings"].as_array().unwrap().len(), 2, "{}", a.review);
+}
+
+#[test]
+fn existing_init_containers_and_several_ports() {
+    let mut pod = enabled_pod("deployment-multi.json");
+    pod["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 9090, "protocol": "TCP"},
+        {"name": "dns", "containerPort": 5353, "protocol": "UDP"}
+    ]);
+    pod["spec"]["containers"][1]["ports"] = json!([{"name": "metrics", "containerPort": 9100}]);
+    pod["spec"]["initContainers"] = json!([
+        {"name": "fetch-config", "image": "busybox:1.36", "command": ["wget", "http://config/"]},
+        {"name": "migrate", "image": "busybox:1.36", "command": ["true"]}
+    ]);
+    pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    let (patched, typed) = inject(&pod, &ns(&[]));
+    let spec = typed.spec.unwrap();
+    let inits: Vec<_> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+    // The proxy is up before the pod's own init containers, so they have a network.
+    assert_eq!(inits, ["weft-proxy-init", "weft-proxy", "fetch-config", "migrate"]);
+    assert_eq!(patched["spec"]["containers"], pod["spec"]["containers"]);
+    let vols: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        vols,
+        ["data", "weft-identity-token", "weft-identity-trust-roots", "weft-proxy-init-xtables"]
+    );
+    assert_eq!(
+        typed.metadata.annotations.unwrap()["kubectl.kubernetes.io/default-container"],
+        "app"
+    );
+
+    let mut off = pod.clone();
+    set_annotation(&mut off, "config.weft.dev/native-sidecar", "false");
+    let (_, typed) = inject(&off, &ns(&[]));
+    let spec = typed.spec.unwrap();
+    let inits: Vec<_> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+    // Without a native sidecar, redirection waits until the pod's own init containers ran.
+    assert_eq!(inits, ["fetch-config", "migrate", "weft-proxy-init"]);
+    let names: Vec<_> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["weft-proxy", "app", "metrics"]);
+
+    // An app on a port the proxy needs cannot be meshed: refused, with the reason.
+    let mut clash = pod.clone();
+    clash["spec"]["containers"][1]["ports"] = json!([{"containerPort": 4191}]);
+    let a = answer(&clash, &ns(&[]));
+    assert_eq!((a.outcome, a.reason), ("invalid", "conflict"));
+    assert!(a.message.contains("4191"), "{}", a.message);
+}
+
+#[test]
+fn a_pod_that_is_not_a_pod_is_refused_with_a_reason() {
+    let mut pod = enabled_pod("deployment-web.json");
+    pod["spec"]["containers"] = json!("nginx");
+    let a = answer(&pod, &ns(&[]));
+    assert_eq!((a.outcome, a.reason), ("invalid", "invalid-pod"));
+    assert_eq!(a.review["response"]["allowed"], false);
+}
+
+#[test]
+fn config_changes_the_rendering() {
+    let c = InjectorConfig {
+        control_plane_namespace: "mesh".into(),
+        trust_domain: "example.org".into(),
+        cluster_domain: "cluster.example".into(),
+        proxy_image: "registry.local/weft-proxy:dev".into(),
+        native_sidecar: false,
+        iptables_mode: "nft".into(),
+        ipv6: false,
+        proxy_log_format: "json".into(),
+        ..InjectorConfig::default()
+    };
+    let (_, typed) = inject_with(&enabled_pod("deployment-web.json"), &ns(&[]), &c);
+    let spec = typed.spec.unwrap();
+    let proxy = &spec.containers[0];
+    let env = env_of(proxy);
+    assert_eq!(env["WEFT_PROXY_IDENTITY_ADDR"], "weft-identity.mesh.svc.cluster.example:8080");
+    assert_eq!(
+        env["WEFT_PROXY_IDENTITY_NAME"],
+        "$(WEFT_POD_SA).$(WEFT_POD_NS).serviceaccount.identity.mesh.example.org"
+    );
+    assert_eq!(
+        env["WEFT_PROXY_DESTINATION_SVC_NAME"],
+        "weft-destination.mesh.serviceaccount.identity.mesh.example.org"
+    );
+    assert_eq!(env["WEFT_PROXY_LOG_FORMAT"], "json");
+    let init = container(&spec.init_containers, "weft-proxy-init");
+    let args = init.args.as_deref().unwrap().join(" ");
+    assert!(args.contains("--iptables-mode nft --ipv6 false"), "{args}");
+}

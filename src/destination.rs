@@ -1,0 +1,142 @@
+//! `weft destination`: the discovery server proxies ask for endpoints, identities and
+//! profiles. Flags (each also an env var `WEFT_DESTINATION_*`) are parsed and checked here;
+//! the service itself is the `weft-destination` crate.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use tracing::info;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use weft_destination::{Config, IndexConfig, Source};
+
+#[derive(Debug, Clone, Args)]
+pub struct DestinationArgs {
+    /// Address of the gRPC server (io.linkerd.proxy.destination.Destination).
+    #[arg(long, env = "WEFT_DESTINATION_LISTEN_ADDR", default_value = "0.0.0.0:8086")]
+    listen_addr: SocketAddr,
+    /// Address of the admin server (/metrics, /ready, /live).
+    #[arg(long, env = "WEFT_DESTINATION_ADMIN_ADDR", default_value = "0.0.0.0:9996")]
+    admin_addr: SocketAddr,
+    /// Where endpoints come from: the Kubernetes API (KUBECONFIG or in-cluster) or a YAML file.
+    #[arg(long, env = "WEFT_DESTINATION_SOURCE", value_enum, default_value_t = SourceKind::Kubernetes)]
+    source: SourceKind,
+    /// The YAML file of the static source (format: the weft-destination `static_source` docs).
+    #[arg(long, env = "WEFT_DESTINATION_STATIC_FILE")]
+    static_file: Option<PathBuf>,
+    /// The cluster's DNS domain: services are `name.ns.svc.<cluster-domain>`.
+    #[arg(long, env = "WEFT_DESTINATION_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Namespace of the control plane (part of every identity name).
+    #[arg(long, env = "WEFT_DESTINATION_CONTROL_PLANE_NAMESPACE", default_value = "weft")]
+    control_plane_namespace: String,
+    /// Trust domain of the identities.
+    #[arg(long, env = "WEFT_DESTINATION_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The inbound port of meshed pods' proxies (opaque transport goes there).
+    #[arg(long, env = "WEFT_DESTINATION_PROXY_INBOUND_PORT", default_value_t = 4143)]
+    proxy_inbound_port: u16,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
+    log: String,
+    /// Log output.
+    #[arg(long, env = "WEFT_DESTINATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    Kubernetes,
+    Static,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
+    let DestinationArgs {
+        listen_addr,
+        admin_addr,
+        source,
+        static_file,
+        cluster_domain,
+        control_plane_namespace,
+        trust_domain,
+        proxy_inbound_port,
+        log,
+        log_format,
+    } = args;
+    let source = match (source, static_file) {
+        (SourceKind::Static, Some(path)) => Source::Static(path),
+        (SourceKind::Static, None) => {
+            bail!("--source static needs --static-file (WEFT_DESTINATION_STATIC_FILE)")
+        }
+        (SourceKind::Kubernetes, Some(_)) => {
+            bail!("--static-file is only used with --source static")
+        }
+        (SourceKind::Kubernetes, None) => Source::Kubernetes,
+    };
+    for (flag, value) in [
+        ("--cluster-domain", &cluster_domain),
+        ("--control-plane-namespace", &control_plane_namespace),
+        ("--trust-domain", &trust_domain),
+    ] {
+        let ok = !value.is_empty()
+            && value.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            bail!("{flag} {value:?} is not a DNS name");
+        }
+    }
+    init_logging(&log, log_format)?;
+    let config = Config {
+        listen_addr,
+        admin_addr,
+        source,
+        index: IndexConfig {
+            cluster_domain,
+            control_plane_namespace,
+            trust_domain,
+            proxy_inbound_port,
+        },
+    };
+    info!(?config, "starting destination service");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(weft_destination::run(config, shutdown_signal()))
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter)
+        .with_context(|| format!("WEFT_DESTINATION_LOG {filter:?} is not a valid filter"))?;
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Plain => registry
+            .with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    result.context("installing the log subscriber")
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    info!("shutting down");
+}

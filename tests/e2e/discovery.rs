@@ -1,0 +1,283 @@
+//! Discovery, balancing, failure accrual and retries end to end: the real `weft destination`
+//! (static source) tells a real `weft-proxy` which endpoints stand behind a service
+//! address that nothing listens on; real HTTP backends answer; the proxy's metrics and the
+//! backends' own counts show where requests went.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::support::*;
+
+/// A ClusterIP-like service address: nothing listens there, so every request that
+/// succeeds went through discovery.
+const SERVICE: &str = "10.96.0.10:80";
+
+struct Destination {
+    child: Child,
+    addr: SocketAddr,
+    file: PathBuf,
+}
+
+impl Destination {
+    fn start(file: PathBuf, port: u16) -> Destination {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["destination", "--source", "static", "--static-file"])
+            .arg(&file)
+            .args(["--listen-addr", &addr.to_string(), "--admin-addr", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weft destination");
+        assert!(
+            eventually(Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok()),
+            "weft destination did not start on {addr}"
+        );
+        Destination { child, addr, file }
+    }
+
+    fn write(&self, yaml: &str) {
+        // Atomic replace, so the server never reads half a file.
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, yaml).expect("write the static file");
+        std::fs::rename(&tmp, &self.file).expect("replace the static file");
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn static_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-e2e-discovery-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("endpoints.yaml")
+}
+
+fn yaml(endpoints: &[&Backend], annotations: &[(&str, &str)]) -> String {
+    let mut y = String::from("services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.10]\n");
+    if !annotations.is_empty() {
+        y.push_str("    annotations:\n");
+        for (k, v) in annotations {
+            y.push_str(&format!("      {k}: \"{v}\"\n"));
+        }
+    }
+    y.push_str("    ports:\n      - port: 80\n        endpoints:\n");
+    for (i, b) in endpoints.iter().enumerate() {
+        y.push_str(&format!("          - address: {}\n            labels: {{pod: web-{i}}}\n", b.addr));
+    }
+    y
+}
+
+fn free_port() -> u16 {
+    local_listener().local_addr().expect("addr").port()
+}
+
+/// A proxy whose outbound target is the service address, with discovery at `dst`.
+fn proxy(dst: SocketAddr, extra: &[&str]) -> Proxy {
+    let dst = dst.to_string();
+    let mut args = vec!["--outbound-orig-dst-addr", SERVICE, "--destination-addr", &dst];
+    args.extend(extra);
+    Proxy::start(&args)
+}
+
+fn with_destination(name: &str, backends: &[&Backend], annotations: &[(&str, &str)]) -> Destination {
+    let file = static_file(name);
+    std::fs::write(&file, yaml(backends, annotations)).expect("write");
+    Destination::start(file, free_port())
+}
+
+#[test]
+fn the_balancer_sends_little_to_a_slow_endpoint() {
+    let fast = [Backend::start(Duration::ZERO, None), Backend::start(Duration::ZERO, None)];
+    let slow = Backend::start(Duration::from_millis(50), None);
+    let dst = with_destination("slow", &[&fast[0], &fast[1], &slow], &[]);
+    let p = proxy(dst.addr, &[]);
+    // Warm up so the latency estimates reflect the endpoints, then measure.
+    let statuses = load(p.outbound, 8, 400);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let before = [fast[0].hits(), fast[1].hits(), slow.hits()];
+    let statuses = load(p.outbound, 8, 2000);
+    assert!(statuses.iter().all(|&s| s == 200));
+    let got = [fast[0].hits() - before[0], fast[1].hits() - before[1], slow.hits() - before[2]];
+    let share = got[2] as f64 / got.iter().sum::<u64>() as f64;
+    eprintln!("slow endpoint share: {:.2} % ({got:?})", share * 100.0);
+    assert!(share < 0.10, "the slow endpoint got {:.1} % of requests ({got:?})", share * 100.0);
+    let m = p.metrics();
+    assert!(metric(&m, "request_total", &[("dst_service", "web"), ("dst_namespace", "prod")]) >= 2400.0, "{m}");
+    assert!(metric(&m, "response_total", &[("dst_pod", "web-2")]) > 0.0, "{m}");
+    assert!(metric(&m, "outbound_discovery_lookups_total", &[("result", "balanced")]) >= 1.0, "{m}");
+}
+
+#[test]
+fn removing_an_endpoint_under_load_fails_no_request() {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(Duration::from_millis(2), None)).collect();
+    let dst = with_destination("remove", &[&backends[0], &backends[1], &backends[2]], &[]);
+    let p = proxy(dst.addr, &[]);
+    let outbound = p.outbound;
+    let loader = std::thread::spawn(move || load(outbound, 4, 2000));
+    std::thread::sleep(Duration::from_millis(500));
+    dst.write(&yaml(&[&backends[0], &backends[1]], &[]));
+    // Once the removal reached the proxy, the removed endpoint gets nothing more.
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(&p.metrics(), "outbound_discovery_updates_total", &[("result", "remove")]) >= 1.0
+            || metric(&p.metrics(), "outbound_discovery_updates_total", &[("result", "add")]) >= 2.0
+    }));
+    let after_removal = backends[2].hits();
+    let statuses = loader.join().expect("load");
+    assert!(statuses.iter().all(|&s| s == 200), "failed: {:?}", statuses.iter().filter(|&&s| s != 200).count());
+    assert!(backends[2].hits() <= after_removal + 4, "the removed endpoint kept getting requests");
+}
+
+#[test]
+fn failure_accrual_ejects_a_failing_endpoint_and_brings_it_back() {
+    let good = [Backend::start(Duration::ZERO, None), Backend::start(Duration::ZERO, None)];
+    let bad = Backend::start(Duration::ZERO, None);
+    bad.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dst = with_destination("accrual", &[&good[0], &good[1], &bad], &[]);
+    let p = proxy(dst.addr, &["--failure-accrual-min-backoff", "1s"]);
+    let _ = load(p.outbound, 1, 300);
+    // Seven failures in a row took it out; from then on it sees at most its probes.
+    assert!(bad.hits() >= 7, "{}", bad.hits());
+    let ejected_at = bad.hits();
+    let statuses = load(p.outbound, 1, 300);
+    assert!(bad.hits() <= ejected_at + 2, "an ejected endpoint got {} requests", bad.hits() - ejected_at);
+    assert!(statuses.iter().filter(|&&s| s != 200).count() <= 2, "{statuses:?}");
+    // It heals: once its backoff (doubled by every failed probe so far) runs out, a probe
+    // succeeds and it is back in rotation.
+    bad.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let healed_at = bad.hits();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let statuses = load(p.outbound, 1, 50);
+            assert!(statuses.iter().all(|&s| s == 200));
+            bad.hits() - healed_at > 30
+        }),
+        "the healed endpoint got only {} requests",
+        bad.hits() - healed_at
+    );
+}
+
+#[test]
+fn retries_hide_a_flaky_endpoint() {
+    let steady = [Backend::start(Duration::ZERO, None), Backend::start(Duration::ZERO, None)];
+    let flaky = Backend::start(Duration::ZERO, Some(5)); // every 5th request: 503
+    let dst = with_destination("retry", &[&steady[0], &steady[1], &flaky], &[("retry.weft.dev/http", "5xx")]);
+    let p = proxy(dst.addr, &[]);
+    // Let the profile arrive before measuring.
+    assert!(eventually(Duration::from_secs(10), || {
+        let _ = load(p.outbound, 1, 1);
+        metric(&p.metrics(), "outbound_discovery_updates_total", &[("result", "profile")]) >= 1.0
+    }));
+    let statuses = load(p.outbound, 4, 4000);
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let rate = ok as f64 / statuses.len() as f64;
+    assert!(rate >= 0.999, "success rate {:.4} with retries", rate);
+    assert!(flaky.hits() > 0);
+    let m = p.metrics();
+    assert!(metric(&m, "outbound_http_retries_total", &[("result", "taken"), ("dst_service", "web")]) > 0.0, "{m}");
+}
+
+#[test]
+fn a_large_post_is_not_retried_and_retries_stay_within_the_budget() {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(Duration::ZERO, None)).collect();
+    for b in &backends {
+        b.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let dst = with_destination(
+        "budget",
+        &[&backends[0], &backends[1], &backends[2]],
+        &[("retry.weft.dev/http", "5xx"), ("retry.weft.dev/limit", "3")],
+    );
+    // Failure accrual would take every endpoint out; keep them in to measure the budget.
+    let p = proxy(dst.addr, &["--failure-accrual-consecutive-failures", "1000000"]);
+    assert!(eventually(Duration::from_secs(10), || {
+        let _ = load(p.outbound, 1, 1);
+        metric(&p.metrics(), "outbound_discovery_updates_total", &[("result", "profile")]) >= 1.0
+    }));
+    let hits = || backends.iter().map(Backend::hits).sum::<u64>();
+
+    // A 1 MiB POST goes once, failure and all.
+    let before = hits();
+    let url = format!("http://{}/upload", p.outbound);
+    let cmd = format!("head -c 1048576 /dev/zero | curl -sS -o /dev/null -w '%{{http_code}}' --data-binary @- {url}");
+    let (ok, out, err) = run(Command::new("sh").args(["-c", &cmd]));
+    assert!(ok, "{err}");
+    assert_eq!(out, "503");
+    assert_eq!(hits() - before, 1, "a 1 MiB body was retried");
+
+    // Every endpoint fails: retries may add 20 % of the requests plus 10/s over 10 s.
+    let m0 = p.metrics();
+    let taken0 = metric(&m0, "outbound_http_retries_total", &[("result", "taken")]);
+    let before = hits();
+    let n = 1000;
+    let statuses = load(p.outbound, 4, n);
+    assert!(statuses.iter().all(|&s| s == 503));
+    let m = p.metrics();
+    let taken = metric(&m, "outbound_http_retries_total", &[("result", "taken")]) - taken0;
+    let refused = metric(&m, "outbound_http_retries_total", &[("result", "budget_exhausted")]);
+    let sent = hits() - before;
+    assert_eq!(sent as f64, n as f64 + taken, "backends saw requests + retries");
+    // The window holds every request of this test: ≤ 0.2 × (n + the earlier ones) + 100.
+    let allowed = 0.2 * (n as f64 + 50.0) + 100.0;
+    assert!(taken <= allowed, "{taken} retries taken, budget allows {allowed}");
+    assert!(refused > 0.0, "the budget never refused a retry: {m}");
+    eprintln!("budget: {n} requests, {taken} retries taken, {refused} refused (ratio {:.3})", taken / n as f64);
+}
+
+#[test]
+fn without_the_destination_service_traffic_goes_to_the_original_destination() {
+    let backend = Backend::start(Duration::ZERO, None);
+    let port = free_port();
+    let dst_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The original destination is a real backend here, so falling back works.
+    let target = backend.addr.to_string();
+    let p = Proxy::start(&[
+        "--outbound-orig-dst-addr",
+        &target,
+        "--destination-addr",
+        &dst_addr.to_string(),
+        "--destination-first-update-timeout",
+        "500ms",
+    ]);
+    let statuses = load(p.outbound, 2, 50);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let m = p.metrics();
+    assert!(metric(&m, "outbound_discovery_lookups_total", &[("result", "unavailable")]) >= 1.0, "{m}");
+
+    // The destination service comes up and knows the target: balancing resumes (to
+    // other endpoints than the original destination).
+    let others = [Backend::start(Duration::ZERO, None), Backend::start(Duration::ZERO, None)];
+    let file = static_file("down");
+    let y = format!(
+        "services:\n  - name: web\n    namespace: prod\n    ports:\n      - port: {}\n        endpoints:\n          - address: {}\n          - address: {}\n",
+        backend.addr.port(),
+        others[0].addr,
+        others[1].addr
+    );
+    let y = y.replace("    ports:", &format!("    clusterIPs: [{}]\n    ports:", backend.addr.ip()));
+    std::fs::write(&file, y).expect("write");
+    let dst = Destination::start(file, port);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let _ = load(p.outbound, 1, 5);
+            others[0].hits() + others[1].hits() > 0
+        }),
+        "balancing did not resume: {}",
+        p.metrics()
+    );
+    // And while running, the destination service going away leaves the last endpoints
+    // in use.
+    drop(dst);
+    let before = others[0].hits() + others[1].hits();
+    let statuses = load(p.outbound, 2, 100);
+    assert!(statuses.iter().all(|&s| s == 200));
+    assert!(others[0].hits() + others[1].hits() >= before + 90);
+}

@@ -1,0 +1,706 @@
+//! A fake Kubernetes API server for end-to-end tests: plain HTTP on loopback, answering the
+//! real kube client (and kube-runtime's watcher) with the JSON objects the test puts in.
+//!
+//! Serves, for any collection (`/api/v1/pods`, `/apis/discovery.k8s.io/v1/endpointslices`, ...):
+//! - LIST: `GET <collection>` and `GET <prefix>/namespaces/{ns}/<resource>`, a `...List` with
+//!   `metadata.resourceVersion`, in pages when asked (`limit`, `continue`);
+//!   `labelSelector` equality terms (`a=b,c!=d`, `e`) are honoured;
+//! - WATCH: the same with `watch=true`: newline-delimited JSON events (chunked) from
+//!   `resourceVersion` on (every event is kept, so any version can be resumed), then new ones
+//!   until the client goes away or `timeoutSeconds` passes;
+//! - GET of one object: `<prefix>/namespaces/{ns}/<resource>/{name}`, `/api/v1/namespaces/{ns}`;
+//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview).
+//!
+//! Anything else gets a `Status` 404/405, as the real server would answer.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+type Handler = Arc<dyn Fn(Value) -> (u16, Value) + Send + Sync>;
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Clone)]
+struct Event {
+    collection: String,
+    rv: u64,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    /// collection → (namespace, name) → object.
+    objects: HashMap<String, BTreeMap<(String, String), Value>>,
+    events: Vec<Event>,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    /// The latest resourceVersion, for watchers to wake on.
+    latest: watch::Sender<u64>,
+    posts: Mutex<HashMap<String, Handler>>,
+    requests: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running fake API server; stopped when dropped.
+pub struct FakeApi {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    dir: PathBuf,
+}
+
+impl FakeApi {
+    /// Starts the server on 127.0.0.1 (an ephemeral port), on its own thread and runtime.
+    pub fn start() -> FakeApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            latest: watch::Sender::new(0),
+            posts: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("fake-kube-api".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    tokio::select! {
+                        () = accept_loop(listener, s) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .expect("spawn fake API thread");
+        let dir = std::env::temp_dir().join(format!(
+            "weft-fake-kube-api-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        FakeApi { addr, shared, stop: Some(stop), dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig pointing at this server (plain HTTP, a dummy token) and returns its
+    /// path; give it to a process as `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> PathBuf {
+        std::fs::create_dir_all(&self.dir).expect("kubeconfig dir");
+        let path = self.dir.join("kubeconfig");
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url()}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
+            "current-context": "fake",
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json"))
+            .expect("write kubeconfig");
+        path
+    }
+
+    /// Adds or replaces an object (by namespace and name) in `collection` (an API path like
+    /// `/api/v1/pods`), sets its resourceVersion (and uid/creationTimestamp when missing), and
+    /// tells the watchers (ADDED or MODIFIED).
+    pub fn put(&self, collection: &str, mut object: Value) {
+        let collection = collection.trim_end_matches('/').to_string();
+        let key = object_key(&object);
+        let mut store = self.shared.store();
+        store.rv += 1;
+        let rv = store.rv;
+        let meta = &mut object["metadata"];
+        meta["resourceVersion"] = json!(rv.to_string());
+        if meta.get("uid").is_none() {
+            meta["uid"] = json!(format!("00000000-0000-4000-8000-{rv:012}"));
+        }
+        if meta.get("creationTimestamp").is_none() {
+            meta["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
+        }
+        let old = store.objects.entry(collection.clone()).or_default().insert(key, object.clone());
+        let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        store.events.push(Event { collection, rv, kind, object });
+        drop(store);
+        self.shared.latest.send_replace(rv);
+    }
+
+    /// Removes an object and tells the watchers (DELETED). Unknown objects are ignored.
+    pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
+        let collection = collection.trim_end_matches('/').to_string();
+        let mut store = self.shared.store();
+        let Some(mut object) = store
+            .objects
+            .get_mut(&collection)
+            .and_then(|c| c.remove(&(namespace.to_string(), name.to_string())))
+        else {
+            return;
+        };
+        store.rv += 1;
+        let rv = store.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        store.events.push(Event { collection, rv, kind: "DELETED", object });
+        drop(store);
+        self.shared.latest.send_replace(rv);
+    }
+
+    /// Answers POSTs to `path` with `handler(body)` → (status, JSON body).
+    pub fn on_post(
+        &self,
+        path: &str,
+        handler: impl Fn(Value) -> (u16, Value) + Send + Sync + 'static,
+    ) {
+        self.shared
+            .posts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string(), Arc::new(handler));
+    }
+
+    /// Requests served so far, as `METHOD path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn object_key(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (s(&meta["namespace"]), s(&meta["name"]))
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((io, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+        });
+    }
+}
+
+/// An API path split into its collection and the namespace/name it names.
+#[derive(Debug, PartialEq)]
+struct Target {
+    collection: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let prefix_len = match segs.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => return None,
+    };
+    if segs.len() <= prefix_len || segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let prefix = segs[..prefix_len].join("/");
+    let collection = |res: &str| format!("/{prefix}/{res}");
+    let t = match &segs[prefix_len..] {
+        [res] => Target { collection: collection(res), namespace: None, name: None },
+        // Also `/api/v1/namespaces/{name}`: a cluster-scoped object.
+        [res, name] => {
+            Target { collection: collection(res), namespace: None, name: Some(name.to_string()) }
+        }
+        ["namespaces", ns, res] => {
+            Target { collection: collection(res), namespace: Some(ns.to_string()), name: None }
+        }
+        ["namespaces", ns, res, name] => Target {
+            collection: collection(res),
+            namespace: Some(ns.to_string()),
+            name: Some(name.to_string()),
+        },
+        _ => return None,
+    };
+    Some(t)
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma separated.
+fn selector_matches(selector: &str, object: &Value) -> bool {
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k).is_none()
+        } else {
+            labels.get(term).is_some()
+        }
+    })
+}
+
+fn full(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+fn status(code: u16, reason: &str, message: String) -> Response<Body> {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    });
+    full(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+}
+
+fn api_version(collection: &str) -> String {
+    let segs: Vec<&str> = collection.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", v, _] => v.to_string(),
+        ["apis", g, v, _] => format!("{g}/{v}"),
+        _ => "v1".into(),
+    }
+}
+
+fn list_kind(collection: &str, items: &[Value]) -> String {
+    if let Some(kind) = items.first().and_then(|i| i["kind"].as_str()) {
+        return format!("{kind}List");
+    }
+    let resource = collection.rsplit('/').next().unwrap_or_default();
+    let kind = match resource {
+        "endpointslices" => "EndpointSlice".to_string(),
+        "tokenreviews" => "TokenReview".to_string(),
+        other => {
+            let singular = other
+                .strip_suffix("es")
+                .filter(|s| s.ends_with("ss"))
+                .or_else(|| other.strip_suffix('s'))
+                .unwrap_or(other);
+            let mut c = singular.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        }
+    };
+    format!("{kind}List")
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    shared.requests.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or_default()
+    ));
+    if req.method() == Method::POST {
+        let handler = shared.posts.lock().unwrap_or_else(|e| e.into_inner()).get(&path).cloned();
+        let Some(handler) = handler else {
+            return status(404, "NotFound", format!("no POST handler for {path}"));
+        };
+        let Ok(body) = req.into_body().collect().await else {
+            return status(400, "BadRequest", "unreadable body".into());
+        };
+        let Ok(body) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return status(400, "BadRequest", "body is not JSON".into());
+        };
+        let (code, rsp) = handler(body);
+        return full(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &rsp);
+    }
+    if req.method() != Method::GET {
+        return status(405, "MethodNotAllowed", format!("{} is not supported here", req.method()));
+    }
+    let Some(target) = parse_path(&path) else {
+        return status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        );
+    };
+    let q = query(&req);
+    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    let in_scope = |obj: &Value| {
+        target
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+            && selector_matches(&selector, obj)
+    };
+
+    if let Some(name) = &target.name {
+        let store = shared.store();
+        let key = (target.namespace.clone().unwrap_or_default(), name.clone());
+        return match store.objects.get(&target.collection).and_then(|c| c.get(&key)) {
+            Some(obj) => full(StatusCode::OK, obj),
+            None => {
+                let resource = target.collection.rsplit('/').next().unwrap_or_default();
+                status(404, "NotFound", format!("{resource} \"{name}\" not found"))
+            }
+        };
+    }
+
+    let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    if !watching {
+        let store = shared.store();
+        // Paging as the real server does it (`limit`, `continue`), so that clients list big
+        // collections in pages; the token is the offset (pages see later changes, a
+        // simplification of the real snapshot semantics).
+        let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let limit: usize =
+            q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let matching = || {
+            store
+                .objects
+                .get(&target.collection)
+                .into_iter()
+                .flat_map(|c| c.values())
+                .filter(|o| in_scope(o))
+        };
+        let total = matching().count();
+        let page: Vec<Value> = matching().skip(offset).take(limit).cloned().collect();
+        let mut metadata = json!({"resourceVersion": store.rv.to_string()});
+        if offset.saturating_add(page.len()) < total {
+            metadata["continue"] = json!((offset + page.len()).to_string());
+            metadata["remainingItemCount"] = json!(total - offset - page.len());
+        }
+        let body = json!({
+            "kind": list_kind(&target.collection, &page),
+            "apiVersion": api_version(&target.collection),
+            "metadata": metadata,
+            "items": page,
+        });
+        return full(StatusCode::OK, &body);
+    }
+
+    // A watch: replay what happened after `resourceVersion`, then follow. Without one (or "0")
+    // the current objects come first as ADDED, as the real server does.
+    let from: Option<u64> =
+        q.get("resourceVersion").and_then(|v| v.parse().ok()).filter(|v| *v > 0);
+    let timeout = q.get("timeoutSeconds").and_then(|v| v.parse().ok()).map(Duration::from_secs);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let shared = shared.clone();
+    let collection = target.collection.clone();
+    let initial: Vec<Value>;
+    let mut cursor;
+    {
+        let store = shared.store();
+        cursor = from.unwrap_or(store.rv);
+        initial = if from.is_none() {
+            let objects = store.objects.get(&collection);
+            objects
+                .map(|c| c.values().filter(|o| in_scope(o)).cloned().collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+    }
+    let namespace = target.namespace.clone();
+    tokio::spawn(async move {
+        let in_scope = |obj: &Value| {
+            namespace.as_deref().is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+                && selector_matches(&selector, obj)
+        };
+        let line = |kind: &str, object: &Value| {
+            Bytes::from(json!({"type": kind, "object": object}).to_string() + "\n")
+        };
+        for object in &initial {
+            if tx.send(line("ADDED", object)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(3600));
+        let mut latest = shared.latest.subscribe();
+        loop {
+            let (batch, newest) = {
+                let store = shared.store();
+                let batch: Vec<Event> = store
+                    .events
+                    .iter()
+                    .filter(|e| e.rv > cursor && e.collection == collection && in_scope(&e.object))
+                    .cloned()
+                    .collect();
+                (batch, store.rv)
+            };
+            for e in batch {
+                if tx.send(line(e.kind, &e.object)).await.is_err() {
+                    return;
+                }
+            }
+            cursor = cursor.max(newest);
+            latest.borrow_and_update();
+            tokio::select! {
+                r = latest.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    });
+    let mut rsp = Response::new(ChannelBody(rx).boxed());
+    rsp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+/// A streamed body fed by a bounded channel: a watcher that stops reading stops the sender.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[test]
+fn fake_api_paths() {
+    let t = |c: &str, ns: Option<&str>, name: Option<&str>| {
+        Some(Target {
+            collection: c.into(),
+            namespace: ns.map(Into::into),
+            name: name.map(Into::into),
+        })
+    };
+    assert_eq!(parse_path("/api/v1/pods"), t("/api/v1/pods", None, None));
+    assert_eq!(parse_path("/api/v1/namespaces/prod/pods"), t("/api/v1/pods", Some("prod"), None));
+    assert_eq!(
+        parse_path("/api/v1/namespaces/prod/pods/web-1"),
+        t("/api/v1/pods", Some("prod"), Some("web-1"))
+    );
+    assert_eq!(parse_path("/api/v1/namespaces/prod"), t("/api/v1/namespaces", None, Some("prod")));
+    assert_eq!(
+        parse_path("/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"),
+        t("/apis/discovery.k8s.io/v1/endpointslices", Some("prod"), None)
+    );
+    assert_eq!(parse_path("/healthz"), None);
+    assert_eq!(parse_path("/api/v1"), None);
+    assert_eq!(list_kind("/api/v1/pods", &[]), "PodList");
+    assert_eq!(list_kind("/api/v1/namespaces", &[]), "NamespaceList");
+    assert_eq!(list_kind("/apis/discovery.k8s.io/v1/endpointslices", &[]), "EndpointSliceList");
+    assert_eq!(decode("a%3Db%2Cc"), "a=b,c");
+    let obj = json!({"metadata": {"labels": {"app": "web", "tier": "fe"}}});
+    assert!(selector_matches("app=web,tier", &obj));
+    assert!(selector_matches("app==web,!missing,tier!=be", &obj));
+    assert!(!selector_matches("app=api", &obj));
+    assert!(!selector_matches("!app", &obj));
+}
+
+/// One request over a fresh connection; reads until `until` appears in the response (or the
+/// connection ends) and returns the status and everything read.
+#[cfg(test)]
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    until: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if until.is_some_and(|u| String::from_utf8_lossy(&out).contains(u)) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn fake_api_serves_list_watch_get_and_post() {
+    let api = FakeApi::start();
+    let addr: SocketAddr = api.url().trim_start_matches("http://").parse().expect("addr");
+    let pod = |ns: &str, name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}}});
+    api.put(
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
+    );
+    api.put("/api/v1/pods", pod("prod", "a"));
+    api.put("/api/v1/pods", pod("other", "b"));
+
+    let (code, text) = raw(addr, "GET", "/api/v1/namespaces/prod/pods?limit=500", "", None);
+    assert_eq!(code, 200, "{text}");
+    let body: Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default())
+            .expect("json");
+    assert_eq!(body["kind"], "PodList");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(1));
+    let rv = body["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_string();
+    assert_eq!(rv, "3");
+    let (_, text) = raw(addr, "GET", "/api/v1/pods?limit=1", "", None);
+    assert!(text.contains("\"continue\":\"1\"") && text.contains("\"name\":\"b\""), "{text}");
+    let (_, text) = raw(addr, "GET", "/api/v1/pods?limit=1&continue=1", "", None);
+    assert!(!text.contains("\"continue\"") && text.contains("\"name\":\"a\""), "{text}");
+    let (_, text) = raw(addr, "GET", "/api/v1/pods?labelSelector=app%3Db", "", None);
+    assert!(text.contains("\"b\"") && !text.contains("\"name\":\"a\""), "{text}");
+
+    let (code, text) = raw(addr, "GET", "/api/v1/namespaces/prod", "", None);
+    assert_eq!(code, 200);
+    assert!(text.contains("\"resourceVersion\":\"1\""), "{text}");
+    let (code, text) = raw(addr, "GET", "/api/v1/namespaces/prod/pods/nope", "", None);
+    assert_eq!(code, 404);
+    assert!(text.contains("\"reason\":\"NotFound\""), "{text}");
+    assert_eq!(raw(addr, "DELETE", "/api/v1/namespaces/prod/pods/a", "", None).0, 405);
+
+    api.on_post("/apis/authentication.k8s.io/v1/tokenreviews", |review| {
+        let ok = review["spec"]["token"] == "good";
+        (201, json!({"kind": "TokenReview", "status": {"authenticated": ok}}))
+    });
+    let (code, text) = raw(
+        addr,
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        r#"{"spec":{"token":"good"}}"#,
+        None,
+    );
+    assert_eq!(code, 201);
+    assert!(text.contains("\"authenticated\":true"), "{text}");
+    assert_eq!(raw(addr, "POST", "/api/v1/pods", "{}", None).0, 404);
+
+    // A watch from the listed version sees later changes, in order, then its own namespace only.
+    let watcher = std::thread::spawn(move || {
+        raw(
+            addr,
+            "GET",
+            &format!("/api/v1/namespaces/prod/pods?watch=true&resourceVersion={rv}"),
+            "",
+            Some("DELETED"),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    api.put("/api/v1/pods", pod("other", "c"));
+    api.put("/api/v1/pods", pod("prod", "d"));
+    let mut changed = pod("prod", "a");
+    changed["metadata"]["labels"]["v"] = json!("2");
+    api.put("/api/v1/pods", changed);
+    api.delete("/api/v1/pods", "prod", "d");
+    let (code, text) = watcher.join().expect("watcher");
+    assert_eq!(code, 200);
+    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{text}");
+    let events: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().into(),
+                e["object"]["metadata"]["name"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    let expect = [("ADDED", "d"), ("MODIFIED", "a"), ("DELETED", "d")]
+        .map(|(t, n)| (t.to_string(), n.to_string()));
+    assert_eq!(events, expect);
+    // Everything is kept: a watch from an old version replays what followed it.
+    let (_, text) =
+        raw(addr, "GET", "/api/v1/pods?watch=1&resourceVersion=3&timeoutSeconds=1", "", None);
+    assert_eq!(text.matches("\"type\":").count(), 4, "{text}");
+    assert!(
+        api.requests().iter().any(|r| r.starts_with("GET /api/v1/namespaces/prod/pods?watch=true"))
+    );
+}
