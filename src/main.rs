@@ -2,6 +2,8 @@
 //! Subcommands appear as their issues land; today: `weft demo`.
 
 mod demo;
+mod identity;
+mod certs;
 mod inject;
 mod injector;
 mod destination;
@@ -19,6 +21,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the identity service (the CA)
+    Identity(identity::IdentityArgs),
+    /// Generate or inspect PKI files
+    Certs(certs::CertsArgs),
     /// Run the proxy injector (mutating admission webhook)
     Injector(injector::InjectorArgs),
     /// Add the proxy to Kubernetes manifests
@@ -32,6 +38,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Identity(args) => identity::run(args),
+        Command::Certs(args) => certs::run(args),
         Command::Injector(args) => injector::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Demo(args) => demo::run(args),

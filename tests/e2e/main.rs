@@ -4,6 +4,7 @@
 mod destination;
 mod discovery;
 mod http;
+mod identity;
 mod init;
 mod injector;
 mod interception;

@@ -1,0 +1,71 @@
+//! The identity service's metrics: certificates issued, refusals by reason, the issuer's
+//! expiry and its reloads.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::ca::Refusal;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CaMetrics {
+    pub issued: Counter,
+    pub refusals: Family<ReasonLabels, Counter>,
+    pub issuer_expiry: Gauge,
+    pub reloads: Family<ResultLabels, Counter>,
+}
+
+impl CaMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "identity_certificates_issued",
+            "Leaf certificates issued",
+            m.issued.clone(),
+        );
+        registry.register(
+            "identity_certificate_refusals",
+            "Certify requests refused, by reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "identity_issuer_expiry_timestamp_seconds",
+            "When the current issuer certificate expires (Unix seconds)",
+            m.issuer_expiry.clone(),
+        );
+        registry.register(
+            "identity_issuer_reloads",
+            "Issuer and trust bundle reloads, by result (a failed reload keeps the old issuer)",
+            m.reloads.clone(),
+        );
+        // Every series exists from the start, so that rate() and alerts see zeros.
+        for reason in Refusal::REASONS {
+            let _ = m.refusals.get_or_create(&ReasonLabels { reason });
+        }
+        for result in ["ok", "error"] {
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        m
+    }
+
+    pub fn refused(&self, r: &Refusal) {
+        self.refusals.get_or_create(&ReasonLabels { reason: r.reason() }).inc();
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+}

@@ -1,0 +1,454 @@
+//! The identity service: `io.linkerd.proxy.identity.Identity/Certify` over gRPC with TLS
+//! (its own certificate issued by its own CA), the issuer/bundle/token files re-read as they
+//! change, and the admin port.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, atomic::AtomicBool},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use linkerd2_proxy_api::identity::{
+    CertifyRequest, CertifyResponse,
+    identity_server::{Identity, IdentityServer},
+};
+use prometheus_client::registry::Registry;
+use rcgen::KeyPair;
+use rustls::sign::CertifiedKey;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, watch},
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    TrustBundle,
+    ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError},
+    credentials::{CertResolver, certified_key},
+    name::IdentityName,
+    pki::{PkiError, generate_key, unix_secs},
+    reload::{FileSet, Snapshot},
+    token::{StaticTokens, StaticTokensError, TokenValidator},
+};
+
+pub mod admin;
+pub mod metrics;
+
+pub use metrics::CaMetrics;
+
+/// Where tokens are checked.
+pub enum TokenSource {
+    /// A static token file, re-read when it changes.
+    Static(PathBuf),
+    /// Any validator, e.g. `token::kubernetes::TokenReviewValidator`.
+    Validator(Arc<dyn TokenValidator>),
+}
+
+pub struct Config {
+    pub ca: CaConfig,
+    pub issuer_cert: PathBuf,
+    pub issuer_key: PathBuf,
+    pub trust_bundle: PathBuf,
+    pub tokens: TokenSource,
+    /// How often the files are polled for changes.
+    pub reload_interval: Duration,
+}
+
+/// Why the service cannot start; each names the file or setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    // The underlying errors are in the messages, not chained as sources, so that a report
+    // of the chain does not print them twice.
+    #[error("cannot read {what}: {error}")]
+    Read { what: &'static str, error: io::Error },
+    #[error("trust bundle {path}: {error}")]
+    Bundle { path: String, error: PkiError },
+    #[error("issuer {path}: {error}")]
+    Issuer { path: String, error: IssuerError },
+    #[error(transparent)]
+    Tokens(#[from] StaticTokensError),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the identity service's own certificate: {0}")]
+    OwnCert(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A loaded identity service, ready to serve.
+pub struct IdentityService {
+    ca: Arc<Ca>,
+    tokens: Arc<dyn TokenValidator>,
+    static_tokens: Option<(Arc<StaticTokens>, FileSet)>,
+    pki_files: FileSet,
+    metrics: CaMetrics,
+    registry: Registry,
+    own: OwnCert,
+    reload_interval: Duration,
+}
+
+impl IdentityService {
+    /// Reads and checks the issuer, the trust bundle and the tokens; refuses to start with an
+    /// issuer that does not chain to the bundle, is not a CA, or is expired.
+    pub fn load(config: Config) -> Result<Self, ServerError> {
+        let mut pki_files = FileSet::new(vec![
+            config.issuer_cert.clone(),
+            config.issuer_key.clone(),
+            config.trust_bundle.clone(),
+        ]);
+        let snapshot = pki_files.read().map_err(|error| ServerError::Read {
+            what: "the issuer and trust bundle files",
+            error,
+        })?;
+        pki_files.mark_seen(&snapshot);
+        let issuer = load_issuer(pki_files.paths(), &snapshot)?;
+        let issuer_not_after = issuer.not_after();
+        let domain = config.ca.domain.clone();
+        let ca = Arc::new(Ca::new(config.ca, issuer));
+
+        let (tokens, static_tokens): (Arc<dyn TokenValidator>, _) = match config.tokens {
+            TokenSource::Validator(v) => (v, None),
+            TokenSource::Static(path) => {
+                let mut files = FileSet::new(vec![path.clone()]);
+                let s = files
+                    .read()
+                    .map_err(|error| ServerError::Read { what: "the static token file", error })?;
+                files.mark_seen(&s);
+                let st = Arc::new(StaticTokens::parse(
+                    &path.display().to_string(),
+                    &s.contents[0],
+                    &domain,
+                )?);
+                (st.clone() as Arc<dyn TokenValidator>, Some((st, files)))
+            }
+        };
+
+        let mut registry = Registry::default();
+        let metrics = CaMetrics::register(&mut registry);
+        metrics.issuer_expiry.set(issuer_not_after);
+        let own = OwnCert::new(&ca)?;
+        Ok(Self {
+            ca,
+            tokens,
+            static_tokens,
+            pki_files,
+            metrics,
+            registry,
+            own,
+            reload_interval: config.reload_interval,
+        })
+    }
+
+    pub fn ca(&self) -> &Arc<Ca> {
+        &self.ca
+    }
+
+    /// The name the service's own certificate carries (what clients verify).
+    pub fn service_name(&self) -> &IdentityName {
+        self.ca.config().domain.identity_service_name()
+    }
+
+    /// Registers more metrics next to the service's own (e.g. process metrics).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Serves Certify on `grpc` and the admin endpoints on `admin` until `shutdown`.
+    pub async fn serve(
+        self,
+        grpc: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let IdentityService {
+            ca,
+            tokens,
+            static_tokens,
+            pki_files,
+            metrics,
+            registry,
+            own,
+            reload_interval,
+        } = self;
+        let tls = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(CertResolver::new(own.rx.clone()));
+        let mut tls = tls;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let admin_task = tokio::spawn(admin::serve(admin, Arc::new(registry), ready));
+        let reload_task = tokio::spawn(
+            Reloader {
+                ca: ca.clone(),
+                pki_files,
+                static_tokens,
+                metrics: metrics.clone(),
+                own,
+                interval: reload_interval,
+            }
+            .run(),
+        );
+        let (tx, rx) = mpsc::channel(128);
+        let accept_task = tokio::spawn(accept(grpc, acceptor, tx));
+
+        let svc = IdentityServer::new(Certifier { ca, tokens, metrics });
+        let result = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+            .await;
+        accept_task.abort();
+        reload_task.abort();
+        admin_task.abort();
+        Ok(result?)
+    }
+}
+
+fn load_issuer(paths: &[PathBuf], s: &Snapshot) -> Result<Issuer, ServerError> {
+    let bundle_path = paths[2].display().to_string();
+    let bundle = TrustBundle::from_pem(&bundle_path, &s.contents[2])
+        .map_err(|error| ServerError::Bundle { path: bundle_path, error })?;
+    Issuer::from_pem(&s.contents[0], &s.contents[1], &bundle, SystemTime::now()).map_err(|error| {
+        ServerError::Issuer {
+            path: format!("{} + {}", paths[0].display(), paths[1].display()),
+            error,
+        }
+    })
+}
+
+/// The service's own certificate: key in memory, issued by its own CA for its own name,
+/// renewed at 70 % of its lifetime and whenever the issuer changes.
+struct OwnCert {
+    key: KeyPair,
+    tx: watch::Sender<Option<Arc<CertifiedKey>>>,
+    rx: watch::Receiver<Option<Arc<CertifiedKey>>>,
+    renew_at: i64,
+}
+
+impl OwnCert {
+    fn new(ca: &Ca) -> Result<Self, ServerError> {
+        let key = generate_key().map_err(|e| ServerError::OwnCert(e.to_string()))?;
+        let (tx, rx) = watch::channel(None);
+        let mut own = Self { key, tx, rx, renew_at: 0 };
+        own.renew(ca)?;
+        Ok(own)
+    }
+
+    fn renew(&mut self, ca: &Ca) -> Result<(), ServerError> {
+        let name = ca.config().domain.identity_service_name().clone();
+        let now = SystemTime::now();
+        let issued = ca
+            .issue(&name, &CheckedCsr::from_key(&self.key), now)
+            .map_err(|e| ServerError::OwnCert(e.to_string()))?;
+        let ck = certified_key(&self.key, issued.leaf, &issued.chain)?;
+        let now = unix_secs(now);
+        self.renew_at = now + (unix_secs(issued.valid_until) - now) * 7 / 10;
+        self.tx.send_replace(Some(ck));
+        Ok(())
+    }
+}
+
+struct Reloader {
+    ca: Arc<Ca>,
+    pki_files: FileSet,
+    static_tokens: Option<(Arc<StaticTokens>, FileSet)>,
+    metrics: CaMetrics,
+    own: OwnCert,
+    interval: Duration,
+}
+
+impl Reloader {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut renew = unix_secs(SystemTime::now()) >= self.own.renew_at;
+            match self.pki_files.poll() {
+                Ok(None) => {}
+                Ok(Some(s)) => match load_issuer(self.pki_files.paths(), &s) {
+                    Ok(issuer) => {
+                        tracing::info!(
+                            issuer.subject = issuer.subject(),
+                            issuer.not_after = issuer.not_after(),
+                            "issuer reloaded"
+                        );
+                        self.metrics.issuer_expiry.set(issuer.not_after());
+                        self.metrics.reloaded(true);
+                        self.ca.set_issuer(issuer);
+                        renew = true;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "issuer reload refused; still signing with the previous issuer");
+                        self.metrics.reloaded(false);
+                    }
+                },
+                Err(error) => {
+                    tracing::error!(%error, "issuer files unreadable; still signing with the previous issuer");
+                    self.metrics.reloaded(false);
+                }
+            }
+            if let Some((tokens, files)) = &mut self.static_tokens {
+                let path = files.paths()[0].display().to_string();
+                match files.poll() {
+                    Ok(None) => {}
+                    Ok(Some(s)) => {
+                        match tokens.reload(&path, &s.contents[0], &self.ca.config().domain) {
+                            Ok(n) => tracing::info!(tokens = n, "static tokens reloaded"),
+                            Err(error) => {
+                                tracing::error!(%error, "static token reload refused; keeping the previous tokens")
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "static token file unreadable; keeping the previous tokens")
+                    }
+                }
+            }
+            if renew && let Err(error) = self.own.renew(&self.ca) {
+                tracing::error!(%error, "could not renew the identity service's own certificate");
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections and hands TLS streams to tonic; handshakes run concurrently so a
+/// slow client cannot hold up the others.
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<io::Result<TlsConn>>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, client.addr = %peer, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(client.addr = %peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// A TLS connection as tonic wants it.
+struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    peer: SocketAddr,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = SocketAddr;
+
+    fn connect_info(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The Certify handler.
+struct Certifier {
+    ca: Arc<Ca>,
+    tokens: Arc<dyn TokenValidator>,
+    metrics: CaMetrics,
+}
+
+#[tonic::async_trait]
+impl Identity for Certifier {
+    async fn certify(
+        &self,
+        req: tonic::Request<CertifyRequest>,
+    ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
+        let peer = req.extensions().get::<SocketAddr>().copied();
+        let CertifyRequest { identity, token, certificate_signing_request } = req.into_inner();
+        match self.ca.certify(&identity, &token, &certificate_signing_request, &*self.tokens).await
+        {
+            Ok(issued) => {
+                self.metrics.issued.inc();
+                tracing::info!(
+                    %identity,
+                    client.addr = ?peer,
+                    valid_until = unix_secs(issued.valid_until),
+                    "certified"
+                );
+                Ok(tonic::Response::new(CertifyResponse {
+                    leaf_certificate: issued.leaf.to_vec(),
+                    intermediate_certificates: issued.chain.iter().map(|c| c.to_vec()).collect(),
+                    valid_until: Some(issued.valid_until.into()),
+                }))
+            }
+            Err(refusal) => {
+                self.metrics.refused(&refusal);
+                tracing::info!(
+                    %identity,
+                    client.addr = ?peer,
+                    reason = refusal.reason(),
+                    error = %refusal,
+                    "refused"
+                );
+                Err(refusal.into())
+            }
+        }
+    }
+}
