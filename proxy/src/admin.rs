@@ -29,6 +29,8 @@ pub struct Admin {
     /// Cancelled by `POST /shutdown`.
     pub shutdown: CancellationToken,
     pub log_level: Option<LogLevel>,
+    /// With identity on, ready only once a certificate is installed.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 /// Largest request body the admin server reads (a log filter).
@@ -87,7 +89,8 @@ impl Admin {
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) {
+                let certified = self.identity.as_ref().is_none_or(|i| i.is_ready());
+                if self.ready.load(Ordering::Acquire) && certified {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

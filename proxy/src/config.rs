@@ -152,6 +152,28 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_FAILURE_ACCRUAL_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
     pub failure_accrual_max_backoff: Duration,
 
+    /// This proxy's identity name (`<sa>.<ns>.serviceaccount.identity.<cp-ns>.<trust-domain>`).
+    /// With it, the proxy obtains a certificate and meshed traffic is mTLS; the other
+    /// `--identity-*` settings are then required.
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_NAME")]
+    pub identity_name: Option<String>,
+
+    /// The identity service, `host:port`.
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR")]
+    pub identity_addr: Option<String>,
+
+    /// The identity the identity service's certificate must prove.
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_SVC_NAME")]
+    pub identity_svc_name: Option<String>,
+
+    /// The token that proves this proxy's identity (a projected service-account token).
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<std::path::PathBuf>,
+
+    /// PEM trust anchors; re-read when the file changes.
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE")]
+    pub identity_trust_anchors_file: Option<std::path::PathBuf>,
+
     /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
     /// apart; the rest are folded into the value `overflow`.
     #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]
@@ -168,6 +190,31 @@ pub struct RunArgs {
     /// Worker threads (0: one per available CPU). One core runs a single-threaded runtime.
     #[arg(long, env = "WEFT_PROXY_CORES", default_value_t = 1)]
     pub cores: usize,
+}
+
+impl RunArgs {
+    /// The identity settings: all of them, or none (identity off).
+    pub fn identity(&self) -> anyhow::Result<Option<crate::identity::IdentityConfig>> {
+        match (
+            &self.identity_name,
+            &self.identity_addr,
+            &self.identity_svc_name,
+            &self.identity_token_file,
+            &self.identity_trust_anchors_file,
+        ) {
+            (None, None, None, None, None) => Ok(None),
+            (Some(name), Some(addr), Some(svc), Some(token), Some(anchors)) => Ok(Some(crate::identity::IdentityConfig {
+                addr: addr.clone(),
+                svc_name: svc.clone(),
+                name: name.clone(),
+                token_file: token.clone(),
+                trust_anchors_file: anchors.clone(),
+            })),
+            _ => anyhow::bail!(
+                "identity needs all of WEFT_PROXY_IDENTITY_NAME, _ADDR, _SVC_NAME, _TOKEN_FILE and _TRUST_ANCHORS_FILE (or none of them)"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,14 +20,48 @@ use crate::metrics::ConnMetrics;
 pub struct MeteredIo {
     stream: TcpStream,
     prefix: BytesMut,
-    metrics: ConnMetrics,
+    metrics: Option<ConnMetrics>,
+    /// Bytes (read, written) before the metrics were known (a TLS handshake).
+    pending: (u64, u64),
 }
 
 impl MeteredIo {
     /// `prefix` was read from `stream` already (and is counted as read here).
     pub fn new(stream: TcpStream, prefix: BytesMut, metrics: ConnMetrics) -> Self {
         metrics.read_bytes.inc_by(prefix.len() as u64);
-        MeteredIo { stream, prefix, metrics }
+        MeteredIo { stream, prefix, metrics: Some(metrics), pending: (0, 0) }
+    }
+
+    /// For a connection whose labels are known only later (after a TLS handshake):
+    /// bytes are counted once `set_metrics` is called.
+    pub fn deferred(stream: TcpStream, prefix: BytesMut) -> Self {
+        let pending = (prefix.len() as u64, 0);
+        MeteredIo { stream, prefix, metrics: None, pending }
+    }
+
+    pub fn set_metrics(&mut self, metrics: ConnMetrics) {
+        metrics.read_bytes.inc_by(self.pending.0);
+        metrics.write_bytes.inc_by(self.pending.1);
+        self.pending = (0, 0);
+        self.metrics = Some(metrics);
+    }
+
+    fn count_read(&mut self, n: usize) {
+        match &self.metrics {
+            Some(m) => {
+                m.read_bytes.inc_by(n as u64);
+            }
+            None => self.pending.0 += n as u64,
+        }
+    }
+
+    fn count_write(&mut self, n: usize) {
+        match &self.metrics {
+            Some(m) => {
+                m.write_bytes.inc_by(n as u64);
+            }
+            None => self.pending.1 += n as u64,
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -55,7 +89,7 @@ impl AsyncRead for MeteredIo {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.stream).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            this.metrics.read_bytes.inc_by((buf.filled().len() - before) as u64);
+            this.count_read(buf.filled().len() - before);
         }
         r
     }
@@ -70,7 +104,7 @@ impl AsyncWrite for MeteredIo {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            this.metrics.write_bytes.inc_by(n as u64);
+            this.count_write(n);
         }
         r
     }
@@ -83,7 +117,7 @@ impl AsyncWrite for MeteredIo {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            this.metrics.write_bytes.inc_by(n as u64);
+            this.count_write(n);
         }
         r
     }
@@ -98,5 +132,49 @@ impl AsyncWrite for MeteredIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A stream that first yields `prefix` (bytes already read from it, e.g. past a transport
+/// header), then reads from `inner`.
+#[derive(Debug)]
+pub struct Prefixed<T> {
+    prefix: BytesMut,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: BytesMut, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                this.prefix = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -9,10 +9,12 @@ pub mod detect;
 pub mod discovery;
 pub mod forward;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
 pub mod logging;
 pub mod metrics;
+pub mod mtls;
 pub mod orig_dst;
 pub mod profile;
 pub mod transport;
@@ -47,6 +49,7 @@ pub struct BoundProxy {
     outbound: Vec<TcpListener>,
     admin: Vec<TcpListener>,
     metrics: Arc<Metrics>,
+    identity: Option<Arc<identity::Identity>>,
 }
 
 /// Accept queue of each listener (the kernel caps it at `net.core.somaxconn`). The
@@ -117,8 +120,11 @@ impl BoundProxy {
         let inbound = listen_all(&args.inbound_listen_addr, "inbound")?;
         let outbound = listen_all(&args.outbound_listen_addr, "outbound")?;
         let admin = listen_all(&args.admin_listen_addr, "admin")?;
-        let metrics = Metrics::new(args.metrics_max_label_values);
-        Ok(BoundProxy { args, inbound, outbound, admin, metrics })
+        let identity_config = args.identity()?;
+        let (metrics, identity) = Metrics::with(args.metrics_max_label_values, |registry| {
+            identity_config.map(|c| identity::Identity::start(c, registry)).transpose()
+        })?;
+        Ok(BoundProxy { args, inbound, outbound, admin, metrics, identity })
     }
 
     /// The bound inbound addresses (the first is the primary one).
@@ -148,7 +154,7 @@ impl BoundProxy {
             .flatten()
             .copied()
             .collect();
-        let BoundProxy { args, inbound, outbound, admin, metrics } = self;
+        let BoundProxy { args, inbound, outbound, admin, metrics, identity } = self;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
@@ -203,6 +209,7 @@ impl BoundProxy {
                             idle_timeout: args.http_pool_idle_timeout,
                             max_header_bytes: args.http_max_header_bytes as usize,
                         },
+                        identity.clone(),
                     ),
                     in_flight: Arc::new(Semaphore::new(args.http_max_in_flight as usize)),
                 },
@@ -210,6 +217,7 @@ impl BoundProxy {
                     Direction::Outbound => discovery.clone(),
                     Direction::Inbound => None,
                 },
+                identity: identity.clone(),
                 stop: stop.clone(),
             })
         };
@@ -228,7 +236,7 @@ impl BoundProxy {
             }
         }
         let admin_state =
-            admin::Admin { metrics, ready: ready.clone(), shutdown: stop.clone(), log_level };
+            admin::Admin { metrics, ready: ready.clone(), shutdown: stop.clone(), log_level, identity: identity.clone() };
         let admin_tasks: Vec<_> =
             admin.into_iter().map(|l| tokio::spawn(admin::serve(l, admin_state.clone()))).collect();
         ready.store(true, Ordering::Release);

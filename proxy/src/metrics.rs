@@ -52,8 +52,54 @@ pub struct TcpLabels {
     pub peer: &'static str,
     pub target_addr: String,
     pub protocol: &'static str,
+    #[prometheus(flatten)]
+    pub tls: TlsLabels,
+}
+
+/// Linkerd's TLS labels: `tls="true"` with the peer's `client_id` (inbound) or
+/// `server_id` (outbound), or `tls="no_identity"` with a `no_tls_reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct TlsLabels {
     pub tls: &'static str,
     pub no_tls_reason: &'static str,
+    pub client_id: Option<Arc<str>>,
+    pub server_id: Option<Arc<str>>,
+}
+
+impl TlsLabels {
+    /// Identity is off in this proxy.
+    pub fn disabled() -> Self {
+        TlsLabels { tls: "no_identity", no_tls_reason: "disabled", ..Default::default() }
+    }
+
+    /// Plaintext (or someone else's TLS) while identity is on.
+    pub fn plaintext(reason: &'static str) -> Self {
+        TlsLabels { tls: "no_identity", no_tls_reason: reason, ..Default::default() }
+    }
+
+    pub fn client(id: Option<Arc<str>>) -> Self {
+        TlsLabels { tls: "true", client_id: id, ..Default::default() }
+    }
+
+    pub fn server(id: Arc<str>) -> Self {
+        TlsLabels { tls: "true", server_id: Some(id), ..Default::default() }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for TlsLabels {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut labels: Vec<(&str, &str)> = vec![("tls", self.tls)];
+        if !self.no_tls_reason.is_empty() {
+            labels.push(("no_tls_reason", self.no_tls_reason));
+        }
+        if let Some(id) = &self.client_id {
+            labels.push(("client_id", id));
+        }
+        if let Some(id) = &self.server_id {
+            labels.push(("server_id", id));
+        }
+        labels.as_slice().encode(encoder)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -195,7 +241,18 @@ impl Drop for Detecting {
 
 impl Metrics {
     pub fn new(max_label_values: usize) -> Arc<Self> {
+        Self::with(max_label_values, |_| Ok(())).map(|(m, ())| m).unwrap_or_else(|_: anyhow::Error| {
+            unreachable!("registering nothing extra cannot fail")
+        })
+    }
+
+    /// Like `new`, letting `extra` register components' own families (identity, ...).
+    pub fn with<T>(
+        max_label_values: usize,
+        extra: impl FnOnce(&mut Registry) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(Arc<Self>, T)> {
         let mut registry = Registry::default();
+        let extra = extra(&mut registry)?;
         let tcp = TcpMetrics::default();
         registry.register("tcp_open", "Connections opened", tcp.open_total.clone());
         registry.register(
@@ -227,7 +284,7 @@ impl Metrics {
         let http = crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values);
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
-        Arc::new(Metrics {
+        let metrics = Arc::new(Metrics {
             registry,
             tcp,
             inbound_errors,
@@ -236,7 +293,8 @@ impl Metrics {
             http,
             discovery,
             target_addrs: LabelCap::new(max_label_values),
-        })
+        });
+        Ok((metrics, extra))
     }
 
     pub fn errors(&self, direction: Direction) -> &TcpErrors {
@@ -268,6 +326,7 @@ impl Metrics {
         peer: Peer,
         target_addr: &std::net::SocketAddr,
         protocol: &Protocol,
+        tls: TlsLabels,
     ) -> ConnMetrics {
         let labels = TcpLabels {
             direction: direction.as_str(),
@@ -277,9 +336,7 @@ impl Metrics {
             },
             target_addr: self.target_label(target_addr),
             protocol: protocol.label(),
-            // Identity arrives with the mTLS issue; until then no connection is meshed-TLS.
-            tls: "no_identity",
-            no_tls_reason: "identity_disabled",
+            tls,
         };
         self.tcp.open_total.get_or_create(&labels).inc();
         let open = self.tcp.open_connections.get_or_create(&labels).clone();
@@ -430,7 +487,7 @@ mod tests {
     fn renders_linkerd_names_and_process_metrics() {
         let m = Metrics::new(10);
         let addr = "10.0.0.1:80".parse().expect("addr");
-        let c = m.open(Direction::Inbound, Peer::Src, &addr, &Protocol::Http1);
+        let c = m.open(Direction::Inbound, Peer::Src, &addr, &Protocol::Http1, TlsLabels::disabled());
         c.read_bytes.inc_by(5);
         c.close(Some(&io::Error::from_raw_os_error(libc::ECONNRESET)));
         m.errors(Direction::Outbound).inc("connect_refused");
@@ -455,9 +512,9 @@ mod tests {
     fn dropping_an_open_connection_counts_a_close_once() {
         let m = Metrics::new(10);
         let addr = "10.0.0.1:80".parse().expect("addr");
-        drop(m.open(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque));
+        drop(m.open(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, TlsLabels::disabled()));
         let text = m.render();
         assert!(text.contains("errno=\"\"} 1"), "{text}");
-        assert!(text.contains("tcp_open_connections{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"identity_disabled\"} 0"), "{text}");
+        assert!(text.contains("tcp_open_connections{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 0"), "{text}");
     }
 }

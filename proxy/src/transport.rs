@@ -44,6 +44,8 @@ pub struct Side {
     pub http: crate::http::Http,
     /// Outbound only, when a destination service is configured.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// This proxy's identity, when mTLS is on.
+    pub identity: Option<Arc<crate::identity::Identity>>,
     /// Cancelled when the proxy starts draining.
     pub stop: CancellationToken,
 }
@@ -125,10 +127,12 @@ pub enum ConnError {
     Connect(SocketAddr, io::Error),
     #[error("no endpoint of {0}'s service can take the connection: {1}")]
     NoEndpoint(SocketAddr, crate::balance::PickError),
+    #[error("mTLS to {0} failed: {1}")]
+    Tls(SocketAddr, String),
 }
 
 impl ConnError {
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             ConnError::OrigDst(_) => "orig_dst_unavailable",
             ConnError::Loop(_) => "loop",
@@ -138,6 +142,7 @@ impl ConnError {
             ConnError::ConnectTimeout(..) => "connect_timeout",
             ConnError::Connect(..) => "connect_error",
             ConnError::NoEndpoint(..) => "no_endpoints",
+            ConnError::Tls(..) => "tls_handshake",
         }
     }
 }
@@ -159,18 +164,30 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
             return;
         }
     };
+    // TLS for this proxy's own identity: a meshed peer; terminate it.
+    if side.direction == Direction::Inbound
+        && let Some(id) = &side.identity
+        && let Protocol::Tls { sni: Some(sni) } = &protocol
+        && sni == id.local.as_str()
+    {
+        drop(upstream);
+        let id = id.clone();
+        crate::mtls::serve_inbound(client, prefix, target, side, id).await;
+        return;
+    }
+    let tls = side.tls_labels(&protocol);
     if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
         // The HTTP layer opens (and pools) its own upstream connections; a speculative
         // one from detection is not needed.
         drop(upstream);
-        let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
+        let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
-        crate::http::serve(io, protocol, target, side).await;
+        crate::http::serve(io, protocol, target, side, None).await;
         return;
     }
-    let mut upstream = match upstream {
-        Some(u) => u,
-        None => match connect_balanced(target, &side).await {
+    let upstream = match upstream {
+        Some(u) => Upstream::Plain(u),
+        None => match connect_balanced(target, &side, &protocol).await {
             Ok(u) => u,
             Err(e) => {
                 errors.inc(e.label());
@@ -180,17 +197,44 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
             }
         },
     };
-    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol);
-    let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol);
+    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls.clone());
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
-    let result = forward::forward(&mut client, &mut upstream, prefix, &src, &dst).await;
-    let err = result.as_ref().err();
-    if let Some(e) = err {
-        errors.inc("forward_io");
-        debug!(error = %e, "connection ended with an error");
+    match upstream {
+        Upstream::Plain(mut upstream) => {
+            let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol, tls);
+            let result = forward::forward(&mut client, &mut upstream, prefix, &src, &dst).await;
+            let err = result.as_ref().err();
+            if let Some(e) = err {
+                errors.inc("forward_io");
+                debug!(error = %e, "connection ended with an error");
+            }
+            src.close(err);
+            dst.close(err);
+        }
+        // Meshed: the endpoint's proxy is reached over mTLS (its metrics are opened with it).
+        Upstream::Tls(tls) => {
+            crate::mtls::splice(crate::io::MeteredIo::new(client, prefix, src), *tls).await;
+        }
     }
-    src.close(err);
-    dst.close(err);
+}
+
+/// Where an opaque connection goes.
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<crate::io::MeteredIo>>),
+}
+
+impl Side {
+    /// The TLS labels of a plaintext connection (or one carrying the app's own TLS).
+    pub fn tls_labels(&self, protocol: &Protocol) -> crate::metrics::TlsLabels {
+        use crate::metrics::TlsLabels;
+        match (&self.identity, protocol) {
+            (None, _) => TlsLabels::disabled(),
+            (Some(_), Protocol::Tls { .. }) => TlsLabels::plaintext("passthru"),
+            (Some(_), _) if self.direction == Direction::Inbound => TlsLabels::plaintext("not_provided_by_remote"),
+            (Some(_), _) => TlsLabels::plaintext("not_provided_by_service_discovery"),
+        }
+    }
 }
 
 /// Finds the target and the protocol; returns the bytes already read from the client and
@@ -309,17 +353,32 @@ pub async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, C
 }
 
 /// Connects to an endpoint of the target's service when discovery knows it (balanced per
-/// connection), else to the target itself.
-async fn connect_balanced(target: SocketAddr, side: &Side) -> Result<TcpStream, ConnError> {
-    let Some(d) = &side.discovery else {
-        return connect(target, side.connect_timeout).await;
-    };
-    let Some(res) = d.resolve(target).await else {
-        return connect(target, side.connect_timeout).await;
+/// connection; mTLS when the endpoint is meshed and this proxy has an identity), else to
+/// the target itself.
+async fn connect_balanced(target: SocketAddr, side: &Side, protocol: &Protocol) -> Result<Upstream, ConnError> {
+    let Some(res) = (match &side.discovery {
+        Some(d) => d.resolve(target).await,
+        None => None,
+    }) else {
+        return connect(target, side.connect_timeout).await.map(Upstream::Plain);
     };
     let picked = res.balancer.pick().map_err(|e| ConnError::NoEndpoint(target, e))?;
-    let endpoint = picked.endpoint.addr;
-    let result = connect(endpoint, side.connect_timeout).await;
+    let endpoint = picked.endpoint.clone();
+    let result = match (&side.identity, &endpoint.meta.identity) {
+        (Some(id), Some(server_id)) => {
+            let t = crate::mtls::TlsTarget {
+                addr: endpoint.addr,
+                server_id: server_id.clone(),
+                alpn: crate::identity::Alpn::None,
+                opaque_port: endpoint.meta.opaque_transport_port,
+                protocol: None,
+            };
+            crate::mtls::connect(id, &t, &side.metrics, side.direction, side.connect_timeout, protocol)
+                .await
+                .map(|tls| Upstream::Tls(Box::new(tls)))
+        }
+        _ => connect(endpoint.addr, side.connect_timeout).await.map(Upstream::Plain),
+    };
     // The connect time feeds the latency estimate; a failed connect, failure accrual.
     picked.complete(result.is_ok());
     result

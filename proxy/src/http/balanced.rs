@@ -27,6 +27,8 @@ pub struct Request {
     pub body: pool::ReqBody,
     pub authority: String,
     pub target: SocketAddr,
+    /// The client connection's TLS labels.
+    pub tls: crate::metrics::TlsLabels,
 }
 
 pub async fn forward(req: Request, res: &Arc<Resolution>, reply: Reply<'_>) -> Response<RspBody> {
@@ -35,6 +37,7 @@ pub async fn forward(req: Request, res: &Arc<Resolution>, reply: Reply<'_>) -> R
     let route = profile.route(&req.parts.method, req.parts.uri.path()).cloned();
     let total = route.as_ref().map_or(Duration::ZERO, |r| r.timeout);
     let target = req.target;
+    let tls = req.tls.clone();
     match with_timeout(total, tries(req, res, route, &reply)).await {
         Ok(rsp) => rsp,
         Err(()) => {
@@ -44,6 +47,7 @@ pub async fn forward(req: Request, res: &Arc<Resolution>, reply: Reply<'_>) -> R
                 "",
                 side.target_label(target),
                 Default::default(),
+                tls.clone(),
             );
             let why = format!("request timeout: no response within the route's {total:?}");
             finish(side, route, reply.started, error_response(StatusCode::GATEWAY_TIMEOUT, &why))
@@ -60,7 +64,7 @@ async fn tries(
     let side = reply.side;
     let metrics = &side.metrics.http;
     let direction = side.direction;
-    let Request { parts, body, authority, target } = req;
+    let Request { parts, body, authority, target, tls } = req;
     let retryable = route.as_ref().is_some_and(|r| r.retryable);
     let limit = route.as_ref().map_or(0, |r| if r.retryable { r.retry_limit } else { 0 });
     let try_timeout = match route.as_ref().map(|r| r.try_timeout) {
@@ -81,6 +85,7 @@ async fn tries(
                     &authority,
                     side.target_label(target),
                     Default::default(),
+                    tls.clone(),
                 );
                 let rsp = error_response(
                     StatusCode::BAD_REQUEST,
@@ -110,6 +115,7 @@ async fn tries(
                     &authority,
                     side.target_label(target),
                     Default::default(),
+                    tls.clone(),
                 );
                 if !counted {
                     metrics.request(&route);
@@ -119,11 +125,18 @@ async fn tries(
             }
         };
         let endpoint = picked.endpoint.clone();
+        // Meshed endpoints are reached over mTLS when this proxy has an identity.
+        let server_id: Option<Arc<str>> =
+            side.identity.as_ref().and(endpoint.meta.identity.as_deref()).map(Arc::from);
         let labels = metrics.route(
             direction,
             &authority,
             side.target_label(target),
             endpoint.meta.labels.clone(),
+            match &server_id {
+                Some(id) => crate::metrics::TlsLabels::server(id.clone()),
+                None => tls.clone(),
+            },
         );
         if !counted {
             metrics.request(&labels);
@@ -140,7 +153,7 @@ async fn tries(
             || (direction == Direction::Outbound
                 && side.http.config.h2_upgrade.contains(endpoint.addr));
         let result =
-            with_timeout(try_timeout, send(side, endpoint.addr, parts.clone(), body, h2)).await;
+            with_timeout(try_timeout, send(side, endpoint.addr, parts.clone(), body, h2, server_id)).await;
         match result {
             Ok(Ok(rsp)) => {
                 let failure = route

@@ -20,7 +20,7 @@ use prometheus_client::{
 
 use crate::{
     discovery::DstLabels,
-    metrics::{Direction, ErrorLabels, LabelCap},
+    metrics::{Direction, ErrorLabels, LabelCap, TlsLabels},
 };
 
 /// Linkerd's `response_latency_ms` buckets.
@@ -34,8 +34,8 @@ pub struct RouteLabels {
     pub direction: &'static str,
     pub authority: String,
     pub target_addr: String,
-    pub tls: &'static str,
-    pub no_tls_reason: &'static str,
+    #[prometheus(flatten)]
+    pub tls: TlsLabels,
     /// `dst_*` labels of the endpoint, from discovery.
     #[prometheus(flatten)]
     pub dst: DstLabels,
@@ -122,13 +122,13 @@ impl HttpMetrics {
         authority: &str,
         target_addr: String,
         dst: DstLabels,
+        tls: TlsLabels,
     ) -> RouteLabels {
         RouteLabels {
             direction: direction.as_str(),
             authority: self.authorities.admit_str(authority),
             target_addr,
-            tls: "no_identity",
-            no_tls_reason: "identity_disabled",
+            tls,
             dst,
         }
     }

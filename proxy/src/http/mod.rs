@@ -32,14 +32,17 @@ use crate::{
     config::PortSet,
     detect::Protocol,
     discovery::{DstLabels, Resolution},
-    io::MeteredIo,
     metrics::Direction,
+    metrics::TlsLabels,
     transport::{ConnError, Side},
 };
 
 pub use pool::{Pool, PoolConfig};
 
 type RspBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The header that tells the app the identity of a meshed client.
+pub const CLIENT_ID: &str = "l5d-client-id";
 
 /// The header that tells a client why the proxy, not the upstream, failed its request.
 pub const PROXY_ERROR: &str = "l5d-proxy-error";
@@ -104,7 +107,16 @@ pub struct Http {
 
 /// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
 /// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY).
-pub async fn serve(client: MeteredIo, protocol: Protocol, target: SocketAddr, side: Arc<Side>) {
+/// `client_id`: the peer's identity when the connection is mTLS from a meshed client.
+pub async fn serve<I>(client: I, protocol: Protocol, target: SocketAddr, side: Arc<Side>, client_id: Option<Arc<str>>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = match &client_id {
+        Some(_) => TlsLabels::client(client_id.clone()),
+        None => side.tls_labels(&protocol),
+    };
+    let conn = Arc::new(Conn { target, tls, client_id });
     let config = &side.http.config;
     let stop = side.stop.clone();
     // Discovery, once per connection: a known service is balanced per request.
@@ -116,7 +128,8 @@ pub async fn serve(client: MeteredIo, protocol: Protocol, target: SocketAddr, si
     let svc = service_fn(move |req| {
         let side = svc_side.clone();
         let dst = dst.clone();
-        async move { Ok::<_, Infallible>(proxy(req, target, &side, dst).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(proxy(req, &conn, &side, dst).await) }
     });
     let io = TokioIo::new(client);
     let result = match protocol {
@@ -179,18 +192,36 @@ fn connection_error(e: &hyper::Error) -> &'static str {
 }
 
 /// Forwards one request; never fails: the proxy's own failures become responses.
-async fn proxy(
-    req: Request<Incoming>,
+/// What every request of a client connection shares.
+struct Conn {
     target: SocketAddr,
-    side: &Arc<Side>,
-    dst: Option<Arc<Resolution>>,
-) -> Response<RspBody> {
+    tls: TlsLabels,
+    /// The client's proven identity: sent to the app as `l5d-client-id`.
+    client_id: Option<Arc<str>>,
+}
+
+async fn proxy(mut req: Request<Incoming>, conn: &Conn, side: &Arc<Side>, dst: Option<Arc<Resolution>>) -> Response<RspBody> {
+    let target = conn.target;
+    if side.direction == Direction::Inbound {
+        // Only this proxy may say who the client is.
+        req.headers_mut().remove(CLIENT_ID);
+        if let Some(id) = &conn.client_id
+            && let Ok(v) = HeaderValue::from_str(id)
+        {
+            req.headers_mut().insert(CLIENT_ID, v);
+        }
+    }
     let started = Instant::now();
     let metrics = &side.metrics;
     let direction = side.direction;
     let authority = authority(&req);
-    let direct_route =
-        metrics.http.route(direction, &authority, side.target_label(target), DstLabels::default());
+    let direct_route = metrics.http.route(
+        direction,
+        &authority,
+        side.target_label(target),
+        DstLabels::default(),
+        conn.tls.clone(),
+    );
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
         metrics.http.request(&direct_route);
@@ -220,14 +251,14 @@ async fn proxy(
     let reply = Reply { side, started, client_version, is_grpc };
     match dst {
         Some(res) => {
-            let req = balanced::Request { parts, body: body.boxed_unsync(), authority, target };
+            let req = balanced::Request { parts, body: body.boxed_unsync(), authority, target, tls: conn.tls.clone() };
             balanced::forward(req, &res, reply).await
         }
         None => {
             metrics.http.request(&direct_route);
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
-            let send = send(side, target, parts, body.boxed_unsync(), h2);
+            let send = send(side, target, parts, body.boxed_unsync(), h2, None);
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }
@@ -242,13 +273,15 @@ fn normalize(mut req: Request<Incoming>) -> Result<Request<Incoming>, orig_proto
     Ok(req)
 }
 
-/// Sends one try to `addr`; `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2.
+/// Sends one try to `addr`; `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2;
+/// `server_id`: the peer is meshed, reached over mTLS proving that identity.
 async fn send(
     side: &Side,
     addr: SocketAddr,
     parts: http::request::Parts,
     body: pool::ReqBody,
     h2: bool,
+    server_id: Option<Arc<str>>,
 ) -> Result<Response<Incoming>, pool::Failed> {
     let mut req = Request::from_parts(parts, body);
     if h2
@@ -258,7 +291,7 @@ async fn send(
         debug!(error = %e, "sending as HTTP/1");
     }
     let version = req.version();
-    side.http.pool.send(addr, version, req).await
+    side.http.pool.send(pool::Key { addr, server_id }, version, req).await
 }
 
 /// `Err(())` when `limit` (non-zero) passed first.
@@ -428,7 +461,7 @@ mod upgrade {
         side: &Arc<Side>,
     ) -> Response<RspBody> {
         let direction = side.direction;
-        let mut sender = match side.http.pool.connect_h1(target).await {
+        let mut sender = match side.http.pool.connect_h1(&pool::Key::plain(target)).await {
             Ok(s) => s,
             Err(e) => {
                 side.metrics.http.error(direction, "connect_error");

@@ -59,6 +59,24 @@ pub struct PoolConfig {
     pub max_header_bytes: usize,
 }
 
+/// A pool key: the endpoint, and the identity its proxy must prove when the connection is
+/// mTLS (a plaintext and an mTLS connection to one address never mix).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub addr: SocketAddr,
+    pub server_id: Option<Arc<str>>,
+}
+
+impl Key {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Key { addr, server_id: None }
+    }
+}
+
+/// Any upstream connection: plaintext or mTLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>>;
 /// Idle HTTP/1 connections of a target, with the time each became idle.
 type H1Idle = Vec<(http1::SendRequest<ReqBody>, Instant)>;
@@ -68,18 +86,25 @@ pub struct Pool {
     direction: Direction,
     metrics: Arc<Metrics>,
     config: PoolConfig,
-    h1: Mutex<HashMap<SocketAddr, H1Idle>>,
-    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
+    h1: Mutex<HashMap<Key, H1Idle>>,
+    h2: Mutex<HashMap<Key, H2Slot>>,
+    identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Pool {
-    pub fn new(direction: Direction, metrics: Arc<Metrics>, config: PoolConfig) -> Arc<Self> {
+    pub fn new(
+        direction: Direction,
+        metrics: Arc<Metrics>,
+        config: PoolConfig,
+        identity: Option<Arc<crate::identity::Identity>>,
+    ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             direction,
             metrics,
             config,
             h1: Mutex::default(),
             h2: Mutex::default(),
+            identity,
         });
         // Closes idle HTTP/1 connections; holds only a weak reference so that the pool
         // (and this task) go away with the proxy.
@@ -112,7 +137,7 @@ impl Pool {
     /// Sends `req` to `target` over a connection of `version` (HTTP/2, or else HTTP/1).
     pub async fn send(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: Key,
         version: Version,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, Failed> {
@@ -125,15 +150,15 @@ impl Pool {
 
     async fn send_h1(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: Key,
         mut req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, Failed> {
         // A pooled connection the server closed meanwhile gives the request back
         // unsent: it is then safe to try again on a fresh connection.
-        while let Some(mut sender) = self.checkout_h1(target) {
+        while let Some(mut sender) = self.checkout_h1(&target) {
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
-                    self.checkin_when_ready(target, sender);
+                    self.checkin_when_ready(target.clone(), sender);
                     return Ok(rsp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -142,18 +167,18 @@ impl Pool {
                 },
             }
         }
-        let mut sender = match self.connect_h1(target).await {
+        let mut sender = match self.connect_h1(&target).await {
             Ok(s) => s,
             Err(error) => return Err(Failed { error, unsent: Some(req) }),
         };
         let rsp = sender.send_request(req).await.map_err(Failed::sent)?;
-        self.checkin_when_ready(target, sender);
+        self.checkin_when_ready(target.clone(), sender);
         Ok(rsp)
     }
 
-    fn checkout_h1(&self, target: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+    fn checkout_h1(&self, target: &Key) -> Option<http1::SendRequest<ReqBody>> {
         let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = h1.get_mut(&target)?;
+        let conns = h1.get_mut(target)?;
         while let Some((s, since)) = conns.pop() {
             if s.is_ready() && since.elapsed() < self.config.idle_timeout {
                 return Some(s);
@@ -166,7 +191,7 @@ impl Pool {
     /// closed one never comes back).
     fn checkin_when_ready(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: Key,
         mut sender: http1::SendRequest<ReqBody>,
     ) {
         let pool = Arc::downgrade(self);
@@ -183,7 +208,7 @@ impl Pool {
     /// A new HTTP/1 connection, not pooled until its first response is read.
     pub async fn connect_h1(
         &self,
-        target: SocketAddr,
+        target: &Key,
     ) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let io = self.connect(target, Protocol::Http1).await?;
         let (sender, conn) = http1::Builder::new()
@@ -201,10 +226,10 @@ impl Pool {
 
     async fn send_h2(
         &self,
-        target: SocketAddr,
+        target: Key,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, Failed> {
-        let mut sender = match self.h2_sender(target).await {
+        let mut sender = match self.h2_sender(&target).await {
             Ok(s) => s,
             Err(error) => return Err(Failed { error, unsent: Some(req) }),
         };
@@ -217,11 +242,11 @@ impl Pool {
     /// The target's HTTP/2 connection, made if there is none (or it closed).
     async fn h2_sender(
         &self,
-        target: SocketAddr,
+        target: &Key,
     ) -> Result<http2::SendRequest<ReqBody>, SendError> {
         let slot = {
             let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            h2.entry(target).or_default().clone()
+            h2.entry(target.clone()).or_default().clone()
         };
         let sender = {
             // Held while connecting, so concurrent first requests share one connection.
@@ -249,13 +274,30 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect(
-        &self,
-        target: SocketAddr,
-        protocol: Protocol,
-    ) -> Result<MeteredIo, ConnError> {
-        let stream = transport::connect(target, self.config.connect_timeout).await?;
-        let metrics = self.metrics.open(self.direction, Peer::Dst, &target, &protocol);
-        Ok(MeteredIo::new(stream, bytes::BytesMut::new(), metrics))
+    async fn connect(&self, target: &Key, protocol: Protocol) -> Result<Box<dyn Io>, ConnError> {
+        if let (Some(id), Some(server_id)) = (&self.identity, &target.server_id) {
+            let alpn = match protocol {
+                Protocol::Http2 => crate::identity::Alpn::H2,
+                _ => crate::identity::Alpn::None,
+            };
+            let t = crate::mtls::TlsTarget {
+                addr: target.addr,
+                server_id: server_id.to_string(),
+                alpn,
+                opaque_port: None,
+                protocol: None,
+            };
+            let tls = crate::mtls::connect(id, &t, &self.metrics, self.direction, self.config.connect_timeout, &protocol)
+                .await?;
+            return Ok(Box::new(tls));
+        }
+        let stream = transport::connect(target.addr, self.config.connect_timeout).await?;
+        let tls = crate::metrics::TlsLabels::plaintext(if self.identity.is_some() {
+            "not_provided_by_service_discovery"
+        } else {
+            "disabled"
+        });
+        let metrics = self.metrics.open(self.direction, Peer::Dst, &target.addr, &protocol, tls);
+        Ok(Box::new(MeteredIo::new(stream, bytes::BytesMut::new(), metrics)))
     }
 }

@@ -1,0 +1,148 @@
+//! mTLS on the data path. Inbound: TLS whose SNI is this proxy's identity is terminated
+//! (a client certificate from the trust anchors required), and what it carries — a
+//! transport header (ALPN `transport.l5d.io/v1`), HTTP/2 (`h2`), HTTP/1 (`http/1.1`), or
+//! bytes — is served with the client's identity known. Outbound: connections to meshed
+//! endpoints are originated as TLS with SNI = the endpoint's identity, and accepted only
+//! if its certificate proves exactly that identity.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    detect::Protocol,
+    identity::{Alpn, Identity, peer_identity},
+    io::{MeteredIo, Prefixed},
+    metrics::{Direction, Metrics, Peer, TlsLabels},
+    transport::{self, ConnError, Side},
+    transport_header::{self, SessionProtocol, TransportHeader},
+};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves an inbound connection whose ClientHello (in `prefix`) names this proxy.
+pub async fn serve_inbound(client: TcpStream, prefix: BytesMut, target: SocketAddr, side: Arc<Side>, id: Arc<Identity>) {
+    let errors = side.metrics.errors(side.direction);
+    let io = MeteredIo::deferred(client, prefix);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, id.acceptor().accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            errors.inc("tls_handshake");
+            warn!(error = %e, "mTLS handshake failed (no client certificate, or one from another trust domain?)");
+            return;
+        }
+        Err(_) => {
+            errors.inc("tls_handshake");
+            debug!("mTLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let client_id: Option<Arc<str>> = peer_identity(conn.peer_certificates()).map(Arc::from);
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let mut tls = tls;
+    let mut rest = BytesMut::new();
+    let (target, protocol) = if alpn.as_deref() == Some(transport_header::ALPN) {
+        let header = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TransportHeader::read(&mut tls, &mut rest)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                errors.inc("transport_header");
+                warn!(error = %e, "bad transport header");
+                return;
+            }
+            Err(_) => {
+                errors.inc("transport_header");
+                return;
+            }
+        };
+        let protocol = match header.protocol {
+            Some(SessionProtocol::Http1) => Protocol::Http1,
+            Some(SessionProtocol::Http2) => Protocol::Http2,
+            None => Protocol::Opaque,
+        };
+        (SocketAddr::new(target.ip(), header.port), protocol)
+    } else {
+        let protocol = match alpn.as_deref() {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Opaque,
+        };
+        (target, protocol)
+    };
+    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, TlsLabels::client(client_id.clone()));
+    tls.get_mut().0.set_metrics(src);
+    debug!(client.id = client_id.as_deref().unwrap_or(""), %target, protocol = protocol.label(), "mTLS accepted");
+    // Bytes the client sent right behind the transport header are kept.
+    let tls = Prefixed::new(rest, tls);
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => crate::http::serve(tls, protocol, target, side, client_id).await,
+        _ => {
+            let upstream = match transport::connect(target, side.connect_timeout).await {
+                Ok(u) => u,
+                Err(e) => {
+                    errors.inc(e.label());
+                    warn!(error = %e, "closing");
+                    return;
+                }
+            };
+            let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol, TlsLabels::plaintext("loopback"));
+            let upstream = MeteredIo::new(upstream, BytesMut::new(), dst);
+            splice(tls, upstream).await;
+        }
+    }
+}
+
+/// Copies both ways until both sides are done (half-close kept).
+pub async fn splice(mut a: impl AsyncRead + AsyncWrite + Unpin, mut b: impl AsyncRead + AsyncWrite + Unpin) {
+    if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A meshed endpoint to originate mTLS to.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub addr: SocketAddr,
+    /// The identity its certificate must prove (also the SNI).
+    pub server_id: String,
+    pub alpn: Alpn,
+    /// Reach it at this port of its IP with a transport header naming `addr`'s port.
+    pub opaque_port: Option<u16>,
+    pub protocol: Option<SessionProtocol>,
+}
+
+/// Opens an mTLS connection to a meshed endpoint.
+pub async fn connect(
+    id: &Identity,
+    t: &TlsTarget,
+    metrics: &Metrics,
+    direction: Direction,
+    connect_timeout: Duration,
+    label_protocol: &Protocol,
+) -> Result<tokio_rustls::client::TlsStream<MeteredIo>, ConnError> {
+    let addr = t.addr;
+    let (dial, alpn) = match t.opaque_port {
+        Some(port) => (SocketAddr::new(addr.ip(), port), Alpn::Transport),
+        None => (addr, t.alpn),
+    };
+    let stream = transport::connect(dial, connect_timeout).await?;
+    let labels = TlsLabels::server(Arc::from(t.server_id.as_str()));
+    let io = MeteredIo::new(stream, BytesMut::new(), metrics.open(direction, Peer::Dst, &addr, label_protocol, labels));
+    let name = ServerName::try_from(t.server_id.clone())
+        .map_err(|e| ConnError::Tls(addr, format!("{:?} is not a valid server name: {e}", t.server_id)))?;
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, id.connector(alpn).connect(name, io))
+        .await
+        .map_err(|_| ConnError::Tls(addr, "handshake timed out".into()))?
+        .map_err(|e| ConnError::Tls(addr, e.to_string()))?;
+    if alpn == Alpn::Transport {
+        let header = TransportHeader { port: addr.port(), name: None, protocol: t.protocol.clone() };
+        tls.write_all(&header.encode()).await.map_err(|e| ConnError::Tls(addr, e.to_string()))?;
+    }
+    Ok(tls)
+}
