@@ -10,5 +10,6 @@ mod injector;
 mod interception;
 mod kubeapi;
 mod loopback;
+mod mtls;
 mod netns;
 mod support;
