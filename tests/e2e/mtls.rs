@@ -61,7 +61,7 @@ fn start_weft(args: &[&str], envs: &[(&str, &str)], field: &'static str) -> (Chi
 
 struct Mesh {
     dir: PathBuf,
-    _identity: Child_,
+    identity: Child_,
     _destination: Child_,
     http_client: Proxy,
     tcp_client: Proxy,
@@ -109,6 +109,11 @@ fn start_proxy(args: Vec<String>) -> Proxy {
 
 impl Mesh {
     fn new() -> Mesh {
+        Mesh::with(&[])
+    }
+
+    /// `identity_extra`: more flags for `weft identity` (e.g. a short `--lifetime`).
+    fn with(identity_extra: &[&str]) -> Mesh {
         let dir = std::env::temp_dir().join(format!(
             "weft-e2e-mtls-{}-{}",
             std::process::id(),
@@ -148,7 +153,11 @@ impl Mesh {
                 "static",
                 "--static-tokens",
                 &format!("{d}/tokens.yaml"),
-            ],
+            ]
+            .iter()
+            .copied()
+            .chain(identity_extra.iter().copied())
+            .collect::<Vec<_>>(),
             &[("WEFT_IDENTITY_LOG_FORMAT", "json")],
             "grpc",
         );
@@ -206,15 +215,7 @@ impl Mesh {
         };
         let http_client = start_proxy(client_args("10.96.0.40:80", "client", "client.token"));
         let tcp_client = start_proxy(client_args("10.96.0.41:5432", "tcp", "tcp.token"));
-        Mesh {
-            dir,
-            _identity: identity,
-            _destination: destination,
-            http_client,
-            tcp_client,
-            server,
-            echo,
-        }
+        Mesh { dir, identity, _destination: destination, http_client, tcp_client, server, echo }
     }
 }
 
@@ -414,5 +415,42 @@ fn openssl_sees_the_documented_chain_and_is_refused_without_a_client_certificate
             &[("error", "tls_handshake")]
         ) > before),
         "a client certificate from another anchor was accepted"
+    );
+}
+
+#[test]
+fn certificates_renew_before_expiry_and_traffic_outlives_the_identity_service() {
+    // Fifteen-second certificates: renewed at 70 % of their life.
+    let mut mesh = Mesh::with(&["--lifetime", "15s"]);
+    let mut s = TcpStream::connect(mesh.http_client.outbound).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut request = |n: usize| {
+        for _ in 0..n {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").expect("write");
+            assert_eq!(read_response(&mut r), 200);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    // One client connection and one mTLS connection between the proxies, across the
+    // first certificates' whole life.
+    request(40);
+    for p in [&mesh.http_client, &mesh.server] {
+        let m = p.metrics();
+        assert!(metric(&m, "identity_cert_refreshes_total", &[]) >= 2.0, "no renewal:\n{m}");
+    }
+    let c = mesh.http_client.metrics();
+    assert_eq!(
+        metric(&c, "tcp_open_total", &[("peer", "dst"), ("tls", "true")]),
+        1.0,
+        "the mTLS connection was re-made:\n{c}"
+    );
+    // The identity service goes away: traffic goes on with the current certificates.
+    let _ = mesh.identity.0.kill();
+    let _ = mesh.identity.0.wait();
+    request(10);
+    assert!(
+        metric(&mesh.http_client.metrics(), "identity_cert_expiration_timestamp_seconds", &[])
+            > 1.7e9
     );
 }
