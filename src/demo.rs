@@ -17,6 +17,7 @@ use tokio::{
 use weft_proxy::{BoundProxy, config::RunArgs};
 
 mod balancing;
+mod mtls;
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -69,7 +70,10 @@ async fn start_pair(backend: SocketAddr, h2_between_proxies: bool) -> anyhow::Re
     Ok(pair)
 }
 
-pub(crate) fn proxy_args(outbound_target: Option<SocketAddr>, inbound_target: Option<SocketAddr>) -> RunArgs {
+pub(crate) fn proxy_args(
+    outbound_target: Option<SocketAddr>,
+    inbound_target: Option<SocketAddr>,
+) -> RunArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct P {
@@ -192,7 +196,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if failed > 0 || opaque_failed > 0 {
         anyhow::bail!("{failed} HTTP requests and {opaque_failed} opaque connections failed");
     }
-    balancing::run(args.requests).await
+    balancing::run(args.requests).await?;
+    mtls::run().await
 }
 
 /// Sends GET requests on one connection until `until`; returns (ok, failed).
@@ -297,7 +302,7 @@ async fn spawn_backend(kind: Backend) -> anyhow::Result<SocketAddr> {
 }
 
 /// Fetches `/metrics` with a minimal HTTP/1.0 request (the demo needs no HTTP client).
-async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
+pub(crate) async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(admin).await?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n").await?;
     let mut rsp = String::new();

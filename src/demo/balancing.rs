@@ -18,7 +18,11 @@ use weft_proxy::BoundProxy;
 use super::proxy_args;
 
 pub async fn run(requests: u64) -> anyhow::Result<()> {
-    let kinds = [("fast", Duration::ZERO, 0u64), ("slow", Duration::from_millis(50), 0), ("flaky", Duration::ZERO, 5)];
+    let kinds = [
+        ("fast", Duration::ZERO, 0u64),
+        ("slow", Duration::from_millis(50), 0),
+        ("flaky", Duration::ZERO, 5),
+    ];
     let mut backends = Vec::new();
     for (name, delay, fail_every) in kinds {
         let hits = Arc::new(AtomicU64::new(0));
@@ -30,7 +34,9 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
     println!(
         "\ndiscovery, balancing and retries: a destination service ({dst_addr}) knows `api` (10.96.0.20:80 — nothing listens there)"
     );
-    println!("and `api-retry` (10.96.0.21:80: the same endpoints, annotated retry.weft.dev/http: 5xx);");
+    println!(
+        "and `api-retry` (10.96.0.21:80: the same endpoints, annotated retry.weft.dev/http: 5xx);"
+    );
     println!("three endpoints: fast, slow (+50 ms), flaky (every 5th request 503)\n");
     println!("{:<14} {:>8} {:>8} {:>8} {:>18}", "", "fast", "slow", "flaky", "success at client");
     for (label, ip) in [("no retries", "10.96.0.20"), ("with retries", "10.96.0.21")] {
@@ -45,7 +51,11 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before: Vec<u64> = backends.iter().map(|(_, _, h)| h.load(Ordering::SeqCst)).collect();
         let ok = drive(outbound, 8, requests).await?;
-        let got: Vec<u64> = backends.iter().zip(&before).map(|((_, _, h), b)| h.load(Ordering::SeqCst) - b).collect();
+        let got: Vec<u64> = backends
+            .iter()
+            .zip(&before)
+            .map(|((_, _, h), b)| h.load(Ordering::SeqCst) - b)
+            .collect();
         let total = got.iter().sum::<u64>().max(1) as f64;
         let pct = |n: u64| 100.0 * n as f64 / total;
         println!(
@@ -63,24 +73,38 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_destination(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> anyhow::Result<SocketAddr> {
+fn start_destination(
+    backends: &[(&str, SocketAddr, Arc<AtomicU64>)],
+) -> anyhow::Result<SocketAddr> {
+    let yaml = services_yaml(backends);
+    serve_destination(&yaml)
+}
+
+fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
     let endpoints: String = backends
         .iter()
-        .map(|(name, addr, _)| format!("          - address: {addr}\n            labels: {{pod: api-{name}}}\n"))
+        .map(|(name, addr, _)| {
+            format!("          - address: {addr}\n            labels: {{pod: api-{name}}}\n")
+        })
         .collect();
     let service = |name: &str, ip: &str, annotations: &str| {
         format!(
             "  - name: {name}\n    namespace: demo\n    clusterIPs: [{ip}]\n{annotations}    ports:\n      - port: 80\n        endpoints:\n{endpoints}"
         )
     };
-    let yaml = format!(
+    format!(
         "services:\n{}{}",
         service("api", "10.96.0.20", ""),
         service("api-retry", "10.96.0.21", "    annotations:\n      retry.weft.dev/http: 5xx\n")
-    );
+    )
+}
+
+/// Runs a destination service (static source) in this process; returns its address.
+pub fn serve_destination(yaml: &str) -> anyhow::Result<SocketAddr> {
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("endpoints.yaml");
+    static FILES: AtomicU64 = AtomicU64::new(0);
+    let file = dir.join(format!("endpoints-{}.yaml", FILES.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&file, yaml)?;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let config = weft_destination::Config {
@@ -103,7 +127,7 @@ fn start_destination(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> anyhow:
 }
 
 /// `n` GETs over `connections` keep-alive HTTP/1.1 connections; returns how many got 2xx.
-async fn drive(proxy: SocketAddr, connections: u64, n: u64) -> anyhow::Result<u64> {
+pub async fn drive(proxy: SocketAddr, connections: u64, n: u64) -> anyhow::Result<u64> {
     let mut tasks = Vec::new();
     for _ in 0..connections {
         tasks.push(tokio::spawn(async move {
@@ -131,7 +155,11 @@ async fn drive(proxy: SocketAddr, connections: u64, n: u64) -> anyhow::Result<u6
 }
 
 /// An HTTP backend that answers after `delay`, 503 on every `fail_every`-th request.
-fn spawn_backend(delay: Duration, fail_every: u64, hits: Arc<AtomicU64>) -> anyhow::Result<SocketAddr> {
+fn spawn_backend(
+    delay: Duration,
+    fail_every: u64,
+    hits: Arc<AtomicU64>,
+) -> anyhow::Result<SocketAddr> {
     let listener = weft_proxy::listen(([127, 0, 0, 1], 0).into())?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -145,17 +173,20 @@ fn spawn_backend(delay: Duration, fail_every: u64, hits: Arc<AtomicU64>) -> anyh
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
-                        let mut rsp =
-                            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")));
+                        let mut rsp = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok\n"),
+                        ));
                         if fail_every > 0 && n.is_multiple_of(fail_every) {
                             *rsp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
                         }
                         Ok::<_, std::convert::Infallible>(rsp)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
             });
         }
     });

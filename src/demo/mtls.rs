@@ -1,0 +1,222 @@
+//! The demo's third part: identity and mTLS. A fresh PKI (`weft certs generate`), the
+//! identity service with static tokens, and two proxies that obtain certificates; HTTP from
+//! the client app crosses between them as mTLS, and the server app learns who called.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::net::TcpStream;
+use weft_proxy::BoundProxy;
+
+use super::{balancing, proxy_args, scrape};
+
+const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
+
+/// A child process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("weft-demo-pki-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let weft = std::env::current_exe().context("finding the weft binary")?;
+    let status = Command::new(&weft)
+        .args(["certs", "generate", "--force", "--out-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "weft certs generate failed");
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        "frontend-token: shop/frontend\ncheckout-token: shop/checkout\n",
+    )?;
+    for sa in ["frontend", "checkout"] {
+        std::fs::write(dir.join(format!("{sa}.token")), format!("{sa}-token"))?;
+    }
+    let (_identity, identity_addr) = start_identity(&weft, &dir)?;
+
+    // The checkout app echoes who called it.
+    let app = spawn_whoami()?;
+    let identity = |sa: &str| (format!("{sa}.shop.{DOMAIN}"), dir.join(format!("{sa}.token")));
+    let with_identity = |mut args: weft_proxy::config::RunArgs, sa: &str| {
+        let (name, token) = identity(sa);
+        args.identity_name = Some(name);
+        args.identity_addr = Some(identity_addr.to_string());
+        args.identity_svc_name = Some(format!("identity.weft.{DOMAIN}"));
+        args.identity_token_file = Some(token);
+        args.identity_trust_anchors_file = Some(dir.join("ca.crt"));
+        args
+    };
+    let server = BoundProxy::bind(with_identity(proxy_args(None, Some(app)), "checkout"))?;
+    let server_inbound = server.inbound_addrs()[0];
+    let server_admin = server.admin_addrs()[0];
+    tokio::spawn(server.serve(None, std::future::pending()));
+    let yaml = format!(
+        "services:\n  - name: checkout\n    namespace: shop\n    clusterIPs: [10.96.0.50]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {server_inbound}\n            identity: checkout.shop.{DOMAIN}\n            protocolHint: h2\n"
+    );
+    let dst = balancing::serve_destination(&yaml)?;
+    let mut client_args =
+        with_identity(proxy_args(Some("10.96.0.50:80".parse()?), None), "frontend");
+    client_args.destination_addr = Some(dst);
+    client_args.destination_first_update_timeout = Duration::from_secs(3);
+    let client = BoundProxy::bind(client_args)?;
+    let outbound = client.outbound_addrs()[0];
+    let client_admin = client.admin_addrs()[0];
+    tokio::spawn(client.serve(None, std::future::pending()));
+    for admin in [client_admin, server_admin] {
+        wait_ready(admin).await?;
+    }
+
+    println!(
+        "\nidentity and mTLS: a fresh PKI (weft certs generate), the identity service at {identity_addr},"
+    );
+    println!(
+        "proxies for frontend (client) and checkout (server) that obtained one-day certificates:\n"
+    );
+    let sent = balancing::drive(outbound, 2, 200).await?;
+    let seen = whoami(outbound).await?;
+    let c = scrape(client_admin).await?;
+    let s = scrape(server_admin).await?;
+    let value = |text: &str, name: &str, labels: &[(&str, &str)]| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let frontend = format!("frontend.shop.{DOMAIN}");
+    let checkout = format!("checkout.shop.{DOMAIN}");
+    println!("{:<34} {:>9}  {}", "path", "requests", "identities");
+    println!(
+        "{:<34} {:>9}  client_id={} server_id={}",
+        "frontend → checkout (HTTP/1.1)",
+        sent,
+        if value(&s, "request_total", &[("client_id", &frontend), ("tls", "true")]) > 0.0 {
+            &frontend
+        } else {
+            "?"
+        },
+        if value(&c, "request_total", &[("server_id", &checkout), ("tls", "true")]) > 0.0 {
+            &checkout
+        } else {
+            "?"
+        },
+    );
+    println!(
+        "\nmTLS (TLS 1.3) between the proxies: client side tls=\"true\" on {} requests, server side on {};",
+        value(&c, "request_total", &[("tls", "true")]),
+        value(&s, "request_total", &[("tls", "true")])
+    );
+    println!("the checkout app was told the caller in l5d-client-id: {seen}");
+    println!(
+        "certificates obtained: frontend {}, checkout {} (identity_cert_refreshes_total)",
+        value(&c, "identity_cert_refreshes_total", &[]),
+        value(&s, "identity_cert_refreshes_total", &[])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn start_identity(weft: &Path, dir: &Path) -> anyhow::Result<(Guard, SocketAddr)> {
+    let d = dir.display();
+    let mut child = Command::new(weft)
+        .args(["identity", "--listen-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--issuer-cert",
+            &format!("{d}/issuer.crt"),
+            "--issuer-key",
+            &format!("{d}/issuer.key"),
+        ])
+        .args(["--trust-bundle", &format!("{d}/ca.crt")])
+        .args(["--token-validator", "static", "--static-tokens", &format!("{d}/tokens.yaml")])
+        .env("WEFT_IDENTITY_LOG_FORMAT", "json")
+        .env("WEFT_IDENTITY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting weft identity")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let guard = Guard(child);
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["fields"]["message"] == "serving"
+            && let Some(addr) = v["fields"]["grpc"].as_str().and_then(|a| a.parse().ok())
+        {
+            return Ok((guard, addr));
+        }
+    }
+    anyhow::bail!("weft identity stopped before serving")
+}
+
+async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(admin).await?;
+        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await?;
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await?;
+        if rsp.starts_with("HTTP/1.0 200") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("a proxy did not get its certificate in time")
+}
+
+/// An app that answers with the `l5d-client-id` it was given.
+fn spawn_whoami() -> anyhow::Result<SocketAddr> {
+    let listener = weft_proxy::listen(([127, 0, 0, 1], 0).into())?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let who = req
+                            .headers()
+                            .get("l5d-client-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("(none)")
+                            .to_string();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(who)),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn whoami(proxy: SocketAddr) -> anyhow::Result<String> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy).await?);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header(http::header::HOST, "checkout.shop.svc.cluster.local")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let rsp = sender.send_request(req).await?;
+    let body = http_body_util::BodyExt::collect(rsp.into_body()).await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
