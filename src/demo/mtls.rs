@@ -100,7 +100,7 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let frontend = format!("frontend.shop.{DOMAIN}");
     let checkout = format!("checkout.shop.{DOMAIN}");
-    println!("{:<34} {:>9}  {}", "path", "requests", "identities");
+    println!("{:<34} {:>9}  identities", "path", "requests");
     println!(
         "{:<34} {:>9}  client_id={} server_id={}",
         "frontend → checkout (HTTP/1.1)",
