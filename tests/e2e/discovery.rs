@@ -56,13 +56,16 @@ impl Drop for Destination {
 }
 
 fn static_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-e2e-discovery-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("weft-e2e-discovery-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     dir.join("endpoints.yaml")
 }
 
 fn yaml(endpoints: &[&Backend], annotations: &[(&str, &str)]) -> String {
-    let mut y = String::from("services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.10]\n");
+    let mut y = String::from(
+        "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.10]\n",
+    );
     if !annotations.is_empty() {
         y.push_str("    annotations:\n");
         for (k, v) in annotations {
@@ -71,7 +74,10 @@ fn yaml(endpoints: &[&Backend], annotations: &[(&str, &str)]) -> String {
     }
     y.push_str("    ports:\n      - port: 80\n        endpoints:\n");
     for (i, b) in endpoints.iter().enumerate() {
-        y.push_str(&format!("          - address: {}\n            labels: {{pod: web-{i}}}\n", b.addr));
+        y.push_str(&format!(
+            "          - address: {}\n            labels: {{pod: web-{i}}}\n",
+            b.addr
+        ));
     }
     y
 }
@@ -88,7 +94,11 @@ fn proxy(dst: SocketAddr, extra: &[&str]) -> Proxy {
     Proxy::start(&args)
 }
 
-fn with_destination(name: &str, backends: &[&Backend], annotations: &[(&str, &str)]) -> Destination {
+fn with_destination(
+    name: &str,
+    backends: &[&Backend],
+    annotations: &[(&str, &str)],
+) -> Destination {
     let file = static_file(name);
     std::fs::write(&file, yaml(backends, annotations)).expect("write");
     Destination::start(file, free_port())
@@ -111,14 +121,21 @@ fn the_balancer_sends_little_to_a_slow_endpoint() {
     eprintln!("slow endpoint share: {:.2} % ({got:?})", share * 100.0);
     assert!(share < 0.10, "the slow endpoint got {:.1} % of requests ({got:?})", share * 100.0);
     let m = p.metrics();
-    assert!(metric(&m, "request_total", &[("dst_service", "web"), ("dst_namespace", "prod")]) >= 2400.0, "{m}");
+    assert!(
+        metric(&m, "request_total", &[("dst_service", "web"), ("dst_namespace", "prod")]) >= 2400.0,
+        "{m}"
+    );
     assert!(metric(&m, "response_total", &[("dst_pod", "web-2")]) > 0.0, "{m}");
-    assert!(metric(&m, "outbound_discovery_lookups_total", &[("result", "balanced")]) >= 1.0, "{m}");
+    assert!(
+        metric(&m, "outbound_discovery_lookups_total", &[("result", "balanced")]) >= 1.0,
+        "{m}"
+    );
 }
 
 #[test]
 fn removing_an_endpoint_under_load_fails_no_request() {
-    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(Duration::from_millis(2), None)).collect();
+    let backends: Vec<Backend> =
+        (0..3).map(|_| Backend::start(Duration::from_millis(2), None)).collect();
     let dst = with_destination("remove", &[&backends[0], &backends[1], &backends[2]], &[]);
     let p = proxy(dst.addr, &[]);
     let outbound = p.outbound;
@@ -132,7 +149,11 @@ fn removing_an_endpoint_under_load_fails_no_request() {
     }));
     let after_removal = backends[2].hits();
     let statuses = loader.join().expect("load");
-    assert!(statuses.iter().all(|&s| s == 200), "failed: {:?}", statuses.iter().filter(|&&s| s != 200).count());
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "failed: {:?}",
+        statuses.iter().filter(|&&s| s != 200).count()
+    );
     assert!(backends[2].hits() <= after_removal + 4, "the removed endpoint kept getting requests");
 }
 
@@ -148,7 +169,11 @@ fn failure_accrual_ejects_a_failing_endpoint_and_brings_it_back() {
     assert!(bad.hits() >= 7, "{}", bad.hits());
     let ejected_at = bad.hits();
     let statuses = load(p.outbound, 1, 300);
-    assert!(bad.hits() <= ejected_at + 2, "an ejected endpoint got {} requests", bad.hits() - ejected_at);
+    assert!(
+        bad.hits() <= ejected_at + 2,
+        "an ejected endpoint got {} requests",
+        bad.hits() - ejected_at
+    );
     assert!(statuses.iter().filter(|&&s| s != 200).count() <= 2, "{statuses:?}");
     // It heals: once its backoff (doubled by every failed probe so far) runs out, a probe
     // succeeds and it is back in rotation.
@@ -169,7 +194,11 @@ fn failure_accrual_ejects_a_failing_endpoint_and_brings_it_back() {
 fn retries_hide_a_flaky_endpoint() {
     let steady = [Backend::start(Duration::ZERO, None), Backend::start(Duration::ZERO, None)];
     let flaky = Backend::start(Duration::ZERO, Some(5)); // every 5th request: 503
-    let dst = with_destination("retry", &[&steady[0], &steady[1], &flaky], &[("retry.weft.dev/http", "5xx")]);
+    let dst = with_destination(
+        "retry",
+        &[&steady[0], &steady[1], &flaky],
+        &[("retry.weft.dev/http", "5xx")],
+    );
     let p = proxy(dst.addr, &[]);
     // Let the profile arrive before measuring.
     assert!(eventually(Duration::from_secs(10), || {
@@ -182,7 +211,11 @@ fn retries_hide_a_flaky_endpoint() {
     assert!(rate >= 0.999, "success rate {:.4} with retries", rate);
     assert!(flaky.hits() > 0);
     let m = p.metrics();
-    assert!(metric(&m, "outbound_http_retries_total", &[("result", "taken"), ("dst_service", "web")]) > 0.0, "{m}");
+    assert!(
+        metric(&m, "outbound_http_retries_total", &[("result", "taken"), ("dst_service", "web")])
+            > 0.0,
+        "{m}"
+    );
 }
 
 #[test]
@@ -207,7 +240,9 @@ fn a_large_post_is_not_retried_and_retries_stay_within_the_budget() {
     // A 1 MiB POST goes once, failure and all.
     let before = hits();
     let url = format!("http://{}/upload", p.outbound);
-    let cmd = format!("head -c 1048576 /dev/zero | curl -sS -o /dev/null -w '%{{http_code}}' --data-binary @- {url}");
+    let cmd = format!(
+        "head -c 1048576 /dev/zero | curl -sS -o /dev/null -w '%{{http_code}}' --data-binary @- {url}"
+    );
     let (ok, out, err) = run(Command::new("sh").args(["-c", &cmd]));
     assert!(ok, "{err}");
     assert_eq!(out, "503");
@@ -229,7 +264,10 @@ fn a_large_post_is_not_retried_and_retries_stay_within_the_budget() {
     let allowed = 0.2 * (n as f64 + 50.0) + 100.0;
     assert!(taken <= allowed, "{taken} retries taken, budget allows {allowed}");
     assert!(refused > 0.0, "the budget never refused a retry: {m}");
-    eprintln!("budget: {n} requests, {taken} retries taken, {refused} refused (ratio {:.3})", taken / n as f64);
+    eprintln!(
+        "budget: {n} requests, {taken} retries taken, {refused} refused (ratio {:.3})",
+        taken / n as f64
+    );
 }
 
 #[test]
@@ -250,7 +288,10 @@ fn without_the_destination_service_traffic_goes_to_the_original_destination() {
     let statuses = load(p.outbound, 2, 50);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let m = p.metrics();
-    assert!(metric(&m, "outbound_discovery_lookups_total", &[("result", "unavailable")]) >= 1.0, "{m}");
+    assert!(
+        metric(&m, "outbound_discovery_lookups_total", &[("result", "unavailable")]) >= 1.0,
+        "{m}"
+    );
 
     // The destination service comes up and knows the target: balancing resumes (to
     // other endpoints than the original destination).
@@ -262,7 +303,8 @@ fn without_the_destination_service_traffic_goes_to_the_original_destination() {
         others[0].addr,
         others[1].addr
     );
-    let y = y.replace("    ports:", &format!("    clusterIPs: [{}]\n    ports:", backend.addr.ip()));
+    let y =
+        y.replace("    ports:", &format!("    clusterIPs: [{}]\n    ports:", backend.addr.ip()));
     std::fs::write(&file, y).expect("write");
     let dst = Destination::start(file, port);
     assert!(
@@ -280,4 +322,44 @@ fn without_the_destination_service_traffic_goes_to_the_original_destination() {
     let statuses = load(p.outbound, 2, 100);
     assert!(statuses.iter().all(|&s| s == 200));
     assert!(others[0].hits() + others[1].hits() >= before + 90);
+}
+
+#[test]
+fn request_and_per_try_timeouts_from_the_profile() {
+    // Whole-request timeout: a slow service answers 504 with the reason.
+    let slow = Backend::start(Duration::from_secs(3), None);
+    let dst = with_destination("timeout", &[&slow], &[("timeout.weft.dev/request", "300ms")]);
+    let p = proxy(dst.addr, &[]);
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(&p.metrics(), "outbound_discovery_updates_total", &[("result", "profile")]) >= 1.0
+            || load(p.outbound, 1, 1).is_empty()
+    }));
+    let url = format!("http://{}/", p.outbound);
+    let (ok, out, err) =
+        run(Command::new("curl").args(["-sS", "-D", "-", "-o", "/dev/null", "-m", "10", &url]));
+    assert!(ok, "{err}");
+    assert!(out.contains(" 504"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("l5d-proxy-error: request timeout"), "{out}");
+    assert_eq!(
+        metric(&p.metrics(), "outbound_http_errors_total", &[("error", "request_timeout")]),
+        1.0
+    );
+
+    // Per-try timeout with retries: a try stuck on the slow endpoint is abandoned and
+    // retried on the fast one.
+    let fast = Backend::start(Duration::ZERO, None);
+    let slow = Backend::start(Duration::from_secs(3), None);
+    let dst = with_destination(
+        "try-timeout",
+        &[&fast, &slow],
+        &[("retry.weft.dev/http", "5xx"), ("retry.weft.dev/timeout", "200ms")],
+    );
+    let p = proxy(dst.addr, &[]);
+    assert!(eventually(Duration::from_secs(10), || {
+        let _ = load(p.outbound, 1, 1);
+        metric(&p.metrics(), "outbound_discovery_updates_total", &[("result", "profile")]) >= 1.0
+    }));
+    let statuses = load(p.outbound, 4, 40);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(slow.hits() > 0, "the slow endpoint was never tried");
 }
