@@ -75,6 +75,37 @@ impl Drop for Mesh {
     }
 }
 
+/// `weft identity` signing with `pki/issuer.{crt,key}`, trusting `bundle`.
+fn start_identity(
+    pki: &Path,
+    bundle: &Path,
+    tokens: &Path,
+    extra: &[&str],
+) -> (Child_, SocketAddr) {
+    let p = |f: &str| pki.join(f).display().to_string();
+    let (bundle, tokens) = (bundle.display().to_string(), tokens.display().to_string());
+    let (cert, key) = (p("issuer.crt"), p("issuer.key"));
+    let mut args = vec![
+        "identity",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--token-validator",
+        "static",
+        "--static-tokens",
+        &tokens,
+        "--trust-bundle",
+        &bundle,
+        "--issuer-cert",
+        &cert,
+        "--issuer-key",
+        &key,
+    ];
+    args.extend(extra);
+    start_weft(&args, &[("WEFT_IDENTITY_LOG_FORMAT", "json")], "grpc")
+}
+
 fn identity_args<'a>(
     dir: &'a Path,
     name: &'a str,
@@ -136,31 +167,8 @@ impl Mesh {
         for t in ["client", "tcp", "web"] {
             std::fs::write(dir.join(format!("{t}.token")), format!("{t}-token")).expect("token");
         }
-        let (identity, identity_addr) = start_weft(
-            &[
-                "identity",
-                "--listen-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--issuer-cert",
-                &format!("{d}/issuer.crt"),
-                "--issuer-key",
-                &format!("{d}/issuer.key"),
-                "--trust-bundle",
-                &format!("{d}/ca.crt"),
-                "--token-validator",
-                "static",
-                "--static-tokens",
-                &format!("{d}/tokens.yaml"),
-            ]
-            .iter()
-            .copied()
-            .chain(identity_extra.iter().copied())
-            .collect::<Vec<_>>(),
-            &[("WEFT_IDENTITY_LOG_FORMAT", "json")],
-            "grpc",
-        );
+        let (identity, identity_addr) =
+            start_identity(&dir, &dir.join("ca.crt"), &dir.join("tokens.yaml"), identity_extra);
         let identity_addr = identity_addr.to_string();
 
         let app = http_server(local_listener());
@@ -453,4 +461,94 @@ fn certificates_renew_before_expiry_and_traffic_outlives_the_identity_service() 
         metric(&mesh.http_client.metrics(), "identity_cert_expiration_timestamp_seconds", &[])
             > 1.7e9
     );
+}
+
+#[test]
+fn during_trust_anchor_rotation_proxies_with_either_anchor_talk() {
+    // Two PKIs — the old anchor and the new — and a bundle that trusts both, as during a
+    // rotation. The server proxy's certificate comes from the old issuer, the client's
+    // from the new one.
+    let dir = std::env::temp_dir().join(format!(
+        "weft-e2e-rotation-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let (old, new) = (dir.join("old"), dir.join("new"));
+    for pki in [&old, &new] {
+        let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["certs", "generate", "--out-dir"])
+            .arg(pki));
+        assert!(ok, "{err}");
+    }
+    let bundle = dir.join("bundle.crt");
+    let both = [
+        std::fs::read(old.join("ca.crt")).expect("old"),
+        std::fs::read(new.join("ca.crt")).expect("new"),
+    ]
+    .concat();
+    std::fs::write(&bundle, both).expect("bundle");
+    std::fs::copy(&bundle, dir.join("ca.crt")).expect("anchors for the proxies");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, "client-token: prod/client\nweb-token: prod/web\n").expect("tokens");
+    for t in ["client", "web"] {
+        std::fs::write(dir.join(format!("{t}.token")), format!("{t}-token")).expect("token");
+    }
+    let (_old_identity, old_addr) = start_identity(&old, &bundle, &tokens, &[]);
+    let (_new_identity, new_addr) = start_identity(&new, &bundle, &tokens, &[]);
+
+    let app = http_server(local_listener());
+    let (old_addr, new_addr) = (old_addr.to_string(), new_addr.to_string());
+    let server = start_proxy(
+        [
+            vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
+            identity_args(&dir, &id("web"), "web.token", &old_addr),
+        ]
+        .concat(),
+    );
+    let yaml = format!(
+        "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.40]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n",
+        server.inbound,
+        id("web")
+    );
+    std::fs::write(dir.join("endpoints.yaml"), yaml).expect("endpoints");
+    let file = dir.join("endpoints.yaml").display().to_string();
+    let (_destination, dst) = start_weft(
+        &[
+            "destination",
+            "--source",
+            "static",
+            "--static-file",
+            &file,
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[],
+        "grpc",
+    );
+    let client = start_proxy(
+        [
+            vec![
+                "--outbound-orig-dst-addr".into(),
+                "10.96.0.40:80".into(),
+                "--destination-addr".into(),
+                dst.to_string(),
+            ],
+            identity_args(&dir, &id("client"), "client.token", &new_addr),
+        ]
+        .concat(),
+    );
+    let (ok, out, err) =
+        run(Command::new("curl").args(["-sS", &format!("http://{}/echo", client.outbound)]));
+    assert!(ok, "{err}\n{}\n{}", client.logs(), server.logs());
+    assert!(out.contains(&format!("l5d-client-id: {}\n", id("client"))), "{out}");
+    let m = client.metrics();
+    assert!(
+        metric(&m, "request_total", &[("tls", "true"), ("server_id", &id("web"))]) >= 1.0,
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
