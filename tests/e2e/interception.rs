@@ -54,6 +54,11 @@ impl Drop for TlsServer {
 }
 
 fn start_proxy(ns: &Netns) -> Proxy {
+    start_proxy_with(ns, &[])
+}
+
+/// A proxy in `ns` as uid 2102, with `envs` (e.g. its identity settings).
+fn start_proxy_with(ns: &Netns, envs: &[(String, String)]) -> Proxy {
     let mut cmd = Command::new("ip");
     cmd.args([
         "netns",
@@ -68,7 +73,8 @@ fn start_proxy(ns: &Netns) -> Proxy {
         "--",
     ])
     .arg(proxy_bin())
-    .args(["--detect-silent-window", "200ms", "--detect-timeout", "30s"]);
+    .args(["--detect-silent-window", "200ms", "--detect-timeout", "30s"])
+    .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Proxy::start_cmd(cmd)
 }
 
@@ -352,4 +358,198 @@ fn ipv6_is_intercepted_with_its_original_destination() {
         mesh.client_metrics(),
         mesh.server_metrics()
     );
+}
+
+/// Control-plane ports in the server pod, left out of its redirect so the mesh's own
+/// bootstrap does not depend on its proxy.
+const IDENTITY_PORT: u16 = 18080;
+const DESTINATION_PORT: u16 = 18086;
+const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
+
+#[test]
+#[ignore = "needs root: creates network namespaces and iptables rules"]
+fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() {
+    require_root();
+    let client = Netns::new("weft-mclient");
+    let server = Netns::new("weft-mserver");
+    veth_pair_with(&client, &[&format!("{CLIENT_IP}/24")], &server, &[&format!("{SERVER_IP}/24")]);
+    let bin = proxy_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    client.exec_ok(bin, &["init", "--ipv6", "false"]);
+    server.exec_ok(
+        bin,
+        &[
+            "init",
+            "--ipv6",
+            "false",
+            "--skip-inbound-ports",
+            &format!("{IDENTITY_PORT},{DESTINATION_PORT}"),
+        ],
+    );
+    http_server(listen(&server, HTTP));
+    let tls_server = start_tls_server(&server);
+
+    // The control plane, in the server pod: a fresh PKI, static tokens, static endpoints.
+    let dir = std::env::temp_dir().join(format!("weft-e2e-nsmtls-{}", server.name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let d = dir.display().to_string();
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let (ok, _, err) = run(Command::new(weft).args(["certs", "generate", "--out-dir", &d]));
+    assert!(ok, "{err}");
+    std::fs::write(dir.join("tokens.yaml"), "c-token: prod/client\nw-token: prod/web\n")
+        .expect("tokens");
+    std::fs::write(dir.join("client.token"), "c-token").expect("token");
+    std::fs::write(dir.join("web.token"), "w-token").expect("token");
+    let web = format!("web.prod.{DOMAIN}");
+    let client_id = format!("client.prod.{DOMAIN}");
+    std::fs::write(
+        dir.join("endpoints.yaml"),
+        format!(
+            "services:\n  - name: web\n    namespace: prod\n    ports:\n      - port: {HTTP}\n        endpoints:\n          - address: {SERVER_IP}:{HTTP}\n            identity: {web}\n            protocolHint: h2\n"
+        ),
+    )
+    .expect("endpoints");
+    let identity_listen = format!("0.0.0.0:{IDENTITY_PORT}");
+    let destination_listen = format!("0.0.0.0:{DESTINATION_PORT}");
+    let mut control_plane = [
+        server.spawn(
+            weft,
+            &[
+                "identity",
+                "--listen-addr",
+                &identity_listen,
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--issuer-cert",
+                &format!("{d}/issuer.crt"),
+                "--issuer-key",
+                &format!("{d}/issuer.key"),
+                "--trust-bundle",
+                &format!("{d}/ca.crt"),
+                "--token-validator",
+                "static",
+                "--static-tokens",
+                &format!("{d}/tokens.yaml"),
+            ],
+            &[],
+            None,
+        ),
+        server.spawn(
+            weft,
+            &[
+                "destination",
+                "--source",
+                "static",
+                "--static-file",
+                &format!("{d}/endpoints.yaml"),
+                "--listen-addr",
+                &destination_listen,
+                "--admin-addr",
+                "127.0.0.1:0",
+            ],
+            &[],
+            None,
+        ),
+    ];
+    for port in [IDENTITY_PORT, DESTINATION_PORT] {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        assert!(
+            eventually(Duration::from_secs(20), || server
+                .run_in(|| TcpStream::connect(addr).is_ok())),
+            "control plane port {port} never opened:\n{}",
+            server.logs()
+        );
+    }
+    let identity_env = |name: &str, token: &str, identity_addr: String| {
+        vec![
+            ("WEFT_PROXY_IDENTITY_NAME".to_string(), name.to_string()),
+            ("WEFT_PROXY_IDENTITY_ADDR".to_string(), identity_addr),
+            ("WEFT_PROXY_IDENTITY_SVC_NAME".to_string(), format!("identity.weft.{DOMAIN}")),
+            ("WEFT_PROXY_IDENTITY_TOKEN_FILE".to_string(), format!("{d}/{token}")),
+            ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE".to_string(), format!("{d}/ca.crt")),
+        ]
+    };
+    let server_proxy = start_proxy_with(
+        &server,
+        &identity_env(&web, "web.token", format!("127.0.0.1:{IDENTITY_PORT}")),
+    );
+    let mut client_env =
+        identity_env(&client_id, "client.token", format!("{SERVER_IP}:{IDENTITY_PORT}"));
+    client_env.push((
+        "WEFT_PROXY_DESTINATION_ADDR".to_string(),
+        format!("{SERVER_IP}:{DESTINATION_PORT}"),
+    ));
+    let client_proxy = start_proxy_with(&client, &client_env);
+    for (ns, p) in [(&client, &client_proxy), (&server, &server_proxy)] {
+        assert!(
+            eventually(Duration::from_secs(30), || ns
+                .run_in(|| admin_request(p.admin, "GET", "/ready", "").0 == 200)),
+            "a proxy never got its certificate:\n{}",
+            p.logs()
+        );
+    }
+
+    // The app's plain HTTP/1.1 leaves as mTLS and arrives as HTTP/1.1 with the identity.
+    let url = format!("http://{SERVER_IP}:{HTTP}/echo");
+    let out = client.exec_ok("curl", &["-sS", "--max-time", "10", "--http1.1", &url]);
+    assert!(out.starts_with("HTTP/1.1 GET /echo"), "{out}");
+    assert!(
+        out.contains(&format!("l5d-client-id: {client_id}\n")),
+        "{out}\n{}\n{}",
+        client_proxy.logs(),
+        server_proxy.logs()
+    );
+    let c = client.run_in(|| scrape(client_proxy.admin));
+    let s = server.run_in(|| scrape(server_proxy.admin));
+    assert!(
+        metric(
+            &c,
+            "request_total",
+            &[("direction", "outbound"), ("tls", "true"), ("server_id", &web)]
+        ) >= 1.0,
+        "{c}"
+    );
+    assert!(
+        metric(
+            &s,
+            "tcp_open_total",
+            &[
+                ("direction", "inbound"),
+                ("peer", "src"),
+                ("tls", "true"),
+                ("client_id", &client_id)
+            ]
+        ) >= 1.0,
+        "{s}"
+    );
+    assert!(
+        metric(&s, "request_total", &[("direction", "inbound"), ("client_id", &client_id)]) >= 1.0,
+        "{s}"
+    );
+
+    // The app's own TLS (SNI app.test, not the proxy's identity) passes through untouched.
+    let tls = format!("{SERVER_IP}:{TLS}");
+    let out = client
+        .exec("openssl", &["s_client", "-connect", &tls, "-servername", "app.test", "-brief"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("CONNECTION ESTABLISHED")
+            && (text.contains("CN=app.test") || text.contains("CN = app.test")),
+        "{text}"
+    );
+    let s = server.run_in(|| scrape(server_proxy.admin));
+    assert!(
+        metric(
+            &s,
+            "tcp_open_total",
+            &[("direction", "inbound"), ("protocol", "tls"), ("target_addr", &tls)]
+        ) >= 1.0,
+        "{s}"
+    );
+    drop(tls_server);
+    for c in &mut control_plane {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
