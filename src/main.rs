@@ -1,12 +1,12 @@
 //! The `weft` binary: the control plane's servers and the user CLI, as thin clap dispatch.
-//! Subcommands appear as their issues land; today: `weft demo`.
+//! Subcommands: `demo`, `destination`, `identity`, `certs`, `injector`, `inject`.
 
-mod demo;
-mod identity;
 mod certs;
+mod demo;
+mod destination;
+mod identity;
 mod inject;
 mod injector;
-mod destination;
 
 use std::process::ExitCode;
 
