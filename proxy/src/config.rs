@@ -203,13 +203,15 @@ impl RunArgs {
             &self.identity_trust_anchors_file,
         ) {
             (None, None, None, None, None) => Ok(None),
-            (Some(name), Some(addr), Some(svc), Some(token), Some(anchors)) => Ok(Some(crate::identity::IdentityConfig {
-                addr: addr.clone(),
-                svc_name: svc.clone(),
-                name: name.clone(),
-                token_file: token.clone(),
-                trust_anchors_file: anchors.clone(),
-            })),
+            (Some(name), Some(addr), Some(svc), Some(token), Some(anchors)) => {
+                Ok(Some(crate::identity::IdentityConfig {
+                    addr: addr.clone(),
+                    svc_name: svc.clone(),
+                    name: name.clone(),
+                    token_file: token.clone(),
+                    trust_anchors_file: anchors.clone(),
+                }))
+            }
             _ => anyhow::bail!(
                 "identity needs all of WEFT_PROXY_IDENTITY_NAME, _ADDR, _SVC_NAME, _TOKEN_FILE and _TRUST_ANCHORS_FILE (or none of them)"
             ),

@@ -45,7 +45,10 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("local", &self.local).field("ready", &self.is_ready()).finish()
+        f.debug_struct("Identity")
+            .field("local", &self.local)
+            .field("ready", &self.is_ready())
+            .finish()
     }
 }
 
@@ -53,14 +56,12 @@ impl Identity {
     /// Reads the anchors, starts obtaining a certificate (in the background) and builds the
     /// TLS configurations. Fails on bad configuration, never on an unreachable service.
     pub fn start(config: IdentityConfig, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
-        let local: IdentityName = config
-            .name
-            .parse()
-            .with_context(|| format!("WEFT_PROXY_IDENTITY_NAME {:?} is not an identity name", config.name))?;
-        let svc: IdentityName = config
-            .svc_name
-            .parse()
-            .with_context(|| format!("WEFT_PROXY_IDENTITY_SVC_NAME {:?} is not an identity name", config.svc_name))?;
+        let local: IdentityName = config.name.parse().with_context(|| {
+            format!("WEFT_PROXY_IDENTITY_NAME {:?} is not an identity name", config.name)
+        })?;
+        let svc: IdentityName = config.svc_name.parse().with_context(|| {
+            format!("WEFT_PROXY_IDENTITY_SVC_NAME {:?} is not an identity name", config.svc_name)
+        })?;
         let mut files = FileSet::new(vec![config.trust_anchors_file.clone()]);
         let snapshot = files.read().with_context(|| {
             format!("cannot read the trust anchors {}", config.trust_anchors_file.display())
@@ -74,7 +75,13 @@ impl Identity {
         let metrics = IdentityMetrics::default();
         metrics.register(registry);
         let client = Client::new(
-            CertifyConfig::new(trust.clone(), config.addr.clone(), svc, local.clone(), config.token_file.clone()),
+            CertifyConfig::new(
+                trust.clone(),
+                config.addr.clone(),
+                svc,
+                local.clone(),
+                config.token_file.clone(),
+            ),
             metrics,
         )?;
         let credentials = client.credentials();
@@ -148,14 +155,17 @@ async fn watch_anchors(mut files: FileSet, trust: Arc<SharedTrust>) {
         match files.poll() {
             Ok(Some(snapshot)) => {
                 let pem = snapshot.contents.first().cloned().unwrap_or_default();
-                match TrustBundle::from_pem("trust anchors", &pem).map_err(anyhow::Error::from).and_then(|b| {
-                    trust.replace(b).map_err(anyhow::Error::from)
-                }) {
+                match TrustBundle::from_pem("trust anchors", &pem)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| trust.replace(b).map_err(anyhow::Error::from))
+                {
                     Ok(()) => {
                         files.mark_seen(&snapshot);
                         info!("trust anchors reloaded");
                     }
-                    Err(e) => warn!(error = %e, "ignoring an unusable trust anchor file; keeping the current anchors"),
+                    Err(e) => {
+                        warn!(error = %e, "ignoring an unusable trust anchor file; keeping the current anchors")
+                    }
                 }
             }
             Ok(None) => {}

@@ -235,8 +235,13 @@ impl BoundProxy {
                 listeners.push(tokio::spawn(serve));
             }
         }
-        let admin_state =
-            admin::Admin { metrics, ready: ready.clone(), shutdown: stop.clone(), log_level, identity: identity.clone() };
+        let admin_state = admin::Admin {
+            metrics,
+            ready: ready.clone(),
+            shutdown: stop.clone(),
+            log_level,
+            identity: identity.clone(),
+        };
         let admin_tasks: Vec<_> =
             admin.into_iter().map(|l| tokio::spawn(admin::serve(l, admin_state.clone()))).collect();
         ready.store(true, Ordering::Release);

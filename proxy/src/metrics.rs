@@ -87,7 +87,10 @@ impl TlsLabels {
 }
 
 impl prometheus_client::encoding::EncodeLabelSet for TlsLabels {
-    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
         let mut labels: Vec<(&str, &str)> = vec![("tls", self.tls)];
         if !self.no_tls_reason.is_empty() {
             labels.push(("no_tls_reason", self.no_tls_reason));
@@ -241,9 +244,9 @@ impl Drop for Detecting {
 
 impl Metrics {
     pub fn new(max_label_values: usize) -> Arc<Self> {
-        Self::with(max_label_values, |_| Ok(())).map(|(m, ())| m).unwrap_or_else(|_: anyhow::Error| {
-            unreachable!("registering nothing extra cannot fail")
-        })
+        Self::with(max_label_values, |_| Ok(())).map(|(m, ())| m).unwrap_or_else(
+            |_: anyhow::Error| unreachable!("registering nothing extra cannot fail"),
+        )
     }
 
     /// Like `new`, letting `extra` register components' own families (identity, ...).
@@ -487,7 +490,8 @@ mod tests {
     fn renders_linkerd_names_and_process_metrics() {
         let m = Metrics::new(10);
         let addr = "10.0.0.1:80".parse().expect("addr");
-        let c = m.open(Direction::Inbound, Peer::Src, &addr, &Protocol::Http1, TlsLabels::disabled());
+        let c =
+            m.open(Direction::Inbound, Peer::Src, &addr, &Protocol::Http1, TlsLabels::disabled());
         c.read_bytes.inc_by(5);
         c.close(Some(&io::Error::from_raw_os_error(libc::ECONNRESET)));
         m.errors(Direction::Outbound).inc("connect_refused");
@@ -512,7 +516,13 @@ mod tests {
     fn dropping_an_open_connection_counts_a_close_once() {
         let m = Metrics::new(10);
         let addr = "10.0.0.1:80".parse().expect("addr");
-        drop(m.open(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, TlsLabels::disabled()));
+        drop(m.open(
+            Direction::Outbound,
+            Peer::Dst,
+            &addr,
+            &Protocol::Opaque,
+            TlsLabels::disabled(),
+        ));
         let text = m.render();
         assert!(text.contains("errno=\"\"} 1"), "{text}");
         assert!(text.contains("tcp_open_connections{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 0"), "{text}");

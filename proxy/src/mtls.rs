@@ -27,7 +27,13 @@ use crate::{
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves an inbound connection whose ClientHello (in `prefix`) names this proxy.
-pub async fn serve_inbound(client: TcpStream, prefix: BytesMut, target: SocketAddr, side: Arc<Side>, id: Arc<Identity>) {
+pub async fn serve_inbound(
+    client: TcpStream,
+    prefix: BytesMut,
+    target: SocketAddr,
+    side: Arc<Side>,
+    id: Arc<Identity>,
+) {
     let errors = side.metrics.errors(side.direction);
     let io = MeteredIo::deferred(client, prefix);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, id.acceptor().accept(io)).await {
@@ -49,7 +55,12 @@ pub async fn serve_inbound(client: TcpStream, prefix: BytesMut, target: SocketAd
     let mut tls = tls;
     let mut rest = BytesMut::new();
     let (target, protocol) = if alpn.as_deref() == Some(transport_header::ALPN) {
-        let header = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TransportHeader::read(&mut tls, &mut rest)).await {
+        let header = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TransportHeader::read(&mut tls, &mut rest),
+        )
+        .await
+        {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 errors.inc("transport_header");
@@ -75,13 +86,21 @@ pub async fn serve_inbound(client: TcpStream, prefix: BytesMut, target: SocketAd
         };
         (target, protocol)
     };
-    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, TlsLabels::client(client_id.clone()));
+    let src = side.metrics.open(
+        side.direction,
+        Peer::Src,
+        &target,
+        &protocol,
+        TlsLabels::client(client_id.clone()),
+    );
     tls.get_mut().0.set_metrics(src);
     debug!(client.id = client_id.as_deref().unwrap_or(""), %target, protocol = protocol.label(), "mTLS accepted");
     // Bytes the client sent right behind the transport header are kept.
     let tls = Prefixed::new(rest, tls);
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => crate::http::serve(tls, protocol, target, side, client_id).await,
+        Protocol::Http1 | Protocol::Http2 => {
+            crate::http::serve(tls, protocol, target, side, client_id).await
+        }
         _ => {
             let upstream = match transport::connect(target, side.connect_timeout).await {
                 Ok(u) => u,
@@ -91,7 +110,13 @@ pub async fn serve_inbound(client: TcpStream, prefix: BytesMut, target: SocketAd
                     return;
                 }
             };
-            let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol, TlsLabels::plaintext("loopback"));
+            let dst = side.metrics.open(
+                side.direction,
+                Peer::Dst,
+                &target,
+                &protocol,
+                TlsLabels::plaintext("loopback"),
+            );
             let upstream = MeteredIo::new(upstream, BytesMut::new(), dst);
             splice(tls, upstream).await;
         }
@@ -99,7 +124,10 @@ pub async fn serve_inbound(client: TcpStream, prefix: BytesMut, target: SocketAd
 }
 
 /// Copies both ways until both sides are done (half-close kept).
-pub async fn splice(mut a: impl AsyncRead + AsyncWrite + Unpin, mut b: impl AsyncRead + AsyncWrite + Unpin) {
+pub async fn splice(
+    mut a: impl AsyncRead + AsyncWrite + Unpin,
+    mut b: impl AsyncRead + AsyncWrite + Unpin,
+) {
     if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
         debug!(error = %e, "connection ended with an error");
     }
@@ -133,15 +161,21 @@ pub async fn connect(
     };
     let stream = transport::connect(dial, connect_timeout).await?;
     let labels = TlsLabels::server(Arc::from(t.server_id.as_str()));
-    let io = MeteredIo::new(stream, BytesMut::new(), metrics.open(direction, Peer::Dst, &addr, label_protocol, labels));
-    let name = ServerName::try_from(t.server_id.clone())
-        .map_err(|e| ConnError::Tls(addr, format!("{:?} is not a valid server name: {e}", t.server_id)))?;
+    let io = MeteredIo::new(
+        stream,
+        BytesMut::new(),
+        metrics.open(direction, Peer::Dst, &addr, label_protocol, labels),
+    );
+    let name = ServerName::try_from(t.server_id.clone()).map_err(|e| {
+        ConnError::Tls(addr, format!("{:?} is not a valid server name: {e}", t.server_id))
+    })?;
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, id.connector(alpn).connect(name, io))
         .await
         .map_err(|_| ConnError::Tls(addr, "handshake timed out".into()))?
         .map_err(|e| ConnError::Tls(addr, e.to_string()))?;
     if alpn == Alpn::Transport {
-        let header = TransportHeader { port: addr.port(), name: None, protocol: t.protocol.clone() };
+        let header =
+            TransportHeader { port: addr.port(), name: None, protocol: t.protocol.clone() };
         tls.write_all(&header.encode()).await.map_err(|e| ConnError::Tls(addr, e.to_string()))?;
     }
     Ok(tls)

@@ -231,7 +231,9 @@ impl Side {
         match (&self.identity, protocol) {
             (None, _) => TlsLabels::disabled(),
             (Some(_), Protocol::Tls { .. }) => TlsLabels::plaintext("passthru"),
-            (Some(_), _) if self.direction == Direction::Inbound => TlsLabels::plaintext("not_provided_by_remote"),
+            (Some(_), _) if self.direction == Direction::Inbound => {
+                TlsLabels::plaintext("not_provided_by_remote")
+            }
             (Some(_), _) => TlsLabels::plaintext("not_provided_by_service_discovery"),
         }
     }
@@ -355,7 +357,11 @@ pub async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, C
 /// Connects to an endpoint of the target's service when discovery knows it (balanced per
 /// connection; mTLS when the endpoint is meshed and this proxy has an identity), else to
 /// the target itself.
-async fn connect_balanced(target: SocketAddr, side: &Side, protocol: &Protocol) -> Result<Upstream, ConnError> {
+async fn connect_balanced(
+    target: SocketAddr,
+    side: &Side,
+    protocol: &Protocol,
+) -> Result<Upstream, ConnError> {
     let Some(res) = (match &side.discovery {
         Some(d) => d.resolve(target).await,
         None => None,
@@ -373,9 +379,16 @@ async fn connect_balanced(target: SocketAddr, side: &Side, protocol: &Protocol) 
                 opaque_port: endpoint.meta.opaque_transport_port,
                 protocol: None,
             };
-            crate::mtls::connect(id, &t, &side.metrics, side.direction, side.connect_timeout, protocol)
-                .await
-                .map(|tls| Upstream::Tls(Box::new(tls)))
+            crate::mtls::connect(
+                id,
+                &t,
+                &side.metrics,
+                side.direction,
+                side.connect_timeout,
+                protocol,
+            )
+            .await
+            .map(|tls| Upstream::Tls(Box::new(tls)))
         }
         _ => connect(endpoint.addr, side.connect_timeout).await.map(Upstream::Plain),
     };

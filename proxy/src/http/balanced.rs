@@ -152,8 +152,11 @@ async fn tries(
         let h2 = endpoint.meta.h2
             || (direction == Direction::Outbound
                 && side.http.config.h2_upgrade.contains(endpoint.addr));
-        let result =
-            with_timeout(try_timeout, send(side, endpoint.addr, parts.clone(), body, h2, server_id)).await;
+        let result = with_timeout(
+            try_timeout,
+            send(side, endpoint.addr, parts.clone(), body, h2, server_id),
+        )
+        .await;
         match result {
             Ok(Ok(rsp)) => {
                 let failure = route

@@ -108,8 +108,13 @@ pub struct Http {
 /// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
 /// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY).
 /// `client_id`: the peer's identity when the connection is mTLS from a meshed client.
-pub async fn serve<I>(client: I, protocol: Protocol, target: SocketAddr, side: Arc<Side>, client_id: Option<Arc<str>>)
-where
+pub async fn serve<I>(
+    client: I,
+    protocol: Protocol,
+    target: SocketAddr,
+    side: Arc<Side>,
+    client_id: Option<Arc<str>>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let tls = match &client_id {
@@ -200,7 +205,12 @@ struct Conn {
     client_id: Option<Arc<str>>,
 }
 
-async fn proxy(mut req: Request<Incoming>, conn: &Conn, side: &Arc<Side>, dst: Option<Arc<Resolution>>) -> Response<RspBody> {
+async fn proxy(
+    mut req: Request<Incoming>,
+    conn: &Conn,
+    side: &Arc<Side>,
+    dst: Option<Arc<Resolution>>,
+) -> Response<RspBody> {
     let target = conn.target;
     if side.direction == Direction::Inbound {
         // Only this proxy may say who the client is.
@@ -251,7 +261,13 @@ async fn proxy(mut req: Request<Incoming>, conn: &Conn, side: &Arc<Side>, dst: O
     let reply = Reply { side, started, client_version, is_grpc };
     match dst {
         Some(res) => {
-            let req = balanced::Request { parts, body: body.boxed_unsync(), authority, target, tls: conn.tls.clone() };
+            let req = balanced::Request {
+                parts,
+                body: body.boxed_unsync(),
+                authority,
+                target,
+                tls: conn.tls.clone(),
+            };
             balanced::forward(req, &res, reply).await
         }
         None => {

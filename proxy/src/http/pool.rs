@@ -189,11 +189,7 @@ impl Pool {
 
     /// Returns the connection to the pool once its response is read (an upgraded or
     /// closed one never comes back).
-    fn checkin_when_ready(
-        self: &Arc<Self>,
-        target: Key,
-        mut sender: http1::SendRequest<ReqBody>,
-    ) {
+    fn checkin_when_ready(self: &Arc<Self>, target: Key, mut sender: http1::SendRequest<ReqBody>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             if sender.ready().await.is_ok()
@@ -206,10 +202,7 @@ impl Pool {
     }
 
     /// A new HTTP/1 connection, not pooled until its first response is read.
-    pub async fn connect_h1(
-        &self,
-        target: &Key,
-    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+    pub async fn connect_h1(&self, target: &Key) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let io = self.connect(target, Protocol::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.config.max_header_bytes.max(8192))
@@ -240,10 +233,7 @@ impl Pool {
     }
 
     /// The target's HTTP/2 connection, made if there is none (or it closed).
-    async fn h2_sender(
-        &self,
-        target: &Key,
-    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+    async fn h2_sender(&self, target: &Key) -> Result<http2::SendRequest<ReqBody>, SendError> {
         let slot = {
             let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
             h2.entry(target.clone()).or_default().clone()
@@ -287,8 +277,15 @@ impl Pool {
                 opaque_port: None,
                 protocol: None,
             };
-            let tls = crate::mtls::connect(id, &t, &self.metrics, self.direction, self.config.connect_timeout, &protocol)
-                .await?;
+            let tls = crate::mtls::connect(
+                id,
+                &t,
+                &self.metrics,
+                self.direction,
+                self.config.connect_timeout,
+                &protocol,
+            )
+            .await?;
             return Ok(Box::new(tls));
         }
         let stream = transport::connect(target.addr, self.config.connect_timeout).await?;
