@@ -254,7 +254,12 @@ impl Runner for System {
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // Restore reads all of its input before it answers, and the input is a few KiB:
             // writing it all first cannot deadlock on the output pipes.
-            pipe.write_all(input.as_bytes()).map_err(io)?;
+            // A program that exits without reading (it failed at once) closes the pipe:
+            // its exit status and stderr below say why, not the broken pipe.
+            match pipe.write_all(input.as_bytes()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.map_err(io)?,
+            }
         }
         let output = child.wait_with_output().map_err(io)?;
         if output.status.success() {
