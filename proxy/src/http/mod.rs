@@ -134,7 +134,9 @@ pub async fn serve<I>(
         let side = svc_side.clone();
         let dst = dst.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy(req, &conn, &side, dst).await) }
+        // Boxed: the request's future is large, and hyper moves it (HTTP/2 spawns a task
+        // per stream); a pointer is cheaper to move than the state machine.
+        async move { Ok::<_, Infallible>(Box::pin(proxy(req, &conn, &side, dst)).await) }
     });
     let io = TokioIo::new(client);
     let result = match protocol {
@@ -274,7 +276,7 @@ async fn proxy(
             metrics.http.request(&direct_route);
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
-            let send = send(side, target, parts, body.boxed_unsync(), h2, None);
+            let send = Box::pin(send(side, target, parts, body.boxed_unsync(), h2, None));
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }

@@ -1,0 +1,83 @@
+//! The baseline pairs of the HTTP bench: haproxy in HTTP mode and nginx, each one
+//! thread (process), chained like the weft pair and keeping upstream connections alive.
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::{
+    http_load::Proto,
+    procs::{self, Pair, Proc},
+};
+
+/// haproxy in HTTP mode, one thread, reusing upstream connections across client
+/// connections (`http-reuse always`); with `Proto::H2`, HTTP/2 (h2c) on both sides.
+pub fn haproxy_config(proto: Proto) -> impl Fn(SocketAddr, SocketAddr) -> String {
+    move |listen, to| {
+        let h2 = if proto == Proto::H2 { " proto h2" } else { "" };
+        format!(
+            "global\n  nbthread 1\n  maxconn 4000\n\ndefaults\n  mode http\n  option http-keep-alive\n  \
+             http-reuse always\n  timeout connect 1s\n  timeout client 300s\n  timeout server 300s\n  \
+             timeout http-keep-alive 300s\n\nfrontend fe\n  bind {listen}{h2}\n  default_backend be\n\n\
+             backend be\n  server upstream {to}{h2}\n"
+        )
+    }
+}
+
+pub fn nginx_installed() -> bool {
+    Command::new(NGINX)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// An nginx pair for HTTP/1.1: one process each (`master_process off`, so the process
+/// measured is the one serving), keep-alive to clients and to a keep-alive upstream.
+pub fn nginx_pair(backend: SocketAddr, dir: &Path, tag: &str) -> anyhow::Result<Pair> {
+    procs::retry(|| {
+        let [a_in, b_in] = procs::free_addrs()?;
+        let nginx = |name: &str, listen: SocketAddr, to: SocketAddr| {
+            let stem = format!("{}-{name}", tag.replace(' ', "-"));
+            let conf = dir.join(format!("{stem}.conf"));
+            fs::write(&conf, nginx_config(listen, to, &dir.join(&stem)))?;
+            let mut cmd = Command::new(NGINX);
+            cmd.arg("-e").arg("stderr").arg("-c").arg(&conf).args(["-g", "daemon off;"]);
+            let mut p = Proc::spawn(&mut cmd, format!("{tag} {name}"), dir)?;
+            p.admin = Some(listen);
+            Ok::<_, anyhow::Error>(p)
+        };
+        let b = nginx("B", b_in, backend)?;
+        let a = nginx("A", a_in, b_in)?;
+        let mut procs = [a, b];
+        for p in &mut procs {
+            procs::wait_ready(p, |listen| {
+                TcpStream::connect_timeout(&listen, Duration::from_secs(1)).is_ok()
+            })?;
+        }
+        Ok(Pair { entry: a_in, procs })
+    })
+}
+
+fn nginx_config(listen: SocketAddr, to: SocketAddr, stem: &Path) -> String {
+    let s = stem.display();
+    // keepalive_requests: nginx closes a keep-alive connection after 1 000 requests by
+    // default, which would make it reconnect every half second at 2 000 req/s.
+    format!(
+        "master_process off;\nworker_processes 1;\nerror_log stderr warn;\npid {s}.pid;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {s}-body;\n  proxy_temp_path {s}-proxy;\n  \
+         fastcgi_temp_path {s}-fastcgi;\n  uwsgi_temp_path {s}-uwsgi;\n  scgi_temp_path {s}-scgi;\n  \
+         keepalive_timeout 300s;\n  keepalive_requests 1000000000;\n  \
+         upstream up {{ server {to}; keepalive 64; keepalive_requests 1000000000; keepalive_timeout 300s; }}\n  \
+         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    )
+}

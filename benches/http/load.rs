@@ -1,0 +1,428 @@
+//! The load side of the HTTP bench: the backend (hyper, HTTP/1.1 and HTTP/2 prior
+//! knowledge on one port, a fixed 64-byte response) and the hyper-based generators —
+//! open loop (constant arrival rate, latency from the intended send time) and closed
+//! loop (max throughput) — over the transport bench's thread, window and timerfd pacing.
+//!
+//! HTTP/1.1 open loop: a request is never pipelined (proxies do not take that
+//! reliably). Due requests go into one queue that `H1_CONNS` keep-alive connections
+//! drain, each taking the next request once its previous response is in; when all are
+//! busy a request waits, and that wait counts in its latency since the clock starts at
+//! its due time. HTTP/2 open loop: each request is a new stream, sent at its due time on
+//! connection `j % H2_CONNS`, never waiting for another.
+
+use std::{
+    cell::RefCell, convert::Infallible, net::SocketAddr, rc::Rc, sync::mpsc, thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, Response, StatusCode, Version, header::HOST};
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Mutex, Notify, mpsc as tmpsc},
+};
+
+use crate::load::{self, Kind, Pacer, Window, latency_histogram, now_ns};
+
+/// Bytes of the backend's response body.
+pub const BODY: usize = 64;
+/// HTTP/1.1 connections of the open and the closed loop.
+pub const H1_CONNS: usize = 16;
+/// HTTP/2 connections of the open and the closed loop.
+pub const H2_CONNS: usize = 4;
+/// HTTP/2 closed loop: concurrent streams per connection.
+pub const H2_STREAMS: usize = 16;
+/// The `Host` / `:authority` of every request.
+const AUTHORITY: &str = "backend.bench.weft";
+/// How long the open loop waits for the last responses after the last send.
+const DRAIN: Duration = Duration::from_secs(5);
+
+static RESPONSE: [u8; BODY] = [b'w'; BODY];
+
+/// The client's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 with keep-alive.
+    H1,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+}
+
+impl Proto {
+    pub fn label(self) -> &'static str {
+        match self {
+            Proto::H1 => "HTTP/1.1",
+            Proto::H2 => "HTTP/2",
+        }
+    }
+}
+
+/// What a load point measured inside its window.
+#[derive(Debug)]
+pub struct HttpResult {
+    /// Latency in µs: from the intended send time (open loop) or the send (closed loop).
+    pub latency: Histogram<u64>,
+    /// Successful responses (200 and the whole body) to requests of the window.
+    pub completed: u64,
+    /// Requests of the window that failed: an error status, a broken connection.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Requests of the window whose response never came (open loop).
+    pub missing: u64,
+    /// Open loop: how late the generator queued or sent, in µs (its own error).
+    pub send_lateness: Histogram<u64>,
+}
+
+/// Starts the backend on its own thread (and current-thread runtime). Returns its
+/// address and the thread's kernel id.
+pub fn spawn_backend() -> anyhow::Result<(SocketAddr, i32)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the backend")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let rt = load::runtime()?;
+    std::thread::Builder::new().name("backend".into()).spawn(move || {
+        let _ = tid_tx.send(load::gettid());
+        rt.block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return eprintln!("backend: {e}"),
+            };
+            let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = conn.set_nodelay(true);
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(&RESPONSE))))
+                    });
+                    let _ = server.serve_connection(TokioIo::new(conn), svc).await;
+                });
+            }
+        });
+    })?;
+    Ok((addr, tid_rx.recv().context("backend thread died at start")?))
+}
+
+/// One client connection's request handle.
+#[derive(Debug, Clone)]
+enum Sender {
+    H1(Rc<RefCell<Option<http1::SendRequest<Empty<Bytes>>>>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+async fn connect(target: SocketAddr, proto: Proto) -> anyhow::Result<Sender> {
+    let tcp =
+        TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
+    tcp.set_nodelay(true)?;
+    let io = TokioIo::new(tcp);
+    Ok(match proto {
+        Proto::H1 => {
+            let (send, conn) = http1::handshake(io).await.context("HTTP/1.1 handshake")?;
+            tokio::task::spawn_local(conn);
+            Sender::H1(Rc::new(RefCell::new(Some(send))))
+        }
+        Proto::H2 => {
+            let (send, conn) =
+                http2::handshake(TokioExecutor::new(), io).await.context("HTTP/2 handshake")?;
+            tokio::task::spawn_local(conn);
+            Sender::H2(send)
+        }
+    })
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.borrow().as_ref().is_none_or(|s| s.is_closed()),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// One request and its whole response; `Err` says why it failed.
+    async fn roundtrip(&mut self) -> Result<(), String> {
+        let rsp = match self {
+            Sender::H1(cell) => {
+                // Taken out for the request: one request at a time per connection.
+                let mut s = cell.borrow_mut().take().ok_or("connection busy")?;
+                let req = Request::get("/").header(HOST, AUTHORITY).body(Empty::new());
+                let req = req.map_err(|e| e.to_string())?;
+                let rsp = async {
+                    s.ready().await?;
+                    let rsp = s.send_request(req).await?;
+                    let (parts, body) = rsp.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>((parts.status, body))
+                }
+                .await;
+                *cell.borrow_mut() = Some(s);
+                rsp
+            }
+            Sender::H2(s) => {
+                let req = Request::get(format!("http://{AUTHORITY}/"))
+                    .version(Version::HTTP_2)
+                    .body(Empty::new())
+                    .map_err(|e| e.to_string())?;
+                async {
+                    s.ready().await?;
+                    let rsp = s.send_request(req).await?;
+                    let (parts, body) = rsp.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>((parts.status, body))
+                }
+                .await
+            }
+        };
+        match rsp {
+            Ok((StatusCode::OK, body)) if body.len() == BODY => Ok(()),
+            Ok((status, body)) => Err(format!("status {status}, {} body bytes", body.len())),
+            Err(e) => Err(format!("{e} ({e:?})")),
+        }
+    }
+}
+
+/// Counts of a load point, shared by its tasks (one thread).
+#[derive(Debug)]
+struct Stats {
+    window: Window,
+    latency: Histogram<u64>,
+    completed: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Stats {
+    fn new(window: Window) -> Rc<RefCell<Stats>> {
+        Rc::new(RefCell::new(Stats {
+            window,
+            latency: latency_histogram(),
+            completed: 0,
+            errors: 0,
+            first_error: None,
+        }))
+    }
+
+    /// Records a request that counts from `start_ns`, if that is in the window.
+    fn record(&mut self, start_ns: u64, result: Result<(), String>) {
+        let in_window = start_ns >= self.window.start_ns && start_ns < self.window.end_ns;
+        match result {
+            Ok(()) if in_window => {
+                self.latency.saturating_record(now_ns().saturating_sub(start_ns) / 1000);
+                self.completed += 1;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.errors += u64::from(in_window);
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// Starts a load point against `target` on a new thread. Returns once the connections
+/// are up, with the window to be measured; join the handle for the result.
+pub fn start(
+    target: SocketAddr,
+    proto: Proto,
+    kind: Kind,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<HttpResult>>)> {
+    load::start_with(warmup, measure, move |begin| async move {
+        let n = match proto {
+            Proto::H1 => H1_CONNS,
+            Proto::H2 => H2_CONNS,
+        };
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = connect(target, proto).await?;
+            // One request each first, so the whole path is up before the clock starts.
+            c.roundtrip().await.map_err(|e| anyhow::anyhow!("a first request: {e}"))?;
+            conns.push(c);
+        }
+        let (t0, window) = begin.now();
+        match kind {
+            Kind::Open { rate } => open_loop(target, proto, conns, rate, t0, window).await,
+            Kind::Closed => closed_loop(target, proto, conns, window).await,
+        }
+    })
+}
+
+async fn open_loop(
+    target: SocketAddr,
+    proto: Proto,
+    mut conns: Vec<Sender>,
+    rate: u64,
+    t0: u64,
+    window: Window,
+) -> anyhow::Result<HttpResult> {
+    let interval = 1_000_000_000 / rate.max(1);
+    let total = (window.end_ns - t0).div_ceil(interval);
+    let due = move |j: u64| t0 + j * interval;
+    let stats = Stats::new(window);
+    let mut lateness = latency_histogram();
+    let mut pacer = Pacer::new(t0, interval, total)?;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_nanos(window.end_ns.saturating_sub(now_ns()))
+        + DRAIN;
+    match proto {
+        Proto::H1 => {
+            let (tx, rx) = tmpsc::unbounded_channel::<u64>();
+            let rx = Rc::new(Mutex::new(rx));
+            let workers: Vec<_> = conns
+                .into_iter()
+                .map(|conn| {
+                    let (rx, stats) = (rx.clone(), stats.clone());
+                    tokio::task::spawn_local(async move {
+                        let mut conn = conn;
+                        loop {
+                            let Some(start) = rx.lock().await.recv().await else { break };
+                            let r = conn.roundtrip().await;
+                            let failed = r.is_err();
+                            stats.borrow_mut().record(start, r);
+                            if failed && conn.is_closed() {
+                                conn = connect(target, proto).await?;
+                            }
+                        }
+                        Ok::<_, anyhow::Error>(())
+                    })
+                })
+                .collect();
+            while let Some(range) = pacer.due().await? {
+                for j in range {
+                    if due(j) >= window.start_ns && due(j) < window.end_ns {
+                        lateness.saturating_record(now_ns().saturating_sub(due(j)) / 1000);
+                    }
+                    tx.send(due(j)).context("the HTTP/1.1 workers are gone")?;
+                }
+            }
+            drop(tx);
+            let _ = tokio::time::timeout_at(deadline, async {
+                for w in workers {
+                    if let Ok(Err(e)) = w.await {
+                        stats.borrow_mut().first_error.get_or_insert(format!("reconnect: {e:#}"));
+                    }
+                }
+            })
+            .await;
+        }
+        Proto::H2 => {
+            let outstanding = Rc::new(RefCell::new(0u64));
+            let idle = Rc::new(Notify::new());
+            while let Some(range) = pacer.due().await? {
+                for j in range {
+                    let c = (j % conns.len() as u64) as usize;
+                    if conns[c].is_closed() {
+                        conns[c] = connect(target, proto).await?;
+                    }
+                    if due(j) >= window.start_ns && due(j) < window.end_ns {
+                        lateness.saturating_record(now_ns().saturating_sub(due(j)) / 1000);
+                    }
+                    let mut conn = conns[c].clone();
+                    let (stats, outstanding, idle) =
+                        (stats.clone(), outstanding.clone(), idle.clone());
+                    *outstanding.borrow_mut() += 1;
+                    tokio::task::spawn_local(async move {
+                        let r = conn.roundtrip().await;
+                        stats.borrow_mut().record(due(j), r);
+                        *outstanding.borrow_mut() -= 1;
+                        if *outstanding.borrow() == 0 {
+                            idle.notify_one();
+                        }
+                    });
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, async {
+                while *outstanding.borrow() > 0 {
+                    idle.notified().await;
+                }
+            })
+            .await;
+        }
+    }
+    let in_window = (0..total).filter(|&j| due(j) >= window.start_ns && due(j) < window.end_ns);
+    let scheduled = in_window.count() as u64;
+    let s = stats.borrow();
+    Ok(HttpResult {
+        latency: s.latency.clone(),
+        completed: s.completed,
+        errors: s.errors,
+        first_error: s.first_error.clone(),
+        missing: scheduled.saturating_sub(s.completed + s.errors),
+        send_lateness: lateness,
+    })
+}
+
+async fn closed_loop(
+    target: SocketAddr,
+    proto: Proto,
+    conns: Vec<Sender>,
+    window: Window,
+) -> anyhow::Result<HttpResult> {
+    let stats = Stats::new(window);
+    let per_conn = match proto {
+        Proto::H1 => 1,
+        Proto::H2 => H2_STREAMS,
+    };
+    let workers: Vec<_> = conns
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(c, per_conn))
+        .map(|conn| {
+            let (mut conn, stats) = (conn.clone(), stats.clone());
+            tokio::task::spawn_local(async move {
+                loop {
+                    let sent = now_ns();
+                    if sent >= window.end_ns {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let r = conn.roundtrip().await;
+                    let failed = r.is_err();
+                    stats.borrow_mut().record(sent, r);
+                    if failed && conn.is_closed() {
+                        conn = connect(target, proto).await?;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.context("closed-loop task")??;
+    }
+    let s = stats.borrow();
+    if s.completed == 0 && s.errors > 0 {
+        bail!("every request failed, e.g.: {}", s.first_error.as_deref().unwrap_or("?"));
+    }
+    Ok(HttpResult {
+        latency: s.latency.clone(),
+        completed: s.completed,
+        errors: s.errors,
+        first_error: s.first_error.clone(),
+        missing: 0,
+        send_lateness: latency_histogram(),
+    })
+}
+
+/// One HTTP request through `target`, to check a path before loading it.
+pub fn check(target: SocketAddr, proto: Proto) -> anyhow::Result<()> {
+    let rt = load::runtime()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let mut c = tokio::time::timeout(Duration::from_secs(5), connect(target, proto))
+            .await
+            .context("connect timed out")??;
+        match tokio::time::timeout(Duration::from_secs(5), c.roundtrip()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => bail!("{} request to {target}: {e}", proto.label()),
+            Err(_) => bail!("{} request to {target} timed out", proto.label()),
+        }
+    })
+}
