@@ -150,7 +150,7 @@ impl ConnError {
 async fn handle(mut client: TcpStream, side: Arc<Side>) {
     let errors = side.metrics.errors(side.direction);
     let detecting = side.metrics.detecting(side.direction);
-    let prepared = prepare(&mut client, &side).await;
+    let prepared = Box::pin(prepare(&mut client, &side)).await;
     drop(detecting);
     let (target, protocol, prefix, upstream) = match prepared {
         Ok(p) => p,
@@ -172,7 +172,9 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
     {
         drop(upstream);
         let id = id.clone();
-        crate::mtls::serve_inbound(client, prefix, target, side, id).await;
+        // Boxed, like the other protocol paths below: a connection's task then holds only
+        // the state of the path it takes, which keeps idle opaque connections small.
+        Box::pin(crate::mtls::serve_inbound(client, prefix, target, side, id)).await;
         return;
     }
     let tls = side.tls_labels(&protocol);
@@ -182,12 +184,12 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
         drop(upstream);
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
-        crate::http::serve(io, protocol, target, side, None).await;
+        Box::pin(crate::http::serve(io, protocol, target, side, None)).await;
         return;
     }
     let upstream = match upstream {
         Some(u) => Upstream::Plain(u),
-        None => match connect_balanced(target, &side, &protocol).await {
+        None => match Box::pin(connect_balanced(target, &side, &protocol)).await {
             Ok(u) => u,
             Err(e) => {
                 errors.inc(e.label());
@@ -213,7 +215,8 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
         }
         // Meshed: the endpoint's proxy is reached over mTLS (its metrics are opened with it).
         Upstream::Tls(tls) => {
-            crate::mtls::splice(crate::io::MeteredIo::new(client, prefix, src), *tls).await;
+            Box::pin(crate::mtls::splice(crate::io::MeteredIo::new(client, prefix, src), *tls))
+                .await;
         }
     }
 }

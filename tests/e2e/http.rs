@@ -205,7 +205,7 @@ fn peak_rss_bytes(p: &Proxy) -> u64 {
 #[test]
 fn failures_become_statuses_with_l5d_proxy_error_and_metrics() {
     // Refused.
-    let dead = local_listener().local_addr().expect("addr");
+    let (_reserved, dead) = crate::loopback::refusing_addr();
     let refused = Proxy::start(&["--outbound-orig-dst-addr", &dead.to_string()]);
     for h2 in [false, true] {
         let mut cmd = Command::new("curl");

@@ -233,8 +233,9 @@ fn silent_clients_of_a_silent_server_are_closed_at_the_detect_timeout() {
 
 #[test]
 fn refused_and_reset_upstreams_end_in_a_closed_connection_and_a_metric() {
-    // Refused: nothing listens on the target. Opaque TCP: the client's connection is closed.
-    let dead = local_listener().local_addr().expect("addr");
+    // Refused: nothing listens on the target (a bound socket that never listens keeps the
+    // port from being reused by a parallel test). Opaque TCP: the client's connection is closed.
+    let (_reserved, dead) = refusing_addr();
     let refused = Proxy::start(&["--outbound-orig-dst-addr", &dead.to_string()]);
     let mut s = TcpStream::connect(refused.outbound).expect("connect");
     s.write_all(b"\x00opaque bytes").expect("write");
@@ -544,4 +545,13 @@ fn a_bulk_transfer_to_a_slow_reader_is_intact_and_bounded() {
         assert_eq!(metric(&m, "tcp_read_bytes_total", &[("peer", "src")]), 64.0 * 1048576.0, "{m}");
         assert!(p.rss_bytes() < 32 << 20, "RSS {} MiB", p.rss_bytes() >> 20);
     }
+}
+
+/// An address that refuses connections: a socket bound to it, never listening.
+pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+    (socket, addr)
 }
