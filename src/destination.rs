@@ -4,11 +4,11 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use tracing::info;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 use weft_destination::{Config, IndexConfig, Source};
+use weft_proxy::config::LogFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct DestinationArgs {
@@ -50,12 +50,6 @@ enum SourceKind {
     Static,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Plain,
-    Json,
-}
-
 pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
     let DestinationArgs {
         listen_addr,
@@ -92,7 +86,7 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             bail!("{flag} {value:?} is not a DNS name");
         }
     }
-    init_logging(&log, log_format)?;
+    weft_proxy::logging::init(&log, log_format)?;
     let config = Config {
         listen_addr,
         admin_addr,
@@ -106,37 +100,5 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
     };
     info!(?config, "starting destination service");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(weft_destination::run(config, shutdown_signal()))
-}
-
-fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)
-        .with_context(|| format!("WEFT_DESTINATION_LOG {filter:?} is not a valid filter"))?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
-            .try_init(),
-    };
-    result.context("installing the log subscriber")
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    info!("shutting down");
+    rt.block_on(weft_destination::run(config, crate::cli::shutdown_signal()))
 }

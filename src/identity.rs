@@ -6,13 +6,13 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tracing::info;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 use weft_identity::{
     IdentityDomain,
     ca::CaConfig,
     server::{Config, IdentityService, TokenSource},
     token::{AUDIENCE, kubernetes::TokenReviewValidator},
 };
+use weft_proxy::config::LogFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct IdentityArgs {
@@ -82,12 +82,6 @@ enum Validator {
     Static,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Plain,
-    Json,
-}
-
 /// `500ms`, `15s`, `90m`, `24h`, `7d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -140,7 +134,7 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    init_logging(&log, log_format)?;
+    weft_proxy::logging::init(&log, log_format)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let tokens = match static_tokens {
@@ -180,41 +174,10 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
             issuer.not_after = issuer.not_after(),
             "serving"
         );
-        svc.serve(grpc, admin, shutdown_signal()).await?;
+        svc.serve(grpc, admin, crate::cli::shutdown_signal()).await?;
         info!("stopped");
         Ok(())
     })
-}
-
-fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)
-        .with_context(|| format!("WEFT_IDENTITY_LOG {filter:?} is not a valid filter"))?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
-            .try_init(),
-    };
-    result.context("installing the log subscriber")
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]

@@ -250,23 +250,7 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
             }
         };
         let bound = Bound::bind(config).await?;
-        bound.run(namespaces, Default::default(), shutdown_signal()).await?;
+        bound.run(namespaces, Default::default(), crate::cli::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

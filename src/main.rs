@@ -2,6 +2,7 @@
 //! Subcommands: `demo`, `destination`, `identity`, `certs`, `injector`, `inject`.
 
 mod certs;
+mod cli;
 mod demo;
 mod destination;
 mod identity;

@@ -26,7 +26,7 @@ impl LogLevel {
 /// Installs the global subscriber. Fails on an invalid filter.
 pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<LogLevel> {
     let filter = EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("WEFT_PROXY_LOG {filter:?} is not a valid filter: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("log filter {filter:?} is not a valid filter: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (plain, json) = match format {
