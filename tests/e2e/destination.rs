@@ -3,12 +3,12 @@
 //! and completed as the API server completes them) or by a static file, and a real gRPC
 //! client (tonic, linkerd2-proxy-api) subscribed as a proxy would be.
 
+use crate::support::Serving;
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::{Child, Command},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -59,42 +59,13 @@ impl Destination {
             ])
             .args(["--log", "info,weft_destination=debug"])
             .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("KUBECONFIG");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start weft destination");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "serving" {
-                        let addr =
-                            |k: &str| f[k].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
-                        let _ = tx.send((addr("grpc"), addr("admin")));
-                    }
-                }
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let Ok((Some(grpc), Some(admin))) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-            panic!(
-                "weft destination did not start; its log:\n{}",
-                logs.lock().unwrap_or_else(|e| e.into_inner())
-            );
-        };
+        let serving = Serving::start(cmd, "weft destination", Duration::from_secs(30));
+        let (grpc, admin) = (serving.addr("grpc"), serving.addr("admin"));
+        let Serving { child, logs, .. } = serving;
         Destination { child, grpc, admin, logs }
     }
 

@@ -4,12 +4,12 @@
 //! Issuer rotation is done as the kubelet does it (a fresh `..<timestamp>` directory, then a
 //! new `..data` symlink renamed over the old one).
 
+use crate::support::Serving;
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -113,44 +113,14 @@ impl IdentityServer {
             .args(extra)
             .env("WEFT_IDENTITY_LOG_FORMAT", "json")
             .env("WEFT_IDENTITY_RELOAD_INTERVAL", "200ms")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("KUBECONFIG");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start weft identity");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "serving" {
-                        let addr = |k: &str| f[k].as_str().and_then(|s| s.parse().ok());
-                        let _ = tx.send((addr("grpc"), addr("admin")));
-                    }
-                }
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok((Some(grpc), Some(admin))) => IdentityServer { child, grpc, admin, logs },
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "weft identity did not start; its log:\n{}",
-                    logs.lock().unwrap_or_else(|e| e.into_inner())
-                );
-            }
-        }
+        let serving = Serving::start(cmd, "weft identity", Duration::from_secs(20));
+        let (grpc, admin) = (serving.addr("grpc"), serving.addr("admin"));
+        let Serving { child, logs, .. } = serving;
+        IdentityServer { child, grpc, admin, logs }
     }
 
     fn start_static(mount: &Path, tokens: &Path, extra: &[&str]) -> IdentityServer {

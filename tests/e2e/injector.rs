@@ -6,12 +6,13 @@
 #[path = "../../injector/tests/support/review.rs"]
 mod review;
 
+use crate::support::Serving;
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -78,42 +79,13 @@ impl Injector {
             .arg(key)
             .args(["--log-format", "json", "--cert-reload-interval", "200ms"])
             .args(extra)
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("KUBECONFIG");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start weft injector");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "serving" {
-                        let addr =
-                            |k: &str| f[k].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
-                        let _ = tx.send((addr("webhook"), addr("admin")));
-                    }
-                }
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let Ok((Some(webhook), Some(admin))) = rx.recv_timeout(Duration::from_secs(20)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-            panic!(
-                "weft injector did not start; its log:\n{}",
-                logs.lock().unwrap_or_else(|e| e.into_inner())
-            );
-        };
+        let serving = Serving::start(cmd, "weft injector", Duration::from_secs(20));
+        let (webhook, admin) = (serving.addr("webhook"), serving.addr("admin"));
+        let Serving { child, logs, .. } = serving;
         Injector { child, webhook, admin, logs }
     }
 

@@ -4,11 +4,10 @@
 //! proxies, checked from the app (`l5d-client-id`), the proxies' metrics, and openssl.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -33,30 +32,11 @@ impl Drop for Child_ {
 /// Starts `weft <args>` and returns it with the address its JSON "serving" line gives
 /// under `field`.
 fn start_weft(args: &[&str], envs: &[(&str, &str)], field: &'static str) -> (Child_, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start weft");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["fields"]["message"] == "serving"
-                && let Some(a) = v["fields"][field].as_str().and_then(|s| s.parse().ok())
-            {
-                let _ = tx.send(a);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("weft {args:?} did not start"));
-    (Child_(child), addr)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.args(args).envs(envs.iter().copied());
+    let serving = Serving::start(cmd, &format!("weft {args:?}"), Duration::from_secs(30));
+    let addr = serving.addr(field);
+    (Child_(serving.child), addr)
 }
 
 struct Mesh {

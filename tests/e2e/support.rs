@@ -13,6 +13,57 @@ use std::{
 
 use crate::netns::proxy_bin;
 
+/// A process of ours that logs JSON to stderr: its log is kept (for failure messages) and
+/// `start` waits for its `serving` line, whose fields carry the addresses it bound.
+pub struct Serving {
+    pub child: Child,
+    pub fields: serde_json::Value,
+    pub logs: Arc<Mutex<String>>,
+}
+
+impl Serving {
+    pub fn start(mut cmd: Command, what: &str, limit: Duration) -> Serving {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "serving"
+                {
+                    let _ = tx.send(v["fields"].clone());
+                }
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        match rx.recv_timeout(limit) {
+            Ok(fields) => Serving { child, fields, logs },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "{what} did not start; its log:\n{}",
+                    logs.lock().unwrap_or_else(|e| e.into_inner())
+                );
+            }
+        }
+    }
+
+    /// The address logged under `key`.
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.fields[key]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} address in {}", self.fields))
+    }
+}
+
 /// A running `weft-proxy`, killed on drop.
 pub struct Proxy {
     child: Child,
@@ -37,46 +88,24 @@ impl Proxy {
     /// Starts a prepared command (e.g. `ip netns exec ... setpriv ... weft-proxy ...`);
     /// JSON logs at debug level are added so that the bound addresses can be read.
     pub fn start_cmd(mut cmd: Command) -> Proxy {
-        cmd.env("WEFT_PROXY_LOG_FORMAT", "json")
-            .env("WEFT_PROXY_LOG", "info,weft_proxy=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start weft-proxy");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "serving" {
-                        // The first address of each listener (they may have several).
-                        let addr = |k: &str| {
-                            f[k].as_str()
-                                .and_then(|s| s.split(',').next())
-                                .and_then(|s| s.parse().ok())
-                        };
-                        let _ = tx.send((addr("inbound"), addr("outbound"), addr("admin")));
-                    }
-                }
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let started = rx.recv_timeout(Duration::from_secs(20));
-        let Ok((Some(inbound), Some(outbound), Some(admin))) = started else {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-            panic!(
-                "weft-proxy did not start serving; its log:\n{}",
-                logs.lock().unwrap_or_else(|e| e.into_inner())
-            );
+        cmd.env("WEFT_PROXY_LOG_FORMAT", "json").env("WEFT_PROXY_LOG", "info,weft_proxy=debug");
+        let Serving { child, fields, logs } =
+            Serving::start(cmd, "weft-proxy", Duration::from_secs(20));
+        // The first address of each listener (they may have several).
+        let addr = |k: &str| -> SocketAddr {
+            fields[k]
+                .as_str()
+                .and_then(|s| s.split(',').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} address in {fields}"))
         };
-        Proxy { child, inbound, outbound, admin, logs }
+        Proxy {
+            inbound: addr("inbound"),
+            outbound: addr("outbound"),
+            admin: addr("admin"),
+            child,
+            logs,
+        }
     }
 
     pub fn logs(&self) -> String {
