@@ -483,3 +483,91 @@ fn connect_switches_to_a_tunnel_after_the_2xx() {
     let m = client.metrics();
     assert_eq!(metric(&m, "response_total", &[("status_code", "200")]), 1.0, "{m}");
 }
+
+/// What the closing HTTP/2 server saw.
+#[derive(Default)]
+struct ClosingCounts {
+    connections: std::sync::atomic::AtomicU64,
+    served: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// An HTTP/2 server (the h2 crate's, not ours) that refuses with `REFUSED_STREAM` the first
+/// request for each path `/r/N` with N a multiple of 7 (each only once, so the outcome does
+/// not depend on timing), and closes each connection gracefully (GOAWAY) after
+/// `per_connection` streams, as nginx does after `keepalive_requests`.
+fn closing_h2_server(per_connection: u64) -> (SocketAddr, std::sync::Arc<ClosingCounts>) {
+    use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
+    let listener = local_listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let counts = Arc::new(ClosingCounts::default());
+    let refused_paths = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    let c = counts.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((io, _)) = listener.accept().await {
+                let (c, refused_paths) = (c.clone(), refused_paths.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(io).await else { return };
+                    c.connections.fetch_add(1, Relaxed);
+                    let mut streams = 0;
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        streams += 1;
+                        let path = req.uri().path().to_string();
+                        let n: u64 = path.trim_start_matches("/r/").parse().unwrap_or(1);
+                        if n.is_multiple_of(7) && refused_paths.lock().expect("lock").insert(path) {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            c.refused.fetch_add(1, Relaxed);
+                        } else if let Ok(mut body) =
+                            respond.send_response(Default::default(), false)
+                            && body.send_data(bytes::Bytes::from_static(b"ok\n"), true).is_ok()
+                        {
+                            c.served.fetch_add(1, Relaxed);
+                        }
+                        if streams == per_connection {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, counts)
+}
+
+#[test]
+fn streams_an_http2_upstream_refused_unprocessed_are_sent_again() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (upstream, counts) = closing_h2_server(500);
+    let upstream = upstream.to_string();
+    let proxy = Proxy::start(&["--outbound-orig-dst-addr", &upstream]);
+    let n = 4000;
+    let uris = std::env::temp_dir().join(format!("weft-e2e-uris-{}", std::process::id()));
+    let list: String = (0..n).map(|i| format!("http://{}/r/{i}\n", proxy.outbound)).collect();
+    std::fs::write(&uris, list).expect("uri list");
+    let (ok, out, err) = run(Command::new("h2load")
+        .args(["-n", &n.to_string(), "-c", "4", "-m", "16", "-i"])
+        .arg(&uris));
+    let _ = std::fs::remove_file(&uris);
+    assert!(ok, "h2load: {out}{err}");
+    // Every request succeeded although the upstream refused streams and closed its
+    // connections every 500 streams with requests in flight.
+    assert!(
+        out.contains(&format!("{n} succeeded, 0 failed, 0 errored")),
+        "h2load: {out}\nproxy: {}",
+        proxy.logs().lines().filter(|l| l.contains("WARN")).take(5).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(counts.served.load(Relaxed), n, "each request was served once");
+    // Each of h2load's 4 clients walks the list from its start: paths /r/0 to /r/999.
+    assert_eq!(counts.refused.load(Relaxed), (n / 4).div_ceil(7), "every 7th path refused once");
+    assert!(counts.connections.load(Relaxed) >= n / 500, "the upstream closed its connections");
+    let m = proxy.metrics();
+    assert_eq!(
+        metric(&m, "response_total", &[("status_code", "200"), ("classification", "success")]),
+        n as f64,
+        "{m}"
+    );
+}

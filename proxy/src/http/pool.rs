@@ -49,6 +49,51 @@ impl Failed {
     fn sent(error: impl Into<SendError>) -> Self {
         Failed { error: error.into(), unsent: None }
     }
+
+    fn unsent(error: impl Into<SendError>, req: Request<ReqBody>) -> Self {
+        Failed { error: error.into(), unsent: Some(req) }
+    }
+}
+
+/// Most times a request without a body is sent to an HTTP/2 upstream that keeps refusing
+/// it unprocessed.
+const MAX_H2_SENDS: u32 = 3;
+
+/// How an HTTP/2 upstream failed a stream without processing it (RFC 9113 §8.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `REFUSED_STREAM`: the connection stays usable.
+    Stream,
+    /// Above the last stream id of a graceful GOAWAY: the connection is going away.
+    GoingAway,
+}
+
+/// Whether an HTTP/2 upstream failed a stream without processing it; such a request may
+/// be sent again whatever its method.
+pub fn refused_unprocessed(e: &hyper::Error) -> Option<Refused> {
+    let h2 = std::error::Error::source(e)?.downcast_ref::<h2::Error>()?;
+    if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+        Some(Refused::GoingAway)
+    } else if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(Refused::Stream)
+    } else {
+        None
+    }
+}
+
+/// A request's head, to send it again.
+fn copy_head<B>(req: &Request<B>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+fn empty_body() -> ReqBody {
+    use http_body_util::BodyExt as _;
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Settings of the upstream connections.
@@ -77,7 +122,15 @@ impl Key {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>>;
+/// A target's HTTP/2 connection; the generation tells a replaced connection from its
+/// successor.
+#[derive(Debug, Default)]
+struct H2Conn {
+    sender: Option<http2::SendRequest<ReqBody>>,
+    generation: u64,
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<H2Conn>>;
 /// Idle HTTP/1 connections of a target, with the time each became idle.
 type H1Idle = Vec<(http1::SendRequest<ReqBody>, Instant)>;
 
@@ -130,7 +183,7 @@ impl Pool {
         });
         let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         h2.retain(|_, slot| {
-            slot.try_lock().map_or(true, |s| s.as_ref().is_some_and(|s| !s.is_closed()))
+            slot.try_lock().map_or(true, |s| s.sender.as_ref().is_some_and(|s| !s.is_closed()))
         });
     }
 
@@ -222,46 +275,93 @@ impl Pool {
         target: Key,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, Failed> {
-        let mut sender = match self.h2_sender(&target).await {
-            Ok(s) => s,
-            Err(error) => return Err(Failed { error, unsent: Some(req) }),
-        };
-        if let Err(e) = sender.ready().await {
-            return Err(Failed { error: e.into(), unsent: Some(req) });
+        // A request without a body can be sent again as it is when the upstream refused
+        // its stream unprocessed: a server closing its connection gracefully (nginx after
+        // `keepalive_requests`, a restarting app) refuses the streams it will not serve.
+        let head = http_body::Body::is_end_stream(req.body()).then(|| copy_head(&req));
+        let mut req = req;
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let (generation, mut sender) = match self.h2_sender(&target).await {
+                Ok(s) => s,
+                Err(error) => return Err(Failed { error, unsent: Some(req) }),
+            };
+            if let Err(e) = sender.ready().await {
+                return Err(Failed { error: e.into(), unsent: Some(req) });
+            }
+            let error = match sender.try_send_request(req).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(mut e) => match e.take_message() {
+                    // The connection closed (a GOAWAY) before the request left: it goes
+                    // on a new connection, body and all.
+                    Some(unsent) if sends < MAX_H2_SENDS => {
+                        debug!(upstream = %target.addr, error = %e.error(), "the connection closed before the request was sent; sending it on a new one");
+                        self.forget_h2(&target, generation);
+                        req = unsent;
+                        continue;
+                    }
+                    Some(unsent) => return Err(Failed::unsent(e.into_error(), unsent)),
+                    None => e.into_error(),
+                },
+            };
+            let refused = refused_unprocessed(&error);
+            let Some(head) = head.as_ref().filter(|_| refused.is_some() && sends < MAX_H2_SENDS)
+            else {
+                return Err(Failed::sent(error));
+            };
+            debug!(upstream = %target.addr, %error, "the upstream refused the stream unprocessed; sending it again");
+            if refused == Some(Refused::GoingAway) {
+                self.forget_h2(&target, generation);
+            }
+            req = copy_head(head).map(|()| empty_body());
         }
-        sender.send_request(req).await.map_err(Failed::sent)
     }
 
-    /// The target's HTTP/2 connection, made if there is none (or it closed).
-    async fn h2_sender(&self, target: &Key) -> Result<http2::SendRequest<ReqBody>, SendError> {
+    /// The target's HTTP/2 connection and its generation, made if there is none (or it
+    /// closed).
+    async fn h2_sender(
+        &self,
+        target: &Key,
+    ) -> Result<(u64, http2::SendRequest<ReqBody>), SendError> {
         let slot = {
             let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
             h2.entry(target.clone()).or_default().clone()
         };
-        let sender = {
-            // Held while connecting, so concurrent first requests share one connection.
-            let mut slot = slot.lock().await;
-            match slot.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
-                _ => {
-                    let io = self.connect(target, Protocol::Http2).await?;
-                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .max_header_list_size(self.config.max_header_bytes as u32)
-                        .handshake(TokioIo::new(io))
-                        .await
-                        .map_err(SendError::Handshake)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(error = %e, "upstream HTTP/2 connection failed");
-                        }
-                    });
-                    *slot = Some(sender.clone());
-                    sender
-                }
+        // Held while connecting, so concurrent first requests share one connection.
+        let mut slot = slot.lock().await;
+        if let Some(s) = &slot.sender
+            && !s.is_closed()
+        {
+            return Ok((slot.generation, s.clone()));
+        }
+        let io = self.connect(target, Protocol::Http2).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.config.max_header_bytes as u32)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/2 connection failed");
             }
-        };
-        Ok(sender)
+        });
+        slot.generation += 1;
+        slot.sender = Some(sender.clone());
+        Ok((slot.generation, sender))
+    }
+
+    /// Stops giving out the target's connection of `generation` (it is going away); a
+    /// newer one is kept.
+    fn forget_h2(&self, target: &Key, generation: u64) {
+        let slot = self.h2.lock().unwrap_or_else(|e| e.into_inner()).get(target).cloned();
+        if let Some(slot) = slot
+            && let Ok(mut slot) = slot.try_lock()
+            && slot.generation == generation
+        {
+            slot.sender = None;
+        }
     }
 
     async fn connect(&self, target: &Key, protocol: Protocol) -> Result<Box<dyn Io>, ConnError> {
