@@ -104,7 +104,7 @@ fn step(
     to_metrics: &ConnMetrics,
 ) -> io::Result<Step> {
     let mut buf = [0u8; CHUNK];
-    let n = match from.try_read(&mut buf) {
+    let n = match read_draining(from.as_ref(), &mut buf) {
         Ok(0) => return Ok(Step::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::WouldBlock),
@@ -118,6 +118,28 @@ fn step(
     };
     to_metrics.write_bytes.inc_by(written as u64);
     Ok(if written == n { Step::Done } else { Step::Rest(buf[written..n].to_vec()) })
+}
+
+/// A non-blocking read that, when it comes back short of `buf`, takes the socket as
+/// drained and clears its readiness (as tokio's own `poll_read` does): the next read then
+/// waits for the next event instead of costing a system call that only says "empty".
+/// Bytes arriving meanwhile raise a new event, which the clearing does not lose.
+fn read_draining(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read as _;
+    let mut got = None;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(stream)).read(buf)?;
+        got = Some(n);
+        if n > 0 && n < buf.len() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, got) {
+        (Ok(n), _) => Ok(n),
+        (Err(_), Some(n)) => Ok(n),
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// Makes the socket send RST instead of FIN when it is closed.

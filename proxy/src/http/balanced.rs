@@ -22,16 +22,22 @@ use crate::{
 /// Largest request body kept for replay.
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
 
-pub struct Request {
+pub struct Request<'a> {
     pub parts: http::request::Parts,
     pub body: pool::ReqBody,
     pub authority: String,
     pub target: SocketAddr,
     /// The client connection's TLS labels.
     pub tls: crate::metrics::TlsLabels,
+    /// The client connection's routes.
+    pub routes: &'a super::metrics::RouteCache,
 }
 
-pub async fn forward(req: Request, res: &Arc<Resolution>, reply: Reply<'_>) -> Response<RspBody> {
+pub async fn forward(
+    req: Request<'_>,
+    res: &Arc<Resolution>,
+    reply: Reply<'_>,
+) -> Response<RspBody> {
     let side = reply.side;
     let profile = res.profile();
     let route = profile.route(&req.parts.method, req.parts.uri.path()).cloned();
@@ -56,7 +62,7 @@ pub async fn forward(req: Request, res: &Arc<Resolution>, reply: Reply<'_>) -> R
 }
 
 async fn tries(
-    req: Request,
+    req: Request<'_>,
     res: &Arc<Resolution>,
     route: Option<Route>,
     reply: &Reply<'_>,
@@ -64,7 +70,7 @@ async fn tries(
     let side = reply.side;
     let metrics = &side.metrics.http;
     let direction = side.direction;
-    let Request { parts, body, authority, target, tls } = req;
+    let Request { parts, body, authority, target, tls, routes } = req;
     let retryable = route.as_ref().is_some_and(|r| r.retryable);
     let limit = route.as_ref().map_or(0, |r| if r.retryable { r.retry_limit } else { 0 });
     let try_timeout = match route.as_ref().map(|r| r.try_timeout) {
@@ -128,14 +134,23 @@ async fn tries(
         // Meshed endpoints are reached over mTLS when this proxy has an identity.
         let server_id: Option<Arc<str>> =
             side.identity.as_ref().and(endpoint.meta.identity.as_deref()).map(Arc::from);
-        let labels = metrics.route(
-            direction,
+        let tls = match &server_id {
+            Some(id) => crate::metrics::TlsLabels::server(id.clone()),
+            None => tls.clone(),
+        };
+        let labels = routes.get(
             &authority,
-            side.target_label(target),
-            endpoint.meta.labels.clone(),
-            match &server_id {
-                Some(id) => crate::metrics::TlsLabels::server(id.clone()),
-                None => tls.clone(),
+            Some(endpoint.addr),
+            |l| Arc::ptr_eq(&l.dst.0, &endpoint.meta.labels.0) && l.tls == tls,
+            || {
+                let target_addr = side.target_label(target);
+                metrics.route(
+                    direction,
+                    &authority,
+                    target_addr,
+                    endpoint.meta.labels.clone(),
+                    tls.clone(),
+                )
             },
         );
         if !counted {

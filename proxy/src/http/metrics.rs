@@ -4,7 +4,9 @@
 //! from clients, so its values are capped like `target_addr`'s.
 
 use std::{
+    net::SocketAddr,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Instant,
 };
@@ -116,6 +118,7 @@ impl HttpMetrics {
         m
     }
 
+    /// A route's labels and its metric handles.
     pub fn route(
         &self,
         direction: Direction,
@@ -123,14 +126,16 @@ impl HttpMetrics {
         target_addr: String,
         dst: DstLabels,
         tls: TlsLabels,
-    ) -> RouteLabels {
-        RouteLabels {
+    ) -> Arc<RouteMetrics> {
+        let labels = RouteLabels {
             direction: direction.as_str(),
             authority: self.authorities.admit_str(authority),
             target_addr,
             tls,
             dst,
-        }
+        };
+        let requests = self.requests.get_or_create(&labels).clone();
+        Arc::new(RouteMetrics { labels, requests, by_status: Mutex::default() })
     }
 
     /// Counts a retry (or its refusal) for the service of an endpoint.
@@ -150,8 +155,8 @@ impl HttpMetrics {
             .inc();
     }
 
-    pub fn request(&self, route: &RouteLabels) {
-        self.requests.get_or_create(route).inc();
+    pub fn request(&self, route: &RouteMetrics) {
+        route.requests.inc();
     }
 
     pub fn error(&self, direction: Direction, error: &'static str) {
@@ -162,25 +167,141 @@ impl HttpMetrics {
         family.get_or_create(&ErrorLabels { error }).inc();
     }
 
-    pub fn latency(&self, route: &RouteLabels, status_code: u16, started: Instant) {
+    pub fn latency(&self, route: &RouteMetrics, status_code: u16, started: Instant) {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.latency
-            .get_or_create(&LatencyLabels { route: route.clone(), status_code })
-            .observe(ms);
+        let latency = |route: &RouteMetrics| {
+            let labels = LatencyLabels { route: route.labels.clone(), status_code };
+            self.latency.get_or_create(&labels).clone()
+        };
+        route
+            .with_status(status_code, |h| {
+                h.latency.get_or_insert_with(|| latency(route)).observe(ms)
+            })
+            .unwrap_or_else(|| latency(route).observe(ms));
     }
 
     pub fn response(
         &self,
-        route: RouteLabels,
+        route: &RouteMetrics,
         status_code: u16,
         grpc_status: Option<u32>,
         ok: bool,
     ) {
-        let classification = if ok { "success" } else { "failure" };
-        let grpc_status = grpc_status.map(|g| g.to_string()).unwrap_or_default();
-        self.responses
-            .get_or_create(&ResponseLabels { route, status_code, classification, grpc_status })
-            .inc();
+        let counter = |route: &RouteMetrics| {
+            let labels = ResponseLabels {
+                route: route.labels.clone(),
+                status_code,
+                classification: if ok { "success" } else { "failure" },
+                grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+            };
+            self.responses.get_or_create(&labels).clone()
+        };
+        if grpc_status.is_some() {
+            // gRPC statuses are not cached: one more dimension, and gRPC responses are
+            // few next to the requests of plain HTTP.
+            counter(route).inc();
+            return;
+        }
+        route
+            .with_status(status_code, |h| {
+                let slot = if ok { &mut h.success } else { &mut h.failure };
+                slot.get_or_insert_with(|| counter(route)).inc();
+            })
+            .unwrap_or_else(|| {
+                counter(route).inc();
+            });
+    }
+}
+
+/// A route's labels with its metric handles, resolved once: a request is then counted
+/// without hashing or cloning its labels. Shared by the requests of a client connection
+/// that go the same way (see `RouteCache`).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub labels: RouteLabels,
+    requests: Counter,
+    /// The handles of the status codes seen so far (at most `MAX_STATUSES`).
+    by_status: Mutex<Vec<StatusHandles>>,
+}
+
+/// Most status codes whose handles a route keeps; others are looked up each time.
+const MAX_STATUSES: usize = 16;
+
+#[derive(Debug)]
+struct StatusHandles {
+    status_code: u16,
+    latency: Option<Histogram>,
+    success: Option<Counter>,
+    failure: Option<Counter>,
+}
+
+impl RouteMetrics {
+    /// Runs `f` on the handles of `status_code`; `None` when there is no room for them.
+    fn with_status<T>(
+        &self,
+        status_code: u16,
+        f: impl FnOnce(&mut StatusHandles) -> T,
+    ) -> Option<T> {
+        let mut by_status = self.by_status.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match by_status.iter().position(|h| h.status_code == status_code) {
+            Some(i) => i,
+            None if by_status.len() < MAX_STATUSES => {
+                by_status.push(StatusHandles {
+                    status_code,
+                    latency: None,
+                    success: None,
+                    failure: None,
+                });
+                by_status.len() - 1
+            }
+            None => return None,
+        };
+        Some(f(&mut by_status[i]))
+    }
+}
+
+/// The routes of one client connection's requests, by authority and endpoint, so that
+/// each request finds its labels and handles without building them. Holds a few; a
+/// client that keeps changing authorities just builds them again.
+#[derive(Debug, Default)]
+pub struct RouteCache(Mutex<Vec<CachedRoute>>);
+
+#[derive(Debug)]
+struct CachedRoute {
+    authority: Box<str>,
+    endpoint: Option<SocketAddr>,
+    route: Arc<RouteMetrics>,
+}
+
+/// Routes a connection keeps.
+const MAX_CACHED_ROUTES: usize = 8;
+
+impl RouteCache {
+    /// The route of requests for `authority` going to `endpoint` (`None`: the original
+    /// destination); `make` builds it the first time. A cached route whose endpoint labels
+    /// or identity changed since (discovery updates) is built again.
+    pub fn get(
+        &self,
+        authority: &str,
+        endpoint: Option<SocketAddr>,
+        current: impl Fn(&RouteLabels) -> bool,
+        make: impl FnOnce() -> Arc<RouteMetrics>,
+    ) -> Arc<RouteMetrics> {
+        let mut routes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) =
+            routes.iter().position(|r| r.endpoint == endpoint && *r.authority == *authority)
+        {
+            if current(&routes[i].route.labels) {
+                return routes[i].route.clone();
+            }
+            routes.remove(i);
+        }
+        let route = make();
+        if routes.len() == MAX_CACHED_ROUTES {
+            routes.remove(0);
+        }
+        routes.push(CachedRoute { authority: authority.into(), endpoint, route: route.clone() });
+        route
     }
 }
 
@@ -192,8 +313,8 @@ pub struct MeteredBody<B> {
 }
 
 pub struct Done {
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub route: RouteLabels,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub route: Arc<RouteMetrics>,
     pub status_code: u16,
     /// `grpc-status` from the response headers (a trailers-only response).
     pub grpc_status: Option<u32>,
@@ -210,7 +331,7 @@ impl Done {
                 (true, None) => false,
                 (false, _) => true,
             };
-        self.metrics.http.response(self.route, self.status_code, grpc_status, ok);
+        self.metrics.http.response(&self.route, self.status_code, grpc_status, ok);
     }
 }
 

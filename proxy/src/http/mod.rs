@@ -121,7 +121,7 @@ pub async fn serve<I>(
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
     };
-    let conn = Arc::new(Conn { target, tls, client_id });
+    let conn = Arc::new(Conn { target, tls, client_id, routes: Default::default() });
     let config = &side.http.config;
     let stop = side.stop.clone();
     // Discovery, once per connection: a known service is balanced per request.
@@ -205,6 +205,7 @@ struct Conn {
     tls: TlsLabels,
     /// The client's proven identity: sent to the app as `l5d-client-id`.
     client_id: Option<Arc<str>>,
+    routes: metrics::RouteCache,
 }
 
 async fn proxy(
@@ -226,14 +227,20 @@ async fn proxy(
     let started = Instant::now();
     let metrics = &side.metrics;
     let direction = side.direction;
-    let authority = authority(&req);
-    let direct_route = metrics.http.route(
-        direction,
-        &authority,
-        side.target_label(target),
-        DstLabels::default(),
-        conn.tls.clone(),
-    );
+    let direct_route = {
+        let authority = authority(&req);
+        let make = || {
+            let target_addr = side.target_label(target);
+            metrics.http.route(
+                direction,
+                authority,
+                target_addr,
+                DstLabels::default(),
+                conn.tls.clone(),
+            )
+        };
+        conn.routes.get(authority, None, |_| true, make)
+    };
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
         metrics.http.request(&direct_route);
@@ -266,9 +273,11 @@ async fn proxy(
             let req = balanced::Request {
                 parts,
                 body: body.boxed_unsync(),
-                authority,
+                // The label, not the header: authorities past the cap share one route.
+                authority: direct_route.labels.authority.clone(),
                 target,
                 tls: conn.tls.clone(),
+                routes: &conn.routes,
             };
             balanced::forward(req, &res, reply).await
         }
@@ -332,7 +341,7 @@ impl Reply<'_> {
     /// The client's response: the upstream's, or the proxy's own failure as a status.
     fn respond(
         &self,
-        route: metrics::RouteLabels,
+        route: Arc<metrics::RouteMetrics>,
         result: Result<Result<Response<Incoming>, pool::SendError>, ()>,
         upstream: SocketAddr,
     ) -> Response<RspBody> {
@@ -390,7 +399,7 @@ fn send_error(e: &pool::SendError) -> (&'static str, String) {
 /// Records latency and the response of a response made by the proxy itself.
 fn finish(
     side: &Side,
-    route: metrics::RouteLabels,
+    route: Arc<metrics::RouteMetrics>,
     started: Instant,
     rsp: Response<RspBody>,
 ) -> Response<RspBody> {
@@ -419,11 +428,11 @@ fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
     rsp
 }
 
-fn authority<B>(req: &Request<B>) -> String {
+fn authority<B>(req: &Request<B>) -> &str {
     req.uri()
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default()
 }
 
@@ -442,6 +451,15 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1): `Connection` and those it
 /// names, and the fixed list. HTTP/2 keeps `te: trailers`, which gRPC needs.
 fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
+    // Most messages carry none: one pass over the names is cheaper than the removals.
+    let hop_by_hop = |n: &HeaderName| {
+        [CONNECTION, TRANSFER_ENCODING, UPGRADE, TE, header::PROXY_AUTHENTICATE].contains(n)
+            || n == "keep-alive"
+            || n == "proxy-connection"
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
