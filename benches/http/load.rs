@@ -1,5 +1,6 @@
 //! The load side of the HTTP bench: the backend (hyper, HTTP/1.1 and HTTP/2 prior
-//! knowledge on one port, a fixed 64-byte response) and the hyper-based generators —
+//! knowledge on one port, a fixed response: 64 bytes, or the size the mTLS bench asks
+//! for) and the hyper-based generators —
 //! open loop (constant arrival rate, latency from the intended send time) and closed
 //! loop (max throughput) — over the transport bench's thread, window and timerfd pacing.
 //!
@@ -29,7 +30,7 @@ use tokio::{
 
 use crate::load::{self, Kind, Pacer, Window, latency_histogram, now_ns};
 
-/// Bytes of the backend's response body.
+/// Bytes of the backend's response body (unless a size is given).
 pub const BODY: usize = 64;
 /// HTTP/1.1 connections of the open and the closed loop.
 pub const H1_CONNS: usize = 16;
@@ -81,6 +82,14 @@ pub struct HttpResult {
 /// Starts the backend on its own thread (and current-thread runtime). Returns its
 /// address and the thread's kernel id.
 pub fn spawn_backend() -> anyhow::Result<(SocketAddr, i32)> {
+    spawn_backend_sized(BODY)
+}
+
+/// `spawn_backend` answering `body` bytes.
+pub fn spawn_backend_sized(body: usize) -> anyhow::Result<(SocketAddr, i32)> {
+    // Static, as the 64-byte one: a response costs the backend the same whatever its size.
+    let response: &'static [u8] =
+        if body == BODY { &RESPONSE } else { Box::leak(vec![b'w'; body].into_boxed_slice()) };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the backend")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -102,8 +111,8 @@ pub fn spawn_backend() -> anyhow::Result<(SocketAddr, i32)> {
                 let _ = conn.set_nodelay(true);
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(&RESPONSE))))
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(response))))
                     });
                     let _ = server.serve_connection(TokioIo::new(conn), svc).await;
                 });
@@ -113,45 +122,52 @@ pub fn spawn_backend() -> anyhow::Result<(SocketAddr, i32)> {
     Ok((addr, tid_rx.recv().context("backend thread died at start")?))
 }
 
-/// One client connection's request handle.
+/// One client connection's request handle, and the body size it expects.
 #[derive(Debug, Clone)]
-enum Sender {
+struct Sender {
+    conn: Conn,
+    body: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Conn {
     H1(Rc<RefCell<Option<http1::SendRequest<Empty<Bytes>>>>>),
     H2(http2::SendRequest<Empty<Bytes>>),
 }
 
-async fn connect(target: SocketAddr, proto: Proto) -> anyhow::Result<Sender> {
+async fn connect(target: SocketAddr, proto: Proto, body: usize) -> anyhow::Result<Sender> {
     let tcp =
         TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
     tcp.set_nodelay(true)?;
     let io = TokioIo::new(tcp);
-    Ok(match proto {
+    let conn = match proto {
         Proto::H1 => {
             let (send, conn) = http1::handshake(io).await.context("HTTP/1.1 handshake")?;
             tokio::task::spawn_local(conn);
-            Sender::H1(Rc::new(RefCell::new(Some(send))))
+            Conn::H1(Rc::new(RefCell::new(Some(send))))
         }
         Proto::H2 => {
             let (send, conn) =
                 http2::handshake(TokioExecutor::new(), io).await.context("HTTP/2 handshake")?;
             tokio::task::spawn_local(conn);
-            Sender::H2(send)
+            Conn::H2(send)
         }
-    })
+    };
+    Ok(Sender { conn, body })
 }
 
 impl Sender {
     fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.borrow().as_ref().is_none_or(|s| s.is_closed()),
-            Sender::H2(s) => s.is_closed(),
+        match &self.conn {
+            Conn::H1(s) => s.borrow().as_ref().is_none_or(|s| s.is_closed()),
+            Conn::H2(s) => s.is_closed(),
         }
     }
 
     /// One request and its whole response; `Err` says why it failed.
     async fn roundtrip(&mut self) -> Result<(), String> {
-        let rsp = match self {
-            Sender::H1(cell) => {
+        let rsp = match &mut self.conn {
+            Conn::H1(cell) => {
                 // Taken out for the request: one request at a time per connection.
                 let mut s = cell.borrow_mut().take().ok_or("connection busy")?;
                 let req = Request::get("/").header(HOST, AUTHORITY).body(Empty::new());
@@ -167,7 +183,7 @@ impl Sender {
                 *cell.borrow_mut() = Some(s);
                 rsp
             }
-            Sender::H2(s) => {
+            Conn::H2(s) => {
                 let req = Request::get(format!("http://{AUTHORITY}/"))
                     .version(Version::HTTP_2)
                     .body(Empty::new())
@@ -183,7 +199,7 @@ impl Sender {
             }
         };
         match rsp {
-            Ok((StatusCode::OK, body)) if body.len() == BODY => Ok(()),
+            Ok((StatusCode::OK, body)) if body.len() == self.body => Ok(()),
             Ok((status, body)) => Err(format!("status {status}, {} body bytes", body.len())),
             Err(e) => Err(format!("{e} ({e:?})")),
         }
@@ -237,6 +253,18 @@ pub fn start(
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<HttpResult>>)> {
+    start_sized(target, proto, kind, warmup, measure, BODY)
+}
+
+/// `start` against a backend that answers `body` bytes.
+pub fn start_sized(
+    target: SocketAddr,
+    proto: Proto,
+    kind: Kind,
+    warmup: Duration,
+    measure: Duration,
+    body: usize,
+) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<HttpResult>>)> {
     load::start_with(warmup, measure, move |begin| async move {
         let n = match proto {
             Proto::H1 => H1_CONNS,
@@ -244,7 +272,7 @@ pub fn start(
         };
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut c = connect(target, proto).await?;
+            let mut c = connect(target, proto, body).await?;
             // One request each first, so the whole path is up before the clock starts.
             c.roundtrip().await.map_err(|e| anyhow::anyhow!("a first request: {e}"))?;
             conns.push(c);
@@ -290,7 +318,7 @@ async fn open_loop(
                             let failed = r.is_err();
                             stats.borrow_mut().record(start, r);
                             if failed && conn.is_closed() {
-                                conn = connect(target, proto).await?;
+                                conn = connect(target, proto, conn.body).await?;
                             }
                         }
                         Ok::<_, anyhow::Error>(())
@@ -322,7 +350,7 @@ async fn open_loop(
                 for j in range {
                     let c = (j % conns.len() as u64) as usize;
                     if conns[c].is_closed() {
-                        conns[c] = connect(target, proto).await?;
+                        conns[c] = connect(target, proto, conns[c].body).await?;
                     }
                     if due(j) >= window.start_ns && due(j) < window.end_ns {
                         lateness.saturating_record(now_ns().saturating_sub(due(j)) / 1000);
@@ -388,7 +416,7 @@ async fn closed_loop(
                     let failed = r.is_err();
                     stats.borrow_mut().record(sent, r);
                     if failed && conn.is_closed() {
-                        conn = connect(target, proto).await?;
+                        conn = connect(target, proto, conn.body).await?;
                     }
                 }
             })
@@ -413,10 +441,15 @@ async fn closed_loop(
 
 /// One HTTP request through `target`, to check a path before loading it.
 pub fn check(target: SocketAddr, proto: Proto) -> anyhow::Result<()> {
+    check_sized(target, proto, BODY)
+}
+
+/// `check` against a backend that answers `body` bytes.
+pub fn check_sized(target: SocketAddr, proto: Proto, body: usize) -> anyhow::Result<()> {
     let rt = load::runtime()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
-        let mut c = tokio::time::timeout(Duration::from_secs(5), connect(target, proto))
+        let mut c = tokio::time::timeout(Duration::from_secs(5), connect(target, proto, body))
             .await
             .context("connect timed out")??;
         match tokio::time::timeout(Duration::from_secs(5), c.roundtrip()).await {
