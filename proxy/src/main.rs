@@ -43,6 +43,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    keep_freed_heap();
     let log_level = weft_proxy::logging::init(&args.log, args.log_format)?;
     let runtime = match args.cores {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
@@ -59,6 +60,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let proxy = BoundProxy::bind(args)?;
         proxy.serve(Some(log_level), shutdown_signal()).await
     })
+}
+
+/// glibc returns the top of the heap to the kernel whenever 128 KiB of it is free, and
+/// the next burst of requests faults the pages back in: under steady load that is several
+/// `brk` round trips a second, each a latency spike for the requests that hit it. Keeping
+/// up to 1 MiB free (and growing by 256 KiB at a time) removes them; an idle proxy, whose
+/// heap never grew, is no bigger.
+fn keep_freed_heap() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TOP_PAD, 256 * 1024);
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.
