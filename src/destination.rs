@@ -36,6 +36,11 @@ pub struct DestinationArgs {
     /// The inbound port of meshed pods' proxies (opaque transport goes there).
     #[arg(long, env = "WEFT_DESTINATION_PROXY_INBOUND_PORT", default_value_t = 4143)]
     proxy_inbound_port: u16,
+    /// Ports that are opaque unless a pod, service or namespace annotation
+    /// (`config.weft.dev/opaque-ports`) says otherwise: keep it equal to the proxies'
+    /// `WEFT_PROXY_OPAQUE_PORTS` default (comma-separated ports and ranges; empty for none).
+    #[arg(long, env = "WEFT_DESTINATION_DEFAULT_OPAQUE_PORTS", default_value = weft_destination::index::DEFAULT_OPAQUE_PORTS)]
+    default_opaque_ports: String,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
     log: String,
@@ -60,9 +65,15 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         control_plane_namespace,
         trust_domain,
         proxy_inbound_port,
+        default_opaque_ports,
         log,
         log_format,
     } = args;
+    let (default_opaque_ports, bad) =
+        weft_destination::model::PortSet::parse(&default_opaque_ports);
+    if !bad.is_empty() {
+        bail!("--default-opaque-ports: {bad:?} are not ports or port ranges");
+    }
     let source = match (source, static_file) {
         (SourceKind::Static, Some(path)) => Source::Static(path),
         (SourceKind::Static, None) => {
@@ -96,6 +107,7 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             control_plane_namespace,
             trust_domain,
             proxy_inbound_port,
+            default_opaque_ports,
         },
     };
     info!(?config, "starting destination service");

@@ -25,7 +25,16 @@ pub struct IndexConfig {
     pub trust_domain: String,
     /// The inbound port of meshed pods' proxies (opaque transport goes there).
     pub proxy_inbound_port: u16,
+    /// Ports that are opaque where neither the pod or service nor its namespace says
+    /// (`config.weft.dev/opaque-ports`): the proxies' own default list, so that a meshed
+    /// client reaches such a port of a meshed pod through the opaque transport (the server
+    /// proxy does not look at the bytes of its opaque ports, mTLS included).
+    pub default_opaque_ports: PortSet,
 }
+
+/// Linkerd's default opaque ports, which `weft-proxy` and the injector also use: SMTP,
+/// MySQL, Galera, PostgreSQL, Redis, Elasticsearch, Memcached.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
 impl Default for IndexConfig {
     fn default() -> Self {
@@ -34,6 +43,7 @@ impl Default for IndexConfig {
             control_plane_namespace: "weft".into(),
             trust_domain: "cluster.local".into(),
             proxy_inbound_port: 4143,
+            default_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).0,
         }
     }
 }
@@ -410,8 +420,8 @@ impl State {
         let opaque = svc
             .opaque_ports
             .as_ref()
-            .or_else(|| self.namespace_opaque_ports(&key.namespace))
-            .is_some_and(|p| p.contains(port));
+            .unwrap_or_else(|| self.namespace_opaque_ports(&key.namespace))
+            .contains(port);
         Resolution {
             exists: true,
             labels: [
@@ -434,15 +444,19 @@ impl State {
         }
     }
 
-    fn namespace_opaque_ports(&self, ns: &str) -> Option<&PortSet> {
-        self.namespaces.get(ns).and_then(|n| n.opaque_ports.as_ref())
+    /// The namespace's opaque ports, or the default ones when it says none.
+    fn namespace_opaque_ports(&self, ns: &str) -> &PortSet {
+        self.namespaces
+            .get(ns)
+            .and_then(|n| n.opaque_ports.as_ref())
+            .unwrap_or(&self.config.default_opaque_ports)
     }
 
     fn pod_port_opaque(&self, pod: &Pod, port: u16) -> bool {
         pod.opaque_ports
             .as_ref()
-            .or_else(|| self.namespace_opaque_ports(&pod.key.namespace))
-            .is_some_and(|p| p.contains(port))
+            .unwrap_or_else(|| self.namespace_opaque_ports(&pod.key.namespace))
+            .contains(port)
     }
 
     fn endpoint(&self, addr: SocketAddr, pod: Option<&Pod>, svc: Option<&Service>) -> Endpoint {

@@ -116,6 +116,7 @@ pub fn serve_destination(yaml: &str) -> anyhow::Result<SocketAddr> {
             control_plane_namespace: "weft".into(),
             trust_domain: "cluster.local".into(),
             proxy_inbound_port: 4143,
+            ..Default::default()
         },
     };
     tokio::spawn(async move {

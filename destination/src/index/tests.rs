@@ -323,6 +323,37 @@ fn opaque_ports_from_pod_or_namespace() {
 }
 
 #[test]
+fn the_proxies_default_opaque_ports_apply_where_no_annotation_says() {
+    // A meshed PostgreSQL without annotations: its port is one of the proxies' default
+    // opaque ports, so its server proxy will not look at the bytes; clients must use the
+    // opaque transport, or their mTLS would reach the database undecrypted.
+    let pg = || service("pg", "10.96.0.20", &[("pg", 5432, TargetPort::Number(5432))]);
+    let pg_slice = slice("pg-a", "pg", &[("pg", 5432)], &[("10.244.0.7", true, Some("pg-0"))]);
+    let mut idx = Index::new(IndexConfig::default());
+    idx.apply_service(pg());
+    idx.apply_pod(pod("pg-0", "10.244.0.7", true));
+    idx.apply_slice(pg_slice.clone());
+    let r = idx.lookup(&by_name("pg", 5432));
+    assert_eq!(r.endpoints[&sa("10.244.0.7:5432")].hint, Hint::H2 { opaque_transport: Some(4143) });
+    assert!(r.profile.opaque);
+    let r = idx.lookup(&Target::Addr(sa("10.244.0.7:5432")));
+    assert_eq!(r.endpoints[&sa("10.244.0.7:5432")].hint, Hint::H2 { opaque_transport: Some(4143) });
+    // An annotation that lists no ports says none are opaque.
+    idx.apply_namespace(Namespace { name: "prod".into(), opaque_ports: Some(PortSet::default()) });
+    let r = idx.lookup(&by_name("pg", 5432));
+    assert_eq!(r.endpoints[&sa("10.244.0.7:5432")].hint, Hint::H2 { opaque_transport: None });
+    assert!(!r.profile.opaque);
+    // So does an empty default list.
+    let mut idx =
+        Index::new(IndexConfig { default_opaque_ports: PortSet::default(), ..Default::default() });
+    idx.apply_service(pg());
+    idx.apply_pod(pod("pg-0", "10.244.0.7", true));
+    idx.apply_slice(pg_slice);
+    let r = idx.lookup(&by_name("pg", 5432));
+    assert_eq!(r.endpoints[&sa("10.244.0.7:5432")].hint, Hint::H2 { opaque_transport: None });
+}
+
+#[test]
 fn resets_remove_what_is_gone() {
     let mut idx = populated();
     let mut rx = follow(&mut idx, by_name("web", 80));
@@ -349,6 +380,7 @@ fn identities_follow_config() {
         control_plane_namespace: "mesh".into(),
         trust_domain: "corp.example".into(),
         proxy_inbound_port: 4143,
+        ..Default::default()
     };
     assert_eq!(
         config.identity("prod", "web"),
