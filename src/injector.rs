@@ -254,3 +254,26 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_injector::config::IDENTITY_SERVICE_ACCOUNT;
+
+    use super::*;
+
+    /// Proxies are told to expect the name that `weft identity` presents: a mismatch would
+    /// leave every meshed pod without a certificate.
+    #[test]
+    fn proxies_expect_the_identity_service_name() {
+        let c = InjectorConfig {
+            control_plane_namespace: "mesh".into(),
+            trust_domain: "example.org".into(),
+            ..InjectorConfig::default()
+        };
+        let domain = weft_identity::IdentityDomain::new("mesh", "example.org").expect("domain");
+        assert_eq!(
+            c.identity_name(IDENTITY_SERVICE_ACCOUNT, "mesh"),
+            domain.identity_service_name().as_str()
+        );
+    }
+}

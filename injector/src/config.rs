@@ -11,6 +11,13 @@ pub const ADMIN_PORT: u16 = 4191;
 pub const CONTROL_PORT: u16 = 4190;
 pub const IDENTITY_PORT: u16 = 8080;
 pub const DESTINATION_PORT: u16 = 8086;
+/// The service accounts (in the control-plane namespace) whose identities proxies expect
+/// the control plane to present (`WEFT_PROXY_*_SVC_NAME`). `weft identity` names its own
+/// certificate after the account `identity` (`weft_identity::IdentityDomain::
+/// identity_service_name`); the destination service gets the identity of the account it
+/// runs as, which the Helm chart names `weft-destination`.
+pub const IDENTITY_SERVICE_ACCOUNT: &str = "identity";
+pub const DESTINATION_SERVICE_ACCOUNT: &str = "weft-destination";
 
 /// The default proxy image repository; the tag is the injector's own version.
 pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/weft-mesh/weft-proxy";

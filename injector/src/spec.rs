@@ -16,7 +16,8 @@ use k8s_openapi::{
 use crate::{
     annotations::{self as ann, ProxyOptions},
     config::{
-        ADMIN_PORT, DESTINATION_PORT, IDENTITY_PORT, INBOUND_PORT, InjectorConfig, OUTBOUND_PORT,
+        ADMIN_PORT, DESTINATION_PORT, DESTINATION_SERVICE_ACCOUNT, IDENTITY_PORT,
+        IDENTITY_SERVICE_ACCOUNT, INBOUND_PORT, InjectorConfig, OUTBOUND_PORT,
     },
 };
 
@@ -193,11 +194,11 @@ pub fn env(o: &ProxyOptions, c: &InjectorConfig) -> Vec<EnvVar> {
     env.extend([
         var("WEFT_PROXY_IDENTITY_ADDR", c.service_addr("weft-identity", IDENTITY_PORT)),
         var("WEFT_PROXY_IDENTITY_NAME", c.identity_name("$(WEFT_POD_SA)", "$(WEFT_POD_NS)")),
-        var("WEFT_PROXY_IDENTITY_SVC_NAME", svc_name("weft-identity")),
+        var("WEFT_PROXY_IDENTITY_SVC_NAME", svc_name(IDENTITY_SERVICE_ACCOUNT)),
         var("WEFT_PROXY_IDENTITY_TOKEN_FILE", TOKEN_FILE.into()),
         var("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", TRUST_ROOTS_FILE.into()),
         var("WEFT_PROXY_DESTINATION_ADDR", c.service_addr("weft-destination", DESTINATION_PORT)),
-        var("WEFT_PROXY_DESTINATION_SVC_NAME", svc_name("weft-destination")),
+        var("WEFT_PROXY_DESTINATION_SVC_NAME", svc_name(DESTINATION_SERVICE_ACCOUNT)),
     ]);
     env
 }

@@ -149,7 +149,7 @@ fn default_injection_is_exactly_as_documented() {
                 {"name": "WEFT_POD_SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
                 env("WEFT_PROXY_IDENTITY_ADDR", "weft-identity.weft.svc.cluster.local:8080"),
                 env("WEFT_PROXY_IDENTITY_NAME", "$(WEFT_POD_SA).$(WEFT_POD_NS).serviceaccount.identity.weft.cluster.local"),
-                env("WEFT_PROXY_IDENTITY_SVC_NAME", "weft-identity.weft.serviceaccount.identity.weft.cluster.local"),
+                env("WEFT_PROXY_IDENTITY_SVC_NAME", "identity.weft.serviceaccount.identity.weft.cluster.local"),
                 env("WEFT_PROXY_IDENTITY_TOKEN_FILE", "/var/run/secrets/tokens/weft-identity-token"),
                 env("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", "/var/run/weft/identity/trust-roots/ca-bundle.crt"),
                 env("WEFT_PROXY_DESTINATION_ADDR", "weft-destination.weft.svc.cluster.local:8086"),
