@@ -135,6 +135,12 @@ pub struct ProxyArgs {
     /// Whether the init container also programs ip6tables.
     #[arg(long, env = "WEFT_INJECTOR_IPV6", default_value_t = true, action = ArgAction::Set)]
     ipv6: bool,
+    /// PEM trust anchors for the proxies, read at start: each injected pod carries them in its
+    /// `weft.dev/identity-trust-anchors` annotation, projected into the proxy's trust-roots
+    /// file. Without it, pods mount the `weft-identity-trust-roots` ConfigMap of their own
+    /// namespace.
+    #[arg(long, env = "WEFT_INJECTOR_TRUST_ANCHORS_FILE")]
+    trust_anchors_file: Option<PathBuf>,
 }
 
 fn default_image() -> String {
@@ -166,7 +172,14 @@ impl ProxyArgs {
             proxy_memory_limit,
             iptables_mode,
             ipv6,
+            trust_anchors_file,
         } = self;
+        let trust_anchors_pem = trust_anchors_file
+            .map(|path| {
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("--trust-anchors-file {}", path.display()))
+            })
+            .transpose()?;
         let config = InjectorConfig {
             proxy_image,
             image_pull_policy,
@@ -189,6 +202,7 @@ impl ProxyArgs {
             proxy_memory_limit,
             iptables_mode,
             ipv6,
+            trust_anchors_pem,
         };
         if let Err(errors) = config.validate() {
             bail!("invalid proxy settings:\n  {}", errors.join("\n  "));

@@ -12,6 +12,9 @@ pub const INJECT: &str = "weft.dev/inject";
 pub const PROXY_VERSION: &str = "weft.dev/proxy-version";
 /// Written on injection: what injected the proxy, and when it was asked to (`webhook`/`cli`).
 pub const INJECTED_BY: &str = "weft.dev/injected-by";
+/// Written on injection when the injector has the trust anchors: the PEM bundle, which the
+/// downward API projects into the proxy's trust-roots file.
+pub const TRUST_ANCHORS: &str = "weft.dev/identity-trust-anchors";
 /// Written on injection so that `kubectl logs/exec` default to the app, not the proxy.
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 /// Label on control-plane pods: never injected (the webhook's objectSelector excludes them too).

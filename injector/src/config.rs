@@ -49,6 +49,13 @@ pub struct InjectorConfig {
     pub iptables_mode: String,
     /// Whether `weft-proxy init` also programs ip6tables.
     pub ipv6: bool,
+    /// The trust anchors (PEM) proxies verify the control plane with. `Some`: written into
+    /// each pod's `weft.dev/identity-trust-anchors` annotation and projected into the proxy's
+    /// trust-roots file by the downward API, so the pod needs nothing in its own namespace
+    /// (a ConfigMap volume can only name a ConfigMap of the pod's namespace). `None`: the pod
+    /// mounts the `weft-identity-trust-roots` ConfigMap of its namespace, which someone must
+    /// have put there.
+    pub trust_anchors_pem: Option<String>,
 }
 
 impl Default for InjectorConfig {
@@ -76,6 +83,7 @@ impl Default for InjectorConfig {
             proxy_memory_limit: None,
             iptables_mode: "auto".into(),
             ipv6: true,
+            trust_anchors_pem: None,
         }
     }
 }
@@ -139,6 +147,9 @@ impl InjectorConfig {
                 m => Err(format!("{m:?} is not auto, nft or legacy")),
             },
         );
+        if let Some(pem) = &self.trust_anchors_pem {
+            check("trust anchors", pem_certificates(pem));
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
@@ -154,6 +165,15 @@ impl InjectorConfig {
             self.control_plane_namespace, self.trust_domain
         )
     }
+}
+
+/// At least one PEM certificate and nothing unreadable (the proxy checks what they say).
+fn pem_certificates(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() { Err("no PEM certificate".into()) } else { Ok(()) }
 }
 
 /// Lowercase DNS labels separated by dots.
@@ -205,5 +225,11 @@ mod tests {
         };
         let errors = c.validate().unwrap_err();
         assert_eq!(errors.len(), 5, "{errors:#?}");
+        for pem in ["", "hello", "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"] {
+            let c =
+                InjectorConfig { trust_anchors_pem: Some(pem.into()), ..InjectorConfig::default() };
+            let errors = c.validate().unwrap_err();
+            assert!(errors[0].starts_with("trust anchors: "), "{pem:?}: {errors:?}");
+        }
     }
 }

@@ -253,13 +253,16 @@ pub fn build(
     {
         new_annotations.push((ann::DEFAULT_CONTAINER, app.name.clone()));
     }
+    if let Some(pem) = &config.trust_anchors_pem {
+        new_annotations.push((ann::TRUST_ANCHORS, pem.clone()));
+    }
     ops.map_entries(pod, &["metadata", "annotations"], new_annotations);
     ops.map_entries(
         pod,
         &["metadata", "labels"],
         vec![(ann::CONTROL_PLANE_NS, config.control_plane_namespace.clone())],
     );
-    ops.append(pod, "volumes", spec::volumes().iter().map(to_json).collect());
+    ops.append(pod, "volumes", spec::volumes(config).iter().map(to_json).collect());
     let has_init = pod.pointer("/spec/initContainers").is_some_and(Value::is_array);
     if opts.native_sidecar {
         // Redirection first, then the proxy (its startup probe holds back what follows), then

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-        EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe, ProjectedVolumeSource,
-        ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
-        Volume, VolumeMount, VolumeProjection,
+        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+        DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+        ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+        SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -31,6 +31,8 @@ pub const TOKEN_FILE: &str = "/var/run/secrets/tokens/weft-identity-token";
 pub const TRUST_ROOTS_CONFIGMAP: &str = "weft-identity-trust-roots";
 pub const TRUST_ROOTS_DIR: &str = "/var/run/weft/identity/trust-roots";
 pub const TRUST_ROOTS_FILE: &str = "/var/run/weft/identity/trust-roots/ca-bundle.crt";
+/// The file's name in the trust-roots volume (and its key in the ConfigMap).
+pub const TRUST_ROOTS_KEY: &str = "ca-bundle.crt";
 /// iptables takes its lock under /run, which a read-only root filesystem would refuse.
 pub const XTABLES_DIR: &str = "/run";
 
@@ -204,7 +206,33 @@ pub fn env(o: &ProxyOptions, c: &InjectorConfig) -> Vec<EnvVar> {
 }
 
 /// The projected identity token, the trust anchors, and iptables' lock directory.
-pub fn volumes() -> [Volume; 3] {
+pub fn volumes(c: &InjectorConfig) -> [Volume; 3] {
+    let trust_roots = match c.trust_anchors_pem {
+        // The pod carries the anchors itself (see `InjectorConfig::trust_anchors_pem`).
+        Some(_) => Volume {
+            name: ann::TRUST_ROOTS_VOLUME.to_string(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: TRUST_ROOTS_KEY.into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{}']", ann::TRUST_ANCHORS),
+                        api_version: None,
+                    }),
+                    ..Default::default()
+                }]),
+                default_mode: None,
+            }),
+            ..Default::default()
+        },
+        None => Volume {
+            name: ann::TRUST_ROOTS_VOLUME.to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: TRUST_ROOTS_CONFIGMAP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    };
     [
         Volume {
             name: ann::TOKEN_VOLUME.to_string(),
@@ -221,14 +249,7 @@ pub fn volumes() -> [Volume; 3] {
             }),
             ..Default::default()
         },
-        Volume {
-            name: ann::TRUST_ROOTS_VOLUME.to_string(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: TRUST_ROOTS_CONFIGMAP.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        trust_roots,
         Volume {
             name: ann::XTABLES_VOLUME.to_string(),
             empty_dir: Some(EmptyDirVolumeSource::default()),

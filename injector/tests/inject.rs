@@ -521,3 +521,29 @@ fn config_changes_the_rendering() {
     let args = init.args.as_deref().unwrap().join(" ");
     assert!(args.contains("--iptables-mode nft --ipv6 false"), "{args}");
 }
+
+/// With the trust anchors in its config, the injector makes the pod carry them: an annotation
+/// projected by the downward API into the file the proxy reads, so nothing has to exist in
+/// the pod's namespace (a ConfigMap volume cannot name another namespace's ConfigMap).
+#[test]
+fn trust_anchors_travel_with_the_pod() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBAjCBqaADAgECAgEBMAoGCCqGSM49BAMCMAAwHhcNMjUwMTAxMDAwMDAwWhcN\n-----END CERTIFICATE-----\n";
+    let c = InjectorConfig { trust_anchors_pem: Some(pem.into()), ..InjectorConfig::default() };
+    let (patched, typed) = inject_with(&enabled_pod("deployment-web.json"), &ns(&[]), &c);
+    assert_eq!(typed.metadata.annotations.unwrap()["weft.dev/identity-trust-anchors"], pem);
+    assert_eq!(
+        patched["spec"]["volumes"][1],
+        json!({"name": "weft-identity-trust-roots", "downwardAPI": {"items": [{
+            "path": "ca-bundle.crt",
+            "fieldRef": {"fieldPath": "metadata.annotations['weft.dev/identity-trust-anchors']"}
+        }]}})
+    );
+    let proxy = container(&typed.spec.as_ref().unwrap().init_containers, "weft-proxy");
+    assert_eq!(
+        env_of(proxy)["WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE"],
+        "/var/run/weft/identity/trust-roots/ca-bundle.crt"
+    );
+    let mount =
+        proxy.volume_mounts.iter().flatten().find(|m| m.name == "weft-identity-trust-roots");
+    assert_eq!(mount.unwrap().mount_path, "/var/run/weft/identity/trust-roots");
+}
