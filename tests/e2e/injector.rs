@@ -4,7 +4,7 @@
 //! on a multi-document stream.
 
 #[path = "../../injector/tests/support/review.rs"]
-mod review;
+pub(crate) mod review;
 
 use crate::support::Serving;
 use std::{
