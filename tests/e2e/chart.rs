@@ -549,9 +549,17 @@ fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
             "{name}: control-plane pods are never injected"
         );
     }
-    let proxy_config: ConfigMap = objects.get("ConfigMap", "weft-proxy-config");
+    let proxy_config = objects.get::<ConfigMap>("ConfigMap", "weft-proxy-config").data;
+    let proxy_config = proxy_config.unwrap_or_default();
     let image = format!("ghcr.io/weft-mesh/weft-proxy:{}", env!("CARGO_PKG_VERSION"));
-    assert_eq!(proxy_config.data.unwrap_or_default()["WEFT_INJECTOR_PROXY_IMAGE"], image);
+    assert_eq!(proxy_config["WEFT_INJECTOR_PROXY_IMAGE"], image);
+    // The chart's default is the binaries' default, and discovery and the proxies agree.
+    let default = &proxy_config["WEFT_INJECTOR_OPAQUE_PORTS"];
+    assert_eq!(default, &weft_injector::InjectorConfig::default().opaque_ports);
+    assert_eq!(default, weft_destination::index::DEFAULT_OPAQUE_PORTS);
+    let destination: Deployment = objects.get("Deployment", "weft-destination");
+    let opaque = format!("--default-opaque-ports={}", proxy_config["WEFT_INJECTOR_OPAQUE_PORTS"]);
+    assert!(the_container(&destination).args.iter().flatten().any(|a| *a == opaque), "{opaque}");
 
     // The same registration as the reviewed manifest, with the namespace and CA templated.
     let manifest: Value = serde_yaml_ng::from_str(&read(
