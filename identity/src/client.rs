@@ -1,19 +1,16 @@
 //! The proxy's identity client: a key generated in memory (never written anywhere), a CSR
 //! sent with the workload's token to the identity service (verified against the trust
 //! anchors and its expected name), the certificate published for rustls, renewed at 70 % of
-//! its lifetime, and kept while the service is down. No Kubernetes client in here.
+//! its lifetime, and kept while the service is down. The service is reached through
+//! [`crate::control`] (its name resolved at every request). No Kubernetes client in here.
 
 use std::{
-    future::Future,
     io,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, atomic::AtomicU64},
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
-use hyper_util::rt::TokioIo;
 use linkerd2_proxy_api::identity::{CertifyRequest, identity_client::IdentityClient};
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
@@ -25,11 +22,11 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime},
     sign::CertifiedKey,
 };
-use tokio::{net::TcpStream, sync::watch};
-use tonic::codegen::http::Uri;
+use tokio::sync::watch;
 
 use crate::{
     SharedTrust,
+    control::{self, Connector, ControlAddr, Resolver, ServiceTls},
     credentials::{CertResolver, certified_key},
     name::IdentityName,
     pki::{build_csr, generate_key},
@@ -40,8 +37,11 @@ use crate::{
 pub struct ClientConfig {
     /// Trust anchors the identity service's certificate must chain to (and ours too).
     pub trust: Arc<SharedTrust>,
-    /// The identity service's address, `host:port`.
+    /// The identity service's address, `host:port` (an IP literal or a DNS name).
     pub addr: String,
+    /// Resolves `addr` when it is a name; `None`: a resolver reading /etc/resolv.conf is
+    /// made when one is needed.
+    pub resolver: Option<Arc<Resolver>>,
     /// The name the identity service's certificate must carry, e.g.
     /// `identity.weft.serviceaccount.identity.weft.cluster.local`.
     pub server_name: IdentityName,
@@ -71,6 +71,7 @@ impl ClientConfig {
         Self {
             trust,
             addr: addr.into(),
+            resolver: None,
             server_name,
             local_name,
             token_file: token_file.into(),
@@ -137,8 +138,10 @@ impl CertifyError {
 pub enum ClientError {
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
-    #[error("invalid identity service address {0:?}")]
-    Addr(String),
+    #[error("invalid identity service address: {0}")]
+    Addr(#[from] control::AddrError),
+    #[error("the identity service's address is a name: {0}")]
+    Resolver(#[from] control::ResolverError),
 }
 
 /// Read side of the current certificate: what the proxy's TLS configs use.
@@ -181,6 +184,7 @@ impl Credentials {
 /// The certificate lifecycle of one workload.
 pub struct Client {
     config: ClientConfig,
+    addr: ControlAddr,
     key: KeyPair,
     csr: Vec<u8>,
     tx: watch::Sender<Option<Arc<CertifiedKey>>>,
@@ -190,13 +194,18 @@ pub struct Client {
 impl Client {
     /// Generates the key (in memory only) and the CSR.
     pub fn new(config: ClientConfig, metrics: IdentityMetrics) -> Result<Self, ClientError> {
-        if config.addr.parse::<Uri>().is_err() || !config.addr.contains(':') {
-            return Err(ClientError::Addr(config.addr));
+        let addr: ControlAddr = config.addr.parse()?;
+        let mut config = config;
+        if addr.is_name() && config.resolver.is_none() {
+            config.resolver = Some(Resolver::from_resolv_conf(
+                control::RESOLV_CONF,
+                control::DEFAULT_RESOLVE_TIMEOUT,
+            )?);
         }
         let key = generate_key()?;
         let csr = build_csr(&key, &config.local_name)?;
         let (tx, _) = watch::channel(None);
-        Ok(Self { config, key, csr, tx, metrics })
+        Ok(Self { config, addr, key, csr, tx, metrics })
     }
 
     pub fn credentials(&self) -> Credentials {
@@ -303,11 +312,20 @@ impl Client {
     ) -> Result<linkerd2_proxy_api::identity::CertifyResponse, CertifyError> {
         let cfg = &self.config;
         let connect_err = |reason: String| CertifyError::Connect { addr: cfg.addr.clone(), reason };
-        let connector = TlsConnector::new(cfg).map_err(|e| connect_err(e.to_string()))?;
-        // A connection per request: renewals are rare, and each one re-verifies the service
-        // against the current anchors.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.addr))
-            .map_err(|e| connect_err(e.to_string()))?
+        // Built per request: renewals are rare, and each one resolves the name again and
+        // verifies the service against the current anchors. No client certificate: the
+        // workload asks for its first one here.
+        let tls = ServiceTls::new(cfg.trust.clone(), cfg.server_name.clone(), None)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let connector = Connector::new(
+            "identity",
+            self.addr.clone(),
+            cfg.resolver.clone(),
+            Some(tls),
+            cfg.request_timeout,
+        );
+        let channel = connector
+            .endpoint()
             .connect_with_connector(connector)
             .await
             .map_err(|e| connect_err(error_chain(&e)))?;
@@ -347,48 +365,6 @@ fn jitter() -> f64 {
     let mut b = [0u8; 4];
     let _ = crate::provider().secure_random.fill(&mut b);
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
-}
-
-/// Connects with TLS 1.3 to the identity service, verifying its certificate against the
-/// trust anchors for the expected name (sent as SNI), with ALPN h2.
-#[derive(Clone)]
-struct TlsConnector {
-    addr: String,
-    name: ServerName<'static>,
-    tls: tokio_rustls::TlsConnector,
-}
-
-impl TlsConnector {
-    fn new(cfg: &ClientConfig) -> Result<Self, rustls::Error> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(crate::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(cfg.trust.bundle().root_store())
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        let name = ServerName::try_from(cfg.server_name.to_string())
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        Ok(Self { addr: cfg.addr.clone(), name, tls: Arc::new(tls).into() })
-    }
-}
-
-impl tonic::codegen::Service<Uri> for TlsConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(&this.addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = this.tls.connect(this.name, tcp).await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
 }
 
 #[cfg(test)]

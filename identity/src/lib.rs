@@ -1,6 +1,8 @@
 //! Weft identity: names, certificate and CSR helpers, trust bundles, the CA and its Certify
-//! server, token validators, and the proxy's certificate client. Kubernetes (TokenReview)
-//! only with the `kubernetes` feature, so that the proxy links no Kubernetes client.
+//! server, token validators, the workload certificate client, and the one path by which
+//! proxies and control-plane servers reach control-plane services (names resolved in Rust,
+//! TLS verified for the service's identity). Kubernetes (TokenReview) only with the
+//! `kubernetes` feature, so that the proxy links no Kubernetes client.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,14 +11,17 @@ use rustls::crypto::CryptoProvider;
 pub mod bundle;
 pub mod ca;
 pub mod client;
+pub mod control;
 pub mod credentials;
+pub mod incoming;
 pub mod name;
 pub mod pki;
 pub mod reload;
 pub mod server;
 pub mod token;
+pub mod workload;
 
-pub use bundle::{SharedTrust, TrustBundle};
+pub use bundle::{OptionalClientCert, SharedTrust, TrustBundle};
 pub use credentials::{CertResolver, certified_key};
 pub use name::{IdentityDomain, IdentityName, NameError, SpiffeId};
 /// Keys in this crate's API are `rcgen::KeyPair`s; re-exported so users need no own version.

@@ -5,11 +5,8 @@
 use std::{
     future::Future,
     io,
-    net::SocketAddr,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, atomic::AtomicBool},
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -20,18 +17,14 @@ use linkerd2_proxy_api::identity::{
 use prometheus_client::registry::Registry;
 use rcgen::KeyPair;
 use rustls::sign::CertifiedKey;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     TrustBundle,
     ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError},
     credentials::{CertResolver, certified_key},
+    incoming::{TlsConnectInfo, TlsIncoming},
     name::IdentityName,
     pki::{PkiError, generate_key, unix_secs},
     reload::{FileSet, Snapshot},
@@ -198,15 +191,13 @@ impl IdentityService {
             }
             .run(),
         );
-        let (tx, rx) = mpsc::channel(128);
-        let accept_task = tokio::spawn(accept(grpc, acceptor, tx));
+        let incoming = TlsIncoming::new(grpc, acceptor, Arc::new(|_| {}));
 
         let svc = IdentityServer::new(Certifier { ca, tokens, metrics });
         let result = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
-        accept_task.abort();
         reload_task.abort();
         admin_task.abort();
         Ok(result?)
@@ -321,92 +312,6 @@ impl Reloader {
     }
 }
 
-/// Accepts TCP connections and hands TLS streams to tonic; handshakes run concurrently so a
-/// slow client cannot hold up the others.
-async fn accept(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<io::Result<TlsConn>>,
-) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, client.addr = %peer, "TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(client.addr = %peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-/// A TLS connection as tonic wants it.
-struct TlsConn {
-    inner: TlsStream<TcpStream>,
-    peer: SocketAddr,
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = SocketAddr;
-
-    fn connect_info(&self) -> SocketAddr {
-        self.peer
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// The Certify handler.
 struct Certifier {
     ca: Arc<Ca>,
@@ -420,7 +325,7 @@ impl Identity for Certifier {
         &self,
         req: tonic::Request<CertifyRequest>,
     ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
-        let peer = req.extensions().get::<SocketAddr>().copied();
+        let peer = req.extensions().get::<TlsConnectInfo>().map(|i| i.peer);
         let CertifyRequest { identity, token, certificate_signing_request } = req.into_inner();
         match self.ca.certify(&identity, &token, &certificate_signing_request, &*self.tokens).await
         {
