@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, ValueEnum};
+use weft_identity::{control::ControlAddr, workload::WorkloadConfig};
 
 /// Linkerd's default list of ports whose protocols are opaque or server-speaks-first.
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
@@ -116,10 +117,17 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_OUTBOUND_HTTP2_UPGRADE_TARGETS", default_value = "")]
     pub outbound_http2_upgrade_targets: crate::http::TargetSet,
 
-    /// The destination service (discovery), `ip:port`. Without it outbound traffic goes
-    /// to the original destination as it is.
+    /// The destination service (discovery), `host:port`: an IP literal or a DNS name
+    /// (e.g. `weft-destination.weft.svc.cluster.local:8086`), resolved again at every
+    /// connect. Without it outbound traffic goes to the original destination as it is.
     #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR")]
-    pub destination_addr: Option<SocketAddr>,
+    pub destination_addr: Option<ControlAddr>,
+
+    /// The identity the destination service's certificate must prove. With it and an
+    /// identity, discovery runs over TLS 1.3 (mTLS: this proxy's certificate goes along);
+    /// without an identity it stays plaintext.
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_SVC_NAME")]
+    pub destination_svc_name: Option<String>,
 
     /// Sent with every lookup (Linkerd's context token: namespace, node, ...).
     #[arg(long, env = "WEFT_PROXY_DESTINATION_CONTEXT", default_value = "")]
@@ -158,9 +166,10 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_IDENTITY_NAME")]
     pub identity_name: Option<String>,
 
-    /// The identity service, `host:port`.
+    /// The identity service, `host:port`: an IP literal or a DNS name, resolved again at
+    /// every connect.
     #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR")]
-    pub identity_addr: Option<String>,
+    pub identity_addr: Option<ControlAddr>,
 
     /// The identity the identity service's certificate must prove.
     #[arg(long, env = "WEFT_PROXY_IDENTITY_SVC_NAME")]
@@ -173,6 +182,16 @@ pub struct RunArgs {
     /// PEM trust anchors; re-read when the file changes.
     #[arg(long, env = "WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE")]
     pub identity_trust_anchors_file: Option<std::path::PathBuf>,
+
+    /// Resolver configuration for control-plane names (nameservers, `search` domains,
+    /// `options ndots`); names are resolved in the proxy, not through the C library.
+    #[arg(long, env = "WEFT_PROXY_DNS_RESOLV_CONF", default_value = weft_identity::control::RESOLV_CONF)]
+    pub dns_resolv_conf: std::path::PathBuf,
+
+    /// Longest wait for a control-plane name's addresses; a failure is logged, counted
+    /// (`control_plane_resolve_errors_total`) and retried with backoff.
+    #[arg(long, env = "WEFT_PROXY_DNS_RESOLVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub dns_resolve_timeout: Duration,
 
     /// Most distinct values of an unbounded metric label (such as `target_addr`) kept
     /// apart; the rest are folded into the value `overflow`.
@@ -193,8 +212,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The identity settings: all of them, or none (identity off).
-    pub fn identity(&self) -> anyhow::Result<Option<crate::identity::IdentityConfig>> {
+    /// The identity settings: all of them, or none (identity off). The resolver is the
+    /// caller's to add.
+    pub fn identity(&self) -> anyhow::Result<Option<WorkloadConfig>> {
         match (
             &self.identity_name,
             &self.identity_addr,
@@ -204,12 +224,13 @@ impl RunArgs {
         ) {
             (None, None, None, None, None) => Ok(None),
             (Some(name), Some(addr), Some(svc), Some(token), Some(anchors)) => {
-                Ok(Some(crate::identity::IdentityConfig {
-                    addr: addr.clone(),
+                Ok(Some(WorkloadConfig {
+                    addr: addr.to_string(),
                     svc_name: svc.clone(),
                     name: name.clone(),
                     token_file: token.clone(),
                     trust_anchors_file: anchors.clone(),
+                    resolver: None,
                 }))
             }
             _ => anyhow::bail!(

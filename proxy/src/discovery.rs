@@ -21,8 +21,9 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
+use weft_identity::control::Connector;
 
 use crate::{
     balance::{BalanceConfig, Balancer},
@@ -150,19 +151,19 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// A client of the destination service at `addr` (plaintext HTTP/2 until identity
-    /// exists; connections are made lazily and re-made as needed).
+    /// A client of the destination service that `connector` reaches (its name resolved
+    /// again, and TLS when configured, at each connect; connections are made lazily and
+    /// re-made as needed).
     pub fn new(
-        addr: SocketAddr,
+        connector: Connector,
         config: DiscoveryConfig,
         metrics: DiscoveryMetrics,
     ) -> anyhow::Result<Arc<Self>> {
-        let channel = GrpcEndpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
+        let channel = connector
+            .endpoint()
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(3))
-            .connect_lazy();
+            .connect_with_connector_lazy(connector);
         let d = Arc::new(Discovery {
             client: DestinationClient::new(channel),
             config,

@@ -1,19 +1,18 @@
-//! The proxy's identity: its certificate, obtained and renewed by `weft-identity`'s client
-//! (the key lives in memory only), the trust anchors (re-read when their file changes), and
-//! the rustls configurations of the data path — TLS 1.3 only, client certificates required
-//! inbound, the exact peer identity required outbound.
+//! The proxy's identity: its certificate and trust anchors (`weft-identity`'s workload:
+//! the key in memory only, the anchors re-read when their file changes), and the rustls
+//! configurations of the data path — TLS 1.3 only, client certificates required inbound,
+//! the exact peer identity required outbound — and of control-plane connections.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rustls::{ClientConfig, ServerConfig, pki_types::CertificateDer};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::{info, warn};
 use weft_identity::{
-    IdentityName, SharedTrust, TrustBundle,
-    client::{Client, ClientConfig as CertifyConfig, Credentials, IdentityMetrics},
-    reload::FileSet,
+    IdentityName, SharedTrust,
+    client::Credentials,
+    control::ServiceTls,
+    workload::{Workload, WorkloadConfig, WorkloadError},
 };
 
 use crate::transport_header;
@@ -21,18 +20,9 @@ use crate::transport_header;
 /// ALPN protocols the inbound side offers, best first.
 const SERVER_ALPN: [&[u8]; 3] = [transport_header::ALPN, b"h2", b"http/1.1"];
 
-/// What `--identity-*` configures.
-#[derive(Debug, Clone)]
-pub struct IdentityConfig {
-    pub addr: String,
-    pub svc_name: String,
-    pub name: String,
-    pub token_file: PathBuf,
-    pub trust_anchors_file: PathBuf,
-}
-
 pub struct Identity {
     pub local: IdentityName,
+    trust: Arc<SharedTrust>,
     credentials: Credentials,
     acceptor: TlsAcceptor,
     /// ALPN `h2`, for HTTP to meshed endpoints.
@@ -55,38 +45,11 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Reads the anchors, starts obtaining a certificate (in the background) and builds the
     /// TLS configurations. Fails on bad configuration, never on an unreachable service.
-    pub fn start(config: IdentityConfig, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
-        let local: IdentityName = config.name.parse().with_context(|| {
-            format!("WEFT_PROXY_IDENTITY_NAME {:?} is not an identity name", config.name)
-        })?;
-        let svc: IdentityName = config.svc_name.parse().with_context(|| {
-            format!("WEFT_PROXY_IDENTITY_SVC_NAME {:?} is not an identity name", config.svc_name)
-        })?;
-        let mut files = FileSet::new(vec![config.trust_anchors_file.clone()]);
-        let snapshot = files.read().with_context(|| {
-            format!("cannot read the trust anchors {}", config.trust_anchors_file.display())
-        })?;
-        let pem = snapshot.contents.first().cloned().unwrap_or_default();
-        let bundle = TrustBundle::from_pem("trust anchors", &pem)?;
-        let trust = SharedTrust::new(bundle)?;
-        files.mark_seen(&snapshot);
-        tokio::spawn(watch_anchors(files, trust.clone()));
-
-        let metrics = IdentityMetrics::default();
-        metrics.register(registry);
-        let client = Client::new(
-            CertifyConfig::new(
-                trust.clone(),
-                config.addr.clone(),
-                svc,
-                local.clone(),
-                config.token_file.clone(),
-            ),
-            metrics,
-        )?;
-        let credentials = client.credentials();
-        client.spawn();
-
+    pub fn start(
+        config: WorkloadConfig,
+        registry: &mut Registry,
+    ) -> Result<Arc<Self>, WorkloadError> {
+        let Workload { local, trust, credentials } = Workload::start(config, registry)?;
         let provider = weft_identity::provider();
         let resolver = credentials.resolver();
         let mut server = ServerConfig::builder_with_provider(provider.clone())
@@ -94,7 +57,7 @@ impl Identity {
             .with_client_cert_verifier(trust.clone())
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
-        let client_config = |alpn: &[&[u8]]| -> anyhow::Result<TlsConnector> {
+        let client_config = |alpn: &[&[u8]]| -> Result<TlsConnector, WorkloadError> {
             let mut c = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])?
                 .dangerous()
@@ -105,15 +68,26 @@ impl Identity {
             c.resumption = rustls::client::Resumption::default();
             Ok(TlsConnector::from(Arc::new(c)))
         };
-        info!(identity = %local, "identity configured; waiting for a certificate");
+        let (h2, transport, plain) = (
+            client_config(&[b"h2"])?,
+            client_config(&[transport_header::ALPN])?,
+            client_config(&[])?,
+        );
         Ok(Arc::new(Identity {
             local,
+            trust,
             credentials,
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            h2: client_config(&[b"h2"])?,
-            transport: client_config(&[transport_header::ALPN])?,
-            plain: client_config(&[])?,
+            h2,
+            transport,
+            plain,
         }))
+    }
+
+    /// TLS to a control-plane service that must prove `svc`: verified against the anchors,
+    /// with this proxy's certificate as client certificate once it has one (mTLS).
+    pub fn control_plane_tls(&self, svc: IdentityName) -> Result<ServiceTls, rustls::Error> {
+        ServiceTls::new(self.trust.clone(), svc, Some(self.credentials.resolver()))
     }
 
     /// A certificate is installed: the proxy can take meshed traffic.
@@ -145,31 +119,4 @@ pub enum Alpn {
 pub fn peer_identity(certs: Option<&[CertificateDer<'static>]>) -> Option<String> {
     let der = certs?.first()?;
     weft_identity::pki::CertSummary::parse(der).ok()?.dns_names.into_iter().next()
-}
-
-/// Re-reads the anchors when their file changes (including the kubelet's `..data` swap).
-async fn watch_anchors(mut files: FileSet, trust: Arc<SharedTrust>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        match files.poll() {
-            Ok(Some(snapshot)) => {
-                let pem = snapshot.contents.first().cloned().unwrap_or_default();
-                match TrustBundle::from_pem("trust anchors", &pem)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|b| trust.replace(b).map_err(anyhow::Error::from))
-                {
-                    Ok(()) => {
-                        files.mark_seen(&snapshot);
-                        info!("trust anchors reloaded");
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "ignoring an unusable trust anchor file; keeping the current anchors")
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "cannot read the trust anchors; keeping the current ones"),
-        }
-    }
 }

@@ -33,6 +33,10 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
+use weft_identity::{
+    IdentityName,
+    control::{Connector, ControlAddr, Resolver},
+};
 
 use crate::{
     config::RunArgs,
@@ -50,7 +54,12 @@ pub struct BoundProxy {
     admin: Vec<TcpListener>,
     metrics: Arc<Metrics>,
     identity: Option<Arc<identity::Identity>>,
+    /// The destination service, when discovery is on.
+    destination: Option<Connector>,
 }
+
+/// Connect (TCP and TLS handshake) timeout per address of the destination service.
+const DESTINATION_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Accept queue of each listener (the kernel caps it at `net.core.somaxconn`). The
 /// standard library's 128 drops SYNs under a burst of new connections, which clients
@@ -121,10 +130,64 @@ impl BoundProxy {
         let outbound = listen_all(&args.outbound_listen_addr, "outbound")?;
         let admin = listen_all(&args.admin_listen_addr, "admin")?;
         let identity_config = args.identity()?;
+        let destination_svc = args
+            .destination_svc_name
+            .as_deref()
+            .map(|s| {
+                s.parse::<IdentityName>().with_context(|| {
+                    format!("WEFT_PROXY_DESTINATION_SVC_NAME {s:?} is not an identity name")
+                })
+            })
+            .transpose()?;
+        // Control-plane names are resolved here, in Rust; IP literals need no resolver.
+        let names = [&args.destination_addr, &args.identity_addr]
+            .into_iter()
+            .any(|a| a.as_ref().is_some_and(ControlAddr::is_name));
+        let resolver = names
+            .then(|| Resolver::from_resolv_conf(&args.dns_resolv_conf, args.dns_resolve_timeout))
+            .transpose()
+            .context("control-plane addresses are DNS names (WEFT_PROXY_DNS_RESOLV_CONF)")?;
         let (metrics, identity) = Metrics::with(args.metrics_max_label_values, |registry| {
-            identity_config.map(|c| identity::Identity::start(c, registry)).transpose()
+            if let Some(r) = &resolver {
+                r.register(registry);
+            }
+            identity_config
+                .map(|mut c| {
+                    c.resolver = resolver.clone();
+                    identity::Identity::start(c, registry)
+                })
+                .transpose()
+                .context("identity (WEFT_PROXY_IDENTITY_*)")
         })?;
-        Ok(BoundProxy { args, inbound, outbound, admin, metrics, identity })
+        let destination = match &args.destination_addr {
+            Some(addr) => {
+                let tls = match (&identity, destination_svc) {
+                    (Some(id), Some(svc)) => Some(id.control_plane_tls(svc)?),
+                    (None, Some(_)) => {
+                        warn!(
+                            "WEFT_PROXY_DESTINATION_SVC_NAME is set but identity is off: discovery is plaintext"
+                        );
+                        None
+                    }
+                    (Some(_), None) => {
+                        warn!(
+                            "identity is on but WEFT_PROXY_DESTINATION_SVC_NAME is not set: discovery is plaintext"
+                        );
+                        None
+                    }
+                    (None, None) => None,
+                };
+                Some(Connector::new(
+                    "destination",
+                    addr.clone(),
+                    resolver.clone(),
+                    tls,
+                    DESTINATION_CONNECT_TIMEOUT,
+                ))
+            }
+            None => None,
+        };
+        Ok(BoundProxy { args, inbound, outbound, admin, metrics, identity, destination })
     }
 
     /// The bound inbound addresses (the first is the primary one).
@@ -154,14 +217,14 @@ impl BoundProxy {
             .flatten()
             .copied()
             .collect();
-        let BoundProxy { args, inbound, outbound, admin, metrics, identity } = self;
+        let BoundProxy { args, inbound, outbound, admin, metrics, identity, destination } = self;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
 
-        let discovery = match args.destination_addr {
-            Some(addr) => Some(discovery::Discovery::new(
-                addr,
+        let discovery = match destination {
+            Some(connector) => Some(discovery::Discovery::new(
+                connector,
                 discovery::DiscoveryConfig {
                     first_update_timeout: args.destination_first_update_timeout,
                     idle_timeout: args.destination_idle_timeout,

@@ -41,7 +41,7 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
     println!("{:<14} {:>8} {:>8} {:>8} {:>18}", "", "fast", "slow", "flaky", "success at client");
     for (label, ip) in [("no retries", "10.96.0.20"), ("with retries", "10.96.0.21")] {
         let mut args = proxy_args(Some(format!("{ip}:80").parse()?), None);
-        args.destination_addr = Some(dst_addr);
+        args.destination_addr = Some(dst_addr.into());
         args.destination_first_update_timeout = Duration::from_secs(3);
         let proxy = BoundProxy::bind(args)?;
         let outbound = proxy.outbound_addrs()[0];

@@ -53,7 +53,7 @@ pub async fn run() -> anyhow::Result<()> {
     let with_identity = |mut args: weft_proxy::config::RunArgs, sa: &str| {
         let (name, token) = identity(sa);
         args.identity_name = Some(name);
-        args.identity_addr = Some(identity_addr.to_string());
+        args.identity_addr = Some(identity_addr.into());
         args.identity_svc_name = Some(format!("identity.weft.{DOMAIN}"));
         args.identity_token_file = Some(token);
         args.identity_trust_anchors_file = Some(dir.join("ca.crt"));
@@ -69,7 +69,7 @@ pub async fn run() -> anyhow::Result<()> {
     let dst = balancing::serve_destination(&yaml)?;
     let mut client_args =
         with_identity(proxy_args(Some("10.96.0.50:80".parse()?), None), "frontend");
-    client_args.destination_addr = Some(dst);
+    client_args.destination_addr = Some(dst.into());
     client_args.destination_first_update_timeout = Duration::from_secs(3);
     let client = BoundProxy::bind(client_args)?;
     let outbound = client.outbound_addrs()[0];
