@@ -1,14 +1,19 @@
 //! `weft destination`: the discovery server proxies ask for endpoints, identities and
-//! profiles. Flags (each also an env var `WEFT_DESTINATION_*`) are parsed and checked here;
-//! the service itself is the `weft-destination` crate.
+//! profiles — over TLS when it is given an identity of its own. Flags (each also an env var
+//! `WEFT_DESTINATION_*`) are parsed and checked here; the service itself is the
+//! `weft-destination` crate.
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tracing::info;
 use weft_destination::{Config, IndexConfig, Source};
-use weft_proxy::config::LogFormat;
+use weft_identity::{
+    control::{self, ControlAddr, Resolver},
+    workload::WorkloadConfig,
+};
+use weft_proxy::config::{LogFormat, parse_duration};
 
 #[derive(Debug, Clone, Args)]
 pub struct DestinationArgs {
@@ -41,6 +46,32 @@ pub struct DestinationArgs {
     /// `WEFT_PROXY_OPAQUE_PORTS` default (comma-separated ports and ranges; empty for none).
     #[arg(long, env = "WEFT_DESTINATION_DEFAULT_OPAQUE_PORTS", default_value = weft_destination::index::DEFAULT_OPAQUE_PORTS)]
     default_opaque_ports: String,
+    /// This service's own identity name (e.g.
+    /// `weft-destination.weft.serviceaccount.identity.weft.cluster.local`, what proxies'
+    /// `WEFT_PROXY_DESTINATION_SVC_NAME` says). With it the service obtains a certificate
+    /// from the identity service and serves gRPC over TLS 1.3 only (client certificates
+    /// asked for and verified, not required); the other `--identity-*` settings are then
+    /// required. Without them it serves plaintext.
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_NAME")]
+    identity_name: Option<String>,
+    /// The identity service, `host:port` (an IP literal or a DNS name).
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_ADDR")]
+    identity_addr: Option<ControlAddr>,
+    /// The identity the identity service's certificate must prove.
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_SVC_NAME")]
+    identity_svc_name: Option<String>,
+    /// The token that proves this service's identity (a projected service-account token).
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_TOKEN_FILE")]
+    identity_token_file: Option<PathBuf>,
+    /// PEM trust anchors; re-read when the file changes.
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_TRUST_ANCHORS_FILE")]
+    identity_trust_anchors_file: Option<PathBuf>,
+    /// Resolver configuration for a DNS name in `--identity-addr`.
+    #[arg(long, env = "WEFT_DESTINATION_DNS_RESOLV_CONF", default_value = control::RESOLV_CONF)]
+    dns_resolv_conf: PathBuf,
+    /// Longest wait for the identity service's addresses.
+    #[arg(long, env = "WEFT_DESTINATION_DNS_RESOLVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    dns_resolve_timeout: std::time::Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
     log: String,
@@ -66,9 +97,43 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         trust_domain,
         proxy_inbound_port,
         default_opaque_ports,
+        identity_name,
+        identity_addr,
+        identity_svc_name,
+        identity_token_file,
+        identity_trust_anchors_file,
+        dns_resolv_conf,
+        dns_resolve_timeout,
         log,
         log_format,
     } = args;
+    let identity = match (
+        identity_name,
+        identity_addr,
+        identity_svc_name,
+        identity_token_file,
+        identity_trust_anchors_file,
+    ) {
+        (None, None, None, None, None) => None,
+        (Some(name), Some(addr), Some(svc_name), Some(token_file), Some(trust_anchors_file)) => {
+            let resolver = addr
+                .is_name()
+                .then(|| Resolver::from_resolv_conf(&dns_resolv_conf, dns_resolve_timeout))
+                .transpose()
+                .context("--identity-addr is a DNS name (WEFT_DESTINATION_DNS_RESOLV_CONF)")?;
+            Some(WorkloadConfig {
+                name,
+                addr: addr.to_string(),
+                svc_name,
+                token_file,
+                trust_anchors_file,
+                resolver,
+            })
+        }
+        _ => bail!(
+            "identity needs all of --identity-name, --identity-addr, --identity-svc-name, --identity-token-file and --identity-trust-anchors-file (WEFT_DESTINATION_IDENTITY_*), or none of them"
+        ),
+    };
     let (default_opaque_ports, bad) =
         weft_destination::model::PortSet::parse(&default_opaque_ports);
     if !bad.is_empty() {
@@ -109,6 +174,7 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             proxy_inbound_port,
             default_opaque_ports,
         },
+        identity,
     };
     info!(?config, "starting destination service");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

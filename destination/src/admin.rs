@@ -1,5 +1,6 @@
 //! The admin server: `/metrics` (Prometheus text), `/live`, and `/ready` (200 once the source
-//! has its first complete view: Kubernetes caches synced or the static file loaded).
+//! has its first complete view — Kubernetes caches synced or the static file loaded — and,
+//! with TLS on, the service's own certificate is installed).
 
 use std::sync::Arc;
 
@@ -39,6 +40,9 @@ async fn ready_handler(State(admin): State<Admin>) -> (StatusCode, &'static str)
     if *admin.ready.borrow() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: discovery source not synced\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: discovery source not synced, or no certificate yet\n",
+        )
     }
 }

@@ -9,7 +9,8 @@
 //! - [`index`]: the Kubernetes index (pure), fed by [`k8s`] watches; [`static_source`]: a
 //!   YAML file instead;
 //! - [`server`]: the gRPC streams; [`admin`]: `/metrics`, `/ready`, `/live`; [`run`] ties
-//!   them together.
+//!   them together, over TLS with a certificate of the service's own when it has an
+//!   identity (obtained and renewed from the identity service, like a proxy's).
 
 pub mod admin;
 pub mod index;
@@ -33,7 +34,12 @@ use std::{
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
-use tracing::info;
+use tracing::{debug, info};
+use weft_identity::{
+    OptionalClientCert,
+    incoming::{Handshake, TlsIncoming},
+    workload::{Workload, WorkloadConfig},
+};
 
 pub use crate::index::IndexConfig;
 use crate::{
@@ -54,6 +60,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub source: Source,
     pub index: IndexConfig,
+    /// The service's own identity: with it, gRPC is served over TLS 1.3 only.
+    pub identity: Option<WorkloadConfig>,
 }
 
 /// How long open streams get after the shutdown signal.
@@ -69,10 +77,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The one crypto provider of the workspace, for the kube client's TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Config { listen_addr, admin_addr, source, index } = config;
+    let Config { listen_addr, admin_addr, source, index, identity } = config;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let (synced_tx, synced) = watch::channel(false);
+    let workload = identity
+        .map(|c| Workload::start(c, &mut registry))
+        .transpose()
+        .context("the destination service's identity")?;
 
     let (discover, source_task): (Arc<dyn Discover>, Task) = match &source {
         Source::Static(path) => {
@@ -101,7 +113,14 @@ pub async fn run(
         TcpListener::bind(listen_addr).await.with_context(|| format!("binding {listen_addr}"))?;
     let admin =
         TcpListener::bind(admin_addr).await.with_context(|| format!("binding {admin_addr}"))?;
-    info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, source = ?source, "serving");
+    info!(
+        grpc = %grpc.local_addr()?,
+        admin = %admin.local_addr()?,
+        source = ?source,
+        tls = workload.is_some(),
+        identity = workload.as_ref().map(|w| w.local.to_string()),
+        "serving"
+    );
 
     tokio::spawn(source_task);
     let (stop_tx, stop) = watch::channel(false);
@@ -115,18 +134,28 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let router = admin::router(Arc::new(registry), synced.clone());
+    let router = admin::router(Arc::new(registry), ready(synced.clone(), workload.as_ref()));
     let admin_task =
         tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future());
 
-    let service = DestinationService::new(discover, &index.cluster_domain, metrics, synced);
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let service = DestinationService::new(discover, &index.cluster_domain, metrics.clone(), synced);
     let server = tonic::transport::Server::builder()
         // Proxies hold their streams for hours: notice the ones that vanished.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, stopped());
+        .add_service(service.into_server());
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &workload {
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
+            }
+            Some(w) => {
+                let incoming = TlsIncoming::new(grpc, tls_acceptor(w)?, on_handshake(metrics));
+                Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
+            }
+        };
     // Streams never end by themselves: after the shutdown signal, give proxies a moment to
     // see the GOAWAY, then close what is left.
     let grace = stopped();
@@ -140,4 +169,47 @@ pub async fn run(
     info!("stopped");
     admin_task.abort();
     served.context("gRPC server failed")
+}
+
+/// TLS 1.3 with ALPN h2 and the service's current certificate. Client certificates are asked
+/// for and verified when presented, but not required — Linkerd's policy: a proxy still
+/// waiting for its first certificate can already discover.
+fn tls_acceptor(w: &Workload) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(weft_identity::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(OptionalClientCert(w.trust.clone())))
+        .with_cert_resolver(w.credentials.resolver());
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// Counts TLS connections by client identity, and failed handshakes.
+fn on_handshake(metrics: Metrics) -> weft_identity::incoming::OnHandshake {
+    Arc::new(move |h| match h {
+        Handshake::Done(info) => {
+            let client_id = info.client_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            debug!(client.addr = %info.peer, client.id = %client_id, "TLS connection");
+            metrics.tls_connections.get_or_create(&metrics::ClientIdLabels { client_id }).inc();
+        }
+        Handshake::Failed { .. } => {
+            metrics.tls_handshake_errors.inc();
+        }
+    })
+}
+
+/// Ready once the source is synced and, with TLS on, the certificate is installed.
+fn ready(synced: watch::Receiver<bool>, workload: Option<&Workload>) -> watch::Receiver<bool> {
+    let Some(w) = workload else { return synced };
+    let (tx, rx) = watch::channel(false);
+    let (mut synced, mut credentials) = (synced, w.credentials.clone());
+    tokio::spawn(async move {
+        credentials.ready().await;
+        loop {
+            tx.send_replace(*synced.borrow_and_update());
+            if synced.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

@@ -39,6 +39,12 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientIdLabels {
+    /// The identity the client's certificate proves; empty without a certificate.
+    pub client_id: String,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     /// Open `Get` / `GetProfile` streams.
@@ -53,6 +59,10 @@ pub struct Metrics {
     pub watch_errors: Family<KindLabels, Counter>,
     /// Static file loads, `ok` or `error`.
     pub static_loads: Family<ResultLabels, Counter>,
+    /// TLS connections accepted (with TLS on), by the client's identity.
+    pub tls_connections: Family<ClientIdLabels, Counter>,
+    /// TLS handshakes that failed (with TLS on): plaintext clients, untrusted certificates.
+    pub tls_handshake_errors: Counter,
 }
 
 impl Metrics {
@@ -73,6 +83,16 @@ impl Metrics {
             m.watch_errors.clone(),
         );
         r.register("static_loads", "Static file loads by result", m.static_loads.clone());
+        r.register(
+            "tls_connections",
+            "TLS connections accepted, by the identity the client's certificate proves (empty: none)",
+            m.tls_connections.clone(),
+        );
+        r.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed (plaintext clients, certificates from other anchors)",
+            m.tls_handshake_errors.clone(),
+        );
         m
     }
 

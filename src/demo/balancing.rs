@@ -118,6 +118,7 @@ pub fn serve_destination(yaml: &str) -> anyhow::Result<SocketAddr> {
             proxy_inbound_port: 4143,
             ..Default::default()
         },
+        identity: None,
     };
     tokio::spawn(async move {
         if let Err(e) = weft_destination::run(config, std::future::pending()).await {

@@ -364,4 +364,11 @@ fn bad_control_plane_addresses_fail_at_start() {
         .expect("weft-proxy");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("/nonexistent/resolv.conf"), "{err}");
+    // The destination service's own identity settings, too.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["destination", "--identity-addr", "weft-identity.weft.svc.cluster.local"])
+        .output()
+        .expect("weft destination");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no port"));
 }

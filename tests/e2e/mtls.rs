@@ -1,7 +1,9 @@
 //! Transparent mTLS end to end on loopback: a fresh PKI from `weft certs generate`, the real
-//! `weft identity` (static tokens) and `weft destination` (static file), a client-side and a
-//! server-side `weft-proxy` that obtain their certificates; app traffic is mTLS between the
-//! proxies, checked from the app (`l5d-client-id`), the proxies' metrics, and openssl.
+//! `weft identity` (static tokens) and `weft destination` (static file, serving over TLS
+//! with a certificate of its own), a client-side and a server-side `weft-proxy` that obtain
+//! their certificates; discovery is mTLS to the destination service's identity, app traffic
+//! is mTLS between the proxies, checked from the app (`l5d-client-id`), the proxies' and the
+//! destination service's metrics, and openssl.
 
 use std::{
     io::{BufReader, Read, Write},
@@ -15,6 +17,9 @@ use crate::support::*;
 
 const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
 const SVC_NAME: &str = "identity.weft.serviceaccount.identity.weft.cluster.local";
+/// The destination service's own identity (service account `weft-destination`, as the
+/// injector's `WEFT_PROXY_DESTINATION_SVC_NAME` expects).
+const DST_SVC_NAME: &str = "weft-destination.weft.serviceaccount.identity.weft.cluster.local";
 
 fn id(sa: &str) -> String {
     format!("{sa}.prod.{DOMAIN}")
@@ -42,7 +47,10 @@ fn start_weft(args: &[&str], envs: &[(&str, &str)], field: &'static str) -> (Chi
 struct Mesh {
     dir: PathBuf,
     identity: Child_,
+    identity_addr: SocketAddr,
     _destination: Child_,
+    destination: SocketAddr,
+    destination_admin: SocketAddr,
     http_client: Proxy,
     tcp_client: Proxy,
     server: Proxy,
@@ -141,10 +149,10 @@ impl Mesh {
         assert!(ok, "weft certs generate: {err}");
         std::fs::write(
             dir.join("tokens.yaml"),
-            "client-token: prod/client\ntcp-token: prod/tcp\nweb-token: prod/web\n",
+            "client-token: prod/client\ntcp-token: prod/tcp\nweb-token: prod/web\ndestination-token: weft/weft-destination\n",
         )
         .expect("tokens");
-        for t in ["client", "tcp", "web"] {
+        for t in ["client", "tcp", "web", "destination"] {
             std::fs::write(dir.join(format!("{t}.token")), format!("{t}-token")).expect("token");
         }
         let (identity, identity_addr) =
@@ -171,23 +179,8 @@ impl Mesh {
             server.inbound.port()
         );
         std::fs::write(dir.join("endpoints.yaml"), yaml).expect("endpoints");
-        let (destination, dst_addr) = start_weft(
-            &[
-                "destination",
-                "--source",
-                "static",
-                "--static-file",
-                &format!("{d}/endpoints.yaml"),
-                "--listen-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ],
-            &[],
-            "grpc",
-        );
+        let (destination_child, dst_addr, destination_admin) =
+            start_tls_destination(&dir, &format!("{d}/endpoints.yaml"), &identity_addr);
         let dst_addr = dst_addr.to_string();
         let client_args = |target: &str, sa: &str, token: &str| {
             [
@@ -196,6 +189,8 @@ impl Mesh {
                     target.to_string(),
                     "--destination-addr".to_string(),
                     dst_addr.clone(),
+                    "--destination-svc-name".to_string(),
+                    DST_SVC_NAME.to_string(),
                 ],
                 identity_args(&dir, &id(sa), token, &identity_addr),
             ]
@@ -203,8 +198,50 @@ impl Mesh {
         };
         let http_client = start_proxy(client_args("10.96.0.40:80", "client", "client.token"));
         let tcp_client = start_proxy(client_args("10.96.0.41:5432", "tcp", "tcp.token"));
-        Mesh { dir, identity, _destination: destination, http_client, tcp_client, server, echo }
+        let identity_addr = identity_addr.parse().expect("identity address");
+        let destination = dst_addr.parse().expect("destination address");
+        Mesh {
+            dir,
+            identity,
+            identity_addr,
+            _destination: destination_child,
+            destination,
+            destination_admin,
+            http_client,
+            tcp_client,
+            server,
+            echo,
+        }
     }
+}
+
+/// `weft destination` with an identity of its own (so serving over TLS), ready: its
+/// certificate obtained. Returns it, its gRPC and its admin address.
+fn start_tls_destination(
+    dir: &Path,
+    static_file: &str,
+    identity_addr: &str,
+) -> (Child_, SocketAddr, SocketAddr) {
+    let (token, anchors) = (
+        dir.join("destination.token").display().to_string(),
+        dir.join("ca.crt").display().to_string(),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.args(["destination", "--source", "static", "--static-file", static_file])
+        .args(["--listen-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--log", "info,weft_destination=debug"])
+        .args(["--identity-name", DST_SVC_NAME, "--identity-addr", identity_addr])
+        .args(["--identity-svc-name", SVC_NAME, "--identity-token-file", &token])
+        .args(["--identity-trust-anchors-file", &anchors]);
+    let serving = Serving::start(cmd, "weft destination (TLS)", Duration::from_secs(30));
+    assert_eq!(serving.fields["tls"], true, "{}", serving.fields);
+    let (grpc, admin) = (serving.addr("grpc"), serving.addr("admin"));
+    assert!(
+        eventually(Duration::from_secs(20), || admin_request(admin, "GET", "/ready", "").0 == 200),
+        "the destination service never got its certificate:\n{}",
+        serving.logs.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    (Child_(serving.child), grpc, admin)
 }
 
 fn rand_suffix() -> u64 {
@@ -531,4 +568,128 @@ fn during_trust_anchor_rotation_proxies_with_either_anchor_talk() {
         "{m}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn discovery_is_mtls_to_the_destination_services_own_identity() {
+    let mesh = Mesh::new();
+    // The service address is reachable only through discovery.
+    let url = format!("http://{}/echo", mesh.http_client.outbound);
+    let (ok, out, err) = run(Command::new("curl").args(["-sS", "--http1.1", &url]));
+    assert!(ok && out.starts_with("HTTP/1.1 GET /echo"), "{out}{err}\n{}", mesh.http_client.logs());
+    // The destination service saw the proxy's certificate on its TLS connection.
+    let m = scrape(mesh.destination_admin);
+    assert!(
+        metric(&m, "destination_tls_connections_total", &[("client_id", &id("client"))]) >= 1.0,
+        "no TLS connection with the client's identity:\n{m}"
+    );
+    assert_eq!(metric(&m, "destination_tls_handshake_errors_total", &[]), 0.0, "{m}");
+
+    // openssl: TLS 1.3, a chain to the anchor, the destination service's own identity; a
+    // client without a certificate is let in (client certificates are optional, verified
+    // when presented).
+    let connect = mesh.destination.to_string();
+    let ca = mesh.dir.join("ca.crt");
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &connect, "-servername", DST_SVC_NAME])
+        .args(["-verify_hostname", DST_SVC_NAME, "-alpn", "h2", "-showcerts"])
+        .args(["-verify_return_error", "-CAfile"])
+        .arg(&ca)
+        .stdin(Stdio::piped())
+        .output()
+        .expect("openssl");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(text.contains("TLSv1.3") && text.contains("ALPN protocol: h2"), "{text}");
+    let leaf = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|c| c.split("-----END CERTIFICATE-----").next())
+        .expect("a certificate");
+    let leaf_file = mesh.dir.join("destination-leaf.pem");
+    std::fs::write(
+        &leaf_file,
+        format!("-----BEGIN CERTIFICATE-----{leaf}-----END CERTIFICATE-----\n"),
+    )
+    .expect("write leaf");
+    let (ok, san, err) = run(Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&leaf_file));
+    assert!(ok, "{err}");
+    assert!(san.contains(&format!("DNS:{DST_SVC_NAME}")), "{san}");
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            &scrape(mesh.destination_admin),
+            "destination_tls_connections_total",
+            &[("client_id", "")]
+        ) >= 1.0),
+        "openssl's connection without a certificate was not accepted"
+    );
+
+    // A proxy that expects TLS refuses a plaintext destination service, says why, and
+    // forwards to the original destination meanwhile.
+    let d = mesh.dir.display().to_string();
+    let (_plain, plain_addr) = start_weft(
+        &[
+            "destination",
+            "--source",
+            "static",
+            "--static-file",
+            &format!("{d}/endpoints.yaml"),
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[],
+        "grpc",
+    );
+    let identity_addr = mesh.identity_addr.to_string();
+    let refusing = |dst: &str, svc: &str| {
+        start_proxy(
+            [
+                vec![
+                    "--outbound-orig-dst-addr".to_string(),
+                    mesh.echo.to_string(),
+                    "--destination-addr".into(),
+                    dst.to_string(),
+                    "--destination-svc-name".into(),
+                    svc.to_string(),
+                    "--destination-first-update-timeout".into(),
+                    "500ms".into(),
+                ],
+                identity_args(&mesh.dir, &id("tcp"), "tcp.token", &identity_addr),
+            ]
+            .concat(),
+        )
+    };
+    let echo_once = |p: &Proxy| {
+        let mut s = TcpStream::connect(p.outbound).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(b"\x00falls back").expect("write");
+        let mut back = [0u8; 11];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(&back, b"\x00falls back");
+    };
+    let p = refusing(&plain_addr.to_string(), DST_SVC_NAME);
+    echo_once(&p);
+    let refused = |p: &Proxy, why: &str| {
+        eventually(Duration::from_secs(10), || {
+            let logs = p.logs();
+            logs.contains("TLS with the destination service at")
+                && logs.to_ascii_lowercase().contains(why)
+        })
+    };
+    assert!(refused(&p, "corrupt message"), "{}", p.logs());
+    assert!(
+        metric(&p.metrics(), "outbound_discovery_lookups_total", &[("result", "unavailable")])
+            >= 1.0
+    );
+    // The real destination service, but another identity expected: refused too.
+    let p = refusing(&mesh.destination.to_string(), &id("web"));
+    echo_once(&p);
+    assert!(refused(&p, "not valid for name"), "{}", p.logs());
 }
