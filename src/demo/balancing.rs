@@ -77,7 +77,7 @@ fn start_destination(
     backends: &[(&str, SocketAddr, Arc<AtomicU64>)],
 ) -> anyhow::Result<SocketAddr> {
     let yaml = services_yaml(backends);
-    serve_destination(&yaml)
+    Ok(serve_destination(&yaml, None)?.0)
 }
 
 fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
@@ -99,17 +99,22 @@ fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
     )
 }
 
-/// Runs a destination service (static source) in this process; returns its address.
-pub fn serve_destination(yaml: &str) -> anyhow::Result<SocketAddr> {
+/// Runs a destination service (static source) in this process, over TLS with `identity`;
+/// returns its gRPC and admin addresses.
+pub fn serve_destination(
+    yaml: &str,
+    identity: Option<weft_identity::workload::WorkloadConfig>,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     static FILES: AtomicU64 = AtomicU64::new(0);
     let file = dir.join(format!("endpoints-{}.yaml", FILES.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&file, yaml)?;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let config = weft_destination::Config {
         listen_addr: addr,
-        admin_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: admin,
         source: weft_destination::Source::Static(file),
         index: weft_destination::IndexConfig {
             cluster_domain: "cluster.local".into(),
@@ -118,14 +123,14 @@ pub fn serve_destination(yaml: &str) -> anyhow::Result<SocketAddr> {
             proxy_inbound_port: 4143,
             ..Default::default()
         },
-        identity: None,
+        identity,
     };
     tokio::spawn(async move {
         if let Err(e) = weft_destination::run(config, std::future::pending()).await {
             eprintln!("the demo's destination service failed: {e:#}");
         }
     });
-    Ok(addr)
+    Ok((addr, admin))
 }
 
 /// `n` GETs over `connections` keep-alive HTTP/1.1 connections; returns how many got 2xx.

@@ -1,6 +1,7 @@
 //! The demo's third part: identity and mTLS. A fresh PKI (`weft certs generate`), the
-//! identity service with static tokens, and two proxies that obtain certificates; HTTP from
-//! the client app crosses between them as mTLS, and the server app learns who called.
+//! identity service with static tokens, a destination service with a certificate of its
+//! own, and two proxies that obtain certificates; discovery is mTLS, HTTP from the client
+//! app crosses between the proxies as mTLS, and the server app learns who called.
 
 use std::{
     io::{BufRead, BufReader},
@@ -17,6 +18,8 @@ use weft_proxy::BoundProxy;
 use super::{balancing, proxy_args, scrape};
 
 const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
+/// The destination service's identity (service account `weft-destination`).
+const DESTINATION: &str = "weft-destination.weft.serviceaccount.identity.weft.cluster.local";
 
 /// A child process killed when dropped.
 struct Guard(Child);
@@ -40,9 +43,9 @@ pub async fn run() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "weft certs generate failed");
     std::fs::write(
         dir.join("tokens.yaml"),
-        "frontend-token: shop/frontend\ncheckout-token: shop/checkout\n",
+        "frontend-token: shop/frontend\ncheckout-token: shop/checkout\ndestination-token: weft/weft-destination\n",
     )?;
-    for sa in ["frontend", "checkout"] {
+    for sa in ["frontend", "checkout", "destination"] {
         std::fs::write(dir.join(format!("{sa}.token")), format!("{sa}-token"))?;
     }
     let (_identity, identity_addr) = start_identity(&weft, &dir)?;
@@ -66,10 +69,23 @@ pub async fn run() -> anyhow::Result<()> {
     let yaml = format!(
         "services:\n  - name: checkout\n    namespace: shop\n    clusterIPs: [10.96.0.50]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {server_inbound}\n            identity: checkout.shop.{DOMAIN}\n            protocolHint: h2\n"
     );
-    let dst = balancing::serve_destination(&yaml)?;
+    let (dst, dst_admin) = balancing::serve_destination(
+        &yaml,
+        Some(weft_identity::workload::WorkloadConfig {
+            name: DESTINATION.into(),
+            addr: identity_addr.to_string(),
+            svc_name: format!("identity.weft.{DOMAIN}"),
+            token_file: dir.join("destination.token"),
+            trust_anchors_file: dir.join("ca.crt"),
+            resolver: None,
+        }),
+    )?;
+    // Its certificate first: the client proxy's first lookup goes over TLS.
+    wait_ready(dst_admin).await?;
     let mut client_args =
         with_identity(proxy_args(Some("10.96.0.50:80".parse()?), None), "frontend");
     client_args.destination_addr = Some(dst.into());
+    client_args.destination_svc_name = Some(DESTINATION.into());
     client_args.destination_first_update_timeout = Duration::from_secs(3);
     let client = BoundProxy::bind(client_args)?;
     let outbound = client.outbound_addrs()[0];
@@ -89,6 +105,7 @@ pub async fn run() -> anyhow::Result<()> {
     let seen = whoami(outbound).await?;
     let c = scrape(client_admin).await?;
     let s = scrape(server_admin).await?;
+    let d = scrape(dst_admin).await?;
     let value = |text: &str, name: &str, labels: &[(&str, &str)]| -> f64 {
         text.lines()
             .filter(|l| {
@@ -122,6 +139,10 @@ pub async fn run() -> anyhow::Result<()> {
         value(&s, "request_total", &[("tls", "true")])
     );
     println!("the checkout app was told the caller in l5d-client-id: {seen}");
+    println!(
+        "discovery over mTLS too: the destination service ({DESTINATION}) saw {} TLS connection(s) from {frontend}",
+        value(&d, "destination_tls_connections_total", &[("client_id", &frontend)])
+    );
     println!(
         "certificates obtained: frontend {}, checkout {} (identity_cert_refreshes_total)",
         value(&c, "identity_cert_refreshes_total", &[]),
@@ -166,16 +187,20 @@ fn start_identity(weft: &Path, dir: &Path) -> anyhow::Result<(Guard, SocketAddr)
 async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..200 {
-        let mut s = TcpStream::connect(admin).await?;
+        // Not listening yet (an in-process server still starting): try again.
+        let Ok(mut s) = TcpStream::connect(admin).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await?;
         let mut rsp = String::new();
         s.read_to_string(&mut rsp).await?;
-        if rsp.starts_with("HTTP/1.0 200") {
+        if rsp.split(' ').nth(1) == Some("200") {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("a proxy did not get its certificate in time")
+    anyhow::bail!("a proxy or the destination service did not get its certificate in time")
 }
 
 /// An app that answers with the `l5d-client-id` it was given.
