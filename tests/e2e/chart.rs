@@ -7,8 +7,10 @@
 //! injector gets a certificate from the running identity service with what it was given;
 //! and kubectl, with Go's decoders, reads the same objects.
 
+mod certs;
 mod render;
 mod run;
+mod webhook_tls;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -70,97 +72,28 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
-/// The files an operator passes with `--set-file`: the PKI from `weft certs generate`, and
-/// the webhook's CA and certificate made with the openssl commands of the chart's README.
+/// The files an operator passes with `--set-file`: the PKI from `weft certs generate`.
 struct Pki {
     ca: String,
     issuer_crt: String,
     issuer_key: String,
-    webhook_ca: String,
-    webhook_crt: String,
-    webhook_key: String,
 }
 
 fn pki(dir: &Path) -> Pki {
     let (ok, out, err) =
         run(Command::new(WEFT).args(["certs", "generate", "--out-dir"]).arg(dir.join("pki")));
     assert!(ok, "weft certs generate: {out}{err}");
-    let openssl = |args: &[&str]| {
-        let (ok, _, err) = run(Command::new("openssl").args(args).current_dir(dir));
-        assert!(
-            ok,
-            "openssl {args:?} (the chart README's commands; .ci/run installs openssl): {err}"
-        );
-    };
-    let host = format!("weft-injector.{NS}.svc");
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "365",
-        "-subj",
-        "/CN=weft-injector-ca",
-        "-keyout",
-        "webhook-ca.key",
-        "-out",
-        "webhook-ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        &format!("/CN={host}"),
-        "-keyout",
-        "webhook.key",
-        "-out",
-        "webhook.csr",
-    ]);
-    std::fs::write(
-        dir.join("webhook.ext"),
-        format!("subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
-    )
-    .expect("write webhook.ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "webhook.csr",
-        "-CA",
-        "webhook-ca.crt",
-        "-CAkey",
-        "webhook-ca.key",
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        "webhook.ext",
-        "-out",
-        "webhook.crt",
-    ]);
     Pki {
         ca: read(&dir.join("pki/ca.crt")),
         issuer_crt: read(&dir.join("pki/issuer.crt")),
         issuer_key: read(&dir.join("pki/issuer.key")),
-        webhook_ca: read(&dir.join("webhook-ca.crt")),
-        webhook_crt: read(&dir.join("webhook.crt")),
-        webhook_key: read(&dir.join("webhook.key")),
     }
 }
 
-/// What `helm install --set-file …` gives: the required values and nothing else.
+/// What DESIGN.md's `helm install … --set-file` gives: the identity PKI and nothing else.
 fn required_values(p: &Pki) -> Value {
     json!({
         "identity": {"trustAnchorsPEM": p.ca, "issuer": {"crtPEM": p.issuer_crt, "keyPEM": p.issuer_key}},
-        "injector": {"webhook": {"crtPEM": p.webhook_crt, "keyPEM": p.webhook_key, "caBundlePEM": p.webhook_ca}},
     })
 }
 
@@ -320,13 +253,16 @@ fn chart_renders_objects_that_run_the_real_servers() {
     injector.check_pod_plumbing(&objects, "weft-injector", "webhook");
 
     // The API server's call: the registered Service, port and path, TLS verified with the
-    // registered caBundle for the Service's DNS name.
+    // registered caBundle for the Service's DNS name. Nothing about the webhook's TLS was
+    // given: the chart generated the CA and the certificate the injector serves.
+    let tls = webhook_tls::generated(&objects);
     let mwc: MutatingWebhookConfiguration =
         objects.get("MutatingWebhookConfiguration", "weft-proxy-injector-webhook-config");
     let hook = &mwc.webhooks.as_ref().expect("webhooks")[0];
     assert_eq!(
         hook.client_config.ca_bundle.as_ref().expect("caBundle").0,
-        pki.webhook_ca.as_bytes()
+        tls.ca.as_bytes(),
+        "the webhook is registered with the CA that signed the injector's certificate"
     );
     let svc_ref = hook.client_config.service.as_ref().expect("a Service reference");
     assert_eq!(svc_ref.namespace, NS);
@@ -485,6 +421,8 @@ fn certify_as_the_injected_proxy(
     assert_eq!(issuer.type_.as_deref(), Some("kubernetes.io/tls"));
 }
 
+/// The identity PKI is all that is required (the webhook's TLS is optional: see
+/// `webhook_tls`); each missing file fails with a message saying how to give it.
 #[test]
 fn chart_required_values_fail_with_their_message() {
     let dir = Dir::new("required");
@@ -495,9 +433,6 @@ fn chart_required_values_fail_with_their_message() {
         ("/identity/trustAnchorsPEM", "identity.trustAnchorsPEM is required"),
         ("/identity/issuer/crtPEM", "identity.issuer.crtPEM is required"),
         ("/identity/issuer/keyPEM", "identity.issuer.keyPEM is required"),
-        ("/injector/webhook/crtPEM", "injector.webhook.crtPEM is required"),
-        ("/injector/webhook/keyPEM", "injector.webhook.keyPEM is required"),
-        ("/injector/webhook/caBundlePEM", "injector.webhook.caBundlePEM is required"),
     ] {
         let mut values = required_values(&pki);
         *values.pointer_mut(path).expect("a required value") = json!("");
@@ -567,7 +502,7 @@ fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
     ))
     .expect("webhook.yaml");
     let mut expected = manifest["webhooks"].clone();
-    let ca = render::base64(pki.webhook_ca.as_bytes());
+    let ca = render::base64(webhook_tls::generated(&objects).ca.as_bytes());
     expected[0]["clientConfig"]["caBundle"] = json!(ca);
     expected[0]["clientConfig"]["service"]["namespace"] = json!(NS);
     expected[0]["namespaceSelector"]["matchExpressions"][0]["values"] = json!(["kube-system", NS]);

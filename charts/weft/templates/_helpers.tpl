@@ -84,3 +84,44 @@ readinessProbe:
   timeoutSeconds: 1
   failureThreshold: 3
 {{- end }}
+
+{{/*
+The injector's serving certificate, as YAML for `fromYaml`: `source` (`values` or
+`generated`) and the base64 of `crt`, `key` and `ca` (the CA the API server verifies it
+with). In order: the three injector.webhook.*PEM values, all or none; else what this chart
+generated at an earlier install or upgrade, read back from the Secret weft-injector-tls, so
+that an upgrade keeps the CA the API server already trusts (under `helm template` nothing is
+found); else a new CA (genCA, 10 years) and a certificate it signs for the injector
+Service's DNS names (10 years: it is kept, not renewed). Include it once per render: each
+call would generate a new pair, and the Secret and the webhook's caBundle must agree.
+*/}}
+{{- define "weft.injectorTLS" -}}
+{{- $w := .Values.injector.webhook }}
+{{- $ns := .Release.Namespace }}
+{{- if or $w.crtPEM $w.keyPEM $w.caBundlePEM }}
+source: values
+crt: {{ required "injector.webhook.crtPEM is required with injector.webhook.keyPEM or caBundlePEM: the webhook's PEM certificate for weft-injector.<namespace>.svc; give all three, or none and the chart generates them (see the chart's README)" $w.crtPEM | b64enc }}
+key: {{ required "injector.webhook.keyPEM is required with injector.webhook.crtPEM or caBundlePEM: the webhook certificate's PEM private key; give all three, or none and the chart generates them (see the chart's README)" $w.keyPEM | b64enc }}
+ca: {{ required "injector.webhook.caBundlePEM is required with injector.webhook.crtPEM or keyPEM: the PEM CA certificate that signed crtPEM; give all three, or none and the chart generates them (see the chart's README)" $w.caBundlePEM | b64enc }}
+{{- else }}
+{{- $secret := lookup "v1" "Secret" $ns "weft-injector-tls" }}
+{{- $crt := dig "data" "tls.crt" "" $secret }}
+{{- $key := dig "data" "tls.key" "" $secret }}
+{{- $ca := dig "data" "ca.crt" "" $secret }}
+{{- if and (eq (dig "metadata" "annotations" "weft.dev/webhook-tls" "" $secret) "generated") $crt $key $ca }}
+source: generated
+crt: {{ $crt }}
+key: {{ $key }}
+ca: {{ $ca }}
+{{- else }}
+{{- $host := printf "weft-injector.%s.svc" $ns }}
+{{- $newCA := genCA (printf "weft-injector-ca.%s" $ns) 3650 }}
+{{- $names := list "weft-injector" (printf "weft-injector.%s" $ns) $host (printf "%s.%s" $host .Values.clusterDomain) }}
+{{- $cert := genSignedCert $host (list) $names 3650 $newCA }}
+source: generated
+crt: {{ $cert.Cert | b64enc }}
+key: {{ $cert.Key | b64enc }}
+ca: {{ $newCA.Cert | b64enc }}
+{{- end }}
+{{- end }}
+{{- end }}

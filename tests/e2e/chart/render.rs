@@ -2,20 +2,25 @@
 //! implementation (the `gtmpl` crate, a port of Go's `text/template`: actions, pipelines,
 //! `define`/`template`, whitespace trimming, `if`/`range`/`with`, Go's builtins), plus the
 //! Helm and sprig functions the chart may use, written here after their Go sources:
-//! `include`, `required`, `default`, `quote`, `toYaml`, `indent`, `nindent`, `trim`,
-//! `b64enc`, `int`, `sha256sum`. A template that calls anything else fails to parse, so
-//! the chart cannot drift outside what this renders faithfully.
+//! `include`, `required`, `default`, `quote`, `toYaml`, `fromYaml`, `indent`, `nindent`,
+//! `trim`, `b64enc`, `int`, `sha256sum`, `list`, `dig`, `lookup`, `genCA`, `genSignedCert`
+//! (in `certs`). A template that calls anything else fails to parse, so the chart cannot
+//! drift outside what this renders faithfully.
 //!
 //! What it renders like helm: `.Values` (values.yaml deep-merged with the test's values, as
 //! `--set-file` would), `.Release`, `.Chart` (from Chart.yaml), `.Template`; missing values
 //! print as nothing (helm replaces `<no value>`); `_*.tpl` files only define templates;
-//! `NOTES.txt` is rendered apart. Where gtmpl differs from Go: `range` over a map follows
-//! the map's (unordered) iteration instead of sorted keys, which the chart never does.
+//! `NOTES.txt` is rendered apart; `lookup` sees the objects the test says the cluster holds
+//! (none: `helm template`, or a first install). Where gtmpl differs from Go: `range` over a
+//! map follows the map's (unordered) iteration instead of sorted keys, which the chart never
+//! does; there is no `=` assignment (Go 1.11), so the chart does without it.
 
 use std::{cell::RefCell, collections::HashMap, path::Path};
 
 use gtmpl::{Context, Func, FuncError, Template, Value};
 use serde_json::Value as Json;
+
+use super::certs;
 
 /// The chart as helm reads it: its metadata, default values and template files.
 pub struct Chart {
@@ -61,9 +66,21 @@ impl Chart {
         Chart { meta, values, files }
     }
 
-    /// Renders every template with `values` merged over values.yaml; the first template
-    /// error (a `required` value missing, say) is returned as helm would print it.
+    /// Renders every template with `values` merged over values.yaml, for a cluster that
+    /// holds nothing yet; the first template error (a `required` value missing, say) is
+    /// returned as helm would print it.
     pub fn render(&self, release: &Release<'_>, values: &Json) -> Result<Rendered, String> {
+        self.render_in(release, values, &[])
+    }
+
+    /// `render` for an upgrade: `lookup` finds `cluster`'s objects (as the API server
+    /// returns them: Secret data in base64).
+    pub fn render_in(
+        &self,
+        release: &Release<'_>,
+        values: &Json,
+        cluster: &[Json],
+    ) -> Result<Rendered, String> {
         let mut merged = self.values.clone();
         merge(&mut merged, values);
         let chart = &self.meta;
@@ -103,6 +120,7 @@ impl Chart {
             ])
         };
         SOURCES.with(|s| *s.borrow_mut() = self.files.clone());
+        CLUSTER.with(|c| *c.borrow_mut() = cluster.to_vec());
         let helpers: Vec<_> = self.files.iter().filter(|(n, _)| is_partial(n)).collect();
         let mut out = Rendered { files: Vec::new(), notes: String::new() };
         for (file, text) in self.files.iter().filter(|(n, _)| !is_partial(n)) {
@@ -194,7 +212,9 @@ fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
 
 fn to_gtmpl(v: &Json) -> Value {
     match v {
-        Json::Null => Value::Nil,
+        // Go prints a nil interface as `<no value>` (which helm removes); gtmpl prints its
+        // Nil as "nil", and its NoValue as Go does.
+        Json::Null => Value::NoValue,
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => Value::from(u),
@@ -238,6 +258,8 @@ fn to_json(v: &Value) -> Result<Json, FuncError> {
 thread_local! {
     /// Every template file, for `include` (gtmpl's functions are plain `fn`s).
     static SOURCES: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+    /// The objects `lookup` finds.
+    static CLUSTER: RefCell<Vec<Json>> = const { RefCell::new(Vec::new()) };
 }
 
 static FUNCS: &[(&str, Func)] = &[
@@ -252,6 +274,12 @@ static FUNCS: &[(&str, Func)] = &[
     ("b64enc", b64enc as Func),
     ("int", int as Func),
     ("sha256sum", sha256sum as Func),
+    ("list", list as Func),
+    ("dig", dig as Func),
+    ("lookup", lookup as Func),
+    ("fromYaml", from_yaml as Func),
+    ("genCA", certs::gen_ca as Func),
+    ("genSignedCert", certs::gen_signed_cert as Func),
 ];
 
 fn arg<'a>(name: &str, args: &'a [Value], i: usize) -> Result<&'a Value, FuncError> {
@@ -404,6 +432,78 @@ fn sha256sum(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::String(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
+/// `list A B…`: the arguments as a list.
+fn list(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(Value::Array(args.to_vec()))
+}
+
+/// `dig K1 K2… DEFAULT DICT`: DICT[K1][K2]…, or DEFAULT where a key is missing (a key
+/// present with a null value gives null, as sprig's does).
+fn dig(args: &[Value]) -> Result<Value, FuncError> {
+    let [keys @ .., fallback, dict] = args else {
+        return Err(FuncError::AtLeastXArgs("dig".into(), 3));
+    };
+    if keys.is_empty() {
+        return Err(FuncError::AtLeastXArgs("dig".into(), 3));
+    }
+    let mut at = dict;
+    for key in keys {
+        let (Value::Map(m) | Value::Object(m)) = at else {
+            return Err(FuncError::Generic(format!("dig: {at} is not a dict")));
+        };
+        let Value::String(key) = key else {
+            return Err(FuncError::Generic(format!("dig: the key {key} is not a string")));
+        };
+        match m.get(key) {
+            Some(v) => at = v,
+            None => return Ok(fallback.clone()),
+        }
+    }
+    Ok(at.clone())
+}
+
+/// `lookup API_VERSION KIND NAMESPACE NAME`: the object as the API server returns it, or an
+/// empty dict (what helm gives when there is none, and always under `helm template`); with
+/// NAME "", the list of them.
+fn lookup(args: &[Value]) -> Result<Value, FuncError> {
+    let [api_version, kind, namespace, name] = args else {
+        return Err(FuncError::ExactlyXArgs("lookup".into(), 4));
+    };
+    let (api_version, kind, namespace, name) =
+        (text(api_version), text(kind), text(namespace), text(name));
+    let found: Vec<Json> = CLUSTER.with(|c| {
+        c.borrow()
+            .iter()
+            .filter(|o| o["apiVersion"] == api_version.as_str() && o["kind"] == kind.as_str())
+            .filter(|o| namespace.is_empty() || o["metadata"]["namespace"] == namespace.as_str())
+            .filter(|o| name.is_empty() || o["metadata"]["name"] == name.as_str())
+            .cloned()
+            .collect()
+    });
+    Ok(match found.first() {
+        _ if name.is_empty() => to_gtmpl(&serde_json::json!({
+            "apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {}, "items": found,
+        })),
+        Some(object) => to_gtmpl(object),
+        None => Value::Map(HashMap::new()),
+    })
+}
+
+/// `fromYaml TEXT`: the YAML document as a dict; on bad YAML a dict whose `Error` says why
+/// (helm's behaviour: the template goes on).
+fn from_yaml(args: &[Value]) -> Result<Value, FuncError> {
+    let s = text(arg("fromYaml", args, 0)?);
+    Ok(match serde_yaml_ng::from_str::<Json>(&s) {
+        Ok(Json::Object(m)) => to_gtmpl(&Json::Object(m)),
+        Ok(Json::Null) => Value::Map(HashMap::new()),
+        Ok(other) => map([(
+            "Error",
+            format!("error unmarshaling JSON: cannot unmarshal {other} into a map").into(),
+        )]),
+        Err(e) => map([("Error", e.to_string().into())]),
+    })
+}
+
 #[test]
 fn chart_renderer_behaves_like_helm() {
     let values = serde_json::json!({"m": {"b": 2, "a": "x y"}, "n": 3, "empty": ""});
@@ -442,6 +542,35 @@ fn chart_renderer_behaves_like_helm() {
             "b: aGk= t e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n",
         )
     );
+    // lookup (helm template: nothing; an upgrade: the cluster's object), dig, list, fromYaml.
+    let cluster = Chart {
+        meta: chart.meta.clone(),
+        values: serde_json::json!({}),
+        files: vec![(
+            "c/templates/l.yaml".into(),
+            concat!(
+                "{{- $s := lookup \"v1\" \"Secret\" .Release.Namespace \"s\" }}\n",
+                "found: {{ if $s }}yes{{ else }}no{{ end }}\n",
+                "x: {{ dig \"data\" \"x\" \"none\" $s }} {{ dig \"data\" \"n\" \"none\" $s }}\n",
+                "l: {{ len (list 1 \"a\") }}\n",
+                "{{- $y := \"a: 1\\nb: [x]\" | fromYaml }}\n",
+                "y: {{ $y.a }} {{ index $y.b 0 }} {{ (\"- 1\" | fromYaml).Error | len | lt 0 }}\n",
+            )
+            .into(),
+        )],
+    };
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s", "namespace": "ns"}, "data": {"x": "eHg=", "n": null}});
+    let other_ns = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s", "namespace": "elsewhere"}, "data": {"x": "eHg="}});
+    let nothing = "\nfound: no\nx: none none\nl: 2\ny: 1 x true\n";
+    let out = cluster.render(&release, &serde_json::json!({})).expect("renders");
+    assert_eq!(out.files[0].1, nothing);
+    let out = cluster.render_in(&release, &serde_json::json!({}), &[other_ns]).expect("renders");
+    assert_eq!(out.files[0].1, nothing);
+    let out = cluster.render_in(&release, &serde_json::json!({}), &[secret]).expect("renders");
+    assert_eq!(out.files[0].1, "\nfound: yes\nx: eHg= \nl: 2\ny: 1 x true\n");
+
     let failing = Chart {
         meta: chart.meta.clone(),
         values: serde_json::json!({}),
