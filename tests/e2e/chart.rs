@@ -3,11 +3,15 @@
 //! k8s-openapi type with no unknown field; each Deployment's args, env and mounted
 //! Secret/ConfigMap files start the real `weft` server (against the fake API server), whose
 //! probes, metrics port, Service ports and webhook registration are then used for real; the
-//! RBAC rules are exactly the API requests each server made; a pod injected by the running
-//! injector gets a certificate from the running identity service with what it was given;
-//! and kubectl, with Go's decoders, reads the same objects.
+//! RBAC rules are exactly the API requests each server made; the destination service gets
+//! its certificate from the running identity service; a pod injected by the running
+//! injector gets one too, and its real proxy discovers through the destination service over
+//! mTLS, with the Services' names (rewritten, or resolved by a DNS server: `cluster`); and
+//! kubectl, with Go's decoders, reads the same objects.
 
 mod certs;
+mod cluster;
+mod mesh;
 mod render;
 mod run;
 mod webhook_tls;
@@ -34,6 +38,7 @@ use weft_identity::{
 };
 
 use crate::{injector::review, kubeapi::FakeApi, support::run};
+use cluster::Services;
 use render::{Chart, Release, Rendered};
 use run::{Running, check_rbac, pod_spec, the_container};
 
@@ -196,11 +201,25 @@ fn strip_nulls(v: &mut Value) {
     }
 }
 
-/// The big one: everything the chart deploys, run from what it rendered.
+/// The big one: everything the chart deploys, run from what it rendered; the control
+/// plane's Service names stood in for by rewriting them in each pod.
 #[test]
 fn chart_renders_objects_that_run_the_real_servers() {
     let dir = Dir::new("run");
-    let pki = pki(&dir.0);
+    run_the_chart(&dir.0, Services::rewritten(&dir.0));
+}
+
+/// The same, with the Service names resolved as in a cluster: each pod's resolv.conf names
+/// the test's DNS server, which answers with a ClusterIP forwarding the Service's port.
+#[test]
+#[ignore = "needs root: the test's DNS server listens on port 53 (resolv.conf has no port)"]
+fn chart_control_plane_names_resolve_through_the_pods_dns() {
+    let dir = Dir::new("dns");
+    run_the_chart(&dir.0, Services::resolved(&dir.0));
+}
+
+fn run_the_chart(dir: &Path, mut services: Services) {
+    let pki = pki(dir);
     let values = with(
         required_values(&pki),
         json!({"logFormat": "json", "identity": {"replicas": 2}, "injector": {"replicas": 3},
@@ -218,29 +237,32 @@ fn chart_renders_objects_that_run_the_real_servers() {
         "a PodDisruptionBudget where replicas > 1"
     );
 
-    // identity: TokenReview against the fake API server, accepting one projected token.
+    // identity: TokenReview against the fake API server, for projected tokens.
     let identity_api = FakeApi::start();
-    let audience = "identity.weft.dev";
-    identity_api.on_post("/apis/authentication.k8s.io/v1/tokenreviews", move |review| {
-        let ok = review["spec"]["token"] == "projected-web"
-            && review["spec"]["audiences"] == json!([audience]);
-        let mut answer = review.clone();
-        answer["status"] = if ok {
-            json!({"authenticated": true, "audiences": [audience],
-                   "user": {"username": "system:serviceaccount:prod:web", "groups": ["system:serviceaccounts"]}})
-        } else {
-            json!({"authenticated": false, "error": "invalid bearer token"})
-        };
-        (201, answer)
-    });
-    let identity =
-        Running::start("weft-identity", &objects, &dir.0.join("identity"), &identity_api);
+    run::review_tokens(&identity_api);
+    let identity = Running::start(
+        "weft-identity",
+        &objects,
+        &dir.join("identity"),
+        &identity_api,
+        &services.for_pod(NS),
+    );
     identity.check_pod_plumbing(&objects, "weft-identity", "grpc");
+    services.expose(&objects, "weft-identity", identity.serving.addr("grpc"));
 
+    // destination: serves over TLS with a certificate from the identity service, which it
+    // reaches by the Service name the chart gives it; ready only once it has it.
     let destination_api = FakeApi::start();
-    let destination =
-        Running::start("weft-destination", &objects, &dir.0.join("destination"), &destination_api);
+    let web = mesh::Web::start(&destination_api);
+    let destination = Running::start(
+        "weft-destination",
+        &objects,
+        &dir.join("destination"),
+        &destination_api,
+        &services.for_pod(NS),
+    );
     destination.check_pod_plumbing(&objects, "weft-destination", "grpc");
+    services.expose(&objects, "weft-destination", destination.serving.addr("grpc"));
 
     let injector_api = FakeApi::start();
     injector_api.put(
@@ -248,8 +270,13 @@ fn chart_renders_objects_that_run_the_real_servers() {
         json!({"apiVersion": "v1", "kind": "Namespace",
                "metadata": {"name": "prod", "annotations": {"weft.dev/inject": "enabled"}}}),
     );
-    let injector =
-        Running::start("weft-injector", &objects, &dir.0.join("injector"), &injector_api);
+    let injector = Running::start(
+        "weft-injector",
+        &objects,
+        &dir.join("injector"),
+        &injector_api,
+        &services.for_pod(NS),
+    );
     injector.check_pod_plumbing(&objects, "weft-injector", "webhook");
 
     // The API server's call: the registered Service, port and path, TLS verified with the
@@ -271,10 +298,10 @@ fn chart_renders_objects_that_run_the_real_servers() {
     assert_eq!(Some(svc_port), svc_ref.port, "the webhook calls the Service's port");
     let webhook_addr = injector.serving.addr("webhook");
     let post = |pod: &Value| -> Value {
-        let ca = dir.0.join("cabundle.pem");
+        let ca = dir.join("cabundle.pem");
         std::fs::write(&ca, &hook.client_config.ca_bundle.as_ref().expect("caBundle").0)
             .expect("ca");
-        let body = dir.0.join("review.json");
+        let body = dir.join("review.json");
         let review = review::review("Pod", "pods", pod);
         std::fs::write(&body, serde_json::to_vec(&review).expect("json")).expect("body");
         let host = format!("{}.{}.svc", svc_ref.name, svc_ref.namespace);
@@ -306,7 +333,17 @@ fn chart_renders_objects_that_run_the_real_servers() {
     assert!(review::patch_of(&post(&fresh)).is_some(), "injected on the pod's own annotation");
 
     check_injected_pod(&injected, &objects, &pki);
-    certify_as_the_injected_proxy(&injected, &identity, &objects, &dir.0);
+    certify_as_the_injected_proxy(&injected, &identity, &objects, dir);
+    // The injected pod's proxy, as the kubelet starts it: its certificate from the identity
+    // service, discovery from the destination service over mTLS, both by Service name.
+    web.discover_through(&injected, &dir.join("pod"), &services.for_pod("prod"), &destination);
+    if services.resolves_names() {
+        let asked = services.asked();
+        for name in ["weft-identity", "weft-destination"] {
+            let fqdn = format!("{name}.{NS}.svc.cluster.local");
+            assert!(asked.contains(&fqdn), "{fqdn} was never resolved: {asked:?}");
+        }
+    }
 
     check_rbac(&objects, "weft-identity", &identity_api);
     check_rbac(&objects, "weft-destination", &destination_api);
@@ -400,7 +437,11 @@ fn certify_as_the_injected_proxy(
     );
     let ours: IdentityName = expand(&env["WEFT_PROXY_IDENTITY_NAME"]).parse().expect("a name");
     let token = dir.join("projected-token");
-    std::fs::write(&token, "projected-web").expect("token");
+    std::fs::write(
+        &token,
+        run::projected_token("system:serviceaccount:prod:web", weft_injector::spec::TOKEN_AUDIENCE),
+    )
+    .expect("token");
     let bundle = TrustBundle::from_pem("annotation", anchors.as_bytes()).expect("trust anchors");
     let config = ClientConfig::new(
         SharedTrust::new(bundle).expect("trust"),

@@ -23,16 +23,16 @@ const DST_NAME: &str = "weft-destination.weft.svc.cluster.local";
 
 /// A DNS server on UDP port 53 of a loopback address of its own (resolv.conf cannot name a
 /// port): A records for the names it is told, NXDOMAIN for the others. Records every name
-/// it is asked.
-struct Dns {
-    ip: Ipv4Addr,
+/// it is asked. (Also the chart test's cluster DNS.)
+pub(crate) struct Dns {
+    pub(crate) ip: Ipv4Addr,
     names: Arc<Mutex<HashMap<String, Ipv4Addr>>>,
     asked: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Dns {
-    fn start() -> Dns {
+    pub(crate) fn start() -> Dns {
         static N: AtomicU32 = AtomicU32::new(1);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let ip = Ipv4Addr::new(127, 53, (std::process::id() % 250) as u8, n as u8);
@@ -56,11 +56,11 @@ impl Dns {
         Dns { ip, names, asked, stop }
     }
 
-    fn set(&self, name: &str, ip: Ipv4Addr) {
+    pub(crate) fn set(&self, name: &str, ip: Ipv4Addr) {
         self.names.lock().expect("names").insert(name.to_string(), ip);
     }
 
-    fn asked(&self) -> Vec<String> {
+    pub(crate) fn asked(&self) -> Vec<String> {
         self.asked.lock().expect("asked").clone()
     }
 

@@ -19,7 +19,9 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{NS, Objects, WEFT};
+use serde_json::json;
+
+use super::{NS, Objects, WEFT, cluster::ClusterDns};
 use crate::{
     kubeapi::FakeApi,
     support::{Serving, admin_request, eventually},
@@ -57,11 +59,39 @@ pub(super) fn pod_env(c: &Container, objects: &Objects) -> BTreeMap<String, Stri
     env
 }
 
+/// What the test's TokenReview takes as a projected service-account token of `account`
+/// (`system:serviceaccount:<ns>:<name>`) for `audience`.
+pub(super) fn projected_token(account: &str, audience: &str) -> String {
+    format!("projected-token/{audience}/{account}")
+}
+
+/// The API server's TokenReview, for the tokens [`projected_token`] makes: authenticated
+/// when one of the audiences asked for is the token's.
+pub(super) fn review_tokens(api: &FakeApi) {
+    api.on_post("/apis/authentication.k8s.io/v1/tokenreviews", |review| {
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let parsed = token.strip_prefix("projected-token/").and_then(|t| t.split_once('/'));
+        let asked = review["spec"]["audiences"].as_array().cloned().unwrap_or_default();
+        let mut answer = review.clone();
+        answer["status"] = match parsed {
+            Some((audience, account)) if asked.iter().any(|a| a == audience) => json!({
+                "authenticated": true, "audiences": [audience],
+                "user": {"username": account, "groups": ["system:serviceaccounts"]},
+            }),
+            _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        (201, answer)
+    });
+}
+
 /// Publishes each mounted Secret/ConfigMap under `root` as the kubelet does (files behind a
-/// `..data` symlink), and returns the mount paths.
+/// `..data` symlink) and each projected service-account token of the pod's account (as
+/// [`projected_token`] writes it); returns the mount paths.
 pub(super) fn materialize(root: &Path, d: &Deployment, objects: &Objects) -> Vec<String> {
     let spec = pod_spec(d);
     let c = the_container(d);
+    let sa = spec.service_account_name.as_deref().expect("a service account");
+    let account = format!("system:serviceaccount:{NS}:{sa}");
     let mut mounts = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
         assert!(m.sub_path.is_none(), "{}: subPath mounts never see updates", m.name);
@@ -74,8 +104,18 @@ pub(super) fn materialize(root: &Path, d: &Deployment, objects: &Objects) -> Vec
         } else if let Some(c) = &v.config_map {
             let cm: ConfigMap = objects.get("ConfigMap", &c.name);
             cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect()
+        } else if let Some(p) = &v.projected {
+            let sources = p.sources.iter().flatten();
+            sources
+                .map(|s| {
+                    let t = s.service_account_token.as_ref();
+                    let t = t.unwrap_or_else(|| panic!("{}: only tokens are projected", v.name));
+                    let audience = t.audience.as_deref().expect("a token for an audience");
+                    (t.path.clone(), projected_token(&account, audience).into_bytes())
+                })
+                .collect()
         } else {
-            panic!("volume {}: only Secrets and ConfigMaps are expected", v.name)
+            panic!("volume {}: only Secrets, ConfigMaps and tokens are expected", v.name)
         };
         let dir = root.join(m.mount_path.trim_start_matches('/'));
         let generation = dir.join("..2026_01_01_00_00_00.000000001");
@@ -107,11 +147,17 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Runs the Deployment's container as the pod would, with two changes: listeners on
-    /// loopback ephemeral ports instead of `0.0.0.0:<port>`, and paths under a mount point
-    /// moved under `root`. The process gets only the pod's env, and a kubeconfig for `api`
-    /// in place of the in-cluster service account.
-    pub(super) fn start(name: &str, objects: &Objects, root: &Path, api: &FakeApi) -> Running {
+    /// Runs the Deployment's container as the pod would, with these changes: listeners on
+    /// loopback ephemeral ports instead of `0.0.0.0:<port>`, paths under a mount point moved
+    /// under `root`, and Service names reached as `dns` says. The process gets only the
+    /// pod's env, and a kubeconfig for `api` in place of the in-cluster service account.
+    pub(super) fn start(
+        name: &str,
+        objects: &Objects,
+        root: &Path,
+        api: &FakeApi,
+        dns: &ClusterDns<'_>,
+    ) -> Running {
         let deployment: Deployment = objects.get("Deployment", name);
         let c = the_container(&deployment);
         assert!(c.command.is_none(), "{name}: the image's entrypoint is the weft binary");
@@ -137,13 +183,17 @@ impl Running {
                     ports.insert(flag.to_owned(), port.parse().expect("a port"));
                     format!("{flag}=127.0.0.1:0")
                 }
-                None => relocate(a),
+                None => dns.rewrite(&relocate(a)),
             })
             .collect();
         let mut cmd = Command::new(WEFT);
         cmd.env_clear().args(&args).env("KUBECONFIG", api.kubeconfig());
         for (k, v) in pod_env(c, objects) {
-            cmd.env(k, relocate(&v));
+            cmd.env(k, dns.rewrite(&relocate(&v)));
+        }
+        if let ClusterDns::ResolvConf(conf) = dns {
+            let command = args.first().expect("a subcommand").to_uppercase();
+            cmd.env(format!("WEFT_{command}_DNS_RESOLV_CONF"), conf);
         }
         let serving =
             Serving::start(cmd, &format!("{name} from the chart"), Duration::from_secs(20));
