@@ -317,7 +317,9 @@ fn apply(
     endpoints: &mut HashMap<SocketAddr, EndpointMeta>,
     update: api::Update,
 ) {
-    match update.update {
+    // The balancer gets the endpoints before the state says the target is known: a
+    // request that sees `Known` must find them (else its first try is a 503).
+    let state = match update.update {
         Some(Update::Add(set)) => {
             d.count("add");
             for addr in &set.addrs {
@@ -325,26 +327,30 @@ fn apply(
                     endpoints.insert(a, meta);
                 }
             }
-            r.state.send_replace(State::Known);
+            Some(State::Known)
         }
         Some(Update::Remove(set)) => {
             d.count("remove");
             for a in set.addrs.iter().filter_map(socket_addr) {
                 endpoints.remove(&a);
             }
+            None
         }
         Some(Update::NoEndpoints(none)) => {
             d.count("no_endpoints");
             endpoints.clear();
-            r.state.send_replace(if none.exists { State::Known } else { State::Unknown });
+            Some(if none.exists { State::Known } else { State::Unknown })
         }
         None => {
             d.count("empty");
             return;
         }
-    }
+    };
     info!(target = %r.target, endpoints = endpoints.len(), "endpoints updated");
     r.balancer.update(endpoints.iter().map(|(a, m)| (*a, m.clone())).collect());
+    if let Some(state) = state {
+        r.state.send_replace(state);
+    }
 }
 
 fn socket_addr(a: &linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
