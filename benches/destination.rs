@@ -15,13 +15,20 @@
 //! (10), `WEFT_BENCH_CLIENTS` (500), `WEFT_BENCH_CHANGES` (5).
 
 #[allow(dead_code)]
+#[path = "common/env.rs"]
+mod env;
+#[allow(dead_code)]
 #[path = "../tests/e2e/kubeapi.rs"]
 mod kubeapi;
+#[allow(dead_code)]
+#[path = "common/procfs.rs"]
+mod procfs;
+#[path = "common/served.rs"]
+mod served;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::mpsc as std_mpsc,
     time::{Duration, Instant},
 };
@@ -34,15 +41,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use kubeapi::FakeApi;
+use procfs::rss_kib;
+use served::Served;
 
 const PODS: &str = "/api/v1/pods";
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const NAMESPACES: &str = "/api/v1/namespaces";
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn fixture(name: &str) -> anyhow::Result<Value> {
     let path =
@@ -101,55 +106,29 @@ fn slice(template: &Value, s: usize, endpoints: usize) -> Value {
     v
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 struct Server {
-    child: Child,
+    process: Served,
     grpc: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_server(api: &FakeApi) -> anyhow::Result<Server> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["destination", "--source", "kubernetes", "--log-format", "json", "--log", "info"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.args(["destination", "--source", "kubernetes", "--log-format", "json", "--log", "info"])
         .args(["--listen-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .env("KUBECONFIG", api.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting weft destination")?;
-    let stderr = child.stderr.take().context("stderr")?;
+        .env("KUBECONFIG", api.kubeconfig());
     let (tx, rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-            let f = &v["fields"];
-            let addr = |k: &str| f[k].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
-            if f["message"] == "serving" {
-                let _ = tx.send(("serving", addr("grpc")));
-            } else if f["message"] == "kubernetes caches synced" {
-                let _ = tx.send(("synced", None));
-            } else if v["level"] == "WARN" || v["level"] == "ERROR" {
-                eprintln!("server: {line}");
-            }
+    let process = Served::spawn(&mut cmd, "starting weft destination", move |line, json| {
+        let Some(v) = json else { return };
+        let f = &v["fields"];
+        let addr = |k: &str| f[k].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
+        if f["message"] == "serving" {
+            let _ = tx.send(("serving", addr("grpc")));
+        } else if f["message"] == "kubernetes caches synced" {
+            let _ = tx.send(("synced", None));
+        } else if v["level"] == "WARN" || v["level"] == "ERROR" {
+            eprintln!("server: {line}");
         }
-    });
+    })?;
     let mut grpc = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -161,7 +140,7 @@ fn start_server(api: &FakeApi) -> anyhow::Result<Server> {
             Err(_) => bail!("weft destination did not sync within 120 s"),
         }
     }
-    Ok(Server { child, grpc: grpc.context("no serving line")? })
+    Ok(Server { process, grpc: grpc.context("no serving line")? })
 }
 
 fn request(s: usize) -> GetDestination {
@@ -227,10 +206,10 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let n_services = knob("WEFT_BENCH_SERVICES", 1000);
-    let n_endpoints = knob("WEFT_BENCH_ENDPOINTS", 10);
-    let n_clients = knob("WEFT_BENCH_CLIENTS", 500).min(n_services.max(1));
-    let n_changes = knob("WEFT_BENCH_CHANGES", 5);
+    let n_services: usize = env::var_or("WEFT_BENCH_SERVICES", 1000);
+    let n_endpoints: usize = env::var_or("WEFT_BENCH_ENDPOINTS", 10);
+    let n_clients = env::var_or::<usize>("WEFT_BENCH_CLIENTS", 500).min(n_services.max(1));
+    let n_changes: usize = env::var_or("WEFT_BENCH_CHANGES", 5);
     let shared = 0;
 
     let t0 = Instant::now();
@@ -256,7 +235,7 @@ fn main() -> anyhow::Result<()> {
     let t1 = Instant::now();
     let server = start_server(&api)?;
     let sync = t1.elapsed();
-    let pid = server.child.id();
+    let pid = server.process.pid();
     std::thread::sleep(Duration::from_millis(500));
     let rss_idle = rss_kib(pid);
     eprintln!("synced in {:.1} s; RSS {} MiB", sync.as_secs_f64(), rss_idle / 1024);
@@ -343,14 +322,7 @@ fn main() -> anyhow::Result<()> {
         one_max = one_max.max(lat[0]);
     }
     let rss_after = rss_kib(pid);
-    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let hwm = procfs::peak_rss_kib(pid);
 
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     let md = format!(

@@ -15,11 +15,19 @@
 //! `WEFT_BENCH_CONCURRENCY` (32). Prints a Markdown table and writes it to
 //! `target/bench-identity.md`.
 
+#[allow(dead_code)]
+#[path = "common/env.rs"]
+mod env;
+#[allow(dead_code)]
+#[path = "common/procfs.rs"]
+mod procfs;
+#[path = "common/served.rs"]
+mod served;
+
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,7 +36,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use weft_identity::{
     IdentityDomain, SharedTrust, TrustBundle,
     ca::{Ca, CaConfig, Issuer, check_csr},
@@ -37,13 +45,11 @@ use weft_identity::{
     token::StaticTokens,
 };
 
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use crate::{env::var_or, served::Served};
 
 fn main() -> anyhow::Result<()> {
-    let seconds = Duration::from_secs(knob("WEFT_BENCH_SECONDS", 5));
-    let concurrency = knob("WEFT_BENCH_CONCURRENCY", 32) as usize;
+    let seconds = Duration::from_secs(var_or("WEFT_BENCH_SECONDS", 5));
+    let concurrency: usize = var_or("WEFT_BENCH_CONCURRENCY", 32);
     let domain = IdentityDomain::new("weft", "cluster.local")?;
     let web = domain.identity("prod", "web")?;
     let pki = generate_pki(&PkiParams::for_trust_domain("cluster.local"))?;
@@ -96,8 +102,10 @@ fn main() -> anyhow::Result<()> {
     write("tokens.yaml", "web-token: prod/web\n")?;
     write("web.token", "web-token")?;
     let server = Server::start(&dir)?;
-    let idle_rss = status_kib(server.child.id(), "VmRSS:");
-    let cpu_before = cpu_seconds(server.child.id());
+    // `taskset` execs, so the pid is the server's.
+    let pid = server.process.pid();
+    let idle_rss = procfs::rss_kib(pid);
+    let cpu_before = procfs::tick_cpu_seconds(pid);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     // Threads inherit the affinity, so pin before the client runtime starts its worker.
@@ -131,10 +139,10 @@ fn main() -> anyhow::Result<()> {
         }
     });
     let wall = started.elapsed();
-    let cpu = cpu_seconds(server.child.id()) - cpu_before;
+    let cpu = procfs::tick_cpu_seconds(pid) - cpu_before;
     let issued = ok.load(Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
-    let peak = status_kib(server.child.id(), "VmHWM:");
+    let peak = procfs::peak_rss_kib(pid);
     if issued == 0 {
         bail!(
             "no certificate issued over the wire ({failed} failures); server log:\n{}",
@@ -174,7 +182,7 @@ fn rate(n: u64, d: Duration) -> f64 {
 }
 
 struct Server {
-    child: Child,
+    process: Served,
     grpc: SocketAddr,
     log: Arc<std::sync::Mutex<String>>,
 }
@@ -195,71 +203,31 @@ impl Server {
             .arg(p("tokens.yaml"))
             // Per-certificate info logs would measure the terminal; warnings only.
             .env("WEFT_IDENTITY_LOG", "warn,weft=info")
-            .env("WEFT_IDENTITY_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("start taskset weft identity (util-linux needed)")?;
-        let stderr = child.stderr.take().context("stderr")?;
+            .env("WEFT_IDENTITY_LOG_FORMAT", "json");
         let log = Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["fields"]["message"] == "serving"
-                {
-                    let _ = tx.send(v["fields"]["grpc"].as_str().and_then(|s| s.parse().ok()));
-                }
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&(line + "\n"));
+        let what = "start taskset weft identity (util-linux needed)";
+        let process = Served::spawn(&mut cmd, what, move |line, json| {
+            if let Some(v) = json
+                && v["fields"]["message"] == "serving"
+            {
+                let _ = tx.send(v["fields"]["grpc"].as_str().and_then(|s| s.parse().ok()));
             }
-        });
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&(line + "\n"));
+        })?;
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(grpc)) => Ok(Server { child, grpc, log }),
-            _ => {
-                let _ = child.kill();
-                bail!(
-                    "weft identity did not start: {}",
-                    log.lock().unwrap_or_else(|e| e.into_inner())
-                )
-            }
+            Ok(Some(grpc)) => Ok(Server { process, grpc, log }),
+            _ => bail!(
+                "weft identity did not start: {}",
+                log.lock().unwrap_or_else(|e| e.into_inner())
+            ),
         }
     }
 
     fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`). `taskset` execs, so the pid is
-/// the server's.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat; here 11 and 12 (state is index 0).
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 /// Keeps the clients off the server's core.

@@ -16,12 +16,20 @@
 //! Env knobs: `WEFT_BENCH_SECS` (default 10, measured seconds per point), `WEFT_BENCH_RATES`
 //! (default `200,1000`), `WEFT_BENCH_WARMUP_MS` (default 500).
 
+#[allow(dead_code)]
+#[path = "common/env.rs"]
+mod env;
+#[allow(dead_code)]
+#[path = "common/procfs.rs"]
+mod procfs;
+#[path = "common/served.rs"]
+mod served;
+
 use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
+    net::{AddrParseError, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -34,13 +42,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_rustls::TlsConnector;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use crate::{env::var_or, served::Served};
 
 fn main() -> anyhow::Result<()> {
-    let secs: u64 = env_or("WEFT_BENCH_SECS", 10);
-    let warmup = Duration::from_millis(env_or("WEFT_BENCH_WARMUP_MS", 500));
+    let secs: u64 = var_or("WEFT_BENCH_SECS", 10);
+    let warmup = Duration::from_millis(var_or("WEFT_BENCH_WARMUP_MS", 500));
     let rates: Vec<u32> = std::env::var("WEFT_BENCH_RATES")
         .unwrap_or_else(|_| "200,1000".into())
         .split(',')
@@ -54,8 +60,8 @@ fn main() -> anyhow::Result<()> {
         &ns,
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n  annotations:\n    weft.dev/inject: enabled\n",
     )?;
-    let mut injector = Injector::start(&cert, &key, &ns)?;
-    let idle_rss = rss_kib(injector.pid());
+    let injector = Injector::start(&cert, &key, &ns)?;
+    let idle_rss = procfs::rss_kib(injector.process.pid());
 
     let pod_review = serde_json::to_vec(&review("Pod", "pods", &pod()))?;
     let svc_review = serde_json::to_vec(&review(
@@ -112,10 +118,9 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let rss = rss_kib(injector.pid());
-    let hwm = hwm_kib(injector.pid());
-    let _ = injector.child.kill();
-    let _ = injector.child.wait();
+    let rss = procfs::rss_kib(injector.process.pid());
+    let hwm = procfs::peak_rss_kib(injector.process.pid());
+    drop(injector);
 
     let mut out = String::new();
     out.push_str("## weft injector: AdmissionReview latency over HTTPS (open loop)\n\n");
@@ -252,14 +257,14 @@ fn client_tls(ca: &Path) -> anyhow::Result<TlsConnector> {
 }
 
 struct Injector {
-    child: Child,
+    process: Served,
     webhook: SocketAddr,
 }
 
 impl Injector {
     fn start(cert: &Path, key: &Path, ns: &Path) -> anyhow::Result<Injector> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["injector", "--listen-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+        cmd.args(["injector", "--listen-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .args([
                 "--source",
                 "static",
@@ -273,28 +278,18 @@ impl Injector {
             .arg("--tls-cert")
             .arg(cert)
             .arg("--tls-key")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start weft injector")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let webhook = loop {
-            let Some(Ok(line)) = lines.next() else { bail!("weft injector exited before serving") };
-            let v: Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "serving" {
-                break v["fields"]["webhook"].as_str().unwrap_or_default().parse()?;
+            .arg(key);
+        let (tx, rx) = mpsc::channel::<Result<SocketAddr, AddrParseError>>();
+        // Its per-review log lines are read (and discarded) too, so that it never blocks.
+        let process = Served::spawn(&mut cmd, "start weft injector", move |_, json| {
+            if let Some(v) = json
+                && v["fields"]["message"] == "serving"
+            {
+                let _ = tx.send(v["fields"]["webhook"].as_str().unwrap_or_default().parse());
             }
-        };
-        // Keep reading (and discarding) its per-review log lines so that it never blocks.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Injector { child, webhook })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
+        })?;
+        let Ok(webhook) = rx.recv() else { bail!("weft injector exited before serving") };
+        Ok(Injector { process, webhook: webhook? })
     }
 }
 
@@ -331,23 +326,6 @@ fn make_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         bail!("openssl failed");
     }
     Ok((cert, key))
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmRSS:")
-}
-
-fn hwm_kib(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmHWM:")
 }
 
 /// A Deployment's pod as the API server sends it (from `kubectl create deployment web

@@ -65,6 +65,9 @@
 
 #[path = "mtls/conns.rs"]
 mod conns;
+#[allow(dead_code)]
+#[path = "common/env.rs"]
+mod env;
 // Shared with the HTTP bench, which uses the 64-byte defaults.
 #[allow(dead_code)]
 #[path = "http/load.rs"]
@@ -73,18 +76,26 @@ mod http_load;
 #[allow(dead_code)]
 #[path = "transport/load.rs"]
 mod load;
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "mtls/mesh.rs"]
 mod mesh;
+#[allow(dead_code)]
+#[path = "common/procfs.rs"]
+mod procfs;
 #[allow(dead_code)]
 #[path = "transport/procs.rs"]
 mod procs;
 #[path = "mtls/report.rs"]
 mod report;
+#[path = "common/setup.rs"]
+mod setup;
+#[path = "common/table.rs"]
+mod table;
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -92,141 +103,44 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    env::Knobs,
     http_load::Proto,
-    load::Kind,
+    measure::Point,
     mesh::TlsCounts,
     procs::{Pair, Proc},
+    setup::Bench,
 };
 
 /// The run's settings, from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub open_secs: f64,
-    pub closed_secs: f64,
-    pub warmup: Duration,
-    pub reps: usize,
-    pub rates: Vec<u64>,
+    pub knobs: Knobs,
     pub body: usize,
     pub concurrency: usize,
     pub handshakes: bool,
-    pub only: Option<Vec<String>>,
-    pub nice: i32,
 }
 
 impl Config {
     fn from_env() -> anyhow::Result<Config> {
-        fn var<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => match v.trim().parse() {
-                    Ok(v) => Ok(Some(v)),
-                    Err(_) => bail!("{name}={v:?} is not a valid value"),
-                },
-                _ => Ok(None),
-            }
-        }
-        let list = |name: &str| -> anyhow::Result<Option<Vec<String>>> {
-            Ok(var::<String>(name)?.map(|v| v.split(',').map(|s| s.trim().to_string()).collect()))
-        };
-        let quick = var::<String>("WEFT_BENCH_QUICK")?.is_some_and(|v| v != "0");
-        let open_secs: f64 = var("WEFT_BENCH_SECS")?.unwrap_or(if quick { 2.0 } else { 10.0 });
-        if open_secs.is_nan() || open_secs <= 0.0 {
-            bail!("WEFT_BENCH_SECS must be positive");
-        }
-        let rates = match list("WEFT_BENCH_RATES")? {
-            None => vec![200, 2000],
-            Some(v) => v
-                .iter()
-                .map(|r| r.parse::<u64>().ok().filter(|&r| r > 0))
-                .collect::<Option<Vec<_>>>()
-                .context("WEFT_BENCH_RATES must be a comma-separated list of positive req/s")?,
-        };
-        let only = list("WEFT_BENCH_ONLY")?;
-        if let Some(bad) = only.iter().flatten().find(|o| !matches!(o.as_str(), "weft" | "mtls")) {
+        let knobs = Knobs::from_env()?;
+        if let Some(bad) =
+            knobs.only.iter().flatten().find(|o| !matches!(o.as_str(), "weft" | "mtls"))
+        {
             bail!("WEFT_BENCH_ONLY: {bad:?} is neither weft nor mtls");
         }
         Ok(Config {
-            open_secs,
-            closed_secs: open_secs / 2.0,
-            warmup: Duration::from_millis(var("WEFT_BENCH_WARMUP_MS")?.unwrap_or(500)),
-            reps: var::<usize>("WEFT_BENCH_REPS")?.unwrap_or(if quick { 1 } else { 3 }).max(1),
-            rates,
-            body: var("WEFT_BENCH_BODY")?.unwrap_or(1024),
-            concurrency: var::<usize>("WEFT_BENCH_CONN_CONCURRENCY")?.unwrap_or(16).max(1),
-            handshakes: var::<String>("WEFT_BENCH_HANDSHAKES")?.is_none_or(|v| v != "0"),
-            only,
-            nice: var("WEFT_BENCH_NICE")?.unwrap_or(-10),
+            knobs,
+            body: env::var("WEFT_BENCH_BODY")?.unwrap_or(1024),
+            concurrency: env::var::<usize>("WEFT_BENCH_CONN_CONCURRENCY")?.unwrap_or(16).max(1),
+            handshakes: env::switch("WEFT_BENCH_HANDSHAKES", true)?,
         })
     }
-
-    fn wants(&self, key: &str) -> bool {
-        self.only.as_ref().is_none_or(|only| only.iter().any(|o| o == key))
-    }
 }
 
-/// One HTTP load point: a rate or the closed loop.
-#[derive(Debug, Clone)]
-pub struct Point {
-    pub label: String,
-    pub kind: Kind,
-    pub measure: Duration,
-}
-
-/// What one run of one HTTP point measured.
-#[derive(Debug, Clone, Default)]
-pub struct PointRun {
-    pub rps: f64,
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
-    /// CPU seconds per 10 000 requests, per proxy (A, B).
-    pub cpu_per_10k: Vec<f64>,
-    /// RSS per proxy at the end of the window.
-    pub rss: Vec<u64>,
-    /// Share of the window the load thread and the backend thread were on a CPU.
-    pub gen_busy: f64,
-    pub backend_busy: f64,
-    /// Open loop: p99 of how late the generator queued or sent (µs).
-    pub send_late_p99: f64,
-    pub missing: u64,
-    pub errors: u64,
-}
-
-/// An HTTP path from the client to the backend, and what was measured on it.
-#[derive(Debug)]
-pub struct Scenario {
-    /// `direct`, `weft`, `mtls`.
-    pub key: &'static str,
-    pub name: &'static str,
-    pub entry: SocketAddr,
-    pub pair: Option<Pair>,
-    /// Per point, per rep.
-    pub runs: Vec<Vec<PointRun>>,
-    pub idle_rss: Vec<u64>,
-    pub peak_rss: Vec<u64>,
-    /// What the proxies' metrics said about the protocol and TLS between them.
-    pub between: String,
-    pub first_error: Option<String>,
-}
-
-impl Scenario {
-    fn new(key: &'static str, name: &'static str, entry: SocketAddr, pair: Option<Pair>) -> Self {
-        Scenario {
-            key,
-            name,
-            entry,
-            pair,
-            runs: Vec::new(),
-            idle_rss: Vec::new(),
-            peak_rss: Vec::new(),
-            between: String::new(),
-            first_error: None,
-        }
-    }
-
-    fn procs(&self) -> &[Proc] {
-        self.pair.as_ref().map_or(&[], |p| &p.procs[..])
-    }
-}
+/// An HTTP path from the client to the backend (`direct`, `weft`, `mtls`), and what was
+/// measured on it; besides the points, what the proxies' metrics said about the protocol
+/// and TLS between them.
+pub type Scenario = measure::Scenario<String>;
 
 /// What one run of the handshake loop measured on one path.
 #[derive(Debug, Clone, Default)]
@@ -306,63 +220,27 @@ impl ConnScenario {
     }
 }
 
-/// Removes the bench's scratch directory (PKI, configs, process logs) when dropped.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cfg = Config::from_env()?;
-    let target_dir = target_dir()?;
-    let (bin, mut notes) = match std::env::var_os("WEFT_BENCH_PROXY_BIN") {
-        Some(bin) => {
-            let note = format!("weft-proxy: {} (`WEFT_BENCH_PROXY_BIN`).", bin.to_string_lossy());
-            (PathBuf::from(bin), vec![note])
-        }
-        None => (build_proxy(&target_dir)?, source_state()),
-    };
+    let mut bench = Bench::start("mtls", cfg.knobs.nice, true)?;
+    let bin = bench.proxy.clone();
     let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
-    let started = Instant::now();
-    let scratch =
-        ScratchDir(std::env::temp_dir().join(format!("weft-bench-mtls-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0)?;
-    let dir = &scratch.0;
-    // After the build, before any thread or process of the measurement is started: they
-    // inherit it.
-    if cfg.nice != 0 {
-        // SAFETY: setpriority of the calling thread, no pointers.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, cfg.nice) } != 0 {
-            let e = std::io::Error::last_os_error();
-            eprintln!("note: cannot set nice {}: {e}; running at the default priority", cfg.nice);
-            notes.push(format!(
-                "could not run at nice {} ({e}): other work on the machine weighs more.",
-                cfg.nice
-            ));
-        }
-    }
-    let load_start = loadavg();
+    let dir = bench.dir().to_path_buf();
+    let dir = &dir;
 
     let (backend, backend_tid) = http_load::spawn_backend_sized(cfg.body)?;
     let (close_server, close_tid) = conns::spawn_close_server()?;
-    let mut scenarios = vec![Scenario::new("direct", "direct", backend, None)];
+    let mut scenarios = vec![Scenario::direct("direct", "direct", backend, String::new())];
     let mut conn_scenarios = Vec::new();
     if cfg.handshakes {
         conn_scenarios.push(ConnScenario::new("direct", "direct", close_server));
     }
-    if cfg.wants("weft") {
+    if cfg.knobs.wants("weft") {
         let upgrade =
             |_: SocketAddr| vec!["--outbound-http2-upgrade-targets".to_string(), "*".to_string()];
         let pair = procs::weft_pair_with(&bin, backend, dir, "http weft", upgrade)?;
-        scenarios.push(Scenario::new(
-            "weft",
-            "weft pair, plaintext, HTTP/2 between",
-            pair.entry,
-            Some(pair),
-        ));
+        let name = "weft pair, plaintext, HTTP/2 between";
+        scenarios.push(Scenario::through("weft", name, pair, String::new()));
         if cfg.handshakes {
             let pair = procs::weft_pair(&bin, close_server, true, dir, "tcp weft")?;
             let entry = pair.entry;
@@ -372,11 +250,11 @@ fn main() -> anyhow::Result<()> {
     }
     let mut control_plane = Vec::new();
     let mut handshake_bytes = None;
-    if cfg.wants("mtls") {
+    if cfg.knobs.wants("mtls") {
         let mesh::Mesh { identity, destination, http, tcp, lone_b, lone_b_inbound, pki } =
             mesh::start(&weft, &bin, backend, close_server, dir).context("starting the mesh")?;
         control_plane = vec![identity, destination];
-        scenarios.push(Scenario::new("mtls", "weft mTLS pair", http.entry, Some(http)));
+        scenarios.push(Scenario::through("mtls", "weft mTLS pair", http, String::new()));
         if cfg.handshakes {
             handshake_bytes = Some(calibrate(&tcp)?);
             let entry = tcp.entry;
@@ -403,51 +281,36 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("a first connection through {}", s.name))?;
     }
 
-    let mut points: Vec<Point> = cfg
-        .rates
-        .iter()
-        .map(|&rate| Point {
-            label: format!("{} req/s", report::thousands(rate as f64)),
-            kind: Kind::Open { rate },
-            measure: Duration::from_secs_f64(cfg.open_secs),
-        })
-        .collect();
-    points.push(Point {
-        label: "max (closed loop)".into(),
-        kind: Kind::Closed,
-        measure: Duration::from_secs_f64(cfg.closed_secs),
-    });
-    for s in &mut scenarios {
-        s.runs = vec![Vec::new(); points.len()];
-    }
+    let points = measure::points(&cfg.knobs);
     eprintln!(
         "mtls bench: {} HTTP paths × {} points + {} handshake paths, × {} reps (~{:.0} s)",
         scenarios.len(),
         points.len(),
         conn_scenarios.len(),
-        cfg.reps,
-        estimate_secs(&cfg, &points, scenarios.len(), conn_scenarios.len())
+        cfg.knobs.reps,
+        estimate_secs(&cfg.knobs, &points, scenarios.len(), conn_scenarios.len())
     );
 
     // Reps outermost and paths innermost: a noisy minute hits every path.
-    for rep in 0..cfg.reps {
+    for rep in 0..cfg.knobs.reps {
         for (i, point) in points.iter().enumerate() {
             for s in &mut scenarios {
-                let run = run_point(s, point, &cfg, backend_tid)
+                let (kind, span) = (point.kind, point.measure);
+                let (warmup, body) = (cfg.knobs.warmup, cfg.body);
+                let start = |to| http_load::start_sized(to, Proto::H1, kind, warmup, span, body);
+                let run = s
+                    .measure(i, backend_tid, start)
                     .with_context(|| format!("{} at {} (rep {})", s.name, point.label, rep + 1))?;
                 eprintln!(
-                    "  rep {} {:<38} {:<18} {:>8.0} req/s  p50 {:>7.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  CPU/10k {}{}",
+                    "  rep {} {:<38} {:<18} {:>8.0} req/s  {}  CPU/10k {}{}",
                     rep + 1,
                     s.name,
                     point.label,
                     run.rps,
-                    run.p50,
-                    run.p99,
-                    run.p999,
+                    run.latencies(),
                     cpu_text(&run.cpu_per_10k),
-                    if run.errors > 0 { format!("  {} errors", run.errors) } else { String::new() }
+                    run.errors_note()
                 );
-                s.runs[i].push(run);
             }
         }
         for s in &mut conn_scenarios {
@@ -474,14 +337,15 @@ fn main() -> anyhow::Result<()> {
             "mtls" => {
                 let pair = s.pair.as_ref().context("the mTLS pair")?;
                 // Fails the bench: figures of a pair that was not mTLS would be a lie.
-                s.between = mesh::verify_http(pair)?;
+                s.extra = mesh::verify_http(pair)?;
             }
             "weft" => {
                 let pair = s.pair.as_ref().context("the plaintext pair")?;
                 pair.procs.iter().try_for_each(mesh::verify_plaintext)?;
-                let a = mesh::scrape(&pair.procs[0]);
-                let h2 = mesh::metric(&a, "tcp_open_total", &[("peer", "dst"), ("protocol", "h2")]);
-                s.between = format!("A opened {h2} `h2` connection(s) to B, no TLS");
+                let a = procs::scrape(&pair.procs[0]);
+                let h2 =
+                    procs::metric(&a, "tcp_open_total", &[("peer", "dst"), ("protocol", "h2")]);
+                s.extra = format!("A opened {h2} `h2` connection(s) to B, no TLS");
             }
             _ => {}
         }
@@ -498,104 +362,32 @@ fn main() -> anyhow::Result<()> {
         .chain(conn_scenarios.iter_mut().flat_map(|s| s.a.iter_mut().chain(s.b.iter_mut())))
         .chain(control_plane.iter_mut());
     for p in all_procs {
-        p.check_alive()?;
-        let log = p.log_text();
-        if !log.trim().is_empty() {
-            let lines: Vec<&str> = log.lines().collect();
-            notes.push(format!(
-                "{} logged {} lines, e.g.: `{}`",
-                p.name,
-                lines.len(),
-                lines[0].chars().take(200).collect::<String>()
-            ));
-        }
+        bench.notes.extend(p.log_note()?);
     }
 
-    let info = report::RunInfo {
-        cfg: cfg.clone(),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_start,
-        load_end: loadavg(),
-        elapsed: started.elapsed(),
-        handshake_bytes,
-        notes,
-    };
-    let md = report::render(&scenarios, &points, &conn_scenarios, &info);
-    println!("\n{md}");
-    let out = target_dir.join("bench-mtls.md");
-    std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("written to {}", out.display());
-    Ok(())
-}
-
-fn run_point(
-    s: &mut Scenario,
-    point: &Point,
-    cfg: &Config,
-    backend_tid: i32,
-) -> anyhow::Result<PointRun> {
-    let (window, handle) = http_load::start_sized(
-        s.entry,
-        Proto::H1,
-        point.kind,
-        cfg.warmup,
-        point.measure,
-        cfg.body,
-    )?;
-    let sample = |s: &Scenario| {
-        let cpu: Vec<f64> = s.procs().iter().map(Proc::cpu_seconds).collect();
-        (cpu, procs::thread_cpu_seconds(window.tid), procs::thread_cpu_seconds(backend_tid))
-    };
-    load::sleep_until_ns(window.start_ns);
-    let (cpu0, gen0, back0) = sample(s);
-    load::sleep_until_ns(window.end_ns);
-    let (cpu1, gen1, back1) = sample(s);
-    let rss = s.procs().iter().map(Proc::rss_bytes).collect();
-    let result = match handle.join() {
-        Ok(r) => r?,
-        Err(_) => bail!("the load thread panicked"),
-    };
-    if s.first_error.is_none() {
-        s.first_error = result.first_error.clone();
-    }
-    let secs = (window.end_ns - window.start_ns) as f64 / 1e9;
-    let n = result.completed.max(1) as f64;
-    let h = &result.latency;
-    Ok(PointRun {
-        rps: result.completed as f64 / secs,
-        p50: h.value_at_quantile(0.5) as f64,
-        p99: h.value_at_quantile(0.99) as f64,
-        p999: h.value_at_quantile(0.999) as f64,
-        cpu_per_10k: cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) / n * 10_000.0).collect(),
-        rss,
-        gen_busy: (gen1 - gen0) / secs,
-        backend_busy: (back1 - back0) / secs,
-        send_late_p99: result.send_lateness.value_at_quantile(0.99) as f64,
-        missing: result.missing,
-        errors: result.errors,
-    })
+    let md =
+        report::render(&scenarios, &points, &conn_scenarios, &cfg, &bench.facts(), handshake_bytes);
+    bench.write_report(&md)
 }
 
 /// One handshake point on one path; on mTLS paths, checks that every connection the
 /// client made was counted as mTLS by the proxies.
 fn run_conns(s: &mut ConnScenario, cfg: &Config, close_tid: i32) -> anyhow::Result<ConnRun> {
     let tls_before = s.tls_counts();
-    let measure = Duration::from_secs_f64(cfg.closed_secs);
+    let measure = Duration::from_secs_f64(cfg.knobs.closed_secs);
     let (window, handle) =
-        conns::start(s.entry, s.dial.clone(), cfg.concurrency, cfg.warmup, measure)?;
+        conns::start(s.entry, s.dial.clone(), cfg.concurrency, cfg.knobs.warmup, measure)?;
     let sample = |s: &ConnScenario| {
-        (s.cpu(), procs::thread_cpu_seconds(window.tid), procs::thread_cpu_seconds(close_tid))
+        (s.cpu(), procfs::thread_cpu_seconds(window.tid), procfs::thread_cpu_seconds(close_tid))
     };
     load::sleep_until_ns(window.start_ns);
     let (cpu0, gen0, srv0) = sample(s);
     load::sleep_until_ns(window.end_ns);
     let (cpu1, gen1, srv1) = sample(s);
-    let result = match handle.join() {
-        Ok(r) => r?,
-        Err(_) => bail!("the load thread panicked"),
-    };
+    let result = load::join(handle)?;
+    let t = &result.tally;
     if s.first_error.is_none() {
-        s.first_error = result.first_error.clone();
+        s.first_error = t.first_error.clone();
     }
     let tls = match tls_before {
         Some(before) => {
@@ -627,15 +419,15 @@ fn run_conns(s: &mut ConnScenario, cfg: &Config, close_tid: i32) -> anyhow::Resu
         None => None,
     };
     let secs = (window.end_ns - window.start_ns) as f64 / 1e9;
-    let n = result.completed.max(1) as f64;
+    let n = t.completed.max(1) as f64;
     Ok(ConnRun {
-        cps: result.completed as f64 / secs,
-        p50: result.latency.value_at_quantile(0.5) as f64,
-        p99: result.latency.value_at_quantile(0.99) as f64,
+        cps: t.completed as f64 / secs,
+        p50: t.latency.value_at_quantile(0.5) as f64,
+        p99: t.latency.value_at_quantile(0.99) as f64,
         cpu_per_1k: cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) / n * 1000.0).collect(),
         gen_busy: (gen1 - gen0) / secs,
         server_busy: (srv1 - srv0) / secs,
-        errors: result.errors,
+        errors: t.errors,
         made: result.made,
         full_handshakes: result.full_handshakes,
         tls,
@@ -674,74 +466,10 @@ fn cpu_text(cpu: &[f64]) -> String {
     each.collect::<Vec<String>>().join(" / ")
 }
 
-fn estimate_secs(cfg: &Config, points: &[Point], http: usize, handshake: usize) -> f64 {
-    let warmup = cfg.warmup.as_secs_f64() + 0.1;
+fn estimate_secs(k: &Knobs, points: &[Point], http: usize, handshake: usize) -> f64 {
+    let warmup = k.warmup.as_secs_f64() + 0.1;
     let per_rep: f64 = points.iter().map(|p| p.measure.as_secs_f64() + warmup).sum::<f64>()
         * http as f64
-        + (cfg.closed_secs + warmup) * handshake as f64;
-    per_rep * cfg.reps as f64
-}
-
-/// Notes on what was measured: the commit, and uncommitted changes in the crates the
-/// binaries are built from (someone may be editing the proxy while this runs).
-fn source_state() -> Vec<String> {
-    let out = Command::new("git")
-        .args(["status", "--porcelain", "--", "proxy", "identity", "destination", "src"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    match out {
-        Ok(o) if o.status.success() => {
-            let dirty: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| format!("`{}`", l.get(3..).unwrap_or(l)))
-                .collect();
-            if dirty.is_empty() {
-                vec![format!("binaries built from commit {commit}, no uncommitted changes.")]
-            } else {
-                vec![format!(
-                    "binaries built from commit {commit} plus uncommitted changes in {}.",
-                    dirty.join(", ")
-                )]
-            }
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// `<target>` from the bench's own path, `<target>/release/deps/mtls-<hash>`.
-fn target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the bench binary")?;
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .context("the bench binary is not under <target>/<profile>/deps")
-}
-
-fn build_proxy(target: &Path) -> anyhow::Result<PathBuf> {
-    eprintln!("building weft-proxy (release)…");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "weft-proxy", "--bin", "weft-proxy"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building weft-proxy failed ({status})");
-    }
-    let bin = target.join("release").join("weft-proxy");
-    if !bin.exists() {
-        bail!("{} is missing after the build", bin.display());
-    }
-    Ok(bin)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+        + (k.closed_secs + warmup) * handshake as f64;
+    per_rep * k.reps as f64
 }

@@ -1,13 +1,7 @@
 //! The baseline pairs of the HTTP bench: haproxy in HTTP mode and nginx, each one
 //! thread (process), chained like the weft pair and keeping upstream connections alive.
 
-use std::{
-    fs,
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs, net::SocketAddr, path::Path, process::Command};
 
 use crate::{
     http_load::Proto,
@@ -29,12 +23,7 @@ pub fn haproxy_config(proto: Proto) -> impl Fn(SocketAddr, SocketAddr) -> String
 }
 
 pub fn nginx_installed() -> bool {
-    Command::new(NGINX)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    procs::installed(NGINX, "-v")
 }
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -42,27 +31,13 @@ const NGINX: &str = "/usr/sbin/nginx";
 /// An nginx pair for HTTP/1.1: one process each (`master_process off`, so the process
 /// measured is the one serving), keep-alive to clients and to a keep-alive upstream.
 pub fn nginx_pair(backend: SocketAddr, dir: &Path, tag: &str) -> anyhow::Result<Pair> {
-    procs::retry(|| {
-        let [a_in, b_in] = procs::free_addrs()?;
-        let nginx = |name: &str, listen: SocketAddr, to: SocketAddr| {
-            let stem = format!("{}-{name}", tag.replace(' ', "-"));
-            let conf = dir.join(format!("{stem}.conf"));
-            fs::write(&conf, nginx_config(listen, to, &dir.join(&stem)))?;
-            let mut cmd = Command::new(NGINX);
-            cmd.arg("-e").arg("stderr").arg("-c").arg(&conf).args(["-g", "daemon off;"]);
-            let mut p = Proc::spawn(&mut cmd, format!("{tag} {name}"), dir)?;
-            p.admin = Some(listen);
-            Ok::<_, anyhow::Error>(p)
-        };
-        let b = nginx("B", b_in, backend)?;
-        let a = nginx("A", a_in, b_in)?;
-        let mut procs = [a, b];
-        for p in &mut procs {
-            procs::wait_ready(p, |listen| {
-                TcpStream::connect_timeout(&listen, Duration::from_secs(1)).is_ok()
-            })?;
-        }
-        Ok(Pair { entry: a_in, procs })
+    procs::listening_pair(backend, |name, listen, to| {
+        let stem = format!("{}-{name}", tag.replace(' ', "-"));
+        let conf = dir.join(format!("{stem}.conf"));
+        fs::write(&conf, nginx_config(listen, to, &dir.join(&stem)))?;
+        let mut cmd = Command::new(NGINX);
+        cmd.arg("-e").arg("stderr").arg("-c").arg(&conf).args(["-g", "daemon off;"]);
+        Proc::spawn(&mut cmd, format!("{tag} {name}"), dir)
     })
 }
 

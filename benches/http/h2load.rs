@@ -22,12 +22,7 @@ pub struct Run {
 }
 
 pub fn installed() -> bool {
-    Command::new("h2load")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::procs::installed("h2load", "--version")
 }
 
 pub fn run(entry: SocketAddr, proto: Proto, warmup: Duration, secs: f64) -> anyhow::Result<Run> {

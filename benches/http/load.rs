@@ -2,7 +2,8 @@
 //! knowledge on one port, a fixed response: 64 bytes, or the size the mTLS bench asks
 //! for) and the hyper-based generators —
 //! open loop (constant arrival rate, latency from the intended send time) and closed
-//! loop (max throughput) — over the transport bench's thread, window and timerfd pacing.
+//! loop (max throughput) — over the transport bench's thread, window, open-loop schedule,
+//! timerfd pacing and result.
 //!
 //! HTTP/1.1 open loop: a request is never pipelined (proxies do not take that
 //! reliably). Due requests go into one queue that `H1_CONNS` keep-alive connections
@@ -11,24 +12,22 @@
 //! its due time. HTTP/2 open loop: each request is a new stream, sent at its due time on
 //! connection `j % H2_CONNS`, never waiting for another.
 
-use std::{
-    cell::RefCell, convert::Infallible, net::SocketAddr, rc::Rc, sync::mpsc, thread::JoinHandle,
-    time::Duration,
-};
+use std::{cell::RefCell, convert::Infallible, net::SocketAddr, rc::Rc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use http::{Request, Response, StatusCode, Version, header::HOST};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{Mutex, Notify, mpsc as tmpsc},
 };
 
-use crate::load::{self, Kind, Pacer, Window, latency_histogram, now_ns};
+use crate::load::{
+    self, Kind, LoadResult, Pacer, Schedule, Started, Tally, Window, latency_histogram, now_ns,
+};
 
 /// Bytes of the backend's response body (unless a size is given).
 pub const BODY: usize = 64;
@@ -63,24 +62,9 @@ impl Proto {
     }
 }
 
-/// What a load point measured inside its window.
-#[derive(Debug)]
-pub struct HttpResult {
-    /// Latency in µs: from the intended send time (open loop) or the send (closed loop).
-    pub latency: Histogram<u64>,
-    /// Successful responses (200 and the whole body) to requests of the window.
-    pub completed: u64,
-    /// Requests of the window that failed: an error status, a broken connection.
-    pub errors: u64,
-    pub first_error: Option<String>,
-    /// Requests of the window whose response never came (open loop).
-    pub missing: u64,
-    /// Open loop: how late the generator queued or sent, in µs (its own error).
-    pub send_lateness: Histogram<u64>,
-}
-
 /// Starts the backend on its own thread (and current-thread runtime). Returns its
-/// address and the thread's kernel id.
+/// address and the thread's kernel id. A request went through when its response is a 200
+/// with the whole body.
 pub fn spawn_backend() -> anyhow::Result<(SocketAddr, i32)> {
     spawn_backend_sized(BODY)
 }
@@ -91,35 +75,16 @@ pub fn spawn_backend_sized(body: usize) -> anyhow::Result<(SocketAddr, i32)> {
     let response: &'static [u8] =
         if body == BODY { &RESPONSE } else { Box::leak(vec![b'w'; body].into_boxed_slice()) };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the backend")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let (tid_tx, tid_rx) = mpsc::channel();
-    let rt = load::runtime()?;
-    std::thread::Builder::new().name("backend".into()).spawn(move || {
-        let _ = tid_tx.send(load::gettid());
-        rt.block_on(async move {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => return eprintln!("backend: {e}"),
-            };
-            let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = conn.set_nodelay(true);
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req| async move {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(response))))
-                    });
-                    let _ = server.serve_connection(TokioIo::new(conn), svc).await;
-                });
-            }
-        });
-    })?;
-    Ok((addr, tid_rx.recv().context("backend thread died at start")?))
+    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    load::spawn_server("backend", listener, move |conn| {
+        let server = server.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |_req| async move {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(response))))
+            });
+            let _ = server.serve_connection(TokioIo::new(conn), svc).await;
+        }
+    })
 }
 
 /// One client connection's request handle, and the body size it expects.
@@ -210,37 +175,19 @@ impl Sender {
 #[derive(Debug)]
 struct Stats {
     window: Window,
-    latency: Histogram<u64>,
-    completed: u64,
-    errors: u64,
-    first_error: Option<String>,
+    tally: Tally,
 }
 
 impl Stats {
     fn new(window: Window) -> Rc<RefCell<Stats>> {
-        Rc::new(RefCell::new(Stats {
-            window,
-            latency: latency_histogram(),
-            completed: 0,
-            errors: 0,
-            first_error: None,
-        }))
+        Rc::new(RefCell::new(Stats { window, tally: Tally::default() }))
     }
 
     /// Records a request that counts from `start_ns`, if that is in the window.
     fn record(&mut self, start_ns: u64, result: Result<(), String>) {
         let in_window = start_ns >= self.window.start_ns && start_ns < self.window.end_ns;
-        match result {
-            Ok(()) if in_window => {
-                self.latency.saturating_record(now_ns().saturating_sub(start_ns) / 1000);
-                self.completed += 1;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                self.errors += u64::from(in_window);
-                self.first_error.get_or_insert(e);
-            }
-        }
+        let latency = result.map(|()| now_ns().saturating_sub(start_ns) / 1000);
+        self.tally.record(in_window, latency);
     }
 }
 
@@ -252,7 +199,7 @@ pub fn start(
     kind: Kind,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<HttpResult>>)> {
+) -> anyhow::Result<Started<LoadResult>> {
     start_sized(target, proto, kind, warmup, measure, BODY)
 }
 
@@ -264,7 +211,7 @@ pub fn start_sized(
     warmup: Duration,
     measure: Duration,
     body: usize,
-) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<HttpResult>>)> {
+) -> anyhow::Result<Started<LoadResult>> {
     load::start_with(warmup, measure, move |begin| async move {
         let n = match proto {
             Proto::H1 => H1_CONNS,
@@ -292,13 +239,11 @@ async fn open_loop(
     rate: u64,
     t0: u64,
     window: Window,
-) -> anyhow::Result<HttpResult> {
-    let interval = 1_000_000_000 / rate.max(1);
-    let total = (window.end_ns - t0).div_ceil(interval);
-    let due = move |j: u64| t0 + j * interval;
+) -> anyhow::Result<LoadResult> {
+    let sched = Schedule::new(rate, t0, window);
     let stats = Stats::new(window);
     let mut lateness = latency_histogram();
-    let mut pacer = Pacer::new(t0, interval, total)?;
+    let mut pacer = Pacer::new(&sched)?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_nanos(window.end_ns.saturating_sub(now_ns()))
         + DRAIN;
@@ -327,17 +272,16 @@ async fn open_loop(
                 .collect();
             while let Some(range) = pacer.due().await? {
                 for j in range {
-                    if due(j) >= window.start_ns && due(j) < window.end_ns {
-                        lateness.saturating_record(now_ns().saturating_sub(due(j)) / 1000);
-                    }
-                    tx.send(due(j)).context("the HTTP/1.1 workers are gone")?;
+                    sched.note_lateness(j, &mut lateness);
+                    tx.send(sched.due(j)).context("the HTTP/1.1 workers are gone")?;
                 }
             }
             drop(tx);
             let _ = tokio::time::timeout_at(deadline, async {
                 for w in workers {
                     if let Ok(Err(e)) = w.await {
-                        stats.borrow_mut().first_error.get_or_insert(format!("reconnect: {e:#}"));
+                        let mut stats = stats.borrow_mut();
+                        stats.tally.first_error.get_or_insert(format!("reconnect: {e:#}"));
                     }
                 }
             })
@@ -352,16 +296,14 @@ async fn open_loop(
                     if conns[c].is_closed() {
                         conns[c] = connect(target, proto, conns[c].body).await?;
                     }
-                    if due(j) >= window.start_ns && due(j) < window.end_ns {
-                        lateness.saturating_record(now_ns().saturating_sub(due(j)) / 1000);
-                    }
+                    sched.note_lateness(j, &mut lateness);
                     let mut conn = conns[c].clone();
                     let (stats, outstanding, idle) =
                         (stats.clone(), outstanding.clone(), idle.clone());
                     *outstanding.borrow_mut() += 1;
                     tokio::task::spawn_local(async move {
                         let r = conn.roundtrip().await;
-                        stats.borrow_mut().record(due(j), r);
+                        stats.borrow_mut().record(sched.due(j), r);
                         *outstanding.borrow_mut() -= 1;
                         if *outstanding.borrow() == 0 {
                             idle.notify_one();
@@ -377,17 +319,10 @@ async fn open_loop(
             .await;
         }
     }
-    let in_window = (0..total).filter(|&j| due(j) >= window.start_ns && due(j) < window.end_ns);
-    let scheduled = in_window.count() as u64;
-    let s = stats.borrow();
-    Ok(HttpResult {
-        latency: s.latency.clone(),
-        completed: s.completed,
-        errors: s.errors,
-        first_error: s.first_error.clone(),
-        missing: scheduled.saturating_sub(s.completed + s.errors),
-        send_lateness: lateness,
-    })
+    let scheduled = (0..sched.total).filter(|&j| sched.in_window(j)).count() as u64;
+    let tally = stats.borrow().tally.clone();
+    let missing = scheduled.saturating_sub(tally.completed + tally.errors);
+    Ok(LoadResult { tally, missing, send_lateness: lateness })
 }
 
 async fn closed_loop(
@@ -395,7 +330,7 @@ async fn closed_loop(
     proto: Proto,
     conns: Vec<Sender>,
     window: Window,
-) -> anyhow::Result<HttpResult> {
+) -> anyhow::Result<LoadResult> {
     let stats = Stats::new(window);
     let per_conn = match proto {
         Proto::H1 => 1,
@@ -425,18 +360,11 @@ async fn closed_loop(
     for w in workers {
         w.await.context("closed-loop task")??;
     }
-    let s = stats.borrow();
-    if s.completed == 0 && s.errors > 0 {
-        bail!("every request failed, e.g.: {}", s.first_error.as_deref().unwrap_or("?"));
+    let tally = stats.borrow().tally.clone();
+    if tally.completed == 0 && tally.errors > 0 {
+        bail!("every request failed, e.g.: {}", tally.first_error.as_deref().unwrap_or("?"));
     }
-    Ok(HttpResult {
-        latency: s.latency.clone(),
-        completed: s.completed,
-        errors: s.errors,
-        first_error: s.first_error.clone(),
-        missing: 0,
-        send_lateness: latency_histogram(),
-    })
+    Ok(LoadResult { tally, missing: 0, send_lateness: latency_histogram() })
 }
 
 /// One HTTP request through `target`, to check a path before loading it.

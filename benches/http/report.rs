@@ -1,24 +1,16 @@
 //! The HTTP bench's report: medians over the reps, comparisons with direct and with the
 //! baseline pairs, the targets next to the figures, as Markdown.
 
-use std::{fmt::Write as _, time::Duration};
+use std::fmt::Write as _;
 
 use crate::{
-    Config, Point, PointRun, Scenario,
+    Config, Scenario,
     http_load::{BODY, H1_CONNS, H2_CONNS, H2_STREAMS, Proto},
     load::Kind,
+    measure::{Med, Point, at_rate, closed, med},
+    setup::Facts,
+    table::{busy, errors, figures, joined, late, mark, measured, mib, thousands, us},
 };
-
-/// Facts about the run printed with the tables.
-#[derive(Debug)]
-pub struct RunInfo {
-    pub cfg: Config,
-    pub cpus: usize,
-    pub load_start: String,
-    pub load_end: String,
-    pub elapsed: Duration,
-    pub notes: Vec<String>,
-}
 
 /// Issue 3's figures to reach.
 const LATENCY_TARGET_RATE: u64 = 2000;
@@ -27,93 +19,7 @@ const ADDED_P99_TARGET: f64 = 600.0;
 const H2_THROUGHPUT_TARGET: f64 = 0.35;
 const RSS_TARGET: u64 = 20 << 20;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
-}
-
-/// Medians over the reps of one path at one point.
-#[derive(Debug, Clone, Default)]
-struct Med {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    cpu: Vec<f64>,
-    rss: Vec<f64>,
-    gen_busy: f64,
-    backend_busy: f64,
-    send_late_p99: f64,
-    missing: u64,
-    errors: u64,
-}
-
-fn med(runs: &[PointRun]) -> Med {
-    let f = |g: fn(&PointRun) -> f64| median(runs.iter().map(g).collect());
-    let procs = runs.first().map_or(0, |r| r.cpu_per_10k.len());
-    let per = |g: fn(&PointRun, usize) -> f64| -> Vec<f64> {
-        (0..procs).map(|i| median(runs.iter().map(|r| g(r, i)).collect())).collect()
-    };
-    Med {
-        rps: f(|r| r.rps),
-        p50: f(|r| r.p50),
-        p99: f(|r| r.p99),
-        p999: f(|r| r.p999),
-        cpu: per(|r, i| r.cpu_per_10k[i]),
-        rss: per(|r, i| r.rss[i] as f64),
-        gen_busy: f(|r| r.gen_busy),
-        backend_busy: f(|r| r.backend_busy),
-        send_late_p99: f(|r| r.send_late_p99),
-        missing: runs.iter().map(|r| r.missing).sum(),
-        errors: runs.iter().map(|r| r.errors).sum(),
-    }
-}
-
-pub fn thousands(v: f64) -> String {
-    let s = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push('\u{a0}');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn us(v: f64) -> String {
-    if v.is_nan() {
-        "—".into()
-    } else if v < 1000.0 {
-        format!("{v:.0}")
-    } else {
-        thousands(v)
-    }
-}
-
-fn signed(v: f64) -> String {
-    if v < 0.0 { format!("−{}", us(-v)) } else { format!("+{}", us(v)) }
-}
-
-fn mib(b: f64) -> String {
-    format!("{:.1}", b / (1 << 20) as f64)
-}
-
-fn joined<T>(v: &[T], f: impl Fn(&T) -> String) -> String {
-    if v.is_empty() { "—".into() } else { v.iter().map(f).collect::<Vec<_>>().join(" / ") }
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok { "✓" } else { "✗" }
-}
-
-pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> String {
-    let cfg = &info.cfg;
+pub fn render(scenarios: &[Scenario], points: &[Point], cfg: &Config, facts: &Facts) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## HTTP benchmark (`cargo bench --bench http`)\n");
     let _ = writeln!(
@@ -121,18 +27,8 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
         "Loopback; GET with a {BODY}-byte response from a hyper backend. HTTP/1.1: {H1_CONNS} keep-alive \
          connections, never pipelined (open loop: due requests queue for a free connection). HTTP/2 \
          (prior knowledge): {H2_CONNS} connections, a stream per request (closed loop: {H2_STREAMS} \
-         streams per connection). Open loop: {} s per point; closed loop: {} s; {} ms unrecorded \
-         warm-up; median of {} rep(s), reps of all paths interleaved; nice {}. {} CPUs; load \
-         average {} at start, {} at end; measuring took {:.0} s.",
-        cfg.open_secs,
-        cfg.closed_secs,
-        cfg.warmup.as_millis(),
-        cfg.reps,
-        cfg.nice,
-        info.cpus,
-        info.load_start,
-        info.load_end,
-        info.elapsed.as_secs_f64()
+         streams per connection). {}",
+        measured(&cfg.knobs, facts, "closed loop", "paths")
     );
     let _ = writeln!(
         md,
@@ -148,7 +44,7 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
     );
     let _ = writeln!(md, "|---|---|---|--:|--:|--:|--:|---|---|--:|--:|---|");
     for proto in [Proto::H1, Proto::H2] {
-        let group: Vec<&Scenario> = scenarios.iter().filter(|s| s.proto == proto).collect();
+        let group: Vec<&Scenario> = scenarios.iter().filter(|s| s.extra.proto == proto).collect();
         let Some(direct) = group.iter().find(|s| s.key == "direct") else { continue };
         for (i, point) in points.iter().enumerate() {
             let d = med(&direct.runs[i]);
@@ -159,44 +55,20 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
                 .collect();
             for s in &group {
                 let m = med(&s.runs[i]);
-                let vs = if s.key == "direct" {
-                    "—".to_string()
-                } else {
-                    match point.kind {
-                        Kind::Open { .. } => {
-                            format!("{} / {}", signed(m.p50 - d.p50), signed(m.p99 - d.p99))
-                        }
-                        Kind::Closed => format!("{:.0} %", 100.0 * m.rps / d.rps),
-                    }
-                };
                 let target = if s.is_weft() {
                     targets(proto, point, &m, &d, &baselines)
                 } else {
                     String::new()
                 };
-                let late = match point.kind {
-                    Kind::Open { .. } => us(m.send_late_p99),
-                    Kind::Closed => "—".into(),
-                };
-                let errors = if m.errors + m.missing == 0 {
-                    "0".to_string()
-                } else {
-                    format!("{} err, {} lost", m.errors, m.missing)
-                };
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     proto.label(),
                     s.name,
                     point.label,
-                    thousands(m.rps),
-                    us(m.p50),
-                    us(m.p99),
-                    us(m.p999),
-                    vs,
-                    joined(&m.cpu, |c| format!("{c:.3}")),
-                    errors,
-                    late,
+                    figures(s.key, point.kind, &m, &d, false),
+                    errors(&m),
+                    late(point.kind, &m),
                     target
                 );
             }
@@ -204,9 +76,7 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
     }
 
     // Memory.
-    let rate_point = points
-        .iter()
-        .position(|p| matches!(p.kind, Kind::Open { rate } if rate == LATENCY_TARGET_RATE));
+    let rate_point = at_rate(points, LATENCY_TARGET_RATE);
     let _ = writeln!(
         md,
         "\n| client | path | idle RSS MiB (A / B) | RSS at 2 000 req/s MiB (A / B) | peak RSS MiB (A / B) | target |"
@@ -222,7 +92,7 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} |",
-            s.proto.label(),
+            s.extra.proto.label(),
             s.name,
             joined(&s.idle_rss, |&b| mib(b as f64)),
             joined(&at_rate, |&b| mib(b)),
@@ -232,8 +102,8 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
     }
 
     // The generator against h2load.
-    if scenarios.iter().any(|s| s.h2load.is_some()) {
-        let closed = points.iter().position(|p| matches!(p.kind, Kind::Closed));
+    if scenarios.iter().any(|s| s.extra.h2load.is_some()) {
+        let closed = closed(points);
         let _ = writeln!(
             md,
             "\n| client | path | h2load req/s | h2load mean µs | ours req/s (median) | ours / h2load |"
@@ -241,7 +111,7 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
         let _ = writeln!(md, "|---|---|--:|--:|--:|--:|");
         for s in scenarios {
             let ours = closed.map_or(f64::NAN, |i| med(&s.runs[i]).rps);
-            let (rps, mean, ratio) = match &s.h2load {
+            let (rps, mean, ratio) = match &s.extra.h2load {
                 Some(Ok(r)) => {
                     let failed = if r.failed > 0 {
                         format!(" ({} of {} failed)", r.failed, r.failed + r.succeeded)
@@ -260,7 +130,7 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} |",
-                s.proto.label(),
+                s.extra.proto.label(),
                 s.name,
                 rps,
                 mean,
@@ -275,16 +145,7 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
         if let Kind::Closed = point.kind {
             let per: Vec<String> = scenarios
                 .iter()
-                .map(|s| {
-                    let m = med(&s.runs[i]);
-                    format!(
-                        "{} {} {:.0} % / {:.0} %",
-                        s.proto.label(),
-                        s.name,
-                        100.0 * m.gen_busy,
-                        100.0 * m.backend_busy
-                    )
-                })
+                .map(|s| busy(&format!("{} {}", s.extra.proto.label(), s.name), &med(&s.runs[i])))
                 .collect();
             let _ = writeln!(
                 md,
@@ -297,18 +158,19 @@ pub fn render(scenarios: &[Scenario], points: &[Point], info: &RunInfo) -> Strin
         let _ = writeln!(
             md,
             "- {} {}: `request_total` A / B: {}; protocol from A to B (A's `tcp_open_total`): {}.",
-            s.proto.label(),
+            s.extra.proto.label(),
             s.name,
-            joined(&s.requests_counted, |n| thousands(*n as f64)),
-            if s.between.is_empty() { "—".into() } else { s.between.join(", ") }
+            joined(&s.extra.requests_counted, |n| thousands(*n as f64)),
+            if s.extra.between.is_empty() { "—".into() } else { s.extra.between.join(", ") }
         );
     }
     for s in scenarios {
         if let Some(e) = &s.first_error {
-            let _ = writeln!(md, "- {} {}: first failed request: {e}", s.proto.label(), s.name);
+            let _ =
+                writeln!(md, "- {} {}: first failed request: {e}", s.extra.proto.label(), s.name);
         }
     }
-    for n in &info.notes {
+    for n in &facts.notes {
         let _ = writeln!(md, "- {n}");
     }
     md

@@ -13,21 +13,17 @@
 //! never search through ports still in TIME_WAIT: that kernel work would be charged to
 //! the proxies and blur the handshake's cost.
 
-use std::{
-    cell::RefCell, net::SocketAddr, rc::Rc, sync::Arc, sync::mpsc, thread::JoinHandle,
-    time::Duration,
-};
+use std::{cell::RefCell, net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use hdrhistogram::Histogram;
 use rustls::{HandshakeKind, pki_types::ServerName};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
 
-use crate::load::{self, Window, latency_histogram, now_ns};
+use crate::load::{self, Started, Tally, now_ns};
 
 /// Bytes of the request and of its answer.
 pub const FRAME: usize = 64;
@@ -43,44 +39,22 @@ pub fn spawn_close_server() -> anyhow::Result<(SocketAddr, i32)> {
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     // std's 128 would drop SYNs when the closed loop's connections arrive at once.
     socket.listen(4096)?;
-    socket.set_nonblocking(true)?;
-    let listener: std::net::TcpListener = socket.into();
-    let addr = listener.local_addr()?;
-    let (tid_tx, tid_rx) = mpsc::channel();
-    let rt = load::runtime()?;
-    std::thread::Builder::new().name("close-server".into()).spawn(move || {
-        let _ = tid_tx.send(load::gettid());
-        rt.block_on(async move {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => return eprintln!("close server: {e}"),
-            };
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = conn.set_nodelay(true);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; FRAME];
-                    if conn.read_exact(&mut buf).await.is_err() {
-                        return;
-                    }
-                    if conn.write_all(&buf).await.is_err() {
-                        return;
-                    }
-                    let _ = conn.shutdown().await;
-                    let mut rest = [0u8; 256];
-                    while let Ok(n) = conn.read(&mut rest).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                });
+    load::spawn_server("close-server", socket.into(), |mut conn| async move {
+        let mut buf = [0u8; FRAME];
+        if conn.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        if conn.write_all(&buf).await.is_err() {
+            return;
+        }
+        let _ = conn.shutdown().await;
+        let mut rest = [0u8; 256];
+        while let Ok(n) = conn.read(&mut rest).await {
+            if n == 0 {
+                break;
             }
-        });
-    })?;
-    Ok((addr, tid_rx.recv().context("close-server thread died at start")?))
+        }
+    })
 }
 
 /// How the client opens its connections.
@@ -101,30 +75,16 @@ pub struct MtlsDial {
 }
 
 /// What a connection-rate point measured.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnResult {
-    /// µs from the start of the connect to the whole answer, for connections of the window.
-    pub latency: Histogram<u64>,
-    /// Connections of the window that went through (answer and close).
-    pub completed: u64,
-    /// Connections of the window that failed.
-    pub errors: u64,
-    pub first_error: Option<String>,
+    /// Connections of the window that went through (answer and close) and their latency,
+    /// µs from the start of the connect to the whole answer; those that failed.
+    pub tally: Tally,
     /// Connections that went through in all, warm-up and tail included (to check
     /// against the proxies' counters).
     pub made: u64,
     /// `Dial::Mtls`: connections whose handshake was a full one (not resumed), in all.
     pub full_handshakes: u64,
-}
-
-#[derive(Debug)]
-struct Stats {
-    latency: Histogram<u64>,
-    completed: u64,
-    errors: u64,
-    first_error: Option<String>,
-    made: u64,
-    full_handshakes: u64,
 }
 
 /// A request: byte 0 is 0x00 (no protocol detection mistakes it for anything but
@@ -191,17 +151,10 @@ pub fn start(
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<ConnResult>>)> {
+) -> anyhow::Result<Started<ConnResult>> {
     load::start_with(warmup, measure, move |begin| async move {
         let (_, window) = begin.now();
-        let stats = Rc::new(RefCell::new(Stats {
-            latency: latency_histogram(),
-            completed: 0,
-            errors: 0,
-            first_error: None,
-            made: 0,
-            full_handshakes: 0,
-        }));
+        let stats = Rc::new(RefCell::new(ConnResult::default()));
         let tasks: Vec<_> = (0..concurrency as u64)
             .map(|c| {
                 let (stats, dial) = (stats.clone(), dial.clone());
@@ -219,18 +172,7 @@ pub fn start(
                         let mut s = stats.borrow_mut();
                         s.made += u64::from(r.is_ok());
                         s.full_handshakes += u64::from(r.as_ref().is_ok_and(|(_, full)| *full));
-                        let in_window = sent >= window.start_ns;
-                        match r {
-                            Ok((us, _)) if in_window => {
-                                s.latency.saturating_record(us);
-                                s.completed += 1;
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                s.errors += u64::from(in_window);
-                                s.first_error.get_or_insert(e);
-                            }
-                        }
+                        s.tally.record(sent >= window.start_ns, r.map(|(us, _)| us));
                         seq += 1;
                     }
                 })
@@ -242,18 +184,12 @@ pub fn start(
         // The caller samples this thread's CPU time at the window's end: be there.
         let linger = window.end_ns + 100_000_000;
         tokio::time::sleep(Duration::from_nanos(linger.saturating_sub(now_ns()))).await;
-        let s = stats.borrow();
-        if s.completed == 0 && s.errors > 0 {
-            bail!("every connection failed, e.g.: {}", s.first_error.as_deref().unwrap_or("?"));
+        let result = stats.borrow().clone();
+        let t = &result.tally;
+        if t.completed == 0 && t.errors > 0 {
+            bail!("every connection failed, e.g.: {}", t.first_error.as_deref().unwrap_or("?"));
         }
-        Ok(ConnResult {
-            latency: s.latency.clone(),
-            completed: s.completed,
-            errors: s.errors,
-            first_error: s.first_error.clone(),
-            made: s.made,
-            full_handshakes: s.full_handshakes,
-        })
+        Ok(result)
     })
 }
 

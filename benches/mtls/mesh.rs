@@ -27,7 +27,7 @@ use weft_proxy::transport_header::{self, TransportHeader};
 
 use crate::{
     conns::MtlsDial,
-    procs::{self, Pair, Proc},
+    procs::{self, Pair, Proc, metric, scrape},
 };
 
 const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
@@ -241,37 +241,6 @@ fn listening(mut p: Proc, addr: SocketAddr) -> anyhow::Result<Proc> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A proxy's `/metrics` text (empty when it cannot be read).
-pub fn scrape(p: &Proc) -> String {
-    p.admin
-        .and_then(|a| procs::http_get(a, "/metrics").ok())
-        .and_then(|r| r.split_once("\r\n\r\n").map(|(_, body)| body.to_string()))
-        .unwrap_or_default()
-}
-
-/// The sum of the samples of `name` whose labels include every `(key, value)` given
-/// (a value of `"*"` only asks for the label to be there).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            if n != name {
-                return None;
-            }
-            let ok = labels.iter().all(|(k, v)| {
-                if *v == "*" {
-                    rest.contains(&format!("{k}=\""))
-                } else {
-                    rest.contains(&format!("{k}=\"{v}\""))
-                }
-            });
-            ok.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
 }
 
 /// Proves from both proxies' metrics that the HTTP pair's traffic was mTLS, HTTP/2

@@ -1,24 +1,17 @@
 //! The mTLS bench's report: medians over the reps, the added cost against direct and the
 //! TLS share against the plaintext pair, issue 5's targets next to the figures, as Markdown.
 
-use std::{fmt::Write as _, time::Duration};
+use std::fmt::Write as _;
 
 use crate::{
-    Config, ConnRun, ConnScenario, Point, PointRun, Scenario, conns, http_load::H1_CONNS,
-    load::Kind, mesh::TlsCounts,
+    Config, ConnRun, ConnScenario, Scenario, conns,
+    http_load::H1_CONNS,
+    load::Kind,
+    measure::{Med, Point, at_rate, closed, med, median},
+    mesh::TlsCounts,
+    setup::Facts,
+    table::{busy, errors, figures, joined, late, mark, measured, mib, thousands, us},
 };
-
-/// Facts about the run printed with the tables.
-#[derive(Debug)]
-pub struct RunInfo {
-    pub cfg: Config,
-    pub cpus: usize,
-    pub load_start: String,
-    pub load_end: String,
-    pub elapsed: Duration,
-    pub handshake_bytes: Option<HandshakeBytes>,
-    pub notes: Vec<String>,
-}
 
 /// Bytes A reads from B per connection of the mTLS TCP pair (handshake, session tickets,
 /// answer, close), measured before the load.
@@ -46,53 +39,6 @@ const RSS_TARGET: f64 = (12 << 20) as f64;
 const HANDSHAKES_PER_CORE_TARGET: f64 = 1500.0;
 /// rustls' `ClientSessionMemoryCache` keeps this many TLS 1.3 tickets per server name.
 const RUSTLS_TICKETS_PER_SERVER: usize = 8;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
-}
-
-/// Medians over the reps of one HTTP path at one point.
-#[derive(Debug, Clone, Default)]
-struct Med {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    cpu: Vec<f64>,
-    rss: Vec<f64>,
-    gen_busy: f64,
-    backend_busy: f64,
-    send_late_p99: f64,
-    missing: u64,
-    errors: u64,
-}
-
-fn med(runs: &[PointRun]) -> Med {
-    let f = |g: fn(&PointRun) -> f64| median(runs.iter().map(g).collect());
-    let procs = runs.first().map_or(0, |r| r.cpu_per_10k.len());
-    let per = |g: fn(&PointRun, usize) -> f64| -> Vec<f64> {
-        (0..procs).map(|i| median(runs.iter().map(|r| g(r, i)).collect())).collect()
-    };
-    Med {
-        rps: f(|r| r.rps),
-        p50: f(|r| r.p50),
-        p99: f(|r| r.p99),
-        p999: f(|r| r.p999),
-        cpu: per(|r, i| r.cpu_per_10k[i]),
-        rss: per(|r, i| r.rss[i] as f64),
-        gen_busy: f(|r| r.gen_busy),
-        backend_busy: f(|r| r.backend_busy),
-        send_late_p99: f(|r| r.send_late_p99),
-        missing: runs.iter().map(|r| r.missing).sum(),
-        errors: runs.iter().map(|r| r.errors).sum(),
-    }
-}
 
 /// Medians over the reps of one handshake path.
 #[derive(Debug, Clone, Default)]
@@ -141,58 +87,18 @@ fn conn_med(runs: &[ConnRun]) -> ConnMed {
     }
 }
 
-pub fn thousands(v: f64) -> String {
-    if v.is_nan() {
-        return "—".into();
-    }
-    let s = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push('\u{a0}');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn us(v: f64) -> String {
-    if v.is_nan() {
-        "—".into()
-    } else if v < 1000.0 {
-        format!("{v:.0}")
-    } else {
-        thousands(v)
-    }
-}
-
-fn signed(v: f64) -> String {
-    if v < 0.0 { format!("−{}", us(-v)) } else { format!("+{}", us(v)) }
-}
-
-fn mib(b: f64) -> String {
-    format!("{:.1}", b / (1 << 20) as f64)
-}
-
 fn secs3(v: f64) -> String {
     if v.is_nan() { "—".into() } else { format!("{v:.3}") }
-}
-
-fn joined<T>(v: &[T], f: impl Fn(&T) -> String) -> String {
-    if v.is_empty() { "—".into() } else { v.iter().map(f).collect::<Vec<_>>().join(" / ") }
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok { "✓" } else { "✗" }
 }
 
 pub fn render(
     scenarios: &[Scenario],
     points: &[Point],
     conn_scenarios: &[ConnScenario],
-    info: &RunInfo,
+    cfg: &Config,
+    facts: &Facts,
+    handshake_bytes: Option<HandshakeBytes>,
 ) -> String {
-    let cfg = &info.cfg;
     let mut md = String::new();
     let _ = writeln!(md, "## mTLS benchmark (`cargo bench --bench mtls`)\n");
     let _ = writeln!(
@@ -202,20 +108,9 @@ pub fn render(
          Paths: direct; a weft pair in plaintext with HTTP/2 between the proxies \
          (`--outbound-http2-upgrade-targets '*'`); a weft pair with identities from `weft \
          identity` and the backend's endpoint from `weft destination` (identity + `h2` hint): \
-         HTTP/2 over mTLS between the proxies. Each proxy runs one thread (`--cores 1`). Open \
-         loop: {} s per point; closed loop and handshakes: {} s; {} ms unrecorded warm-up; median \
-         of {} rep(s), reps of all paths interleaved; nice {}. {} CPUs; load average {} at start, \
-         {} at end; measuring took {:.0} s.",
+         HTTP/2 over mTLS between the proxies. Each proxy runs one thread (`--cores 1`). {}",
         cfg.body,
-        cfg.open_secs,
-        cfg.closed_secs,
-        cfg.warmup.as_millis(),
-        cfg.reps,
-        cfg.nice,
-        info.cpus,
-        info.load_start,
-        info.load_end,
-        info.elapsed.as_secs_f64()
+        measured(&cfg.knobs, facts, "closed loop and handshakes", "paths")
     );
     let _ = writeln!(
         md,
@@ -236,50 +131,23 @@ pub fn render(
         let d = direct.map(|s| med(&s.runs[i])).unwrap_or_default();
         for s in scenarios {
             let m = med(&s.runs[i]);
-            let vs = if s.key == "direct" {
-                "—".to_string()
-            } else {
-                match point.kind {
-                    Kind::Open { .. } => {
-                        format!("{} / {}", signed(m.p50 - d.p50), signed(m.p99 - d.p99))
-                    }
-                    Kind::Closed => format!("{:.0} %", 100.0 * m.rps / d.rps),
-                }
-            };
             let target = if s.key == "mtls" { http_targets(point, &m, &d) } else { String::new() };
-            let late = match point.kind {
-                Kind::Open { .. } => us(m.send_late_p99),
-                Kind::Closed => "—".into(),
-            };
-            let errors = if m.errors + m.missing == 0 {
-                "0".to_string()
-            } else {
-                format!("{} err, {} lost", m.errors, m.missing)
-            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 s.name,
                 point.label,
-                thousands(m.rps),
-                us(m.p50),
-                us(m.p99),
-                us(m.p999),
-                vs,
-                joined(&m.cpu, |c| format!("{c:.3}")),
+                figures(s.key, point.kind, &m, &d, false),
                 joined(&m.rss, |&b| mib(b)),
-                errors,
-                late,
+                errors(&m),
+                late(point.kind, &m),
                 target
             );
         }
     }
 
     // Memory.
-    let at_rate = points
-        .iter()
-        .position(|p| matches!(p.kind, Kind::Open { rate } if rate == LATENCY_TARGET_RATE));
-    let closed = points.iter().position(|p| matches!(p.kind, Kind::Closed));
+    let (at_rate, closed) = (at_rate(points, LATENCY_TARGET_RATE), closed(points));
     let _ = writeln!(
         md,
         "\n| path | idle RSS MiB (A / B) | RSS at 2 000 req/s MiB (A / B) | RSS at max MiB (A / B) | peak RSS MiB (A / B) | target |"
@@ -306,18 +174,12 @@ pub fn render(
     }
 
     if !conn_scenarios.is_empty() {
-        render_handshakes(&mut md, conn_scenarios, info);
+        render_handshakes(&mut md, conn_scenarios, cfg, handshake_bytes);
     }
 
     let _ = writeln!(md);
     if let Some(i) = closed {
-        let per: Vec<String> = scenarios
-            .iter()
-            .map(|s| {
-                let m = med(&s.runs[i]);
-                format!("{} {:.0} % / {:.0} %", s.name, 100.0 * m.gen_busy, 100.0 * m.backend_busy)
-            })
-            .collect();
+        let per: Vec<String> = scenarios.iter().map(|s| busy(s.name, &med(&s.runs[i]))).collect();
         let _ = writeln!(
             md,
             "- HTTP closed loop, share of a CPU used by the load thread / the backend thread: {}.",
@@ -338,8 +200,8 @@ pub fn render(
             per.join(", ")
         );
     }
-    for s in scenarios.iter().filter(|s| !s.between.is_empty()) {
-        let _ = writeln!(md, "- {}: {}.", s.name, s.between);
+    for s in scenarios.iter().filter(|s| !s.extra.is_empty()) {
+        let _ = writeln!(md, "- {}: {}.", s.name, s.extra);
     }
     for s in scenarios {
         if let Some(e) = &s.first_error {
@@ -351,14 +213,18 @@ pub fn render(
             let _ = writeln!(md, "- {} (handshake loop): first failed connection: {e}", s.name);
         }
     }
-    for n in &info.notes {
+    for n in &facts.notes {
         let _ = writeln!(md, "- {n}");
     }
     md
 }
 
-fn render_handshakes(md: &mut String, conn_scenarios: &[ConnScenario], info: &RunInfo) {
-    let cfg = &info.cfg;
+fn render_handshakes(
+    md: &mut String,
+    conn_scenarios: &[ConnScenario],
+    cfg: &Config,
+    handshake_bytes: Option<HandshakeBytes>,
+) {
     let _ = writeln!(
         md,
         "\nNew connections: a closed loop of {} tasks, each opening a fresh TCP connection for one \
@@ -404,7 +270,7 @@ fn render_handshakes(md: &mut String, conn_scenarios: &[ConnScenario], info: &Ru
         } else {
             String::new()
         };
-        let full = match (s.key, &info.handshake_bytes) {
+        let full = match (s.key, &handshake_bytes) {
             ("mtls", Some(b)) => format!("≈ {:.0} %", 100.0 * b.full_share(m.read_per_conn)),
             ("lone-b", _) => {
                 format!("{:.0} %", 100.0 * m.full_handshakes as f64 / m.made.max(1) as f64)
@@ -454,7 +320,7 @@ fn render_handshakes(md: &mut String, conn_scenarios: &[ConnScenario], info: &Ru
             thousands(1000.0 / extra)
         );
     }
-    if let (Some(bytes), Some(t)) = (&info.handshake_bytes, &mtls) {
+    if let (Some(bytes), Some(t)) = (&handshake_bytes, &mtls) {
         // A full TLS 1.3 server flight carries B's certificate chain and CertificateVerify;
         // a resumed one (PSK) neither.
         let _ = writeln!(

@@ -7,8 +7,9 @@
 //! 1 ms granularity would add up to a millisecond of generator lateness to every
 //! latency measured from the intended send time.
 //!
-//! The HTTP bench reuses the thread, the window and the pacing (`start_with`, `Pacer`)
-//! with its own clients.
+//! The HTTP and mTLS benches reuse the thread, the window, the pacing and the counts
+//! (`start_with`, `Pacer`, `Tally`) with their own clients, and `spawn_server` for their
+//! servers.
 
 use std::{
     future::Future,
@@ -68,45 +69,60 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-/// Starts the echo server on its own thread (and current-thread runtime): every byte
-/// received is written back, so a 64-byte request gets its 64-byte response.
-/// Returns the listening address and the thread's kernel id.
-pub fn spawn_echo() -> anyhow::Result<(SocketAddr, i32)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the echo server")?;
+/// Serves `listener` on a thread of its own named `name`, with a current-thread runtime:
+/// each connection it accepts gets `TCP_NODELAY` and a task running `serve`. Returns the
+/// listening address and the thread's kernel id.
+pub fn spawn_server<F, Fut>(
+    name: &str,
+    listener: std::net::TcpListener,
+    serve: F,
+) -> anyhow::Result<(SocketAddr, i32)>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let (tid_tx, tid_rx) = mpsc::channel();
     let rt = runtime()?;
-    std::thread::Builder::new().name("echo".into()).spawn(move || {
+    // Registered with the runtime here, so that a failure is this call's error.
+    let listener = {
+        let _runtime = rt.enter();
+        TcpListener::from_std(listener).with_context(|| format!("registering the {name}"))?
+    };
+    let (tid_tx, tid_rx) = mpsc::channel();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         let _ = tid_tx.send(gettid());
         rt.block_on(async move {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => return eprintln!("echo server: {e}"),
-            };
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
+                let Ok((conn, _)) = listener.accept().await else {
                     // Out of descriptors: let some close.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = conn.set_nodelay(true);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let n = match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if conn.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+                tokio::spawn(serve(conn));
             }
         });
     })?;
-    Ok((addr, tid_rx.recv().context("echo thread died at start")?))
+    Ok((addr, tid_rx.recv().with_context(|| format!("{name} thread died at start"))?))
+}
+
+/// Starts the echo server: every byte received is written back, so a 64-byte request gets
+/// its 64-byte response. Returns the listening address and the thread's kernel id.
+pub fn spawn_echo() -> anyhow::Result<(SocketAddr, i32)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the echo server")?;
+    spawn_server("echo", listener, |mut conn| async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if conn.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// A request: its first byte is 0x00, which protocol detection rules out as TLS, HTTP/2
@@ -145,14 +161,73 @@ pub struct Window {
 /// What a load point measured inside its window.
 #[derive(Debug)]
 pub struct LoadResult {
-    /// Latency in µs: from the intended send time (open loop) or the send (closed loop).
-    pub latency: Histogram<u64>,
-    /// Responses of requests that belong to the window.
-    pub completed: u64,
+    /// Latency from the intended send time (open loop) or the send (closed loop).
+    pub tally: Tally,
     /// Requests of the window whose response never came (open loop).
     pub missing: u64,
-    /// Open loop: how late the generator sent, in µs (its own error, part of `latency`).
+    /// Open loop: how late the generator queued or sent, in µs (its own error, part of the
+    /// latency).
     pub send_lateness: Histogram<u64>,
+}
+
+/// The counts of a window: what went through in it and its latency, what failed.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    /// µs, of what went through in the window.
+    pub latency: Histogram<u64>,
+    /// Requests (or connections) of the window that went through.
+    pub completed: u64,
+    /// Those of the window that failed: an error status, a broken connection.
+    pub errors: u64,
+    /// The first failure, in the window or not.
+    pub first_error: Option<String>,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally { latency: latency_histogram(), completed: 0, errors: 0, first_error: None }
+    }
+}
+
+impl Tally {
+    /// Records a request (or connection) that went through after `Ok(µs)` or failed, and
+    /// counts it if it belongs to the window.
+    pub fn record(&mut self, in_window: bool, result: Result<u64, String>) {
+        match result {
+            Ok(us) if in_window => {
+                self.latency.saturating_record(us);
+                self.completed += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.errors += u64::from(in_window);
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Adds the counts of `other` (another connection's, say).
+    pub fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.latency.add(&other.latency).context("merging histograms")?;
+        self.completed += other.completed;
+        self.errors += other.errors;
+        if let Some(e) = other.first_error {
+            self.first_error.get_or_insert(e);
+        }
+        Ok(())
+    }
+}
+
+/// A load started by `start_with`: the window to be measured, and the thread to join for
+/// the result.
+pub type Started<T> = (Window, JoinHandle<anyhow::Result<T>>);
+
+/// The result of a load thread started by `start_with`.
+pub fn join<T>(load: JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
+    match load.join() {
+        Ok(r) => r,
+        Err(_) => bail!("the load thread panicked"),
+    }
 }
 
 /// Starts a load point against `target` on a new thread. Returns once the connections
@@ -162,7 +237,7 @@ pub fn start(
     kind: Kind,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<LoadResult>>)> {
+) -> anyhow::Result<Started<LoadResult>> {
     start_with(warmup, measure, move |begin| async move {
         let streams = connect_all(target).await?;
         let (t0, window) = begin.now();
@@ -199,7 +274,7 @@ pub fn start_with<F, Fut, T>(
     warmup: Duration,
     measure: Duration,
     load: F,
-) -> anyhow::Result<(Window, JoinHandle<anyhow::Result<T>>)>
+) -> anyhow::Result<Started<T>>
 where
     F: FnOnce(Begin) -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<T>> + 'static,
@@ -231,25 +306,38 @@ async fn connect_all(target: SocketAddr) -> anyhow::Result<Vec<TcpStream>> {
     Ok(streams)
 }
 
-/// The open-loop schedule: request `j` is due at `t0 + j * interval` and goes on
+/// The open-loop schedule: request `j` is due at `t0 + j * interval`. Here it goes on
 /// connection `j % CONNS`, so the connections' schedules interleave.
 #[derive(Debug, Clone, Copy)]
-struct Schedule {
-    t0: u64,
-    interval: u64,
+pub struct Schedule {
+    pub t0: u64,
+    pub interval: u64,
     /// Requests in all: every one due before the window ends.
-    total: u64,
-    window: Window,
+    pub total: u64,
+    pub window: Window,
 }
 
 impl Schedule {
-    fn due(&self, j: u64) -> u64 {
+    /// `rate` requests a second from `t0` (the warm-up's start) to the window's end.
+    pub fn new(rate: u64, t0: u64, window: Window) -> Schedule {
+        let interval = 1_000_000_000 / rate.max(1);
+        Schedule { t0, interval, total: (window.end_ns - t0).div_ceil(interval), window }
+    }
+
+    pub fn due(&self, j: u64) -> u64 {
         self.t0 + j * self.interval
     }
 
-    fn in_window(&self, j: u64) -> bool {
+    pub fn in_window(&self, j: u64) -> bool {
         let t = self.due(j);
         t >= self.window.start_ns && t < self.window.end_ns
+    }
+
+    /// Records how late request `j` is being sent, in µs, if it is one of the window's.
+    pub fn note_lateness(&self, j: u64, lateness: &mut Histogram<u64>) {
+        if self.in_window(j) {
+            lateness.saturating_record(now_ns().saturating_sub(self.due(j)) / 1000);
+        }
     }
 }
 
@@ -259,9 +347,7 @@ async fn open_loop(
     t0: u64,
     window: Window,
 ) -> anyhow::Result<LoadResult> {
-    let interval = 1_000_000_000 / rate.max(1);
-    let total = (window.end_ns - t0).div_ceil(interval);
-    let sched = Schedule { t0, interval, total, window };
+    let sched = Schedule::new(rate, t0, window);
     let mut writers = Vec::with_capacity(CONNS);
     let mut readers = Vec::with_capacity(CONNS);
     for (c, s) in streams.into_iter().enumerate() {
@@ -270,12 +356,10 @@ async fn open_loop(
         readers.push(tokio::task::spawn_local(read_responses(r, c as u64, sched)));
     }
     let send_lateness = pace(writers, sched).await?;
-    let mut result =
-        LoadResult { latency: latency_histogram(), completed: 0, missing: 0, send_lateness };
+    let mut result = LoadResult { tally: Tally::default(), missing: 0, send_lateness };
     for r in readers {
-        let (hist, completed, missing) = r.await.context("reader task")??;
-        result.latency.add(&hist).context("merging histograms")?;
-        result.completed += completed;
+        let (tally, missing) = r.await.context("reader task")??;
+        result.tally.merge(tally)?;
         result.missing += missing;
     }
     Ok(result)
@@ -284,13 +368,11 @@ async fn open_loop(
 /// Sends every request at its due time (or as soon after as the process gets to run),
 /// never waiting for responses. Returns how late the window's requests were sent.
 async fn pace(mut writers: Vec<OwnedWriteHalf>, sched: Schedule) -> anyhow::Result<Histogram<u64>> {
-    let mut pacer = Pacer::new(sched.t0, sched.interval, sched.total)?;
+    let mut pacer = Pacer::new(&sched)?;
     let mut lateness = latency_histogram();
     while let Some(due) = pacer.due().await? {
         for j in due {
-            if sched.in_window(j) {
-                lateness.saturating_record(now_ns().saturating_sub(sched.due(j)) / 1000);
-            }
+            sched.note_lateness(j, &mut lateness);
             let w = &mut writers[(j % CONNS as u64) as usize];
             w.write_all(&request(j)).await.context("sending a request")?;
         }
@@ -298,8 +380,8 @@ async fn pace(mut writers: Vec<OwnedWriteHalf>, sched: Schedule) -> anyhow::Resu
     Ok(lateness)
 }
 
-/// An open-loop send schedule: request `j` is due at `t0 + j * interval`, for `j` below
-/// `total`, woken by a timerfd.
+/// An open-loop schedule's sending, woken by a timerfd: hands out each request `j` (below
+/// `total`) once it is due.
 #[derive(Debug)]
 pub struct Pacer {
     timer: AsyncFd<OwnedFd>,
@@ -310,7 +392,8 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(t0: u64, interval: u64, total: u64) -> anyhow::Result<Pacer> {
+    pub fn new(sched: &Schedule) -> anyhow::Result<Pacer> {
+        let Schedule { t0, interval, total, .. } = *sched;
         // SAFETY: an OwnedFd stays open and keeps its descriptor for as long as it is owned.
         let timer =
             unsafe { AsyncFd::register_with_interest(timerfd(t0, interval)?, Interest::READABLE) }
@@ -374,19 +457,19 @@ fn timerfd(first_ns: u64, interval_ns: u64) -> io::Result<OwnedFd> {
 
 /// Reads connection `c`'s responses in order; the k-th is the answer to request
 /// `k * CONNS + c`, whose latency counts from its due time. Returns the window's
-/// histogram, its completed count and its missing count.
+/// counts and its missing count.
 async fn read_responses(
     mut r: tokio::net::tcp::OwnedReadHalf,
     c: u64,
     sched: Schedule,
-) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+) -> anyhow::Result<(Tally, u64)> {
     let expected = if c < sched.total { (sched.total - c).div_ceil(CONNS as u64) } else { 0 };
     let deadline = tokio::time::Instant::now()
         + Duration::from_nanos(sched.window.end_ns.saturating_sub(now_ns()))
         + DRAIN;
-    let mut hist = latency_histogram();
+    let mut tally = Tally::default();
     let mut buf = [0u8; FRAME * 64];
-    let (mut filled, mut k, mut completed) = (0, 0u64, 0u64);
+    let (mut filled, mut k) = (0, 0u64);
     while k < expected {
         let n = match tokio::time::timeout_at(deadline, r.read(&mut buf[filled..])).await {
             Err(_) => break,
@@ -405,17 +488,14 @@ async fn read_responses(
                     seq_of(frame)
                 );
             }
-            if sched.in_window(j) {
-                hist.saturating_record(now.saturating_sub(sched.due(j)) / 1000);
-                completed += 1;
-            }
+            tally.record(sched.in_window(j), Ok(now.saturating_sub(sched.due(j)) / 1000));
             k += 1;
         }
         buf.copy_within(frames * FRAME..filled, 0);
         filled -= frames * FRAME;
     }
     let missing = (k..expected).filter(|&k| sched.in_window(k * CONNS as u64 + c)).count() as u64;
-    Ok((hist, completed, missing))
+    Ok((tally, missing))
 }
 
 async fn closed_loop(streams: Vec<TcpStream>, window: Window) -> anyhow::Result<LoadResult> {
@@ -424,44 +504,31 @@ async fn closed_loop(streams: Vec<TcpStream>, window: Window) -> anyhow::Result<
         .enumerate()
         .map(|(c, s)| tokio::task::spawn_local(ping_pong(s, c as u64, window)))
         .collect();
-    let mut result = LoadResult {
-        latency: latency_histogram(),
-        completed: 0,
-        missing: 0,
-        send_lateness: latency_histogram(),
-    };
+    let mut result =
+        LoadResult { tally: Tally::default(), missing: 0, send_lateness: latency_histogram() };
     for t in tasks {
-        let (hist, completed) = t.await.context("closed-loop task")??;
-        result.latency.add(&hist).context("merging histograms")?;
-        result.completed += completed;
+        result.tally.merge(t.await.context("closed-loop task")??)?;
     }
     Ok(result)
 }
 
 /// One closed-loop connection: send, wait for the whole response, repeat until the
 /// window ends. Counts the requests sent inside the window.
-async fn ping_pong(
-    mut s: TcpStream,
-    c: u64,
-    window: Window,
-) -> anyhow::Result<(Histogram<u64>, u64)> {
-    let mut hist = latency_histogram();
+async fn ping_pong(mut s: TcpStream, c: u64, window: Window) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
     let mut rsp = [0u8; FRAME];
-    let (mut seq, mut completed) = (c << 32, 0);
+    let mut seq = c << 32;
     loop {
         let sent = now_ns();
         if sent >= window.end_ns {
-            return Ok((hist, completed));
+            return Ok(tally);
         }
         s.write_all(&request(seq)).await.context("sending a request")?;
         s.read_exact(&mut rsp).await.context("reading a response")?;
         if seq_of(&rsp) != seq {
             bail!("connection {c}: response carries sequence {} instead of {seq}", seq_of(&rsp));
         }
-        if sent >= window.start_ns {
-            hist.saturating_record((now_ns() - sent) / 1000);
-            completed += 1;
-        }
+        tally.record(sent >= window.start_ns, Ok((now_ns() - sent) / 1000));
         seq += 1;
     }
 }

@@ -1,6 +1,7 @@
 //! The processes under test: `weft-proxy` and haproxy pairs, each process behind a guard
 //! that kills it on drop (and, through PR_SET_PDEATHSIG, when the bench dies without
-//! unwinding), plus what /proc says about a process: CPU time and memory.
+//! unwinding), what /proc says about a process (CPU time and memory, from `procfs`) and what
+//! a weft proxy's metrics say.
 
 use std::{
     fs,
@@ -13,6 +14,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+use crate::procfs;
 
 /// A child process that is killed when this is dropped.
 #[derive(Debug)]
@@ -57,18 +60,35 @@ impl Proc {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Fails with the process's log when it has exited; else, if it logged anything, a note
+    /// for the report with its first line.
+    pub fn log_note(&mut self) -> anyhow::Result<Option<String>> {
+        self.check_alive()?;
+        let log = self.log_text();
+        if log.trim().is_empty() {
+            return Ok(None);
+        }
+        let lines: Vec<&str> = log.lines().collect();
+        Ok(Some(format!(
+            "{} logged {} lines, e.g.: `{}`",
+            self.name,
+            lines.len(),
+            lines[0].chars().take(200).collect::<String>()
+        )))
+    }
+
     /// CPU time (user + system, all threads) in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.pid())
+        procfs::cpu_seconds(self.pid())
     }
 
     pub fn rss_bytes(&self) -> u64 {
-        status_kib(self.pid(), "VmRSS:") * 1024
+        procfs::rss_kib(self.pid()) * 1024
     }
 
     /// Peak resident set size since the process started.
     pub fn peak_rss_bytes(&self) -> u64 {
-        status_kib(self.pid(), "VmHWM:") * 1024
+        procfs::peak_rss_kib(self.pid()) * 1024
     }
 }
 
@@ -77,61 +97,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// CPU seconds of a process, or of one thread with `/proc/<pid>/task/<tid>`. Sums the
-/// nanosecond run time of each thread from `schedstat` when the kernel has it (utime +
-/// stime in `stat` only tick every 10 ms, too coarse for a 10 s point at 200 req/s),
-/// else utime + stime from `stat`.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-    let mut ns = 0u64;
-    let mut ok = false;
-    for task in tasks {
-        if let Some(v) = schedstat_ns(&task.path()) {
-            ns += v;
-            ok = true;
-        }
-    }
-    if ok { ns as f64 / 1e9 } else { stat_cpu_seconds(&format!("/proc/{pid}")) }
-}
-
-/// CPU seconds of one thread of this process.
-pub fn thread_cpu_seconds(tid: i32) -> f64 {
-    let dir = format!("/proc/self/task/{tid}");
-    match schedstat_ns(Path::new(&dir)) {
-        Some(ns) => ns as f64 / 1e9,
-        None => stat_cpu_seconds(&dir),
-    }
-}
-
-fn schedstat_ns(dir: &Path) -> Option<u64> {
-    fs::read_to_string(dir.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()
-}
-
-/// utime + stime (fields 14 and 15 of `stat`).
-fn stat_cpu_seconds(dir: &str) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("{dir}/stat")) else {
-        return f64::NAN;
-    };
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return f64::NAN;
-    };
-    let f: Vec<u64> =
-        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    if f.len() == 2 { (f[0] + f[1]) as f64 / hz } else { f64::NAN }
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Two proxies chained: the client connects to `entry` on the first (the client's
@@ -222,19 +187,30 @@ pub fn haproxy_pair_with(
     tag: &str,
     config: impl Fn(SocketAddr, SocketAddr) -> String,
 ) -> anyhow::Result<Pair> {
+    listening_pair(backend, |name, listen, to| {
+        let cfg = dir.join(format!("{}-{name}.cfg", tag.replace(' ', "-")));
+        fs::write(&cfg, config(listen, to))?;
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&cfg);
+        Proc::spawn(&mut cmd, format!("{tag} {name}"), dir)
+    })
+}
+
+/// A pair of baseline proxies chained like the weft pair: `spawn(name, listen, upstream)`
+/// starts `B` (to `backend`), then `A` (to B); each is ready once it accepts connections.
+pub fn listening_pair(
+    backend: SocketAddr,
+    spawn: impl Fn(&str, SocketAddr, SocketAddr) -> anyhow::Result<Proc>,
+) -> anyhow::Result<Pair> {
     retry(|| {
         let [a_in, b_in] = free_addrs()?;
-        let haproxy = |name: &str, listen: SocketAddr, to: SocketAddr| {
-            let cfg = dir.join(format!("{}-{name}.cfg", tag.replace(' ', "-")));
-            fs::write(&cfg, config(listen, to))?;
-            let mut cmd = Command::new("haproxy");
-            cmd.arg("-db").arg("-f").arg(&cfg);
-            let mut p = Proc::spawn(&mut cmd, format!("{tag} {name}"), dir)?;
+        let start = |name: &str, listen: SocketAddr, to: SocketAddr| {
+            let mut p = spawn(name, listen, to)?;
             p.admin = Some(listen);
             Ok::<_, anyhow::Error>(p)
         };
-        let b = haproxy("B", b_in, backend)?;
-        let a = haproxy("A", a_in, b_in)?;
+        let b = start("B", b_in, backend)?;
+        let a = start("A", a_in, b_in)?;
         let mut procs = [a, b];
         for p in &mut procs {
             wait_ready(p, |listen| {
@@ -254,8 +230,13 @@ fn haproxy_config(listen: SocketAddr, to: SocketAddr) -> String {
 }
 
 pub fn haproxy_installed() -> bool {
-    Command::new("haproxy")
-        .arg("-v")
+    installed("haproxy", "-v")
+}
+
+/// Whether `program` runs (and succeeds) with `arg`, such as its version flag.
+pub fn installed(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -309,14 +290,46 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(rsp)
 }
 
-/// The `protocol` labels of a weft proxy's `tcp_open_total` series (what detection decided).
-pub fn detected_protocols(p: &Proc) -> Vec<String> {
-    let Some(text) = p.admin.and_then(|a| http_get(a, "/metrics").ok()) else {
-        return Vec::new();
-    };
+/// A weft proxy's `/metrics` text (empty when it cannot be read).
+pub fn scrape(p: &Proc) -> String {
+    p.admin
+        .and_then(|a| http_get(a, "/metrics").ok())
+        .and_then(|r| r.split_once("\r\n\r\n").map(|(_, body)| body.to_string()))
+        .unwrap_or_default()
+}
+
+/// The sum of the samples of `name` whose labels include every `(key, value)` given
+/// (a value of `"*"` only asks for the label to be there).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            let ok = labels.iter().all(|(k, v)| {
+                if *v == "*" {
+                    rest.contains(&format!("{k}=\""))
+                } else {
+                    rest.contains(&format!("{k}=\"{v}\""))
+                }
+            });
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// The `protocol` labels of a weft proxy's `tcp_open_total` series (what detection decided),
+/// of those with `peer` (`src`, `dst`) or all.
+pub fn tcp_open_protocols(p: &Proc, peer: Option<&str>) -> Vec<String> {
+    let text = scrape(p);
+    let peer = peer.map(|peer| format!("peer=\"{peer}\""));
     let mut seen: Vec<String> = text
         .lines()
         .filter(|l| l.starts_with("tcp_open_total{"))
+        .filter(|l| peer.as_ref().is_none_or(|peer| l.contains(peer.as_str())))
         .filter_map(|l| {
             let i = l.find("protocol=\"")? + "protocol=\"".len();
             Some(l[i..].split('"').next()?.to_string())
