@@ -5,6 +5,7 @@
 //! with statuses a client can act on, and measuring every request.
 
 mod balanced;
+mod h2_upstream;
 pub mod metrics;
 pub mod orig_proto;
 pub mod pool;
@@ -39,7 +40,7 @@ use crate::{
 
 pub use pool::{Pool, PoolConfig};
 
-type RspBody = UnsyncBoxBody<Bytes, hyper::Error>;
+type RspBody = UnsyncBoxBody<Bytes, pool::BodyError>;
 
 /// The header that tells the app the identity of a meshed client.
 pub const CLIENT_ID: &str = "l5d-client-id";
@@ -309,7 +310,7 @@ async fn send(
     body: pool::ReqBody,
     h2: bool,
     server_id: Option<Arc<str>>,
-) -> Result<Response<Incoming>, pool::Failed> {
+) -> Result<Response<pool::UpstreamBody>, pool::Failed> {
     let mut req = Request::from_parts(parts, body);
     if h2
         && req.version() != Version::HTTP_2
@@ -342,7 +343,7 @@ impl Reply<'_> {
     fn respond(
         &self,
         route: Arc<metrics::RouteMetrics>,
-        result: Result<Result<Response<Incoming>, pool::SendError>, ()>,
+        result: Result<Result<Response<pool::UpstreamBody>, pool::SendError>, ()>,
         upstream: SocketAddr,
     ) -> Response<RspBody> {
         let (metrics, direction) = (&self.side.metrics, self.side.direction);
@@ -536,6 +537,6 @@ mod upgrade {
                 }
             });
         }
-        rsp.map(|b| b.boxed_unsync())
+        rsp.map(|b| b.map_err(pool::BodyError::H1).boxed_unsync())
     }
 }

@@ -10,14 +10,13 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
+use super::h2_upstream::{self, H2Body, SendFailure};
 use crate::{
     detect::Protocol,
     io::MeteredIo,
@@ -31,10 +30,115 @@ pub type ReqBody = UnsyncBoxBody<Bytes, hyper::Error>;
 pub enum SendError {
     #[error(transparent)]
     Connect(#[from] ConnError),
+    #[error("HTTP/1 handshake with the upstream failed: {0}")]
+    H1Handshake(hyper::Error),
     #[error("HTTP/2 handshake with the upstream failed: {0}")]
-    Handshake(hyper::Error),
+    H2Handshake(h2::Error),
     #[error("the upstream failed the request: {0}")]
     Http(#[from] hyper::Error),
+    #[error("the upstream failed the request: {0}")]
+    H2(#[from] h2::Error),
+}
+
+/// An upstream response's body: hyper's for HTTP/1, the stream's for HTTP/2.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    H1(H1Body),
+    H2(H2Body),
+}
+
+/// An HTTP/1 response body that returns its connection to the pool once it has been
+/// read to the end — with no task per request waiting for that.
+#[derive(Debug)]
+pub struct H1Body {
+    body: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl H1Body {
+    fn pooled(body: Incoming, pool: &Arc<Pool>, key: Key, sender: http1::SendRequest<ReqBody>) -> Self {
+        let checkin = Checkin { pool: Arc::downgrade(pool), key, sender };
+        H1Body { body, checkin: Some(checkin) }
+    }
+
+    fn ended(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.run();
+        }
+    }
+}
+
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves its connection mid-response: hyper closes
+        // it, and it is not pooled.
+        if self.body.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+/// What returns a connection to the pool.
+#[derive(Debug)]
+struct Checkin {
+    pool: std::sync::Weak<Pool>,
+    key: Key,
+    sender: http1::SendRequest<ReqBody>,
+}
+
+impl Checkin {
+    fn run(self) {
+        let Some(pool) = self.pool.upgrade() else { return };
+        if self.sender.is_ready() {
+            pool.checkin(self.key, self.sender);
+        } else {
+            // The connection has not yet finished the response on its side.
+            pool.checkin_when_ready(self.key, self.sender);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    H1(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => {
+                let frame = std::pin::Pin::new(&mut b.body).poll_frame(cx);
+                if matches!(frame, std::task::Poll::Ready(None)) || b.body.is_end_stream() {
+                    b.ended();
+                }
+                frame.map_err(BodyError::H1)
+            }
+            UpstreamBody::H2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(BodyError::H2),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.body.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.body.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A failed try; `unsent` gives the request back when it never left the proxy (the
@@ -70,8 +174,7 @@ pub enum Refused {
 
 /// Whether an HTTP/2 upstream failed a stream without processing it; such a request may
 /// be sent again whatever its method.
-pub fn refused_unprocessed(e: &hyper::Error) -> Option<Refused> {
-    let h2 = std::error::Error::source(e)?.downcast_ref::<h2::Error>()?;
+pub fn refused_unprocessed(h2: &h2::Error) -> Option<Refused> {
     if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
         Some(Refused::GoingAway)
     } else if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
@@ -126,7 +229,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 /// successor.
 #[derive(Debug, Default)]
 struct H2Conn {
-    sender: Option<http2::SendRequest<ReqBody>>,
+    sender: Option<h2_upstream::Sender>,
     generation: u64,
 }
 
@@ -193,7 +296,7 @@ impl Pool {
         target: Key,
         version: Version,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<UpstreamBody>, Failed> {
         if version == Version::HTTP_2 {
             self.send_h2(target, req).await
         } else {
@@ -205,15 +308,12 @@ impl Pool {
         self: &Arc<Self>,
         target: Key,
         mut req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<UpstreamBody>, Failed> {
         // A pooled connection the server closed meanwhile gives the request back
         // unsent: it is then safe to try again on a fresh connection.
         while let Some(mut sender) = self.checkout_h1(&target) {
             match sender.try_send_request(req).await {
-                Ok(rsp) => {
-                    self.checkin_when_ready(target.clone(), sender);
-                    return Ok(rsp);
-                }
+                Ok(rsp) => return Ok(self.pooled(rsp, target, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(Failed::sent(e.into_error())),
@@ -225,8 +325,22 @@ impl Pool {
             Err(error) => return Err(Failed { error, unsent: Some(req) }),
         };
         let rsp = sender.send_request(req).await.map_err(Failed::sent)?;
-        self.checkin_when_ready(target.clone(), sender);
-        Ok(rsp)
+        Ok(self.pooled(rsp, target, sender))
+    }
+
+    /// The response, its body holding the connection until read to the end.
+    fn pooled(
+        self: &Arc<Self>,
+        rsp: Response<Incoming>,
+        target: Key,
+        sender: http1::SendRequest<ReqBody>,
+    ) -> Response<UpstreamBody> {
+        rsp.map(|body| UpstreamBody::H1(H1Body::pooled(body, self, target, sender)))
+    }
+
+    fn checkin(&self, target: Key, sender: http1::SendRequest<ReqBody>) {
+        let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        h1.entry(target).or_default().push((sender, Instant::now()));
     }
 
     fn checkout_h1(&self, target: &Key) -> Option<http1::SendRequest<ReqBody>> {
@@ -240,16 +354,15 @@ impl Pool {
         None
     }
 
-    /// Returns the connection to the pool once its response is read (an upgraded or
-    /// closed one never comes back).
+    /// Returns the connection to the pool once it is ready for another request (an
+    /// upgraded or closed one never comes back).
     fn checkin_when_ready(self: &Arc<Self>, target: Key, mut sender: http1::SendRequest<ReqBody>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             if sender.ready().await.is_ok()
                 && let Some(pool) = pool.upgrade()
             {
-                let mut h1 = pool.h1.lock().unwrap_or_else(|e| e.into_inner());
-                h1.entry(target).or_default().push((sender, Instant::now()));
+                pool.checkin(target, sender);
             }
         });
     }
@@ -261,7 +374,7 @@ impl Pool {
             .max_buf_size(self.config.max_header_bytes.max(8192))
             .handshake(TokioIo::new(io))
             .await
-            .map_err(SendError::Handshake)?;
+            .map_err(SendError::H1Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream HTTP/1 connection failed");
@@ -274,7 +387,7 @@ impl Pool {
         &self,
         target: Key,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<UpstreamBody>, Failed> {
         // A request without a body can be sent again as it is when the upstream refused
         // its stream unprocessed: a server closing its connection gracefully (nginx after
         // `keepalive_requests`, a restarting app) refuses the streams it will not serve.
@@ -283,27 +396,22 @@ impl Pool {
         let mut sends = 0;
         loop {
             sends += 1;
-            let (generation, mut sender) = match self.h2_sender(&target).await {
+            let (generation, sender) = match self.h2_sender(&target).await {
                 Ok(s) => s,
                 Err(error) => return Err(Failed { error, unsent: Some(req) }),
             };
-            if let Err(e) = sender.ready().await {
-                return Err(Failed { error: e.into(), unsent: Some(req) });
-            }
-            let error = match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok(rsp),
-                Err(mut e) => match e.take_message() {
-                    // The connection closed (a GOAWAY) before the request left: it goes
-                    // on a new connection, body and all.
-                    Some(unsent) if sends < MAX_H2_SENDS => {
-                        debug!(upstream = %target.addr, error = %e.error(), "the connection closed before the request was sent; sending it on a new one");
-                        self.forget_h2(&target, generation);
-                        req = unsent;
-                        continue;
-                    }
-                    Some(unsent) => return Err(Failed::unsent(e.into_error(), unsent)),
-                    None => e.into_error(),
-                },
+            let error = match sender.send(req).await {
+                Ok(rsp) => return Ok(rsp.map(UpstreamBody::H2)),
+                // The connection closed (a GOAWAY) before the request left: it goes on a
+                // new connection, body and all.
+                Err(SendFailure::Unsent(e, unsent)) if sends < MAX_H2_SENDS => {
+                    debug!(upstream = %target.addr, error = %e, "the connection closed before the request was sent; sending it on a new one");
+                    self.forget_h2(&target, generation);
+                    req = *unsent;
+                    continue;
+                }
+                Err(SendFailure::Unsent(e, unsent)) => return Err(Failed::unsent(e, *unsent)),
+                Err(SendFailure::Sent(e)) => e,
             };
             let refused = refused_unprocessed(&error);
             let Some(head) = head.as_ref().filter(|_| refused.is_some() && sends < MAX_H2_SENDS)
@@ -320,13 +428,17 @@ impl Pool {
 
     /// The target's HTTP/2 connection and its generation, made if there is none (or it
     /// closed).
-    async fn h2_sender(
-        &self,
-        target: &Key,
-    ) -> Result<(u64, http2::SendRequest<ReqBody>), SendError> {
+    async fn h2_sender(&self, target: &Key) -> Result<(u64, h2_upstream::Sender), SendError> {
         let slot = {
             let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            h2.entry(target.clone()).or_default().clone()
+            let slot = h2.entry(target.clone()).or_default();
+            // Most requests find a live connection nobody is replacing.
+            if let Ok(s) = slot.try_lock()
+                && let Some(sender) = s.sender.as_ref().filter(|s| !s.is_closed())
+            {
+                return Ok((s.generation, sender.clone()));
+            }
+            slot.clone()
         };
         // Held while connecting, so concurrent first requests share one connection.
         let mut slot = slot.lock().await;
@@ -336,17 +448,9 @@ impl Pool {
             return Ok((slot.generation, s.clone()));
         }
         let io = self.connect(target, Protocol::Http2).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.config.max_header_bytes as u32)
-            .handshake(TokioIo::new(io))
+        let sender = h2_upstream::handshake(io, self.config.max_header_bytes as u32)
             .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream HTTP/2 connection failed");
-            }
-        });
+            .map_err(SendError::H2Handshake)?;
         slot.generation += 1;
         slot.sender = Some(sender.clone());
         Ok((slot.generation, sender))

@@ -1,0 +1,477 @@
+//! Upstream HTTP/2 on the h2 crate, without hyper's client between: hyper's HTTP/2
+//! client passes each request through a channel to its connection task and spawns a task
+//! per request to wait for the response — work the proxy's own request future can do. A
+//! request's future here sends the headers and waits for the response itself; only a
+//! request body that is still streaming gets a task of its own, to pipe it while the
+//! response flows back.
+
+use std::{
+    future::poll_fn,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::pool::ReqBody;
+
+/// Receive windows and limits as hyper's HTTP/2 client sets them, so replacing it
+/// changes no behaviour on the wire.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+
+/// One upstream HTTP/2 connection's request side.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    tx: h2::client::SendRequest<Bytes>,
+    /// Set when the connection's task ended: the connection takes no more requests.
+    closed: Arc<AtomicBool>,
+}
+
+/// Handshakes HTTP/2 over `io` and drives the connection on a task of its own.
+pub async fn handshake<I>(io: I, max_header_bytes: u32) -> Result<Sender, h2::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+        .max_header_list_size(max_header_bytes)
+        .enable_push(false)
+        .handshake(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let done = closed.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream HTTP/2 connection failed");
+        }
+        done.store(true, Ordering::Release);
+    });
+    Ok(Sender { tx, closed })
+}
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// The connection cannot open a stream (closed, or going away): the request never
+    /// left and comes back whole.
+    Unsent(h2::Error, Box<Request<ReqBody>>),
+    /// The request left; the stream or the connection failed before the response head.
+    Sent(h2::Error),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `req` and waits for the response head. A streaming request body goes on
+    /// being sent while the response flows; dropping this future before the response
+    /// resets the stream.
+    pub async fn send(&self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendFailure> {
+        let mut tx = match self.tx.clone().ready().await {
+            Ok(tx) => tx,
+            Err(e) => return Err(SendFailure::Unsent(e, Box::new(req))),
+        };
+        let (parts, body) = req.into_parts();
+        let eos = body.is_end_stream();
+        let (response, stream) =
+            tx.send_request(Request::from_parts(parts, ()), eos).map_err(SendFailure::Sent)?;
+        let cancel = (!eos).then(|| {
+            let (cancel, cancelled) = oneshot::channel();
+            tokio::spawn(pipe(body, stream, cancelled));
+            CancelOnDrop(Some(cancel))
+        });
+        let rsp = response.await.map_err(SendFailure::Sent)?;
+        // The response came: the body pipe goes on on its own.
+        if let Some(mut c) = cancel {
+            c.0.take();
+        }
+        Ok(rsp.map(H2Body::new))
+    }
+}
+
+/// Resets the request's stream when the request is given up before its response (a
+/// timeout, or the client went away), so the body pipe stops.
+struct CancelOnDrop(Option<oneshot::Sender<()>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            let _ = c.send(());
+        }
+    }
+}
+
+/// Sends a request body on its stream until it ends, fails or the upstream resets the
+/// stream; stops early when the request is given up before its response (dropping the
+/// stream's last handle resets it).
+async fn pipe(body: ReqBody, tx: h2::SendStream<Bytes>, cancelled: oneshot::Receiver<()>) {
+    let pump = pump(body, tx);
+    tokio::pin!(pump);
+    tokio::select! {
+        biased;
+        () = &mut pump => {}
+        // `Err`: the response came and the sender was dropped; the pump goes on.
+        Ok(()) = cancelled => debug!("request given up; resetting its stream"),
+    }
+}
+
+async fn pump(mut body: ReqBody, mut tx: h2::SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            reason = poll_fn(|cx| tx.poll_reset(cx)) => {
+                debug!(?reason, "the upstream reset the request stream");
+                return;
+            }
+            frame = body.frame() => frame,
+        };
+        let sent = match frame {
+            None => tx.send_data(Bytes::new(), true).map(|()| false),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let eos = body.is_end_stream();
+                    send_data(&mut tx, data, eos).await.map(|()| !eos)
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => tx.send_trailers(trailers).map(|()| false),
+                    Err(_) => Ok(true),
+                },
+            },
+            Some(Err(e)) => {
+                debug!(error = %e, "the request body failed; resetting the stream");
+                tx.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+        };
+        match sent {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                debug!(error = %e, "sending the request body failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends `data` as the window allows; capacity is asked for only once the data is in
+/// hand, so a body that never produces data holds none of the connection's window.
+async fn send_data(
+    tx: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    eos: bool,
+) -> Result<(), h2::Error> {
+    if !data.has_remaining() {
+        return tx.send_data(data, eos);
+    }
+    while data.has_remaining() {
+        tx.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| tx.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Reason::CANCEL.into()),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = data.split_to(granted.min(data.len()));
+        tx.send_data(chunk, eos && !data.has_remaining())?;
+    }
+    Ok(())
+}
+
+/// A response body read from an upstream HTTP/2 stream, trailers included; the stream's
+/// window is given back as the data is taken.
+#[derive(Debug)]
+pub struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl H2Body {
+    fn new(recv: h2::RecvStream) -> Self {
+        H2Body { recv, data_done: false }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(early_end(e)),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t: HeaderMap| Ok(Frame::trailers(t)))),
+            Err(e) => Poll::Ready(early_end(e)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.recv.is_end_stream() { SizeHint::with_exact(0) } else { SizeHint::default() }
+    }
+}
+
+/// A stream reset with `NO_ERROR` after the response began is the server saying it needs
+/// no more of the request (RFC 9113 §8.1): the response ends there, complete.
+fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
+    if e.reason() == Some(h2::Reason::NO_ERROR) { None } else { Some(Err(e)) }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the h2 crate's server over loopback TCP: the client's stream handling —
+    //! body piping while the response flows, flow control, cancellation, early ends.
+
+    use std::time::Duration;
+
+    use http::{HeaderValue, Method, StatusCode};
+    use http_body_util::channel::{Channel, Sender as BodyTx};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    type Server = h2::server::Connection<TcpStream, Bytes>;
+
+    /// A connected client and the server side of its connection, driven by the test.
+    async fn pair() -> (Sender, Server) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("the test's h2 exchange");
+        let addr = listener.local_addr().expect("the test's h2 exchange");
+        let (client, server) = tokio::join!(
+            async {
+                handshake(
+                    TcpStream::connect(addr).await.expect("the test's h2 exchange"),
+                    16 * 1024,
+                )
+                .await
+            },
+            async {
+                h2::server::handshake(listener.accept().await.expect("the test's h2 exchange").0)
+                    .await
+            }
+        );
+        (client.expect("the test's h2 exchange"), server.expect("the test's h2 exchange"))
+    }
+
+    /// A request with a body the test writes as it goes.
+    fn streaming_request() -> (BodyTx<Bytes>, Request<ReqBody>) {
+        let (tx, body) = Channel::<Bytes>::new(4);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("http://svc.test/echo")
+            .body(body.map_err(|never| match never {}).boxed_unsync())
+            .expect("the test's h2 exchange");
+        (tx, req)
+    }
+
+    /// Accepts one stream and answers 200 at once; the connection goes on being driven in
+    /// the background.
+    async fn accept(
+        mut server: Server,
+    ) -> (Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) {
+        let (req, respond) =
+            server.accept().await.expect("the test's h2 exchange").expect("the test's h2 exchange");
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        (req, respond)
+    }
+
+    async fn next_data(recv: &mut h2::RecvStream) -> Option<Bytes> {
+        let data = recv.data().await?.expect("the test's h2 exchange");
+        recv.flow_control().release_capacity(data.len()).expect("the test's h2 exchange");
+        Some(data)
+    }
+
+    #[tokio::test]
+    async fn a_streaming_body_is_piped_while_the_response_flows_back() {
+        let (client, server) = pair().await;
+        let echo = tokio::spawn(async move {
+            let (req, mut respond) = accept(server).await;
+            let mut recv = req.into_body();
+            let mut send =
+                respond.send_response(Response::new(()), false).expect("the test's h2 exchange");
+            while let Some(data) = next_data(&mut recv).await {
+                send.send_data(data, false).expect("the test's h2 exchange");
+            }
+            let trailers = recv
+                .trailers()
+                .await
+                .expect("the test's h2 exchange")
+                .expect("the test's h2 exchange");
+            send.send_trailers(trailers).expect("the test's h2 exchange");
+        });
+        let (mut tx, req) = streaming_request();
+        let rsp = tokio::time::timeout(Duration::from_secs(5), client.send(req))
+            .await
+            .expect("the test's h2 exchange");
+        let mut body = rsp.expect("response head before the request body ended").into_body();
+        // Each chunk comes back before the next is sent: both directions stream at once.
+        for chunk in ["one", "two", "three"] {
+            tx.send_data(Bytes::from(chunk)).await.expect("the test's h2 exchange");
+            let frame = body
+                .frame()
+                .await
+                .expect("the test's h2 exchange")
+                .expect("the test's h2 exchange");
+            assert_eq!(frame.into_data().expect("the test's h2 exchange"), chunk);
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        tx.send_trailers(trailers).await.expect("the test's h2 exchange");
+        drop(tx);
+        let frame =
+            body.frame().await.expect("the test's h2 exchange").expect("the test's h2 exchange");
+        assert_eq!(frame.trailers_ref().expect("the test's h2 exchange")["grpc-status"], "0");
+        assert!(body.frame().await.is_none());
+        echo.await.expect("the test's h2 exchange");
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_windows_passes_within_flow_control() {
+        let (client, server) = pair().await;
+        let sink = tokio::spawn(async move {
+            let (req, mut respond) = accept(server).await;
+            let mut recv = req.into_body();
+            let mut total = 0usize;
+            while let Some(data) = next_data(&mut recv).await {
+                total += data.len();
+            }
+            let rsp = Response::builder()
+                .status(StatusCode::OK)
+                .body(())
+                .expect("the test's h2 exchange");
+            let mut send = respond.send_response(rsp, false).expect("the test's h2 exchange");
+            send.send_data(Bytes::from(total.to_string()), true).expect("the test's h2 exchange");
+        });
+        let (mut tx, req) = streaming_request();
+        let writer = tokio::spawn(async move {
+            // 8 MiB: beyond the server's default 64 KiB stream and connection windows.
+            for _ in 0..128 {
+                tx.send_data(Bytes::from(vec![7u8; 64 * 1024]))
+                    .await
+                    .expect("the test's h2 exchange");
+            }
+        });
+        let rsp = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+            .await
+            .expect("no deadlock on flow control")
+            .expect("the test's h2 exchange");
+        let body = rsp.into_body().collect().await.expect("the test's h2 exchange").to_bytes();
+        assert_eq!(body, (8 * 1024 * 1024).to_string());
+        writer.await.expect("the test's h2 exchange");
+        sink.await.expect("the test's h2 exchange");
+    }
+
+    #[tokio::test]
+    async fn giving_up_before_the_response_resets_the_stream() {
+        let (client, server) = pair().await;
+        let (mut tx, req) = streaming_request();
+        let (got, got_rx) = oneshot::channel();
+        let upstream = tokio::spawn(async move {
+            let (req, _respond) = accept(server).await;
+            let mut recv = req.into_body();
+            got.send(()).expect("the test's h2 exchange");
+            // The request body never ends; the stream must end in a reset, not hang.
+            loop {
+                match recv.data().await {
+                    Some(Ok(d)) => recv
+                        .flow_control()
+                        .release_capacity(d.len())
+                        .expect("the test's h2 exchange"),
+                    Some(Err(e)) => return e.reason(),
+                    None => return None,
+                }
+            }
+        });
+        tx.send_data(Bytes::from_static(b"partial")).await.expect("the test's h2 exchange");
+        let send = client.send(req);
+        tokio::select! {
+            _ = send => panic!("the upstream never answers"),
+            _ = got_rx => {}
+        }
+        // `send` is dropped here, as a response timeout drops it.
+        let reason = tokio::time::timeout(Duration::from_secs(5), upstream)
+            .await
+            .expect("the test's h2 exchange")
+            .expect("the test's h2 exchange");
+        assert_eq!(reason, Some(h2::Reason::CANCEL));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_no_error_reset_after_the_response_ends_the_body_complete() {
+        let (client, server) = pair().await;
+        let (read, read_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (_req, mut respond) = accept(server).await;
+            let mut send =
+                respond.send_response(Response::new(()), false).expect("the test's h2 exchange");
+            send.send_data(Bytes::from_static(b"early answer"), false)
+                .expect("the test's h2 exchange");
+            // Reset only once the answer is out: a reset drops what is still queued.
+            read_rx.await.expect("the test's h2 exchange");
+            // RFC 9113 §8.1: the server needs no more of the request.
+            send.send_reset(h2::Reason::NO_ERROR);
+        });
+        let (tx, req) = streaming_request();
+        let mut body = client.send(req).await.expect("the test's h2 exchange").into_body();
+        let frame =
+            body.frame().await.expect("the test's h2 exchange").expect("the test's h2 exchange");
+        assert_eq!(frame.into_data().expect("the test's h2 exchange"), "early answer");
+        read.send(()).expect("the test's h2 exchange");
+        assert!(body.frame().await.is_none(), "a complete body, not an error");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_gives_the_request_back_unsent() {
+        let (client, server) = pair().await;
+        drop(server);
+        // The connection task sees the close, then the sender reports it.
+        for _ in 0..100 {
+            if client.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(client.is_closed());
+        let (_tx, req) = streaming_request();
+        match client.send(req).await {
+            Err(SendFailure::Unsent(_, req)) => assert_eq!(req.uri().path(), "/echo"),
+            other => panic!("expected the request back unsent, got {other:?}"),
+        }
+    }
+}
