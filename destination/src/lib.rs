@@ -36,7 +36,7 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 use weft_identity::{
-    OptionalClientCert,
+    ClientAuth,
     incoming::{Handshake, TlsIncoming},
     workload::{Workload, WorkloadConfig},
 };
@@ -177,7 +177,7 @@ pub async fn run(
 fn tls_acceptor(w: &Workload) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let mut tls = rustls::ServerConfig::builder_with_provider(weft_identity::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(OptionalClientCert(w.trust.clone())))
+        .with_client_cert_verifier(Arc::new(ClientAuth::optional(w.trust.clone())))
         .with_cert_resolver(w.credentials.resolver());
     tls.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))

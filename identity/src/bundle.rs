@@ -160,7 +160,32 @@ impl ServerCertVerifier for SharedTrust {
     }
 }
 
-impl ClientCertVerifier for SharedTrust {
+/// Client certificates checked against the current anchors of a [`SharedTrust`]. Servers
+/// of meshed traffic require one; control-plane servers (Linkerd's policy, rustls'
+/// `AllowAnyAnonymousOrAuthenticatedClient`) ask every client for one and verify what is
+/// presented, but let a client without one in, so that a workload still waiting for its
+/// first certificate can already reach them.
+#[derive(Debug)]
+pub struct ClientAuth {
+    trust: Arc<SharedTrust>,
+    mandatory: bool,
+}
+
+impl ClientAuth {
+    pub fn required(trust: Arc<SharedTrust>) -> Self {
+        ClientAuth { trust, mandatory: true }
+    }
+
+    pub fn optional(trust: Arc<SharedTrust>) -> Self {
+        ClientAuth { trust, mandatory: false }
+    }
+}
+
+impl ClientCertVerifier for ClientAuth {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // Hints are optional; an empty list keeps them out of the way of rotation.
         &[]
@@ -172,7 +197,7 @@ impl ClientCertVerifier for SharedTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.get().client.verify_client_cert(end_entity, intermediates, now)
+        self.trust.get().client.verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -181,7 +206,7 @@ impl ClientCertVerifier for SharedTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.get().client.verify_tls12_signature(message, cert, dss)
+        self.trust.get().client.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -190,59 +215,11 @@ impl ClientCertVerifier for SharedTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.get().client.verify_tls13_signature(message, cert, dss)
+        self.trust.get().client.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.get().client.supported_verify_schemes()
-    }
-}
-
-/// Asks every client for a certificate and verifies one that is presented (against the
-/// current anchors), but lets a client without one in: Linkerd's policy for TLS servers
-/// (rustls' `AllowAnyAnonymousOrAuthenticatedClient`), so that a workload still waiting for
-/// its first certificate can already reach a control-plane service.
-#[derive(Debug)]
-pub struct OptionalClientCert(pub Arc<SharedTrust>);
-
-impl ClientCertVerifier for OptionalClientCert {
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls12_signature(&*self.0, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls13_signature(&*self.0, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ClientCertVerifier::supported_verify_schemes(&*self.0)
+        self.trust.get().client.supported_verify_schemes()
     }
 }
 

@@ -21,7 +21,7 @@ pub mod server;
 pub mod token;
 pub mod workload;
 
-pub use bundle::{OptionalClientCert, SharedTrust, TrustBundle};
+pub use bundle::{ClientAuth, SharedTrust, TrustBundle};
 pub use credentials::{CertResolver, certified_key};
 pub use name::{IdentityDomain, IdentityName, NameError, SpiffeId};
 /// Keys in this crate's API are `rcgen::KeyPair`s; re-exported so users need no own version.

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use rustls::{ClientConfig, ServerConfig, pki_types::CertificateDer};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use weft_identity::{
-    IdentityName, SharedTrust,
+    ClientAuth, IdentityName, SharedTrust,
     client::Credentials,
     control::ServiceTls,
     workload::{Workload, WorkloadConfig, WorkloadError},
@@ -54,7 +54,7 @@ impl Identity {
         let resolver = credentials.resolver();
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(trust.clone())
+            .with_client_cert_verifier(Arc::new(ClientAuth::required(trust.clone())))
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
         let client_config = |alpn: &[&[u8]]| -> Result<TlsConnector, WorkloadError> {
