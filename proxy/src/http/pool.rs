@@ -56,7 +56,12 @@ pub struct H1Body {
 }
 
 impl H1Body {
-    fn pooled(body: Incoming, pool: &Arc<Pool>, key: Key, sender: http1::SendRequest<ReqBody>) -> Self {
+    fn pooled(
+        body: Incoming,
+        pool: &Arc<Pool>,
+        key: Key,
+        sender: http1::SendRequest<ReqBody>,
+    ) -> Self {
         let checkin = Checkin { pool: Arc::downgrade(pool), key, sender };
         H1Body { body, checkin: Some(checkin) }
     }
