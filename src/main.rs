@@ -1,7 +1,8 @@
 //! The `weft` binary: the control plane's servers and the user CLI, as thin clap dispatch.
-//! Subcommands: `demo`, `destination`, `identity`, `certs`, `injector`, `inject`.
+//! Subcommands: `demo`, `destination`, `identity`, `certs`, `injector`, `inject`, `check`.
 
 mod certs;
+mod check;
 mod cli;
 mod demo;
 mod destination;
@@ -34,6 +35,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the destination service (discovery for proxies).
     Destination(destination::DestinationArgs),
+    /// Check the health of an installation: the API server, the control plane, the identity
+    /// PKI, the injector's webhook, and the meshed pods (exit 1 when a check fails).
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Destination(args) => destination::run(args),
+        // Its own exit codes: 1 for a failed check, 2 for bad config.
+        Command::Check(args) => return check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
