@@ -164,26 +164,7 @@ impl Mesh {
 
 fn start_tls_server(ns: &Netns) -> TlsServer {
     let dir = std::env::temp_dir().join(format!("weft-e2e-ns-tls-{}", ns.name));
-    std::fs::create_dir_all(&dir).expect("tls dir");
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let (ok, _, err) = run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=app.test",
-        "-keyout",
-        key.to_str().expect("utf8"),
-        "-out",
-        cert.to_str().expect("utf8"),
-    ]));
-    assert!(ok, "openssl req: {err}");
+    let (key, cert) = app_tls_cert(&dir);
     let port = TLS.to_string();
     let child = ns.spawn(
         "openssl",

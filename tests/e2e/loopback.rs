@@ -55,28 +55,7 @@ fn curl_http1_and_http2_are_detected_and_forwarded() {
 #[test]
 fn openssl_tls_is_detected_and_passed_through_untouched() {
     let dir = std::env::temp_dir().join(format!("weft-e2e-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let (ok, _, err) = run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=app.test",
-        "-addext",
-        "subjectAltName=DNS:app.test",
-        "-keyout",
-        key.to_str().expect("utf8"),
-        "-out",
-        cert.to_str().expect("utf8"),
-    ]));
-    assert!(ok, "openssl req: {err}");
+    let (key, cert) = app_tls_cert(&dir);
     let port = local_listener().local_addr().expect("addr").port();
     let mut server = Command::new("openssl")
         .args(["s_server", "-quiet", "-accept", &port.to_string(), "-key"])

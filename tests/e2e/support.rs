@@ -533,6 +533,34 @@ pub fn load(addr: SocketAddr, connections: usize, n: usize) -> Vec<u16> {
     threads.into_iter().flat_map(|t| t.join().expect("load thread")).collect()
 }
 
+/// A self-signed P-256 certificate for `app.test` made by openssl in `dir`, valid a day:
+/// (key, cert) paths, for an app's own TLS that the proxies must pass through untouched.
+pub fn app_tls_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=app.test",
+        "-addext",
+        "subjectAltName=DNS:app.test",
+        "-keyout",
+        key.to_str().expect("utf8"),
+        "-out",
+        cert.to_str().expect("utf8"),
+    ]));
+    assert!(ok, "openssl req: {err}");
+    (key, cert)
+}
+
 /// Runs a command, returning (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
