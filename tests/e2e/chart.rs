@@ -12,7 +12,7 @@
 mod certs;
 mod cluster;
 mod mesh;
-mod render;
+pub(crate) mod render;
 mod run;
 mod webhook_tls;
 
@@ -47,7 +47,7 @@ const RELEASE: &str = "weft";
 /// Not the documented `weft`, so that a name the chart forgot to template shows up.
 const NS: &str = "mesh";
 
-fn chart() -> Chart {
+pub(crate) fn chart() -> Chart {
     Chart::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/weft"))
 }
 

@@ -9,7 +9,8 @@
 //!   `resourceVersion` on (every event is kept, so any version can be resumed), then new ones
 //!   until the client goes away or `timeoutSeconds` passes;
 //! - GET of one object: `<prefix>/namespaces/{ns}/<resource>/{name}`, `/api/v1/namespaces/{ns}`;
-//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview).
+//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview);
+//! - `GET /version`, the server's version as a v1.33 API server gives it.
 //!
 //! Anything else gets a `Status` 404/405, as the real server would answer.
 
@@ -333,6 +334,16 @@ fn full(status: StatusCode, body: &Value) -> Response<Body> {
     rsp
 }
 
+/// What `kubectl version` reads: a v1.33 API server's `/version`.
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "33", "gitVersion": "v1.33.1",
+        "gitCommit": "8adc0f041b8e7ad1d30e29cc59c6ae7a15e19828", "gitTreeState": "clean",
+        "buildDate": "2025-05-15T08:19:08Z", "goVersion": "go1.24.2", "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
 fn status(code: u16, reason: &str, message: String) -> Response<Body> {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -394,6 +405,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     if req.method() != Method::GET {
         return status(405, "MethodNotAllowed", format!("{} is not supported here", req.method()));
+    }
+    if path == "/version" {
+        return full(StatusCode::OK, &version());
     }
     let Some(target) = parse_path(&path) else {
         return status(

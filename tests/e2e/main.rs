@@ -2,6 +2,7 @@
 //! iptables rules in network namespaces. One test binary to keep link time down.
 
 mod chart;
+mod check;
 mod control_plane;
 mod destination;
 mod discovery;
