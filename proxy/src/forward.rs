@@ -1,10 +1,11 @@
 //! Opaque forwarding: copies bytes both ways between two TCP streams, keeping half-close
 //! (one side's EOF becomes a write shutdown on the other) and backpressure (a read is
-//! not taken until the previous bytes are written). Bytes pass through a stack buffer
-//! that never outlives a wake-up: only what the peer could not take at once is copied
-//! to the heap, so neither an idle nor a busy connection holds a buffer between reads.
+//! not taken until the previous bytes are written). Bytes pass through one buffer per
+//! thread that is lent only for a non-blocking read and write: only what the peer could
+//! not take at once is copied to the heap, so neither an idle nor a busy connection
+//! holds a buffer between reads.
 
-use std::io;
+use std::{cell::RefCell, io};
 
 use bytes::BytesMut;
 use tokio::{
@@ -95,16 +96,32 @@ async fn copy(
     }
 }
 
-/// Reads what is there into a stack buffer and writes as much as the peer takes, without
-/// waiting; the buffer is gone before the caller awaits anything.
+thread_local! {
+    /// The thread's read buffer, lent to one step at a time: a step never awaits, so no
+    /// connection holds it, and it is not zeroed again for every read as a fresh stack
+    /// buffer would be.
+    static BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+}
+
+/// Reads what is there into the thread's buffer and writes as much as the peer takes,
+/// without waiting.
 fn step(
     from: &ReadHalf<'_>,
     to: &WriteHalf<'_>,
     from_metrics: &ConnMetrics,
     to_metrics: &ConnMetrics,
 ) -> io::Result<Step> {
-    let mut buf = [0u8; CHUNK];
-    let n = match read_draining(from.as_ref(), &mut buf) {
+    BUF.with_borrow_mut(|buf| step_with(buf, from, to, from_metrics, to_metrics))
+}
+
+fn step_with(
+    buf: &mut [u8],
+    from: &ReadHalf<'_>,
+    to: &WriteHalf<'_>,
+    from_metrics: &ConnMetrics,
+    to_metrics: &ConnMetrics,
+) -> io::Result<Step> {
+    let n = match read_draining(from.as_ref(), buf) {
         Ok(0) => return Ok(Step::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::WouldBlock),
