@@ -29,7 +29,9 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
         let addr = spawn_backend(delay, fail_every, hits.clone())?;
         backends.push((name, addr, hits));
     }
-    let dst_addr = start_destination(&backends)?;
+    let (dst_addr, dst_admin) = start_destination(&backends)?;
+    // Listening and indexed before the first proxy asks.
+    wait_ready(dst_admin).await?;
 
     println!(
         "\ndiscovery, balancing and retries: a destination service ({dst_addr}) knows `api` (10.96.0.20:80 — nothing listens there)"
@@ -73,11 +75,11 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The destination service's gRPC and admin addresses.
 fn start_destination(
     backends: &[(&str, SocketAddr, Arc<AtomicU64>)],
-) -> anyhow::Result<SocketAddr> {
-    let yaml = services_yaml(backends);
-    Ok(serve_destination(&yaml, None)?.0)
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    serve_destination(&services_yaml(backends), None)
 }
 
 fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
@@ -198,4 +200,27 @@ fn spawn_backend(
         }
     });
     Ok(addr)
+}
+
+/// Waits until the server whose admin port is `admin` says `/ready` (in-process servers
+/// start on tasks of their own).
+pub async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..200 {
+        // Not listening yet (an in-process server still starting): try again.
+        let Ok(mut s) = TcpStream::connect(admin).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await?;
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await?;
+        if rsp.split(' ').nth(1) == Some("200") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!(
+        "{admin}: not ready in time (a proxy or the destination service without its certificate or its first data)"
+    )
 }

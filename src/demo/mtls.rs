@@ -15,7 +15,10 @@ use anyhow::Context as _;
 use tokio::net::TcpStream;
 use weft_proxy::BoundProxy;
 
-use super::{balancing, proxy_args, scrape};
+use super::{
+    balancing::{self, wait_ready},
+    proxy_args, scrape,
+};
 
 const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
 /// The destination service's identity (service account `weft-destination`).
@@ -182,25 +185,6 @@ fn start_identity(weft: &Path, dir: &Path) -> anyhow::Result<(Guard, SocketAddr)
         }
     }
     anyhow::bail!("weft identity stopped before serving")
-}
-
-async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..200 {
-        // Not listening yet (an in-process server still starting): try again.
-        let Ok(mut s) = TcpStream::connect(admin).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await?;
-        let mut rsp = String::new();
-        s.read_to_string(&mut rsp).await?;
-        if rsp.split(' ').nth(1) == Some("200") {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("a proxy or the destination service did not get its certificate in time")
 }
 
 /// An app that answers with the `l5d-client-id` it was given.
