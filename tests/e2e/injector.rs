@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::{
     kubeapi::FakeApi,
-    support::{admin_request, eventually, metric, run},
+    support::{admin_request, eventually, metric, run, self_signed_cert},
 };
 
 fn weft() -> &'static str {
@@ -37,27 +37,8 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// A self-signed P-256 certificate for 127.0.0.1 and localhost, made by openssl.
 fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    let (ok, _, err) = run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        &format!("/CN=weft-injector-{name}"),
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-keyout",
-        key.to_str().expect("utf-8"),
-        "-out",
-        cert.to_str().expect("utf-8"),
-    ]));
-    assert!(ok, "openssl (needed for the webhook's certificate; .ci/run installs it): {err}");
+    let (key, cert) =
+        self_signed_cert(dir, name, &format!("weft-injector-{name}"), "DNS:localhost,IP:127.0.0.1");
     (cert, key)
 }
 

@@ -400,36 +400,19 @@ fn openssl_sees_the_documented_chain_and_is_refused_without_a_client_certificate
     );
 
     // A client certificate from another trust anchor: refused too.
-    let other = mesh.dir.join("other");
-    std::fs::create_dir_all(&other).expect("dir");
-    let (ok, _, err) = run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=intruder",
-            "-addext",
-            "subjectAltName=DNS:intruder.prod.serviceaccount.identity.weft.cluster.local",
-            "-keyout",
-        ])
-        .arg(other.join("key.pem"))
-        .arg("-out")
-        .arg(other.join("cert.pem")));
-    assert!(ok, "{err}");
+    let (other_key, other_cert) = self_signed_cert(
+        &mesh.dir.join("other"),
+        "intruder",
+        "intruder",
+        "DNS:intruder.prod.serviceaccount.identity.weft.cluster.local",
+    );
     let before =
         metric(&mesh.server.metrics(), "inbound_tcp_errors_total", &[("error", "tls_handshake")]);
     let _ = Command::new("openssl")
         .args(["s_client", "-connect", &connect, "-servername", &web, "-cert"])
-        .arg(other.join("cert.pem"))
+        .arg(&other_cert)
         .arg("-key")
-        .arg(other.join("key.pem"))
+        .arg(&other_key)
         .stdin(Stdio::piped())
         .output()
         .expect("openssl");

@@ -536,28 +536,28 @@ pub fn load(addr: SocketAddr, connections: usize, n: usize) -> Vec<u16> {
 /// A self-signed P-256 certificate for `app.test` made by openssl in `dir`, valid a day:
 /// (key, cert) paths, for an app's own TLS that the proxies must pass through untouched.
 pub fn app_tls_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    std::fs::create_dir_all(dir).expect("tls dir");
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let (ok, _, err) = run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=app.test",
-        "-addext",
-        "subjectAltName=DNS:app.test",
-        "-keyout",
-        key.to_str().expect("utf8"),
-        "-out",
-        cert.to_str().expect("utf8"),
-    ]));
-    assert!(ok, "openssl req: {err}");
+    self_signed_cert(dir, "app", "app.test", "DNS:app.test")
+}
+
+/// A self-signed P-256 certificate made by openssl, valid a day: `{name}.key` and
+/// `{name}.crt` in `dir` (returned as key, cert) with the subject's `cn` and `san`
+/// (`DNS:…,IP:…`).
+pub fn self_signed_cert(
+    dir: &std::path::Path,
+    name: &str,
+    cn: &str,
+    san: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).expect("certificate dir");
+    let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
+    let (ok, _, err) = run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={cn}")])
+        .args(["-addext", &format!("subjectAltName={san}"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(ok, "openssl req (.ci/run installs openssl): {err}");
     (key, cert)
 }
 
