@@ -44,6 +44,13 @@ fn start_weft(args: &[&str], envs: &[(&str, &str)], field: &'static str) -> (Chi
     (Child_(serving.child), addr)
 }
 
+/// `weft destination` over plaintext (no identity) serving the static `file`.
+fn start_plain_destination(file: &str) -> (Child_, SocketAddr) {
+    let args = ["destination", "--source", "static", "--static-file", file];
+    let addrs = ["--listen-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
+    start_weft(&[&args[..], &addrs, &["--log-format", "json"]].concat(), &[], "grpc")
+}
+
 struct Mesh {
     dir: PathBuf,
     identity: Child_,
@@ -512,23 +519,7 @@ fn during_trust_anchor_rotation_proxies_with_either_anchor_talk() {
     );
     std::fs::write(dir.join("endpoints.yaml"), yaml).expect("endpoints");
     let file = dir.join("endpoints.yaml").display().to_string();
-    let (_destination, dst) = start_weft(
-        &[
-            "destination",
-            "--source",
-            "static",
-            "--static-file",
-            &file,
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ],
-        &[],
-        "grpc",
-    );
+    let (_destination, dst) = start_plain_destination(&file);
     let client = start_proxy(
         [
             vec![
@@ -613,23 +604,7 @@ fn discovery_is_mtls_to_the_destination_services_own_identity() {
     // A proxy that expects TLS refuses a plaintext destination service, says why, and
     // forwards to the original destination meanwhile.
     let d = mesh.dir.display().to_string();
-    let (_plain, plain_addr) = start_weft(
-        &[
-            "destination",
-            "--source",
-            "static",
-            "--static-file",
-            &format!("{d}/endpoints.yaml"),
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ],
-        &[],
-        "grpc",
-    );
+    let (_plain, plain_addr) = start_plain_destination(&format!("{d}/endpoints.yaml"));
     let identity_addr = mesh.identity_addr.to_string();
     let refusing = |dst: &str, svc: &str| {
         start_proxy(
