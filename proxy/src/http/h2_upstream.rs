@@ -83,9 +83,9 @@ impl Sender {
 
     /// Sends `req` and waits for the response head. A streaming request body goes on
     /// being sent while the response flows; dropping this future before the response
-    /// resets the stream.
-    pub async fn send(&self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendFailure> {
-        let mut tx = match self.tx.clone().ready().await {
+    /// resets the stream. Takes the handle the pool lent (one clone per request, not two).
+    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendFailure> {
+        let mut tx = match self.tx.ready().await {
             Ok(tx) => tx,
             Err(e) => return Err(SendFailure::Unsent(e, Box::new(req))),
         };
