@@ -227,7 +227,12 @@ fn refused_and_reset_upstreams_end_in_a_closed_connection_and_a_metric() {
         1.0,
         "{m}"
     );
-    assert!(refused.logs().contains("refused"), "{}", refused.logs());
+    // The log line may land a moment after the metric is counted.
+    assert!(
+        eventually(Duration::from_secs(5), || refused.logs().contains("refused")),
+        "{}",
+        refused.logs()
+    );
     // HTTP: the client gets a 502 saying why.
     let mut s = TcpStream::connect(refused.outbound).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
