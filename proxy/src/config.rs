@@ -53,6 +53,25 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS)]
     pub opaque_ports: PortSet,
 
+    /// Who may reach this pod's app through the inbound proxy when nothing more specific
+    /// says so (Linkerd's default inbound policy): `all-unauthenticated`,
+    /// `all-authenticated` (meshed clients only), `cluster-unauthenticated` (clients from
+    /// the cluster networks), `cluster-authenticated` (both), `audit` (everyone, each
+    /// connection logged) or `deny`. HTTP requests that are refused get 403; other
+    /// connections are closed. The pod's probe routes are always allowed.
+    #[arg(long, env = "WEFT_PROXY_INBOUND_DEFAULT_POLICY", default_value = "all-unauthenticated")]
+    pub inbound_default_policy: crate::policy::DefaultPolicy,
+
+    /// The networks the `cluster-*` policies trust as the cluster's (comma-separated CIDRs).
+    #[arg(long, env = "WEFT_PROXY_CLUSTER_NETWORKS", default_value = crate::policy::DEFAULT_CLUSTER_NETWORKS)]
+    pub cluster_networks: crate::init::Subnets,
+
+    /// The pod's HTTP probes (`PORT:PATH`, comma-separated; the injector fills it in from
+    /// the pod spec): `GET` on them is allowed from anywhere whatever the policy, so that
+    /// the kubelet can still probe a locked-down pod.
+    #[arg(long, env = "WEFT_PROXY_INBOUND_PROBE_ROUTES", default_value = "")]
+    pub inbound_probe_routes: crate::policy::ProbeRoutes,
+
     /// Longest time protocol detection may wait for the client's first bytes before
     /// the connection is forwarded as opaque TCP (or closed when nobody has spoken).
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -212,6 +231,35 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Every env var the proxy reads its settings from.
+    pub fn env_names() -> Vec<String> {
+        use clap::Args as _;
+        let cmd = RunArgs::augment_args(clap::Command::new("weft-proxy"));
+        cmd.get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The inbound policy settings that contradict each other or the rest.
+    pub fn check_policy(&self) -> anyhow::Result<()> {
+        use crate::policy::DefaultPolicy::{ClusterAuthenticated, ClusterUnauthenticated};
+        let policy = self.inbound_default_policy;
+        if matches!(policy, ClusterAuthenticated | ClusterUnauthenticated)
+            && self.cluster_networks.is_empty()
+        {
+            anyhow::bail!(
+                "the inbound policy {policy} needs the cluster networks (WEFT_PROXY_CLUSTER_NETWORKS), which are empty"
+            );
+        }
+        if policy.needs_identity() && self.identity_name.is_none() {
+            anyhow::bail!(
+                "the inbound policy {policy} lets in only meshed (mTLS) clients, but identity is off: set WEFT_PROXY_IDENTITY_*, or choose another policy"
+            );
+        }
+        Ok(())
+    }
+
     /// The identity settings: all of them, or none (identity off). The resolver is the
     /// caller's to add.
     pub fn identity(&self) -> anyhow::Result<Option<WorkloadConfig>> {

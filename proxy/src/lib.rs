@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mtls;
 pub mod orig_dst;
+pub mod policy;
 pub mod profile;
 pub mod transport;
 pub mod transport_header;
@@ -130,6 +131,7 @@ impl BoundProxy {
         let outbound = listen_all(&args.outbound_listen_addr, "outbound")?;
         let admin = listen_all(&args.admin_listen_addr, "admin")?;
         let identity_config = args.identity()?;
+        args.check_policy()?;
         let destination_svc = args
             .destination_svc_name
             .as_deref()
@@ -280,6 +282,14 @@ impl BoundProxy {
                     Direction::Outbound => discovery.clone(),
                     Direction::Inbound => None,
                 },
+                policy: (direction == Direction::Inbound).then(|| {
+                    Arc::new(policy::Policy::new(
+                        args.inbound_default_policy,
+                        args.cluster_networks.clone(),
+                        args.inbound_probe_routes.clone(),
+                        metrics.authz.clone(),
+                    ))
+                }),
                 identity: identity.clone(),
                 stop: stop.clone(),
             })

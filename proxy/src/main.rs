@@ -56,10 +56,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(config = ?args, "starting");
+    warn_unknown_settings();
     runtime.block_on(async move {
         let proxy = BoundProxy::bind(args)?;
         proxy.serve(Some(log_level), shutdown_signal()).await
     })
+}
+
+/// A `WEFT_PROXY_*` variable that no setting reads is most likely a typo, or a setting of
+/// another version: say so rather than ignore it silently.
+fn warn_unknown_settings() {
+    let known = RunArgs::env_names();
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("WEFT_PROXY_") && !known.iter().any(|k| *k == name) {
+            tracing::warn!(%name, "unknown setting ignored: no WEFT_PROXY_* setting has this name (see weft-proxy --help)");
+        }
+    }
 }
 
 /// glibc returns the top of the heap to the kernel whenever 128 KiB of it is free, and

@@ -229,6 +229,7 @@ pub struct Metrics {
     detecting: Family<DirectionLabels, Gauge>,
     pub http: crate::http::metrics::HttpMetrics,
     pub discovery: crate::discovery::DiscoveryMetrics,
+    pub authz: crate::policy::AuthzMetrics,
     target_addrs: LabelCap,
 }
 
@@ -286,6 +287,7 @@ impl Metrics {
         );
         let http = crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values);
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
+        let authz = crate::policy::AuthzMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         let metrics = Arc::new(Metrics {
             registry,
@@ -295,6 +297,7 @@ impl Metrics {
             detecting,
             http,
             discovery,
+            authz,
             target_addrs: LabelCap::new(max_label_values),
         });
         Ok((metrics, extra))

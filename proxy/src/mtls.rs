@@ -13,7 +13,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     detect::Protocol,
@@ -26,16 +26,23 @@ use crate::{
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An accepted client connection and its address.
+pub struct Client {
+    pub io: TcpStream,
+    pub addr: SocketAddr,
+}
+
 /// Serves an inbound connection whose ClientHello (in `prefix`) names this proxy.
 pub async fn serve_inbound(
-    client: TcpStream,
+    client: Client,
     prefix: BytesMut,
     target: SocketAddr,
     side: Arc<Side>,
     id: Arc<Identity>,
 ) {
     let errors = side.metrics.errors(side.direction);
-    let io = MeteredIo::deferred(client, prefix);
+    let client_ip = client.addr.ip();
+    let io = MeteredIo::deferred(client.io, prefix);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, id.acceptor().accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -86,22 +93,35 @@ pub async fn serve_inbound(
         };
         (target, protocol)
     };
-    let src = side.metrics.open(
-        side.direction,
-        Peer::Src,
-        &target,
-        &protocol,
-        TlsLabels::client(client_id.clone()),
-    );
+    let tls_labels = TlsLabels::client(client_id.clone());
+    let authz = side.policy.as_ref().map(|p| {
+        let label = side.target_label(target);
+        p.authorize(client_ip, client_id.as_deref(), label, tls_labels.clone())
+    });
+    let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls_labels);
     tls.get_mut().0.set_metrics(src);
     debug!(client.id = client_id.as_deref().unwrap_or(""), %target, protocol = protocol.label(), "mTLS accepted");
     // Bytes the client sent right behind the transport header are kept.
     let tls = Prefixed::new(rest, tls);
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            crate::http::serve(tls, protocol, target, side, client_id).await
+            if authz.as_ref().is_some_and(|a| !a.allowed) {
+                info!(
+                    client.id = client_id.as_deref().unwrap_or(""),
+                    "client not authorized by the inbound policy: its requests get 403, probes excepted"
+                );
+            }
+            let peer = crate::http::Peer { client_id, authz };
+            crate::http::serve(tls, protocol, target, side, peer).await
         }
         _ => {
+            if let Some(authz) = &authz {
+                authz.count_tcp();
+                if !authz.allowed {
+                    info!(client.id = client_id.as_deref().unwrap_or(""), %target, "connection refused: the client is not authorized by the inbound policy");
+                    return;
+                }
+            }
             let upstream = match transport::connect(target, side.connect_timeout).await {
                 Ok(u) => u,
                 Err(e) => {

@@ -44,6 +44,8 @@ pub struct Side {
     pub http: crate::http::Http,
     /// Outbound only, when a destination service is configured.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// Inbound only: who may reach the app.
+    pub policy: Option<Arc<crate::policy::Policy>>,
     /// This proxy's identity, when mTLS is on.
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// Cancelled when the proxy starts draining.
@@ -94,7 +96,7 @@ pub async fn serve(
         let side = side.clone();
         tracker.spawn(
             async move {
-                handle(client, side).await;
+                handle(client, client_addr, side).await;
                 drop(permit);
             }
             .instrument(span),
@@ -147,10 +149,13 @@ impl ConnError {
     }
 }
 
-async fn handle(mut client: TcpStream, side: Arc<Side>) {
+async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>) {
     let errors = side.metrics.errors(side.direction);
     let detecting = side.metrics.detecting(side.direction);
-    let prepared = Box::pin(prepare(&mut client, &side)).await;
+    // A client the policy would refuse in plaintext gets no speculative connection to the
+    // app: a server that speaks first must not talk to it before it is authorized.
+    let speculate = side.policy.as_ref().is_none_or(|p| p.allows(client_addr.ip(), false));
+    let prepared = Box::pin(prepare(&mut client, &side, speculate)).await;
     drop(detecting);
     let (target, protocol, prefix, upstream) = match prepared {
         Ok(p) => p,
@@ -174,18 +179,36 @@ async fn handle(mut client: TcpStream, side: Arc<Side>) {
         let id = id.clone();
         // Boxed, like the other protocol paths below: a connection's task then holds only
         // the state of the path it takes, which keeps idle opaque connections small.
+        let client = crate::mtls::Client { io: client, addr: client_addr };
         Box::pin(crate::mtls::serve_inbound(client, prefix, target, side, id)).await;
         return;
     }
     let tls = side.tls_labels(&protocol);
+    let authz = side
+        .policy
+        .as_ref()
+        .map(|p| p.authorize(client_addr.ip(), None, side.target_label(target), tls.clone()));
     if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
         // The HTTP layer opens (and pools) its own upstream connections; a speculative
         // one from detection is not needed.
         drop(upstream);
+        if authz.as_ref().is_some_and(|a| !a.allowed) {
+            info!(server.addr = %target, "client not authorized by the inbound policy: its requests get 403, probes excepted");
+        }
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
-        Box::pin(crate::http::serve(io, protocol, target, side, None)).await;
+        let peer = crate::http::Peer { client_id: None, authz };
+        Box::pin(crate::http::serve(io, protocol, target, side, peer)).await;
         return;
+    }
+    if let Some(authz) = &authz {
+        authz.count_tcp();
+        if !authz.allowed {
+            info!(server.addr = %target, protocol = protocol.label(), "connection refused: the client is not authorized by the inbound policy");
+            drop(upstream);
+            forward::reset_on_drop(&client);
+            return;
+        }
     }
     let upstream = match upstream {
         Some(u) => Upstream::Plain(u),
@@ -247,6 +270,7 @@ impl Side {
 async fn prepare(
     client: &mut TcpStream,
     side: &Side,
+    speculate: bool,
 ) -> Result<(SocketAddr, Protocol, BytesMut, Option<TcpStream>), ConnError> {
     let target = match side.orig_dst_override {
         Some(t) => t,
@@ -259,7 +283,7 @@ async fn prepare(
     if side.opaque_ports.contains(target.port()) {
         return Ok((target, Protocol::Opaque, BytesMut::new(), None));
     }
-    let (protocol, prefix, upstream) = detect_protocol(client, target, side).await?;
+    let (protocol, prefix, upstream) = detect_protocol(client, target, side, speculate).await?;
     Ok((target, protocol, prefix, upstream))
 }
 
@@ -269,13 +293,14 @@ async fn detect_protocol(
     client: &mut TcpStream,
     target: SocketAddr,
     side: &Side,
+    speculate: bool,
 ) -> Result<(Protocol, BytesMut, Option<TcpStream>), ConnError> {
     let deadline = tokio::time::Instant::now() + side.detect_timeout;
     let mut upstream = None;
     // `readable()` may wake spuriously (it does at once on a fresh socket); `peek`
     // waits for a byte (or EOF) that is really there.
     let mut one = [0u8; 1];
-    if timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
+    if speculate && timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
         let up = connect(target, side.connect_timeout).await?;
         let mut up_one = [0u8; 1];
         tokio::select! {

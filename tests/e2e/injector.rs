@@ -462,3 +462,61 @@ fn weft_inject_round_trips_untouched_documents() {
     );
     assert!(report.patch.0.is_empty());
 }
+
+/// Every setting the injector gives the proxy must be one the proxy reads: a name that
+/// drifts on either side would be ignored silently (a policy the proxy never enforced).
+#[test]
+fn every_proxy_setting_the_injector_writes_is_one_the_proxy_reads() {
+    const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: prod}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations:
+        weft.dev/inject: enabled
+        config.weft.dev/proxy-cpu-limit: "2"
+        config.weft.dev/default-inbound-policy: deny
+    spec:
+      containers:
+        - name: web
+          image: nginx
+          ports: [{name: http, containerPort: 8080}]
+          readinessProbe: {httpGet: {port: http, path: /ready}}
+"#;
+    let mut child = Command::new(weft())
+        .args(["inject", "--manual", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weft inject");
+    child.stdin.take().expect("stdin").write_all(DEPLOYMENT.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_yaml_ng::from_slice(&out.stdout).expect("YAML");
+    let spec = &doc["spec"]["template"]["spec"];
+    let containers = [&spec["initContainers"], &spec["containers"]];
+    let proxy = containers
+        .iter()
+        .filter_map(|list| list.as_array())
+        .flatten()
+        .find(|c| c["name"] == "weft-proxy")
+        .unwrap_or_else(|| panic!("no weft-proxy container in {doc}"));
+    let names: Vec<&str> = proxy["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .filter(|n| n.starts_with("WEFT_PROXY_"))
+        .collect();
+    let known = weft_proxy::config::RunArgs::env_names();
+    for name in &names {
+        assert!(known.iter().any(|k| k == name), "the proxy has no setting {name}");
+    }
+    for must in ["WEFT_PROXY_INBOUND_DEFAULT_POLICY", "WEFT_PROXY_CORES", "WEFT_PROXY_IDENTITY_NAME"] {
+        assert!(names.contains(&must), "{must} missing from {names:?}");
+    }
+}

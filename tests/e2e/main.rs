@@ -15,4 +15,5 @@ mod kubeapi;
 mod loopback;
 mod mtls;
 mod netns;
+mod policy;
 mod support;

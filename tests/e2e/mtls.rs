@@ -140,6 +140,11 @@ impl Mesh {
 
     /// `identity_extra`: more flags for `weft identity` (e.g. a short `--lifetime`).
     fn with(identity_extra: &[&str]) -> Mesh {
+        Mesh::with_server(identity_extra, &[])
+    }
+
+    /// `server_extra`: more flags for the server-side proxy.
+    fn with_server(identity_extra: &[&str], server_extra: &[&str]) -> Mesh {
         let dir = std::env::temp_dir().join(format!(
             "weft-e2e-mtls-{}-{}",
             std::process::id(),
@@ -172,6 +177,7 @@ impl Mesh {
             [
                 vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
                 identity_args(&dir, &id("web"), "web.token", &identity_addr),
+                server_extra.iter().map(ToString::to_string).collect(),
             ]
             .concat(),
         );
@@ -320,6 +326,36 @@ fn http_between_meshed_proxies_is_mtls_and_the_app_learns_the_client_identity() 
     let mut rsp = String::new();
     t.read_to_string(&mut rsp).expect("response");
     assert!(rsp.starts_with("HTTP/1.1 200") && !rsp.contains("forged"), "{rsp}");
+}
+
+#[test]
+fn all_authenticated_lets_in_meshed_clients_only() {
+    let mesh = Mesh::with_server(&[], &["--inbound-default-policy", "all-authenticated"]);
+    // Meshed HTTP (HTTP/2 between the proxies) and meshed opaque TCP (transport header).
+    let url = format!("http://{}/echo", mesh.http_client.outbound);
+    let (ok, out, err) = run(Command::new("curl").args(["-sS", "--http1.1", &url]));
+    assert!(ok && out.contains(&format!("l5d-client-id: {}\n", id("client"))), "{out}{err}");
+    let mut s = TcpStream::connect(mesh.tcp_client.outbound).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"meshed").expect("write");
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"meshed");
+    // Plaintext from outside the mesh: 403.
+    let url = format!("http://{}/echo", mesh.server.inbound);
+    let (ok, out, err) = run(Command::new("curl").args(["-sSi", "--http1.1", &url]));
+    assert!(ok && out.starts_with("HTTP/1.1 403"), "{out}{err}");
+
+    let m = mesh.server.metrics();
+    let (client, tcp) = (id("client"), id("tcp"));
+    let policy = [("srv_kind", "default"), ("srv_name", "all-authenticated")];
+    let allowed = [&policy[..], &[("authz_name", "all-authenticated"), ("tls", "true")]].concat();
+    let http = [&allowed[..], &[("client_id", client.as_str())]].concat();
+    assert_eq!(metric(&m, "inbound_http_authz_allow_total", &http), 1.0, "{m}");
+    let opaque = [&allowed[..], &[("client_id", tcp.as_str())]].concat();
+    assert_eq!(metric(&m, "inbound_tcp_authz_allow_total", &opaque), 1.0, "{m}");
+    let plaintext = [&policy[..], &[("no_tls_reason", "not_provided_by_remote")]].concat();
+    assert_eq!(metric(&m, "inbound_http_authz_deny_total", &plaintext), 1.0, "{m}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
     header::{self, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
 };
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
@@ -106,23 +106,32 @@ pub struct Http {
     pub in_flight: Arc<Semaphore>,
 }
 
+/// Who the client of an inbound HTTP connection is, as far as the proxy knows.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// The client's identity when the connection is mTLS from a meshed client.
+    pub client_id: Option<Arc<str>>,
+    /// Inbound: the policy's decision for the connection, checked per request.
+    pub authz: Option<crate::policy::ConnAuthz>,
+}
+
 /// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
 /// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY).
-/// `client_id`: the peer's identity when the connection is mTLS from a meshed client.
 pub async fn serve<I>(
     client: I,
     protocol: Protocol,
     target: SocketAddr,
     side: Arc<Side>,
-    client_id: Option<Arc<str>>,
+    peer: Peer,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Peer { client_id, authz } = peer;
     let tls = match &client_id {
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
     };
-    let conn = Arc::new(Conn { target, tls, client_id, routes: Default::default() });
+    let conn = Arc::new(Conn { target, tls, client_id, authz, routes: Default::default() });
     let config = &side.http.config;
     let stop = side.stop.clone();
     // Discovery, once per connection: a known service is balanced per request.
@@ -206,6 +215,7 @@ struct Conn {
     tls: TlsLabels,
     /// The client's proven identity: sent to the app as `l5d-client-id`.
     client_id: Option<Arc<str>>,
+    authz: Option<crate::policy::ConnAuthz>,
     routes: metrics::RouteCache,
 }
 
@@ -242,6 +252,21 @@ async fn proxy(
         };
         conn.routes.get(authority, None, |_| true, make)
     };
+
+    if let (Some(authz), Some(policy)) = (&conn.authz, &side.policy)
+        && !authz.check_request(policy, target.port(), req.method(), req.uri().path())
+    {
+        metrics.http.request(&direct_route);
+        metrics.http.error(direction, "unauthorized");
+        debug!(method = %req.method(), path = req.uri().path(), "request denied by the inbound policy");
+        let why = "unauthorized: the inbound policy does not allow this client";
+        let rsp = if is_grpc(req.headers()) {
+            grpc_error_response(7, why)
+        } else {
+            error_response(StatusCode::FORBIDDEN, why)
+        };
+        return finish(side, direct_route, started, rsp);
+    }
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
         metrics.http.request(&direct_route);
@@ -406,12 +431,13 @@ fn finish(
 ) -> Response<RspBody> {
     let status = rsp.status().as_u16();
     side.metrics.http.latency(&route, status, started);
+    let grpc_status = metrics::grpc_status(rsp.headers());
     let done = metrics::Done {
         metrics: side.metrics.clone(),
         route,
         status_code: status,
-        grpc_status: None,
-        is_grpc: false,
+        grpc_status,
+        is_grpc: grpc_status.is_some(),
     };
     rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync())
 }
@@ -424,6 +450,19 @@ fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
     let h = rsp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     if let Ok(v) = HeaderValue::from_str(why) {
+        h.insert(PROXY_ERROR, v);
+    }
+    rsp
+}
+
+/// A gRPC error as a trailers-only response: HTTP 200 with `grpc-status` in the headers.
+fn grpc_error_response(code: u32, why: &str) -> Response<RspBody> {
+    let mut rsp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    let h = rsp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(why) {
+        h.insert("grpc-message", v.clone());
         h.insert(PROXY_ERROR, v);
     }
     rsp

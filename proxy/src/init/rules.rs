@@ -230,11 +230,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Whether `ip` is in this subnet (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.family() == family_of(ip) && mask(ip, self.prefix) == self.addr
+    }
+
     pub fn family(&self) -> Family {
-        match self.addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
+        family_of(self.addr)
     }
 }
 
@@ -258,10 +261,7 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = s.split_once('/').ok_or_else(|| CidrError::Syntax(s.to_string()))?;
         let addr: IpAddr = addr.parse().map_err(|_| CidrError::Address(s.to_string()))?;
-        let family = match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        };
+        let family = family_of(addr);
         let max = family.max_prefix();
         let bad_prefix = || CidrError::Prefix { input: s.to_string(), family, max };
         // Digits only: `u8::from_str` would also take a leading `+`.
@@ -277,6 +277,13 @@ impl FromStr for Cidr {
             return Err(CidrError::HostBits { input: s.to_string(), network });
         }
         Ok(network)
+    }
+}
+
+fn family_of(addr: IpAddr) -> Family {
+    match addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
     }
 }
 
@@ -312,6 +319,10 @@ impl Subnets {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
     }
 }
 

@@ -1,0 +1,414 @@
+//! Inbound authorization by the default policy, as Linkerd's `default-inbound-policy`: who
+//! may reach the app behind this proxy — any client, meshed (mTLS) clients only, clients
+//! from the cluster's networks, or nobody. The pod's kubelet probes (`GET` on the paths the
+//! injector lists) are allowed from anywhere, so a locked-down pod still becomes ready.
+//!
+//! The decision is made once per connection (the client's address and identity cannot
+//! change on it). HTTP is then enforced per request, so a denied client gets a 403 (gRPC:
+//! `grpc-status: 7`) that says why, and probes still pass; other protocols are refused by
+//! closing the connection. Every decision is counted with Linkerd's metric names
+//! (`inbound_{http,tcp}_authz_{allow,deny}_total`, `srv_kind="default"`).
+
+use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use crate::{init::Subnets, metrics::TlsLabels};
+
+/// Linkerd's default list of cluster networks, with the IPv6 unique-local range.
+pub const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+/// The default inbound policy of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    AllUnauthenticated,
+    AllAuthenticated,
+    ClusterUnauthenticated,
+    ClusterAuthenticated,
+    /// Allows everything, like `all-unauthenticated`, but every connection it lets in is
+    /// logged and counted under `authz_name="audit"`: a dry run before locking down.
+    Audit,
+    Deny,
+}
+
+const POLICIES: [(DefaultPolicy, &str); 6] = [
+    (DefaultPolicy::AllUnauthenticated, "all-unauthenticated"),
+    (DefaultPolicy::AllAuthenticated, "all-authenticated"),
+    (DefaultPolicy::ClusterUnauthenticated, "cluster-unauthenticated"),
+    (DefaultPolicy::ClusterAuthenticated, "cluster-authenticated"),
+    (DefaultPolicy::Audit, "audit"),
+    (DefaultPolicy::Deny, "deny"),
+];
+
+impl DefaultPolicy {
+    pub fn as_str(self) -> &'static str {
+        POLICIES.iter().find(|(p, _)| *p == self).map_or("deny", |(_, s)| s)
+    }
+
+    /// Whether only mTLS clients can pass, so the proxy needs an identity to let anyone in.
+    pub fn needs_identity(self) -> bool {
+        matches!(self, DefaultPolicy::AllAuthenticated | DefaultPolicy::ClusterAuthenticated)
+    }
+}
+
+impl fmt::Display for DefaultPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DefaultPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        POLICIES.iter().find(|(_, name)| *name == s).map(|(p, _)| *p).ok_or_else(|| {
+            let names: Vec<&str> = POLICIES.iter().map(|(_, n)| *n).collect();
+            format!("{s:?} is not a default inbound policy; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// The pod's HTTP probes (`PORT:PATH,...`): `GET` requests on them are always allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeRoutes(BTreeSet<(u16, String)>);
+
+impl ProbeRoutes {
+    pub fn contains(&self, port: u16, path: &str) -> bool {
+        // No allocation per request: the set is small and ordered by port.
+        self.0
+            .range((port, String::new())..)
+            .take_while(|(p, _)| *p == port)
+            .any(|(_, r)| r == path)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn has_port(&self, port: u16) -> bool {
+        self.0.range((port, String::new())..).next().is_some_and(|(p, _)| *p == port)
+    }
+}
+
+impl FromStr for ProbeRoutes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut routes = BTreeSet::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = |why: &str| {
+                format!("probe route {item:?} {why}; expected PORT:PATH, e.g. 8080:/healthz")
+            };
+            let (port, path) = item.split_once(':').ok_or_else(|| bad("has no port"))?;
+            let port: u16 =
+                port.parse().ok().filter(|p| *p != 0).ok_or_else(|| bad("has a bad port"))?;
+            if !path.starts_with('/')
+                || path.contains(['?', '#'])
+                || path.contains(char::is_whitespace)
+            {
+                return Err(bad("has a bad path (it must start with / and carry no query)"));
+            }
+            routes.insert((port, path.to_string()));
+        }
+        Ok(ProbeRoutes(routes))
+    }
+}
+
+impl fmt::Display for ProbeRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (port, path)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{port}:{path}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The inbound side's authorization: the default policy, the networks that count as the
+/// cluster, the probes, and the decision counters.
+#[derive(Debug)]
+pub struct Policy {
+    pub default: DefaultPolicy,
+    cluster_networks: Subnets,
+    probes: ProbeRoutes,
+    metrics: AuthzMetrics,
+}
+
+/// One connection's authorization.
+#[derive(Debug, Clone)]
+pub struct ConnAuthz {
+    pub allowed: bool,
+    policy: DefaultPolicy,
+    target_addr: String,
+    tls: TlsLabels,
+    metrics: AuthzMetrics,
+    /// Counted once per allowed request (resolved once per connection).
+    http_allow: Counter,
+}
+
+impl Policy {
+    pub fn new(
+        default: DefaultPolicy,
+        cluster_networks: Subnets,
+        probes: ProbeRoutes,
+        metrics: AuthzMetrics,
+    ) -> Self {
+        Policy { default, cluster_networks, probes, metrics }
+    }
+
+    /// Whether the default policy lets in a client from `ip`, meshed (`authenticated`) or not.
+    pub fn allows(&self, ip: IpAddr, authenticated: bool) -> bool {
+        let in_cluster = || self.cluster_networks.contains(ip);
+        match self.default {
+            DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => true,
+            DefaultPolicy::AllAuthenticated => authenticated,
+            DefaultPolicy::ClusterUnauthenticated => in_cluster(),
+            DefaultPolicy::ClusterAuthenticated => authenticated && in_cluster(),
+            DefaultPolicy::Deny => false,
+        }
+    }
+
+    /// Whether a connection that is not authorized may still carry something: a probe of
+    /// its target port. Such connections are read until their first request.
+    pub fn has_probes_on(&self, port: u16) -> bool {
+        self.probes.has_port(port)
+    }
+
+    /// Decides for a connection from `ip` (with the client's proven identity, if any) to
+    /// `target_addr` (its metric label). `tls`: the connection's TLS labels.
+    pub fn authorize(
+        &self,
+        ip: IpAddr,
+        client_id: Option<&str>,
+        target_addr: String,
+        tls: TlsLabels,
+    ) -> ConnAuthz {
+        let allowed = self.allows(ip, client_id.is_some());
+        let policy = self.default;
+        let http_allow = self
+            .metrics
+            .http_allow
+            .get_or_create(&HttpAllowLabels {
+                target: TargetLabels::new(target_addr.clone(), policy, tls.clone()),
+                route_kind: "default",
+                route_name: "default",
+                authz_kind: "default",
+                authz_name: policy.as_str(),
+            })
+            .clone();
+        if policy == DefaultPolicy::Audit {
+            tracing::info!(%ip, client.id = client_id.unwrap_or(""), authz.name = "audit", "connection allowed by the audit policy");
+        }
+        ConnAuthz { allowed, policy, target_addr, tls, metrics: self.metrics.clone(), http_allow }
+    }
+
+    /// Whether a request is one of the pod's probes on `port`.
+    pub fn is_probe(&self, port: u16, method: &http::Method, path: &str) -> bool {
+        method == http::Method::GET && self.probes.contains(port, path)
+    }
+}
+
+impl ConnAuthz {
+    fn target(&self) -> TargetLabels {
+        TargetLabels::new(self.target_addr.clone(), self.policy, self.tls.clone())
+    }
+
+    /// Counts the decision for a connection that is not HTTP (forwarded, or refused).
+    pub fn count_tcp(&self) {
+        let target = self.target();
+        if self.allowed {
+            let labels =
+                TcpAllowLabels { target, authz_kind: "default", authz_name: self.policy.as_str() };
+            self.metrics.tcp_allow.get_or_create(&labels).inc();
+        } else {
+            self.metrics.tcp_deny.get_or_create(&target).inc();
+        }
+    }
+
+    /// Decides one HTTP request on this connection and counts it: allowed when the
+    /// connection is, or when it is a probe.
+    pub fn check_request(
+        &self,
+        policy: &Policy,
+        port: u16,
+        method: &http::Method,
+        path: &str,
+    ) -> bool {
+        if self.allowed {
+            self.http_allow.inc();
+            return true;
+        }
+        let probe = policy.is_probe(port, method, path);
+        let target = self.target();
+        if probe {
+            let labels = HttpAllowLabels {
+                target,
+                route_kind: "default",
+                route_name: "probe",
+                authz_kind: "default",
+                authz_name: "probe",
+            };
+            self.metrics.http_allow.get_or_create(&labels).inc();
+        } else {
+            let labels = HttpDenyLabels { target, route_kind: "default", route_name: "default" };
+            self.metrics.http_deny.get_or_create(&labels).inc();
+        }
+        probe
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TargetLabels {
+    target_addr: String,
+    srv_kind: &'static str,
+    srv_name: &'static str,
+    #[prometheus(flatten)]
+    tls: TlsLabels,
+}
+
+impl TargetLabels {
+    fn new(target_addr: String, policy: DefaultPolicy, tls: TlsLabels) -> Self {
+        TargetLabels { target_addr, srv_kind: "default", srv_name: policy.as_str(), tls }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpAllowLabels {
+    #[prometheus(flatten)]
+    target: TargetLabels,
+    authz_kind: &'static str,
+    authz_name: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpAllowLabels {
+    #[prometheus(flatten)]
+    target: TargetLabels,
+    route_kind: &'static str,
+    route_name: &'static str,
+    authz_kind: &'static str,
+    authz_name: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpDenyLabels {
+    #[prometheus(flatten)]
+    target: TargetLabels,
+    route_kind: &'static str,
+    route_name: &'static str,
+}
+
+/// `inbound_{http,tcp}_authz_{allow,deny}_total`, with Linkerd's names and labels.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzMetrics {
+    http_allow: Family<HttpAllowLabels, Counter>,
+    http_deny: Family<HttpDenyLabels, Counter>,
+    tcp_allow: Family<TcpAllowLabels, Counter>,
+    tcp_deny: Family<TargetLabels, Counter>,
+}
+
+impl AuthzMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AuthzMetrics::default();
+        registry.register(
+            "inbound_http_authz_allow",
+            "HTTP requests the inbound policy allowed",
+            m.http_allow.clone(),
+        );
+        registry.register(
+            "inbound_http_authz_deny",
+            "HTTP requests the inbound policy denied (answered 403)",
+            m.http_deny.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "Non-HTTP connections the inbound policy allowed",
+            m.tcp_allow.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "Connections the inbound policy refused",
+            m.tcp_deny.clone(),
+        );
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(default: &str, probes: &str) -> Policy {
+        Policy::new(
+            default.parse().expect("policy"),
+            DEFAULT_CLUSTER_NETWORKS.parse().expect("networks"),
+            probes.parse().expect("probes"),
+            AuthzMetrics::default(),
+        )
+    }
+
+    #[test]
+    fn each_default_policy_allows_whom_linkerds_does() {
+        let pod: IpAddr = "10.1.2.3".parse().expect("ip");
+        let outside: IpAddr = "203.0.113.9".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().expect("ip");
+        let ula: IpAddr = "fd00::5".parse().expect("ip");
+        // (policy, [in-cluster plaintext, in-cluster mTLS, outside plaintext, outside mTLS])
+        let table = [
+            ("all-unauthenticated", [true, true, true, true]),
+            ("audit", [true, true, true, true]),
+            ("all-authenticated", [false, true, false, true]),
+            ("cluster-unauthenticated", [true, true, false, false]),
+            ("cluster-authenticated", [false, true, false, false]),
+            ("deny", [false, false, false, false]),
+        ];
+        for (name, want) in table {
+            let p = policy(name, "");
+            let got = [
+                p.allows(pod, false),
+                p.allows(pod, true),
+                p.allows(outside, false),
+                p.allows(outside, true),
+            ];
+            assert_eq!(got, want, "{name}");
+            // An IPv4 client seen on a dual-stack socket is still in the cluster.
+            assert_eq!(p.allows(mapped, true), want[1], "{name} (IPv4-mapped)");
+            assert_eq!(p.allows(ula, true), want[1], "{name} (IPv6)");
+            assert_eq!(p.default.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn bad_policy_names_and_probe_routes_are_refused_with_what_was_expected() {
+        let e = "allow-all".parse::<DefaultPolicy>().expect_err("not a policy");
+        assert!(e.contains("\"allow-all\"") && e.contains("cluster-authenticated"), "{e}");
+        for bad in
+            ["8080", ":/x", "0:/x", "70000:/x", "x:/y", "8080:healthz", "8080:/a?b=1", "8080:/a b"]
+        {
+            let e = bad.parse::<ProbeRoutes>().expect_err(bad);
+            assert!(e.contains("PORT:PATH"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_get_on_a_listed_port_and_path_is_a_probe() {
+        let p = policy("deny", "8080:/ready, 8080:/healthz,9090:/live,");
+        assert_eq!(p.probes.to_string(), "8080:/healthz,8080:/ready,9090:/live");
+        let get = http::Method::GET;
+        assert!(p.is_probe(8080, &get, "/ready"));
+        assert!(p.is_probe(8080, &get, "/healthz"));
+        assert!(p.is_probe(9090, &get, "/live"));
+        assert!(!p.is_probe(8080, &http::Method::POST, "/ready"));
+        assert!(!p.is_probe(8080, &get, "/live"));
+        assert!(!p.is_probe(8080, &get, "/ready/x"));
+        assert!(!p.is_probe(8081, &get, "/ready"));
+        assert!(p.has_probes_on(9090) && !p.has_probes_on(9091) && !p.has_probes_on(1));
+    }
+}
