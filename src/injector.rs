@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{ArgAction, Args, ValueEnum};
 use weft_injector::{
     InjectorConfig,
-    config::DEFAULT_IMAGE_REPO,
+    config::{DEFAULT_CLUSTER_NETWORKS, DEFAULT_IMAGE_REPO},
     namespaces::Namespaces,
     server::{Bound, ServerConfig},
 };
@@ -117,6 +117,10 @@ pub struct ProxyArgs {
         default_value = "all-unauthenticated"
     )]
     default_inbound_policy: String,
+    /// The networks (comma-separated CIDRs) whose clients the proxies' `cluster-*` inbound
+    /// policies treat as the cluster's: the pod and node networks. Cluster-wide, no annotation.
+    #[arg(long, env = "WEFT_INJECTOR_CLUSTER_NETWORKS", default_value = DEFAULT_CLUSTER_NETWORKS)]
+    cluster_networks: String,
     /// The proxy's CPU request, a Kubernetes quantity (`config.weft.dev/proxy-cpu-request`).
     #[arg(long, env = "WEFT_INJECTOR_PROXY_CPU_REQUEST")]
     proxy_cpu_request: Option<String>,
@@ -166,6 +170,7 @@ impl ProxyArgs {
             native_sidecar,
             proxy_shutdown_grace_period,
             default_inbound_policy,
+            cluster_networks,
             proxy_cpu_request,
             proxy_cpu_limit,
             proxy_memory_request,
@@ -196,6 +201,7 @@ impl ProxyArgs {
             native_sidecar,
             shutdown_grace_period: proxy_shutdown_grace_period,
             default_inbound_policy,
+            cluster_networks,
             proxy_cpu_request,
             proxy_cpu_limit,
             proxy_memory_request,
@@ -289,5 +295,34 @@ mod tests {
             c.identity_name(IDENTITY_SERVICE_ACCOUNT, "mesh"),
             domain.identity_service_name().as_str()
         );
+    }
+
+    fn proxy_args(args: &[&str]) -> ProxyArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            proxy: ProxyArgs,
+        }
+        let argv = std::iter::once("weft").chain(args.iter().copied());
+        P::try_parse_from(argv).expect("flags parse").proxy
+    }
+
+    /// The flags' defaults are the library's, and `--cluster-networks` reaches the config
+    /// checked: a bad network is refused at start, named.
+    #[test]
+    fn flag_defaults_and_cluster_networks() {
+        let config = proxy_args(&[]).into_config().expect("the defaults are valid");
+        assert_eq!(config, InjectorConfig::default());
+        let config = proxy_args(&["--cluster-networks", "10.244.0.0/16,fd12::/16"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.cluster_networks, "10.244.0.0/16,fd12::/16");
+        let e = proxy_args(&["--cluster-networks", "10.244.0.1/16"])
+            .into_config()
+            .expect_err("refused");
+        assert!(e.to_string().contains("cluster networks: \"10.244.0.1/16\""), "{e}");
+        let e = proxy_args(&["--cluster-networks", ""]).into_config().expect_err("refused");
+        assert!(e.to_string().contains("cluster networks must not be empty"), "{e}");
     }
 }

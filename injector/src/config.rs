@@ -21,6 +21,10 @@ pub const DESTINATION_SERVICE_ACCOUNT: &str = "weft-destination";
 
 /// The default proxy image repository; the tag is the injector's own version.
 pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/weft-mesh/weft-proxy";
+/// The networks the proxies' `cluster-*` inbound policies trust as the cluster's: Linkerd's
+/// default `clusterNetworks` (the private and carrier-grade NAT ranges) and IPv6 ULAs.
+pub const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InjectorConfig {
@@ -41,6 +45,9 @@ pub struct InjectorConfig {
     pub native_sidecar: bool,
     pub shutdown_grace_period: String,
     pub default_inbound_policy: String,
+    /// CIDRs (comma-separated) of the cluster's pods and nodes: the sources that the
+    /// `cluster-*` inbound policies let in. Cluster-wide, as in Linkerd: no annotation.
+    pub cluster_networks: String,
     pub proxy_cpu_request: Option<String>,
     pub proxy_cpu_limit: Option<String>,
     pub proxy_memory_request: Option<String>,
@@ -77,6 +84,7 @@ impl Default for InjectorConfig {
             native_sidecar: true,
             shutdown_grace_period: "30s".into(),
             default_inbound_policy: "all-unauthenticated".into(),
+            cluster_networks: DEFAULT_CLUSTER_NETWORKS.into(),
             proxy_cpu_request: None,
             proxy_cpu_limit: None,
             proxy_memory_request: None,
@@ -149,6 +157,15 @@ impl InjectorConfig {
         );
         if let Some(pem) = &self.trust_anchors_pem {
             check("trust anchors", pem_certificates(pem));
+        }
+        match values::subnets(&self.cluster_networks) {
+            // Without networks, the proxy of a pod under a `cluster-*` policy refuses to start.
+            Ok(nets) if nets.is_empty() => errors.push(
+                "cluster networks must not be empty: the cluster-* inbound policies let in only clients from them"
+                    .to_string(),
+            ),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("cluster networks: {e}")),
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
@@ -230,6 +247,26 @@ mod tests {
                 InjectorConfig { trust_anchors_pem: Some(pem.into()), ..InjectorConfig::default() };
             let errors = c.validate().unwrap_err();
             assert!(errors[0].starts_with("trust anchors: "), "{pem:?}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_networks_are_cidrs_and_not_empty() {
+        let c = InjectorConfig::default();
+        assert_eq!(c.cluster_networks, DEFAULT_CLUSTER_NETWORKS);
+        let with = |nets: &str| InjectorConfig { cluster_networks: nets.into(), ..c.clone() };
+        assert_eq!(with("10.0.0.0/16, fd12::/16").validate(), Ok(()));
+        for bad in ["10.0.0.1/8", "10.0.0.0", "10.0.0.0/33", "cluster", "10.0.0.0/8,fd00::/129"] {
+            let errors = with(bad).validate().unwrap_err();
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert!(errors[0].starts_with("cluster networks: "), "{bad}: {errors:?}");
+            let item = bad.rsplit(',').next().unwrap();
+            assert!(errors[0].contains(item), "{bad}: the message names it: {errors:?}");
+        }
+        for empty in ["", " ", ",,"] {
+            let errors = with(empty).validate().unwrap_err();
+            assert_eq!(errors.len(), 1, "{empty:?}: {errors:?}");
+            assert!(errors[0].starts_with("cluster networks must not be empty"), "{errors:?}");
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod namespaces;
 pub mod patch;
+pub mod probes;
 pub mod server;
 pub mod spec;
 pub mod tls;

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::{
     annotations::{self as ann, Layered, Source},
     config::{ADMIN_PORT, CONTROL_PORT, INBOUND_PORT, InjectorConfig, OUTBOUND_PORT},
+    probes::ProbeRoutes,
     spec,
 };
 
@@ -241,7 +242,9 @@ pub fn build(
     }
 
     let init = spec::init_container(&opts, config);
-    let proxy = spec::proxy_container(&opts, config);
+    // The kubelet's probes reach the app through the proxy: it must let them in even when
+    // its policy would not.
+    let proxy = spec::proxy_container(&opts, config, &ProbeRoutes::of(pod_spec));
     let mut ops = Ops::default();
 
     let mut new_annotations = vec![

@@ -19,6 +19,7 @@ use crate::{
         ADMIN_PORT, DESTINATION_PORT, DESTINATION_SERVICE_ACCOUNT, IDENTITY_PORT,
         IDENTITY_SERVICE_ACCOUNT, INBOUND_PORT, InjectorConfig, OUTBOUND_PORT,
     },
+    probes::ProbeRoutes,
 };
 
 pub const PROXY_PORT_NAME: &str = "weft-proxy";
@@ -93,7 +94,12 @@ pub fn init_container(o: &ProxyOptions, config: &InjectorConfig) -> Container {
 }
 
 /// The proxy: a native sidecar (an init container that keeps running) unless disabled.
-pub fn proxy_container(o: &ProxyOptions, config: &InjectorConfig) -> Container {
+/// `probes` are the pod's own HTTP probes, which the proxy lets through whatever its policy.
+pub fn proxy_container(
+    o: &ProxyOptions,
+    config: &InjectorConfig,
+    probes: &ProbeRoutes,
+) -> Container {
     let probe = |path: &str, initial: i32, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
@@ -116,7 +122,7 @@ pub fn proxy_container(o: &ProxyOptions, config: &InjectorConfig) -> Container {
         name: ann::PROXY_CONTAINER.to_string(),
         image: Some(o.image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
-        env: Some(env(o, config)),
+        env: Some(env(o, config, probes)),
         ports: Some(vec![port(PROXY_PORT_NAME, INBOUND_PORT), port(ADMIN_PORT_NAME, ADMIN_PORT)]),
         liveness_probe: Some(probe("/live", 10, 10, 3)),
         readiness_probe: Some(probe("/ready", 2, 10, 3)),
@@ -155,7 +161,7 @@ pub fn proxy_container(o: &ProxyOptions, config: &InjectorConfig) -> Container {
 
 /// The proxy's environment. The identity name comes from the downward API rather than the
 /// pod spec: pods made by a ReplicaSet have no name yet, and may omit serviceAccountName.
-pub fn env(o: &ProxyOptions, c: &InjectorConfig) -> Vec<EnvVar> {
+pub fn env(o: &ProxyOptions, c: &InjectorConfig, probes: &ProbeRoutes) -> Vec<EnvVar> {
     let var = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -184,7 +190,11 @@ pub fn env(o: &ProxyOptions, c: &InjectorConfig) -> Vec<EnvVar> {
         var("WEFT_PROXY_OPAQUE_PORTS", o.opaque_ports.clone()),
         var("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", o.shutdown_grace_period.clone()),
         var("WEFT_PROXY_INBOUND_DEFAULT_POLICY", o.default_inbound_policy.clone()),
+        var("WEFT_PROXY_CLUSTER_NETWORKS", c.cluster_networks.clone()),
     ];
+    if !probes.is_empty() {
+        env.push(var("WEFT_PROXY_INBOUND_PROBE_ROUTES", probes.to_string()));
+    }
     if let Some(cores) = o.cpu_limit_cores {
         // A runtime thread per whole core of the limit, at least one.
         env.push(var("WEFT_PROXY_CORES", (cores.ceil().max(1.0) as u64).to_string()));

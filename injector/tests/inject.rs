@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use review::{apply_strict, patch_of, pod_from, review as wrap, set_annotation};
 use serde_json::{Value, json};
-use weft_injector::{InjectorConfig, admission};
+use weft_injector::{InjectorConfig, admission, manifest};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -145,6 +145,7 @@ fn default_injection_is_exactly_as_documented() {
                 env("WEFT_PROXY_OPAQUE_PORTS", "25,587,3306,4444,5432,6379,9300,11211"),
                 env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
                 env("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated"),
+                env("WEFT_PROXY_CLUSTER_NETWORKS", "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"),
                 {"name": "WEFT_POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "WEFT_POD_SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
                 env("WEFT_PROXY_IDENTITY_ADDR", "weft-identity.weft.svc.cluster.local:8080"),
@@ -501,6 +502,7 @@ fn config_changes_the_rendering() {
         iptables_mode: "nft".into(),
         ipv6: false,
         proxy_log_format: "json".into(),
+        cluster_networks: "10.244.0.0/16,10.96.0.0/12,fd12:3456::/32".into(),
         ..InjectorConfig::default()
     };
     let (_, typed) = inject_with(&enabled_pod("deployment-web.json"), &ns(&[]), &c);
@@ -517,6 +519,7 @@ fn config_changes_the_rendering() {
         "weft-destination.mesh.serviceaccount.identity.mesh.example.org"
     );
     assert_eq!(env["WEFT_PROXY_LOG_FORMAT"], "json");
+    assert_eq!(env["WEFT_PROXY_CLUSTER_NETWORKS"], "10.244.0.0/16,10.96.0.0/12,fd12:3456::/32");
     let init = container(&spec.init_containers, "weft-proxy-init");
     let args = init.args.as_deref().unwrap().join(" ");
     assert!(args.contains("--iptables-mode nft --ipv6 false"), "{args}");
@@ -546,4 +549,106 @@ fn trust_anchors_travel_with_the_pod() {
     let mount =
         proxy.volume_mounts.iter().flatten().find(|m| m.name == "weft-identity-trust-roots");
     assert_eq!(mount.unwrap().mount_path, "/var/run/weft/identity/trust-roots");
+}
+
+/// `deployment-multi.json` with the probes of a typical app: numeric and named ports, a
+/// query string, an HTTPS probe, non-HTTP probes, and a native sidecar with its own probe.
+fn probed_pod() -> Value {
+    let mut pod = enabled_pod("deployment-multi.json");
+    let spec = &mut pod["spec"];
+    spec["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 9901, "protocol": "TCP"}
+    ]);
+    spec["containers"][0]["livenessProbe"] =
+        json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10});
+    spec["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/ready?verbose=1", "port": "http"}});
+    spec["containers"][0]["startupProbe"] = json!({"httpGet": {"port": "admin"}});
+    spec["containers"][1]["ports"] = json!([{"name": "metrics", "containerPort": 9100}]);
+    spec["containers"][1]["livenessProbe"] =
+        json!({"httpGet": {"path": "/secure", "port": 9443, "scheme": "HTTPS"}});
+    spec["containers"][1]["readinessProbe"] = json!({"tcpSocket": {"port": "metrics"}});
+    spec["containers"][1]["startupProbe"] = json!({"exec": {"command": ["true"]}});
+    spec["initContainers"] = json!([
+        {"name": "migrate", "image": "busybox:1.36", "command": ["true"]},
+        {"name": "log-shipper", "image": "ghcr.io/example/shipper:1.0", "restartPolicy": "Always",
+         "ports": [{"name": "shipper", "containerPort": 2020}],
+         "readinessProbe": {"httpGet": {"path": "/api/v1/health", "port": "shipper"}}}
+    ]);
+    pod
+}
+
+const PROBE_ROUTES: &str = "2020:/api/v1/health,8080:/healthz,8080:/ready,9901:/";
+
+/// The kubelet's HTTP probes of the app containers and native sidecars become the proxy's
+/// probe routes, which it lets through whatever its inbound policy; the proxy's own probes
+/// (on its admin port) are not among them, whichever way it is injected.
+#[test]
+fn the_pods_http_probes_become_the_proxys_probe_routes() {
+    let mut pod = probed_pod();
+    set_annotation(&mut pod, "config.weft.dev/default-inbound-policy", "deny");
+    let (patched, typed) = inject(&pod, &ns(&[]));
+    let spec = typed.spec.unwrap();
+    let env = env_of(container(&spec.init_containers, "weft-proxy"));
+    assert_eq!(env["WEFT_PROXY_INBOUND_PROBE_ROUTES"], PROBE_ROUTES);
+    assert_eq!(env["WEFT_PROXY_INBOUND_DEFAULT_POLICY"], "deny");
+    assert_eq!(
+        patched["spec"]["containers"], pod["spec"]["containers"],
+        "the probes are untouched"
+    );
+
+    set_annotation(&mut pod, "config.weft.dev/native-sidecar", "false");
+    let (_, typed) = inject(&pod, &ns(&[]));
+    let spec = typed.spec.unwrap();
+    assert_eq!(spec.containers[0].name, "weft-proxy");
+    assert_eq!(env_of(&spec.containers[0])["WEFT_PROXY_INBOUND_PROBE_ROUTES"], PROBE_ROUTES);
+}
+
+/// No HTTP probe the proxy could match: no probe routes at all, rather than an empty value.
+#[test]
+fn a_pod_without_http_probes_gets_no_probe_routes() {
+    let mut only_others = probed_pod();
+    let spec = &mut only_others["spec"];
+    spec["initContainers"] = json!([]);
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        spec["containers"][0].as_object_mut().unwrap().remove(probe);
+    }
+    // An HTTPS probe, a TCP probe, an exec probe, and an HTTP probe on a port name the
+    // container does not have.
+    spec["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/r", "port": "grpc"}});
+    for pod in [enabled_pod("deployment-web.json"), enabled_pod("job-migrate.json"), only_others] {
+        let (_, typed) = inject(&pod, &ns(&[]));
+        let env = env_of(container(&typed.spec.unwrap().init_containers, "weft-proxy"));
+        assert!(!env.contains_key("WEFT_PROXY_INBOUND_PROBE_ROUTES"), "{env:?}");
+        assert!(env.contains_key("WEFT_PROXY_CLUSTER_NETWORKS"), "{env:?}");
+    }
+}
+
+/// `weft inject --manual` renders the same proxy from a workload's YAML as the webhook does
+/// from the pod the workload makes.
+#[test]
+fn manual_injection_renders_the_same_probe_routes() {
+    let pod = probed_pod();
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "multi", "namespace": "prod"},
+        "spec": {"selector": {"matchLabels": {"app": "multi"}},
+                 "template": {"metadata": pod["metadata"].clone(), "spec": pod["spec"].clone()}}
+    });
+    let yaml = serde_yaml_ng::to_string(&deployment).unwrap();
+    let out = manifest::inject(&yaml, manifest::Mode::Manual, &InjectorConfig::default());
+    assert_eq!(out.errors(), 0, "{:#?}", out.reports);
+    let injected: Value = serde_yaml_ng::from_str(&out.output).unwrap();
+    let template: Pod = serde_json::from_value(json!({
+        "metadata": injected["spec"]["template"]["metadata"].clone(),
+        "spec": injected["spec"]["template"]["spec"].clone(),
+    }))
+    .unwrap();
+    let manual = container(&template.spec.as_ref().unwrap().init_containers, "weft-proxy");
+    let (_, typed) = inject(&pod, &ns(&[]));
+    let webhook = container(&typed.spec.as_ref().unwrap().init_containers, "weft-proxy");
+    assert_eq!(env_of(manual)["WEFT_PROXY_INBOUND_PROBE_ROUTES"], PROBE_ROUTES);
+    assert_eq!(manual.env, webhook.env);
 }

@@ -46,6 +46,8 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const RELEASE: &str = "weft";
 /// Not the documented `weft`, so that a name the chart forgot to template shows up.
 const NS: &str = "mesh";
+/// `clusterNetworks` other than the default, to see it reach the injected proxies.
+const CLUSTER_NETWORKS: &str = "10.244.0.0/16,10.96.0.0/12,fd00:10:244::/56";
 
 pub(crate) fn chart() -> Chart {
     Chart::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/weft"))
@@ -223,6 +225,7 @@ fn run_the_chart(dir: &Path, mut services: Services) {
     let values = with(
         required_values(&pki),
         json!({"logFormat": "json", "identity": {"replicas": 2}, "injector": {"replicas": 3},
+               "clusterNetworks": CLUSTER_NETWORKS,
                "proxy": {"image": {"tag": "test"}, "logLevel": "debug", "resources": {"cpu": {"limit": "2"}}}}),
     );
     let rendered = chart().render(&release(), &values).expect("the chart renders");
@@ -322,7 +325,10 @@ fn run_the_chart(dir: &Path, mut services: Services) {
         assert!(ok, "curl to the webhook as the API server calls it: {err}\n{}", injector.logs());
         serde_json::from_str(&out).expect("an AdmissionReview")
     };
-    let pod = review::pod_from("deployment-web.json", "prod");
+    let mut pod = review::pod_from("deployment-web.json", "prod");
+    // A probe, so that the pod's real proxy below also starts with probe routes.
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/ready?full=1", "port": 8080}});
     let answer = post(&pod);
     assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
     let patch = review::patch_of(&answer).expect("the pod is injected");
@@ -373,6 +379,8 @@ fn check_injected_pod(pod: &k8s_openapi::api::core::v1::Pod, objects: &Objects, 
     assert_eq!(limits["cpu"].0, "2", "proxy.resources.cpu.limit");
     let env = proxy_env(pod);
     assert_eq!(env["WEFT_PROXY_LOG"], "debug", "proxy.logLevel");
+    assert_eq!(env["WEFT_PROXY_CLUSTER_NETWORKS"], CLUSTER_NETWORKS, "clusterNetworks");
+    assert_eq!(env["WEFT_PROXY_INBOUND_PROBE_ROUTES"], "8080:/ready", "the pod's probe");
     for (var, service) in [
         ("WEFT_PROXY_IDENTITY_ADDR", "weft-identity"),
         ("WEFT_PROXY_DESTINATION_ADDR", "weft-destination"),
@@ -536,6 +544,9 @@ fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
     let destination: Deployment = objects.get("Deployment", "weft-destination");
     let opaque = format!("--default-opaque-ports={}", proxy_config["WEFT_INJECTOR_OPAQUE_PORTS"]);
     assert!(the_container(&destination).args.iter().flatten().any(|a| *a == opaque), "{opaque}");
+    let default = &proxy_config["WEFT_INJECTOR_CLUSTER_NETWORKS"];
+    assert_eq!(default, &weft_injector::InjectorConfig::default().cluster_networks);
+    assert_eq!(default, weft_proxy::policy::DEFAULT_CLUSTER_NETWORKS);
 
     // The same registration as the reviewed manifest, with the namespace and CA templated.
     let manifest: Value = serde_yaml_ng::from_str(&read(

@@ -377,26 +377,26 @@ spec:
       containers: [{name: agent, image: agent:1}]
 ";
 
+/// `weft inject ARGS -` with `input` on stdin; it must succeed: (stdout, stderr).
+fn weft_inject(args: &[&str], input: &str) -> (String, String) {
+    let mut child = Command::new(weft())
+        .arg("inject")
+        .args(args)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weft inject");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).expect("utf-8"), String::from_utf8(out.stderr).expect("utf-8"))
+}
+
 #[test]
 fn weft_inject_round_trips_untouched_documents() {
-    let inject = |args: &[&str]| {
-        let mut child = Command::new(weft())
-            .arg("inject")
-            .args(args)
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weft inject");
-        child.stdin.take().expect("stdin").write_all(STREAM.as_bytes()).expect("write");
-        let out = child.wait_with_output().expect("wait");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        (
-            String::from_utf8(out.stdout).expect("utf-8"),
-            String::from_utf8(out.stderr).expect("utf-8"),
-        )
-    };
+    let inject = |args: &[&str]| weft_inject(args, STREAM);
     let docs = |s: &str| -> Vec<String> {
         let mut docs = vec![String::new()];
         for line in s.split_inclusive('\n') {
@@ -486,17 +486,8 @@ spec:
           ports: [{name: http, containerPort: 8080}]
           readinessProbe: {httpGet: {port: http, path: /ready}}
 "#;
-    let mut child = Command::new(weft())
-        .args(["inject", "--manual", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("weft inject");
-    child.stdin.take().expect("stdin").write_all(DEPLOYMENT.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: Value = serde_yaml_ng::from_slice(&out.stdout).expect("YAML");
+    let (out, _) = weft_inject(&["--manual"], DEPLOYMENT);
+    let doc: Value = serde_yaml_ng::from_str(&out).expect("YAML");
     let spec = &doc["spec"]["template"]["spec"];
     let containers = [&spec["initContainers"], &spec["containers"]];
     let proxy = containers
@@ -516,7 +507,9 @@ spec:
     for name in &names {
         assert!(known.iter().any(|k| k == name), "the proxy has no setting {name}");
     }
-    for must in ["WEFT_PROXY_INBOUND_DEFAULT_POLICY", "WEFT_PROXY_CORES", "WEFT_PROXY_IDENTITY_NAME"] {
+    for must in
+        ["WEFT_PROXY_INBOUND_DEFAULT_POLICY", "WEFT_PROXY_CORES", "WEFT_PROXY_IDENTITY_NAME"]
+    {
         assert!(names.contains(&must), "{must} missing from {names:?}");
     }
 }

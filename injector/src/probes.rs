@@ -1,0 +1,154 @@
+//! The pod's kubelet HTTP probes as the proxy's probe routes
+//! (`WEFT_PROXY_INBOUND_PROBE_ROUTES`): requests the proxy lets in from anywhere whatever
+//! its inbound policy, so that a pod locked down to meshed clients still passes its
+//! probes. Linkerd's policy controller does the same with the `probe` route of each pod.
+
+use std::{collections::BTreeSet, fmt};
+
+use k8s_openapi::{
+    api::core::v1::{Container, HTTPGetAction, PodSpec},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use crate::annotations as ann;
+
+/// `PORT:PATH` routes, sorted by port then path, without duplicates: the format of
+/// `WEFT_PROXY_INBOUND_PROBE_ROUTES`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeRoutes(BTreeSet<(u16, String)>);
+
+impl ProbeRoutes {
+    /// The HTTP GET probes (liveness, readiness, startup) of the pod's app containers: its
+    /// containers and its native sidecars (init containers with `restartPolicy: Always`;
+    /// other init containers cannot have probes). Never the Weft proxy's own, which the
+    /// kubelet sends to the admin port, past the proxy's inbound side.
+    pub fn of(pod: &PodSpec) -> ProbeRoutes {
+        let sidecars = pod.init_containers.iter().flatten();
+        let sidecars = sidecars.filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        let apps = pod.containers.iter().chain(sidecars);
+        let mut routes = BTreeSet::new();
+        for c in apps.filter(|c| c.name != ann::PROXY_CONTAINER) {
+            let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+            for get in probes.into_iter().flatten().filter_map(|p| p.http_get.as_ref()) {
+                routes.extend(route(c, get));
+            }
+        }
+        ProbeRoutes(routes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for ProbeRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (port, path)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{port}:{path}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One probe's route, when the proxy can match it: `None` for what it never sees as a
+/// plaintext path, and for what the route list cannot carry.
+fn route(c: &Container, get: &HTTPGetAction) -> Option<(u16, String)> {
+    // An HTTPS probe reaches the proxy as TLS, whose path it cannot read.
+    if get.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+        return None;
+    }
+    let port = match &get.port {
+        IntOrString::Int(n) => *n,
+        // A name the container does not have fails the probe in the kubelet too.
+        IntOrString::String(name) => {
+            let ports = c.ports.iter().flatten();
+            ports.filter(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port).next()?
+        }
+    };
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    // The kubelet sends no fragment, and the proxy matches the path without the query
+    // (as Linkerd's probe route does). An empty path is requested as `/`.
+    let path = get.path.as_deref().unwrap_or_default();
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    // The kubelet requests `healthz` as `/healthz` (Go's URL adds the slash after a host).
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    // The route list is comma-separated; a path the proxy would refuse must not cost the
+    // pod its proxy.
+    if path.contains(',') || path.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((port, path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn routes(spec: serde_json::Value) -> String {
+        ProbeRoutes::of(&serde_json::from_value(spec).unwrap()).to_string()
+    }
+
+    fn app(probe: serde_json::Value) -> serde_json::Value {
+        json!({"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}],
+                               "readinessProbe": probe}]})
+    }
+
+    #[test]
+    fn each_probe_gives_its_port_and_path() {
+        let get = |get: serde_json::Value| routes(app(json!({"httpGet": get})));
+        assert_eq!(get(json!({"port": 8080, "path": "/ready"})), "8080:/ready");
+        assert_eq!(get(json!({"port": "http", "path": "/ready"})), "8080:/ready");
+        assert_eq!(get(json!({"port": 8080})), "8080:/", "the kubelet's default path");
+        assert_eq!(get(json!({"port": 8080, "path": ""})), "8080:/");
+        assert_eq!(get(json!({"port": 8080, "path": "/r?full=1#x"})), "8080:/r");
+        assert_eq!(get(json!({"port": 8080, "path": "/r#x"})), "8080:/r");
+        assert_eq!(get(json!({"port": 8080, "path": "/a:b/c"})), "8080:/a:b/c");
+        assert_eq!(
+            get(json!({"port": 8080, "path": "ready"})),
+            "8080:/ready",
+            "as the kubelet asks"
+        );
+        assert_eq!(get(json!({"port": 8080, "path": "/r", "scheme": "HTTP"})), "8080:/r");
+        for skipped in [
+            json!({"port": 8080, "path": "/r", "scheme": "HTTPS"}),
+            json!({"port": "metrics", "path": "/r"}),
+            json!({"port": "8080", "path": "/r"}),
+            json!({"port": 0, "path": "/r"}),
+            json!({"port": 70000, "path": "/r"}),
+            json!({"port": 8080, "path": "/a,b"}),
+            json!({"port": 8080, "path": "/a b"}),
+            json!({"port": 8080, "path": "/a\tb"}),
+        ] {
+            assert_eq!(get(skipped.clone()), "", "{skipped}");
+        }
+        assert_eq!(routes(app(json!({"tcpSocket": {"port": 8080}}))), "");
+        assert_eq!(routes(app(json!({"exec": {"command": ["true"]}}))), "");
+        assert_eq!(routes(json!({"containers": [{"name": "app"}]})), "");
+    }
+
+    #[test]
+    fn every_app_container_and_native_sidecar_counts_sorted_once() {
+        let get = |port: u16, path: &str| json!({"httpGet": {"port": port, "path": path}});
+        let spec = json!({
+            "initContainers": [
+                // Not a native sidecar: run to completion before the probes start.
+                {"name": "setup", "readinessProbe": get(1111, "/no")},
+                {"name": "sidecar", "restartPolicy": "Always", "startupProbe": get(7070, "/up")},
+                // The proxy's own probes go to its admin port, not through it.
+                {"name": "weft-proxy", "restartPolicy": "Always", "livenessProbe": get(4191, "/live")},
+            ],
+            "containers": [
+                {"name": "a", "livenessProbe": get(10000, "/live"), "readinessProbe": get(8080, "/z"),
+                 "startupProbe": get(8080, "/a")},
+                {"name": "b", "livenessProbe": get(8080, "/z"), "readinessProbe": get(9090, "/")},
+            ],
+        });
+        assert_eq!(routes(spec), "7070:/up,8080:/a,8080:/z,9090:/,10000:/live");
+    }
+}
