@@ -534,3 +534,60 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The inbound policy with real redirection: the client's address the proxy judges is the
+/// real one (not the proxy's own), and an unmeshed "kubelet" in another pod still gets the
+/// pod's probe through a `deny` policy.
+#[test]
+#[ignore = "needs root: creates network namespaces and iptables rules"]
+fn the_inbound_policy_judges_the_real_client_address_and_lets_probes_through() {
+    require_root();
+    // The client pod has no proxy (like the kubelet, or a pod outside the mesh).
+    let client = Netns::new("weft-pclient");
+    let server = Netns::new("weft-pserver");
+    veth_pair_with(&client, &[&format!("{CLIENT_IP}/24")], &server, &[&format!("{SERVER_IP}/24")]);
+    let bin = proxy_bin();
+    server.exec_ok(bin.to_str().expect("utf-8 path"), &["init", "--ipv6", "false"]);
+    http_server(listen(&server, HTTP));
+    serve(listen(&server, ECHO), echo);
+    let curl = |path: &str| -> String {
+        let url = format!("http://{SERVER_IP}:{HTTP}{path}");
+        let out = client.exec(
+            "curl",
+            &["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", &url],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let env = |policy: &str, networks: &str| {
+        vec![
+            ("WEFT_PROXY_INBOUND_DEFAULT_POLICY".to_string(), policy.to_string()),
+            ("WEFT_PROXY_CLUSTER_NETWORKS".to_string(), networks.to_string()),
+            ("WEFT_PROXY_INBOUND_PROBE_ROUTES".to_string(), format!("{HTTP}:/")),
+        ]
+    };
+
+    let proxy = start_proxy_with(&server, &env("deny", "10.0.0.0/8"));
+    assert_eq!(curl("/"), "200", "the probe\n{}", proxy.logs());
+    assert_eq!(curl("/echo"), "403", "{}", proxy.logs());
+    let echo_addr: SocketAddr = format!("{SERVER_IP}:{ECHO}").parse().expect("addr");
+    let mut s = client
+        .run_in(|| TcpStream::connect_timeout(&echo_addr, Duration::from_secs(5)))
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let _ = s.write_all(b"hello?");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "a denied connection reached the app: {got:?}");
+    let m = server.run_in(|| scrape(proxy.admin));
+    let target = format!("{SERVER_IP}:{HTTP}");
+    let deny = [("srv_name", "deny"), ("target_addr", target.as_str())];
+    assert_eq!(metric(&m, "inbound_http_authz_deny_total", &deny), 1.0, "{m}");
+    assert_eq!(metric(&m, "inbound_tcp_authz_deny_total", &[("srv_name", "deny")]), 1.0, "{m}");
+    drop(proxy);
+
+    // cluster-unauthenticated: the client's real address decides.
+    for (networks, want) in [("10.77.0.0/24", "200"), ("10.78.0.0/24", "403")] {
+        let proxy = start_proxy_with(&server, &env("cluster-unauthenticated", networks));
+        assert_eq!(curl("/echo"), want, "cluster networks {networks}\n{}", proxy.logs());
+    }
+}
