@@ -86,6 +86,17 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_DETECT_MAX_BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=65536))]
     pub detect_max_bytes: u32,
 
+    /// TCP keepalive of connections the inbound side accepts (from peers across the
+    /// network): probes after this long idle, the peer dropped after 4× without an answer;
+    /// `0s` turns it off.
+    #[arg(long, env = "WEFT_PROXY_INBOUND_ACCEPT_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]
+    pub inbound_accept_keepalive: Duration,
+
+    /// TCP keepalive of connections the outbound side opens (to peers across the network),
+    /// as for the inbound side's accepted ones; `0s` turns it off.
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_CONNECT_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]
+    pub outbound_connect_keepalive: Duration,
+
     /// Timeout of a TCP connect to an upstream.
     #[arg(long, env = "WEFT_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

@@ -243,7 +243,17 @@ impl BoundProxy {
             )?),
             None => None,
         };
+        let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let side = |direction, orig_dst_override| {
+            // Keepalive where the peer is across the network: the inbound side's clients
+            // and the outbound side's upstreams (the app is on loopback).
+            let connect = transport::ConnectOpts {
+                timeout: args.connect_timeout,
+                keepalive: match direction {
+                    Direction::Outbound => keepalive(args.outbound_connect_keepalive),
+                    Direction::Inbound => None,
+                },
+            };
             Arc::new(Side {
                 direction,
                 orig_dst_override,
@@ -251,7 +261,11 @@ impl BoundProxy {
                 detect_timeout: args.detect_timeout,
                 detect_silent_window: args.detect_silent_window,
                 detect_max_bytes: args.detect_max_bytes as usize,
-                connect_timeout: args.connect_timeout,
+                connect,
+                accept_keepalive: match direction {
+                    Direction::Inbound => keepalive(args.inbound_accept_keepalive),
+                    Direction::Outbound => None,
+                },
                 own_addrs: own_addrs.clone(),
                 metrics: metrics.clone(),
                 http: http::Http {
@@ -270,7 +284,7 @@ impl BoundProxy {
                         direction,
                         metrics.clone(),
                         http::PoolConfig {
-                            connect_timeout: args.connect_timeout,
+                            connect,
                             idle_timeout: args.http_pool_idle_timeout,
                             max_header_bytes: args.http_max_header_bytes as usize,
                         },

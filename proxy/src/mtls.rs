@@ -122,7 +122,7 @@ pub async fn serve_inbound(
                     return;
                 }
             }
-            let upstream = match transport::connect(target, side.connect_timeout).await {
+            let upstream = match transport::connect(target, side.connect).await {
                 Ok(u) => u,
                 Err(e) => {
                     errors.inc(e.label());
@@ -171,7 +171,7 @@ pub async fn connect(
     t: &TlsTarget,
     metrics: &Metrics,
     direction: Direction,
-    connect_timeout: Duration,
+    connect: transport::ConnectOpts,
     label_protocol: &Protocol,
 ) -> Result<tokio_rustls::client::TlsStream<MeteredIo>, ConnError> {
     let addr = t.addr;
@@ -179,7 +179,7 @@ pub async fn connect(
         Some(port) => (SocketAddr::new(addr.ip(), port), Alpn::Transport),
         None => (addr, t.alpn),
     };
-    let stream = transport::connect(dial, connect_timeout).await?;
+    let stream = transport::connect(dial, connect).await?;
     let labels = TlsLabels::server(Arc::from(t.server_id.as_str()));
     let io = MeteredIo::new(
         stream,

@@ -37,7 +37,10 @@ pub struct Side {
     pub detect_timeout: Duration,
     pub detect_silent_window: Duration,
     pub detect_max_bytes: usize,
-    pub connect_timeout: Duration,
+    /// How this side opens upstream connections.
+    pub connect: ConnectOpts,
+    /// TCP keepalive of accepted connections (inbound: peers across the network).
+    pub accept_keepalive: Option<Duration>,
     /// This proxy's own listeners: a connection targeting one of them is a loop.
     pub own_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
@@ -91,6 +94,9 @@ pub async fn serve(
             continue;
         };
         let _ = client.set_nodelay(true);
+        if let Some(idle) = side.accept_keepalive {
+            set_keepalive(&client, idle);
+        }
         let span =
             info_span!("conn", direction = side.direction.as_str(), client.addr = %client_addr);
         let side = side.clone();
@@ -301,7 +307,7 @@ async fn detect_protocol(
     // waits for a byte (or EOF) that is really there.
     let mut one = [0u8; 1];
     if speculate && timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
-        let up = connect(target, side.connect_timeout).await?;
+        let up = connect(target, side.connect).await?;
         let mut up_one = [0u8; 1];
         tokio::select! {
             r = client.peek(&mut one) => { r.map_err(ConnError::DetectIo)?; }
@@ -368,7 +374,26 @@ async fn read_some(client: &TcpStream, buf: &mut BytesMut, room: usize) -> io::R
     }
 }
 
-pub async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, ConnError> {
+/// How upstream connections are opened.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOpts {
+    pub timeout: Duration,
+    /// TCP keepalive (outbound: peers across the network); `None`: off.
+    pub keepalive: Option<Duration>,
+}
+
+/// TCP keepalive: the first probe after `idle` without traffic, then one every `idle`; a
+/// peer that answers none of 3 is dropped (after 4 × `idle`), so connections to a vanished
+/// host (a node lost without a RST) do not stay open forever.
+pub fn set_keepalive(stream: &TcpStream, idle: Duration) {
+    let ka = socket2::TcpKeepalive::new().with_time(idle).with_interval(idle).with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+pub async fn connect(target: SocketAddr, opts: ConnectOpts) -> Result<TcpStream, ConnError> {
+    let limit = opts.timeout;
     match timeout(limit, TcpStream::connect(target)).await {
         Err(_) => Err(ConnError::ConnectTimeout(target, limit)),
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -377,6 +402,9 @@ pub async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, C
         Ok(Err(e)) => Err(ConnError::Connect(target, e)),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
+            if let Some(idle) = opts.keepalive {
+                set_keepalive(&s, idle);
+            }
             Ok(s)
         }
     }
@@ -394,7 +422,7 @@ async fn connect_balanced(
         Some(d) => d.resolve(target).await,
         None => None,
     }) else {
-        return connect(target, side.connect_timeout).await.map(Upstream::Plain);
+        return connect(target, side.connect).await.map(Upstream::Plain);
     };
     let picked = res.balancer.pick().map_err(|e| ConnError::NoEndpoint(target, e))?;
     let endpoint = picked.endpoint.clone();
@@ -407,18 +435,11 @@ async fn connect_balanced(
                 opaque_port: endpoint.meta.opaque_transport_port,
                 protocol: None,
             };
-            crate::mtls::connect(
-                id,
-                &t,
-                &side.metrics,
-                side.direction,
-                side.connect_timeout,
-                protocol,
-            )
-            .await
-            .map(|tls| Upstream::Tls(Box::new(tls)))
+            crate::mtls::connect(id, &t, &side.metrics, side.direction, side.connect, protocol)
+                .await
+                .map(|tls| Upstream::Tls(Box::new(tls)))
         }
-        _ => connect(endpoint.addr, side.connect_timeout).await.map(Upstream::Plain),
+        _ => connect(endpoint.addr, side.connect).await.map(Upstream::Plain),
     };
     // The connect time feeds the latency estimate; a failed connect, failure accrual.
     picked.complete(result.is_ok());

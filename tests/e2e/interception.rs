@@ -591,3 +591,66 @@ fn the_inbound_policy_judges_the_real_client_address_and_lets_probes_through() {
         assert_eq!(curl("/echo"), want, "cluster networks {networks}\n{}", proxy.logs());
     }
 }
+
+/// A peer pod that vanishes without a word (its node lost: no FIN, no RST) does not leave
+/// connections open forever: TCP keepalive on the inbound side's accepted connections and
+/// the outbound side's upstream ones finds it dead, and both proxies close their ends.
+#[test]
+#[ignore = "needs root: creates network namespaces and iptables rules"]
+fn keepalive_closes_connections_to_a_peer_that_vanished() {
+    require_root();
+    let client = Netns::new("weft-kclient");
+    let server = Netns::new("weft-kserver");
+    let (_, server_if) = veth_pair_with(
+        &client,
+        &[&format!("{CLIENT_IP}/24")],
+        &server,
+        &[&format!("{SERVER_IP}/24")],
+    );
+    let bin = proxy_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    client.exec_ok(bin, &["init", "--ipv6", "false"]);
+    server.exec_ok(bin, &["init", "--ipv6", "false"]);
+    serve(listen(&server, ECHO), echo);
+    let ka = |side: &str| (format!("WEFT_PROXY_{side}_KEEPALIVE"), "1s".to_string());
+    let server_proxy = start_proxy_with(&server, &[ka("INBOUND_ACCEPT")]);
+    let client_proxy = start_proxy_with(&client, &[ka("OUTBOUND_CONNECT")]);
+
+    let addr: SocketAddr = format!("{SERVER_IP}:{ECHO}").parse().expect("addr");
+    let mut s = client
+        .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.write_all(b"ping").expect("write");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"ping");
+
+    // The server pod drops off the network silently.
+    for chain in [["-I", "INPUT", "-i"], ["-I", "OUTPUT", "-o"]] {
+        server.exec_ok("iptables", &[&chain[..], &[&server_if, "-j", "DROP"]].concat());
+    }
+    let cut = Instant::now();
+    // The client proxy finds its upstream dead (1 s idle + 3 unanswered probes) and
+    // closes the app's connection: the app's read ends instead of hanging.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = cut.elapsed();
+    assert!(waited < Duration::from_secs(25), "the app waited {waited:?}");
+    let open = |m: &str, direction: &str, peer: &str| {
+        metric(m, "tcp_open_connections", &[("direction", direction), ("peer", peer)])
+    };
+    let timed_out = |m: &str, direction: &str, peer: &str| {
+        let labels = [("direction", direction), ("peer", peer), ("errno", "ETIMEDOUT")];
+        metric(m, "tcp_close_total", &labels)
+    };
+    let m = client.run_in(|| scrape(client_proxy.admin));
+    assert_eq!(timed_out(&m, "outbound", "dst"), 1.0, "{m}");
+    assert_eq!(open(&m, "outbound", "dst"), 0.0, "{m}");
+    // And the server proxy finds its client dead the same way.
+    let server_done = eventually(Duration::from_secs(15), || {
+        let m = server.run_in(|| scrape(server_proxy.admin));
+        timed_out(&m, "inbound", "src") == 1.0 && open(&m, "inbound", "src") == 0.0
+    });
+    assert!(server_done, "{}", server.run_in(|| scrape(server_proxy.admin)));
+}

@@ -207,7 +207,7 @@ fn empty_body() -> ReqBody {
 /// Settings of the upstream connections.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    pub connect_timeout: Duration,
+    pub connect: crate::transport::ConnectOpts,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
 }
@@ -491,13 +491,13 @@ impl Pool {
                 &t,
                 &self.metrics,
                 self.direction,
-                self.config.connect_timeout,
+                self.config.connect,
                 &protocol,
             )
             .await?;
             return Ok(Box::new(tls));
         }
-        let stream = transport::connect(target.addr, self.config.connect_timeout).await?;
+        let stream = transport::connect(target.addr, self.config.connect).await?;
         let tls = crate::metrics::TlsLabels::plaintext(if self.identity.is_some() {
             "not_provided_by_service_discovery"
         } else {
