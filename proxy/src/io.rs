@@ -178,11 +178,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
+    // Forwarded, or h2 would write a frame's head and its payload in separate calls: over
+    // TLS each call is a record and a system call of its own, and the peer wakes twice.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The inbound mTLS path serves HTTP/2 over a `Prefixed` stream: h2 writes a frame's
+    /// head and payload as one vectored write only when the stream says it can.
+    #[tokio::test]
+    async fn prefixed_keeps_vectored_writes_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let mut client = Prefixed::new(BytesMut::from(&b"before"[..]), client);
+        assert!(client.is_write_vectored());
+        let (head, payload) = (b"frame head;".as_slice(), b"frame payload".as_slice());
+        let n = client
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+            .await
+            .expect("write");
+        assert_eq!(n, head.len() + payload.len(), "both slices in one write");
+        client.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"frame head;frame payload");
     }
 }
