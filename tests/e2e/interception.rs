@@ -162,6 +162,28 @@ impl Mesh {
     }
 }
 
+/// Two IPv4-only pods joined by a veth pair, the server pod with `weft-proxy init`'s rules
+/// (plus `server_init` flags), the client pod too when `client_init`; returns the pods and
+/// the server pod's interface.
+fn ipv4_pods(prefix: &str, client_init: bool, server_init: &[&str]) -> (Netns, Netns, String) {
+    require_root();
+    let client = Netns::new(&format!("{prefix}c"));
+    let server = Netns::new(&format!("{prefix}s"));
+    let (_, server_if) = veth_pair_with(
+        &client,
+        &[&format!("{CLIENT_IP}/24")],
+        &server,
+        &[&format!("{SERVER_IP}/24")],
+    );
+    let bin = proxy_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    if client_init {
+        client.exec_ok(bin, &["init", "--ipv6", "false"]);
+    }
+    server.exec_ok(bin, &[&["init", "--ipv6", "false"][..], server_init].concat());
+    (client, server, server_if)
+}
+
 fn start_tls_server(ns: &Netns) -> TlsServer {
     let dir = std::env::temp_dir().join(format!("weft-e2e-ns-tls-{}", ns.name));
     let (key, cert) = app_tls_cert(&dir);
@@ -350,23 +372,8 @@ const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
 #[test]
 #[ignore = "needs root: creates network namespaces and iptables rules"]
 fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() {
-    require_root();
-    let client = Netns::new("weft-mclient");
-    let server = Netns::new("weft-mserver");
-    veth_pair_with(&client, &[&format!("{CLIENT_IP}/24")], &server, &[&format!("{SERVER_IP}/24")]);
-    let bin = proxy_bin();
-    let bin = bin.to_str().expect("utf-8 path");
-    client.exec_ok(bin, &["init", "--ipv6", "false"]);
-    server.exec_ok(
-        bin,
-        &[
-            "init",
-            "--ipv6",
-            "false",
-            "--skip-inbound-ports",
-            &format!("{IDENTITY_PORT},{DESTINATION_PORT}"),
-        ],
-    );
+    let skip = format!("{IDENTITY_PORT},{DESTINATION_PORT}");
+    let (client, server, _) = ipv4_pods("weft-m", true, &["--skip-inbound-ports", &skip]);
     http_server(listen(&server, HTTP));
     let tls_server = start_tls_server(&server);
 
@@ -541,13 +548,8 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
 #[test]
 #[ignore = "needs root: creates network namespaces and iptables rules"]
 fn the_inbound_policy_judges_the_real_client_address_and_lets_probes_through() {
-    require_root();
     // The client pod has no proxy (like the kubelet, or a pod outside the mesh).
-    let client = Netns::new("weft-pclient");
-    let server = Netns::new("weft-pserver");
-    veth_pair_with(&client, &[&format!("{CLIENT_IP}/24")], &server, &[&format!("{SERVER_IP}/24")]);
-    let bin = proxy_bin();
-    server.exec_ok(bin.to_str().expect("utf-8 path"), &["init", "--ipv6", "false"]);
+    let (client, server, _) = ipv4_pods("weft-p", false, &[]);
     http_server(listen(&server, HTTP));
     serve(listen(&server, ECHO), echo);
     let curl = |path: &str| -> String {
@@ -598,19 +600,7 @@ fn the_inbound_policy_judges_the_real_client_address_and_lets_probes_through() {
 #[test]
 #[ignore = "needs root: creates network namespaces and iptables rules"]
 fn keepalive_closes_connections_to_a_peer_that_vanished() {
-    require_root();
-    let client = Netns::new("weft-kclient");
-    let server = Netns::new("weft-kserver");
-    let (_, server_if) = veth_pair_with(
-        &client,
-        &[&format!("{CLIENT_IP}/24")],
-        &server,
-        &[&format!("{SERVER_IP}/24")],
-    );
-    let bin = proxy_bin();
-    let bin = bin.to_str().expect("utf-8 path");
-    client.exec_ok(bin, &["init", "--ipv6", "false"]);
-    server.exec_ok(bin, &["init", "--ipv6", "false"]);
+    let (client, server, server_if) = ipv4_pods("weft-k", true, &[]);
     serve(listen(&server, ECHO), echo);
     let ka = |side: &str| (format!("WEFT_PROXY_{side}_KEEPALIVE"), "1s".to_string());
     let server_proxy = start_proxy_with(&server, &[ka("INBOUND_ACCEPT")]);
