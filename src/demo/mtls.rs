@@ -65,7 +65,10 @@ pub async fn run() -> anyhow::Result<()> {
         args.identity_trust_anchors_file = Some(dir.join("ca.crt"));
         args
     };
-    let server = BoundProxy::bind(with_identity(proxy_args(None, Some(app)), "checkout"))?;
+    // Checkout admits meshed clients only (`config.weft.dev/default-inbound-policy`).
+    let mut server_args = with_identity(proxy_args(None, Some(app)), "checkout");
+    server_args.inbound_default_policy = weft_proxy::policy::DefaultPolicy::AllAuthenticated;
+    let server = BoundProxy::bind(server_args)?;
     let server_inbound = server.inbound_addrs()[0];
     let server_admin = server.admin_addrs()[0];
     tokio::spawn(server.serve(None, std::future::pending()));
@@ -105,7 +108,9 @@ pub async fn run() -> anyhow::Result<()> {
         "proxies for frontend (client) and checkout (server) that obtained one-day certificates:\n"
     );
     let sent = balancing::drive(outbound, 2, 200).await?;
-    let seen = whoami(outbound).await?;
+    let (_, seen) = get(outbound).await?;
+    // An app outside the mesh calls checkout directly, in plaintext.
+    let (unmeshed, _) = get(server_inbound).await?;
     let c = scrape(client_admin).await?;
     let s = scrape(server_admin).await?;
     let d = scrape(dst_admin).await?;
@@ -145,6 +150,13 @@ pub async fn run() -> anyhow::Result<()> {
     println!(
         "discovery over mTLS too: the destination service ({DESTINATION}) saw {} TLS connection(s) from {frontend}",
         value(&d, "destination_tls_connections_total", &[("client_id", &frontend)])
+    );
+    let policy = [("srv_name", "all-authenticated")];
+    println!(
+        "inbound policy all-authenticated on checkout: {} meshed requests allowed, an unmeshed plaintext client got {} ({} in inbound_http_authz_deny_total)",
+        value(&s, "inbound_http_authz_allow_total", &policy),
+        unmeshed.as_u16(),
+        value(&s, "inbound_http_authz_deny_total", &policy)
     );
     println!(
         "certificates obtained: frontend {}, checkout {} (identity_cert_refreshes_total)",
@@ -218,7 +230,8 @@ fn spawn_whoami() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn whoami(proxy: SocketAddr) -> anyhow::Result<String> {
+/// `GET /` for checkout through `proxy`: the status and the body.
+async fn get(proxy: SocketAddr) -> anyhow::Result<(http::StatusCode, String)> {
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy).await?);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
@@ -226,6 +239,7 @@ async fn whoami(proxy: SocketAddr) -> anyhow::Result<String> {
         .header(http::header::HOST, "checkout.shop.svc.cluster.local")
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let rsp = sender.send_request(req).await?;
+    let status = rsp.status();
     let body = http_body_util::BodyExt::collect(rsp.into_body()).await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

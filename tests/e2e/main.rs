@@ -4,6 +4,7 @@
 mod chart;
 mod check;
 mod control_plane;
+mod demo;
 mod destination;
 mod discovery;
 mod http;

@@ -1,0 +1,50 @@
+//! `weft demo`, the newcomer's first command: it must run to the end on a bare machine and
+//! show what it promises.
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+#[test]
+fn the_demo_runs_a_whole_mesh_and_shows_what_it_promises() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["demo", "--seconds", "1", "--requests", "300", "--connections", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weft demo");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("weft demo did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("stdout");
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    let frontend = "frontend.shop.serviceaccount.identity.weft.cluster.local";
+    for want in [
+        // Detection and the server-speaks-first banner.
+        "a server-speaks-first backend's banner reached a silent client",
+        // HTTP through the pair, as the proxies' metrics tell it.
+        "web client   outbound",
+        // Discovery and balancing.
+        "with retries",
+        // mTLS with identities on both sides, and the app told who called.
+        &format!("client_id={frontend}"),
+        &format!("l5d-client-id: {frontend}"),
+        // The inbound policy refusing an unmeshed client.
+        "an unmeshed plaintext client got 403 (1 in inbound_http_authz_deny_total)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
