@@ -9,7 +9,7 @@
 //! closing the connection. Every decision is counted with Linkerd's metric names
 //! (`inbound_{http,tcp}_authz_{allow,deny}_total`, `srv_kind="default"`).
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr};
+use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr, sync::OnceLock};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -149,8 +149,9 @@ pub struct ConnAuthz {
     target_addr: String,
     tls: TlsLabels,
     metrics: AuthzMetrics,
-    /// Counted once per allowed request (resolved once per connection).
-    http_allow: Counter,
+    /// Counted once per allowed request: resolved at the connection's first, so that a
+    /// connection that carries no HTTP leaves no HTTP series behind.
+    http_allow: OnceLock<Counter>,
 }
 
 impl Policy {
@@ -192,21 +193,11 @@ impl Policy {
     ) -> ConnAuthz {
         let allowed = self.allows(ip, client_id.is_some());
         let policy = self.default;
-        let http_allow = self
-            .metrics
-            .http_allow
-            .get_or_create(&HttpAllowLabels {
-                target: TargetLabels::new(target_addr.clone(), policy, tls.clone()),
-                route_kind: "default",
-                route_name: "default",
-                authz_kind: "default",
-                authz_name: policy.as_str(),
-            })
-            .clone();
         if policy == DefaultPolicy::Audit {
             tracing::info!(%ip, client.id = client_id.unwrap_or(""), authz.name = "audit", "connection allowed by the audit policy");
         }
-        ConnAuthz { allowed, policy, target_addr, tls, metrics: self.metrics.clone(), http_allow }
+        let metrics = self.metrics.clone();
+        ConnAuthz { allowed, policy, target_addr, tls, metrics, http_allow: OnceLock::new() }
     }
 
     /// Whether a request is one of the pod's probes on `port`.
@@ -242,7 +233,17 @@ impl ConnAuthz {
         path: &str,
     ) -> bool {
         if self.allowed {
-            self.http_allow.inc();
+            let counter = self.http_allow.get_or_init(|| {
+                let labels = HttpAllowLabels {
+                    target: self.target(),
+                    route_kind: "default",
+                    route_name: "default",
+                    authz_kind: "default",
+                    authz_name: self.policy.as_str(),
+                };
+                self.metrics.http_allow.get_or_create(&labels).clone()
+            });
+            counter.inc();
             return true;
         }
         let probe = policy.is_probe(port, method, path);

@@ -354,6 +354,10 @@ fn all_authenticated_lets_in_meshed_clients_only() {
     assert_eq!(metric(&m, "inbound_http_authz_allow_total", &http), 1.0, "{m}");
     let opaque = [&allowed[..], &[("client_id", tcp.as_str())]].concat();
     assert_eq!(metric(&m, "inbound_tcp_authz_allow_total", &opaque), 1.0, "{m}");
+    // An opaque connection leaves no HTTP series behind.
+    let tcp_label = format!("client_id=\"{tcp}\"");
+    let http_series = |l: &str| l.starts_with("inbound_http_authz_allow_total");
+    assert!(!m.lines().any(|l| http_series(l) && l.contains(&tcp_label)), "{m}");
     let plaintext = [&policy[..], &[("no_tls_reason", "not_provided_by_remote")]].concat();
     assert_eq!(metric(&m, "inbound_http_authz_deny_total", &plaintext), 1.0, "{m}");
 }
