@@ -111,8 +111,8 @@ pub async fn serve_inbound(
                     "client not authorized by the inbound policy: its requests get 403, probes excepted"
                 );
             }
-            let peer = crate::http::Peer { client_id, authz };
-            crate::http::serve(tls, protocol, target, side, peer).await
+            let caller = crate::http::Caller { client_id, authz };
+            crate::http::serve(tls, protocol, target, side, caller).await
         }
         _ => {
             if let Some(authz) = &authz {

@@ -203,8 +203,8 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         }
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
-        let peer = crate::http::Peer { client_id: None, authz };
-        Box::pin(crate::http::serve(io, protocol, target, side, peer)).await;
+        let caller = crate::http::Caller { client_id: None, authz };
+        Box::pin(crate::http::serve(io, protocol, target, side, caller)).await;
         return;
     }
     if let Some(authz) = &authz {

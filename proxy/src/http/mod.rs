@@ -108,7 +108,7 @@ pub struct Http {
 
 /// Who the client of an inbound HTTP connection is, as far as the proxy knows.
 #[derive(Debug, Default)]
-pub struct Peer {
+pub struct Caller {
     /// The client's identity when the connection is mTLS from a meshed client.
     pub client_id: Option<Arc<str>>,
     /// Inbound: the policy's decision for the connection, checked per request.
@@ -122,11 +122,11 @@ pub async fn serve<I>(
     protocol: Protocol,
     target: SocketAddr,
     side: Arc<Side>,
-    peer: Peer,
+    caller: Caller,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Peer { client_id, authz } = peer;
+    let Caller { client_id, authz } = caller;
     let tls = match &client_id {
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
