@@ -241,6 +241,21 @@ pub fn build(
         ));
     }
 
+    // Policies that refuse the kubelet (it is not meshed) let only the probe routes in.
+    if matches!(
+        opts.default_inbound_policy.as_str(),
+        "deny" | "all-authenticated" | "cluster-authenticated"
+    ) {
+        let uncovered = ProbeRoutes::uncovered(pod_spec);
+        if !uncovered.is_empty() {
+            warnings.push(format!(
+                "the default inbound policy {} refuses the kubelet's {}: these probes will fail through the proxy; use HTTP GET probes, or skip their ports (config.weft.dev/skip-inbound-ports)",
+                opts.default_inbound_policy,
+                uncovered.join(", ")
+            ));
+        }
+    }
+
     let init = spec::init_container(&opts, config);
     // The kubelet's probes reach the app through the proxy: it must let them in even when
     // its policy would not.

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, fmt};
 
 use k8s_openapi::{
-    api::core::v1::{Container, HTTPGetAction, PodSpec},
+    api::core::v1::{Container, HTTPGetAction, PodSpec, Probe},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
@@ -23,22 +23,53 @@ impl ProbeRoutes {
     /// other init containers cannot have probes). Never the Weft proxy's own, which the
     /// kubelet sends to the admin port, past the proxy's inbound side.
     pub fn of(pod: &PodSpec) -> ProbeRoutes {
-        let sidecars = pod.init_containers.iter().flatten();
-        let sidecars = sidecars.filter(|c| c.restart_policy.as_deref() == Some("Always"));
-        let apps = pod.containers.iter().chain(sidecars);
         let mut routes = BTreeSet::new();
-        for c in apps.filter(|c| c.name != ann::PROXY_CONTAINER) {
-            let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
-            for get in probes.into_iter().flatten().filter_map(|p| p.http_get.as_ref()) {
-                routes.extend(route(c, get));
-            }
+        for (c, _, probe) in probes(pod) {
+            routes.extend(probe.http_get.as_ref().and_then(|get| route(c, get)));
         }
         ProbeRoutes(routes)
+    }
+
+    /// The probes that go through the proxy but that no probe route can carry (HTTPS and
+    /// gRPC probes, paths the list cannot hold), as `container kind (why)`: a policy that
+    /// refuses the kubelet fails them. TCP probes pass (the proxy accepts the connection);
+    /// exec probes never touch the network.
+    pub fn uncovered(pod: &PodSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        for (c, kind, probe) in probes(pod) {
+            let why = match (&probe.http_get, &probe.grpc) {
+                (Some(get), _) if route(c, get).is_none() => match get.scheme.as_deref() {
+                    Some(s) if s.eq_ignore_ascii_case("HTTPS") => "HTTPS",
+                    _ => "a path or port the probe routes cannot carry",
+                },
+                (None, Some(_)) => "gRPC",
+                _ => continue,
+            };
+            out.push(format!("{} {kind} ({why})", c.name));
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// Every probe of the pod's app containers and native sidecars (init containers with
+/// `restartPolicy: Always`; other init containers cannot have probes), never the Weft
+/// proxy's own, which the kubelet sends to the admin port, past the proxy's inbound side.
+fn probes(pod: &PodSpec) -> impl Iterator<Item = (&Container, &'static str, &Probe)> {
+    let sidecars = pod.init_containers.iter().flatten();
+    let sidecars = sidecars.filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let apps = pod.containers.iter().chain(sidecars).filter(|c| c.name != ann::PROXY_CONTAINER);
+    apps.flat_map(|c| {
+        let kinds = [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ];
+        kinds.into_iter().filter_map(move |(kind, p)| p.as_ref().map(|p| (c, kind, p)))
+    })
 }
 
 impl fmt::Display for ProbeRoutes {

@@ -652,3 +652,37 @@ fn manual_injection_renders_the_same_probe_routes() {
     assert_eq!(env_of(manual)["WEFT_PROXY_INBOUND_PROBE_ROUTES"], PROBE_ROUTES);
     assert_eq!(manual.env, webhook.env);
 }
+
+#[test]
+fn a_policy_that_refuses_the_kubelet_warns_about_probes_no_route_can_carry() {
+    let mut pod = enabled_pod("deployment-web.json");
+    pod["spec"]["containers"][0]["ports"] = json!([{"name": "https", "containerPort": 8443}]);
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"port": "https", "path": "/ready", "scheme": "HTTPS"}});
+    pod["spec"]["containers"][0]["livenessProbe"] = json!({"grpc": {"port": 9090}});
+    pod["spec"]["containers"][0]["startupProbe"] = json!({"tcpSocket": {"port": 8443}});
+    let warnings = |pod: &Value| -> Vec<String> {
+        let a = answer(pod, &ns(&[]));
+        assert_eq!(a.outcome, "injected", "{}", a.review);
+        let w = a.review["response"]["warnings"].as_array().cloned().unwrap_or_default();
+        w.iter().map(|w| w.as_str().unwrap().to_string()).collect()
+    };
+    // The default policy lets the kubelet in: nothing to say.
+    assert!(warnings(&pod).is_empty());
+    for policy in ["deny", "all-authenticated", "cluster-authenticated"] {
+        set_annotation(&mut pod, "config.weft.dev/default-inbound-policy", policy);
+        let w = warnings(&pod);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let name = pod["spec"]["containers"][0]["name"].as_str().unwrap();
+        assert!(w[0].contains(&format!("policy {policy} refuses")), "{w:?}");
+        assert!(w[0].contains(&format!("{name} readinessProbe (HTTPS)")), "{w:?}");
+        assert!(w[0].contains(&format!("{name} livenessProbe (gRPC)")), "{w:?}");
+        // A TCP probe passes: the proxy accepts the connection.
+        assert!(!w[0].contains("startupProbe"), "{w:?}");
+    }
+    // HTTP GET probes become probe routes: nothing to warn about.
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"port": 8443, "path": "/ready"}});
+    pod["spec"]["containers"][0]["livenessProbe"] = json!({"exec": {"command": ["true"]}});
+    assert!(warnings(&pod).is_empty());
+}
