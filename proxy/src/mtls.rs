@@ -13,7 +13,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
     detect::Protocol,
@@ -105,20 +105,22 @@ pub async fn serve_inbound(
     let tls = Prefixed::new(rest, tls);
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            if authz.as_ref().is_some_and(|a| !a.allowed) {
-                info!(
-                    client.id = client_id.as_deref().unwrap_or(""),
-                    "client not authorized by the inbound policy: its requests get 403, probes excepted"
-                );
+            if let (Some(policy), Some(a)) = (&side.policy, &authz)
+                && !a.allowed
+            {
+                let what = "client not authorized by the inbound policy: its requests get 403, probes excepted";
+                policy.log_refusal(client_id.as_deref(), target, what);
             }
             let caller = crate::http::Caller { client_id, authz };
             crate::http::serve(tls, protocol, target, side, caller).await
         }
         _ => {
-            if let Some(authz) = &authz {
+            if let (Some(policy), Some(authz)) = (&side.policy, &authz) {
                 authz.count_tcp();
                 if !authz.allowed {
-                    info!(client.id = client_id.as_deref().unwrap_or(""), %target, "connection refused: the client is not authorized by the inbound policy");
+                    let what =
+                        "connection refused: the client is not authorized by the inbound policy";
+                    policy.log_refusal(client_id.as_deref(), target, what);
                     return;
                 }
             }

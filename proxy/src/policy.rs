@@ -9,7 +9,17 @@
 //! closing the connection. Every decision is counted with Linkerd's metric names
 //! (`inbound_{http,tcp}_authz_{allow,deny}_total`, `srv_kind="default"`).
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr, sync::OnceLock};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -139,7 +149,14 @@ pub struct Policy {
     cluster_networks: Subnets,
     probes: ProbeRoutes,
     metrics: AuthzMetrics,
+    /// When a refusal was last logged at info (ms since `started`): a client that is
+    /// refused in a loop must not flood the logs (the counters keep every one).
+    last_loud: AtomicU64,
+    started: Instant,
 }
+
+/// Refusals logged at info at most this often; the others at debug.
+const LOUD_EVERY_MS: u64 = 1_000;
 
 /// One connection's authorization.
 #[derive(Debug, Clone)]
@@ -161,7 +178,36 @@ impl Policy {
         probes: ProbeRoutes,
         metrics: AuthzMetrics,
     ) -> Self {
-        Policy { default, cluster_networks, probes, metrics }
+        Policy {
+            default,
+            cluster_networks,
+            probes,
+            metrics,
+            last_loud: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Logs a refused connection: at info at most once a second, else at debug.
+    pub fn log_refusal(&self, client_id: Option<&str>, target: SocketAddr, what: &'static str) {
+        let loud = self.take_loud();
+        let client_id = client_id.unwrap_or("");
+        if loud {
+            tracing::info!(client.id = client_id, server.addr = %target, policy = self.default.as_str(), "{what} (more within a second are logged at debug)");
+        } else {
+            tracing::debug!(client.id = client_id, server.addr = %target, policy = self.default.as_str(), "{what}");
+        }
+    }
+
+    /// Whether this refusal may be logged at info: the first in a second is.
+    fn take_loud(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64 + LOUD_EVERY_MS;
+        let last = self.last_loud.load(Ordering::Relaxed);
+        now - last >= LOUD_EVERY_MS
+            && self
+                .last_loud
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether the default policy lets in a client from `ip`, meshed (`authenticated`) or not.
@@ -396,6 +442,16 @@ mod tests {
             let e = bad.parse::<ProbeRoutes>().expect_err(bad);
             assert!(e.contains("PORT:PATH"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn refusals_are_logged_loud_at_most_once_a_second() {
+        let p = policy("deny", "");
+        assert!(p.take_loud(), "the first refusal");
+        assert!((0..1000).all(|_| !p.take_loud()), "a flood within the second");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(p.take_loud(), "the first refusal of the next second");
+        assert!(!p.take_loud());
     }
 
     #[test]

@@ -198,8 +198,11 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         // The HTTP layer opens (and pools) its own upstream connections; a speculative
         // one from detection is not needed.
         drop(upstream);
-        if authz.as_ref().is_some_and(|a| !a.allowed) {
-            info!(server.addr = %target, "client not authorized by the inbound policy: its requests get 403, probes excepted");
+        if let (Some(policy), Some(a)) = (&side.policy, &authz)
+            && !a.allowed
+        {
+            let what = "client not authorized by the inbound policy: its requests get 403, probes excepted";
+            policy.log_refusal(None, target, what);
         }
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
@@ -207,10 +210,11 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         Box::pin(crate::http::serve(io, protocol, target, side, caller)).await;
         return;
     }
-    if let Some(authz) = &authz {
+    if let (Some(policy), Some(authz)) = (&side.policy, &authz) {
         authz.count_tcp();
         if !authz.allowed {
-            info!(server.addr = %target, protocol = protocol.label(), "connection refused: the client is not authorized by the inbound policy");
+            let what = "connection refused: the client is not authorized by the inbound policy";
+            policy.log_refusal(None, target, what);
             drop(upstream);
             forward::reset_on_drop(&client);
             return;
