@@ -15,7 +15,12 @@ use crate::annotations as ann;
 /// `PORT:PATH` routes, sorted by port then path, without duplicates: the format of
 /// `WEFT_PROXY_INBOUND_PROBE_ROUTES`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProbeRoutes(BTreeSet<(u16, String)>);
+pub struct ProbeRoutes {
+    routes: BTreeSet<(u16, String)>,
+    /// The ports of gRPC probes (`WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS`): the proxy lets the
+    /// kubelet's health check through on them.
+    grpc: BTreeSet<u16>,
+}
 
 impl ProbeRoutes {
     /// The HTTP GET probes (liveness, readiness, startup) of the pod's app containers: its
@@ -23,17 +28,24 @@ impl ProbeRoutes {
     /// other init containers cannot have probes). Never the Weft proxy's own, which the
     /// kubelet sends to the admin port, past the proxy's inbound side.
     pub fn of(pod: &PodSpec) -> ProbeRoutes {
-        let mut routes = BTreeSet::new();
+        let (mut routes, mut grpc) = (BTreeSet::new(), BTreeSet::new());
         for (c, _, probe) in probes(pod) {
             routes.extend(probe.http_get.as_ref().and_then(|get| route(c, get)));
+            grpc.extend(probe.grpc.as_ref().and_then(|g| valid_port(g.port)));
         }
-        ProbeRoutes(routes)
+        ProbeRoutes { routes, grpc }
     }
 
-    /// The probes that go through the proxy but that no probe route can carry (HTTPS and
-    /// gRPC probes, paths the list cannot hold), as `container kind (why)`: a policy that
-    /// refuses the kubelet fails them. TCP probes pass (the proxy accepts the connection);
-    /// exec probes never touch the network.
+    /// The gRPC probes' ports, comma-separated; `None` without any.
+    pub fn grpc_ports(&self) -> Option<String> {
+        let ports: Vec<String> = self.grpc.iter().map(u16::to_string).collect();
+        (!ports.is_empty()).then(|| ports.join(","))
+    }
+
+    /// The probes that go through the proxy but that no probe route can carry (HTTPS probes,
+    /// paths the list cannot hold), as `container kind (why)`: a policy that refuses the
+    /// kubelet fails them. TCP probes pass (the proxy accepts the connection); exec probes
+    /// never touch the network.
     pub fn uncovered(pod: &PodSpec) -> Vec<String> {
         let mut out = Vec::new();
         for (c, kind, probe) in probes(pod) {
@@ -42,7 +54,7 @@ impl ProbeRoutes {
                     Some(s) if s.eq_ignore_ascii_case("HTTPS") => "HTTPS",
                     _ => "a path or port the probe routes cannot carry",
                 },
-                (None, Some(_)) => "gRPC",
+                (None, Some(g)) if valid_port(g.port).is_none() => "a port out of range",
                 _ => continue,
             };
             out.push(format!("{} {kind} ({why})", c.name));
@@ -50,8 +62,9 @@ impl ProbeRoutes {
         out
     }
 
+    /// Whether there are no `GET` routes (gRPC ports aside).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.routes.is_empty()
     }
 }
 
@@ -74,7 +87,7 @@ fn probes(pod: &PodSpec) -> impl Iterator<Item = (&Container, &'static str, &Pro
 
 impl fmt::Display for ProbeRoutes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (port, path)) in self.0.iter().enumerate() {
+        for (i, (port, path)) in self.routes.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
@@ -82,6 +95,11 @@ impl fmt::Display for ProbeRoutes {
         }
         Ok(())
     }
+}
+
+/// A port number the proxy can hold (not 0, not above 65535).
+fn valid_port(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
 }
 
 /// One probe's route, when the proxy can match it: `None` for what it never sees as a
@@ -99,7 +117,7 @@ fn route(c: &Container, get: &HTTPGetAction) -> Option<(u16, String)> {
             ports.filter(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port).next()?
         }
     };
-    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let port = valid_port(port)?;
     // The kubelet sends no fragment, and the proxy matches the path without the query
     // (as Linkerd's probe route does). An empty path is requested as `/`.
     let path = get.path.as_deref().unwrap_or_default();

@@ -192,6 +192,9 @@ pub fn env(o: &ProxyOptions, c: &InjectorConfig, probes: &ProbeRoutes) -> Vec<En
         var("WEFT_PROXY_INBOUND_DEFAULT_POLICY", o.default_inbound_policy.clone()),
         var("WEFT_PROXY_CLUSTER_NETWORKS", c.cluster_networks.clone()),
     ];
+    if let Some(ports) = probes.grpc_ports() {
+        env.push(var("WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS", ports));
+    }
     if !probes.is_empty() {
         env.push(var("WEFT_PROXY_INBOUND_PROBE_ROUTES", probes.to_string()));
     }

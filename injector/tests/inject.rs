@@ -654,7 +654,7 @@ fn manual_injection_renders_the_same_probe_routes() {
 }
 
 #[test]
-fn a_policy_that_refuses_the_kubelet_warns_about_probes_no_route_can_carry() {
+fn a_policy_that_refuses_the_kubelet_warns_about_probes_the_proxy_cannot_let_through() {
     let mut pod = enabled_pod("deployment-web.json");
     pod["spec"]["containers"][0]["ports"] = json!([{"name": "https", "containerPort": 8443}]);
     pod["spec"]["containers"][0]["readinessProbe"] =
@@ -676,10 +676,14 @@ fn a_policy_that_refuses_the_kubelet_warns_about_probes_no_route_can_carry() {
         let name = pod["spec"]["containers"][0]["name"].as_str().unwrap();
         assert!(w[0].contains(&format!("policy {policy} refuses")), "{w:?}");
         assert!(w[0].contains(&format!("{name} readinessProbe (HTTPS)")), "{w:?}");
-        assert!(w[0].contains(&format!("{name} livenessProbe (gRPC)")), "{w:?}");
-        // A TCP probe passes: the proxy accepts the connection.
-        assert!(!w[0].contains("startupProbe"), "{w:?}");
+        // A gRPC probe's health check is let through on its port; a TCP probe passes (the
+        // proxy accepts the connection).
+        assert!(!w[0].contains("livenessProbe") && !w[0].contains("startupProbe"), "{w:?}");
     }
+    let (_, typed) = inject(&pod, &ns(&[]));
+    let proxy = container(&typed.spec.as_ref().unwrap().init_containers, "weft-proxy");
+    assert_eq!(env_of(proxy)["WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS"], "9090");
+    assert!(!env_of(proxy).contains_key("WEFT_PROXY_INBOUND_PROBE_ROUTES"), "HTTPS only");
     // HTTP GET probes become probe routes: nothing to warn about.
     pod["spec"]["containers"][0]["readinessProbe"] =
         json!({"httpGet": {"port": 8443, "path": "/ready"}});

@@ -72,6 +72,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_INBOUND_PROBE_ROUTES", default_value = "")]
     pub inbound_probe_routes: crate::policy::ProbeRoutes,
 
+    /// Ports of the pod's gRPC probes (the injector fills them in): the kubelet's
+    /// `POST /grpc.health.v1.Health/Check` on them is allowed from anywhere, like the probe
+    /// routes.
+    #[arg(long, env = "WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS", default_value = "")]
+    pub inbound_grpc_probe_ports: PortSet,
+
     /// Longest time protocol detection may wait for the client's first bytes before
     /// the connection is forwarded as opaque TCP (or closed when nobody has spoken).
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -300,7 +300,10 @@ impl BoundProxy {
                     Arc::new(policy::Policy::new(
                         args.inbound_default_policy,
                         args.cluster_networks.clone(),
-                        args.inbound_probe_routes.clone(),
+                        policy::Probes {
+                            routes: args.inbound_probe_routes.clone(),
+                            grpc_ports: args.inbound_grpc_probe_ports.clone(),
+                        },
                         metrics.authz.clone(),
                     ))
                 }),

@@ -1,7 +1,8 @@
 //! Inbound authorization by the default policy, as Linkerd's `default-inbound-policy`: who
 //! may reach the app behind this proxy — any client, meshed (mTLS) clients only, clients
 //! from the cluster's networks, or nobody. The pod's kubelet probes (`GET` on the paths the
-//! injector lists) are allowed from anywhere, so a locked-down pod still becomes ready.
+//! injector lists, and the gRPC health check on the ports of gRPC probes) are allowed from
+//! anywhere, so a locked-down pod still becomes ready.
 //!
 //! The decision is made once per connection (the client's address and identity cannot
 //! change on it). HTTP is then enforced per request, so a denied client gets a 403 (gRPC:
@@ -99,10 +100,6 @@ impl ProbeRoutes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    fn has_port(&self, port: u16) -> bool {
-        self.0.range((port, String::new())..).next().is_some_and(|(p, _)| *p == port)
-    }
 }
 
 impl FromStr for ProbeRoutes {
@@ -141,13 +138,24 @@ impl fmt::Display for ProbeRoutes {
     }
 }
 
+/// What the kubelet may always send: `GET` on the probe routes, and the gRPC health check
+/// on the ports of gRPC probes.
+#[derive(Debug, Clone, Default)]
+pub struct Probes {
+    pub routes: ProbeRoutes,
+    pub grpc_ports: crate::config::PortSet,
+}
+
+/// The path of the kubelet's gRPC probes (the standard health-checking service).
+pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
 /// The inbound side's authorization: the default policy, the networks that count as the
 /// cluster, the probes, and the decision counters.
 #[derive(Debug)]
 pub struct Policy {
     pub default: DefaultPolicy,
     cluster_networks: Subnets,
-    probes: ProbeRoutes,
+    probes: Probes,
     metrics: AuthzMetrics,
     /// When a refusal was last logged at info (ms since `started`): a client that is
     /// refused in a loop must not flood the logs (the counters keep every one).
@@ -175,7 +183,7 @@ impl Policy {
     pub fn new(
         default: DefaultPolicy,
         cluster_networks: Subnets,
-        probes: ProbeRoutes,
+        probes: Probes,
         metrics: AuthzMetrics,
     ) -> Self {
         Policy {
@@ -222,12 +230,6 @@ impl Policy {
         }
     }
 
-    /// Whether a connection that is not authorized may still carry something: a probe of
-    /// its target port. Such connections are read until their first request.
-    pub fn has_probes_on(&self, port: u16) -> bool {
-        self.probes.has_port(port)
-    }
-
     /// Decides for a connection from `ip` (with the client's proven identity, if any) to
     /// `target_addr` (its metric label). `tls`: the connection's TLS labels.
     pub fn authorize(
@@ -248,7 +250,13 @@ impl Policy {
 
     /// Whether a request is one of the pod's probes on `port`.
     pub fn is_probe(&self, port: u16, method: &http::Method, path: &str) -> bool {
-        method == http::Method::GET && self.probes.contains(port, path)
+        match *method {
+            http::Method::GET => self.probes.routes.contains(port, path),
+            http::Method::POST => {
+                path == GRPC_HEALTH_CHECK && self.probes.grpc_ports.contains(port)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -393,10 +401,14 @@ mod tests {
     use super::*;
 
     fn policy(default: &str, probes: &str) -> Policy {
+        let probes = Probes {
+            routes: probes.parse().expect("probes"),
+            grpc_ports: "9090".parse().expect("ports"),
+        };
         Policy::new(
             default.parse().expect("policy"),
             DEFAULT_CLUSTER_NETWORKS.parse().expect("networks"),
-            probes.parse().expect("probes"),
+            probes,
             AuthzMetrics::default(),
         )
     }
@@ -455,9 +467,9 @@ mod tests {
     }
 
     #[test]
-    fn only_get_on_a_listed_port_and_path_is_a_probe() {
+    fn only_get_on_a_listed_route_or_the_grpc_health_check_on_its_port_is_a_probe() {
         let p = policy("deny", "8080:/ready, 8080:/healthz,9090:/live,");
-        assert_eq!(p.probes.to_string(), "8080:/healthz,8080:/ready,9090:/live");
+        assert_eq!(p.probes.routes.to_string(), "8080:/healthz,8080:/ready,9090:/live");
         let get = http::Method::GET;
         assert!(p.is_probe(8080, &get, "/ready"));
         assert!(p.is_probe(8080, &get, "/healthz"));
@@ -466,6 +478,11 @@ mod tests {
         assert!(!p.is_probe(8080, &get, "/live"));
         assert!(!p.is_probe(8080, &get, "/ready/x"));
         assert!(!p.is_probe(8081, &get, "/ready"));
-        assert!(p.has_probes_on(9090) && !p.has_probes_on(9091) && !p.has_probes_on(1));
+        // The gRPC health check, on a gRPC probe's port only.
+        let post = http::Method::POST;
+        assert!(p.is_probe(9090, &post, GRPC_HEALTH_CHECK));
+        assert!(!p.is_probe(8080, &post, GRPC_HEALTH_CHECK));
+        assert!(!p.is_probe(9090, &post, "/grpc.health.v1.Health/Watch"));
+        assert!(!p.is_probe(9090, &get, GRPC_HEALTH_CHECK));
     }
 }

@@ -485,6 +485,7 @@ spec:
           image: nginx
           ports: [{name: http, containerPort: 8080}]
           readinessProbe: {httpGet: {port: http, path: /ready}}
+          livenessProbe: {grpc: {port: 9090}}
 "#;
     let (out, _) = weft_inject(&["--manual"], DEPLOYMENT);
     let doc: Value = serde_yaml_ng::from_str(&out).expect("YAML");
@@ -507,9 +508,13 @@ spec:
     for name in &names {
         assert!(known.iter().any(|k| k == name), "the proxy has no setting {name}");
     }
-    for must in
-        ["WEFT_PROXY_INBOUND_DEFAULT_POLICY", "WEFT_PROXY_CORES", "WEFT_PROXY_IDENTITY_NAME"]
-    {
+    for must in [
+        "WEFT_PROXY_INBOUND_DEFAULT_POLICY",
+        "WEFT_PROXY_INBOUND_PROBE_ROUTES",
+        "WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS",
+        "WEFT_PROXY_CORES",
+        "WEFT_PROXY_IDENTITY_NAME",
+    ] {
         assert!(names.contains(&must), "{must} missing from {names:?}");
     }
 }

@@ -46,9 +46,17 @@ fn counting_banner_server() -> (SocketAddr, Arc<AtomicUsize>) {
 fn deny_refuses_everything_but_the_pods_probes_and_counts_each_decision() {
     let app = http_server(local_listener());
     let probes = format!("{}:/", app.port());
+    let grpc_probes = app.port().to_string();
     let proxy = inbound_proxy(
         app,
-        &["--inbound-default-policy", "deny", "--inbound-probe-routes", &probes],
+        &[
+            "--inbound-default-policy",
+            "deny",
+            "--inbound-probe-routes",
+            &probes,
+            "--inbound-grpc-probe-ports",
+            &grpc_probes,
+        ],
     );
 
     // The kubelet's probe passes, over either HTTP version (its query is not the path).
@@ -71,21 +79,22 @@ fn deny_refuses_everything_but_the_pods_probes_and_counts_each_decision() {
         assert!(body.contains("inbound policy"), "{body}");
     }
     // gRPC learns it in gRPC's terms: PERMISSION_DENIED.
-    let (head, _) = curl(
-        &proxy,
-        &[
-            "--http2-prior-knowledge",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-        ],
-        "/weft.test.Echo/Say",
-    );
+    let grpc = &[
+        "--http2-prior-knowledge",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ][..];
+    let (head, _) = curl(&proxy, grpc, "/weft.test.Echo/Say");
     assert!(head.starts_with("HTTP/2 200"), "{head}");
     assert!(head.contains("grpc-status: 7"), "{head}");
+    // The kubelet's gRPC probe (the health check) reaches the app.
+    let (head, body) = curl(&proxy, grpc, "/grpc.health.v1.Health/Check");
+    assert!(head.starts_with("HTTP/2 200") && !head.contains("grpc-status"), "{head}");
+    assert_eq!(body, "hello HTTP/2.0\n");
 
     let m = proxy.metrics();
     let probe = [
@@ -94,7 +103,7 @@ fn deny_refuses_everything_but_the_pods_probes_and_counts_each_decision() {
         ("route_name", "probe"),
         ("authz_name", "probe"),
     ];
-    assert_eq!(metric(&m, "inbound_http_authz_allow_total", &probe), 2.0, "{m}");
+    assert_eq!(metric(&m, "inbound_http_authz_allow_total", &probe), 3.0, "{m}");
     assert_eq!(metric(&m, "inbound_http_authz_allow_total", &[("authz_name", "deny")]), 0.0, "{m}");
     let denied = [
         ("srv_kind", "default"),
