@@ -94,10 +94,10 @@ pub async fn serve_inbound(
         (target, protocol)
     };
     let tls_labels = TlsLabels::client(client_id.clone());
-    let authz = side.policy.as_ref().map(|p| {
-        let label = side.target_label(target);
-        p.authorize(client_ip, client_id.as_deref(), label, tls_labels.clone())
-    });
+    let authz = side
+        .policy
+        .as_ref()
+        .map(|p| p.authorize(client_ip, target, side.target_label(target), tls_labels.clone()));
     let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls_labels);
     tls.get_mut().0.set_metrics(src);
     debug!(client.id = client_id.as_deref().unwrap_or(""), %target, protocol = protocol.label(), "mTLS accepted");
@@ -105,24 +105,15 @@ pub async fn serve_inbound(
     let tls = Prefixed::new(rest, tls);
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            if let (Some(policy), Some(a)) = (&side.policy, &authz)
-                && !a.allowed
-            {
-                let what = "client not authorized by the inbound policy: its requests get 403, probes excepted";
-                policy.log_refusal(client_id.as_deref(), target, what);
+            if let Some(authz) = &authz {
+                authz.note_http();
             }
             let caller = crate::http::Caller { client_id, authz };
             crate::http::serve(tls, protocol, target, side, caller).await
         }
         _ => {
-            if let (Some(policy), Some(authz)) = (&side.policy, &authz) {
-                authz.count_tcp();
-                if !authz.allowed {
-                    let what =
-                        "connection refused: the client is not authorized by the inbound policy";
-                    policy.log_refusal(client_id.as_deref(), target, what);
-                    return;
-                }
+            if authz.as_ref().is_some_and(|a| !a.admit_tcp()) {
+                return;
             }
             let upstream = match transport::connect(target, side.connect).await {
                 Ok(u) => u,

@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     str::FromStr,
     sync::{
-        OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -167,13 +167,14 @@ pub struct Policy {
 const LOUD_EVERY_MS: u64 = 1_000;
 
 /// One connection's authorization.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnAuthz {
     pub allowed: bool,
-    policy: DefaultPolicy,
+    policy: Arc<Policy>,
+    target: SocketAddr,
+    /// The `target_addr` label (capped).
     target_addr: String,
     tls: TlsLabels,
-    metrics: AuthzMetrics,
     /// Counted once per allowed request: resolved at the connection's first, so that a
     /// connection that carries no HTTP leaves no HTTP series behind.
     http_allow: OnceLock<Counter>,
@@ -193,17 +194,6 @@ impl Policy {
             metrics,
             last_loud: AtomicU64::new(0),
             started: Instant::now(),
-        }
-    }
-
-    /// Logs a refused connection: at info at most once a second, else at debug.
-    pub fn log_refusal(&self, client_id: Option<&str>, target: SocketAddr, what: &'static str) {
-        let loud = self.take_loud();
-        let client_id = client_id.unwrap_or("");
-        if loud {
-            tracing::info!(client.id = client_id, server.addr = %target, policy = self.default.as_str(), "{what} (more within a second are logged at debug)");
-        } else {
-            tracing::debug!(client.id = client_id, server.addr = %target, policy = self.default.as_str(), "{what}");
         }
     }
 
@@ -230,22 +220,22 @@ impl Policy {
         }
     }
 
-    /// Decides for a connection from `ip` (with the client's proven identity, if any) to
-    /// `target_addr` (its metric label). `tls`: the connection's TLS labels.
+    /// Decides for a connection from `ip` to `target` (`target_addr`: its metric label);
+    /// `tls`: the connection's TLS labels, with the client's proven identity if any.
     pub fn authorize(
-        &self,
+        self: &Arc<Self>,
         ip: IpAddr,
-        client_id: Option<&str>,
+        target: SocketAddr,
         target_addr: String,
         tls: TlsLabels,
     ) -> ConnAuthz {
-        let allowed = self.allows(ip, client_id.is_some());
-        let policy = self.default;
-        if policy == DefaultPolicy::Audit {
-            tracing::info!(%ip, client.id = client_id.unwrap_or(""), authz.name = "audit", "connection allowed by the audit policy");
+        let allowed = self.allows(ip, tls.client_id.is_some());
+        if self.default == DefaultPolicy::Audit {
+            let client_id = tls.client_id.as_deref().unwrap_or("");
+            tracing::info!(%ip, client.id = client_id, authz.name = "audit", "connection allowed by the audit policy");
         }
-        let metrics = self.metrics.clone();
-        ConnAuthz { allowed, policy, target_addr, tls, metrics, http_allow: OnceLock::new() }
+        let policy = self.clone();
+        ConnAuthz { allowed, policy, target, target_addr, tls, http_allow: OnceLock::new() }
     }
 
     /// Whether a request is one of the pod's probes on `port`.
@@ -262,30 +252,54 @@ impl Policy {
 
 impl ConnAuthz {
     fn target(&self) -> TargetLabels {
-        TargetLabels::new(self.target_addr.clone(), self.policy, self.tls.clone())
+        TargetLabels::new(self.target_addr.clone(), self.policy.default, self.tls.clone())
     }
 
-    /// Counts the decision for a connection that is not HTTP (forwarded, or refused).
-    pub fn count_tcp(&self) {
+    fn metrics(&self) -> &AuthzMetrics {
+        &self.policy.metrics
+    }
+
+    /// A connection that is not HTTP: counts the decision and logs a refusal; whether the
+    /// connection may be forwarded.
+    pub fn admit_tcp(&self) -> bool {
         let target = self.target();
         if self.allowed {
-            let labels =
-                TcpAllowLabels { target, authz_kind: "default", authz_name: self.policy.as_str() };
-            self.metrics.tcp_allow.get_or_create(&labels).inc();
+            let authz_name = self.policy.default.as_str();
+            let labels = TcpAllowLabels { target, authz_kind: "default", authz_name };
+            self.metrics().tcp_allow.get_or_create(&labels).inc();
         } else {
-            self.metrics.tcp_deny.get_or_create(&target).inc();
+            self.metrics().tcp_deny.get_or_create(&target).inc();
+            self.log_refusal(
+                "connection refused: the client is not authorized by the inbound policy",
+            );
+        }
+        self.allowed
+    }
+
+    /// An HTTP connection: says so when its requests will be refused (each is then decided
+    /// and counted by `check_request`).
+    pub fn note_http(&self) {
+        if !self.allowed {
+            self.log_refusal(
+                "client not authorized by the inbound policy: its requests get 403, probes excepted",
+            );
+        }
+    }
+
+    /// Logs a refusal: at info at most once a second per policy, else at debug.
+    fn log_refusal(&self, what: &'static str) {
+        let (client_id, target) = (self.tls.client_id.as_deref().unwrap_or(""), self.target);
+        let policy = self.policy.default.as_str();
+        if self.policy.take_loud() {
+            tracing::info!(client.id = client_id, server.addr = %target, policy, "{what} (more within a second are logged at debug)");
+        } else {
+            tracing::debug!(client.id = client_id, server.addr = %target, policy, "{what}");
         }
     }
 
     /// Decides one HTTP request on this connection and counts it: allowed when the
-    /// connection is, or when it is a probe.
-    pub fn check_request(
-        &self,
-        policy: &Policy,
-        port: u16,
-        method: &http::Method,
-        path: &str,
-    ) -> bool {
+    /// connection is, or when it is a probe of its target port.
+    pub fn check_request(&self, method: &http::Method, path: &str) -> bool {
         if self.allowed {
             let counter = self.http_allow.get_or_init(|| {
                 let labels = HttpAllowLabels {
@@ -293,14 +307,14 @@ impl ConnAuthz {
                     route_kind: "default",
                     route_name: "default",
                     authz_kind: "default",
-                    authz_name: self.policy.as_str(),
+                    authz_name: self.policy.default.as_str(),
                 };
-                self.metrics.http_allow.get_or_create(&labels).clone()
+                self.metrics().http_allow.get_or_create(&labels).clone()
             });
             counter.inc();
             return true;
         }
-        let probe = policy.is_probe(port, method, path);
+        let probe = self.policy.is_probe(self.target.port(), method, path);
         let target = self.target();
         if probe {
             let labels = HttpAllowLabels {
@@ -310,10 +324,10 @@ impl ConnAuthz {
                 authz_kind: "default",
                 authz_name: "probe",
             };
-            self.metrics.http_allow.get_or_create(&labels).inc();
+            self.metrics().http_allow.get_or_create(&labels).inc();
         } else {
             let labels = HttpDenyLabels { target, route_kind: "default", route_name: "default" };
-            self.metrics.http_deny.get_or_create(&labels).inc();
+            self.metrics().http_deny.get_or_create(&labels).inc();
         }
         probe
     }

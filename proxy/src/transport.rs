@@ -193,16 +193,13 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     let authz = side
         .policy
         .as_ref()
-        .map(|p| p.authorize(client_addr.ip(), None, side.target_label(target), tls.clone()));
+        .map(|p| p.authorize(client_addr.ip(), target, side.target_label(target), tls.clone()));
     if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
         // The HTTP layer opens (and pools) its own upstream connections; a speculative
         // one from detection is not needed.
         drop(upstream);
-        if let (Some(policy), Some(a)) = (&side.policy, &authz)
-            && !a.allowed
-        {
-            let what = "client not authorized by the inbound policy: its requests get 403, probes excepted";
-            policy.log_refusal(None, target, what);
+        if let Some(authz) = &authz {
+            authz.note_http();
         }
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
@@ -210,15 +207,10 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         Box::pin(crate::http::serve(io, protocol, target, side, caller)).await;
         return;
     }
-    if let (Some(policy), Some(authz)) = (&side.policy, &authz) {
-        authz.count_tcp();
-        if !authz.allowed {
-            let what = "connection refused: the client is not authorized by the inbound policy";
-            policy.log_refusal(None, target, what);
-            drop(upstream);
-            forward::reset_on_drop(&client);
-            return;
-        }
+    if authz.as_ref().is_some_and(|a| !a.admit_tcp()) {
+        drop(upstream);
+        forward::reset_on_drop(&client);
+        return;
     }
     let upstream = match upstream {
         Some(u) => Upstream::Plain(u),

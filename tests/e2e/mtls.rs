@@ -257,6 +257,16 @@ fn start_tls_destination(
     (Child_(serving.child), grpc, admin)
 }
 
+/// Sends `msg` to the echo app through `proxy` and reads as many bytes back.
+fn echo_through(proxy: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(msg).expect("write");
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("echo");
+    back
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -335,12 +345,7 @@ fn all_authenticated_lets_in_meshed_clients_only() {
     let url = format!("http://{}/echo", mesh.http_client.outbound);
     let (ok, out, err) = run(Command::new("curl").args(["-sS", "--http1.1", &url]));
     assert!(ok && out.contains(&format!("l5d-client-id: {}\n", id("client"))), "{out}{err}");
-    let mut s = TcpStream::connect(mesh.tcp_client.outbound).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"meshed").expect("write");
-    let mut back = [0u8; 6];
-    s.read_exact(&mut back).expect("echo");
-    assert_eq!(&back, b"meshed");
+    assert_eq!(echo_through(mesh.tcp_client.outbound, b"meshed"), b"meshed");
     // Plaintext from outside the mesh: 403.
     let url = format!("http://{}/echo", mesh.server.inbound);
     let (ok, out, err) = run(Command::new("curl").args(["-sSi", "--http1.1", &url]));
@@ -365,12 +370,8 @@ fn all_authenticated_lets_in_meshed_clients_only() {
 #[test]
 fn opaque_tcp_goes_over_the_peers_inbound_port_with_a_transport_header() {
     let mesh = Mesh::new();
-    let mut s = TcpStream::connect(mesh.tcp_client.outbound).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"\x00opaque through mTLS").expect("write");
-    let mut back = [0u8; 20];
-    s.read_exact(&mut back).expect("echo");
-    assert_eq!(&back, b"\x00opaque through mTLS");
+    let msg = b"\x00opaque through mTLS";
+    assert_eq!(echo_through(mesh.tcp_client.outbound, msg), msg);
     let srv = mesh.server.metrics();
     let tcp = id("tcp");
     let echo = mesh.echo.to_string();

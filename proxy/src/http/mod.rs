@@ -253,8 +253,8 @@ async fn proxy(
         conn.routes.get(authority, None, |_| true, make)
     };
 
-    if let (Some(authz), Some(policy)) = (&conn.authz, &side.policy)
-        && !authz.check_request(policy, target.port(), req.method(), req.uri().path())
+    if let Some(authz) = &conn.authz
+        && !authz.check_request(req.method(), req.uri().path())
     {
         metrics.http.request(&direct_route);
         metrics.http.error(direction, "unauthorized");
