@@ -228,9 +228,19 @@ fn failures_become_statuses_with_l5d_proxy_error_and_metrics() {
         "{m}"
     );
 
-    // No response headers in time.
+    // No response headers in time. Only the client-side proxy has the short timeout: with
+    // it on both, the server side's 504 could reach the client side just as its own timer
+    // fires, and which proxy counted the timeout was a race (it failed once in CI).
     let backend = http_server(local_listener());
-    let (client, _server) = pair(backend, &["--http-response-header-timeout", "500ms"]);
+    let backend = backend.to_string();
+    let _server = Proxy::start(&["--inbound-orig-dst-addr", &backend]);
+    let inbound = _server.inbound.to_string();
+    let client = Proxy::start(&[
+        "--outbound-orig-dst-addr",
+        &inbound,
+        "--http-response-header-timeout",
+        "500ms",
+    ]);
     let (ok, out, err) = run(Command::new("curl").args([
         "-sS",
         "-D",
