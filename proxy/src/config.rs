@@ -78,6 +78,32 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS", default_value = "")]
     pub inbound_grpc_probe_ports: PortSet,
 
+    /// The policy service (Linkerd's `InboundServerPolicies` API; `weft destination`
+    /// serves it), `host:port`, resolved again at every connect. With it the ports in
+    /// `WEFT_PROXY_INBOUND_PORTS` take their policies (Servers and their authorizations)
+    /// from the control plane; other ports keep the default policy.
+    #[arg(long, env = "WEFT_PROXY_POLICY_ADDR")]
+    pub policy_addr: Option<ControlAddr>,
+
+    /// The identity the policy service's certificate must prove (as for the destination
+    /// service).
+    #[arg(long, env = "WEFT_PROXY_POLICY_SVC_NAME")]
+    pub policy_svc_name: Option<String>,
+
+    /// This pod, as the policy service knows it: `NAMESPACE:POD` (the injector sets it).
+    #[arg(long, env = "WEFT_PROXY_POLICY_WORKLOAD")]
+    pub policy_workload: Option<String>,
+
+    /// The app's ports whose policies are watched (comma-separated; the injector lists the
+    /// pod's container ports). At most 256.
+    #[arg(long, env = "WEFT_PROXY_INBOUND_PORTS", default_value = "")]
+    pub inbound_ports: PortSet,
+
+    /// How long a connection to a watched port waits for the port's first policy; past
+    /// it the port refuses clients (probes excepted) until the policy comes.
+    #[arg(long, env = "WEFT_PROXY_POLICY_FIRST_UPDATE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub policy_first_update_timeout: Duration,
+
     /// Longest time protocol detection may wait for the client's first bytes before
     /// the connection is forwarded as opaque TCP (or closed when nobody has spoken).
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -267,6 +293,32 @@ impl RunArgs {
         {
             anyhow::bail!(
                 "the inbound policy {policy} needs the cluster networks (WEFT_PROXY_CLUSTER_NETWORKS), which are empty"
+            );
+        }
+        match (&self.policy_addr, &self.policy_workload, self.inbound_ports.is_empty()) {
+            (Some(_), None, _) => anyhow::bail!(
+                "WEFT_PROXY_POLICY_ADDR is set but WEFT_PROXY_POLICY_WORKLOAD (NAMESPACE:POD) is not: the policy service cannot tell which pod asks"
+            ),
+            (None, _, false) => anyhow::bail!(
+                "WEFT_PROXY_INBOUND_PORTS lists ports to watch, but WEFT_PROXY_POLICY_ADDR (the policy service) is not set"
+            ),
+            _ => {}
+        }
+        if let Some(w) = &self.policy_workload
+            && !w.split_once(':').is_some_and(|(ns, pod)| !ns.is_empty() && !pod.is_empty())
+        {
+            anyhow::bail!("WEFT_PROXY_POLICY_WORKLOAD {w:?} is not NAMESPACE:POD");
+        }
+        let ports = self
+            .inbound_ports
+            .ranges()
+            .iter()
+            .map(|(lo, hi)| usize::from(hi - lo) + 1)
+            .sum::<usize>();
+        if ports > crate::policy::discover::MAX_PORTS {
+            anyhow::bail!(
+                "WEFT_PROXY_INBOUND_PORTS lists {ports} ports; at most {} are watched (list the pod's container ports)",
+                crate::policy::discover::MAX_PORTS
             );
         }
         if policy.needs_identity() && self.identity_name.is_none() {

@@ -57,6 +57,8 @@ pub struct BoundProxy {
     identity: Option<Arc<identity::Identity>>,
     /// The destination service, when discovery is on.
     destination: Option<Connector>,
+    /// The policy service, when inbound policies are watched.
+    policy: Option<Connector>,
 }
 
 /// Connect (TCP and TLS handshake) timeout per address of the destination service.
@@ -142,7 +144,7 @@ impl BoundProxy {
             })
             .transpose()?;
         // Control-plane names are resolved here, in Rust; IP literals need no resolver.
-        let names = [&args.destination_addr, &args.identity_addr]
+        let names = [&args.destination_addr, &args.identity_addr, &args.policy_addr]
             .into_iter()
             .any(|a| a.as_ref().is_some_and(ControlAddr::is_name));
         let resolver = names
@@ -161,35 +163,49 @@ impl BoundProxy {
                 .transpose()
                 .context("identity (WEFT_PROXY_IDENTITY_*)")
         })?;
-        let destination = match &args.destination_addr {
-            Some(addr) => {
-                let tls = match (&identity, destination_svc) {
-                    (Some(id), Some(svc)) => Some(id.control_plane_tls(svc)?),
-                    (None, Some(_)) => {
-                        warn!(
-                            "WEFT_PROXY_DESTINATION_SVC_NAME is set but identity is off: discovery is plaintext"
-                        );
-                        None
-                    }
-                    (Some(_), None) => {
-                        warn!(
-                            "identity is on but WEFT_PROXY_DESTINATION_SVC_NAME is not set: discovery is plaintext"
-                        );
-                        None
-                    }
-                    (None, None) => None,
-                };
-                Some(Connector::new(
-                    "destination",
-                    addr.clone(),
-                    resolver.clone(),
-                    tls,
-                    DESTINATION_CONNECT_TIMEOUT,
-                ))
-            }
-            None => None,
+        let policy_svc = args
+            .policy_svc_name
+            .as_deref()
+            .map(|s| {
+                s.parse::<IdentityName>().with_context(|| {
+                    format!("WEFT_PROXY_POLICY_SVC_NAME {s:?} is not an identity name")
+                })
+            })
+            .transpose()?;
+        let control = |what: &'static str,
+                       addr: &Option<ControlAddr>,
+                       svc: Option<IdentityName>| {
+            let Some(addr) = addr else { return Ok::<_, anyhow::Error>(None) };
+            let tls = match (&identity, svc) {
+                (Some(id), Some(svc)) => Some(id.control_plane_tls(svc)?),
+                (None, Some(_)) => {
+                    warn!(
+                        service = what,
+                        "the service's name is set but identity is off: its connection is plaintext"
+                    );
+                    None
+                }
+                (Some(_), None) => {
+                    warn!(
+                        service = what,
+                        "identity is on but the service's name (WEFT_PROXY_*_SVC_NAME) is not set: its connection is plaintext"
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            let connector = Connector::new(
+                what,
+                addr.clone(),
+                resolver.clone(),
+                tls,
+                DESTINATION_CONNECT_TIMEOUT,
+            );
+            Ok(Some(connector))
         };
-        Ok(BoundProxy { args, inbound, outbound, admin, metrics, identity, destination })
+        let destination = control("destination", &args.destination_addr, destination_svc)?;
+        let policy = control("policy", &args.policy_addr, policy_svc)?;
+        Ok(BoundProxy { args, inbound, outbound, admin, metrics, identity, destination, policy })
     }
 
     /// The bound inbound addresses (the first is the primary one).
@@ -219,7 +235,8 @@ impl BoundProxy {
             .flatten()
             .copied()
             .collect();
-        let BoundProxy { args, inbound, outbound, admin, metrics, identity, destination } = self;
+        let BoundProxy { args, inbound, outbound, admin, metrics, identity, destination, policy } =
+            self;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ready = Arc::new(AtomicBool::new(false));
@@ -243,6 +260,30 @@ impl BoundProxy {
             )?),
             None => None,
         };
+        let inbound_policy = Arc::new({
+            let default = policy::Policy::new(
+                args.inbound_default_policy,
+                args.cluster_networks.clone(),
+                policy::Probes {
+                    routes: args.inbound_probe_routes.clone(),
+                    grpc_ports: args.inbound_grpc_probe_ports.clone(),
+                },
+                metrics.authz.clone(),
+            );
+            match (policy, &args.policy_workload) {
+                (Some(connector), Some(workload)) => {
+                    let ports = args.inbound_ports.ranges().iter().flat_map(|&(lo, hi)| lo..=hi);
+                    let ports = policy::discover::start(
+                        connector,
+                        workload.clone(),
+                        ports,
+                        metrics.policy.clone(),
+                    );
+                    default.with_discovered(ports, args.policy_first_update_timeout)
+                }
+                _ => default,
+            }
+        });
         let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let side = |direction, orig_dst_override| {
             // Keepalive where the peer is across the network: the inbound side's clients
@@ -296,17 +337,7 @@ impl BoundProxy {
                     Direction::Outbound => discovery.clone(),
                     Direction::Inbound => None,
                 },
-                policy: (direction == Direction::Inbound).then(|| {
-                    Arc::new(policy::Policy::new(
-                        args.inbound_default_policy,
-                        args.cluster_networks.clone(),
-                        policy::Probes {
-                            routes: args.inbound_probe_routes.clone(),
-                            grpc_ports: args.inbound_grpc_probe_ports.clone(),
-                        },
-                        metrics.authz.clone(),
-                    ))
-                }),
+                policy: (direction == Direction::Inbound).then(|| inbound_policy.clone()),
                 identity: identity.clone(),
                 stop: stop.clone(),
             })

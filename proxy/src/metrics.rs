@@ -230,6 +230,7 @@ pub struct Metrics {
     pub http: crate::http::metrics::HttpMetrics,
     pub discovery: crate::discovery::DiscoveryMetrics,
     pub authz: crate::policy::AuthzMetrics,
+    pub policy: crate::policy::discover::PolicyMetrics,
     target_addrs: LabelCap,
 }
 
@@ -288,6 +289,7 @@ impl Metrics {
         let http = crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values);
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let authz = crate::policy::AuthzMetrics::register(&mut registry);
+        let policy = crate::policy::discover::PolicyMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         let metrics = Arc::new(Metrics {
             registry,
@@ -298,6 +300,7 @@ impl Metrics {
             http,
             discovery,
             authz,
+            policy,
             target_addrs: LabelCap::new(max_label_values),
         });
         Ok((metrics, extra))

@@ -94,10 +94,12 @@ pub async fn serve_inbound(
         (target, protocol)
     };
     let tls_labels = TlsLabels::client(client_id.clone());
-    let authz = side
-        .policy
-        .as_ref()
-        .map(|p| p.authorize(client_ip, target, side.target_label(target), tls_labels.clone()));
+    let authz = match &side.policy {
+        Some(p) => Some(
+            p.authorize(client_ip, target, side.target_label(target), tls_labels.clone()).await,
+        ),
+        None => None,
+    };
     let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls_labels);
     tls.get_mut().0.set_metrics(src);
     debug!(client.id = client_id.as_deref().unwrap_or(""), %target, protocol = protocol.label(), "mTLS accepted");

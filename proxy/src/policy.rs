@@ -11,15 +11,15 @@
 //! (`inbound_{http,tcp}_authz_{allow,deny}_total`, `srv_kind="default"`).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -28,6 +28,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub mod discover;
+pub mod server;
+
+use self::{
+    discover::PortPolicy,
+    server::{Authz, Route, ServerPolicy, ServerProtocol},
+};
 use crate::{init::Subnets, metrics::TlsLabels};
 
 /// Linkerd's default list of cluster networks, with the IPv6 unique-local range.
@@ -149,13 +156,20 @@ pub struct Probes {
 /// The path of the kubelet's gRPC probes (the standard health-checking service).
 pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
-/// The inbound side's authorization: the default policy, the networks that count as the
-/// cluster, the probes, and the decision counters.
+/// The inbound side's authorization: the policies of the ports the control plane
+/// describes, the default policy for the others, the probes, and the decision counters.
 #[derive(Debug)]
 pub struct Policy {
     pub default: DefaultPolicy,
-    cluster_networks: Subnets,
+    default_server: Arc<ServerPolicy>,
+    /// Stands in for a watched port's policy until the control plane first answers:
+    /// nobody is authorized but the kubelet's probes (fail closed).
+    unavailable: Arc<ServerPolicy>,
     probes: Probes,
+    /// The ports whose policies the control plane sends.
+    ports: HashMap<u16, PortPolicy>,
+    /// How long a connection to a watched port waits for its first policy.
+    first_update_timeout: Duration,
     metrics: AuthzMetrics,
     /// When a refusal was last logged at info (ms since `started`): a client that is
     /// refused in a loop must not flood the logs (the counters keep every one).
@@ -166,18 +180,43 @@ pub struct Policy {
 /// Refusals logged at info at most this often; the others at debug.
 const LOUD_EVERY_MS: u64 = 1_000;
 
-/// One connection's authorization.
+/// One connection's authorization. HTTP requests are decided one by one against the
+/// port's latest policy, so a policy change applies to open connections too.
 #[derive(Debug)]
 pub struct ConnAuthz {
-    pub allowed: bool,
     policy: Arc<Policy>,
+    /// The port's watched policy; `None`: the default policy.
+    port: Option<PortPolicy>,
+    client: IpAddr,
     target: SocketAddr,
     /// The `target_addr` label (capped).
     target_addr: String,
     tls: TlsLabels,
-    /// Counted once per allowed request: resolved at the connection's first, so that a
-    /// connection that carries no HTTP leaves no HTTP series behind.
-    http_allow: OnceLock<Counter>,
+    /// The counter of the last allowed request's route and authorization: most
+    /// connections take one route, and then count with no lookup.
+    last_allow: Mutex<Option<AllowCache>>,
+}
+
+#[derive(Debug)]
+struct AllowCache {
+    /// Held so that the route and authorization addresses below stay its own.
+    server: Arc<ServerPolicy>,
+    route: *const Route,
+    authz: *const Authz,
+    counter: Counter,
+}
+
+// SAFETY: the pointers are only compared, never dereferenced; they point into `server`,
+// which the cache holds.
+unsafe impl Send for AllowCache {}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No authorization of its route lets the client in (403).
+    Unauthorized,
+    /// The port's policy has routes and none matches the request (404).
+    NoRoute,
 }
 
 impl Policy {
@@ -187,14 +226,30 @@ impl Policy {
         probes: Probes,
         metrics: AuthzMetrics,
     ) -> Self {
+        let deny = ServerPolicy::from_default(DefaultPolicy::Deny, &cluster_networks);
         Policy {
             default,
-            cluster_networks,
+            default_server: Arc::new(ServerPolicy::from_default(default, &cluster_networks)),
+            unavailable: Arc::new(deny.renamed("unavailable")),
             probes,
+            ports: HashMap::new(),
+            first_update_timeout: Duration::ZERO,
             metrics,
             last_loud: AtomicU64::new(0),
             started: Instant::now(),
         }
+    }
+
+    /// Takes the policies of `ports` from the control plane (`discover::start`); a
+    /// connection to one of them waits up to `first_update_timeout` for its first.
+    pub fn with_discovered(
+        mut self,
+        ports: HashMap<u16, PortPolicy>,
+        first_update_timeout: Duration,
+    ) -> Self {
+        self.ports = ports;
+        self.first_update_timeout = first_update_timeout;
+        self
     }
 
     /// Whether this refusal may be logged at info: the first in a second is.
@@ -210,32 +265,66 @@ impl Policy {
 
     /// Whether the default policy lets in a client from `ip`, meshed (`authenticated`) or not.
     pub fn allows(&self, ip: IpAddr, authenticated: bool) -> bool {
-        let in_cluster = || self.cluster_networks.contains(ip);
-        match self.default {
-            DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => true,
-            DefaultPolicy::AllAuthenticated => authenticated,
-            DefaultPolicy::ClusterUnauthenticated => in_cluster(),
-            DefaultPolicy::ClusterAuthenticated => authenticated && in_cluster(),
-            DefaultPolicy::Deny => false,
+        let id = authenticated.then_some("client");
+        self.default_server.authorize_tcp(ip, id).is_some()
+    }
+
+    /// The policy of `port` as it is now (a watched port's, or the default).
+    fn current(&self, port: u16) -> Arc<ServerPolicy> {
+        match self.ports.get(&port) {
+            None => self.default_server.clone(),
+            Some(rx) => rx.borrow().clone().unwrap_or_else(|| self.unavailable.clone()),
         }
     }
 
+    /// Whether a plaintext client from `ip` may get a speculative connection to the app on
+    /// `port`: only if the port's policy could let it in.
+    pub fn may_speculate(&self, ip: IpAddr, port: u16) -> bool {
+        self.current(port).may_admit(ip, None)
+    }
+
+    /// Whether the control plane says `port` takes opaque TCP (no detection).
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.ports.contains_key(&port) && self.current(port).protocol == ServerProtocol::Opaque
+    }
+
     /// Decides for a connection from `ip` to `target` (`target_addr`: its metric label);
-    /// `tls`: the connection's TLS labels, with the client's proven identity if any.
-    pub fn authorize(
+    /// `tls`: the connection's TLS labels, with the client's proven identity if any. A
+    /// watched port's first policy is waited for (bounded).
+    pub async fn authorize(
         self: &Arc<Self>,
         ip: IpAddr,
         target: SocketAddr,
         target_addr: String,
         tls: TlsLabels,
     ) -> ConnAuthz {
-        let allowed = self.allows(ip, tls.client_id.is_some());
-        if self.default == DefaultPolicy::Audit {
+        let port = self.ports.get(&target.port()).cloned();
+        if let Some(rx) = &port
+            && rx.borrow().is_none()
+        {
+            let mut rx = rx.clone();
+            let known =
+                tokio::time::timeout(self.first_update_timeout, rx.wait_for(Option::is_some));
+            if !matches!(known.await, Ok(Ok(_))) && self.take_loud() {
+                tracing::warn!(
+                    port = target.port(),
+                    "no inbound policy from the control plane yet: the port refuses clients (probes excepted)"
+                );
+            }
+        }
+        if port.is_none() && self.default == DefaultPolicy::Audit {
             let client_id = tls.client_id.as_deref().unwrap_or("");
             tracing::info!(%ip, client.id = client_id, authz.name = "audit", "connection allowed by the audit policy");
         }
-        let policy = self.clone();
-        ConnAuthz { allowed, policy, target, target_addr, tls, http_allow: OnceLock::new() }
+        ConnAuthz {
+            policy: self.clone(),
+            port,
+            client: ip,
+            target,
+            target_addr,
+            tls,
+            last_allow: Mutex::new(None),
+        }
     }
 
     /// Whether a request is one of the pod's probes on `port`.
@@ -251,127 +340,171 @@ impl Policy {
 }
 
 impl ConnAuthz {
-    fn target(&self) -> TargetLabels {
-        TargetLabels::new(self.target_addr.clone(), self.policy.default, self.tls.clone())
+    fn server(&self) -> Arc<ServerPolicy> {
+        match &self.port {
+            None => self.policy.default_server.clone(),
+            Some(rx) => rx.borrow().clone().unwrap_or_else(|| self.policy.unavailable.clone()),
+        }
+    }
+
+    fn target(&self, server: &ServerPolicy) -> TargetLabels {
+        TargetLabels {
+            target_addr: self.target_addr.clone(),
+            srv_kind: server.meta.kind.clone(),
+            srv_name: server.meta.name.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     fn metrics(&self) -> &AuthzMetrics {
         &self.policy.metrics
     }
 
-    /// A connection that is not HTTP: counts the decision and logs a refusal; whether the
-    /// connection may be forwarded.
+    fn client_id(&self) -> Option<&str> {
+        self.tls.client_id.as_deref()
+    }
+
+    /// A connection that is not HTTP: decides it, counts the decision and logs a refusal;
+    /// whether the connection may be forwarded.
     pub fn admit_tcp(&self) -> bool {
-        let target = self.target();
-        if self.allowed {
-            let authz_name = self.policy.default.as_str();
-            let labels = TcpAllowLabels { target, authz_kind: "default", authz_name };
-            self.metrics().tcp_allow.get_or_create(&labels).inc();
-        } else {
-            self.metrics().tcp_deny.get_or_create(&target).inc();
-            self.log_refusal(
-                "connection refused: the client is not authorized by the inbound policy",
-            );
+        let server = self.server();
+        let target = self.target(&server);
+        match server.authorize_tcp(self.client, self.client_id()) {
+            Some(authz) => {
+                let labels = TcpAllowLabels {
+                    target,
+                    authz_kind: authz.meta.kind.clone(),
+                    authz_name: authz.meta.name.clone(),
+                };
+                self.metrics().tcp_allow.get_or_create(&labels).inc();
+                true
+            }
+            None => {
+                self.metrics().tcp_deny.get_or_create(&target).inc();
+                self.log_refusal(
+                    &server,
+                    "connection refused: the client is not authorized by the inbound policy",
+                );
+                false
+            }
         }
-        self.allowed
     }
 
     /// An HTTP connection: says so when its requests will be refused (each is then decided
     /// and counted by `check_request`).
     pub fn note_http(&self) {
-        if !self.allowed {
+        let server = self.server();
+        if !server.may_admit(self.client, self.client_id()) {
             self.log_refusal(
+                &server,
                 "client not authorized by the inbound policy: its requests get 403, probes excepted",
             );
         }
     }
 
     /// Logs a refusal: at info at most once a second per policy, else at debug.
-    fn log_refusal(&self, what: &'static str) {
-        let (client_id, target) = (self.tls.client_id.as_deref().unwrap_or(""), self.target);
-        let policy = self.policy.default.as_str();
+    fn log_refusal(&self, server: &ServerPolicy, what: &'static str) {
+        let (client_id, target) = (self.client_id().unwrap_or(""), self.target);
+        let (kind, name) = (&*server.meta.kind, &*server.meta.name);
         if self.policy.take_loud() {
-            tracing::info!(client.id = client_id, server.addr = %target, policy, "{what} (more within a second are logged at debug)");
+            tracing::info!(client.addr = %self.client, client.id = client_id, server.addr = %target, server.kind = kind, server.name = name, "{what} (more within a second are logged at debug)");
         } else {
-            tracing::debug!(client.id = client_id, server.addr = %target, policy, "{what}");
+            tracing::debug!(client.addr = %self.client, client.id = client_id, server.addr = %target, server.kind = kind, server.name = name, "{what}");
         }
     }
 
-    /// Decides one HTTP request on this connection and counts it: allowed when the
-    /// connection is, or when it is a probe of its target port.
-    pub fn check_request(&self, method: &http::Method, path: &str) -> bool {
-        if self.allowed {
-            let counter = self.http_allow.get_or_init(|| {
-                let labels = HttpAllowLabels {
-                    target: self.target(),
-                    route_kind: "default",
-                    route_name: "default",
-                    authz_kind: "default",
-                    authz_name: self.policy.default.as_str(),
-                };
-                self.metrics().http_allow.get_or_create(&labels).clone()
-            });
-            counter.inc();
-            return true;
+    /// Decides one HTTP request on this connection against the port's latest policy, and
+    /// counts it: the request's route, then the first of the route's authorizations that
+    /// lets the client in. Without a watched policy, the pod's probes always pass.
+    pub fn check_request<B>(&self, req: &http::Request<B>) -> Result<(), Refusal> {
+        let server = self.server();
+        let Some(route) = server.route(req) else {
+            return Err(Refusal::NoRoute);
+        };
+        if let Some(authz) =
+            route.authorizations.iter().find(|a| a.allows(self.client, self.client_id()))
+        {
+            self.count_allow(&server, route, authz);
+            return Ok(());
         }
-        let probe = self.policy.is_probe(self.target.port(), method, path);
-        let target = self.target();
-        if probe {
+        let local = self.port.as_ref().is_none_or(|rx| rx.borrow().is_none());
+        let target = self.target(&server);
+        if local && self.policy.is_probe(self.target.port(), req.method(), req.uri().path()) {
             let labels = HttpAllowLabels {
                 target,
-                route_kind: "default",
-                route_name: "probe",
-                authz_kind: "default",
-                authz_name: "probe",
+                route_kind: "default".into(),
+                route_name: "probe".into(),
+                authz_kind: "default".into(),
+                authz_name: "probe".into(),
             };
             self.metrics().http_allow.get_or_create(&labels).inc();
-        } else {
-            let labels = HttpDenyLabels { target, route_kind: "default", route_name: "default" };
-            self.metrics().http_deny.get_or_create(&labels).inc();
+            return Ok(());
         }
-        probe
+        let labels = HttpDenyLabels {
+            target,
+            route_kind: route.meta.kind.clone(),
+            route_name: route.meta.name.clone(),
+        };
+        self.metrics().http_deny.get_or_create(&labels).inc();
+        Err(Refusal::Unauthorized)
+    }
+
+    fn count_allow(&self, server: &Arc<ServerPolicy>, route: &Route, authz: &Authz) {
+        let mut last = self.last_allow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = last.as_ref()
+            && Arc::ptr_eq(&c.server, server)
+            && std::ptr::eq(c.route, route)
+            && std::ptr::eq(c.authz, authz)
+        {
+            c.counter.inc();
+            return;
+        }
+        let labels = HttpAllowLabels {
+            target: self.target(server),
+            route_kind: route.meta.kind.clone(),
+            route_name: route.meta.name.clone(),
+            authz_kind: authz.meta.kind.clone(),
+            authz_name: authz.meta.name.clone(),
+        };
+        let counter = self.metrics().http_allow.get_or_create(&labels).clone();
+        counter.inc();
+        *last = Some(AllowCache { server: server.clone(), route, authz, counter });
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TargetLabels {
     target_addr: String,
-    srv_kind: &'static str,
-    srv_name: &'static str,
+    srv_kind: Arc<str>,
+    srv_name: Arc<str>,
     #[prometheus(flatten)]
     tls: TlsLabels,
-}
-
-impl TargetLabels {
-    fn new(target_addr: String, policy: DefaultPolicy, tls: TlsLabels) -> Self {
-        TargetLabels { target_addr, srv_kind: "default", srv_name: policy.as_str(), tls }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TcpAllowLabels {
     #[prometheus(flatten)]
     target: TargetLabels,
-    authz_kind: &'static str,
-    authz_name: &'static str,
+    authz_kind: Arc<str>,
+    authz_name: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpAllowLabels {
     #[prometheus(flatten)]
     target: TargetLabels,
-    route_kind: &'static str,
-    route_name: &'static str,
-    authz_kind: &'static str,
-    authz_name: &'static str,
+    route_kind: Arc<str>,
+    route_name: Arc<str>,
+    authz_kind: Arc<str>,
+    authz_name: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpDenyLabels {
     #[prometheus(flatten)]
     target: TargetLabels,
-    route_kind: &'static str,
-    route_name: &'static str,
+    route_kind: Arc<str>,
+    route_name: Arc<str>,
 }
 
 /// `inbound_{http,tcp}_authz_{allow,deny}_total`, with Linkerd's names and labels.

@@ -158,10 +158,7 @@ impl ConnError {
 async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>) {
     let errors = side.metrics.errors(side.direction);
     let detecting = side.metrics.detecting(side.direction);
-    // A client the policy would refuse in plaintext gets no speculative connection to the
-    // app: a server that speaks first must not talk to it before it is authorized.
-    let speculate = side.policy.as_ref().is_none_or(|p| p.allows(client_addr.ip(), false));
-    let prepared = Box::pin(prepare(&mut client, &side, speculate)).await;
+    let prepared = Box::pin(prepare(&mut client, client_addr.ip(), &side)).await;
     drop(detecting);
     let (target, protocol, prefix, upstream) = match prepared {
         Ok(p) => p,
@@ -190,10 +187,13 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         return;
     }
     let tls = side.tls_labels(&protocol);
-    let authz = side
-        .policy
-        .as_ref()
-        .map(|p| p.authorize(client_addr.ip(), target, side.target_label(target), tls.clone()));
+    let authz = match &side.policy {
+        Some(p) => {
+            let label = side.target_label(target);
+            Some(p.authorize(client_addr.ip(), target, label, tls.clone()).await)
+        }
+        None => None,
+    };
     if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
         // The HTTP layer opens (and pools) its own upstream connections; a speculative
         // one from detection is not needed.
@@ -271,8 +271,8 @@ impl Side {
 /// the upstream connection when detection had to open it.
 async fn prepare(
     client: &mut TcpStream,
+    client_ip: std::net::IpAddr,
     side: &Side,
-    speculate: bool,
 ) -> Result<(SocketAddr, Protocol, BytesMut, Option<TcpStream>), ConnError> {
     let target = match side.orig_dst_override {
         Some(t) => t,
@@ -282,9 +282,13 @@ async fn prepare(
     if is_own_listener(target, local, &side.own_addrs) {
         return Err(ConnError::Loop(target));
     }
-    if side.opaque_ports.contains(target.port()) {
+    let port = target.port();
+    if side.opaque_ports.contains(port) || side.policy.as_ref().is_some_and(|p| p.is_opaque(port)) {
         return Ok((target, Protocol::Opaque, BytesMut::new(), None));
     }
+    // A client the policy would refuse in plaintext gets no speculative connection to the
+    // app: a server that speaks first must not talk to it before it is authorized.
+    let speculate = side.policy.as_ref().is_none_or(|p| p.may_speculate(client_ip, port));
     let (protocol, prefix, upstream) = detect_protocol(client, target, side, speculate).await?;
     Ok((target, protocol, prefix, upstream))
 }

@@ -35,6 +35,7 @@ use crate::{
     discovery::{DstLabels, Resolution},
     metrics::Direction,
     metrics::TlsLabels,
+    policy::Refusal,
     transport::{ConnError, Side},
 };
 
@@ -254,16 +255,29 @@ async fn proxy(
     };
 
     if let Some(authz) = &conn.authz
-        && !authz.check_request(req.method(), req.uri().path())
+        && let Err(refusal) = authz.check_request(&req)
     {
         metrics.http.request(&direct_route);
-        metrics.http.error(direction, "unauthorized");
-        debug!(method = %req.method(), path = req.uri().path(), "request denied by the inbound policy");
-        let why = "unauthorized: the inbound policy does not allow this client";
+        debug!(method = %req.method(), path = req.uri().path(), ?refusal, "request refused by the inbound policy");
+        let (label, grpc, status, why) = match refusal {
+            Refusal::Unauthorized => (
+                "unauthorized",
+                7,
+                StatusCode::FORBIDDEN,
+                "unauthorized: the inbound policy does not allow this client",
+            ),
+            Refusal::NoRoute => (
+                "no_route",
+                12,
+                StatusCode::NOT_FOUND,
+                "no route: the inbound policy has no route for this request",
+            ),
+        };
+        metrics.http.error(direction, label);
         let rsp = if is_grpc(req.headers()) {
-            grpc_error_response(7, why)
+            grpc_error_response(grpc, why)
         } else {
-            error_response(StatusCode::FORBIDDEN, why)
+            error_response(status, why)
         };
         return finish(side, direct_route, started, rsp);
     }

@@ -239,6 +239,18 @@ impl Cidr {
     pub fn family(&self) -> Family {
         family_of(self.addr)
     }
+
+    /// Every IPv4 address.
+    pub const ALL_V4: Cidr = Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), prefix: 0 };
+    /// Every IPv6 address.
+    pub const ALL_V6: Cidr = Cidr { addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), prefix: 0 };
+
+    /// The subnet of `addr` with `prefix` bits (host bits cleared); `None` when the prefix
+    /// is too long for the family.
+    pub fn masked(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        let addr = addr.to_canonical();
+        (prefix <= family_of(addr).max_prefix()).then(|| Cidr { addr: mask(addr, prefix), prefix })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -323,6 +335,10 @@ impl Subnets {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|c| c.contains(ip))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Cidr> + '_ {
+        self.0.iter()
     }
 }
 

@@ -1,0 +1,866 @@
+//! A port's server policy, as Linkerd's policy API describes it
+//! (`io.linkerd.proxy.inbound.Server`): the authorizations that admit a connection (a
+//! client network and, optionally, a meshed identity), and for HTTP the routes a request
+//! is matched to, each with authorizations of its own. The local default policy is
+//! expressed in the same terms, so one decision path serves both.
+//!
+//! What the control plane sends is checked when it arrives: an update that this proxy
+//! cannot enforce faithfully (a network without an address, a regex that does not
+//! compile, a route filter it does not implement) is refused whole, so that a policy is
+//! never half applied.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use http::{HeaderName, Method, Request};
+use linkerd2_proxy_api::{
+    grpc_route as grpc_api, http_route as route_api, inbound as api, meta, net as net_api,
+};
+
+use super::DefaultPolicy;
+use crate::init::{Cidr, Subnets};
+
+/// What metrics call a policy object: its kind and name (`srv_kind`/`srv_name`,
+/// `authz_kind`/`authz_name`, `route_kind`/`route_name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Meta {
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl Meta {
+    pub fn new(kind: &str, name: &str) -> Self {
+        Meta { kind: kind.into(), name: name.into() }
+    }
+
+    /// From the API's metadata, else from the older `labels` (`kind`, `name`) that
+    /// controllers still send.
+    fn from_api(
+        metadata: Option<meta::Metadata>,
+        labels: &HashMap<String, String>,
+        what: &str,
+    ) -> Result<Self, Invalid> {
+        match metadata.and_then(|m| m.kind) {
+            Some(meta::metadata::Kind::Default(name)) => Ok(Meta::new("default", &name)),
+            // Linkerd labels resources by their lower-case kind (`server`, `httproute`).
+            Some(meta::metadata::Kind::Resource(r)) => {
+                Ok(Meta::new(&r.kind.to_ascii_lowercase(), &r.name))
+            }
+            None => match (labels.get("kind"), labels.get("name")) {
+                (Some(kind), Some(name)) => Ok(Meta::new(kind, name)),
+                (None, Some(name)) => Ok(Meta::new("default", name)),
+                _ => Err(Invalid(format!("{what} has neither metadata nor a name label"))),
+            },
+        }
+    }
+}
+
+/// An update the proxy cannot enforce as sent; the text says what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid inbound policy: {0}")]
+pub struct Invalid(pub String);
+
+/// How the server's traffic is to be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerProtocol {
+    Detect,
+    Http1,
+    Http2,
+    Grpc,
+    /// No detection: forwarded as TCP.
+    Opaque,
+    Tls,
+}
+
+/// One port's policy.
+#[derive(Debug)]
+pub struct ServerPolicy {
+    pub meta: Meta,
+    pub protocol: ServerProtocol,
+    /// Decide connections that carry no HTTP.
+    pub authorizations: Vec<Authz>,
+    /// Decide HTTP requests. Empty: one default route with the server's authorizations
+    /// (what controllers older than routes mean).
+    pub routes: Vec<Route>,
+    /// The route that stands in when `routes` is empty.
+    default_route: Route,
+}
+
+/// Who may pass: clients in one of the networks, authenticated as it says.
+#[derive(Debug, Clone)]
+pub struct Authz {
+    pub meta: Meta,
+    networks: Vec<Network>,
+    authn: Authn,
+}
+
+#[derive(Debug, Clone)]
+struct Network {
+    net: Cidr,
+    except: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone)]
+enum Authn {
+    /// Any client, meshed or not.
+    Unauthenticated,
+    /// Meshed (mTLS) clients with any identity.
+    AnyIdentity,
+    /// Meshed clients with one of these identities, or one ending in one of the suffixes
+    /// (each stored with its leading dot: `.prod.serviceaccount...`).
+    Identities { names: Vec<String>, suffixes: Vec<String> },
+}
+
+/// An HTTP route: the requests it matches and who may send them.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub meta: Meta,
+    hosts: Vec<HostMatch>,
+    rules: Vec<Vec<RouteMatch>>,
+    pub authorizations: Vec<Authz>,
+}
+
+#[derive(Debug, Clone)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Default)]
+struct RouteMatch {
+    path: Option<PathMatch>,
+    headers: Vec<(HeaderName, ValueMatch)>,
+    query: Vec<(String, ValueMatch)>,
+    method: Option<Method>,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+}
+
+#[derive(Debug, Clone)]
+enum ValueMatch {
+    Exact(Vec<u8>),
+    Regex(regex_lite::Regex),
+}
+
+/// How specific a match is, Gateway API's way: the most specific matching route wins
+/// (exact path, then the longest prefix, then regex; then a method; then more headers,
+/// then more query parameters).
+type Specificity = (u8, usize, bool, usize, usize);
+
+impl Authz {
+    /// Whether a client from `ip`, with the proven identity `client_id` if it is meshed,
+    /// is authorized.
+    pub fn allows(&self, ip: IpAddr, client_id: Option<&str>) -> bool {
+        let in_networks = self
+            .networks
+            .iter()
+            .any(|n| n.net.contains(ip) && !n.except.iter().any(|e| e.contains(ip)));
+        in_networks
+            && match &self.authn {
+                Authn::Unauthenticated => true,
+                Authn::AnyIdentity => client_id.is_some(),
+                Authn::Identities { names, suffixes } => client_id.is_some_and(|id| {
+                    names.iter().any(|n| n == id)
+                        || suffixes.iter().any(|s| id.ends_with(s.as_str()))
+                }),
+            }
+    }
+
+    /// Everyone from `networks`, meshed or not (`authenticated`: meshed only).
+    fn local(meta: Meta, networks: &[Cidr], authenticated: bool) -> Self {
+        Authz {
+            meta,
+            networks: networks.iter().map(|&net| Network { net, except: Vec::new() }).collect(),
+            authn: if authenticated { Authn::AnyIdentity } else { Authn::Unauthenticated },
+        }
+    }
+
+    fn from_api(a: api::Authz) -> Result<Self, Invalid> {
+        let meta = Meta::from_api(a.metadata, &a.labels, "an authorization")?;
+        let bad = |why: String| Invalid(format!("authorization {}: {why}", meta.name));
+        let networks = a
+            .networks
+            .into_iter()
+            .map(|n| {
+                let net = cidr(n.net).map_err(&bad)?;
+                let except = n.except.into_iter().map(|e| cidr(Some(e))).collect::<Result<_, _>>();
+                Ok(Network { net, except: except.map_err(&bad)? })
+            })
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        use api::authn::{Permit, permit_mesh_tls::Clients};
+        let authn = match a.authentication.and_then(|a| a.permit) {
+            Some(Permit::Unauthenticated(_)) => Authn::Unauthenticated,
+            Some(Permit::MeshTls(m)) => match m.clients {
+                // Meshed TLS always carries a client certificate here: "any meshed client".
+                Some(Clients::Unauthenticated(_)) => Authn::AnyIdentity,
+                Some(Clients::Identities(ids)) => {
+                    let names: Vec<String> = ids.identities.into_iter().map(|i| i.name).collect();
+                    let suffixes: Vec<Vec<String>> =
+                        ids.suffixes.into_iter().map(|s| s.parts).collect();
+                    if suffixes.iter().any(Vec::is_empty) {
+                        Authn::AnyIdentity
+                    } else {
+                        let suffixes =
+                            suffixes.iter().map(|p| format!(".{}", p.join("."))).collect();
+                        Authn::Identities { names, suffixes }
+                    }
+                }
+                None => return Err(bad("meshTLS authentication without clients".into())),
+            },
+            None => return Err(bad("no authentication".into())),
+        };
+        // An authorization without networks authorizes nobody (the API says to ignore it).
+        Ok(Authz { meta, networks, authn })
+    }
+}
+
+fn cidr(net: Option<net_api::IpNetwork>) -> Result<Cidr, String> {
+    let net = net.ok_or("a network without an address")?;
+    let ip: IpAddr = net
+        .ip
+        .ok_or("a network without an address")?
+        .try_into()
+        .map_err(|_| "a network with a malformed address".to_string())?;
+    let prefix =
+        u8::try_from(net.prefix_len).map_err(|_| format!("prefix /{} too long", net.prefix_len))?;
+    Cidr::masked(ip, prefix).ok_or_else(|| format!("{ip}/{prefix}: prefix too long"))
+}
+
+impl Route {
+    /// The default route: every request, with `authorizations`.
+    fn default_with(authorizations: Vec<Authz>) -> Self {
+        Route {
+            meta: Meta::new("default", "default"),
+            hosts: Vec::new(),
+            rules: vec![vec![RouteMatch::default()]],
+            authorizations,
+        }
+    }
+
+    /// How specifically this route matches the request, if it does.
+    fn matches<B>(&self, req: &Request<B>) -> Option<Specificity> {
+        if !self.hosts.is_empty() {
+            let host = request_host(req)?;
+            let ok = self.hosts.iter().any(|h| match h {
+                HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+                HostMatch::Suffix(s) => {
+                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            });
+            if !ok {
+                return None;
+            }
+        }
+        self.rules.iter().flatten().filter_map(|m| m.matches(req)).max()
+    }
+
+    fn from_api(r: api::HttpRoute) -> Result<Self, Invalid> {
+        let meta = Meta::from_api(r.metadata, &HashMap::new(), "an HTTP route")?;
+        let bad = |why: String| Invalid(format!("route {}: {why}", meta.name));
+        let hosts =
+            r.hosts.into_iter().map(|h| host_match(h).map_err(&bad)).collect::<Result<_, _>>()?;
+        let mut rules = Vec::with_capacity(r.rules.len());
+        for rule in r.rules {
+            if !rule.filters.is_empty() {
+                // Ignoring a filter (a header it removes, a failure it injects) would
+                // enforce less than the policy says: refuse the update instead.
+                return Err(bad("route filters are not supported by this proxy".into()));
+            }
+            let matches = rule.matches.into_iter().map(|m| route_match(m).map_err(&bad));
+            let mut matches: Vec<RouteMatch> = matches.collect::<Result<_, _>>()?;
+            if matches.is_empty() {
+                matches.push(RouteMatch::default());
+            }
+            rules.push(matches);
+        }
+        let authorizations =
+            r.authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
+        Ok(Route { meta, hosts, rules, authorizations })
+    }
+
+    fn from_grpc_api(r: api::GrpcRoute) -> Result<Self, Invalid> {
+        let meta = Meta::from_api(r.metadata, &HashMap::new(), "a gRPC route")?;
+        let bad = |why: String| Invalid(format!("route {}: {why}", meta.name));
+        let hosts =
+            r.hosts.into_iter().map(|h| host_match(h).map_err(&bad)).collect::<Result<_, _>>()?;
+        let mut rules = Vec::with_capacity(r.rules.len());
+        for rule in r.rules {
+            if !rule.filters.is_empty() {
+                return Err(bad("route filters are not supported by this proxy".into()));
+            }
+            let mut matches = Vec::with_capacity(rule.matches.len().max(1));
+            for m in rule.matches {
+                matches.push(grpc_match(m).map_err(&bad)?);
+            }
+            if matches.is_empty() {
+                matches.push(RouteMatch { method: Some(Method::POST), ..RouteMatch::default() });
+            }
+            rules.push(matches);
+        }
+        let authorizations =
+            r.authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
+        Ok(Route { meta, hosts, rules, authorizations })
+    }
+}
+
+impl RouteMatch {
+    fn matches<B>(&self, req: &Request<B>) -> Option<Specificity> {
+        let path = req.uri().path();
+        let path_score = match &self.path {
+            None => (0, 0),
+            Some(PathMatch::Exact(p)) => (p == path).then_some((3, p.len()))?,
+            Some(PathMatch::Prefix(p)) => prefix_matches(p, path).then_some((2, p.len()))?,
+            Some(PathMatch::Regex(r)) => r.is_match(path).then_some((1, r.as_str().len()))?,
+        };
+        if self.method.as_ref().is_some_and(|m| m != req.method()) {
+            return None;
+        }
+        for (name, value) in &self.headers {
+            if !req.headers().get_all(name).iter().any(|v| value.matches(v.as_bytes())) {
+                return None;
+            }
+        }
+        if !self.query.is_empty() {
+            let query = req.uri().query().unwrap_or("");
+            for (name, value) in &self.query {
+                let found = query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                    .any(|(k, v)| k == name && value.matches(v.as_bytes()));
+                if !found {
+                    return None;
+                }
+            }
+        }
+        Some((
+            path_score.0,
+            path_score.1,
+            self.method.is_some(),
+            self.headers.len(),
+            self.query.len(),
+        ))
+    }
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            ValueMatch::Exact(want) => v == want.as_slice(),
+            ValueMatch::Regex(r) => std::str::from_utf8(v).is_ok_and(|s| r.is_match(s)),
+        }
+    }
+}
+
+/// Gateway API's path prefix: whole path segments (`/api` matches `/api` and `/api/x`,
+/// not `/apix`).
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The request's host name, without a port: from the URI (HTTP/2, absolute-form) or `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let host = match req.uri().host() {
+        Some(h) => h,
+        None => {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |(h, _)| h)
+        }
+    };
+    Some(host.trim_end_matches('.'))
+}
+
+/// A regex that must match the whole value, as Gateway API means it.
+fn regex(pattern: &str) -> Result<regex_lite::Regex, String> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("regex {pattern:?} does not compile: {e}"))
+}
+
+fn host_match(h: route_api::HostMatch) -> Result<HostMatch, String> {
+    use route_api::host_match::Match;
+    match h.r#match {
+        Some(Match::Exact(name)) => Ok(HostMatch::Exact(name.trim_end_matches('.').to_string())),
+        Some(Match::Suffix(s)) => {
+            let mut labels = s.reverse_labels;
+            labels.reverse();
+            Ok(HostMatch::Suffix(format!(".{}", labels.join("."))))
+        }
+        None => Err("a host match without a host".into()),
+    }
+}
+
+fn value_match(v: Option<route_api::header_match::Value>) -> Result<ValueMatch, String> {
+    use route_api::header_match::Value;
+    match v {
+        Some(Value::Exact(bytes)) => Ok(ValueMatch::Exact(bytes)),
+        Some(Value::Regex(r)) => Ok(ValueMatch::Regex(regex(&r)?)),
+        None => Err("a header match without a value".into()),
+    }
+}
+
+fn header_matches(
+    headers: Vec<route_api::HeaderMatch>,
+) -> Result<Vec<(HeaderName, ValueMatch)>, String> {
+    headers
+        .into_iter()
+        .map(|h| {
+            let name = HeaderName::try_from(h.name.as_str())
+                .map_err(|_| format!("{:?} is not a header name", h.name))?;
+            Ok((name, value_match(h.value)?))
+        })
+        .collect()
+}
+
+fn route_match(m: route_api::HttpRouteMatch) -> Result<RouteMatch, String> {
+    use route_api::{path_match::Kind, query_param_match::Value};
+    let path = match m.path.and_then(|p| p.kind) {
+        None => None,
+        Some(Kind::Exact(p)) => Some(PathMatch::Exact(p)),
+        Some(Kind::Prefix(p)) => Some(PathMatch::Prefix(p)),
+        Some(Kind::Regex(r)) => Some(PathMatch::Regex(regex(&r)?)),
+    };
+    let query = m
+        .query_params
+        .into_iter()
+        .map(|q| {
+            let v = match q.value {
+                Some(Value::Exact(s)) => ValueMatch::Exact(s.into_bytes()),
+                Some(Value::Regex(r)) => ValueMatch::Regex(regex(&r)?),
+                None => return Err("a query parameter match without a value".to_string()),
+            };
+            Ok((q.name, v))
+        })
+        .collect::<Result<_, String>>()?;
+    let method = m
+        .method
+        .map(|m| Method::try_from(m).map_err(|e| format!("bad method: {e}")))
+        .transpose()?;
+    Ok(RouteMatch { path, headers: header_matches(m.headers)?, query, method })
+}
+
+/// gRPC is `POST /service/method`: an RPC match is a path match.
+fn grpc_match(m: grpc_api::GrpcRouteMatch) -> Result<RouteMatch, String> {
+    let path = match m.rpc {
+        None => None,
+        Some(rpc) => match (rpc.service.as_str(), rpc.method.as_str()) {
+            ("", "") => None,
+            (service, "") => Some(PathMatch::Prefix(format!("/{service}"))),
+            ("", method) => {
+                Some(PathMatch::Regex(regex(&format!("/[^/]+/{}", regex_lite::escape(method)))?))
+            }
+            (service, method) => Some(PathMatch::Exact(format!("/{service}/{method}"))),
+        },
+    };
+    Ok(RouteMatch {
+        path,
+        headers: header_matches(m.headers)?,
+        query: Vec::new(),
+        method: Some(Method::POST),
+    })
+}
+
+impl ServerPolicy {
+    /// The route a request takes: the most specific match; `None`: no route matches.
+    pub fn route<B>(&self, req: &Request<B>) -> Option<&Route> {
+        if self.routes.is_empty() {
+            return Some(&self.default_route);
+        }
+        let mut best: Option<(Specificity, &Route)> = None;
+        for route in &self.routes {
+            if let Some(s) = route.matches(req)
+                && best.as_ref().is_none_or(|(b, _)| s > *b)
+            {
+                best = Some((s, route));
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    /// The first of the server's authorizations that lets the client in.
+    pub fn authorize_tcp(&self, ip: IpAddr, client_id: Option<&str>) -> Option<&Authz> {
+        self.authorizations.iter().find(|a| a.allows(ip, client_id))
+    }
+
+    /// Whether some authorization (of the server, or of any route) could let the client
+    /// in: a plaintext client that none could gets no speculative upstream connection.
+    pub fn may_admit(&self, ip: IpAddr, client_id: Option<&str>) -> bool {
+        let routes = self.routes.iter().flat_map(|r| r.authorizations.iter());
+        self.authorizations.iter().chain(routes).any(|a| a.allows(ip, client_id))
+    }
+
+    /// The same policy under another name.
+    pub fn renamed(mut self, name: &str) -> Self {
+        self.meta = Meta::new(&self.meta.kind, name);
+        self
+    }
+
+    /// The local default policy as a server: one authorization, named after the policy
+    /// (`deny`: none).
+    pub fn from_default(policy: DefaultPolicy, cluster: &Subnets) -> Self {
+        let all: [Cidr; 2] = [Cidr::ALL_V4, Cidr::ALL_V6];
+        let cluster: Vec<Cidr> = cluster.iter().copied().collect();
+        let meta = Meta::new("default", policy.as_str());
+        let authz = |networks: &[Cidr], authenticated| {
+            vec![Authz::local(meta.clone(), networks, authenticated)]
+        };
+        let authorizations = match policy {
+            DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => authz(&all, false),
+            DefaultPolicy::AllAuthenticated => authz(&all, true),
+            DefaultPolicy::ClusterUnauthenticated => authz(&cluster, false),
+            DefaultPolicy::ClusterAuthenticated => authz(&cluster, true),
+            DefaultPolicy::Deny => Vec::new(),
+        };
+        ServerPolicy {
+            meta: meta.clone(),
+            protocol: ServerProtocol::Detect,
+            default_route: Route::default_with(authorizations.clone()),
+            authorizations,
+            routes: Vec::new(),
+        }
+    }
+
+    /// A policy the control plane sent.
+    pub fn from_api(s: api::Server) -> Result<Self, Invalid> {
+        use api::proxy_protocol::Kind;
+        let meta = Meta::from_api(None, &s.labels, "a server")?;
+        let authorizations: Vec<Authz> =
+            s.authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
+        let http = |routes: Vec<api::HttpRoute>| -> Result<Vec<Route>, Invalid> {
+            routes.into_iter().map(Route::from_api).collect()
+        };
+        let (protocol, routes) = match s.protocol.and_then(|p| p.kind) {
+            Some(Kind::Detect(d)) => (ServerProtocol::Detect, http(d.http_routes)?),
+            Some(Kind::Http1(h)) => (ServerProtocol::Http1, http(h.routes)?),
+            Some(Kind::Http2(h)) => (ServerProtocol::Http2, http(h.routes)?),
+            Some(Kind::Grpc(g)) => (
+                ServerProtocol::Grpc,
+                g.routes.into_iter().map(Route::from_grpc_api).collect::<Result<_, _>>()?,
+            ),
+            Some(Kind::Opaque(_)) => (ServerProtocol::Opaque, Vec::new()),
+            Some(Kind::Tls(_)) => (ServerProtocol::Tls, Vec::new()),
+            None => return Err(Invalid(format!("server {} has no protocol", meta.name))),
+        };
+        Ok(ServerPolicy {
+            meta,
+            protocol,
+            default_route: Route::default_with(authorizations.clone()),
+            authorizations,
+            routes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use linkerd2_proxy_api::{
+        http_route::{HttpRouteMatch, PathMatch as ApiPath, path_match},
+        inbound::{
+            Authn, Identity, IdentitySuffix, Network as ApiNetwork, ProxyProtocol,
+            authn::{Permit, PermitMeshTls, PermitUnauthenticated, permit_mesh_tls},
+            proxy_protocol,
+        },
+        meta::{Metadata, Resource, metadata},
+    };
+
+    use super::*;
+
+    fn net(s: &str) -> net_api::IpNetwork {
+        let (ip, len) = s.split_once('/').expect("cidr");
+        let ip: IpAddr = ip.parse().expect("ip");
+        net_api::IpNetwork { ip: Some(ip.into()), prefix_len: len.parse().expect("len") }
+    }
+
+    fn resource(kind: &str, name: &str) -> Option<Metadata> {
+        Some(Metadata {
+            kind: Some(metadata::Kind::Resource(Resource {
+                group: "policy.weft.dev".into(),
+                kind: kind.into(),
+                name: name.into(),
+                ..Resource::default()
+            })),
+        })
+    }
+
+    fn authz(name: &str, nets: &[(&str, &[&str])], permit: Permit) -> api::Authz {
+        api::Authz {
+            networks: nets
+                .iter()
+                .map(|(n, except)| ApiNetwork {
+                    net: Some(net(n)),
+                    except: except.iter().map(|e| net(e)).collect(),
+                })
+                .collect(),
+            authentication: Some(Authn { permit: Some(permit) }),
+            labels: HashMap::new(),
+            metadata: resource("AuthorizationPolicy", name),
+        }
+    }
+
+    fn mesh(names: &[&str], suffixes: &[&[&str]]) -> Permit {
+        Permit::MeshTls(PermitMeshTls {
+            clients: Some(permit_mesh_tls::Clients::Identities(
+                permit_mesh_tls::PermitClientIdentities {
+                    identities: names.iter().map(|n| Identity { name: n.to_string() }).collect(),
+                    suffixes: suffixes
+                        .iter()
+                        .map(|p| IdentitySuffix {
+                            parts: p.iter().map(|s| s.to_string()).collect(),
+                        })
+                        .collect(),
+                },
+            )),
+        })
+    }
+
+    fn path(kind: path_match::Kind) -> Option<ApiPath> {
+        Some(ApiPath { kind: Some(kind) })
+    }
+
+    fn route(name: &str, matches: Vec<HttpRouteMatch>) -> api::HttpRoute {
+        api::HttpRoute {
+            metadata: resource("HTTPRoute", name),
+            hosts: Vec::new(),
+            authorizations: vec![authz(
+                "all",
+                &[("0.0.0.0/0", &[])],
+                Permit::Unauthenticated(PermitUnauthenticated {}),
+            )],
+            rules: vec![api::http_route::Rule { matches, filters: Vec::new() }],
+        }
+    }
+
+    fn server(authorizations: Vec<api::Authz>, routes: Vec<api::HttpRoute>) -> api::Server {
+        api::Server {
+            protocol: Some(ProxyProtocol {
+                kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+                    timeout: None,
+                    http_routes: routes,
+                    http_local_rate_limit: None,
+                })),
+            }),
+            server_ips: Vec::new(),
+            authorizations,
+            labels: [("kind", "server"), ("name", "web-http"), ("group", "policy.weft.dev")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    const WEB: &str = "web.prod.serviceaccount.identity.weft.cluster.local";
+    const BATCH: &str = "batch.jobs.serviceaccount.identity.weft.cluster.local";
+
+    #[test]
+    fn authorizations_admit_by_network_exception_and_identity() {
+        let s = ServerPolicy::from_api(server(
+            vec![
+                authz(
+                    "pods",
+                    &[("10.0.0.0/8", &["10.9.0.0/16"])],
+                    mesh(
+                        &[WEB],
+                        &[&["jobs", "serviceaccount", "identity", "weft", "cluster", "local"]],
+                    ),
+                ),
+                authz(
+                    "v6",
+                    &[("fd00::/8", &[])],
+                    Permit::Unauthenticated(PermitUnauthenticated {}),
+                ),
+            ],
+            Vec::new(),
+        ))
+        .expect("valid");
+        assert_eq!((&*s.meta.kind, &*s.meta.name), ("server", "web-http"));
+        let name = |ip_, id| s.authorize_tcp(ip(ip_), id).map(|a| a.meta.name.to_string());
+        assert_eq!(name("10.1.2.3", Some(WEB)).as_deref(), Some("pods"));
+        assert_eq!(name("10.1.2.3", Some(BATCH)).as_deref(), Some("pods"), "by suffix");
+        assert_eq!(
+            name("10.1.2.3", Some("other.prod.serviceaccount.identity.weft.cluster.local")),
+            None
+        );
+        assert_eq!(name("10.1.2.3", None), None, "plaintext");
+        assert_eq!(name("10.9.0.1", Some(WEB)), None, "in the exception");
+        assert_eq!(name("192.168.1.1", Some(WEB)), None, "outside the networks");
+        assert_eq!(name("::ffff:10.1.2.3", Some(WEB)).as_deref(), Some("pods"), "IPv4-mapped");
+        assert_eq!(name("fd00::1", None).as_deref(), Some("v6"));
+        // A suffix matches whole labels below it, not the name itself.
+        let s = ServerPolicy::from_api(server(
+            vec![authz("sfx", &[("0.0.0.0/0", &[])], mesh(&[], &[&["cluster", "local"]]))],
+            Vec::new(),
+        ))
+        .expect("valid");
+        assert!(s.authorize_tcp(ip("10.0.0.1"), Some(WEB)).is_some());
+        assert!(s.authorize_tcp(ip("10.0.0.1"), Some("evilcluster.local")).is_none());
+        assert!(s.may_admit(ip("10.0.0.1"), Some(WEB)) && !s.may_admit(ip("10.0.0.1"), None));
+    }
+
+    #[test]
+    fn requests_take_the_most_specific_route_as_gateway_api_says() {
+        use path_match::Kind::{Exact, Prefix, Regex};
+        let m = |p| HttpRouteMatch { path: path(p), ..HttpRouteMatch::default() };
+        let get = |p| HttpRouteMatch {
+            path: path(p),
+            method: Some(http::Method::GET.into()),
+            ..HttpRouteMatch::default()
+        };
+        let s = ServerPolicy::from_api(server(
+            Vec::new(),
+            vec![
+                route("root", vec![m(Prefix("/".into()))]),
+                route("api", vec![m(Prefix("/api".into()))]),
+                route("users", vec![m(Exact("/api/v1/users".into()))]),
+                route("versions", vec![m(Regex("/api/v[0-9]+/.*".into()))]),
+                route("read-api", vec![get(Prefix("/api".into()))]),
+            ],
+        ))
+        .expect("valid");
+        let pick = |method: http::Method, uri: &str| {
+            let req = Request::builder().method(method).uri(uri).body(()).expect("request");
+            s.route(&req).map(|r| r.meta.name.to_string())
+        };
+        assert_eq!(pick(http::Method::POST, "/api/v1/users").as_deref(), Some("users"));
+        assert_eq!(
+            pick(http::Method::POST, "/api/v2/x").as_deref(),
+            Some("api"),
+            "a prefix beats a regex"
+        );
+        assert_eq!(
+            pick(http::Method::GET, "/api/v2/x").as_deref(),
+            Some("read-api"),
+            "the method makes it more specific"
+        );
+        assert_eq!(
+            pick(http::Method::POST, "/apix").as_deref(),
+            Some("root"),
+            "prefixes match whole segments"
+        );
+        assert_eq!(pick(http::Method::POST, "/").as_deref(), Some("root"));
+        // Without a catch-all, a request that matches nothing has no route.
+        let s = ServerPolicy::from_api(server(
+            Vec::new(),
+            vec![route("users", vec![m(Exact("/users".into()))])],
+        ))
+        .expect("valid");
+        let req = Request::builder().uri("/other").body(()).expect("request");
+        assert!(s.route(&req).is_none());
+        // No routes at all (an older control plane): one default route with the server's
+        // authorizations.
+        let all =
+            authz("all", &[("0.0.0.0/0", &[])], Permit::Unauthenticated(PermitUnauthenticated {}));
+        let s = ServerPolicy::from_api(server(vec![all], Vec::new())).expect("valid");
+        let r = s.route(&req).expect("default route");
+        assert_eq!(
+            (&*r.meta.kind, &*r.meta.name, r.authorizations.len()),
+            ("default", "default", 1)
+        );
+    }
+
+    #[test]
+    fn headers_query_hosts_and_grpc_methods_match_as_sent() {
+        let mut matched = route(
+            "canary",
+            vec![HttpRouteMatch {
+                headers: vec![route_api::HeaderMatch {
+                    name: "x-canary".into(),
+                    value: Some(route_api::header_match::Value::Exact(b"1".to_vec())),
+                }],
+                query_params: vec![route_api::QueryParamMatch {
+                    name: "v".into(),
+                    value: Some(route_api::query_param_match::Value::Regex("[0-9]+".into())),
+                }],
+                ..HttpRouteMatch::default()
+            }],
+        );
+        matched.hosts = vec![route_api::HostMatch {
+            r#match: Some(route_api::host_match::Match::Suffix(route_api::host_match::Suffix {
+                reverse_labels: vec!["com".into(), "example".into()],
+            })),
+        }];
+        let s = ServerPolicy::from_api(server(Vec::new(), vec![matched])).expect("valid");
+        let req = |host: &str, uri: &str, canary: &str| {
+            let r = Request::builder().uri(uri).header("host", host).header("x-canary", canary);
+            s.route(&r.body(()).expect("request")).is_some()
+        };
+        assert!(req("api.example.com:8080", "/x?a=b&v=42", "1"));
+        assert!(!req("api.example.com", "/x?v=4a", "1"), "the regex matches the whole value");
+        assert!(!req("api.example.com", "/x?v=42", "0"));
+        assert!(!req("example.com", "/x?v=42", "1"), "a suffix is for names below it");
+        assert!(!req("api.example.org", "/x?v=42", "1"));
+
+        let grpc = |service: &str, method: &str| grpc_api::GrpcRouteMatch {
+            rpc: Some(grpc_api::GrpcRpcMatch { service: service.into(), method: method.into() }),
+            headers: Vec::new(),
+        };
+        let s = ServerPolicy::from_api(api::Server {
+            protocol: Some(ProxyProtocol {
+                kind: Some(proxy_protocol::Kind::Grpc(proxy_protocol::Grpc {
+                    routes: vec![api::GrpcRoute {
+                        metadata: resource("GRPCRoute", "checks"),
+                        hosts: Vec::new(),
+                        authorizations: Vec::new(),
+                        rules: vec![api::grpc_route::Rule {
+                            matches: vec![grpc("grpc.health.v1.Health", ""), grpc("", "Watch")],
+                            filters: Vec::new(),
+                        }],
+                    }],
+                })),
+            }),
+            ..server(Vec::new(), Vec::new())
+        })
+        .expect("valid");
+        assert_eq!(s.protocol, ServerProtocol::Grpc);
+        let call = |path: &str| {
+            let r =
+                Request::builder().method(http::Method::POST).uri(path).body(()).expect("request");
+            s.route(&r).is_some()
+        };
+        assert!(call("/grpc.health.v1.Health/Check"));
+        assert!(call("/foo.Bar/Watch"));
+        assert!(!call("/foo.Bar/Get"));
+    }
+
+    #[test]
+    fn updates_the_proxy_cannot_enforce_are_refused_whole() {
+        let unauth = || Permit::Unauthenticated(PermitUnauthenticated {});
+        let mut filtered = route("f", Vec::new());
+        filtered.rules[0].filters.push(api::http_route::Filter { kind: None });
+        let mut no_addr = authz("x", &[], unauth());
+        no_addr.networks.push(ApiNetwork { net: None, except: Vec::new() });
+        let mut no_authn = authz("x", &[("0.0.0.0/0", &[])], unauth());
+        no_authn.authentication = None;
+        let mut anonymous = authz("x", &[("0.0.0.0/0", &[])], unauth());
+        anonymous.metadata = None;
+        let bad_regex = route(
+            "r",
+            vec![HttpRouteMatch {
+                path: path(path_match::Kind::Regex("(".into())),
+                ..HttpRouteMatch::default()
+            }],
+        );
+        let cases = [
+            (server(Vec::new(), vec![filtered]), "filters"),
+            (server(vec![no_addr], Vec::new()), "without an address"),
+            (server(vec![no_authn], Vec::new()), "no authentication"),
+            (server(vec![anonymous], Vec::new()), "neither metadata nor a name"),
+            (server(Vec::new(), vec![bad_regex]), "does not compile"),
+            (server(vec![authz("x", &[("10.0.0.0/33", &[])], unauth())], Vec::new()), "too long"),
+            (api::Server { protocol: None, ..server(Vec::new(), Vec::new()) }, "no protocol"),
+        ];
+        for (s, why) in cases {
+            let e = ServerPolicy::from_api(s).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+    }
+}
