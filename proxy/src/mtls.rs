@@ -133,7 +133,13 @@ pub async fn serve_inbound(
                 TlsLabels::plaintext("loopback"),
             );
             let upstream = MeteredIo::new(upstream, BytesMut::new(), dst);
-            splice(tls, upstream).await;
+            match &authz {
+                Some(a) => tokio::select! {
+                    () = splice(tls, upstream) => {}
+                    () = a.revoked() => errors.inc("unauthorized"),
+                },
+                None => splice(tls, upstream).await,
+            }
         }
     }
 }

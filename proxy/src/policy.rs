@@ -210,6 +210,14 @@ struct AllowCache {
 // which the cache holds.
 unsafe impl Send for AllowCache {}
 
+/// The error a forwarded connection ends with when the policy revokes its client.
+pub fn revoked_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "the inbound policy no longer authorizes the client",
+    )
+}
+
 /// Why a request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -388,6 +396,26 @@ impl ConnAuthz {
                 false
             }
         }
+    }
+
+    /// Completes when the port's policy changes so that this (TCP) connection's client is
+    /// no longer authorized: the connection is then closed, as Linkerd does. Never for the
+    /// default policy, which does not change.
+    pub async fn revoked(&self) {
+        let Some(rx) = &self.port else { return std::future::pending().await };
+        let mut rx = rx.clone();
+        while rx.changed().await.is_ok() {
+            let server = self.server();
+            if server.authorize_tcp(self.client, self.client_id()).is_none() {
+                self.metrics().tcp_deny.get_or_create(&self.target(&server)).inc();
+                self.log_refusal(
+                    &server,
+                    "connection closed: the inbound policy no longer authorizes the client",
+                );
+                return;
+            }
+        }
+        std::future::pending().await
     }
 
     /// An HTTP connection: says so when its requests will be refused (each is then decided

@@ -229,11 +229,21 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     match upstream {
         Upstream::Plain(mut upstream) => {
             let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol, tls);
-            let result = forward::forward(&mut client, &mut upstream, prefix, &src, &dst).await;
+            let forward = forward::forward(&mut client, &mut upstream, prefix, &src, &dst);
+            let (result, revoked) = match &authz {
+                Some(a) => tokio::select! {
+                    r = forward => (r, false),
+                    () = a.revoked() => (Err(crate::policy::revoked_error()), true),
+                },
+                None => (forward.await, false),
+            };
             let err = result.as_ref().err();
             if let Some(e) = err {
-                errors.inc("forward_io");
+                errors.inc(if revoked { "unauthorized" } else { "forward_io" });
                 debug!(error = %e, "connection ended with an error");
+                if revoked {
+                    forward::reset_on_drop(&client);
+                }
             }
             src.close(err);
             dst.close(err);
