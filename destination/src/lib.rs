@@ -17,6 +17,7 @@ pub mod index;
 pub mod k8s;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod profile;
 pub mod resolve;
 pub mod server;
