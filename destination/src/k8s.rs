@@ -25,10 +25,26 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
-    index::{Index, SharedIndex},
+    index::SharedIndex,
     metrics::{KindLabels, Metrics},
     model::{Namespace, ObjKey, Pod, Problem, Service, Slice},
+    policy::SharedPolicyIndex,
 };
+
+/// Where the watches write: the discovery index, and the policy index (which also needs
+/// the pods and namespaces).
+#[derive(Clone, Debug)]
+pub struct Indexes {
+    pub discovery: SharedIndex,
+    pub policy: SharedPolicyIndex,
+}
+
+/// What turns true once the watches have listed: discovery's kinds, and policy's.
+#[derive(Debug)]
+pub struct SyncedTx {
+    pub discovery: watch::Sender<bool>,
+    pub policy: watch::Sender<bool>,
+}
 
 /// Objects per LIST page. Pages are parsed whole, so a smaller page keeps the peak memory of
 /// a (re)list low (a page of 500 pods is several MiB of JSON and objects); 100 costs a few
@@ -42,9 +58,9 @@ trait Kind:
     const NAME: &'static str;
     type Model;
     fn convert(&self) -> Result<(Self::Model, Vec<Problem>), Problem>;
-    fn apply(index: &mut Index, model: Self::Model);
-    fn delete(index: &mut Index, obj: &Self);
-    fn reset(index: &mut Index, all: Vec<Self::Model>);
+    fn apply(index: &Indexes, model: Self::Model);
+    fn delete(index: &Indexes, obj: &Self);
+    fn reset(index: &Indexes, all: Vec<Self::Model>);
 }
 
 fn obj_key<K: Resource>(obj: &K) -> Option<ObjKey> {
@@ -57,16 +73,19 @@ impl Kind for K8sNamespace {
     fn convert(&self) -> Result<(Namespace, Vec<Problem>), Problem> {
         Namespace::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Namespace) {
-        index.apply_namespace(model)
+    fn apply(index: &Indexes, model: Namespace) {
+        index.policy.lock().apply_namespace(&model);
+        index.discovery.lock().apply_namespace(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(name) = &obj.metadata.name {
-            index.delete_namespace(name)
+            index.policy.lock().delete_namespace(name);
+            index.discovery.lock().delete_namespace(name)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Namespace>) {
-        index.reset_namespaces(all)
+    fn reset(index: &Indexes, all: Vec<Namespace>) {
+        index.policy.lock().reset_namespaces(&all);
+        index.discovery.lock().reset_namespaces(all)
     }
 }
 
@@ -76,16 +95,16 @@ impl Kind for K8sService {
     fn convert(&self) -> Result<(Service, Vec<Problem>), Problem> {
         Service::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Service) {
-        index.apply_service(model)
+    fn apply(index: &Indexes, model: Service) {
+        index.discovery.lock().apply_service(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
-            index.delete_service(&key)
+            index.discovery.lock().delete_service(&key)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Service>) {
-        index.reset_services(all)
+    fn reset(index: &Indexes, all: Vec<Service>) {
+        index.discovery.lock().reset_services(all)
     }
 }
 
@@ -95,16 +114,16 @@ impl Kind for EndpointSlice {
     fn convert(&self) -> Result<(Slice, Vec<Problem>), Problem> {
         Slice::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Slice) {
-        index.apply_slice(model)
+    fn apply(index: &Indexes, model: Slice) {
+        index.discovery.lock().apply_slice(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
-            index.delete_slice(&key)
+            index.discovery.lock().delete_slice(&key)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Slice>) {
-        index.reset_slices(all)
+    fn reset(index: &Indexes, all: Vec<Slice>) {
+        index.discovery.lock().reset_slices(all)
     }
 }
 
@@ -114,16 +133,19 @@ impl Kind for K8sPod {
     fn convert(&self) -> Result<(Pod, Vec<Problem>), Problem> {
         Pod::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Pod) {
-        index.apply_pod(model)
+    fn apply(index: &Indexes, model: Pod) {
+        index.policy.lock().apply_pod(&model);
+        index.discovery.lock().apply_pod(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
-            index.delete_pod(&key)
+            index.policy.lock().delete_pod(&key);
+            index.discovery.lock().delete_pod(&key)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Pod>) {
-        index.reset_pods(all)
+    fn reset(index: &Indexes, all: Vec<Pod>) {
+        index.policy.lock().reset_pods(&all);
+        index.discovery.lock().reset_pods(all)
     }
 }
 
@@ -148,14 +170,16 @@ impl Synced {
     }
 }
 
-/// Runs the four watches until the process ends; `synced` turns true after the first lists.
-pub async fn run(
-    client: Client,
-    index: SharedIndex,
-    metrics: Metrics,
-    synced: watch::Sender<bool>,
-) {
-    let synced = Synced::new(4, synced);
+/// Runs the watches until the process ends; `synced` turns true after the first lists.
+pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: SyncedTx) {
+    // Policy needs the pods and namespaces that discovery lists.
+    let mut discovery_synced = synced.discovery.subscribe();
+    tokio::spawn(async move {
+        if discovery_synced.wait_for(|s| *s).await.is_ok() {
+            synced.policy.send_replace(true);
+        }
+    });
+    let synced = Synced::new(4, synced.discovery);
     tokio::join!(
         watch_kind::<K8sNamespace>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
         watch_kind::<K8sService>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
@@ -164,7 +188,7 @@ pub async fn run(
     );
 }
 
-async fn watch_kind<K: Kind>(client: Client, index: SharedIndex, metrics: Metrics, synced: Synced) {
+async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, synced: Synced) {
     let api: Api<K> = Api::all(client);
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let mut events = watcher(api, config).default_backoff().boxed();
@@ -194,17 +218,17 @@ async fn watch_kind<K: Kind>(client: Client, index: SharedIndex, metrics: Metric
             Ok(watcher::Event::InitDone) => {
                 let all = listing.take().unwrap_or_default();
                 info!(kind = K::NAME, objects = all.len(), "listed");
-                K::reset(&mut index.lock(), all);
+                K::reset(&index, all);
                 if let Some(s) = first_sync.take() {
                     s.done();
                 }
             }
             Ok(watcher::Event::Apply(obj)) => {
                 if let Some(model) = convert(&obj) {
-                    K::apply(&mut index.lock(), model);
+                    K::apply(&index, model);
                 }
             }
-            Ok(watcher::Event::Delete(obj)) => K::delete(&mut index.lock(), &obj),
+            Ok(watcher::Event::Delete(obj)) => K::delete(&index, &obj),
             Err(error) => {
                 warn!(kind = K::NAME, %error, "watch failed; retrying");
                 metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();

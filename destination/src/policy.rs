@@ -18,5 +18,5 @@
 pub mod index;
 pub mod model;
 pub mod proto;
-
+pub mod server;
 pub use index::{PolicyConfig, SharedPolicyIndex};

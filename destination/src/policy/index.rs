@@ -131,8 +131,11 @@ impl PolicyIndex {
     }
 
     pub fn reset_pods(&mut self, all: &[Pod]) {
-        let new: HashMap<ObjKey, PodInbound> =
-            all.iter().map(|p| (p.key.clone(), p.inbound.clone())).collect();
+        self.set_pods(all.iter().map(|p| (p.key.clone(), p.inbound.clone())).collect());
+    }
+
+    /// Replaces all pods (the static file's, which are not whole pods).
+    pub fn set_pods(&mut self, new: HashMap<ObjKey, PodInbound>) {
         if new != self.pods {
             self.pods = new;
             self.refresh(Scope::All);
@@ -153,8 +156,11 @@ impl PolicyIndex {
     }
 
     pub fn reset_namespaces(&mut self, all: &[Namespace]) {
-        let new: HashMap<String, Option<DefaultPolicy>> =
-            all.iter().map(|n| (n.name.clone(), n.default_policy)).collect();
+        self.set_namespaces(all.iter().map(|n| (n.name.clone(), n.default_policy)).collect());
+    }
+
+    /// Replaces all namespaces' default policies.
+    pub fn set_namespaces(&mut self, new: HashMap<String, Option<DefaultPolicy>>) {
         if new != self.namespaces {
             self.namespaces = new;
             self.refresh(Scope::All);
