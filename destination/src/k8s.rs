@@ -1,10 +1,13 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
-//! Pods (kube-runtime watchers, with backoff), converted to the model and fed to the index.
+//! Pods, and of the four policy kinds of `policy.weft.dev` (kube-runtime watchers, with
+//! backoff), converted to the model and fed to the indexes.
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
 //! kind in the index at once, so objects deleted while a watch was down disappear.
 
 use std::{
+    borrow::Cow,
     fmt::Debug,
+    marker::PhantomData,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -12,15 +15,19 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::{
-    core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -28,7 +35,10 @@ use crate::{
     index::SharedIndex,
     metrics::{KindLabels, Metrics},
     model::{Namespace, ObjKey, Pod, Problem, Service, Slice},
-    policy::SharedPolicyIndex,
+    policy::{
+        SharedPolicyIndex,
+        model::{GROUP, PolicyKind, PolicyObject, VERSION},
+    },
 };
 
 /// Where the watches write: the discovery index, and the policy index (which also needs
@@ -149,37 +159,151 @@ impl Kind for K8sPod {
     }
 }
 
+/// One of the four policy kinds, as a type for [`PolicyCrd`].
+pub trait PolicyCrdKind: Clone + Debug + Send + Sync + 'static {
+    const KIND: PolicyKind;
+}
+
+macro_rules! policy_kinds {
+    ($($name:ident => $kind:expr),* $(,)?) => {$(
+        #[derive(Clone, Debug)]
+        pub struct $name;
+        impl PolicyCrdKind for $name {
+            const KIND: PolicyKind = $kind;
+        }
+    )*};
+}
+
+policy_kinds! {
+    ServerKind => PolicyKind::Server,
+    AuthorizationPolicyKind => PolicyKind::AuthorizationPolicy,
+    MeshTlsKind => PolicyKind::MeshTls,
+    NetworkKind => PolicyKind::Network,
+}
+
+/// A policy object as the API gives it. The spec stays JSON until [`PolicyObject::parse`]:
+/// an object whose spec we cannot use must cost a warning and a metric, not the watch.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PolicyCrd<K> {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    #[serde(skip)]
+    kind: PhantomData<K>,
+}
+
+impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        K::KIND.kind().into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        K::KIND.plural().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
+    const NAME: &'static str = K::KIND.metric();
+    type Model = PolicyObject;
+    fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
+        PolicyObject::parse(K::KIND, &self.metadata, &self.spec).map(|o| (o, Vec::new()))
+    }
+    fn apply(index: &Indexes, model: PolicyObject) {
+        index.policy.lock().apply(model)
+    }
+    fn delete(index: &Indexes, obj: &Self) {
+        if let Some(key) = obj_key(obj) {
+            index.policy.lock().delete(K::KIND, &key)
+        }
+    }
+    fn reset(index: &Indexes, all: Vec<PolicyObject>) {
+        index.policy.lock().reset(K::KIND, all)
+    }
+}
+
 /// Set to true once every watch has listed its kind; gRPC lookups wait for it so that a
 /// proxy is never told "does not exist" about a service that is merely not listed yet.
 #[derive(Clone, Debug)]
 pub struct Synced {
+    kinds: usize,
     pending: Arc<AtomicUsize>,
     tx: Arc<watch::Sender<bool>>,
 }
 
 impl Synced {
     fn new(kinds: usize, tx: watch::Sender<bool>) -> Self {
-        Self { pending: Arc::new(AtomicUsize::new(kinds)), tx: Arc::new(tx) }
+        Self { kinds, pending: Arc::new(AtomicUsize::new(kinds)), tx: Arc::new(tx) }
     }
 
     fn done(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            info!("kubernetes caches synced");
+            info!(kinds = self.kinds, "kubernetes caches synced");
             self.tx.send_replace(true);
         }
     }
 }
 
 /// Runs the watches until the process ends; `synced` turns true after the first lists.
+/// Discovery does not wait for the policy kinds: a cluster without the CRDs (or without the
+/// RBAC to read them) still discovers, while policy lookups wait (and the watch errors say
+/// why).
 pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: SyncedTx) {
-    // Policy needs the pods and namespaces that discovery lists.
+    // Policy needs the pods and namespaces that discovery lists, and its own kinds.
     let mut discovery_synced = synced.discovery.subscribe();
+    let (crds_tx, mut crds_synced) = watch::channel(false);
     tokio::spawn(async move {
-        if discovery_synced.wait_for(|s| *s).await.is_ok() {
+        if discovery_synced.wait_for(|s| *s).await.is_ok()
+            && crds_synced.wait_for(|s| *s).await.is_ok()
+        {
             synced.policy.send_replace(true);
         }
     });
-    let synced = Synced::new(4, synced.discovery);
+    let crds = Synced::new(4, crds_tx);
+    tokio::join!(
+        watch_kind::<PolicyCrd<ServerKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<AuthorizationPolicyKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<MeshTlsKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<NetworkKind>>(client.clone(), index.clone(), metrics.clone(), crds),
+        run_discovery(client, index, metrics, synced.discovery),
+    );
+}
+
+async fn run_discovery(
+    client: Client,
+    index: Indexes,
+    metrics: Metrics,
+    synced: watch::Sender<bool>,
+) {
+    let synced = Synced::new(4, synced);
     tokio::join!(
         watch_kind::<K8sNamespace>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
         watch_kind::<K8sService>(client.clone(), index.clone(), metrics.clone(), synced.clone()),

@@ -268,7 +268,7 @@ impl PolicyKind {
         PolicyKind::Network,
     ];
 
-    pub fn kind(self) -> &'static str {
+    pub const fn kind(self) -> &'static str {
         match self {
             PolicyKind::Server => "Server",
             PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
@@ -277,7 +277,7 @@ impl PolicyKind {
         }
     }
 
-    pub fn plural(self) -> &'static str {
+    pub const fn plural(self) -> &'static str {
         match self {
             PolicyKind::Server => "servers",
             PolicyKind::AuthorizationPolicy => "authorizationpolicies",
@@ -287,7 +287,7 @@ impl PolicyKind {
     }
 
     /// The `kind` label of skipped-object metrics.
-    pub fn metric(self) -> &'static str {
+    pub const fn metric(self) -> &'static str {
         match self {
             PolicyKind::Server => "server",
             PolicyKind::AuthorizationPolicy => "authorizationpolicy",
