@@ -8,7 +8,10 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tracing::info;
-use weft_destination::{Config, IndexConfig, Source};
+use weft_destination::{
+    Config, IndexConfig, PolicyConfig, Source,
+    policy::model::{DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, parse_networks},
+};
 use weft_identity::{
     control::{self, ControlAddr, Resolver},
     workload::WorkloadConfig,
@@ -46,6 +49,15 @@ pub struct DestinationArgs {
     /// `WEFT_PROXY_OPAQUE_PORTS` default (comma-separated ports and ranges; empty for none).
     #[arg(long, env = "WEFT_DESTINATION_DEFAULT_OPAQUE_PORTS", default_value = weft_destination::index::DEFAULT_OPAQUE_PORTS)]
     default_opaque_ports: String,
+    /// The inbound policy of pod ports that no Server selects, when neither the pod nor its
+    /// namespace says (`config.weft.dev/default-inbound-policy`): all-unauthenticated,
+    /// all-authenticated, cluster-unauthenticated, cluster-authenticated, audit or deny.
+    #[arg(long, env = "WEFT_DESTINATION_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = parse_policy)]
+    default_inbound_policy: DefaultPolicy,
+    /// The cluster's pod and node networks (comma-separated CIDRs): where `cluster-*`
+    /// policies admit clients from. Keep it equal to the injector's.
+    #[arg(long, env = "WEFT_DESTINATION_CLUSTER_NETWORKS", default_value = DEFAULT_CLUSTER_NETWORKS)]
+    cluster_networks: String,
     /// This service's own identity name (e.g.
     /// `weft-destination.weft.serviceaccount.identity.weft.cluster.local`, what proxies'
     /// `WEFT_PROXY_DESTINATION_SVC_NAME` says). With it the service obtains a certificate
@@ -80,6 +92,10 @@ pub struct DestinationArgs {
     log_format: LogFormat,
 }
 
+fn parse_policy(s: &str) -> Result<DefaultPolicy, String> {
+    s.parse()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SourceKind {
     Kubernetes,
@@ -97,6 +113,8 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         trust_domain,
         proxy_inbound_port,
         default_opaque_ports,
+        default_inbound_policy,
+        cluster_networks,
         identity_name,
         identity_addr,
         identity_svc_name,
@@ -139,6 +157,11 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
     if !bad.is_empty() {
         bail!("--default-opaque-ports: {bad:?} are not ports or port ranges");
     }
+    let cluster_networks = parse_networks(&cluster_networks)
+        .map_err(|e| anyhow::anyhow!("--cluster-networks: {e}"))?;
+    if cluster_networks.is_empty() {
+        bail!("--cluster-networks must not be empty (WEFT_DESTINATION_CLUSTER_NETWORKS)");
+    }
     let source = match (source, static_file) {
         (SourceKind::Static, Some(path)) => Source::Static(path),
         (SourceKind::Static, None) => {
@@ -174,6 +197,7 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             proxy_inbound_port,
             default_opaque_ports,
         },
+        policy: PolicyConfig { default_policy: default_inbound_policy, cluster_networks },
         identity,
     };
     info!(?config, "starting destination service");

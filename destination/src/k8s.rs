@@ -1,10 +1,13 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
-//! Pods (kube-runtime watchers, with backoff), converted to the model and fed to the index.
+//! Pods, and of the four policy kinds of `policy.weft.dev` (kube-runtime watchers, with
+//! backoff), converted to the model and fed to the indexes.
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
 //! kind in the index at once, so objects deleted while a watch was down disappear.
 
 use std::{
+    borrow::Cow,
     fmt::Debug,
+    marker::PhantomData,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -12,23 +15,46 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::{
-    core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
-    index::{Index, SharedIndex},
+    index::SharedIndex,
     metrics::{KindLabels, Metrics},
     model::{Namespace, ObjKey, Pod, Problem, Service, Slice},
+    policy::{
+        SharedPolicyIndex,
+        model::{GROUP, PolicyKind, PolicyObject, VERSION},
+    },
 };
+
+/// Where the watches write: the discovery index, and the policy index (which also needs
+/// the pods and namespaces).
+#[derive(Clone, Debug)]
+pub struct Indexes {
+    pub discovery: SharedIndex,
+    pub policy: SharedPolicyIndex,
+}
+
+/// What turns true once the watches have listed: discovery's kinds, and policy's.
+#[derive(Debug)]
+pub struct SyncedTx {
+    pub discovery: watch::Sender<bool>,
+    pub policy: watch::Sender<bool>,
+}
 
 /// Objects per LIST page. Pages are parsed whole, so a smaller page keeps the peak memory of
 /// a (re)list low (a page of 500 pods is several MiB of JSON and objects); 100 costs a few
@@ -42,9 +68,9 @@ trait Kind:
     const NAME: &'static str;
     type Model;
     fn convert(&self) -> Result<(Self::Model, Vec<Problem>), Problem>;
-    fn apply(index: &mut Index, model: Self::Model);
-    fn delete(index: &mut Index, obj: &Self);
-    fn reset(index: &mut Index, all: Vec<Self::Model>);
+    fn apply(index: &Indexes, model: Self::Model);
+    fn delete(index: &Indexes, obj: &Self);
+    fn reset(index: &Indexes, all: Vec<Self::Model>);
 }
 
 fn obj_key<K: Resource>(obj: &K) -> Option<ObjKey> {
@@ -57,16 +83,19 @@ impl Kind for K8sNamespace {
     fn convert(&self) -> Result<(Namespace, Vec<Problem>), Problem> {
         Namespace::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Namespace) {
-        index.apply_namespace(model)
+    fn apply(index: &Indexes, model: Namespace) {
+        index.policy.lock().apply_namespace(&model);
+        index.discovery.lock().apply_namespace(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(name) = &obj.metadata.name {
-            index.delete_namespace(name)
+            index.policy.lock().delete_namespace(name);
+            index.discovery.lock().delete_namespace(name)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Namespace>) {
-        index.reset_namespaces(all)
+    fn reset(index: &Indexes, all: Vec<Namespace>) {
+        index.policy.lock().reset_namespaces(&all);
+        index.discovery.lock().reset_namespaces(all)
     }
 }
 
@@ -76,16 +105,16 @@ impl Kind for K8sService {
     fn convert(&self) -> Result<(Service, Vec<Problem>), Problem> {
         Service::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Service) {
-        index.apply_service(model)
+    fn apply(index: &Indexes, model: Service) {
+        index.discovery.lock().apply_service(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
-            index.delete_service(&key)
+            index.discovery.lock().delete_service(&key)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Service>) {
-        index.reset_services(all)
+    fn reset(index: &Indexes, all: Vec<Service>) {
+        index.discovery.lock().reset_services(all)
     }
 }
 
@@ -95,16 +124,16 @@ impl Kind for EndpointSlice {
     fn convert(&self) -> Result<(Slice, Vec<Problem>), Problem> {
         Slice::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Slice) {
-        index.apply_slice(model)
+    fn apply(index: &Indexes, model: Slice) {
+        index.discovery.lock().apply_slice(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
-            index.delete_slice(&key)
+            index.discovery.lock().delete_slice(&key)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Slice>) {
-        index.reset_slices(all)
+    fn reset(index: &Indexes, all: Vec<Slice>) {
+        index.discovery.lock().reset_slices(all)
     }
 }
 
@@ -114,16 +143,95 @@ impl Kind for K8sPod {
     fn convert(&self) -> Result<(Pod, Vec<Problem>), Problem> {
         Pod::from_k8s(self)
     }
-    fn apply(index: &mut Index, model: Pod) {
-        index.apply_pod(model)
+    fn apply(index: &Indexes, model: Pod) {
+        index.policy.lock().apply_pod(&model);
+        index.discovery.lock().apply_pod(model)
     }
-    fn delete(index: &mut Index, obj: &Self) {
+    fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
-            index.delete_pod(&key)
+            index.policy.lock().delete_pod(&key);
+            index.discovery.lock().delete_pod(&key)
         }
     }
-    fn reset(index: &mut Index, all: Vec<Pod>) {
-        index.reset_pods(all)
+    fn reset(index: &Indexes, all: Vec<Pod>) {
+        index.policy.lock().reset_pods(&all);
+        index.discovery.lock().reset_pods(all)
+    }
+}
+
+/// One of the four policy kinds, as a type for [`PolicyCrd`].
+pub trait PolicyCrdKind: Clone + Debug + Send + Sync + 'static {
+    const KIND: PolicyKind;
+}
+
+macro_rules! policy_kinds {
+    ($($name:ident => $kind:expr),* $(,)?) => {$(
+        #[derive(Clone, Debug)]
+        pub struct $name;
+        impl PolicyCrdKind for $name {
+            const KIND: PolicyKind = $kind;
+        }
+    )*};
+}
+
+policy_kinds! {
+    ServerKind => PolicyKind::Server,
+    AuthorizationPolicyKind => PolicyKind::AuthorizationPolicy,
+    MeshTlsKind => PolicyKind::MeshTls,
+    NetworkKind => PolicyKind::Network,
+}
+
+/// A policy object as the API gives it. The spec stays JSON until [`PolicyObject::parse`]:
+/// an object whose spec we cannot use must cost a warning and a metric, not the watch.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PolicyCrd<K> {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    #[serde(skip)]
+    kind: PhantomData<K>,
+}
+
+impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        K::KIND.kind().into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        K::KIND.plural().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
+    const NAME: &'static str = K::KIND.metric();
+    type Model = PolicyObject;
+    fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
+        PolicyObject::parse(K::KIND, &self.metadata, &self.spec).map(|o| (o, Vec::new()))
+    }
+    fn apply(index: &Indexes, model: PolicyObject) {
+        index.policy.lock().apply(model)
+    }
+    fn delete(index: &Indexes, obj: &Self) {
+        if let Some(key) = obj_key(obj) {
+            index.policy.lock().delete(K::KIND, &key)
+        }
+    }
+    fn reset(index: &Indexes, all: Vec<PolicyObject>) {
+        index.policy.lock().reset(K::KIND, all)
     }
 }
 
@@ -131,27 +239,67 @@ impl Kind for K8sPod {
 /// proxy is never told "does not exist" about a service that is merely not listed yet.
 #[derive(Clone, Debug)]
 pub struct Synced {
+    kinds: usize,
     pending: Arc<AtomicUsize>,
     tx: Arc<watch::Sender<bool>>,
 }
 
 impl Synced {
     fn new(kinds: usize, tx: watch::Sender<bool>) -> Self {
-        Self { pending: Arc::new(AtomicUsize::new(kinds)), tx: Arc::new(tx) }
+        Self { kinds, pending: Arc::new(AtomicUsize::new(kinds)), tx: Arc::new(tx) }
     }
 
     fn done(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            info!("kubernetes caches synced");
+            info!(kinds = self.kinds, "kubernetes caches synced");
             self.tx.send_replace(true);
         }
     }
 }
 
-/// Runs the four watches until the process ends; `synced` turns true after the first lists.
-pub async fn run(
+/// Runs the watches until the process ends; `synced` turns true after the first lists.
+/// Discovery does not wait for the policy kinds: a cluster without the CRDs (or without the
+/// RBAC to read them) still discovers, while policy lookups wait (and the watch errors say
+/// why).
+pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: SyncedTx) {
+    // Policy needs the pods and namespaces that discovery lists, and its own kinds.
+    let mut discovery_synced = synced.discovery.subscribe();
+    let (crds_tx, mut crds_synced) = watch::channel(false);
+    tokio::spawn(async move {
+        if discovery_synced.wait_for(|s| *s).await.is_ok()
+            && crds_synced.wait_for(|s| *s).await.is_ok()
+        {
+            synced.policy.send_replace(true);
+        }
+    });
+    let crds = Synced::new(4, crds_tx);
+    tokio::join!(
+        watch_kind::<PolicyCrd<ServerKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<AuthorizationPolicyKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<MeshTlsKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<NetworkKind>>(client.clone(), index.clone(), metrics.clone(), crds),
+        run_discovery(client, index, metrics, synced.discovery),
+    );
+}
+
+async fn run_discovery(
     client: Client,
-    index: SharedIndex,
+    index: Indexes,
     metrics: Metrics,
     synced: watch::Sender<bool>,
 ) {
@@ -164,7 +312,7 @@ pub async fn run(
     );
 }
 
-async fn watch_kind<K: Kind>(client: Client, index: SharedIndex, metrics: Metrics, synced: Synced) {
+async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, synced: Synced) {
     let api: Api<K> = Api::all(client);
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let mut events = watcher(api, config).default_backoff().boxed();
@@ -194,17 +342,17 @@ async fn watch_kind<K: Kind>(client: Client, index: SharedIndex, metrics: Metric
             Ok(watcher::Event::InitDone) => {
                 let all = listing.take().unwrap_or_default();
                 info!(kind = K::NAME, objects = all.len(), "listed");
-                K::reset(&mut index.lock(), all);
+                K::reset(&index, all);
                 if let Some(s) = first_sync.take() {
                     s.done();
                 }
             }
             Ok(watcher::Event::Apply(obj)) => {
                 if let Some(model) = convert(&obj) {
-                    K::apply(&mut index.lock(), model);
+                    K::apply(&index, model);
                 }
             }
-            Ok(watcher::Event::Delete(obj)) => K::delete(&mut index.lock(), &obj),
+            Ok(watcher::Event::Delete(obj)) => K::delete(&index, &obj),
             Err(error) => {
                 warn!(kind = K::NAME, %error, "watch failed; retrying");
                 metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();

@@ -11,12 +11,18 @@
 //! - [`server`]: the gRPC streams; [`admin`]: `/metrics`, `/ready`, `/live`; [`run`] ties
 //!   them together, over TLS with a certificate of the service's own when it has an
 //!   identity (obtained and renewed from the identity service, like a proxy's).
+//!
+//! [`policy`] serves inbound authorization policy
+//! (`io.linkerd.proxy.inbound.InboundServerPolicies`) on the same port, from the same
+//! sources: proxies find both APIs behind one address and one TLS identity, as Linkerd's
+//! proxies find its destination and policy controllers.
 
 pub mod admin;
 pub mod index;
 pub mod k8s;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod profile;
 pub mod resolve;
 pub mod server;
@@ -41,9 +47,13 @@ use weft_identity::{
     workload::{Workload, WorkloadConfig},
 };
 
-pub use crate::index::IndexConfig;
+pub use crate::{index::IndexConfig, policy::PolicyConfig};
 use crate::{
-    index::SharedIndex, metrics::Metrics, resolve::Discover, server::DestinationService,
+    index::SharedIndex,
+    metrics::Metrics,
+    policy::{SharedPolicyIndex, server::InboundPolicyService},
+    resolve::Discover,
+    server::DestinationService,
     static_source::StaticIndex,
 };
 
@@ -60,6 +70,7 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub source: Source,
     pub index: IndexConfig,
+    pub policy: PolicyConfig,
     /// The service's own identity: with it, gRPC is served over TLS 1.3 only.
     pub identity: Option<WorkloadConfig>,
 }
@@ -77,10 +88,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The one crypto provider of the workspace, for the kube client's TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Config { listen_addr, admin_addr, source, index, identity } = config;
+    let Config { listen_addr, admin_addr, source, index, policy, identity } = config;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let (synced_tx, synced) = watch::channel(false);
+    let (policy_synced_tx, policy_synced) = watch::channel(false);
+    let policy_index =
+        SharedPolicyIndex::new(policy, index.clone(), metrics.server_conflicts.clone());
     let workload = identity
         .map(|c| Workload::start(c, &mut registry))
         .transpose()
@@ -89,13 +103,14 @@ pub async fn run(
     let (discover, source_task): (Arc<dyn Discover>, Task) = match &source {
         Source::Static(path) => {
             let catalog = static_source::load(path, &metrics)?;
-            let idx = StaticIndex::new(catalog, &index.cluster_domain);
+            let idx = StaticIndex::new(catalog, &index.cluster_domain, policy_index.clone());
             synced_tx.send_replace(true);
+            policy_synced_tx.send_replace(true);
             let task = static_source::watch_file(path.clone(), idx.clone(), metrics.clone());
             (
                 Arc::new(idx),
                 Box::pin(async move {
-                    let _synced = synced_tx;
+                    let _synced = (synced_tx, policy_synced_tx);
                     task.await
                 }),
             )
@@ -105,7 +120,9 @@ pub async fn run(
                 "no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or in-cluster)",
             )?;
             let idx = SharedIndex::new(index.clone());
-            (Arc::new(idx.clone()), Box::pin(k8s::run(client, idx, metrics.clone(), synced_tx)))
+            let indexes = k8s::Indexes { discovery: idx.clone(), policy: policy_index.clone() };
+            let synced = k8s::SyncedTx { discovery: synced_tx, policy: policy_synced_tx };
+            (Arc::new(idx), Box::pin(k8s::run(client, indexes, metrics.clone(), synced)))
         }
     };
 
@@ -139,11 +156,13 @@ pub async fn run(
         tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future());
 
     let service = DestinationService::new(discover, &index.cluster_domain, metrics.clone(), synced);
+    let policy_service = InboundPolicyService::new(policy_index, metrics.clone(), policy_synced);
     let server = tonic::transport::Server::builder()
         // Proxies hold their streams for hours: notice the ones that vanished.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(service.into_server());
+        .add_service(service.into_server())
+        .add_service(policy_service.into_server());
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &workload {
             None => {

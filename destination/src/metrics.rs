@@ -47,11 +47,13 @@ pub struct ClientIdLabels {
 
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    /// Open `Get` / `GetProfile` streams.
+    /// Open `Get` / `GetProfile` / `WatchPort` streams.
     pub subscribers: Family<RpcLabels, Gauge>,
-    /// Messages sent on those streams, by kind (`add`, `remove`, `no_endpoints`, `profile`).
+    /// Messages sent on those streams, by kind (`add`, `remove`, `no_endpoints`, `profile`,
+    /// `server`).
     pub updates: Family<UpdateLabels, Counter>,
-    /// Lookups by what they resolved to (`service`, `pod`, `not_found`, `invalid`).
+    /// Lookups by what they resolved to (`service`, `pod`, `not_found`, `invalid`; for
+    /// `get_port` / `watch_port`: `server`, `default`, `not_found`, `invalid`).
     pub lookups: Family<LookupLabels, Counter>,
     /// Objects, or parts of them, not used (bad IPs, missing names, invalid annotations).
     pub skipped: Family<SkipLabels, Counter>,
@@ -63,14 +65,25 @@ pub struct Metrics {
     pub tls_connections: Family<ClientIdLabels, Counter>,
     /// TLS handshakes that failed (with TLS on): plaintext clients, untrusted certificates.
     pub tls_handshake_errors: Counter,
+    /// Inbound policy computations in which more than one Server selected a pod port (the
+    /// oldest won).
+    pub server_conflicts: Counter,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics::default();
         let r = registry.sub_registry_with_prefix("destination");
-        r.register("subscribers", "Open Get and GetProfile streams", m.subscribers.clone());
-        r.register("updates", "Messages sent on Get and GetProfile streams", m.updates.clone());
+        r.register(
+            "subscribers",
+            "Open Get, GetProfile and WatchPort streams",
+            m.subscribers.clone(),
+        );
+        r.register(
+            "updates",
+            "Messages sent on Get, GetProfile and WatchPort streams",
+            m.updates.clone(),
+        );
         r.register("lookups", "Lookups by what they resolved to", m.lookups.clone());
         r.register(
             "objects_skipped",
@@ -92,6 +105,11 @@ impl Metrics {
             "tls_handshake_errors",
             "TLS handshakes that failed (plaintext clients, certificates from other anchors)",
             m.tls_handshake_errors.clone(),
+        );
+        r.register(
+            "policy_server_conflicts",
+            "Inbound policy computations in which more than one Server selected a pod port (the oldest won)",
+            m.server_conflicts.clone(),
         );
         m
     }

@@ -10,7 +10,10 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use crate::profile::{self, ProfilePolicy};
+use crate::{
+    policy::model::{DEFAULT_INBOUND_POLICY_ANNOTATION, DefaultPolicy, PodInbound},
+    profile::{self, ProfilePolicy},
+};
 
 /// Annotation (on a pod or its namespace) listing the ports that skip protocol detection.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "config.weft.dev/opaque-ports";
@@ -94,6 +97,8 @@ impl PortSet {
 pub struct Namespace {
     pub name: String,
     pub opaque_ports: Option<PortSet>,
+    /// `config.weft.dev/default-inbound-policy`: for the pods that do not say.
+    pub default_policy: Option<DefaultPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +154,7 @@ pub struct Pod {
     pub opaque_ports: Option<PortSet>,
     /// Succeeded/Failed pods and host-network pods do not own their IP.
     pub owns_ip: bool,
+    pub inbound: PodInbound,
 }
 
 fn key_of(kind: &'static str, meta: &ObjectMeta) -> Result<ObjKey, Problem> {
@@ -184,6 +190,86 @@ fn opaque_ports(
     Some(set)
 }
 
+fn default_policy(
+    kind: &'static str,
+    object: &dyn fmt::Display,
+    annotations: Option<&BTreeMap<String, String>>,
+    problems: &mut Vec<Problem>,
+) -> Option<DefaultPolicy> {
+    let value = annotations?.get(DEFAULT_INBOUND_POLICY_ANNOTATION)?;
+    value
+        .parse()
+        .map_err(|e| {
+            problems.push(Problem::new(
+                kind,
+                object,
+                "invalid_annotation",
+                format!("{DEFAULT_INBOUND_POLICY_ANNOTATION}: {e}"),
+            ))
+        })
+        .ok()
+}
+
+/// Labels, named container ports, HTTP probe paths and the default policy of a pod. Only
+/// the app's probes count: the injected proxy's own are served by the proxy itself.
+fn pod_inbound(
+    key: &ObjKey,
+    meta: &ObjectMeta,
+    spec: Option<&core::PodSpec>,
+    problems: &mut Vec<Problem>,
+) -> PodInbound {
+    let containers: Vec<&core::Container> = spec
+        .map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).collect())
+        .unwrap_or_default();
+    let containers = containers.into_iter().filter(|c| c.name != PROXY_CONTAINER);
+    let mut named_ports = BTreeMap::new();
+    let mut probes: BTreeMap<u16, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut http_gets = Vec::new();
+    for c in containers {
+        for p in c.ports.iter().flatten() {
+            let name = p.name.as_deref().filter(|n| !n.is_empty());
+            if let (Some(name), Ok(port)) = (name, u16::try_from(p.container_port)) {
+                named_ports.entry(name.to_string()).or_insert(port);
+            }
+        }
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().flatten()
+        {
+            if let Some(get) = &probe.http_get {
+                http_gets.push(get);
+            }
+        }
+    }
+    for get in http_gets {
+        if get.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
+            continue;
+        }
+        let port = match &get.port {
+            IntOrString::Int(n) => u16::try_from(*n).ok().filter(|n| *n != 0),
+            IntOrString::String(name) => named_ports.get(name).copied(),
+        };
+        let Some(port) = port else {
+            problems.push(Problem::new(
+                "pod",
+                key,
+                "invalid_probe",
+                format!("httpGet port {:?}", get.port),
+            ));
+            continue;
+        };
+        // The kubelet sends the path as it is, query included; routes match the path only.
+        let path = get.path.as_deref().unwrap_or("/");
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+        probes.entry(port).or_default().insert(path);
+    }
+    PodInbound {
+        labels: meta.labels.clone().unwrap_or_default(),
+        named_ports,
+        probes,
+        default_policy: default_policy("pod", key, meta.annotations.as_ref(), problems),
+    }
+}
+
 fn parse_ip(s: &str) -> Option<IpAddr> {
     s.trim().parse().ok()
 }
@@ -194,9 +280,10 @@ impl Namespace {
             return Err(Problem::new("namespace", "?", "missing_name", "no name"));
         };
         let mut problems = Vec::new();
-        let opaque_ports =
-            opaque_ports("namespace", &name, ns.metadata.annotations.as_ref(), &mut problems);
-        Ok((Namespace { name, opaque_ports }, problems))
+        let annotations = ns.metadata.annotations.as_ref();
+        let opaque_ports = opaque_ports("namespace", &name, annotations, &mut problems);
+        let default_policy = default_policy("namespace", &name, annotations, &mut problems);
+        Ok((Namespace { name, opaque_ports, default_policy }, problems))
     }
 }
 
@@ -385,6 +472,7 @@ impl Pod {
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let inbound = pod_inbound(&key, &pod.metadata, spec, &mut problems);
         Ok((
             Pod {
                 owner: owner(&pod.metadata),
@@ -394,6 +482,7 @@ impl Pod {
                 meshed,
                 opaque_ports,
                 owns_ip: !terminated && !host_network,
+                inbound,
             },
             problems,
         ))

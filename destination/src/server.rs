@@ -76,18 +76,18 @@ impl DestinationService {
 }
 
 /// Decrements the subscriber gauge when a stream is dropped.
-struct Subscriber {
+pub(crate) struct Subscriber {
     metrics: Metrics,
     rpc: &'static str,
 }
 
 impl Subscriber {
-    fn new(metrics: &Metrics, rpc: &'static str) -> Self {
+    pub(crate) fn new(metrics: &Metrics, rpc: &'static str) -> Self {
         metrics.subscribers.get_or_create(&RpcLabels { rpc }).inc();
         Self { metrics: metrics.clone(), rpc }
     }
 
-    fn sent(&self, update: &'static str) {
+    pub(crate) fn sent(&self, update: &'static str) {
         self.metrics.updates.get_or_create(&UpdateLabels { rpc: self.rpc, update }).inc();
     }
 }

@@ -24,6 +24,37 @@
 //!
 //! Lookups: `web.prod.svc.<cluster-domain>:80`, a ClusterIP with a listed port, or an
 //! endpoint's own address (that endpoint alone).
+//!
+//! Inbound policy (`InboundServerPolicies`, asked for by `<namespace>:<pod>` and port) comes
+//! from three optional sections: the pods, the namespaces' default policies, and policy
+//! objects written exactly as they would be applied to a cluster:
+//!
+//! ```yaml
+//! namespaces:
+//!   - name: prod
+//!     annotations: {config.weft.dev/default-inbound-policy: all-authenticated}
+//! pods:
+//!   - name: web-1                # required
+//!     namespace: prod            # required
+//!     labels: {app: web}         # optional: what Servers select
+//!     annotations:               # optional: the pod's default policy
+//!       config.weft.dev/default-inbound-policy: deny
+//!     ports:                     # optional: container ports a Server may name
+//!       - {name: http, containerPort: 8080}
+//!     probes:                    # optional: the kubelet's HTTP GET probes (probe routes)
+//!       - {port: 8080, path: /ready}
+//! policies:                      # Server, AuthorizationPolicy, MeshTLSAuthentication,
+//!   - apiVersion: policy.weft.dev/v1beta1   # NetworkAuthentication
+//!     kind: Server
+//!     metadata: {name: web-http, namespace: prod}
+//!     spec:
+//!       podSelector: {matchLabels: {app: web}}
+//!       port: http
+//!       proxyProtocol: HTTP/1
+//! ```
+//!
+//! A policy object that does not convert fails the whole file (as a structural error does):
+//! a file is written by hand and checked at once, so it had better say exactly what it means.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,6 +64,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -40,6 +72,13 @@ use tracing::{info, warn};
 use crate::{
     metrics::{Metrics, ResultLabels},
     model::{OPAQUE_PORTS_ANNOTATION, ObjKey, PortSet},
+    policy::{
+        SharedPolicyIndex,
+        model::{
+            DEFAULT_INBOUND_POLICY_ANNOTATION, DefaultPolicy, GROUP, PodInbound, PolicyKind,
+            PolicyObject, VERSION,
+        },
+    },
     profile::{self, ProfilePolicy},
     resolve::{
         DEFAULT_WEIGHT, Discover, Endpoint, Hint, ProfileSource, Resolution, Subscriptions, Target,
@@ -53,6 +92,60 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 struct File {
     #[serde(default)]
     services: Vec<FileService>,
+    #[serde(default)]
+    namespaces: Vec<FileNamespace>,
+    #[serde(default)]
+    pods: Vec<FilePod>,
+    #[serde(default)]
+    policies: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNamespace {
+    name: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePod {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    ports: Vec<FileContainerPort>,
+    #[serde(default)]
+    probes: Vec<FileProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileContainerPort {
+    name: Option<String>,
+    container_port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProbe {
+    port: u16,
+    path: String,
+}
+
+/// A policy object as `kubectl apply` takes it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FilePolicy {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +212,22 @@ pub struct Catalog {
     services: HashMap<ObjKey, StaticService>,
     cluster_ips: HashMap<IpAddr, ObjKey>,
     endpoints: HashMap<SocketAddr, (ObjKey, u16)>,
+    namespaces: HashMap<String, Option<DefaultPolicy>>,
+    pods: HashMap<ObjKey, PodInbound>,
+    policies: Vec<PolicyObject>,
+}
+
+/// The default policy annotation of a pod or namespace; a bad value is a warning.
+fn default_policy(
+    what: &str,
+    annotations: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Option<DefaultPolicy> {
+    let value = annotations.get(DEFAULT_INBOUND_POLICY_ANNOTATION)?;
+    value
+        .parse()
+        .map_err(|e| warnings.push(format!("{what}: {DEFAULT_INBOUND_POLICY_ANNOTATION}: {e}")))
+        .ok()
 }
 
 impl Catalog {
@@ -193,6 +302,63 @@ impl Catalog {
                 .services
                 .insert(key.clone(), StaticService { key, ports, policy, opaque_ports });
         }
+        for ns in file.namespaces {
+            if ns.name.is_empty() {
+                return Err(invalid("namespace: name is required".into()));
+            }
+            let policy =
+                default_policy(&format!("namespace {}", ns.name), &ns.annotations, &mut warnings);
+            if catalog.namespaces.insert(ns.name.clone(), policy).is_some() {
+                return Err(invalid(format!("namespace {} is listed twice", ns.name)));
+            }
+        }
+        for p in file.pods {
+            let key = ObjKey::new(&p.namespace, &p.name);
+            if p.name.is_empty() || p.namespace.is_empty() {
+                return Err(invalid(format!("pod {key}: name and namespace are required")));
+            }
+            let mut inbound = PodInbound {
+                labels: p.labels,
+                default_policy: default_policy(
+                    &format!("pod {key}"),
+                    &p.annotations,
+                    &mut warnings,
+                ),
+                ..Default::default()
+            };
+            for port in p.ports {
+                if port.container_port == 0 {
+                    return Err(invalid(format!("pod {key}: containerPort 0")));
+                }
+                if let Some(name) = port.name.filter(|n| !n.is_empty()) {
+                    inbound.named_ports.insert(name, port.container_port);
+                }
+            }
+            for probe in p.probes {
+                if probe.port == 0 || !probe.path.starts_with('/') {
+                    return Err(invalid(format!(
+                        "pod {key}: probe {}:{:?} needs a port and a path starting with /",
+                        probe.port, probe.path
+                    )));
+                }
+                inbound.probes.entry(probe.port).or_default().insert(probe.path);
+            }
+            if catalog.pods.insert(key.clone(), inbound).is_some() {
+                return Err(invalid(format!("pod {key} is listed twice")));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, value) in file.policies.into_iter().enumerate() {
+            let object = parse_policy(value).map_err(|e| invalid(format!("policies[{i}]: {e}")))?;
+            if !seen.insert((object.kind(), object.key().clone())) {
+                return Err(invalid(format!(
+                    "policies[{i}]: {} {} is listed twice",
+                    object.kind().kind(),
+                    object.key()
+                )));
+            }
+            catalog.policies.push(object);
+        }
         Ok((catalog, warnings))
     }
 
@@ -246,6 +412,21 @@ impl Catalog {
     }
 }
 
+fn parse_policy(value: serde_json::Value) -> Result<PolicyObject, String> {
+    let p: FilePolicy = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let want = format!("{GROUP}/{VERSION}");
+    if p.api_version != want {
+        return Err(format!("apiVersion {:?} is not {want}", p.api_version));
+    }
+    let kind = PolicyKind::from_kind(&p.kind).ok_or_else(|| {
+        format!(
+            "kind {:?} is not one of Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication",
+            p.kind
+        )
+    })?;
+    PolicyObject::parse(kind, &p.metadata, &p.spec).map_err(|e| e.to_string())
+}
+
 #[derive(Debug)]
 struct Inner {
     catalog: Catalog,
@@ -257,13 +438,17 @@ struct Inner {
 pub struct StaticIndex {
     inner: Arc<Mutex<Inner>>,
     cluster_domain: Arc<str>,
+    policy: SharedPolicyIndex,
 }
 
 impl StaticIndex {
-    pub fn new(catalog: Catalog, cluster_domain: &str) -> Self {
+    /// Serves `catalog`, and gives its pods and policies to `policy`.
+    pub fn new(catalog: Catalog, cluster_domain: &str, policy: SharedPolicyIndex) -> Self {
+        set_policy(&policy, &catalog);
         Self {
             inner: Arc::new(Mutex::new(Inner { catalog, subs: Subscriptions::default() })),
             cluster_domain: cluster_domain.into(),
+            policy,
         }
     }
 
@@ -274,9 +459,19 @@ impl StaticIndex {
     /// Swaps in a new catalog and pushes what changed to the followed targets.
     pub fn replace(&self, catalog: Catalog) {
         let mut inner = self.lock();
+        set_policy(&self.policy, &catalog);
         let Inner { catalog: current, subs } = &mut *inner;
         *current = catalog;
         subs.refresh_all(|t| current.resolve(t, &self.cluster_domain));
+    }
+}
+
+fn set_policy(policy: &SharedPolicyIndex, catalog: &Catalog) {
+    let mut policy = policy.lock();
+    policy.set_namespaces(catalog.namespaces.clone());
+    policy.set_pods(catalog.pods.clone());
+    for kind in PolicyKind::ALL {
+        policy.reset(kind, catalog.policies.clone());
     }
 }
 
@@ -330,7 +525,13 @@ pub async fn watch_file(path: PathBuf, index: StaticIndex, metrics: Metrics) {
         let loaded = tokio::task::spawn_blocking(move || load(&p, &m)).await;
         match loaded {
             Ok(Ok(catalog)) => {
-                info!(path = %path.display(), services = catalog.services.len(), "static file reloaded");
+                info!(
+                    path = %path.display(),
+                    services = catalog.services.len(),
+                    pods = catalog.pods.len(),
+                    policies = catalog.policies.len(),
+                    "static file reloaded"
+                );
                 index.replace(catalog);
             }
             Ok(Err(error)) => {
@@ -449,7 +650,7 @@ services:
 
     #[test]
     fn replace_pushes_changes() {
-        let index = StaticIndex::new(catalog(), "cluster.local");
+        let index = StaticIndex::new(catalog(), "cluster.local", SharedPolicyIndex::default());
         let t = Target::Service { key: ObjKey::new("prod", "web"), port: 80 };
         let mut rx = index.resolve(&t).expect("followed");
         assert_eq!(rx.borrow_and_update().endpoints.len(), 2);
@@ -463,5 +664,91 @@ services:
         assert_eq!(rx.borrow_and_update().endpoints.len(), 1);
         index.replace(Catalog::default());
         assert!(!rx.borrow_and_update().exists);
+    }
+
+    const POLICY_FILE: &str = r#"
+namespaces:
+  - name: prod
+    annotations: {config.weft.dev/default-inbound-policy: all-authenticated}
+pods:
+  - name: web-1
+    namespace: prod
+    labels: {app: web}
+    ports: [{name: http, containerPort: 8080}]
+    probes: [{port: 8080, path: /ready}]
+  - name: db-1
+    namespace: prod
+    annotations: {config.weft.dev/default-inbound-policy: deny}
+policies:
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: Server
+    metadata: {name: web-http, namespace: prod}
+    spec:
+      podSelector: {matchLabels: {app: web}}
+      port: http
+      proxyProtocol: HTTP/1
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: AuthorizationPolicy
+    metadata: {name: web-from-office, namespace: prod}
+    spec:
+      targetRef: {group: policy.weft.dev, kind: Server, name: web-http}
+      requiredAuthenticationRefs:
+        - {group: policy.weft.dev, kind: NetworkAuthentication, name: office}
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: NetworkAuthentication
+    metadata: {name: office, namespace: prod}
+    spec:
+      networks: [{cidr: 192.168.0.0/16}]
+"#;
+
+    #[test]
+    fn pods_and_policies() {
+        let (c, warnings) = Catalog::parse(Path::new("f.yaml"), POLICY_FILE).expect("parses");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let policy = SharedPolicyIndex::default();
+        let index = StaticIndex::new(c, "cluster.local", policy.clone());
+        let web = ObjKey::new("prod", "web-1");
+        let srv = policy.lock().get(&web, 8080).expect("web-1 is known");
+        assert_eq!(srv.labels["name"], "web-http");
+        assert_eq!(srv.authorizations.len(), 1);
+        assert_eq!(srv.authorizations[0].networks.len(), 1);
+        // Another port: the namespace's default; another pod: its own.
+        assert_eq!(policy.lock().get(&web, 9090).unwrap().labels["name"], "all-authenticated");
+        let db = policy.lock().get(&ObjKey::new("prod", "db-1"), 5432).unwrap();
+        assert_eq!(db.labels["name"], "deny");
+        assert!(policy.lock().get(&ObjKey::new("prod", "nope"), 80).is_none());
+
+        // A new file without the Server: followers get the default.
+        let mut rx = policy.lock().watch(&web, 8080).unwrap();
+        let (c, _) =
+            Catalog::parse(Path::new("f"), "pods: [{name: web-1, namespace: prod}]").unwrap();
+        index.replace(c);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().labels["name"], "all-unauthenticated");
+    }
+
+    #[test]
+    fn bad_policy_sections() {
+        let p = Path::new("f.yaml");
+        for bad in [
+            "pods: [{name: a}]",
+            "pods: [{name: a, namespace: b}, {name: a, namespace: b}]",
+            "pods: [{name: a, namespace: b, probes: [{port: 80, path: ready}]}]",
+            "pods: [{name: a, namespace: b, ports: [{containerPort: 0}]}]",
+            "pods: [{name: a, namespace: b, image: nginx}]",
+            "namespaces: [{name: a}, {name: a}]",
+            "policies: [{apiVersion: policy.linkerd.io/v1beta1, kind: Server, metadata: {name: a, namespace: b}, spec: {podSelector: {}, port: 80}}]",
+            "policies: [{apiVersion: policy.weft.dev/v1beta1, kind: Server, metadata: {name: a, namespace: b}, spec: {port: 80}}]",
+            "policies: [{apiVersion: policy.weft.dev/v1beta1, kind: Server, metadata: {name: a}, spec: {podSelector: {}, port: 80}}]",
+        ] {
+            let e = Catalog::parse(p, bad).expect_err(bad);
+            assert!(matches!(e, LoadError::Invalid { .. } | LoadError::Parse { .. }), "{bad}: {e}");
+        }
+        let (_, warnings) = Catalog::parse(
+            p,
+            "pods: [{name: a, namespace: b, annotations: {config.weft.dev/default-inbound-policy: allow}}]",
+        )
+        .expect("a bad annotation is a warning");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 }

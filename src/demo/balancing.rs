@@ -125,6 +125,7 @@ pub fn serve_destination(
             proxy_inbound_port: 4143,
             ..Default::default()
         },
+        policy: Default::default(),
         identity,
     };
     tokio::spawn(async move {

@@ -29,7 +29,7 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};
 use weft_identity::{
     IdentityName, SharedTrust, TrustBundle,
@@ -547,6 +547,18 @@ fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
     let default = &proxy_config["WEFT_INJECTOR_CLUSTER_NETWORKS"];
     assert_eq!(default, &weft_injector::InjectorConfig::default().cluster_networks);
     assert_eq!(default, weft_proxy::policy::DEFAULT_CLUSTER_NETWORKS);
+    assert_eq!(default, weft_destination::policy::model::DEFAULT_CLUSTER_NETWORKS);
+    // The destination service computes default policies from the same values the injector
+    // gives the proxies.
+    let args = the_container(&destination).args.clone().unwrap_or_default();
+    let networks = format!("--cluster-networks={default}");
+    let policy = format!(
+        "--default-inbound-policy={}",
+        proxy_config["WEFT_INJECTOR_DEFAULT_INBOUND_POLICY"]
+    );
+    for want in [networks, policy] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
+    }
 
     // The same registration as the reviewed manifest, with the namespace and CA templated.
     let manifest: Value = serde_yaml_ng::from_str(&read(
@@ -647,6 +659,94 @@ fn assert_subset(ours: &Value, theirs: &Value, at: &str) {
 }
 
 /// values.yaml is documented line by line: every key has a comment right above it, except
+/// The CRDs of `crds/` (which helm installs as they are, untemplated) define exactly the
+/// policy kinds the destination service watches, where it watches them, with the spec
+/// fields it reads; the destination's ClusterRole may list and watch each (the running
+/// chart test holds RBAC to the requests made).
+#[test]
+fn chart_crds_are_the_policy_kinds_the_destination_watches() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use weft_destination::policy::model::{GROUP, PolicyKind, VERSION};
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/weft/crds");
+    let mut crds = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("charts/weft/crds") {
+        let text = read(&entry.expect("entry").path());
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).expect("YAML");
+            let mut typed = serde_json::to_value(
+                serde_json::from_value::<CustomResourceDefinition>(v.clone())
+                    .unwrap_or_else(|e| panic!("not a CRD: {e}\n{v:#}")),
+            )
+            .expect("serialize");
+            let mut orig = v.clone();
+            strip_nulls(&mut orig);
+            strip_nulls(&mut typed);
+            assert_eq!(
+                typed, orig,
+                "{} has fields k8s-openapi does not know",
+                v["metadata"]["name"]
+            );
+            let crd: CustomResourceDefinition = serde_json::from_value(v).expect("checked");
+            crds.insert(crd.spec.names.kind.clone(), crd);
+        }
+    }
+    let kinds: BTreeSet<&str> = PolicyKind::ALL.iter().map(|k| k.kind()).collect();
+    assert_eq!(crds.keys().map(String::as_str).collect::<BTreeSet<_>>(), kinds);
+    for kind in PolicyKind::ALL {
+        let crd = &crds[kind.kind()];
+        let name = format!("{}.{GROUP}", kind.plural());
+        assert_eq!(crd.metadata.name.as_deref(), Some(name.as_str()));
+        assert_eq!((crd.spec.group.as_str(), crd.spec.scope.as_str()), (GROUP, "Namespaced"));
+        assert_eq!(crd.spec.names.plural, kind.plural());
+        let [version] = crd.spec.versions.as_slice() else { panic!("{name}: one version") };
+        assert_eq!((version.name.as_str(), version.served, version.storage), (VERSION, true, true));
+        let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+        let spec = schema.and_then(|s| s.properties.as_ref()?.get("spec")).expect("a spec schema");
+        let fields: BTreeSet<&str> =
+            spec.properties.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        let want: &[&str] = match kind {
+            PolicyKind::Server => &["podSelector", "port", "proxyProtocol", "accessPolicy"],
+            PolicyKind::AuthorizationPolicy => &["targetRef", "requiredAuthenticationRefs"],
+            PolicyKind::MeshTls => &["identities", "identityRefs"],
+            PolicyKind::Network => &["networks"],
+        };
+        assert_eq!(fields, want.iter().copied().collect(), "{name}: spec fields");
+    }
+    // The values that proxyProtocol and accessPolicy may take are the ones the code parses.
+    let server = &crds["Server"].spec.versions[0];
+    let spec = (server.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref()?.properties.as_ref()?.get("spec"))
+        .and_then(|s| s.properties.clone())
+        .expect("the Server spec schema");
+    let values = |field: &str| -> Vec<Value> {
+        spec[field].enum_.iter().flatten().map(|v| v.0.clone()).collect()
+    };
+    let meta = serde_json::from_value(json!({"name": "s", "namespace": "prod"})).expect("meta");
+    let (protocols, policies) = (values("proxyProtocol"), values("accessPolicy"));
+    assert_eq!((protocols.len(), policies.len()), (6, 6));
+    for (field, value) in protocols
+        .iter()
+        .map(|v| ("proxyProtocol", v))
+        .chain(policies.iter().map(|v| ("accessPolicy", v)))
+    {
+        let s = json!({"podSelector": {}, "port": 80, field: value});
+        weft_destination::policy::model::PolicyObject::parse(PolicyKind::Server, &meta, &s)
+            .unwrap_or_else(|e| panic!("{field} {value} is in the CRD but refused: {e}"));
+    }
+
+    let tmp = Dir::new("crds");
+    let rendered = chart().render(&release(), &required_values(&pki(&tmp.0))).expect("renders");
+    let objects = Objects::new(&rendered);
+    let granted = run::granted(&objects, "weft-destination");
+    for kind in PolicyKind::ALL {
+        for verb in ["list", "watch"] {
+            let want = (verb.to_owned(), GROUP.to_owned(), kind.plural().to_owned());
+            assert!(granted.contains(&want), "the destination may not {verb} {}", kind.plural());
+        }
+    }
+}
+
 /// inside the Kubernetes objects passed through as they are (resources, security contexts,
 /// scheduling), whose fields are Kubernetes' own.
 #[test]

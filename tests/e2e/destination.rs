@@ -31,17 +31,17 @@ const MESHED_IP: &str = "10.244.1.17";
 const PLAIN_IP: &str = "10.244.2.23";
 const LATE_IP: &str = "10.244.1.31";
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fixtures/k8s").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture JSON")
 }
 
 /// A running `weft destination`, killed on drop.
-struct Destination {
+pub(crate) struct Destination {
     child: Child,
-    grpc: SocketAddr,
-    admin: SocketAddr,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) admin: SocketAddr,
     logs: Arc<Mutex<String>>,
 }
 
@@ -69,7 +69,7 @@ impl Destination {
         Destination { child, grpc, admin, logs }
     }
 
-    fn kubernetes(api: &FakeApi) -> Destination {
+    pub(crate) fn kubernetes(api: &FakeApi) -> Destination {
         let kubeconfig = api.kubeconfig();
         let d = Destination::start(
             &["--source", "kubernetes"],
@@ -83,11 +83,11 @@ impl Destination {
         d
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").1
     }
 
@@ -119,7 +119,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of a metric line with all the given labels (0 when absent).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
@@ -127,7 +127,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
@@ -322,7 +322,10 @@ fn destination_kubernetes_updates_reach_a_subscriber() {
 fn is_list_or_watch(request: &str) -> bool {
     let Some(target) = request.strip_prefix("GET ") else { return false };
     let path = target.split('?').next().unwrap_or_default();
-    [PODS, SERVICES, SLICES, NAMESPACES].contains(&path)
+    let policy =
+        ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications"]
+            .map(|r| format!("/apis/policy.weft.dev/v1beta1/{r}"));
+    [PODS, SERVICES, SLICES, NAMESPACES].contains(&path) || policy.iter().any(|p| p == path)
 }
 
 #[test]

@@ -17,4 +17,5 @@ mod loopback;
 mod mtls;
 mod netns;
 mod policy;
+mod policy_api;
 mod support;

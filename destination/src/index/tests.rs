@@ -81,6 +81,7 @@ fn pod(name: &str, addr: &str, meshed: bool) -> Pod {
         meshed,
         opaque_ports: None,
         owns_ip: true,
+        inbound: Default::default(),
     }
 }
 
@@ -303,7 +304,11 @@ fn opaque_ports_from_pod_or_namespace() {
     let mut rx = follow(&mut idx, by_name("web", 80));
     // The namespace marks 8080 opaque: the meshed endpoint gets opaque transport to 4143.
     let (set, _) = PortSet::parse("8080");
-    idx.apply_namespace(Namespace { name: "prod".into(), opaque_ports: Some(set) });
+    idx.apply_namespace(Namespace {
+        name: "prod".into(),
+        opaque_ports: Some(set),
+        default_policy: None,
+    });
     let r = changed(&mut rx).expect("update");
     assert_eq!(r.endpoints[&sa("10.244.0.1:8080")].hint, Hint::H2 { opaque_transport: Some(4143) });
     assert_eq!(r.endpoints[&sa("10.244.0.2:8080")].hint, Hint::Unknown, "not meshed: no hint");
@@ -316,7 +321,11 @@ fn opaque_ports_from_pod_or_namespace() {
     // Profiles: a service port is opaque by the service's or the namespace's annotation.
     assert!(!idx.lookup(&by_name("web", 80)).profile.opaque, "service port 80 is not listed");
     let (set, _) = PortSet::parse("80");
-    idx.apply_namespace(Namespace { name: "prod".into(), opaque_ports: Some(set) });
+    idx.apply_namespace(Namespace {
+        name: "prod".into(),
+        opaque_ports: Some(set),
+        default_policy: None,
+    });
     assert!(idx.lookup(&by_name("web", 80)).profile.opaque);
     idx.delete_namespace("prod");
     assert!(!idx.lookup(&by_name("web", 80)).profile.opaque);
@@ -339,7 +348,11 @@ fn the_proxies_default_opaque_ports_apply_where_no_annotation_says() {
     let r = idx.lookup(&Target::Addr(sa("10.244.0.7:5432")));
     assert_eq!(r.endpoints[&sa("10.244.0.7:5432")].hint, Hint::H2 { opaque_transport: Some(4143) });
     // An annotation that lists no ports says none are opaque.
-    idx.apply_namespace(Namespace { name: "prod".into(), opaque_ports: Some(PortSet::default()) });
+    idx.apply_namespace(Namespace {
+        name: "prod".into(),
+        opaque_ports: Some(PortSet::default()),
+        default_policy: None,
+    });
     let r = idx.lookup(&by_name("pg", 5432));
     assert_eq!(r.endpoints[&sa("10.244.0.7:5432")].hint, Hint::H2 { opaque_transport: None });
     assert!(!r.profile.opaque);

@@ -1,0 +1,429 @@
+//! The policy index: pods, namespaces and the four policy kinds as the watches (or the
+//! static file) report them, the `Server` message of each pod port, and the watch channels of
+//! the ports that proxies follow. Pure: fed by the sources, read by the gRPC service.
+//!
+//! A change recomputes the followed ports it can touch (those of its namespace; every port
+//! for an authentication, which other namespaces may reference) and sends only the ones whose
+//! message changed. Recomputing is cheap next to the API traffic that caused it, and keeps
+//! one code path for the first answer and for every later one.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use ipnet::IpNet;
+use linkerd2_proxy_api::inbound as pb;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::{
+    model::{
+        AuthorizationPolicy, AuthzTarget, DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, GROUP,
+        IdentityMatch, MeshTls, NetworkAuthn, PodInbound, PolicyKind, PolicyObject, ProxyProtocol,
+        Server, parse_networks,
+    },
+    proto::{self, Authentication, Origin},
+};
+use crate::{
+    index::IndexConfig,
+    model::{Namespace, ObjKey, Pod},
+};
+
+/// The cluster-wide defaults of inbound policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// For ports that no `Server` selects, when neither the pod nor its namespace says.
+    pub default_policy: DefaultPolicy,
+    /// Where `cluster-*` policies admit clients from.
+    pub cluster_networks: Vec<IpNet>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: DefaultPolicy::AllUnauthenticated,
+            cluster_networks: parse_networks(DEFAULT_CLUSTER_NETWORKS).unwrap_or_default(),
+        }
+    }
+}
+
+/// Which followed ports a change can touch.
+enum Scope {
+    Namespace(String),
+    All,
+}
+
+static NO_PROBES: BTreeSet<String> = BTreeSet::new();
+
+#[derive(Debug, Default)]
+pub struct PolicyIndex {
+    config: PolicyConfig,
+    ids: IndexConfig,
+    namespaces: HashMap<String, Option<DefaultPolicy>>,
+    pods: HashMap<ObjKey, PodInbound>,
+    servers: HashMap<ObjKey, Server>,
+    authorizations: HashMap<ObjKey, AuthorizationPolicy>,
+    mesh_tls: HashMap<ObjKey, MeshTls>,
+    networks: HashMap<ObjKey, NetworkAuthn>,
+    subs: HashMap<(ObjKey, u16), watch::Sender<Arc<pb::Server>>>,
+    /// Computations in which more than one Server selected the port.
+    conflicts: Counter,
+}
+
+/// The index shared by the sources (writers) and the gRPC streams (readers).
+#[derive(Clone, Debug, Default)]
+pub struct SharedPolicyIndex(Arc<Mutex<PolicyIndex>>);
+
+impl SharedPolicyIndex {
+    pub fn new(config: PolicyConfig, ids: IndexConfig, conflicts: Counter) -> Self {
+        Self(Arc::new(Mutex::new(PolicyIndex::new(config, ids, conflicts))))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, PolicyIndex> {
+        // As the discovery index: a panic under the lock is no reason to stop serving.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PolicyIndex {
+    pub fn new(config: PolicyConfig, ids: IndexConfig, conflicts: Counter) -> Self {
+        Self { config, ids, conflicts, ..Default::default() }
+    }
+
+    /// The current message of a pod port; `None` when the pod is unknown.
+    pub fn get(&self, pod: &ObjKey, port: u16) -> Option<pb::Server> {
+        self.compute(pod, port)
+    }
+
+    /// Follows a pod port; `None` when the pod is unknown. The channel holds the current
+    /// message and changes only when the message does. If the pod goes away, followers keep
+    /// the last message (their proxy is going away too) until the pod comes back.
+    pub fn watch(&mut self, pod: &ObjKey, port: u16) -> Option<watch::Receiver<Arc<pb::Server>>> {
+        let key = (pod.clone(), port);
+        if let Some(tx) = self.subs.get(&key)
+            && self.pods.contains_key(pod)
+        {
+            return Some(tx.subscribe());
+        }
+        let server = self.compute(pod, port)?;
+        let tx = self.subs.entry(key).or_insert_with(|| watch::Sender::new(Arc::new(server)));
+        Some(tx.subscribe())
+    }
+
+    /// Ports followed by at least one stream.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.values().filter(|tx| tx.receiver_count() > 0).count()
+    }
+
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        if self.pods.get(&pod.key) == Some(&pod.inbound) {
+            return;
+        }
+        self.pods.insert(pod.key.clone(), pod.inbound.clone());
+        self.refresh(Scope::Namespace(pod.key.namespace.clone()));
+    }
+
+    pub fn delete_pod(&mut self, key: &ObjKey) {
+        // Followers keep their last message (see `watch`): nothing to refresh.
+        self.pods.remove(key);
+    }
+
+    pub fn reset_pods(&mut self, all: &[Pod]) {
+        self.set_pods(all.iter().map(|p| (p.key.clone(), p.inbound.clone())).collect());
+    }
+
+    /// Replaces all pods (the static file's, which are not whole pods).
+    pub fn set_pods(&mut self, new: HashMap<ObjKey, PodInbound>) {
+        if new != self.pods {
+            self.pods = new;
+            self.refresh(Scope::All);
+        }
+    }
+
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        let old = self.namespaces.insert(ns.name.clone(), ns.default_policy);
+        if old != Some(ns.default_policy) {
+            self.refresh(Scope::Namespace(ns.name.clone()));
+        }
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        if self.namespaces.remove(name).is_some() {
+            self.refresh(Scope::Namespace(name.to_string()));
+        }
+    }
+
+    pub fn reset_namespaces(&mut self, all: &[Namespace]) {
+        self.set_namespaces(all.iter().map(|n| (n.name.clone(), n.default_policy)).collect());
+    }
+
+    /// Replaces all namespaces' default policies.
+    pub fn set_namespaces(&mut self, new: HashMap<String, Option<DefaultPolicy>>) {
+        if new != self.namespaces {
+            self.namespaces = new;
+            self.refresh(Scope::All);
+        }
+    }
+
+    pub fn apply(&mut self, obj: PolicyObject) {
+        let (key, kind) = (obj.key().clone(), obj.kind());
+        let changed = match obj {
+            PolicyObject::Server(s) => insert(&mut self.servers, key.clone(), s),
+            PolicyObject::AuthorizationPolicy(a) => {
+                insert(&mut self.authorizations, key.clone(), a)
+            }
+            PolicyObject::MeshTls(m) => insert(&mut self.mesh_tls, key.clone(), m),
+            PolicyObject::Network(n) => insert(&mut self.networks, key.clone(), n),
+        };
+        if changed {
+            self.refresh(kind_scope(kind, &key));
+        }
+    }
+
+    pub fn delete(&mut self, kind: PolicyKind, key: &ObjKey) {
+        let removed = match kind {
+            PolicyKind::Server => self.servers.remove(key).is_some(),
+            PolicyKind::AuthorizationPolicy => self.authorizations.remove(key).is_some(),
+            PolicyKind::MeshTls => self.mesh_tls.remove(key).is_some(),
+            PolicyKind::Network => self.networks.remove(key).is_some(),
+        };
+        if removed {
+            self.refresh(kind_scope(kind, key));
+        }
+    }
+
+    /// Replaces all objects of a kind (a watch listed them all, or the file was re-read).
+    pub fn reset(&mut self, kind: PolicyKind, all: Vec<PolicyObject>) {
+        let objects = all.into_iter().filter(|o| o.kind() == kind);
+        let changed = match kind {
+            PolicyKind::Server => replace(&mut self.servers, objects, |o| match o {
+                PolicyObject::Server(s) => Some(s),
+                _ => None,
+            }),
+            PolicyKind::AuthorizationPolicy => {
+                replace(&mut self.authorizations, objects, |o| match o {
+                    PolicyObject::AuthorizationPolicy(a) => Some(a),
+                    _ => None,
+                })
+            }
+            PolicyKind::MeshTls => replace(&mut self.mesh_tls, objects, |o| match o {
+                PolicyObject::MeshTls(m) => Some(m),
+                _ => None,
+            }),
+            PolicyKind::Network => replace(&mut self.networks, objects, |o| match o {
+                PolicyObject::Network(n) => Some(n),
+                _ => None,
+            }),
+        };
+        if changed {
+            self.refresh(Scope::All);
+        }
+    }
+
+    /// Recomputes the followed ports in `scope` and sends those that changed; forgets the
+    /// ports nobody follows any more.
+    fn refresh(&mut self, scope: Scope) {
+        let mut subs = std::mem::take(&mut self.subs);
+        subs.retain(|(pod, port), tx| {
+            if tx.receiver_count() == 0 {
+                return false;
+            }
+            let touched = match &scope {
+                Scope::Namespace(ns) => pod.namespace == *ns,
+                Scope::All => true,
+            };
+            if let Some(new) = touched.then(|| self.compute(pod, *port)).flatten() {
+                tx.send_if_modified(|current| {
+                    if **current == new {
+                        return false;
+                    }
+                    *current = Arc::new(new);
+                    true
+                });
+            }
+            true
+        });
+        self.subs = subs;
+    }
+
+    fn compute(&self, key: &ObjKey, port: u16) -> Option<pb::Server> {
+        let pod = self.pods.get(key)?;
+        let probes = pod.probes.get(&port).unwrap_or(&NO_PROBES);
+        let mut selecting: Vec<&Server> = self
+            .servers
+            .values()
+            .filter(|s| s.key.namespace == key.namespace && s.selects(pod, port))
+            .collect();
+        // The oldest wins, as in Linkerd; the name settles equal ages (and the static
+        // file's, which have none) so that the answer never depends on map order.
+        selecting.sort_by(|a, b| {
+            (a.created.is_none(), &a.created, &a.key.name).cmp(&(
+                b.created.is_none(),
+                &b.created,
+                &b.key.name,
+            ))
+        });
+        let Some(server) = selecting.first() else {
+            let policy = pod
+                .default_policy
+                .or_else(|| self.namespaces.get(&key.namespace).copied().flatten())
+                .unwrap_or(self.config.default_policy);
+            let authorizations = self.default_authorizations(policy);
+            return Some(proto::server(
+                &Origin::Default(policy.as_str()),
+                GROUP,
+                ProxyProtocol::Unknown,
+                authorizations,
+                probes,
+            ));
+        };
+        if selecting.len() > 1 {
+            let others: Vec<&str> = selecting[1..].iter().map(|s| s.key.name.as_str()).collect();
+            warn!(pod = %key, port, server = %server.key.name, ?others, "more than one Server selects the port; the oldest wins");
+            self.conflicts.inc();
+        }
+        let mut policies: Vec<&AuthorizationPolicy> = self
+            .authorizations
+            .values()
+            .filter(|a| {
+                a.key.namespace == server.key.namespace
+                    && match &a.target {
+                        AuthzTarget::Server(name) => *name == server.key.name,
+                        AuthzTarget::Namespace => true,
+                    }
+            })
+            .collect();
+        policies.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        let mut authorizations: Vec<pb::Authz> =
+            policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
+        authorizations.extend(self.default_authorizations(server.access_policy));
+        Some(proto::server(
+            &Origin::Resource { kind: "server", name: &server.key.name },
+            GROUP,
+            server.protocol,
+            authorizations,
+            probes,
+        ))
+    }
+
+    /// An AuthorizationPolicy's authorization; `None` while an authentication it requires
+    /// does not exist (a requirement that cannot be checked admits nobody).
+    fn policy_authorization(&self, p: &AuthorizationPolicy) -> Option<pb::Authz> {
+        let missing = |kind: &str, k: &ObjKey| {
+            debug!(policy = %p.key, %kind, authentication = %k, "required authentication does not exist; the policy admits nobody");
+        };
+        let networks = match &p.network {
+            None => proto::all_networks(),
+            Some(k) => match self.networks.get(k) {
+                Some(n) => n.networks.clone(),
+                None => {
+                    missing("NetworkAuthentication", k);
+                    return None;
+                }
+            },
+        };
+        let authn = if let Some(k) = &p.mesh_tls {
+            let Some(m) = self.mesh_tls.get(k) else {
+                missing("MeshTLSAuthentication", k);
+                return None;
+            };
+            self.mesh_authentication(&m.identities)
+        } else if !p.service_accounts.is_empty() {
+            let ids: Vec<IdentityMatch> =
+                p.service_accounts.iter().cloned().map(IdentityMatch::ServiceAccount).collect();
+            self.mesh_authentication(&ids)
+        } else {
+            Authentication::Unauthenticated
+        };
+        Some(proto::authz(
+            &Origin::Resource { kind: "authorizationpolicy", name: &p.key.name },
+            GROUP,
+            &networks,
+            &authn,
+        ))
+    }
+
+    fn mesh_authentication(&self, matches: &[IdentityMatch]) -> Authentication {
+        let (mut identities, mut suffixes) = (BTreeSet::new(), BTreeSet::new());
+        for m in matches {
+            match m {
+                IdentityMatch::Exact(name) => {
+                    identities.insert(name.clone());
+                }
+                IdentityMatch::Suffix(parts) => {
+                    suffixes.insert(parts.clone());
+                }
+                IdentityMatch::ServiceAccount(sa) => {
+                    identities.insert(self.ids.identity(&sa.namespace, &sa.name));
+                }
+                IdentityMatch::Namespace(ns) => {
+                    // `<sa>.<ns>.serviceaccount.identity.<cp-ns>.<trust-domain>` for any sa.
+                    let any = self.ids.identity(ns, "x");
+                    let parts = any.split('.').skip(1).map(String::from).collect();
+                    suffixes.insert(parts);
+                }
+            }
+        }
+        Authentication::MeshTls { identities, suffixes }
+    }
+
+    /// The authorizations of a default policy, named after it.
+    fn default_authorizations(&self, policy: DefaultPolicy) -> Vec<pb::Authz> {
+        let any_identity = || Authentication::MeshTls {
+            identities: BTreeSet::new(),
+            suffixes: [Vec::new()].into(),
+        };
+        let cluster = proto::networks(&self.config.cluster_networks);
+        let (networks, authn) = match policy {
+            DefaultPolicy::Deny => return Vec::new(),
+            DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => {
+                (proto::all_networks(), Authentication::Unauthenticated)
+            }
+            DefaultPolicy::AllAuthenticated => (proto::all_networks(), any_identity()),
+            DefaultPolicy::ClusterUnauthenticated => (cluster, Authentication::Unauthenticated),
+            DefaultPolicy::ClusterAuthenticated => (cluster, any_identity()),
+        };
+        vec![proto::authz(&Origin::Default(policy.as_str()), "", &networks, &authn)]
+    }
+}
+
+fn insert<V: PartialEq>(map: &mut HashMap<ObjKey, V>, key: ObjKey, value: V) -> bool {
+    map.get(&key) != Some(&value) && {
+        map.insert(key, value);
+        true
+    }
+}
+
+fn replace<V: PartialEq>(
+    map: &mut HashMap<ObjKey, V>,
+    objects: impl Iterator<Item = PolicyObject>,
+    take: impl Fn(PolicyObject) -> Option<V>,
+) -> bool {
+    let new: HashMap<ObjKey, V> =
+        objects.filter_map(|o| Some((o.key().clone(), take(o)?))).collect();
+    let keys: HashSet<&ObjKey> = new.keys().collect();
+    let changed = new.len() != map.len()
+        || map.keys().any(|k| !keys.contains(k))
+        || new.iter().any(|(k, v)| map.get(k) != Some(v));
+    if changed {
+        *map = new;
+    }
+    changed
+}
+
+/// Servers and AuthorizationPolicies touch their namespace's ports only; authentications
+/// can be referenced from any namespace.
+fn kind_scope(kind: PolicyKind, key: &ObjKey) -> Scope {
+    match kind {
+        PolicyKind::Server | PolicyKind::AuthorizationPolicy => {
+            Scope::Namespace(key.namespace.clone())
+        }
+        PolicyKind::MeshTls | PolicyKind::Network => Scope::All,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
