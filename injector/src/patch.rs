@@ -259,7 +259,12 @@ pub fn build(
     let init = spec::init_container(&opts, config);
     // The kubelet's probes reach the app through the proxy: it must let them in even when
     // its policy would not.
-    let proxy = spec::proxy_container(&opts, config, &ProbeRoutes::of(pod_spec));
+    let proxy = spec::proxy_container(
+        &opts,
+        config,
+        &ProbeRoutes::of(pod_spec),
+        &spec::inbound_ports(pod_spec),
+    );
     let mut ops = Ops::default();
 
     let mut new_annotations = vec![

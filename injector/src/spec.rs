@@ -1,14 +1,15 @@
 //! The objects the injector adds to a pod: the `weft-proxy init` container, the proxy
 //! container and their volumes, rendered from checked [`ProxyOptions`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
         DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-        SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+        ObjectFieldSelector, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+        SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+        VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -99,6 +100,7 @@ pub fn proxy_container(
     o: &ProxyOptions,
     config: &InjectorConfig,
     probes: &ProbeRoutes,
+    inbound_ports: &BTreeSet<u16>,
 ) -> Container {
     let probe = |path: &str, initial: i32, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -122,7 +124,7 @@ pub fn proxy_container(
         name: ann::PROXY_CONTAINER.to_string(),
         image: Some(o.image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
-        env: Some(env(o, config, probes)),
+        env: Some(env(o, config, probes, inbound_ports)),
         ports: Some(vec![port(PROXY_PORT_NAME, INBOUND_PORT), port(ADMIN_PORT_NAME, ADMIN_PORT)]),
         liveness_probe: Some(probe("/live", 10, 10, 3)),
         readiness_probe: Some(probe("/ready", 2, 10, 3)),
@@ -161,7 +163,12 @@ pub fn proxy_container(
 
 /// The proxy's environment. The identity name comes from the downward API rather than the
 /// pod spec: pods made by a ReplicaSet have no name yet, and may omit serviceAccountName.
-pub fn env(o: &ProxyOptions, c: &InjectorConfig, probes: &ProbeRoutes) -> Vec<EnvVar> {
+pub fn env(
+    o: &ProxyOptions,
+    c: &InjectorConfig,
+    probes: &ProbeRoutes,
+    inbound_ports: &BTreeSet<u16>,
+) -> Vec<EnvVar> {
     let var = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -205,6 +212,7 @@ pub fn env(o: &ProxyOptions, c: &InjectorConfig, probes: &ProbeRoutes) -> Vec<En
     // Referenced below as $(…): Kubernetes expands only variables defined before.
     env.push(field("WEFT_POD_NS", "metadata.namespace"));
     env.push(field("WEFT_POD_SA", "spec.serviceAccountName"));
+    env.push(field("WEFT_POD_NAME", "metadata.name"));
     let svc_name = |sa: &str| c.identity_name(sa, &c.control_plane_namespace);
     env.extend([
         var("WEFT_PROXY_IDENTITY_ADDR", c.service_addr("weft-identity", IDENTITY_PORT)),
@@ -214,8 +222,34 @@ pub fn env(o: &ProxyOptions, c: &InjectorConfig, probes: &ProbeRoutes) -> Vec<En
         var("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", TRUST_ROOTS_FILE.into()),
         var("WEFT_PROXY_DESTINATION_ADDR", c.service_addr("weft-destination", DESTINATION_PORT)),
         var("WEFT_PROXY_DESTINATION_SVC_NAME", svc_name(DESTINATION_SERVICE_ACCOUNT)),
+        // The destination service also serves the inbound policies (Servers and their
+        // authorizations) of the pod's ports.
+        var("WEFT_PROXY_POLICY_ADDR", c.service_addr("weft-destination", DESTINATION_PORT)),
+        var("WEFT_PROXY_POLICY_SVC_NAME", svc_name(DESTINATION_SERVICE_ACCOUNT)),
+        var("WEFT_PROXY_POLICY_WORKLOAD", "$(WEFT_POD_NS):$(WEFT_POD_NAME)".into()),
     ]);
+    if !inbound_ports.is_empty() {
+        let ports: Vec<String> = inbound_ports.iter().map(u16::to_string).collect();
+        env.push(var("WEFT_PROXY_INBOUND_PORTS", ports.join(",")));
+    }
     env
+}
+
+/// The proxy watches the policies of at most this many ports (its own limit).
+pub const MAX_WATCHED_PORTS: usize = 256;
+
+/// The TCP ports the pod's containers declare, the lowest `MAX_WATCHED_PORTS`: the proxy
+/// watches their inbound policies (other ports keep the default policy).
+pub fn inbound_ports(pod: &PodSpec) -> BTreeSet<u16> {
+    let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+    containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto.eq_ignore_ascii_case("TCP")))
+        .filter_map(|p| u16::try_from(p.container_port).ok().filter(|p| *p != 0))
+        .collect::<BTreeSet<u16>>()
+        .into_iter()
+        .take(MAX_WATCHED_PORTS)
+        .collect()
 }
 
 /// The projected identity token, the trust anchors, and iptables' lock directory.
@@ -290,4 +324,32 @@ fn resources(o: &ProxyOptions) -> Option<ResourceRequirements> {
 
 fn runtime_default() -> SeccompProfile {
     SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watched_ports_are_the_containers_tcp_ports_once_each_and_bounded() {
+        let spec = serde_json::json!({
+            "containers": [
+                {"name": "app", "ports": [
+                    {"containerPort": 8080},
+                    {"containerPort": 53, "protocol": "UDP"},
+                    {"containerPort": 9090, "protocol": "TCP"}
+                ]},
+                {"name": "other", "ports": [{"containerPort": 8080, "protocol": "TCP"}]}
+            ],
+            "initContainers": [{"name": "sidecar", "ports": [{"containerPort": 7000}]}]
+        });
+        let pod: PodSpec = serde_json::from_value(spec).expect("pod spec");
+        assert_eq!(inbound_ports(&pod).into_iter().collect::<Vec<_>>(), [7000, 8080, 9090]);
+
+        let many: Vec<_> = (1..=400).map(|p| serde_json::json!({"containerPort": p})).collect();
+        let spec = serde_json::json!({"containers": [{"name": "app", "ports": many}]});
+        let pod: PodSpec = serde_json::from_value(spec).expect("pod spec");
+        let ports = inbound_ports(&pod);
+        assert_eq!((ports.len(), ports.last().copied()), (MAX_WATCHED_PORTS, Some(256)));
+    }
 }

@@ -148,6 +148,7 @@ fn default_injection_is_exactly_as_documented() {
                 env("WEFT_PROXY_CLUSTER_NETWORKS", "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"),
                 {"name": "WEFT_POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "WEFT_POD_SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                {"name": "WEFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 env("WEFT_PROXY_IDENTITY_ADDR", "weft-identity.weft.svc.cluster.local:8080"),
                 env("WEFT_PROXY_IDENTITY_NAME", "$(WEFT_POD_SA).$(WEFT_POD_NS).serviceaccount.identity.weft.cluster.local"),
                 env("WEFT_PROXY_IDENTITY_SVC_NAME", "identity.weft.serviceaccount.identity.weft.cluster.local"),
@@ -155,6 +156,10 @@ fn default_injection_is_exactly_as_documented() {
                 env("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", "/var/run/weft/identity/trust-roots/ca-bundle.crt"),
                 env("WEFT_PROXY_DESTINATION_ADDR", "weft-destination.weft.svc.cluster.local:8086"),
                 env("WEFT_PROXY_DESTINATION_SVC_NAME", "weft-destination.weft.serviceaccount.identity.weft.cluster.local"),
+                env("WEFT_PROXY_POLICY_ADDR", "weft-destination.weft.svc.cluster.local:8086"),
+                env("WEFT_PROXY_POLICY_SVC_NAME", "weft-destination.weft.serviceaccount.identity.weft.cluster.local"),
+                env("WEFT_PROXY_POLICY_WORKLOAD", "$(WEFT_POD_NS):$(WEFT_POD_NAME)"),
+                env("WEFT_PROXY_INBOUND_PORTS", "8080"),
             ],
             "ports": [
                 {"name": "weft-proxy", "containerPort": 4143, "protocol": "TCP"},

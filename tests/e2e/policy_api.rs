@@ -168,3 +168,166 @@ fn policy_api_watch_port_follows_servers_and_policies() {
     assert_eq!(metric(&m, "destination_objects_skipped_total", skipped), 1.0, "{m}");
     assert!(d.logs().contains("prod/broken"), "the skipped Server is named in the log");
 }
+
+/// A TCP connection from `source` (another loopback address) to `to`.
+fn connect_from(source: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: std::net::SocketAddr = format!("{source}:0").parse().expect("source");
+    socket.bind(&from.into()).expect("bind the source address");
+    socket.connect(&to.into()).expect("connect");
+    let s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s
+}
+
+/// `curl` from `source` through the proxy's inbound port: the status line and headers.
+fn curl_from(source: &str, proxy: &crate::support::Proxy) -> String {
+    let url = format!("http://{}/", proxy.inbound);
+    let (ok, out, err) = crate::support::run(
+        std::process::Command::new("curl")
+            .args(["-sSi", "--max-time", "10", "--http1.1", "--interface", source])
+            .arg(&url),
+    );
+    assert!(ok, "curl from {source}: {err}\n{}", proxy.logs());
+    out.split_once("\r\n\r\n").map_or(out.clone(), |(h, _)| h.to_string())
+}
+
+/// A NetworkAuthentication of one client address, and an AuthorizationPolicy of `server`
+/// that requires it.
+fn allow_from(api: &FakeApi, server: &str, source: &str) {
+    let name = format!("{server}-from-{}", source.replace('.', "-"));
+    let mut net = fixture("networkauthentication-cluster-pods.json");
+    net["metadata"]["name"] = json!(name);
+    net["spec"] = json!({"networks": [{"cidr": format!("{source}/32")}]});
+    api.put(NETWORKS, net);
+    let mut policy = fixture("authorizationpolicy-web-from-ops.json");
+    policy["metadata"]["name"] = json!(name);
+    policy["spec"] = json!({
+        "targetRef": {"group": "policy.weft.dev", "kind": "Server", "name": server},
+        "requiredAuthenticationRefs": [
+            {"group": "policy.weft.dev", "kind": "NetworkAuthentication", "name": name}
+        ]
+    });
+    api.put(POLICIES, policy);
+}
+
+#[test]
+fn the_proxy_enforces_the_servers_and_policies_it_watches() {
+    use crate::support::{Proxy, echo, eventually, http_server, local_listener, metric, serve};
+    use std::io::{Read as _, Write as _};
+
+    // The pod's two ports: HTTP, and TCP the Server marks opaque.
+    let app = http_server(local_listener());
+    let tcp_app = serve(local_listener(), echo);
+    let api = FakeApi::start();
+    api.put(NAMESPACES, fixture("namespace-prod.json"));
+    let mut pod = fixture("pod-web-4xk2p-meshed.json");
+    pod["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": app.port(), "protocol": "TCP"},
+        {"name": "tcp", "containerPort": tcp_app.port(), "protocol": "TCP"}
+    ]);
+    api.put(PODS, pod);
+    let mut server = fixture("server-web-http.json");
+    server["spec"]["port"] = json!("http");
+    api.put(SERVERS, server.clone());
+    server["metadata"]["name"] = json!("web-tcp");
+    server["spec"]["port"] = json!("tcp");
+    server["spec"]["proxyProtocol"] = json!("opaque");
+    api.put(SERVERS, server);
+    allow_from(&api, "web-http", "127.0.0.2");
+    allow_from(&api, "web-tcp", "127.0.0.2");
+    let d = Destination::kubernetes(&api);
+
+    let ports = format!("{},{}", app.port(), tcp_app.port());
+    let proxy = |target: std::net::SocketAddr| {
+        let (target, dst) = (target.to_string(), d.grpc.to_string());
+        Proxy::start(&[
+            "--inbound-orig-dst-addr",
+            &target,
+            "--policy-addr",
+            &dst,
+            "--policy-workload",
+            POD,
+            "--inbound-ports",
+            &ports,
+        ])
+    };
+    let http = proxy(app);
+
+    // The Server lets in 127.0.0.2 only; its access policy (deny) refuses the rest.
+    let head = curl_from("127.0.0.2", &http);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{}", http.logs());
+    let head = curl_from("127.0.0.3", &http);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("l5d-proxy-error: unauthorized"), "{head}");
+    let m = http.metrics();
+    let server = [("srv_kind", "server"), ("srv_name", "web-http")];
+    let allowed = [
+        &server[..],
+        &[("authz_kind", "authorizationpolicy"), ("authz_name", "web-http-from-127-0-0-2")],
+    ]
+    .concat();
+    assert_eq!(metric(&m, "inbound_http_authz_allow_total", &allowed), 1.0, "{m}");
+    assert_eq!(metric(&m, "inbound_http_authz_deny_total", &server), 1.0, "{m}");
+    let updates = [("port", app.port().to_string()), ("result", "ok".into())];
+    let updates: Vec<(&str, &str)> = updates.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert!(metric(&m, "inbound_policy_updates_total", &updates) >= 1.0, "{m}");
+
+    // The AuthorizationPolicy goes: 127.0.0.2 is refused too, on the connection it has.
+    api.delete(POLICIES, "prod", "web-http-from-127-0-0-2");
+    assert!(
+        eventually(Duration::from_secs(10), || curl_from("127.0.0.2", &http).contains(" 403")),
+        "still allowed after the policy went\n{}",
+        http.logs()
+    );
+    // The Server goes: the port falls back to the cluster's default, all-unauthenticated.
+    api.delete(SERVERS, "prod", "web-http");
+    assert!(
+        eventually(Duration::from_secs(10), || curl_from("127.0.0.3", &http).contains(" 200")),
+        "the default policy did not come back\n{}",
+        http.logs()
+    );
+    let m = http.metrics();
+    let default = [("srv_kind", "default"), ("srv_name", "all-unauthenticated")];
+    assert!(metric(&m, "inbound_http_authz_allow_total", &default) >= 1.0, "{m}");
+
+    // Opaque: no detection (the app is reached before the client says anything), and an
+    // open connection is closed when its authorization goes.
+    let tcp = proxy(tcp_app);
+    // Closed by the proxy: EOF or a reset, not a read that timed out.
+    let closed = |s: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => Ok(()),
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    };
+    let mut refused = connect_from("127.0.0.3", tcp.inbound);
+    let _ = refused.write_all(b"ping");
+    assert_eq!(closed(&mut refused), Ok(()), "127.0.0.3 was let in");
+    let mut s = connect_from("127.0.0.2", tcp.inbound);
+    s.write_all(b"ping").expect("write");
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).expect("echo through the opaque Server");
+    assert_eq!(&got, b"ping");
+    api.delete(POLICIES, "prod", "web-tcp-from-127-0-0-2");
+    assert_eq!(closed(&mut s), Ok(()), "still open after the policy went");
+    let m = tcp.metrics();
+    let tcp_server = [("srv_kind", "server"), ("srv_name", "web-tcp")];
+    assert_eq!(metric(&m, "inbound_tcp_authz_allow_total", &tcp_server), 1.0, "{m}");
+    assert_eq!(metric(&m, "inbound_tcp_authz_deny_total", &tcp_server), 2.0, "{m}");
+    assert_eq!(metric(&m, "inbound_tcp_errors_total", &[("error", "unauthorized")]), 1.0, "{m}");
+    assert!(
+        metric(&m, "tcp_open_total", &[("direction", "inbound"), ("protocol", "opaque")]) >= 1.0,
+        "{m}"
+    );
+}

@@ -119,6 +119,10 @@ pub(super) fn start_proxy(
             (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                 Some("metadata.namespace") => ns.clone(),
                 Some("spec.serviceAccountName") => sa.clone(),
+                // What the API server names a pod of a Deployment: its generateName and a suffix.
+                Some("metadata.name") => pod.metadata.name.clone().unwrap_or_else(|| {
+                    format!("{}x7k2p", pod.metadata.generate_name.as_deref().unwrap_or("pod-"))
+                }),
                 other => panic!("{}: unexpected downward-API field {other:?}", e.name),
             },
             other => panic!("{}: unexpected env source {other:?}", e.name),
