@@ -260,51 +260,55 @@ impl Route {
     }
 
     fn from_api(r: api::HttpRoute) -> Result<Self, Invalid> {
-        let meta = Meta::from_api(r.metadata, &HashMap::new(), "an HTTP route")?;
+        let rules = r.rules.into_iter().map(|rule| (!rule.filters.is_empty(), rule.matches));
+        Route::assemble(
+            r.metadata,
+            r.hosts,
+            rules,
+            route_match,
+            RouteMatch::default,
+            r.authorizations,
+        )
+    }
+
+    fn from_grpc_api(r: api::GrpcRoute) -> Result<Self, Invalid> {
+        let rules = r.rules.into_iter().map(|rule| (!rule.filters.is_empty(), rule.matches));
+        // A rule without matches takes every call: every POST.
+        let any_call = || RouteMatch { method: Some(Method::POST), ..RouteMatch::default() };
+        Route::assemble(r.metadata, r.hosts, rules, grpc_match, any_call, r.authorizations)
+    }
+
+    /// A route from the API's parts: `rules` as (has filters, matches), each match
+    /// converted by `convert`; a rule without matches gets `match_all`.
+    fn assemble<M>(
+        metadata: Option<meta::Metadata>,
+        hosts: Vec<route_api::HostMatch>,
+        rules: impl Iterator<Item = (bool, Vec<M>)>,
+        convert: fn(M) -> Result<RouteMatch, String>,
+        match_all: impl Fn() -> RouteMatch,
+        authorizations: Vec<api::Authz>,
+    ) -> Result<Self, Invalid> {
+        let meta = Meta::from_api(metadata, &HashMap::new(), "a route")?;
         let bad = |why: String| Invalid(format!("route {}: {why}", meta.name));
         let hosts =
-            r.hosts.into_iter().map(|h| host_match(h).map_err(&bad)).collect::<Result<_, _>>()?;
-        let mut rules = Vec::with_capacity(r.rules.len());
-        for rule in r.rules {
-            if !rule.filters.is_empty() {
+            hosts.into_iter().map(|h| host_match(h).map_err(&bad)).collect::<Result<_, _>>()?;
+        let mut converted = Vec::new();
+        for (filtered, matches) in rules {
+            if filtered {
                 // Ignoring a filter (a header it removes, a failure it injects) would
                 // enforce less than the policy says: refuse the update instead.
                 return Err(bad("route filters are not supported by this proxy".into()));
             }
-            let matches = rule.matches.into_iter().map(|m| route_match(m).map_err(&bad));
+            let matches = matches.into_iter().map(|m| convert(m).map_err(&bad));
             let mut matches: Vec<RouteMatch> = matches.collect::<Result<_, _>>()?;
             if matches.is_empty() {
-                matches.push(RouteMatch::default());
+                matches.push(match_all());
             }
-            rules.push(matches);
+            converted.push(matches);
         }
         let authorizations =
-            r.authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
-        Ok(Route { meta, hosts, rules, authorizations })
-    }
-
-    fn from_grpc_api(r: api::GrpcRoute) -> Result<Self, Invalid> {
-        let meta = Meta::from_api(r.metadata, &HashMap::new(), "a gRPC route")?;
-        let bad = |why: String| Invalid(format!("route {}: {why}", meta.name));
-        let hosts =
-            r.hosts.into_iter().map(|h| host_match(h).map_err(&bad)).collect::<Result<_, _>>()?;
-        let mut rules = Vec::with_capacity(r.rules.len());
-        for rule in r.rules {
-            if !rule.filters.is_empty() {
-                return Err(bad("route filters are not supported by this proxy".into()));
-            }
-            let mut matches = Vec::with_capacity(rule.matches.len().max(1));
-            for m in rule.matches {
-                matches.push(grpc_match(m).map_err(&bad)?);
-            }
-            if matches.is_empty() {
-                matches.push(RouteMatch { method: Some(Method::POST), ..RouteMatch::default() });
-            }
-            rules.push(matches);
-        }
-        let authorizations =
-            r.authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
-        Ok(Route { meta, hosts, rules, authorizations })
+            authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
+        Ok(Route { meta, hosts, rules: converted, authorizations })
     }
 }
 
