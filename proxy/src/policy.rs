@@ -443,21 +443,21 @@ impl ConnAuthz {
 
     /// Decides one HTTP request on this connection against the port's latest policy, and
     /// counts it: the request's route, then the first of the route's authorizations that
-    /// lets the client in. Without a watched policy, the pod's probes always pass.
+    /// lets the client in. The pod's own probes (from its spec, through the injector)
+    /// always pass, whatever the policy: the kubelet is not meshed, and a gRPC probe has
+    /// no probe route in the control plane's answers.
     pub fn check_request<B>(&self, req: &http::Request<B>) -> Result<(), Refusal> {
         let server = self.server();
-        let Some(route) = server.route(req) else {
-            return Err(Refusal::NoRoute);
-        };
-        if let Some(authz) =
-            route.authorizations.iter().find(|a| a.allows(self.client, self.client_id()))
+        let route = server.route(req);
+        if let Some(route) = route
+            && let Some(authz) =
+                route.authorizations.iter().find(|a| a.allows(self.client, self.client_id()))
         {
             self.count_allow(&server, route, authz);
             return Ok(());
         }
-        let local = self.port.as_ref().is_none_or(|rx| rx.borrow().is_none());
         let target = self.target(&server);
-        if local && self.policy.is_probe(self.target.port(), req.method(), req.uri().path()) {
+        if self.policy.is_probe(self.target.port(), req.method(), req.uri().path()) {
             let labels = HttpAllowLabels {
                 target,
                 route_kind: "default".into(),
@@ -468,6 +468,9 @@ impl ConnAuthz {
             self.metrics().http_allow.get_or_create(&labels).inc();
             return Ok(());
         }
+        let Some(route) = route else {
+            return Err(Refusal::NoRoute);
+        };
         let labels = HttpDenyLabels {
             target,
             route_kind: route.meta.kind.clone(),

@@ -183,7 +183,11 @@ fn connect_from(source: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
 
 /// `curl` from `source` through the proxy's inbound port: the status line and headers.
 fn curl_from(source: &str, proxy: &crate::support::Proxy) -> String {
-    let url = format!("http://{}/", proxy.inbound);
+    curl_path_from(source, proxy, "/")
+}
+
+fn curl_path_from(source: &str, proxy: &crate::support::Proxy, path: &str) -> String {
+    let url = format!("http://{}{path}", proxy.inbound);
     let (ok, out, err) = crate::support::run(
         std::process::Command::new("curl")
             .args(["-sSi", "--max-time", "10", "--http1.1", "--interface", source])
@@ -240,9 +244,12 @@ fn the_proxy_enforces_the_servers_and_policies_it_watches() {
     let d = Destination::kubernetes(&api);
 
     let ports = format!("{},{}", app.port(), tcp_app.port());
+    let probes = format!("{}:/healthz", app.port());
     let proxy = |target: std::net::SocketAddr| {
         let (target, dst) = (target.to_string(), d.grpc.to_string());
         Proxy::start(&[
+            "--inbound-probe-routes",
+            &probes,
             "--inbound-orig-dst-addr",
             &target,
             "--policy-addr",
@@ -261,6 +268,9 @@ fn the_proxy_enforces_the_servers_and_policies_it_watches() {
     let head = curl_from("127.0.0.3", &http);
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(head.contains("l5d-proxy-error: unauthorized"), "{head}");
+    // The kubelet's probe (from the pod spec) passes whatever the Server says.
+    let head = curl_path_from("127.0.0.3", &http, "/healthz");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let m = http.metrics();
     let server = [("srv_kind", "server"), ("srv_name", "web-http")];
     let allowed = [
