@@ -342,6 +342,11 @@ fn run_the_chart(dir: &Path, mut services: Services) {
     certify_as_the_injected_proxy(&injected, &identity, &objects, dir);
     // The injected pod's proxy, as the kubelet starts it: its certificate from the identity
     // service, discovery from the destination service over mTLS, both by Service name.
+    // The pod as the API server stores it once created: the destination serves its policies.
+    let mut stored = serde_json::to_value(&injected).expect("pod JSON");
+    stored["metadata"]["name"] = json!(mesh::pod_name(&injected));
+    stored["status"] = json!({"phase": "Running", "podIP": "10.244.1.23"});
+    destination_api.put("/api/v1/pods", stored);
     web.discover_through(&injected, &dir.join("pod"), &services.for_pod("prod"), &destination);
     if services.resolves_names() {
         let asked = services.asked();

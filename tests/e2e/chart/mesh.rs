@@ -59,6 +59,14 @@ fn expand(value: &str, defined: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The pod's name once created: what the API server names a pod of a Deployment (its
+/// `generateName` and a suffix).
+pub(super) fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_else(|| {
+        format!("{}x7k2p", pod.metadata.generate_name.as_deref().unwrap_or("pod-"))
+    })
+}
+
 /// Starts the pod's proxy; its outbound connections all "go to" `orig_dst`.
 pub(super) fn start_proxy(
     pod: &Pod,
@@ -119,10 +127,7 @@ pub(super) fn start_proxy(
             (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                 Some("metadata.namespace") => ns.clone(),
                 Some("spec.serviceAccountName") => sa.clone(),
-                // What the API server names a pod of a Deployment: its generateName and a suffix.
-                Some("metadata.name") => pod.metadata.name.clone().unwrap_or_else(|| {
-                    format!("{}x7k2p", pod.metadata.generate_name.as_deref().unwrap_or("pod-"))
-                }),
+                Some("metadata.name") => pod_name(pod),
                 other => panic!("{}: unexpected downward-API field {other:?}", e.name),
             },
             other => panic!("{}: unexpected env source {other:?}", e.name),
@@ -186,6 +191,18 @@ impl Web {
             admin_request(proxy.admin, "GET", "/ready", "").0 == 200
         });
         assert!(ready, "the pod's proxy never got its certificate:\n{}", proxy.logs());
+        // Its app port's inbound policy, from the destination service (the default one:
+        // no Server selects it).
+        let policy = eventually(Duration::from_secs(20), || {
+            let m = proxy.metrics();
+            metric(&m, "inbound_policy_updates_total", &[("port", "8080"), ("result", "ok")]) >= 1.0
+        });
+        assert!(
+            policy,
+            "no inbound policy for port 8080:\n{}\n{}",
+            proxy.logs(),
+            destination.logs()
+        );
         // The very first request (the target's first lookup) included: it must not fail.
         let mut statuses = load(proxy.outbound, 1, 1);
         statuses.extend(load(proxy.outbound, 2, 20));
