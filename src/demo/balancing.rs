@@ -79,7 +79,8 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
 fn start_destination(
     backends: &[(&str, SocketAddr, Arc<AtomicU64>)],
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    serve_destination(&services_yaml(backends), None)
+    let (addr, admin, _) = serve_destination(&services_yaml(backends), None)?;
+    Ok((addr, admin))
 }
 
 fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
@@ -102,11 +103,11 @@ fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
 }
 
 /// Runs a destination service (static source) in this process, over TLS with `identity`;
-/// returns its gRPC and admin addresses.
+/// returns its gRPC and admin addresses, and its file (re-read when it changes).
 pub fn serve_destination(
     yaml: &str,
     identity: Option<weft_identity::workload::WorkloadConfig>,
-) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+) -> anyhow::Result<(SocketAddr, SocketAddr, std::path::PathBuf)> {
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     static FILES: AtomicU64 = AtomicU64::new(0);
@@ -117,7 +118,7 @@ pub fn serve_destination(
     let config = weft_destination::Config {
         listen_addr: addr,
         admin_addr: admin,
-        source: weft_destination::Source::Static(file),
+        source: weft_destination::Source::Static(file.clone()),
         index: weft_destination::IndexConfig {
             cluster_domain: "cluster.local".into(),
             control_plane_namespace: "weft".into(),
@@ -133,7 +134,7 @@ pub fn serve_destination(
             eprintln!("the demo's destination service failed: {e:#}");
         }
     });
-    Ok((addr, admin))
+    Ok((addr, admin, file))
 }
 
 /// `n` GETs over `connections` keep-alive HTTP/1.1 connections; returns how many got 2xx.

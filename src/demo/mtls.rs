@@ -1,7 +1,8 @@
 //! The demo's third part: identity and mTLS. A fresh PKI (`weft certs generate`), the
 //! identity service with static tokens, a destination service with a certificate of its
 //! own, and two proxies that obtain certificates; discovery is mTLS, HTTP from the client
-//! app crosses between the proxies as mTLS, and the server app learns who called.
+//! app crosses between the proxies as mTLS, and the server app learns who called. Then an
+//! authorization policy, added to the destination's file at run time, narrows who may call.
 
 use std::{
     io::{BufRead, BufReader},
@@ -46,9 +47,9 @@ pub async fn run() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "weft certs generate failed");
     std::fs::write(
         dir.join("tokens.yaml"),
-        "frontend-token: shop/frontend\ncheckout-token: shop/checkout\ndestination-token: weft/weft-destination\n",
+        "frontend-token: shop/frontend\ncheckout-token: shop/checkout\nintruder-token: shop/intruder\ndestination-token: weft/weft-destination\n",
     )?;
-    for sa in ["frontend", "checkout", "destination"] {
+    for sa in ["frontend", "checkout", "intruder", "destination"] {
         std::fs::write(dir.join(format!("{sa}.token")), format!("{sa}-token"))?;
     }
     let (_identity, identity_addr) = start_identity(&weft, &dir)?;
@@ -65,17 +66,16 @@ pub async fn run() -> anyhow::Result<()> {
         args.identity_trust_anchors_file = Some(dir.join("ca.crt"));
         args
     };
-    // Checkout admits meshed clients only (`config.weft.dev/default-inbound-policy`).
-    let mut server_args = with_identity(proxy_args(None, Some(app)), "checkout");
-    server_args.inbound_default_policy = weft_proxy::policy::DefaultPolicy::AllAuthenticated;
-    let server = BoundProxy::bind(server_args)?;
-    let server_inbound = server.inbound_addrs()[0];
-    let server_admin = server.admin_addrs()[0];
-    tokio::spawn(server.serve(None, std::future::pending()));
+    // The checkout proxy's inbound address, known before it starts: the destination's file
+    // names it as the endpoint.
+    let server_inbound = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // The checkout pod admits meshed clients only (`config.weft.dev/default-inbound-policy`);
+    // its proxy takes the policy of the app's port from the destination service.
     let yaml = format!(
-        "services:\n  - name: checkout\n    namespace: shop\n    clusterIPs: [10.96.0.50]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {server_inbound}\n            identity: checkout.shop.{DOMAIN}\n            protocolHint: h2\n"
+        "services:\n  - name: checkout\n    namespace: shop\n    clusterIPs: [10.96.0.50]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {server_inbound}\n            identity: checkout.shop.{DOMAIN}\n            protocolHint: h2\npods:\n  - name: checkout-1\n    namespace: shop\n    labels: {{app: checkout}}\n    annotations: {{config.weft.dev/default-inbound-policy: all-authenticated}}\n    ports:\n      - {{name: http, containerPort: {}}}\n",
+        app.port()
     );
-    let (dst, dst_admin) = balancing::serve_destination(
+    let (dst, dst_admin, dst_file) = balancing::serve_destination(
         &yaml,
         Some(weft_identity::workload::WorkloadConfig {
             name: DESTINATION.into(),
@@ -88,16 +88,29 @@ pub async fn run() -> anyhow::Result<()> {
     )?;
     // Its certificate first: the client proxy's first lookup goes over TLS.
     wait_ready(dst_admin).await?;
-    let mut client_args =
-        with_identity(proxy_args(Some("10.96.0.50:80".parse()?), None), "frontend");
-    client_args.destination_addr = Some(dst.into());
-    client_args.destination_svc_name = Some(DESTINATION.into());
-    client_args.destination_first_update_timeout = Duration::from_secs(3);
-    let client = BoundProxy::bind(client_args)?;
-    let outbound = client.outbound_addrs()[0];
-    let client_admin = client.admin_addrs()[0];
-    tokio::spawn(client.serve(None, std::future::pending()));
-    for admin in [client_admin, server_admin] {
+    let mut server_args = with_identity(proxy_args(None, Some(app)), "checkout");
+    server_args.inbound_listen_addr = vec![server_inbound];
+    server_args.inbound_default_policy = weft_proxy::policy::DefaultPolicy::AllAuthenticated;
+    server_args.policy_addr = Some(dst.into());
+    server_args.policy_svc_name = Some(DESTINATION.into());
+    server_args.policy_workload = Some("shop:checkout-1".into());
+    server_args.inbound_ports = app.port().to_string().parse()?;
+    let server = BoundProxy::bind(server_args)?;
+    let server_admin = server.admin_addrs()[0];
+    tokio::spawn(server.serve(None, std::future::pending()));
+    let client_of = |sa: &str| -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        let mut args = with_identity(proxy_args(Some("10.96.0.50:80".parse()?), None), sa);
+        args.destination_addr = Some(dst.into());
+        args.destination_svc_name = Some(DESTINATION.into());
+        args.destination_first_update_timeout = Duration::from_secs(3);
+        let client = BoundProxy::bind(args)?;
+        let (outbound, admin) = (client.outbound_addrs()[0], client.admin_addrs()[0]);
+        tokio::spawn(client.serve(None, std::future::pending()));
+        Ok((outbound, admin))
+    };
+    let (outbound, client_admin) = client_of("frontend")?;
+    let (intruder, intruder_admin) = client_of("intruder")?;
+    for admin in [client_admin, intruder_admin, server_admin] {
         wait_ready(admin).await?;
     }
 
@@ -163,9 +176,60 @@ pub async fn run() -> anyhow::Result<()> {
         value(&c, "identity_cert_refreshes_total", &[]),
         value(&s, "identity_cert_refreshes_total", &[])
     );
+
+    // Only frontend may call checkout: a Server and an AuthorizationPolicy, added while
+    // everything runs. The destination re-reads its file; checkout's proxy gets the update.
+    let (before, _) = get(intruder).await?;
+    let mut yaml = std::fs::read_to_string(&dst_file)?;
+    yaml.push_str(AUTHORIZATION);
+    std::fs::write(&dst_file, yaml)?;
+    let updated = async {
+        loop {
+            let m = scrape(server_admin).await?;
+            if value(&m, "inbound_policy_updates_total", &[("result", "ok")]) >= 2.0 {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), updated)
+        .await
+        .context("checkout's proxy never got the new policy")??;
+    let (frontend_status, _) = get(outbound).await?;
+    let (intruder_status, _) = get(intruder).await?;
+    let s = scrape(server_admin).await?;
+    println!(
+        "\nauthorization policy added at run time (Server checkout-http, AuthorizationPolicy requiring the frontend service account):"
+    );
+    println!(
+        "  intruder.shop (meshed) got {} before it and {} after; frontend got {} ({} allowed by authz_name=\"checkout-from-frontend\")",
+        before.as_u16(),
+        intruder_status.as_u16(),
+        frontend_status.as_u16(),
+        value(&s, "inbound_http_authz_allow_total", &[("authz_name", "checkout-from-frontend")])
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Policy objects for the destination's file, as they would be applied to a cluster.
+const AUTHORIZATION: &str = "policies:
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: Server
+    metadata: {name: checkout-http, namespace: shop}
+    spec: {podSelector: {matchLabels: {app: checkout}}, port: http, proxyProtocol: HTTP/1}
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: MeshTLSAuthentication
+    metadata: {name: frontend, namespace: shop}
+    spec: {identityRefs: [{kind: ServiceAccount, name: frontend}]}
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: AuthorizationPolicy
+    metadata: {name: checkout-from-frontend, namespace: shop}
+    spec:
+      targetRef: {group: policy.weft.dev, kind: Server, name: checkout-http}
+      requiredAuthenticationRefs:
+        - {group: policy.weft.dev, kind: MeshTLSAuthentication, name: frontend}
+";
 
 fn start_identity(weft: &Path, dir: &Path) -> anyhow::Result<(Guard, SocketAddr)> {
     let d = dir.display();

@@ -43,6 +43,8 @@ fn the_demo_runs_a_whole_mesh_and_shows_what_it_promises() {
         &format!("l5d-client-id: {frontend}"),
         // The inbound policy refusing an unmeshed client.
         "an unmeshed plaintext client got 403 (1 in inbound_http_authz_deny_total)",
+        // An AuthorizationPolicy added at run time shuts out another meshed identity.
+        "intruder.shop (meshed) got 200 before it and 403 after; frontend got 200 (1 allowed",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}\n{err}");
     }
