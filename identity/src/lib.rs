@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod incoming;
 pub mod name;
 pub mod pki;
+pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod token;

@@ -4,11 +4,7 @@
 //! schema keeps working), and an object that cannot be used is refused whole with a
 //! [`Problem`] rather than half-applied — a half-understood authorization is a wrong one.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    str::FromStr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::{
@@ -27,55 +23,7 @@ pub const VERSION: &str = "v1beta1";
 /// Annotation (on a pod or its namespace) naming the default policy of ports no `Server`
 /// selects; the injector gives the same value to the proxy.
 pub const DEFAULT_INBOUND_POLICY_ANNOTATION: &str = "config.weft.dev/default-inbound-policy";
-/// Linkerd's default list of cluster networks, with the IPv6 unique-local range (the
-/// proxy's and the injector's default too).
-pub const DEFAULT_CLUSTER_NETWORKS: &str =
-    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
-
-/// A default inbound policy, by its Linkerd name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DefaultPolicy {
-    AllUnauthenticated,
-    AllAuthenticated,
-    ClusterUnauthenticated,
-    ClusterAuthenticated,
-    /// Everyone is let in, under the authorization name `audit`, so a dry run shows in the
-    /// proxies' metrics who would have been refused.
-    Audit,
-    Deny,
-}
-
-const POLICIES: [(DefaultPolicy, &str); 6] = [
-    (DefaultPolicy::AllUnauthenticated, "all-unauthenticated"),
-    (DefaultPolicy::AllAuthenticated, "all-authenticated"),
-    (DefaultPolicy::ClusterUnauthenticated, "cluster-unauthenticated"),
-    (DefaultPolicy::ClusterAuthenticated, "cluster-authenticated"),
-    (DefaultPolicy::Audit, "audit"),
-    (DefaultPolicy::Deny, "deny"),
-];
-
-impl DefaultPolicy {
-    pub fn as_str(self) -> &'static str {
-        POLICIES.iter().find(|(p, _)| *p == self).map_or("deny", |(_, s)| s)
-    }
-}
-
-impl fmt::Display for DefaultPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        POLICIES.iter().find(|(_, name)| *name == s.trim()).map(|(p, _)| *p).ok_or_else(|| {
-            let names: Vec<&str> = POLICIES.iter().map(|(_, n)| *n).collect();
-            format!("{s:?} is not a default inbound policy; expected one of {}", names.join(", "))
-        })
-    }
-}
+pub use weft_identity::policy::{DEFAULT_CLUSTER_NETWORKS, DefaultPolicy};
 
 /// Parses a comma list of CIDRs (a bare address is a host network). A network with host
 /// bits set (`10.0.0.1/8`) is refused: it is almost always a typo for another network.
