@@ -51,6 +51,9 @@ impl Default for PolicyConfig {
 
 /// Which followed ports a change can touch.
 enum Scope {
+    /// One pod's ports: its labels, ports, probes or annotation changed, which no other
+    /// pod's answer depends on.
+    Pod(ObjKey),
     Namespace(String),
     All,
 }
@@ -122,7 +125,7 @@ impl PolicyIndex {
             return;
         }
         self.pods.insert(pod.key.clone(), pod.inbound.clone());
-        self.refresh(Scope::Namespace(pod.key.namespace.clone()));
+        self.refresh(Scope::Pod(pod.key.clone()));
     }
 
     pub fn delete_pod(&mut self, key: &ObjKey) {
@@ -231,6 +234,7 @@ impl PolicyIndex {
                 return false;
             }
             let touched = match &scope {
+                Scope::Pod(key) => pod == key,
                 Scope::Namespace(ns) => pod.namespace == *ns,
                 Scope::All => true,
             };
