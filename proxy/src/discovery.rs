@@ -262,7 +262,7 @@ impl Discovery {
 }
 
 /// Backoff between reconnects: 100 ms doubling to 10 s, jittered.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
     let base = base.min(Duration::from_secs(10));
     let jitter = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;

@@ -33,7 +33,7 @@ pub mod server;
 
 use self::{
     discover::PortPolicy,
-    server::{Authz, Route, ServerPolicy, ServerProtocol},
+    server::{Authz, Route, ServerPolicy},
 };
 use crate::{init::Subnets, metrics::TlsLabels};
 
@@ -149,14 +149,11 @@ pub struct ConnAuthz {
 struct AllowCache {
     /// Held so that the route and authorization addresses below stay its own.
     server: Arc<ServerPolicy>,
-    route: *const Route,
-    authz: *const Authz,
+    /// Addresses of the route and authorization within `server`: compared, never followed.
+    route: usize,
+    authz: usize,
     counter: Counter,
 }
-
-// SAFETY: the pointers are only compared, never dereferenced; they point into `server`,
-// which the cache holds.
-unsafe impl Send for AllowCache {}
 
 /// The error a forwarded connection ends with when the policy revokes its client.
 pub fn revoked_error() -> std::io::Error {
@@ -219,29 +216,17 @@ impl Policy {
                 .is_ok()
     }
 
-    /// Whether the default policy lets in a client from `ip`, meshed (`authenticated`) or not.
-    pub fn allows(&self, ip: IpAddr, authenticated: bool) -> bool {
-        let id = authenticated.then_some("client");
-        self.default_server.authorize_tcp(ip, id).is_some()
+    /// The policy of `port` as it is now (a watched port's, or the default).
+    pub fn current(&self, port: u16) -> Arc<ServerPolicy> {
+        self.resolve(self.ports.get(&port))
     }
 
-    /// The policy of `port` as it is now (a watched port's, or the default).
-    fn current(&self, port: u16) -> Arc<ServerPolicy> {
-        match self.ports.get(&port) {
+    /// A watched port's latest policy (the stand-in until the first), or the default.
+    fn resolve(&self, port: Option<&PortPolicy>) -> Arc<ServerPolicy> {
+        match port {
             None => self.default_server.clone(),
             Some(rx) => rx.borrow().clone().unwrap_or_else(|| self.unavailable.clone()),
         }
-    }
-
-    /// Whether a plaintext client from `ip` may get a speculative connection to the app on
-    /// `port`: only if the port's policy could let it in.
-    pub fn may_speculate(&self, ip: IpAddr, port: u16) -> bool {
-        self.current(port).may_admit(ip, None)
-    }
-
-    /// Whether the control plane says `port` takes opaque TCP (no detection).
-    pub fn is_opaque(&self, port: u16) -> bool {
-        self.ports.contains_key(&port) && self.current(port).protocol == ServerProtocol::Opaque
     }
 
     /// Decides for a connection from `ip` to `target` (`target_addr`: its metric label);
@@ -297,10 +282,7 @@ impl Policy {
 
 impl ConnAuthz {
     fn server(&self) -> Arc<ServerPolicy> {
-        match &self.port {
-            None => self.policy.default_server.clone(),
-            Some(rx) => rx.borrow().clone().unwrap_or_else(|| self.policy.unavailable.clone()),
-        }
+        self.policy.resolve(self.port.as_ref())
     }
 
     fn target(&self, server: &ServerPolicy) -> TargetLabels {
@@ -432,8 +414,8 @@ impl ConnAuthz {
         let mut last = self.last_allow.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = last.as_ref()
             && Arc::ptr_eq(&c.server, server)
-            && std::ptr::eq(c.route, route)
-            && std::ptr::eq(c.authz, authz)
+            && c.route == std::ptr::from_ref(route) as usize
+            && c.authz == std::ptr::from_ref(authz) as usize
         {
             c.counter.inc();
             return;
@@ -447,6 +429,8 @@ impl ConnAuthz {
         };
         let counter = self.metrics().http_allow.get_or_create(&labels).clone();
         counter.inc();
+        let (route, authz) =
+            (std::ptr::from_ref(route) as usize, std::ptr::from_ref(authz) as usize);
         *last = Some(AllowCache { server: server.clone(), route, authz, counter });
     }
 }
@@ -539,6 +523,11 @@ mod tests {
         )
     }
 
+    /// Whether the default policy lets in a client from `ip`, meshed or not.
+    fn allows(p: &Policy, ip: IpAddr, authenticated: bool) -> bool {
+        p.current(1).authorize_tcp(ip, authenticated.then_some("client")).is_some()
+    }
+
     #[test]
     fn each_default_policy_allows_whom_linkerds_does() {
         let pod: IpAddr = "10.1.2.3".parse().expect("ip");
@@ -557,15 +546,15 @@ mod tests {
         for (name, want) in table {
             let p = policy(name, "");
             let got = [
-                p.allows(pod, false),
-                p.allows(pod, true),
-                p.allows(outside, false),
-                p.allows(outside, true),
+                allows(&p, pod, false),
+                allows(&p, pod, true),
+                allows(&p, outside, false),
+                allows(&p, outside, true),
             ];
             assert_eq!(got, want, "{name}");
             // An IPv4 client seen on a dual-stack socket is still in the cluster.
-            assert_eq!(p.allows(mapped, true), want[1], "{name} (IPv4-mapped)");
-            assert_eq!(p.allows(ula, true), want[1], "{name} (IPv6)");
+            assert_eq!(allows(&p, mapped, true), want[1], "{name} (IPv4-mapped)");
+            assert_eq!(allows(&p, ula, true), want[1], "{name} (IPv6)");
             assert_eq!(p.default.to_string(), name);
         }
     }

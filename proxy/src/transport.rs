@@ -293,12 +293,17 @@ async fn prepare(
         return Err(ConnError::Loop(target));
     }
     let port = target.port();
-    if side.opaque_ports.contains(port) || side.policy.as_ref().is_some_and(|p| p.is_opaque(port)) {
+    let policy = side.policy.as_ref().map(|p| p.current(port));
+    // Opaque by configuration, or because the control plane's Server says so.
+    let opaque = policy
+        .as_ref()
+        .is_some_and(|p| p.protocol == crate::policy::server::ServerProtocol::Opaque);
+    if opaque || side.opaque_ports.contains(port) {
         return Ok((target, Protocol::Opaque, BytesMut::new(), None));
     }
     // A client the policy would refuse in plaintext gets no speculative connection to the
     // app: a server that speaks first must not talk to it before it is authorized.
-    let speculate = side.policy.as_ref().is_none_or(|p| p.may_speculate(client_ip, port));
+    let speculate = policy.is_none_or(|p| p.may_admit(client_ip, None));
     let (protocol, prefix, upstream) = detect_protocol(client, target, side, speculate).await?;
     Ok((target, protocol, prefix, upstream))
 }

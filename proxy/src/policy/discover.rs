@@ -80,14 +80,6 @@ pub fn start(
         .collect()
 }
 
-/// Backoff between reconnects: 100 ms doubling to 10 s, jittered.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
-    let base = base.min(Duration::from_secs(10));
-    let jitter = (std::time::Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
-    base.mul_f64(0.5 + jitter)
-}
-
 async fn follow(
     client: InboundServerPoliciesClient<Channel>,
     workload: Arc<str>,
@@ -141,7 +133,7 @@ async fn follow(
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff(attempt)).await;
+        tokio::time::sleep(crate::discovery::backoff(attempt)).await;
         attempt += 1;
     }
 }
