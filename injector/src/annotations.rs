@@ -31,7 +31,7 @@ pub const TRUST_ROOTS_VOLUME: &str = "weft-identity-trust-roots";
 pub const XTABLES_VOLUME: &str = "weft-proxy-init-xtables";
 
 /// The `config.weft.dev/<name>` annotations of DESIGN.md ("Injector").
-pub const CONFIG_KEYS: [&str; 14] = [
+pub const CONFIG_KEYS: [&str; 15] = [
     "proxy-image",
     "proxy-log-level",
     "skip-inbound-ports",
@@ -46,6 +46,7 @@ pub const CONFIG_KEYS: [&str; 14] = [
     "native-sidecar",
     "shutdown-grace-period",
     "default-inbound-policy",
+    "access-log",
 ];
 
 /// Where an annotation was read.
@@ -104,6 +105,8 @@ pub struct ProxyOptions {
     pub shutdown_grace_period: String,
     pub shutdown_grace_ms: u64,
     pub default_inbound_policy: String,
+    /// `apache` or `json` when the proxy writes an HTTP access log.
+    pub access_log: Option<String>,
 }
 
 /// Annotations of the pod and its namespace, looked up with the pod's winning.
@@ -194,6 +197,7 @@ impl Layered<'_> {
             values::inbound_policy,
             config.default_inbound_policy.clone()
         );
+        let access_log = opt!("access-log", |v: &str| values::access_log(v).map(Some), None);
 
         // Kubernetes rejects a request above its limit: say so here, next to the annotation.
         for (what, req, lim, req_key) in [
@@ -234,6 +238,7 @@ impl Layered<'_> {
             shutdown_grace_period,
             shutdown_grace_ms,
             default_inbound_policy,
+            access_log,
         })
     }
 }
@@ -253,8 +258,10 @@ mod tests {
         let ns = map(&[
             ("config.weft.dev/proxy-uid", "4000"),
             ("config.weft.dev/proxy-log-level", "debug"),
+            ("config.weft.dev/access-log", "json"),
         ]);
         let o = Layered { pod: &pod, namespace: &ns }.resolve(&InjectorConfig::default()).unwrap();
+        assert_eq!(o.access_log.as_deref(), Some("json"));
         assert_eq!(o.proxy_uid, 3000);
         assert_eq!(o.log_level, "debug");
         assert!(o.native_sidecar);
@@ -266,6 +273,7 @@ mod tests {
         let pod = map(&[
             ("config.weft.dev/proxy-uid", "0"),
             ("config.weft.dev/native-sidecar", "yes"),
+            ("config.weft.dev/access-log", "xml"),
             ("config.weft.dev/proxy-cpu-request", "2"),
             ("config.weft.dev/proxy-cpu-limit", "1"),
         ]);
@@ -279,6 +287,7 @@ mod tests {
                 ("config.weft.dev/skip-subnets", Source::Namespace),
                 ("config.weft.dev/proxy-uid", Source::Pod),
                 ("config.weft.dev/native-sidecar", Source::Pod),
+                ("config.weft.dev/access-log", Source::Pod),
                 ("config.weft.dev/proxy-cpu-request", Source::Pod),
             ]
         );

@@ -199,6 +199,9 @@ pub fn env(
         var("WEFT_PROXY_INBOUND_DEFAULT_POLICY", o.default_inbound_policy.clone()),
         var("WEFT_PROXY_CLUSTER_NETWORKS", c.cluster_networks.clone()),
     ];
+    if let Some(format) = &o.access_log {
+        env.push(var("WEFT_PROXY_ACCESS_LOG", format.clone()));
+    }
     if let Some(ports) = probes.grpc_ports() {
         env.push(var("WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS", ports));
     }

@@ -141,6 +141,14 @@ pub fn duration_ms(s: &str) -> Result<u64, String> {
     Ok(ms)
 }
 
+/// The access log format of the proxy (`--access-log`).
+pub fn access_log(s: &str) -> Result<String, String> {
+    match s {
+        "apache" | "json" => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not an access log format (apache or json)")),
+    }
+}
+
 /// A tracing filter of `[target=]level` directives (`warn,weft_proxy=debug`).
 pub fn log_level(s: &str) -> Result<String, String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -248,6 +256,8 @@ mod tests {
             duration_ms("30 s").is_err() && duration_ms("s").is_err() && duration_ms("1d").is_err()
         );
         assert!(log_level("warn,weft_proxy=debug").is_ok());
+        assert!(access_log("json").is_ok() && access_log("apache").is_ok());
+        assert!(access_log("JSON").is_err() && access_log("").is_err());
         assert!(
             log_level("loud").is_err() && log_level("").is_err() && log_level("a b=info").is_err()
         );

@@ -268,6 +268,11 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
 
+    /// HTTP access log of inbound requests on stdout, one line each: `apache` (Common Log
+    /// Format) or `json` (Linkerd's fields). Off when unset.
+    #[arg(long, env = "WEFT_PROXY_ACCESS_LOG", value_enum)]
+    pub access_log: Option<crate::http::access_log::Format>,
+
     /// Worker threads (0: one per available CPU). One core runs a single-threaded runtime.
     #[arg(long, env = "WEFT_PROXY_CORES", default_value_t = 1)]
     pub cores: usize,

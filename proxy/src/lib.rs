@@ -284,6 +284,13 @@ impl BoundProxy {
                 _ => default,
             }
         });
+        let access_log = match args.access_log {
+            Some(format) => Some(
+                http::access_log::AccessLog::start(format, metrics.access_log.clone())
+                    .context("starting the access log writer")?,
+            ),
+            None => None,
+        };
         let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let side = |direction, orig_dst_override| {
             // Keepalive where the peer is across the network: the inbound side's clients
@@ -332,6 +339,10 @@ impl BoundProxy {
                         identity.clone(),
                     ),
                     in_flight: Arc::new(Semaphore::new(args.http_max_in_flight as usize)),
+                    access_log: match direction {
+                        Direction::Inbound => access_log.clone(),
+                        Direction::Outbound => None,
+                    },
                 },
                 discovery: match direction {
                     Direction::Outbound => discovery.clone(),

@@ -231,6 +231,7 @@ pub struct Metrics {
     pub discovery: crate::discovery::DiscoveryMetrics,
     pub authz: crate::policy::AuthzMetrics,
     pub policy: crate::policy::discover::PolicyMetrics,
+    pub access_log: crate::http::access_log::AccessLogMetrics,
     target_addrs: LabelCap,
 }
 
@@ -290,6 +291,7 @@ impl Metrics {
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let authz = crate::policy::AuthzMetrics::register(&mut registry);
         let policy = crate::policy::discover::PolicyMetrics::register(&mut registry);
+        let access_log = crate::http::access_log::AccessLogMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         let metrics = Arc::new(Metrics {
             registry,
@@ -301,6 +303,7 @@ impl Metrics {
             discovery,
             authz,
             policy,
+            access_log,
             target_addrs: LabelCap::new(max_label_values),
         });
         Ok((metrics, extra))

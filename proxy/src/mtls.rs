@@ -41,7 +41,8 @@ pub async fn serve_inbound(
     id: Arc<Identity>,
 ) {
     let errors = side.metrics.errors(side.direction);
-    let client_ip = client.addr.ip();
+    let client_addr = client.addr;
+    let client_ip = client_addr.ip();
     let io = MeteredIo::deferred(client.io, prefix);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, id.acceptor().accept(io)).await {
         Ok(Ok(tls)) => tls,
@@ -110,7 +111,7 @@ pub async fn serve_inbound(
             if let Some(authz) = &authz {
                 authz.note_http();
             }
-            let caller = crate::http::Caller { client_id, authz };
+            let caller = crate::http::Caller { client_addr, client_id, authz };
             crate::http::serve(tls, protocol, target, side, caller).await
         }
         _ => {

@@ -203,7 +203,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         }
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
-        let caller = crate::http::Caller { client_id: None, authz };
+        let caller = crate::http::Caller { client_addr, client_id: None, authz };
         Box::pin(crate::http::serve(io, protocol, target, side, caller)).await;
         return;
     }

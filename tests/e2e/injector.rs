@@ -479,6 +479,7 @@ spec:
         weft.dev/inject: enabled
         config.weft.dev/proxy-cpu-limit: "2"
         config.weft.dev/default-inbound-policy: deny
+        config.weft.dev/access-log: json
     spec:
       containers:
         - name: web
@@ -514,6 +515,7 @@ spec:
         "WEFT_PROXY_INBOUND_GRPC_PROBE_PORTS",
         "WEFT_PROXY_CORES",
         "WEFT_PROXY_IDENTITY_NAME",
+        "WEFT_PROXY_ACCESS_LOG",
     ] {
         assert!(names.contains(&must), "{must} missing from {names:?}");
     }

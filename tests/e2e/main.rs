@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries, real sockets, real clients, and (as root) real
 //! iptables rules in network namespaces. One test binary to keep link time down.
 
+mod access_log;
 mod chart;
 mod check;
 mod control_plane;

@@ -22,8 +22,13 @@ pub struct Serving {
 }
 
 impl Serving {
-    pub fn start(mut cmd: Command, what: &str, limit: Duration) -> Serving {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    pub fn start(cmd: Command, what: &str, limit: Duration) -> Serving {
+        Serving::start_with(cmd, what, limit, Stdio::null())
+    }
+
+    /// Like `start`, with the process's stdout going to `stdout`.
+    pub fn start_with(mut cmd: Command, what: &str, limit: Duration, stdout: Stdio) -> Serving {
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(String::new()));
@@ -87,10 +92,26 @@ impl Proxy {
 
     /// Starts a prepared command (e.g. `ip netns exec ... setpriv ... weft-proxy ...`);
     /// JSON logs at debug level are added so that the bound addresses can be read.
-    pub fn start_cmd(mut cmd: Command) -> Proxy {
+    pub fn start_cmd(cmd: Command) -> Proxy {
+        Proxy::start_cmd_with(cmd, Stdio::null())
+    }
+
+    /// Like `start`, with the proxy's stdout (its access log) piped to the test.
+    pub fn start_piped(extra: &[&str]) -> (Proxy, std::process::ChildStdout) {
+        let mut cmd = Command::new(proxy_bin());
+        for var in ["INBOUND", "OUTBOUND", "ADMIN"] {
+            cmd.env(format!("WEFT_PROXY_{var}_LISTEN_ADDR"), "127.0.0.1:0");
+        }
+        cmd.args(extra);
+        let mut proxy = Proxy::start_cmd_with(cmd, Stdio::piped());
+        let stdout = proxy.child.stdout.take().expect("piped stdout");
+        (proxy, stdout)
+    }
+
+    fn start_cmd_with(mut cmd: Command, stdout: Stdio) -> Proxy {
         cmd.env("WEFT_PROXY_LOG_FORMAT", "json").env("WEFT_PROXY_LOG", "info,weft_proxy=debug");
         let Serving { child, fields, logs } =
-            Serving::start(cmd, "weft-proxy", Duration::from_secs(20));
+            Serving::start_with(cmd, "weft-proxy", Duration::from_secs(20), stdout);
         // The first address of each listener (they may have several).
         let addr = |k: &str| -> SocketAddr {
             fields[k]

@@ -56,7 +56,8 @@ pub async fn forward(
                 tls.clone(),
             );
             let why = format!("request timeout: no response within the route's {total:?}");
-            finish(side, route, reply.started, error_response(StatusCode::GATEWAY_TIMEOUT, &why))
+            let rsp = error_response(StatusCode::GATEWAY_TIMEOUT, &why);
+            finish(side, route, reply.started, rsp, reply.take_access())
         }
     }
 }
@@ -97,7 +98,7 @@ async fn tries(
                     StatusCode::BAD_REQUEST,
                     &format!("reading the request body: {e}"),
                 );
-                return finish(side, route, reply.started, rsp);
+                return finish(side, route, reply.started, rsp, reply.take_access());
             }
         }
     } else {
@@ -127,7 +128,7 @@ async fn tries(
                     metrics.request(&route);
                 }
                 let rsp = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-                return finish(side, route, reply.started, rsp);
+                return finish(side, route, reply.started, rsp, reply.take_access());
             }
         };
         let endpoint = picked.endpoint.clone();

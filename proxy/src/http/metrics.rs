@@ -310,6 +310,8 @@ impl RouteCache {
 pub struct MeteredBody<B> {
     inner: B,
     done: Option<Done>,
+    /// Data bytes so far (for the access log).
+    bytes: u64,
 }
 
 pub struct Done {
@@ -319,10 +321,15 @@ pub struct Done {
     /// `grpc-status` from the response headers (a trailers-only response).
     pub grpc_status: Option<u32>,
     pub is_grpc: bool,
+    /// The request's access log entry, when the access log is on.
+    pub access: Option<Box<super::access_log::Entry>>,
 }
 
 impl Done {
-    fn finish(self, trailers: Option<&HeaderMap>, failed: bool) {
+    fn finish(self, trailers: Option<&HeaderMap>, failed: bool, body_bytes: u64) {
+        if let Some(entry) = self.access {
+            entry.finish(self.status_code, body_bytes);
+        }
         let grpc_status = trailers.and_then(grpc_status).or(self.grpc_status);
         let ok = !failed
             && self.status_code < 500
@@ -343,10 +350,10 @@ impl<B: Body> MeteredBody<B> {
     pub fn new(inner: B, done: Done) -> Self {
         if inner.is_end_stream() {
             // An empty body is never polled: the response is complete now.
-            done.finish(None, false);
-            return MeteredBody { inner, done: None };
+            done.finish(None, false, 0);
+            return MeteredBody { inner, done: None, bytes: 0 };
         }
-        MeteredBody { inner, done: Some(done) }
+        MeteredBody { inner, done: Some(done), bytes: 0 }
     }
 }
 
@@ -354,7 +361,7 @@ impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away or the stream was reset.
         if let Some(done) = self.done.take() {
-            done.finish(None, true);
+            done.finish(None, true, self.bytes);
         }
     }
 }
@@ -371,24 +378,27 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(done) = this.done.take()
                 {
-                    done.finish(Some(trailers), false);
+                    done.finish(Some(trailers), false, this.bytes);
                 } else if this.inner.is_end_stream()
                     && let Some(done) = this.done.take()
                 {
-                    done.finish(None, false);
+                    done.finish(None, false, this.bytes);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(done) = this.done.take() {
-                    done.finish(None, true);
+                    done.finish(None, true, this.bytes);
                 }
             }
             Poll::Ready(None) => {
                 if let Some(done) = this.done.take() {
-                    done.finish(None, false);
+                    done.finish(None, false, this.bytes);
                 }
             }
             Poll::Pending => {}

@@ -4,6 +4,7 @@
 //! to opaque forwarding, carrying HTTP/1 as HTTP/2 between proxies, answering failures
 //! with statuses a client can act on, and measuring every request.
 
+pub mod access_log;
 mod balanced;
 mod h2_upstream;
 pub mod metrics;
@@ -14,7 +15,7 @@ pub mod retry;
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -105,11 +106,14 @@ pub struct Http {
     pub pool: Arc<Pool>,
     /// Requests in flight on this side; past the limit new ones are shed with 503.
     pub in_flight: Arc<Semaphore>,
+    /// Inbound, when `--access-log` is set: a line per request.
+    pub access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 /// Who the client of an inbound HTTP connection is, as far as the proxy knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Caller {
+    pub client_addr: SocketAddr,
     /// The client's identity when the connection is mTLS from a meshed client.
     pub client_id: Option<Arc<str>>,
     /// Inbound: the policy's decision for the connection, checked per request.
@@ -127,12 +131,13 @@ pub async fn serve<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Caller { client_id, authz } = caller;
+    let Caller { client_addr, client_id, authz } = caller;
     let tls = match &client_id {
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
     };
-    let conn = Arc::new(Conn { target, tls, client_id, authz, routes: Default::default() });
+    let conn =
+        Arc::new(Conn { target, client_addr, tls, client_id, authz, routes: Default::default() });
     let config = &side.http.config;
     let stop = side.stop.clone();
     // Discovery, once per connection: a known service is balanced per request.
@@ -213,6 +218,7 @@ fn connection_error(e: &hyper::Error) -> &'static str {
 /// What every request of a client connection shares.
 struct Conn {
     target: SocketAddr,
+    client_addr: SocketAddr,
     tls: TlsLabels,
     /// The client's proven identity: sent to the app as `l5d-client-id`.
     client_id: Option<Arc<str>>,
@@ -237,6 +243,11 @@ async fn proxy(
         }
     }
     let started = Instant::now();
+    let mut access = side
+        .http
+        .access_log
+        .as_ref()
+        .map(|log| log.begin(&req, conn.client_addr, conn.client_id.clone()));
     let metrics = &side.metrics;
     let direction = side.direction;
     let direct_route = {
@@ -279,7 +290,7 @@ async fn proxy(
         } else {
             error_response(status, why)
         };
-        return finish(side, direct_route, started, rsp);
+        return finish(side, direct_route, started, rsp, access);
     }
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
@@ -287,13 +298,13 @@ async fn proxy(
         metrics.http.error(direction, "load_shed");
         let rsp =
             error_response(StatusCode::SERVICE_UNAVAILABLE, "in-flight request limit reached");
-        return finish(side, direct_route, started, rsp);
+        return finish(side, direct_route, started, rsp, access);
     };
 
     if is_upgrade(&req) {
         metrics.http.request(&direct_route);
         let rsp = upgrade::forward(req, target, side).await;
-        return finish(side, direct_route, started, rsp);
+        return finish(side, direct_route, started, rsp, access);
     }
 
     let client_version = req.version();
@@ -304,15 +315,22 @@ async fn proxy(
             metrics.http.request(&direct_route);
             metrics.http.error(direction, "bad_request");
             let rsp = error_response(StatusCode::BAD_REQUEST, &e.to_string());
-            return finish(side, direct_route, started, rsp);
+            return finish(side, direct_route, started, rsp, access);
         }
     };
-    let reply = Reply { side, started, client_version, is_grpc };
+    let body = match &access {
+        Some(entry) => entry.count_request(body).boxed_unsync(),
+        None => body.boxed_unsync(),
+    };
+    if let Some(entry) = &mut access {
+        entry.forwarding();
+    }
+    let reply = Reply { side, started, client_version, is_grpc, access: Mutex::new(access) };
     match dst {
         Some(res) => {
             let req = balanced::Request {
                 parts,
-                body: body.boxed_unsync(),
+                body,
                 // The label, not the header: authorities past the cap share one route.
                 authority: direct_route.labels.authority.clone(),
                 target,
@@ -325,7 +343,7 @@ async fn proxy(
             metrics.http.request(&direct_route);
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
-            let send = Box::pin(send(side, target, parts, body.boxed_unsync(), h2, None));
+            let send = Box::pin(send(side, target, parts, body, h2, None));
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }
@@ -375,6 +393,8 @@ struct Reply<'a> {
     started: Instant,
     client_version: Version,
     is_grpc: bool,
+    /// Locked only to take it: the reply is shared by the tries of a balanced request.
+    access: Mutex<Option<Box<access_log::Entry>>>,
 }
 
 impl Reply<'_> {
@@ -414,11 +434,16 @@ impl Reply<'_> {
                     status_code: status,
                     grpc_status: metrics::grpc_status(rsp.headers()),
                     is_grpc: self.is_grpc,
+                    access: self.take_access(),
                 };
                 return rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync());
             }
         };
-        finish(self.side, route, self.started, rsp)
+        finish(self.side, route, self.started, rsp, self.take_access())
+    }
+
+    fn take_access(&self) -> Option<Box<access_log::Entry>> {
+        self.access.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -442,6 +467,7 @@ fn finish(
     route: Arc<metrics::RouteMetrics>,
     started: Instant,
     rsp: Response<RspBody>,
+    access: Option<Box<access_log::Entry>>,
 ) -> Response<RspBody> {
     let status = rsp.status().as_u16();
     side.metrics.http.latency(&route, status, started);
@@ -452,6 +478,7 @@ fn finish(
         status_code: status,
         grpc_status,
         is_grpc: grpc_status.is_some(),
+        access,
     };
     rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync())
 }
