@@ -202,7 +202,7 @@ impl<T> Balancer<T> {
         self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn random(&self) -> u64 {
+    pub(crate) fn random(&self) -> u64 {
         // xorshift64*; a data race between requests only mixes the sequence more.
         let mut x = self.rng.load(Ordering::Relaxed);
         x ^= x >> 12;

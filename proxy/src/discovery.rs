@@ -77,9 +77,27 @@ pub enum State {
     Unavailable,
 }
 
+/// What is looked up: an original destination, or a service by name (a backend of a
+/// traffic split).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Addr(SocketAddr),
+    /// `name.ns.svc.cluster.local:port`.
+    Name(Arc<str>),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Addr(a) => a.fmt(f),
+            Target::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Resolution {
-    pub target: SocketAddr,
+    pub target: Target,
     pub balancer: Balancer<EndpointMeta>,
     /// Bounds the retries of every request to this service.
     pub budget: RetryBudget,
@@ -146,7 +164,7 @@ impl DiscoveryMetrics {
 pub struct Discovery {
     client: DestinationClient<Channel>,
     config: DiscoveryConfig,
-    cache: Mutex<HashMap<SocketAddr, Arc<Resolution>>>,
+    cache: Mutex<HashMap<Target, Arc<Resolution>>>,
     metrics: DiscoveryMetrics,
 }
 
@@ -199,12 +217,37 @@ impl Discovery {
     /// The resolution of `target` when the destination service knows it; `None` means
     /// "forward to the target as it is".
     pub async fn resolve(self: &Arc<Self>, target: SocketAddr) -> Option<Arc<Resolution>> {
+        self.lookup(Target::Addr(target)).await
+    }
+
+    /// With a traffic split in `profile` (that of `res`): the resolution of the backend that
+    /// gets this request (or connection), picked by weight. `None` without a split, or
+    /// when the destination service does not know the backend (the target's own
+    /// endpoints serve it then; counted as `split_fallback`).
+    pub async fn split(
+        self: &Arc<Self>,
+        res: &Resolution,
+        profile: &Profile,
+    ) -> Option<Arc<Resolution>> {
+        if profile.backends.is_empty() {
+            return None;
+        }
+        let backend = profile.backend(res.balancer.random())?;
+        let r = self.lookup(Target::Name(backend.authority.clone())).await;
+        if r.is_none() {
+            debug!(target = %res.target, backend = %backend.authority, "split backend unknown; using the target's endpoints");
+            self.metrics.lookups.get_or_create(&ResultLabels { result: "split_fallback" }).inc();
+        }
+        r
+    }
+
+    async fn lookup(self: &Arc<Self>, target: Target) -> Option<Arc<Resolution>> {
         let (res, fresh) = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get(&target) {
                 Some(r) => (r.clone(), false),
                 None => {
-                    let r = self.start(target);
+                    let r = self.start(target.clone());
                     cache.insert(target, r.clone());
                     self.metrics.resolutions.set(cache.len() as i64);
                     (r, true)
@@ -230,7 +273,10 @@ impl Discovery {
         (res.state() == State::Known).then_some(res)
     }
 
-    fn start(self: &Arc<Self>, target: SocketAddr) -> Arc<Resolution> {
+    fn start(self: &Arc<Self>, target: Target) -> Arc<Resolution> {
+        // A split's backend takes the routes and the budget of the service it stands in
+        // for: its own profile is not followed (nor could a split nest).
+        let has_profile = matches!(target, Target::Addr(_));
         let (state, _) = watch::channel(State::Pending);
         let res = Arc::new(Resolution {
             target,
@@ -242,13 +288,16 @@ impl Discovery {
             tasks: Mutex::default(),
         });
         // The tasks hold weak references: dropping the resolution (eviction) ends them.
-        let endpoints = tokio::spawn(follow_endpoints(self.clone(), Arc::downgrade(&res)));
-        let profile = tokio::spawn(follow_profile(self.clone(), Arc::downgrade(&res)));
-        res.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([endpoints, profile]);
+        let mut tasks = res.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.push(tokio::spawn(follow_endpoints(self.clone(), Arc::downgrade(&res))));
+        if has_profile {
+            tasks.push(tokio::spawn(follow_profile(self.clone(), Arc::downgrade(&res))));
+        }
+        drop(tasks);
         res
     }
 
-    fn request(&self, target: SocketAddr) -> api::GetDestination {
+    fn request(&self, target: &Target) -> api::GetDestination {
         api::GetDestination {
             scheme: "k8s".into(),
             path: target.to_string(),
@@ -272,9 +321,9 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 async fn follow_endpoints(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
     let mut attempt = 0;
     loop {
-        let Some(target) = res.upgrade().map(|r| r.target) else { return };
+        let Some(target) = res.upgrade().map(|r| r.target.clone()) else { return };
         let mut client = d.client.clone();
-        match client.get(d.request(target)).await {
+        match client.get(d.request(&target)).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 let mut endpoints: HashMap<SocketAddr, EndpointMeta> = HashMap::new();
@@ -389,9 +438,9 @@ fn endpoint(
 async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
     let mut attempt = 0;
     loop {
-        let Some(target) = res.upgrade().map(|r| r.target) else { return };
+        let Some(target) = res.upgrade().map(|r| r.target.clone()) else { return };
         let mut client = d.client.clone();
-        if let Ok(stream) = client.get_profile(d.request(target)).await {
+        if let Ok(stream) = client.get_profile(d.request(&target)).await {
             let mut stream = stream.into_inner();
             while let Ok(Some(p)) = stream.message().await {
                 attempt = 0;

@@ -20,17 +20,32 @@ pub const DEFAULT_RETRY_LIMIT: u32 = 2;
 pub const LABEL_RETRY_LIMIT: &str = "weft_retry_limit";
 pub const LABEL_RETRY_TIMEOUT: &str = "weft_retry_timeout_ms";
 
+/// Backends of a split, at most: a route's backends are a handful in practice, and the
+/// list comes from the network.
+pub const MAX_BACKENDS: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub routes: Vec<Route>,
     pub budget: Budget,
+    /// A traffic split (`dst_overrides`): requests (HTTP) and connections (TCP) go to
+    /// these services by weight instead of the target's own endpoints. Empty: no split.
+    pub backends: Vec<Backend>,
 }
 
 impl Default for Profile {
-    /// No routes: nothing is retried; 5xx are failures.
+    /// No routes: nothing is retried; 5xx are failures. No split.
     fn default() -> Self {
-        Profile { routes: Vec::new(), budget: Budget::default() }
+        Profile { routes: Vec::new(), budget: Budget::default(), backends: Vec::new() }
     }
+}
+
+/// One service of a split: its name as the destination service resolves it
+/// (`name.ns.svc.cluster.local:port`), and its relative weight (never zero).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub authority: std::sync::Arc<str>,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +144,10 @@ pub enum ProfileError {
     NoCondition,
     #[error("invalid method in a route condition")]
     Method,
+    #[error("traffic split backend {0:?} is not a host:port authority")]
+    Backend(String),
+    #[error("traffic split has more than {MAX_BACKENDS} backends; the rest are ignored")]
+    TooManyBackends,
 }
 
 /// Converts a profile update. Routes that cannot be understood are dropped (with the
@@ -157,7 +176,46 @@ pub fn from_api(p: &api::DestinationProfile) -> (Profile, Vec<ProfileError>) {
             .unwrap_or(DEFAULT_BUDGET_TTL)
             .clamp(Duration::from_secs(1), Duration::from_secs(60)),
     });
-    (Profile { routes, budget }, errors)
+    let backends = backends(&p.dst_overrides, &mut errors);
+    (Profile { routes, budget, backends }, errors)
+}
+
+/// The split's backends with a weight, each a valid authority; weight 0 means "none of
+/// the traffic" and is left out.
+fn backends(overrides: &[api::WeightedDst], errors: &mut Vec<ProfileError>) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for o in overrides.iter().filter(|o| o.weight > 0) {
+        if out.len() == MAX_BACKENDS {
+            errors.push(ProfileError::TooManyBackends);
+            break;
+        }
+        match o.authority.parse::<http::uri::Authority>() {
+            Ok(a) if a.port_u16().is_some_and(|p| p > 0) && !a.host().is_empty() => {
+                out.push(Backend { authority: o.authority.as_str().into(), weight: o.weight });
+            }
+            _ => errors.push(ProfileError::Backend(o.authority.clone())),
+        }
+    }
+    out
+}
+
+impl Profile {
+    /// The backend of the split that gets the next request, by weight, given a uniform
+    /// random `r`; `None` without a split.
+    pub fn backend(&self, r: u64) -> Option<&Backend> {
+        let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut x = r % total;
+        for b in &self.backends {
+            match x.checked_sub(u64::from(b.weight)) {
+                Some(rest) => x = rest,
+                None => return Some(b),
+            }
+        }
+        None
+    }
 }
 
 fn route(r: &api::Route) -> Result<Route, ProfileError> {
@@ -326,5 +384,49 @@ mod tests {
         assert!(matches!(errors[0], ProfileError::Regex(..)));
         assert_eq!(errors[1], ProfileError::NoCondition);
         assert_eq!(profile.budget, Budget::default());
+    }
+
+    #[test]
+    fn a_split_keeps_valid_weighted_backends_and_picks_by_weight() {
+        let dst = |authority: &str, weight| api::WeightedDst {
+            authority: authority.into(),
+            weight,
+            ..Default::default()
+        };
+        let p = api::DestinationProfile {
+            dst_overrides: vec![
+                dst("web.prod.svc.cluster.local:8080", 3),
+                dst("web-canary.prod.svc.cluster.local:8080", 1),
+                dst("web-old.prod.svc.cluster.local:8080", 0),
+                dst("no-port.prod.svc.cluster.local", 5),
+                dst("bad host:80", 5),
+            ],
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&p);
+        let names: Vec<&str> = profile.backends.iter().map(|b| &*b.authority).collect();
+        assert_eq!(
+            names,
+            ["web.prod.svc.cluster.local:8080", "web-canary.prod.svc.cluster.local:8080"]
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| matches!(e, ProfileError::Backend(_))));
+        // r mod 4: 0..3 → web, 3 → canary.
+        let pick = |r| profile.backend(r).map(|b| b.weight);
+        assert_eq!(
+            [pick(0), pick(2), pick(3), pick(4), pick(7)],
+            [Some(3), Some(3), Some(1), Some(3), Some(1)]
+        );
+        assert!(Profile::default().backend(7).is_none());
+
+        let many = api::DestinationProfile {
+            dst_overrides: (0..40)
+                .map(|i| dst(&format!("s{i}.ns.svc.cluster.local:80"), 1))
+                .collect(),
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&many);
+        assert_eq!(profile.backends.len(), MAX_BACKENDS);
+        assert_eq!(errors, [ProfileError::TooManyBackends]);
     }
 }

@@ -439,7 +439,13 @@ async fn connect_balanced(
     }) else {
         return connect(target, side.connect).await.map(Upstream::Plain);
     };
-    let picked = res.balancer.pick().map_err(|e| ConnError::NoEndpoint(target, e))?;
+    // A traffic split: this connection goes to one of the backend services, by weight.
+    let backend = match &side.discovery {
+        Some(d) => d.split(&res, &res.profile()).await,
+        None => None,
+    };
+    let endpoints = backend.as_deref().unwrap_or(&res);
+    let picked = endpoints.balancer.pick().map_err(|e| ConnError::NoEndpoint(target, e))?;
     let endpoint = picked.endpoint.clone();
     let result = match (&side.identity, &endpoint.meta.identity) {
         (Some(id), Some(server_id)) => {

@@ -44,7 +44,14 @@ pub async fn forward(
     let total = route.as_ref().map_or(Duration::ZERO, |r| r.timeout);
     let target = req.target;
     let tls = req.tls.clone();
-    match with_timeout(total, tries(req, res, route, &reply)).await {
+    // A traffic split sends the request to one of the backend services, by weight; the
+    // target's routes, timeouts and retry budget still apply.
+    let backend = match &side.discovery {
+        Some(d) => d.split(res, &profile).await,
+        None => None,
+    };
+    let endpoints = backend.as_deref().unwrap_or(res);
+    match with_timeout(total, tries(req, res, endpoints, route, &reply)).await {
         Ok(rsp) => rsp,
         Err(()) => {
             side.metrics.http.error(side.direction, "request_timeout");
@@ -62,9 +69,12 @@ pub async fn forward(
     }
 }
 
+/// `res`: the target's resolution (its retry budget); `endpoints`: where tries go (the
+/// target's, or the split backend's).
 async fn tries(
     req: Request<'_>,
     res: &Arc<Resolution>,
+    endpoints: &Resolution,
     route: Option<Route>,
     reply: &Reply<'_>,
 ) -> Response<RspBody> {
@@ -109,7 +119,7 @@ async fn tries(
     let mut avoid: Option<SocketAddr> = None;
     let mut counted = false;
     loop {
-        let picked = match pick(res, avoid) {
+        let picked = match pick(endpoints, avoid) {
             Ok(p) => p,
             Err(e) => {
                 let label = match e {
