@@ -1,5 +1,6 @@
 //! `weft check`: the installation health check (Linkerd's `linkerd check`). Reads the
-//! control plane's objects through the Kubernetes API — the Deployments, the identity PKI,
+//! control plane's objects through the Kubernetes API — the Deployments, the Gateway API's
+//! HTTPRoute CRD (which traffic splits need; a warning without it), the identity PKI,
 //! the injector's webhook registration and TLS, and the meshed pods — and prints one line per
 //! check, grouped, with what to do about each problem. Exit code: 0 when nothing failed
 //! (warnings allowed), 1 when a check failed, 2 for bad flags or an unusable kubeconfig.
@@ -39,6 +40,11 @@ const DEPLOYMENTS: [&str; 3] = ["weft-identity", "weft-destination", "weft-injec
 /// The injector's settings (charts/weft/templates/proxy-config.yaml): the proxy image new pods get.
 const PROXY_CONFIG: &str = "weft-proxy-config";
 const PROXY_IMAGE_KEY: &str = "WEFT_INJECTOR_PROXY_IMAGE";
+/// The CRD of the Gateway API's HTTPRoutes, which `weft destination` reads traffic splits from
+/// (in the version it watches); the cluster's to install, not the chart's.
+const HTTPROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+const HTTPROUTE_VERSION: &str = "v1";
+const GATEWAY_API_INSTALL: &str = "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/standard-install.yaml";
 /// Pods listed per API request.
 const PAGE: u32 = 500;
 /// Pods named in one line before "and N more".
@@ -238,6 +244,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<Report> {
     }
     report.group("control-plane");
     control_plane(&k, &mut report).await;
+    gateway_api(&k, &mut report).await;
     report.group("identity");
     pki::identity(&k, &mut report, now, expiry_warning).await;
     report.group("injector");
@@ -453,6 +460,49 @@ async fn control_plane(k: &Kube, r: &mut Report) {
         } else {
             r.ok(&check);
         }
+    }
+}
+
+/// The Gateway API's HTTPRoute CRD is there, serving the version the destination watches.
+/// Only a warning without it: splits need it, nothing else does.
+async fn gateway_api(k: &Kube, r: &mut Report) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    const CHECK: &str = "Gateway API HTTPRoute CRD is installed";
+    let api: Api<CustomResourceDefinition> = Api::all(k.client.clone());
+    match k.get(&api, HTTPROUTE_CRD).await {
+        Ok(Some(crd)) => {
+            let served: Vec<String> = crd
+                .spec
+                .versions
+                .iter()
+                .filter(|v| v.served)
+                .map(|v| v.name.clone())
+                .collect();
+            if served.iter().any(|v| v == HTTPROUTE_VERSION) {
+                r.ok_with(CHECK, format!("traffic splits; serves {}", served.join(", ")));
+            } else {
+                r.warn(
+                    CHECK,
+                    format!(
+                        "CRD {HTTPROUTE_CRD} serves {} but not {HTTPROUTE_VERSION}, which weft destination reads: HTTPRoutes do not split traffic",
+                        list(&served)
+                    ),
+                    format!("upgrade the Gateway API CRDs to v1.0 or later ({GATEWAY_API_INSTALL})"),
+                );
+            }
+        }
+        Ok(None) => r.warn(
+            CHECK,
+            format!(
+                "no CRD {HTTPROUTE_CRD}: HTTPRoutes cannot split traffic (canary releases); the rest of the mesh works without it"
+            ),
+            format!("to split traffic, install the Gateway API CRDs, v1.0 or later ({GATEWAY_API_INSTALL})"),
+        ),
+        Err(e) => r.warn(
+            CHECK,
+            format!("cannot read CRD {HTTPROUTE_CRD}: {e}"),
+            "the check needs to get customresourcedefinitions (kubectl auth can-i get customresourcedefinitions)",
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Kubernetes index: Namespaces, Services, EndpointSlices and Pods as the watches report
-//! them, the lookups by service name and by IP, and the refresh of every followed target that
-//! a change touches. Pure: the watches feed it, the gRPC streams follow it.
+//! them, and the traffic splits of Gateway API HTTPRoutes ([`crate::split`]); the lookups by
+//! service name and by IP, and the refresh of every followed target that a change touches.
+//! Pure: the watches feed it, the gRPC streams follow it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -11,10 +12,11 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    model::{Namespace, ObjKey, Pod, PortSet, Service, Slice, TargetPort},
+    model::{Namespace, ObjKey, Pod, PortSet, Problem, Service, Slice, TargetPort},
     resolve::{
         DEFAULT_WEIGHT, Discover, Endpoint, Hint, ProfileSource, Resolution, Subscriptions, Target,
     },
+    split::{self, SplitRoute, Splits},
 };
 
 /// Names that go into endpoint identities and service names.
@@ -72,6 +74,7 @@ struct State {
     pod_ips: HashMap<IpAddr, ObjKey>,
     /// Pod → the slices whose endpoints point at it (the pod may not be known yet).
     pod_slices: HashMap<ObjKey, BTreeSet<ObjKey>>,
+    splits: Splits,
 }
 
 /// What a change touched: the followed targets to recompute.
@@ -235,6 +238,26 @@ impl Index {
         self.flush(dirty);
     }
 
+    /// Adds or replaces an HTTPRoute's split. Returns the routes that just started to lose a
+    /// conflict, for the caller to log and count.
+    pub fn apply_route(&mut self, route: SplitRoute) -> Vec<Problem> {
+        let (services, conflicts) = self.state.splits.apply(route);
+        self.flush(Dirty { services: services.into_iter().collect(), ..Dirty::default() });
+        conflicts
+    }
+
+    pub fn delete_route(&mut self, key: &ObjKey) {
+        let services = self.state.splits.delete(key);
+        self.flush(Dirty { services: services.into_iter().collect(), ..Dirty::default() });
+    }
+
+    /// Replaces every route at once (the HTTPRoute watch (re)listed them).
+    pub fn reset_routes(&mut self, all: Vec<SplitRoute>) -> Vec<Problem> {
+        let (services, conflicts) = self.state.splits.reset(all);
+        self.flush(Dirty { services: services.into_iter().collect(), ..Dirty::default() });
+        conflicts
+    }
+
     fn flush(&mut self, dirty: Dirty) {
         let Self { state, subs } = self;
         if dirty.all {
@@ -384,6 +407,7 @@ impl State {
                 fqn: String::new(),
                 policy: Default::default(),
                 opaque: self.pod_port_opaque(pod, addr.port()),
+                dst_overrides: Vec::new(),
                 endpoint: Some(endpoint),
             },
         }
@@ -439,6 +463,11 @@ impl State {
                 ),
                 policy: svc.policy.clone(),
                 opaque,
+                dst_overrides: split::overrides(
+                    self.splits.backends(key, port),
+                    port,
+                    &self.config.cluster_domain,
+                ),
                 endpoint: None,
             },
         }

@@ -1,6 +1,7 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
 //! Pods, and of the four policy kinds of `policy.weft.dev` (kube-runtime watchers, with
-//! backoff), converted to the model and fed to the indexes.
+//! backoff), converted to the model and fed to the indexes; and of the Gateway API's
+//! HTTPRoutes, for traffic splits ([`gateway`]).
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
 //! kind in the index at once, so objects deleted while a watch was down disappear.
 
@@ -40,6 +41,8 @@ use crate::{
         model::{GROUP, PolicyKind, PolicyObject, VERSION},
     },
 };
+
+pub mod gateway;
 
 /// Where the watches write: the discovery index, and the policy index (which also needs
 /// the pods and namespaces).
@@ -303,8 +306,14 @@ async fn run_discovery(
     metrics: Metrics,
     synced: watch::Sender<bool>,
 ) {
-    let synced = Synced::new(4, synced);
+    let synced = Synced::new(5, synced);
     tokio::join!(
+        gateway::watch_routes(
+            client.clone(),
+            index.discovery.clone(),
+            metrics.clone(),
+            synced.clone()
+        ),
         watch_kind::<K8sNamespace>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
         watch_kind::<K8sService>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
         watch_kind::<EndpointSlice>(client.clone(), index.clone(), metrics.clone(), synced.clone()),

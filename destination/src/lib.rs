@@ -5,6 +5,8 @@
 //! Layers, each depending only on the ones above it:
 //! - [`model`]: Kubernetes objects reduced to what discovery needs (pure);
 //! - [`profile`]: Service annotations → retry/timeout policy → `DestinationProfile` (pure);
+//! - [`split`]: traffic splits (Gateway API HTTPRoutes, the static file's `splits:`) → the
+//!   profile's `dst_overrides` (pure);
 //! - [`resolve`]: lookup targets, resolutions and the watch channels that followers hold;
 //! - [`index`]: the Kubernetes index (pure), fed by [`k8s`] watches; [`static_source`]: a
 //!   YAML file instead;
@@ -26,6 +28,7 @@ pub mod policy;
 pub mod profile;
 pub mod resolve;
 pub mod server;
+pub mod split;
 pub mod static_source;
 
 use std::{

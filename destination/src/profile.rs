@@ -16,6 +16,8 @@ use std::{collections::BTreeMap, ops::RangeInclusive, time::Duration};
 
 use linkerd2_proxy_api::destination as pb;
 
+use crate::split::WeightedDst;
+
 pub const RETRY_HTTP_ANNOTATION: &str = "retry.weft.dev/http";
 pub const RETRY_LIMIT_ANNOTATION: &str = "retry.weft.dev/limit";
 pub const RETRY_TIMEOUT_ANNOTATION: &str = "retry.weft.dev/timeout";
@@ -211,11 +213,13 @@ pub fn routes(policy: &ProfilePolicy) -> Vec<pb::Route> {
 }
 
 /// The profile of a destination: its name, whether its port is opaque, its routes, the retry
-/// budget, and for a pod (looked up by IP) the endpoint to use directly.
+/// budget, the services its requests are split across ([`crate::split`]; empty: no split),
+/// and for a pod (looked up by IP) the endpoint to use directly.
 pub fn build(
     fully_qualified_name: &str,
     policy: &ProfilePolicy,
     opaque_protocol: bool,
+    dst_overrides: &[WeightedDst],
     endpoint: Option<pb::WeightedAddr>,
 ) -> pb::DestinationProfile {
     pb::DestinationProfile {
@@ -223,7 +227,14 @@ pub fn build(
         opaque_protocol,
         routes: routes(policy),
         retry_budget: Some(retry_budget()),
-        dst_overrides: Vec::new(),
+        dst_overrides: dst_overrides
+            .iter()
+            .map(|d| pb::WeightedDst {
+                authority: d.authority.clone(),
+                weight: d.weight,
+                backend_ref: None,
+            })
+            .collect(),
         endpoint,
         parent_ref: None,
         profile_ref: None,
@@ -338,7 +349,7 @@ mod tests {
             (RETRY_TIMEOUT_ANNOTATION, "100ms"),
             (REQUEST_TIMEOUT_ANNOTATION, "1.5s"),
         ]));
-        let p = build("web.prod.svc.cluster.local", &policy, false, None);
+        let p = build("web.prod.svc.cluster.local", &policy, false, &[], None);
         assert_eq!(p.fully_qualified_name, "web.prod.svc.cluster.local");
         assert!(!p.opaque_protocol);
         assert_eq!(p.routes.len(), 1);
@@ -374,15 +385,33 @@ mod tests {
     #[test]
     fn profile_timeout_only_and_empty() {
         let (policy, _) = parse_annotations(&annotations(&[(REQUEST_TIMEOUT_ANNOTATION, "3s")]));
-        let p = build("a.b.svc.cluster.local", &policy, true, None);
+        let p = build("a.b.svc.cluster.local", &policy, true, &[], None);
         assert!(p.opaque_protocol);
         assert_eq!(p.routes.len(), 1);
         assert!(!p.routes[0].is_retryable);
         assert!(p.routes[0].response_classes.is_empty());
         assert!(p.routes[0].metrics_labels.is_empty());
 
-        let p = build("a.b.svc.cluster.local", &ProfilePolicy::default(), false, None);
+        let p = build("a.b.svc.cluster.local", &ProfilePolicy::default(), false, &[], None);
         assert!(p.routes.is_empty());
         assert!(p.retry_budget.is_some());
+    }
+
+    #[test]
+    fn profile_with_overrides() {
+        let dsts = [
+            WeightedDst { authority: "web-stable.prod.svc.cluster.local:80".into(), weight: 90 },
+            WeightedDst { authority: "web-canary.prod.svc.cluster.local:80".into(), weight: 0 },
+        ];
+        let p = build("web.prod.svc.cluster.local", &ProfilePolicy::default(), false, &dsts, None);
+        let got: Vec<_> =
+            p.dst_overrides.iter().map(|d| (d.authority.as_str(), d.weight)).collect();
+        assert_eq!(
+            got,
+            [
+                ("web-stable.prod.svc.cluster.local:80", 90),
+                ("web-canary.prod.svc.cluster.local:80", 0)
+            ]
+        );
     }
 }

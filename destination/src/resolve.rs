@@ -15,7 +15,7 @@ use std::{
 use linkerd2_proxy_api::destination as pb;
 use tokio::sync::watch;
 
-use crate::{model::ObjKey, profile::ProfilePolicy};
+use crate::{model::ObjKey, profile::ProfilePolicy, split::WeightedDst};
 
 /// Endpoint weight sent to proxies (all endpoints are equal; the proxy balances by latency).
 pub const DEFAULT_WEIGHT: u32 = 10_000;
@@ -86,6 +86,8 @@ pub struct ProfileSource {
     pub fqn: String,
     pub policy: ProfilePolicy,
     pub opaque: bool,
+    /// The services that a service's requests are split across ([`crate::split`]).
+    pub dst_overrides: Vec<WeightedDst>,
     /// For a pod looked up by IP: the pod itself, so the proxy can reach it directly.
     pub endpoint: Option<Arc<Endpoint>>,
 }
@@ -101,6 +103,7 @@ impl Resolution {
             &p.fqn,
             &p.policy,
             p.opaque,
+            &p.dst_overrides,
             p.endpoint.as_ref().map(|e| e.to_proto()),
         )
     }

@@ -25,6 +25,20 @@
 //! Lookups: `web.prod.svc.<cluster-domain>:80`, a ClusterIP with a listed port, or an
 //! endpoint's own address (that endpoint alone).
 //!
+//! Traffic splits (canary releases; what an HTTPRoute with a Service parent says in a
+//! cluster, see [`crate::split`]): a service's profile lists other services, each resolved
+//! by name, that proxies spread its requests over by weight (relative; 0 is sent as it is).
+//!
+//! ```yaml
+//! splits:
+//!   - name: web                  # the split service: required
+//!     namespace: prod            # required
+//!     port: 80                   # optional: every port (a split with the port wins on it)
+//!     backends:                  # none: no split
+//!       - {name: web-stable, weight: 90}            # port: the port asked for
+//!       - {name: web-canary, port: 8080, weight: 10} # namespace: optional, the service's
+//! ```
+//!
 //! Inbound policy (`InboundServerPolicies`, asked for by `<namespace>:<pod>` and port) comes
 //! from three optional sections: the pods, the namespaces' default policies, and policy
 //! objects written exactly as they would be applied to a cluster:
@@ -83,6 +97,7 @@ use crate::{
     resolve::{
         DEFAULT_WEIGHT, Discover, Endpoint, Hint, ProfileSource, Resolution, Subscriptions, Target,
     },
+    split::{self, FileSplit, FileSplits},
 };
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,6 +113,8 @@ struct File {
     pods: Vec<FilePod>,
     #[serde(default)]
     policies: Vec<serde_json::Value>,
+    #[serde(default)]
+    splits: Vec<FileSplit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +232,7 @@ pub struct Catalog {
     namespaces: HashMap<String, Option<DefaultPolicy>>,
     pods: HashMap<ObjKey, PodInbound>,
     policies: Vec<PolicyObject>,
+    splits: FileSplits,
 }
 
 /// The default policy annotation of a pod or namespace; a bad value is a warning.
@@ -359,6 +377,7 @@ impl Catalog {
             }
             catalog.policies.push(object);
         }
+        catalog.splits = FileSplits::parse(file.splits).map_err(invalid)?;
         Ok((catalog, warnings))
     }
 
@@ -406,6 +425,11 @@ impl Catalog {
                 ),
                 policy: svc.policy.clone(),
                 opaque: svc.opaque_ports.as_ref().is_some_and(|p| p.contains(port)),
+                dst_overrides: split::overrides(
+                    self.splits.backends(key, port),
+                    port,
+                    cluster_domain,
+                ),
                 endpoint: None,
             },
         }

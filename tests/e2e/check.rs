@@ -46,6 +46,7 @@ const HEALTHY: [(&str, &[&str]); 5] = [
             "weft-identity deployment is available",
             "weft-destination deployment is available",
             "weft-injector deployment is available",
+            "Gateway API HTTPRoute CRD is installed",
         ],
     ),
     (
@@ -272,6 +273,7 @@ fn collection(kind: &str) -> &'static str {
         "PodDisruptionBudget" => "/apis/policy/v1/poddisruptionbudgets",
         "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         "ClusterRoleBinding" => "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        "CustomResourceDefinition" => "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
         "MutatingWebhookConfiguration" => {
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
         }
@@ -289,6 +291,8 @@ fn cluster(change: impl FnOnce(&mut Vec<Value>)) -> FakeApi {
             "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}));
     }
+    // The Gateway API's CRDs, installed by the cluster's owner (not the chart).
+    objects.push(crate::destination::fixture("crd-httproutes-gateway.json"));
     change(&mut objects);
     let api = FakeApi::start();
     for o in objects {
@@ -441,7 +445,7 @@ fn check_passes_on_a_healthy_install() {
         "✓ data-plane proxies are ready (3 meshed pods in 2 namespaces)"
     );
     assert!(
-        c.out.ends_with("Status check results: 17 passed, 0 warnings, 0 failed\n"),
+        c.out.ends_with("Status check results: 18 passed, 0 warnings, 0 failed\n"),
         "{}",
         c.out
     );
@@ -595,7 +599,7 @@ fn check_warns_for_an_issuer_expiring_within_the_window_and_old_proxies() {
     let warned: Vec<_> = statuses(&json).into_iter().filter(|(_, s)| s != "ok").collect();
     assert_eq!(warned.len(), 2, "{warned:?}");
     assert!(
-        c.out.ends_with("Status check results: 15 passed, 2 warnings, 0 failed\n"),
+        c.out.ends_with("Status check results: 16 passed, 2 warnings, 0 failed\n"),
         "{}",
         c.out
     );
@@ -607,6 +611,41 @@ fn check_warns_for_an_issuer_expiring_within_the_window_and_old_proxies() {
         "{}",
         short.out
     );
+}
+
+/// Without the Gateway API CRDs the mesh works, only traffic splits do not: a warning that
+/// says how to install them; CRDs too old to serve `v1` say to upgrade.
+#[test]
+fn check_warns_without_the_gateway_api_httproute_crd() {
+    const CHECK: &str = "Gateway API HTTPRoute CRD is installed";
+    let healthy = check(&cluster(|_| {}), &[]);
+    assert_eq!(
+        healthy.line(CHECK),
+        format!("✓ {CHECK} (traffic splits; serves v1, v1beta1)"),
+        "{}",
+        healthy.out
+    );
+    let api = cluster(|o| o.retain(|o| o["kind"] != "CustomResourceDefinition"));
+    let (c, json) = check_both(&api, &[]);
+    assert_eq!(c.code, 0, "a warning is not a failure:\n{}", c.out);
+    let line = c.line(CHECK);
+    assert!(
+        line.starts_with(&format!("‼ {CHECK}: no CRD httproutes.gateway.networking.k8s.io"))
+            && line.contains("standard-install.yaml"),
+        "{line}"
+    );
+    let warned: Vec<_> = statuses(&json).into_iter().filter(|(_, s)| s != "ok").collect();
+    assert_eq!(warned, [(CHECK.to_string(), "warning".to_string())]);
+
+    let old = cluster(|o| {
+        let crd = find(o, "CustomResourceDefinition", "httproutes.gateway.networking.k8s.io");
+        crd["spec"]["versions"] = json!([
+            {"name": "v1beta1", "served": true, "storage": true},
+            {"name": "v1alpha2", "served": true, "storage": false},
+        ]);
+    });
+    let line = check(&old, &[]).line(CHECK).to_string();
+    assert!(line.starts_with('‼') && line.contains("v1beta1, v1alpha2 but not v1"), "{line}");
 }
 
 #[test]

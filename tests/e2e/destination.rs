@@ -22,10 +22,10 @@ use tonic::{Streaming, transport::Channel};
 use crate::kubeapi::FakeApi;
 
 const PODS: &str = "/api/v1/pods";
-const SERVICES: &str = "/api/v1/services";
+pub(crate) const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const NAMESPACES: &str = "/api/v1/namespaces";
-const WEB: &str = "web.prod.svc.cluster.local:80";
+pub(crate) const WEB: &str = "web.prod.svc.cluster.local:80";
 const WEB_ID: &str = "web.prod.serviceaccount.identity.weft.cluster.local";
 const MESHED_IP: &str = "10.244.1.17";
 const PLAIN_IP: &str = "10.244.2.23";
@@ -46,7 +46,7 @@ pub(crate) struct Destination {
 }
 
 impl Destination {
-    fn start(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Destination {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Destination {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
         cmd.arg("destination")
             .args([
@@ -91,7 +91,7 @@ impl Destination {
         http_get(self.admin, "/metrics").1
     }
 
-    async fn client(&self) -> DestinationClient<Channel> {
+    pub(crate) async fn client(&self) -> DestinationClient<Channel> {
         DestinationClient::connect(format!("http://{}", self.grpc))
             .await
             .expect("connect to weft destination")
@@ -131,15 +131,18 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
-fn req(path: &str) -> pb::GetDestination {
+pub(crate) fn req(path: &str) -> pb::GetDestination {
     pb::GetDestination { scheme: "k8s".into(), path: path.into(), context_token: String::new() }
 }
 
-async fn get(client: &mut DestinationClient<Channel>, path: &str) -> Streaming<pb::Update> {
+pub(crate) async fn get(
+    client: &mut DestinationClient<Channel>,
+    path: &str,
+) -> Streaming<pb::Update> {
     client.get(req(path)).await.unwrap_or_else(|e| panic!("Get {path}: {e}")).into_inner()
 }
 
-async fn next<T: std::fmt::Debug>(stream: &mut Streaming<T>) -> T {
+pub(crate) async fn next<T: std::fmt::Debug>(stream: &mut Streaming<T>) -> T {
     match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
         Ok(Ok(Some(m))) => m,
         other => panic!("no message on the stream: {other:?}"),
@@ -147,7 +150,7 @@ async fn next<T: std::fmt::Debug>(stream: &mut Streaming<T>) -> T {
 }
 
 /// Nothing more within a short while.
-async fn quiet<T: std::fmt::Debug>(stream: &mut Streaming<T>) {
+pub(crate) async fn quiet<T: std::fmt::Debug>(stream: &mut Streaming<T>) {
     if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
         panic!("unexpected message {m:?}");
     }
@@ -169,7 +172,7 @@ fn removed(u: pb::Update) -> Vec<SocketAddr> {
     }
 }
 
-fn no_endpoints(u: pb::Update) -> bool {
+pub(crate) fn no_endpoints(u: pb::Update) -> bool {
     match u.update {
         Some(Update::NoEndpoints(n)) => n.exists,
         other => panic!("expected NoEndpoints, got {other:?}"),
@@ -208,7 +211,7 @@ fn label<'a>(a: &'a pb::WeightedAddr, k: &str) -> Option<&'a str> {
 
 /// The recorded cluster: namespace prod, Service web (ClusterIP 10.96.12.34, 80 → 8080), its
 /// Deployment's pods 4xk2p (meshed) and 9hz7m, and their EndpointSlice.
-fn cluster() -> FakeApi {
+pub(crate) fn cluster() -> FakeApi {
     let api = FakeApi::start();
     api.put(NAMESPACES, fixture("namespace-prod.json"));
     api.put(SERVICES, fixture("service-web.json"));
@@ -325,7 +328,9 @@ fn is_list_or_watch(request: &str) -> bool {
     let policy =
         ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications"]
             .map(|r| format!("/apis/policy.weft.dev/v1beta1/{r}"));
-    [PODS, SERVICES, SLICES, NAMESPACES].contains(&path) || policy.iter().any(|p| p == path)
+    [PODS, SERVICES, SLICES, NAMESPACES].contains(&path)
+        || policy.iter().any(|p| p == path)
+        || path == crate::split::HTTPROUTES
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview);
 //! - `GET /version`, the server's version as a v1.33 API server gives it.
 //!
-//! Anything else gets a `Status` 404/405, as the real server would answer.
+//! Anything else gets a `Status` 404/405, as the real server would answer; so does a collection
+//! marked missing with [`FakeApi::set_missing`] (a CRD that is not installed).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -62,6 +63,8 @@ struct Shared {
     latest: watch::Sender<u64>,
     posts: Mutex<HashMap<String, Handler>>,
     requests: Mutex<Vec<String>>,
+    /// Collections whose resource the server does not know (CRDs not installed).
+    missing: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl FakeApi {
             latest: watch::Sender::new(0),
             posts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            missing: Mutex::new(Default::default()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
@@ -192,6 +196,18 @@ impl FakeApi {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(path.to_string(), Arc::new(handler));
+    }
+
+    /// Makes `collection` unknown to the server (404 for every request, as for a CRD that is
+    /// not installed), or known again.
+    pub fn set_missing(&self, collection: &str, missing: bool) {
+        let collection = collection.trim_end_matches('/').to_string();
+        let mut set = self.shared.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing {
+            set.insert(collection);
+        } else {
+            set.remove(&collection);
+        }
     }
 
     /// Requests served so far, as `METHOD path?query`.
@@ -416,6 +432,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             format!("the server could not find the requested resource ({path})"),
         );
     };
+    if shared.missing.lock().unwrap_or_else(|e| e.into_inner()).contains(&target.collection) {
+        return status(404, "NotFound", "the server could not find the requested resource".into());
+    }
     let q = query(&req);
     let selector = q.get("labelSelector").cloned().unwrap_or_default();
     let in_scope = |obj: &Value| {

@@ -19,4 +19,5 @@ mod mtls;
 mod netns;
 mod policy;
 mod policy_api;
+mod split;
 mod support;
