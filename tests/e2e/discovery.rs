@@ -369,3 +369,86 @@ fn request_and_per_try_timeouts_from_the_profile() {
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     assert!(slow.hits() > 0, "the slow endpoint was never tried");
 }
+
+/// Two services, `web` (the ClusterIP the app calls) and `web-canary`, and a split of
+/// `web`'s port 80 with the given weights (none: no split).
+fn split_yaml(stable: &Backend, canary: &Backend, weights: Option<(u32, u32)>) -> String {
+    let mut y = format!(
+        "services:
+  - name: web
+    namespace: prod
+    clusterIPs: [10.96.0.10]
+    ports:
+      - port: 80
+        endpoints:
+          - address: {}
+            labels: {{pod: web-0}}
+  - name: web-canary
+    namespace: prod
+    ports:
+      - port: 80
+        endpoints:
+          - address: {}
+            labels: {{pod: web-canary-0}}
+",
+        stable.addr, canary.addr
+    );
+    if let Some((s, c)) = weights {
+        y.push_str(&format!(
+            "splits:
+  - name: web
+    namespace: prod
+    port: 80
+    backends:
+      - {{name: web, weight: {s}}}
+      - {{name: web-canary, weight: {c}}}
+"
+        ));
+    }
+    y
+}
+
+#[test]
+fn a_traffic_split_moves_requests_to_the_canary_by_weight() {
+    let stable = Backend::start(Duration::ZERO, None);
+    let canary = Backend::start(Duration::ZERO, None);
+    let file = static_file("split");
+    std::fs::write(&file, split_yaml(&stable, &canary, Some((0, 100)))).expect("write");
+    let dst = Destination::start(file, free_port());
+    let p = proxy(dst.addr, &[]);
+
+    // All of it to the canary: the app still calls web's ClusterIP.
+    let statuses = load(p.outbound, 4, 200);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!((stable.hits(), canary.hits()), (0, 200));
+    let m = p.metrics();
+    assert_eq!(metric(&m, "response_total", &[("dst_service", "web-canary")]), 200.0, "{m}");
+
+    // Half and half, as the rollout goes on: each gets its share (±, the pick is random).
+    dst.write(&split_yaml(&stable, &canary, Some((1, 1))));
+    let changed = || {
+        let before = stable.hits();
+        load(p.outbound, 1, 20);
+        stable.hits() > before
+    };
+    assert!(eventually(Duration::from_secs(10), changed), "the new weights never applied");
+    let before = (stable.hits(), canary.hits());
+    let statuses = load(p.outbound, 4, 1000);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let got = (stable.hits() - before.0, canary.hits() - before.1);
+    assert_eq!(got.0 + got.1, 1000);
+    // Binomial(1000, 0.5): 400..600 fails with probability below 1e-9.
+    assert!((400..=600).contains(&got.1), "canary got {got:?}");
+
+    // The split removed (the rollout promoted): everything back on web's own endpoints.
+    dst.write(&split_yaml(&stable, &canary, None));
+    let settled = || {
+        let before = canary.hits();
+        load(p.outbound, 1, 50);
+        canary.hits() == before
+    };
+    assert!(eventually(Duration::from_secs(10), settled), "the split never went away");
+    let before = canary.hits();
+    load(p.outbound, 4, 200);
+    assert_eq!(canary.hits(), before);
+}
