@@ -1,7 +1,8 @@
 //! The demo's second part: discovery, balancing and retries. One service, three
 //! endpoints — fast, slow (+50 ms), flaky (every 5th request 503) — resolved through a real
 //! destination service (static source), once without and once with
-//! `retry.weft.dev/http: 5xx`.
+//! `retry.weft.dev/http: 5xx`; then a canary release: `api-split` sends 10 % of its
+//! requests to `api-canary` (a traffic split, as an HTTPRoute with weights makes one).
 
 use std::{
     net::SocketAddr,
@@ -29,7 +30,13 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
         let addr = spawn_backend(delay, fail_every, hits.clone())?;
         backends.push((name, addr, hits));
     }
-    let (dst_addr, dst_admin) = start_destination(&backends)?;
+    let stable = Arc::new(AtomicU64::new(0));
+    let canary = Arc::new(AtomicU64::new(0));
+    let split = [
+        ("stable", spawn_backend(Duration::ZERO, 0, stable.clone())?),
+        ("canary", spawn_backend(Duration::ZERO, 0, canary.clone())?),
+    ];
+    let (dst_addr, dst_admin) = start_destination(&backends, split)?;
     // Listening and indexed before the first proxy asks.
     wait_ready(dst_admin).await?;
 
@@ -42,12 +49,7 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
     println!("three endpoints: fast, slow (+50 ms), flaky (every 5th request 503)\n");
     println!("{:<14} {:>8} {:>8} {:>8} {:>18}", "", "fast", "slow", "flaky", "success at client");
     for (label, ip) in [("no retries", "10.96.0.20"), ("with retries", "10.96.0.21")] {
-        let mut args = proxy_args(Some(format!("{ip}:80").parse()?), None);
-        args.destination_addr = Some(dst_addr.into());
-        args.destination_first_update_timeout = Duration::from_secs(3);
-        let proxy = BoundProxy::bind(args)?;
-        let outbound = proxy.outbound_addrs()[0];
-        tokio::spawn(proxy.serve(None, std::future::pending()));
+        let outbound = start_proxy(ip, dst_addr)?;
         // Warm up (the profile arrives, latency estimates settle), then measure.
         drive(outbound, 4, 200).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -72,18 +74,54 @@ pub async fn run(requests: u64) -> anyhow::Result<()> {
         "\n(shares are of what the endpoints received, retries included. Peak-EWMA keeps traffic off the slow one; retries,"
     );
     println!("bounded by a budget of 20 % of requests + 10/s, hide the flaky one.)");
+
+    // The canary: the app calls api-split's ClusterIP; the split sends a tenth elsewhere.
+    let outbound = start_proxy("10.96.0.22", dst_addr)?;
+    drive(outbound, 4, 100).await?;
+    let before = (stable.load(Ordering::SeqCst), canary.load(Ordering::SeqCst));
+    let ok = drive(outbound, 8, requests).await?;
+    let got = (stable.load(Ordering::SeqCst) - before.0, canary.load(Ordering::SeqCst) - before.1);
+    let total = (got.0 + got.1).max(1) as f64;
+    println!(
+        "\ncanary release: `api-split` (10.96.0.22:80) split 90/10 between itself and `api-canary`:"
+    );
+    println!(
+        "stable {:.1} %, canary {:.1} % of {} requests ({ok} succeeded)",
+        100.0 * got.0 as f64 / total,
+        100.0 * got.1 as f64 / total,
+        got.0 + got.1
+    );
+    println!(
+        "(in a cluster an HTTPRoute with the Service as parent and weighted backends says this; Flagger and Argo Rollouts"
+    );
+    println!("move the weights step by step)");
     Ok(())
+}
+
+/// A proxy in this process whose outbound target is `ip:80`, discovered through `dst`.
+fn start_proxy(ip: &str, dst: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let mut args = proxy_args(Some(format!("{ip}:80").parse()?), None);
+    args.destination_addr = Some(dst.into());
+    args.destination_first_update_timeout = Duration::from_secs(3);
+    let proxy = BoundProxy::bind(args)?;
+    let outbound = proxy.outbound_addrs()[0];
+    tokio::spawn(proxy.serve(None, std::future::pending()));
+    Ok(outbound)
 }
 
 /// The destination service's gRPC and admin addresses.
 fn start_destination(
     backends: &[(&str, SocketAddr, Arc<AtomicU64>)],
+    split: [(&str, SocketAddr); 2],
 ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let (addr, admin, _) = serve_destination(&services_yaml(backends), None)?;
+    let (addr, admin, _) = serve_destination(&services_yaml(backends, split), None)?;
     Ok((addr, admin))
 }
 
-fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
+fn services_yaml(
+    backends: &[(&str, SocketAddr, Arc<AtomicU64>)],
+    [(_, stable), (_, canary)]: [(&str, SocketAddr); 2],
+) -> String {
     let endpoints: String = backends
         .iter()
         .map(|(name, addr, _)| {
@@ -95,10 +133,18 @@ fn services_yaml(backends: &[(&str, SocketAddr, Arc<AtomicU64>)]) -> String {
             "  - name: {name}\n    namespace: demo\n    clusterIPs: [{ip}]\n{annotations}    ports:\n      - port: 80\n        endpoints:\n{endpoints}"
         )
     };
+    let one = |name: &str, ip: Option<&str>, addr: SocketAddr| {
+        let ips = ip.map(|ip| format!("    clusterIPs: [{ip}]\n")).unwrap_or_default();
+        format!(
+            "  - name: {name}\n    namespace: demo\n{ips}    ports:\n      - port: 80\n        endpoints:\n          - address: {addr}\n            labels: {{pod: {name}-0}}\n"
+        )
+    };
     format!(
-        "services:\n{}{}",
+        "services:\n{}{}{}{}splits:\n  - name: api-split\n    namespace: demo\n    port: 80\n    backends:\n      - {{name: api-split, weight: 90}}\n      - {{name: api-canary, weight: 10}}\n",
         service("api", "10.96.0.20", ""),
-        service("api-retry", "10.96.0.21", "    annotations:\n      retry.weft.dev/http: 5xx\n")
+        service("api-retry", "10.96.0.21", "    annotations:\n      retry.weft.dev/http: 5xx\n"),
+        one("api-split", Some("10.96.0.22"), stable),
+        one("api-canary", None, canary),
     )
 }
 

@@ -38,6 +38,8 @@ fn the_demo_runs_a_whole_mesh_and_shows_what_it_promises() {
         "web client   outbound",
         // Discovery and balancing.
         "with retries",
+        // A canary release through a traffic split.
+        "canary release: `api-split` (10.96.0.22:80) split 90/10",
         // mTLS with identities on both sides, and the app told who called.
         &format!("client_id={frontend}"),
         &format!("l5d-client-id: {frontend}"),
