@@ -29,6 +29,7 @@ use prometheus_client::{
 };
 
 pub mod discover;
+pub mod rate_limit;
 pub mod server;
 
 use self::{
@@ -170,6 +171,8 @@ pub enum Refusal {
     Unauthorized,
     /// The port's policy has routes and none matches the request (404).
     NoRoute,
+    /// Authorized, but past the server's rate limit (429).
+    RateLimited,
 }
 
 impl Policy {
@@ -384,7 +387,7 @@ impl ConnAuthz {
                 route.authorizations.iter().find(|a| a.allows(self.client, self.client_id()))
         {
             self.count_allow(&server, route, authz);
-            return Ok(());
+            return self.check_rate(&server);
         }
         let target = self.target(&server);
         if self.policy.is_probe(self.target.port(), req.method(), req.uri().path()) {
@@ -408,6 +411,22 @@ impl ConnAuthz {
         };
         self.metrics().http_deny.get_or_create(&labels).inc();
         Err(Refusal::Unauthorized)
+    }
+
+    /// The server's rate limit, past the authorizations (the probes never meet it).
+    fn check_rate(&self, server: &ServerPolicy) -> Result<(), Refusal> {
+        let Some(limit) = &server.rate_limit else { return Ok(()) };
+        let Err(scope) = limit.check(self.client_id(), std::time::Instant::now()) else {
+            return Ok(());
+        };
+        let labels = RateLimitLabels {
+            target: self.target(server),
+            ratelimit_kind: limit.meta.kind.clone(),
+            ratelimit_name: limit.meta.name.clone(),
+            ratelimit_scope: scope.as_str(),
+        };
+        self.metrics().http_rate_limited.get_or_create(&labels).inc();
+        Err(Refusal::RateLimited)
     }
 
     fn count_allow(&self, server: &Arc<ServerPolicy>, route: &Route, authz: &Authz) {
@@ -463,6 +482,15 @@ pub struct HttpAllowLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    #[prometheus(flatten)]
+    target: TargetLabels,
+    ratelimit_kind: Arc<str>,
+    ratelimit_name: Arc<str>,
+    ratelimit_scope: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpDenyLabels {
     #[prometheus(flatten)]
     target: TargetLabels,
@@ -475,6 +503,7 @@ pub struct HttpDenyLabels {
 pub struct AuthzMetrics {
     http_allow: Family<HttpAllowLabels, Counter>,
     http_deny: Family<HttpDenyLabels, Counter>,
+    http_rate_limited: Family<RateLimitLabels, Counter>,
     tcp_allow: Family<TcpAllowLabels, Counter>,
     tcp_deny: Family<TargetLabels, Counter>,
 }
@@ -491,6 +520,11 @@ impl AuthzMetrics {
             "inbound_http_authz_deny",
             "HTTP requests the inbound policy denied (answered 403)",
             m.http_deny.clone(),
+        );
+        registry.register(
+            "inbound_http_local_ratelimit",
+            "HTTP requests refused by the server's local rate limit (answered 429)",
+            m.http_rate_limited.clone(),
         );
         registry.register(
             "inbound_tcp_authz_allow",

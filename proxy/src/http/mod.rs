@@ -283,6 +283,12 @@ async fn proxy(
                 StatusCode::NOT_FOUND,
                 "no route: the inbound policy has no route for this request",
             ),
+            Refusal::RateLimited => (
+                "rate_limited",
+                8,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limited: the server's local rate limit is exhausted",
+            ),
         };
         metrics.http.error(direction, label);
         let rsp = if is_grpc(req.headers()) {

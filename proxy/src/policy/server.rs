@@ -32,6 +32,17 @@ impl Meta {
         Meta { kind: kind.into(), name: name.into() }
     }
 
+    pub(super) fn from_metadata(m: meta::Metadata) -> Self {
+        match m.kind {
+            Some(meta::metadata::Kind::Resource(r)) => {
+                // Linkerd labels resources by their lower-case kind (`server`, `httproute`).
+                Meta::new(&r.kind.to_ascii_lowercase(), &r.name)
+            }
+            Some(meta::metadata::Kind::Default(name)) => Meta::new("default", &name),
+            None => Meta::new("default", ""),
+        }
+    }
+
     /// From the API's metadata, else from the older `labels` (`kind`, `name`) that
     /// controllers still send.
     fn from_api(
@@ -39,12 +50,8 @@ impl Meta {
         labels: &HashMap<String, String>,
         what: &str,
     ) -> Result<Self, Invalid> {
-        match metadata.and_then(|m| m.kind) {
-            Some(meta::metadata::Kind::Default(name)) => Ok(Meta::new("default", &name)),
-            // Linkerd labels resources by their lower-case kind (`server`, `httproute`).
-            Some(meta::metadata::Kind::Resource(r)) => {
-                Ok(Meta::new(&r.kind.to_ascii_lowercase(), &r.name))
-            }
+        match metadata.filter(|m| m.kind.is_some()) {
+            Some(m) => Ok(Meta::from_metadata(m)),
             None => match (labels.get("kind"), labels.get("name")) {
                 (Some(kind), Some(name)) => Ok(Meta::new(kind, name)),
                 (None, Some(name)) => Ok(Meta::new("default", name)),
@@ -83,6 +90,8 @@ pub struct ServerPolicy {
     pub routes: Vec<Route>,
     /// The route that stands in when `routes` is empty.
     default_route: Route,
+    /// HTTP requests past the authorizations still have to pass this (429 when not).
+    pub rate_limit: Option<super::rate_limit::RateLimit>,
 }
 
 /// Who may pass: clients in one of the networks, authenticated as it says.
@@ -527,6 +536,7 @@ impl ServerPolicy {
             default_route: Route::default_with(authorizations.clone()),
             authorizations,
             routes: Vec::new(),
+            rate_limit: None,
         }
     }
 
@@ -539,17 +549,24 @@ impl ServerPolicy {
         let http = |routes: Vec<api::HttpRoute>| -> Result<Vec<Route>, Invalid> {
             routes.into_iter().map(Route::from_api).collect()
         };
-        let (protocol, routes) = match s.protocol.and_then(|p| p.kind) {
-            Some(Kind::Detect(d)) => (ServerProtocol::Detect, http(d.http_routes)?),
-            Some(Kind::Http1(h)) => (ServerProtocol::Http1, http(h.routes)?),
-            Some(Kind::Http2(h)) => (ServerProtocol::Http2, http(h.routes)?),
+        let (protocol, routes, rate_limit) = match s.protocol.and_then(|p| p.kind) {
+            Some(Kind::Detect(d)) => {
+                (ServerProtocol::Detect, http(d.http_routes)?, d.http_local_rate_limit)
+            }
+            Some(Kind::Http1(h)) => (ServerProtocol::Http1, http(h.routes)?, h.local_rate_limit),
+            Some(Kind::Http2(h)) => (ServerProtocol::Http2, http(h.routes)?, h.local_rate_limit),
             Some(Kind::Grpc(g)) => (
                 ServerProtocol::Grpc,
                 g.routes.into_iter().map(Route::from_grpc_api).collect::<Result<_, _>>()?,
+                None,
             ),
-            Some(Kind::Opaque(_)) => (ServerProtocol::Opaque, Vec::new()),
-            Some(Kind::Tls(_)) => (ServerProtocol::Tls, Vec::new()),
+            Some(Kind::Opaque(_)) => (ServerProtocol::Opaque, Vec::new(), None),
+            Some(Kind::Tls(_)) => (ServerProtocol::Tls, Vec::new(), None),
             None => return Err(Invalid(format!("server {} has no protocol", meta.name))),
+        };
+        let rate_limit = match rate_limit {
+            Some(r) => super::rate_limit::RateLimit::from_api(r)?,
+            None => None,
         };
         Ok(ServerPolicy {
             meta,
@@ -557,6 +574,7 @@ impl ServerPolicy {
             default_route: Route::default_with(authorizations.clone()),
             authorizations,
             routes,
+            rate_limit,
         })
     }
 }
