@@ -1,5 +1,5 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
-//! Pods, and of the four policy kinds of `policy.weft.dev` (kube-runtime watchers, with
+//! Pods, and of the five policy kinds of `policy.weft.dev` (kube-runtime watchers, with
 //! backoff), converted to the model and fed to the indexes.
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
 //! kind in the index at once, so objects deleted while a watch was down disappear.
@@ -37,7 +37,7 @@ use crate::{
     model::{Namespace, ObjKey, Pod, Problem, Service, Slice},
     policy::{
         SharedPolicyIndex,
-        model::{GROUP, PolicyKind, PolicyObject, VERSION},
+        model::{GROUP, PolicyKind, PolicyObject},
     },
 };
 
@@ -159,7 +159,7 @@ impl Kind for K8sPod {
     }
 }
 
-/// One of the four policy kinds, as a type for [`PolicyCrd`].
+/// One of the policy kinds, as a type for [`PolicyCrd`].
 pub trait PolicyCrdKind: Clone + Debug + Send + Sync + 'static {
     const KIND: PolicyKind;
 }
@@ -179,6 +179,7 @@ policy_kinds! {
     AuthorizationPolicyKind => PolicyKind::AuthorizationPolicy,
     MeshTlsKind => PolicyKind::MeshTls,
     NetworkKind => PolicyKind::Network,
+    HttpRouteKind => PolicyKind::HttpRoute,
 }
 
 /// A policy object as the API gives it. The spec stays JSON until [`PolicyObject::parse`]:
@@ -203,7 +204,7 @@ impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
         GROUP.into()
     }
     fn version(_: &()) -> Cow<'_, str> {
-        VERSION.into()
+        K::KIND.version().into()
     }
     fn plural(_: &()) -> Cow<'_, str> {
         K::KIND.plural().into()
@@ -220,7 +221,7 @@ impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
     const NAME: &'static str = K::KIND.metric();
     type Model = PolicyObject;
     fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
-        PolicyObject::parse(K::KIND, &self.metadata, &self.spec).map(|o| (o, Vec::new()))
+        PolicyObject::convert(K::KIND, &self.metadata, &self.spec)
     }
     fn apply(index: &Indexes, model: PolicyObject) {
         index.policy.lock().apply(model)
@@ -272,7 +273,7 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             synced.policy.send_replace(true);
         }
     });
-    let crds = Synced::new(4, crds_tx);
+    let crds = Synced::new(PolicyKind::ALL.len(), crds_tx);
     tokio::join!(
         watch_kind::<PolicyCrd<ServerKind>>(
             client.clone(),
@@ -292,7 +293,18 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             metrics.clone(),
             crds.clone()
         ),
-        watch_kind::<PolicyCrd<NetworkKind>>(client.clone(), index.clone(), metrics.clone(), crds),
+        watch_kind::<PolicyCrd<NetworkKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<HttpRouteKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds
+        ),
         run_discovery(client, index, metrics, synced.discovery),
     );
 }

@@ -26,8 +26,8 @@
 //! endpoint's own address (that endpoint alone).
 //!
 //! Inbound policy (`InboundServerPolicies`, asked for by `<namespace>:<pod>` and port) comes
-//! from three optional sections: the pods, the namespaces' default policies, and policy
-//! objects written exactly as they would be applied to a cluster:
+//! from four optional sections: the pods, the namespaces' default policies, and policy
+//! objects and HTTP routes written exactly as they would be applied to a cluster:
 //!
 //! ```yaml
 //! namespaces:
@@ -51,10 +51,18 @@
 //!       podSelector: {matchLabels: {app: web}}
 //!       port: http
 //!       proxyProtocol: HTTP/1
+//! routes:                        # HTTPRoutes of Servers: they replace the default route
+//!   - apiVersion: policy.weft.dev/v1beta3
+//!     kind: HTTPRoute
+//!     metadata: {name: web-metrics, namespace: prod}
+//!     spec:
+//!       parentRefs: [{group: policy.weft.dev, kind: Server, name: web-http}]
+//!       rules: [{matches: [{path: {type: Exact, value: /metrics}, method: GET}]}]
 //! ```
 //!
-//! A policy object that does not convert fails the whole file (as a structural error does):
-//! a file is written by hand and checked at once, so it had better say exactly what it means.
+//! A policy object or route that does not convert fails the whole file (as a structural
+//! error does), and so does a route the proxy could not enforce (a filter): a file is written
+//! by hand and checked at once, so it had better say exactly what it means.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -76,7 +84,7 @@ use crate::{
         SharedPolicyIndex,
         model::{
             DEFAULT_INBOUND_POLICY_ANNOTATION, DefaultPolicy, GROUP, PodInbound, PolicyKind,
-            PolicyObject, VERSION,
+            PolicyObject,
         },
     },
     profile::{self, ProfilePolicy},
@@ -98,6 +106,8 @@ struct File {
     pods: Vec<FilePod>,
     #[serde(default)]
     policies: Vec<serde_json::Value>,
+    #[serde(default)]
+    routes: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,11 +358,15 @@ impl Catalog {
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for (i, value) in file.policies.into_iter().enumerate() {
-            let object = parse_policy(value).map_err(|e| invalid(format!("policies[{i}]: {e}")))?;
+        let routes = file.routes.into_iter().enumerate().map(|(i, v)| ("routes", i, v, true));
+        let policies =
+            file.policies.into_iter().enumerate().map(|(i, v)| ("policies", i, v, false));
+        for (section, i, value, route) in policies.chain(routes) {
+            let object =
+                parse_policy(value, route).map_err(|e| invalid(format!("{section}[{i}]: {e}")))?;
             if !seen.insert((object.kind(), object.key().clone())) {
                 return Err(invalid(format!(
-                    "policies[{i}]: {} {} is listed twice",
+                    "{section}[{i}]: {} {} is listed twice",
                     object.kind().kind(),
                     object.key()
                 )));
@@ -412,18 +426,26 @@ impl Catalog {
     }
 }
 
-fn parse_policy(value: serde_json::Value) -> Result<PolicyObject, String> {
+/// An object of the `routes:` section (`route`: HTTPRoutes only) or of `policies:` (the
+/// other kinds).
+fn parse_policy(value: serde_json::Value, route: bool) -> Result<PolicyObject, String> {
     let p: FilePolicy = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    let want = format!("{GROUP}/{VERSION}");
+    let kind = match PolicyKind::from_kind(&p.kind) {
+        Some(PolicyKind::HttpRoute) if route => PolicyKind::HttpRoute,
+        Some(PolicyKind::HttpRoute) => return Err("HTTPRoutes go in the routes: section".into()),
+        Some(kind) if !route => kind,
+        _ if route => return Err(format!("kind {:?} is not HTTPRoute", p.kind)),
+        _ => {
+            return Err(format!(
+                "kind {:?} is not one of Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication",
+                p.kind
+            ));
+        }
+    };
+    let want = format!("{GROUP}/{}", kind.version());
     if p.api_version != want {
         return Err(format!("apiVersion {:?} is not {want}", p.api_version));
     }
-    let kind = PolicyKind::from_kind(&p.kind).ok_or_else(|| {
-        format!(
-            "kind {:?} is not one of Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication",
-            p.kind
-        )
-    })?;
     PolicyObject::parse(kind, &p.metadata, &p.spec).map_err(|e| e.to_string())
 }
 
@@ -725,6 +747,78 @@ policies:
         index.replace(c);
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().labels["name"], "all-unauthenticated");
+    }
+
+    #[test]
+    fn routes_section() {
+        let file = format!(
+            "{POLICY_FILE}{}",
+            r#"
+routes:
+  - apiVersion: policy.weft.dev/v1beta3
+    kind: HTTPRoute
+    metadata: {name: web-metrics, namespace: prod}
+    spec:
+      parentRefs: [{group: policy.weft.dev, kind: Server, name: web-http}]
+      rules: [{matches: [{path: {type: Exact, value: /metrics}, method: GET}]}]
+"#
+        );
+        let (c, _) = Catalog::parse(Path::new("f.yaml"), &file).expect("parses");
+        let policy = SharedPolicyIndex::default();
+        let _index = StaticIndex::new(c, "cluster.local", policy.clone());
+        let srv = policy.lock().get(&ObjKey::new("prod", "web-1"), 8080).unwrap();
+        let Some(linkerd2_proxy_api::inbound::proxy_protocol::Kind::Http1(h)) =
+            srv.protocol.and_then(|p| p.kind)
+        else {
+            panic!("not HTTP/1")
+        };
+        let names: Vec<String> = h
+            .routes
+            .iter()
+            .map(|r| match r.metadata.as_ref().and_then(|m| m.kind.as_ref()) {
+                Some(linkerd2_proxy_api::meta::metadata::Kind::Resource(r)) => r.name.clone(),
+                Some(linkerd2_proxy_api::meta::metadata::Kind::Default(n)) => n.clone(),
+                None => String::new(),
+            })
+            .collect();
+        assert_eq!(names, ["web-metrics", "probe"]);
+
+        let p = Path::new("f.yaml");
+        let route = |api: &str, kind: &str, spec: &str| {
+            format!(
+                "{{apiVersion: {api}, kind: {kind}, metadata: {{name: r, namespace: prod}}, spec: {spec}}}"
+            )
+        };
+        let ok_spec = "{parentRefs: [{kind: Server, name: web-http}]}";
+        let filtered = "{parentRefs: [{kind: Server, name: web-http}], rules: [{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]}]}";
+        for (bad, want) in [
+            (
+                format!("policies: [{}]", route("policy.weft.dev/v1beta3", "HTTPRoute", ok_spec)),
+                "routes: section",
+            ),
+            (
+                format!("routes: [{}]", route("policy.weft.dev/v1beta1", "HTTPRoute", ok_spec)),
+                "apiVersion",
+            ),
+            (
+                format!("routes: [{}]", route("policy.weft.dev/v1beta1", "Server", ok_spec)),
+                "not HTTPRoute",
+            ),
+            (
+                format!("routes: [{}]", route("policy.weft.dev/v1beta3", "HTTPRoute", filtered)),
+                "unsupported_filter",
+            ),
+            (
+                format!(
+                    "routes: [{0}, {0}]",
+                    route("policy.weft.dev/v1beta3", "HTTPRoute", ok_spec)
+                ),
+                "twice",
+            ),
+        ] {
+            let e = Catalog::parse(p, &bad).expect_err(&bad).to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]
