@@ -18,4 +18,5 @@ mod mtls;
 mod netns;
 mod policy;
 mod policy_api;
+mod policy_routes;
 mod support;
