@@ -66,6 +66,8 @@ trait Kind:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
     const NAME: &'static str;
+    /// Whether a cluster may lack the kind's CRD (see [`PolicyKind::optional`]).
+    const OPTIONAL: bool = false;
     type Model;
     fn convert(&self) -> Result<(Self::Model, Vec<Problem>), Problem>;
     fn apply(index: &Indexes, model: Self::Model);
@@ -219,6 +221,7 @@ impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
 
 impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
     const NAME: &'static str = K::KIND.metric();
+    const OPTIONAL: bool = K::KIND.optional();
     type Model = PolicyObject;
     fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
         PolicyObject::convert(K::KIND, &self.metadata, &self.spec)
@@ -365,6 +368,21 @@ async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, s
                 }
             }
             Ok(watcher::Event::Delete(obj)) => K::delete(&index, &obj),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if K::OPTIONAL && status.is_not_found() =>
+            {
+                // No such resource: without its CRD there can be no such objects, so the
+                // kind is listed, empty, and the watch keeps retrying until the CRD comes.
+                if let Some(s) = first_sync.take() {
+                    warn!(
+                        kind = K::NAME,
+                        "the resource is not installed (apply the chart's crds/); none until it is"
+                    );
+                    K::reset(&index, Vec::new());
+                    s.done();
+                }
+                metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
+            }
             Err(error) => {
                 warn!(kind = K::NAME, %error, "watch failed; retrying");
                 metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();

@@ -12,7 +12,8 @@
 //! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview);
 //! - `GET /version`, the server's version as a v1.33 API server gives it.
 //!
-//! Anything else gets a `Status` 404/405, as the real server would answer.
+//! Anything else, and collections made unknown with [`FakeApi::set_known`] (a CRD not
+//! installed), gets a `Status` 404/405, as the real server would answer.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -62,6 +63,8 @@ struct Shared {
     latest: watch::Sender<u64>,
     posts: Mutex<HashMap<String, Handler>>,
     requests: Mutex<Vec<String>>,
+    /// Collections whose resource the server does not know (a CRD not installed).
+    unknown: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl FakeApi {
             latest: watch::Sender::new(0),
             posts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            unknown: Mutex::new(std::collections::HashSet::new()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
@@ -192,6 +196,18 @@ impl FakeApi {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(path.to_string(), Arc::new(handler));
+    }
+
+    /// Makes `collection`'s resource unknown (`known: false`: its CRD is not installed; the
+    /// server answers 404 as for any path it does not serve) or known again.
+    pub fn set_known(&self, collection: &str, known: bool) {
+        let collection = collection.trim_end_matches('/').to_string();
+        let mut unknown = self.shared.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        if known {
+            unknown.remove(&collection);
+        } else {
+            unknown.insert(collection);
+        }
     }
 
     /// Requests served so far, as `METHOD path?query`.
@@ -409,7 +425,10 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if path == "/version" {
         return full(StatusCode::OK, &version());
     }
-    let Some(target) = parse_path(&path) else {
+    let unknown = |t: &Target| {
+        shared.unknown.lock().unwrap_or_else(|e| e.into_inner()).contains(&t.collection)
+    };
+    let Some(target) = parse_path(&path).filter(|t| !unknown(t)) else {
         return status(
             404,
             "NotFound",

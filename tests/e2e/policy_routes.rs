@@ -334,3 +334,40 @@ fn the_proxy_enforces_http_routes_and_their_policies() {
         [("route_kind", "default"), ("route_name", "default"), ("authz_name", "web-from-node")];
     assert!(metric(&m, "inbound_http_authz_allow_total", &default) >= 1.0, "{m}");
 }
+
+/// A cluster whose CRDs predate HTTPRoute (helm never upgrades `crds/`): policy is served
+/// as before, without routes, and routes apply once the CRD is installed.
+#[test]
+fn policy_is_served_without_the_httproute_crd_and_routes_follow_when_it_comes() {
+    let api = FakeApi::start();
+    api.set_known(ROUTES, false);
+    api.put(NAMESPACES, fixture("namespace-prod.json"));
+    api.put(PODS, fixture("pod-web-4xk2p-meshed.json"));
+    api.put(SERVERS, fixture("server-web-http.json"));
+    let d = Destination::kubernetes(&api);
+    rt().block_on(async {
+        let addr = format!("http://{}", d.grpc);
+        let mut client = InboundServerPoliciesClient::connect(addr).await.expect("connect");
+        let spec = pb::PortSpec { workload: POD.into(), port: 8080 };
+        // Answered at all: lookups wait until every kind that must exist is listed.
+        let watch = tokio::time::timeout(Duration::from_secs(15), client.watch_port(spec)).await;
+        let Ok(watch) = watch else { panic!("no answer without the CRD\n{}", d.logs()) };
+        let mut stream = watch.expect("WatchPort").into_inner();
+        let first = next(&mut stream, &d).await;
+        assert_eq!(first.labels["name"], "web-http");
+        assert_eq!(routes(&first), [("default".to_string(), Vec::<String>::new())]);
+
+        api.set_known(ROUTES, true);
+        api.put(ROUTES, fixture("httproute-web-metrics.json"));
+        // The watch retries with backoff (under a few seconds at first).
+        let second = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+        let second = match second {
+            Ok(Ok(Some(s))) => s,
+            other => panic!("no update once the CRD came: {other:?}\n{}", d.logs()),
+        };
+        assert_eq!(routes(&second), [("web-metrics".to_string(), Vec::<String>::new())]);
+    });
+    assert!(d.logs().contains("the resource is not installed"), "{}", d.logs());
+    let m = d.metrics();
+    assert!(metric(&m, "destination_watch_errors_total", &[("kind", "httproute")]) >= 1.0, "{m}");
+}

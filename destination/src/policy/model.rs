@@ -222,6 +222,13 @@ impl PolicyKind {
         PolicyKind::HttpRoute,
     ];
 
+    /// Whether a cluster may lack the kind's CRD and still be served: HTTPRoute came after
+    /// the others, and helm never upgrades `crds/`. Without the CRD there can be no such
+    /// objects, so policy is the same as with none; the others' absence makes lookups wait.
+    pub const fn optional(self) -> bool {
+        matches!(self, PolicyKind::HttpRoute)
+    }
+
     /// The version it is served in: Linkerd's newest for each kind.
     pub const fn version(self) -> &'static str {
         match self {
