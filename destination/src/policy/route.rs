@@ -180,8 +180,10 @@ fn invalid(detail: String) -> Unusable {
     Unusable { reason: "invalid_spec", detail }
 }
 
-#[allow(clippy::type_complexity)]
-fn convert(spec: &Spec) -> Result<(Vec<HostMatch>, Vec<Vec<RouteMatch>>), Unusable> {
+/// A route's host matches and rules.
+type Matches = (Vec<HostMatch>, Vec<Vec<RouteMatch>>);
+
+fn convert(spec: &Spec) -> Result<Matches, Unusable> {
     let hosts =
         spec.hostnames.iter().map(|h| host(h).map_err(invalid)).collect::<Result<_, _>>()?;
     let Some(rules) = &spec.rules else {
