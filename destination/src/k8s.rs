@@ -1,5 +1,5 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
-//! Pods, and of the four policy kinds of `policy.weft.dev` (kube-runtime watchers, with
+//! Pods, and of the five policy kinds of `policy.weft.dev` (kube-runtime watchers, with
 //! backoff), converted to the model and fed to the indexes; and of the Gateway API's
 //! HTTPRoutes, for traffic splits ([`gateway`]).
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
@@ -38,7 +38,7 @@ use crate::{
     model::{Namespace, ObjKey, Pod, Problem, Service, Slice},
     policy::{
         SharedPolicyIndex,
-        model::{GROUP, PolicyKind, PolicyObject, VERSION},
+        model::{GROUP, PolicyKind, PolicyObject},
     },
 };
 
@@ -69,6 +69,8 @@ trait Kind:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
     const NAME: &'static str;
+    /// Whether a cluster may lack the kind's CRD (see [`PolicyKind::optional`]).
+    const OPTIONAL: bool = false;
     type Model;
     fn convert(&self) -> Result<(Self::Model, Vec<Problem>), Problem>;
     fn apply(index: &Indexes, model: Self::Model);
@@ -162,7 +164,7 @@ impl Kind for K8sPod {
     }
 }
 
-/// One of the four policy kinds, as a type for [`PolicyCrd`].
+/// One of the policy kinds, as a type for [`PolicyCrd`].
 pub trait PolicyCrdKind: Clone + Debug + Send + Sync + 'static {
     const KIND: PolicyKind;
 }
@@ -182,6 +184,7 @@ policy_kinds! {
     AuthorizationPolicyKind => PolicyKind::AuthorizationPolicy,
     MeshTlsKind => PolicyKind::MeshTls,
     NetworkKind => PolicyKind::Network,
+    HttpRouteKind => PolicyKind::HttpRoute,
 }
 
 /// A policy object as the API gives it. The spec stays JSON until [`PolicyObject::parse`]:
@@ -206,7 +209,7 @@ impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
         GROUP.into()
     }
     fn version(_: &()) -> Cow<'_, str> {
-        VERSION.into()
+        K::KIND.version().into()
     }
     fn plural(_: &()) -> Cow<'_, str> {
         K::KIND.plural().into()
@@ -221,9 +224,10 @@ impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
 
 impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
     const NAME: &'static str = K::KIND.metric();
+    const OPTIONAL: bool = K::KIND.optional();
     type Model = PolicyObject;
     fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
-        PolicyObject::parse(K::KIND, &self.metadata, &self.spec).map(|o| (o, Vec::new()))
+        PolicyObject::convert(K::KIND, &self.metadata, &self.spec)
     }
     fn apply(index: &Indexes, model: PolicyObject) {
         index.policy.lock().apply(model)
@@ -275,7 +279,7 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             synced.policy.send_replace(true);
         }
     });
-    let crds = Synced::new(4, crds_tx);
+    let crds = Synced::new(PolicyKind::ALL.len(), crds_tx);
     tokio::join!(
         watch_kind::<PolicyCrd<ServerKind>>(
             client.clone(),
@@ -295,7 +299,18 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             metrics.clone(),
             crds.clone()
         ),
-        watch_kind::<PolicyCrd<NetworkKind>>(client.clone(), index.clone(), metrics.clone(), crds),
+        watch_kind::<PolicyCrd<NetworkKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<HttpRouteKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds
+        ),
         run_discovery(client, index, metrics, synced.discovery),
     );
 }
@@ -362,6 +377,21 @@ async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, s
                 }
             }
             Ok(watcher::Event::Delete(obj)) => K::delete(&index, &obj),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if K::OPTIONAL && status.is_not_found() =>
+            {
+                // No such resource: without its CRD there can be no such objects, so the
+                // kind is listed, empty, and the watch keeps retrying until the CRD comes.
+                if let Some(s) = first_sync.take() {
+                    warn!(
+                        kind = K::NAME,
+                        "the resource is not installed (apply the chart's crds/); none until it is"
+                    );
+                    K::reset(&index, Vec::new());
+                    s.done();
+                }
+                metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
+            }
             Err(error) => {
                 warn!(kind = K::NAME, %error, "watch failed; retrying");
                 metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();

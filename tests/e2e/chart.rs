@@ -671,7 +671,7 @@ fn assert_subset(ours: &Value, theirs: &Value, at: &str) {
 #[test]
 fn chart_crds_are_the_policy_kinds_the_destination_watches() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use weft_destination::policy::model::{GROUP, PolicyKind, VERSION};
+    use weft_destination::policy::model::{GROUP, PolicyKind};
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/weft/crds");
     let mut crds = BTreeMap::new();
@@ -705,7 +705,10 @@ fn chart_crds_are_the_policy_kinds_the_destination_watches() {
         assert_eq!((crd.spec.group.as_str(), crd.spec.scope.as_str()), (GROUP, "Namespaced"));
         assert_eq!(crd.spec.names.plural, kind.plural());
         let [version] = crd.spec.versions.as_slice() else { panic!("{name}: one version") };
-        assert_eq!((version.name.as_str(), version.served, version.storage), (VERSION, true, true));
+        assert_eq!(
+            (version.name.as_str(), version.served, version.storage),
+            (kind.version(), true, true)
+        );
         let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
         let spec = schema.and_then(|s| s.properties.as_ref()?.get("spec")).expect("a spec schema");
         let fields: BTreeSet<&str> =
@@ -715,6 +718,7 @@ fn chart_crds_are_the_policy_kinds_the_destination_watches() {
             PolicyKind::AuthorizationPolicy => &["targetRef", "requiredAuthenticationRefs"],
             PolicyKind::MeshTls => &["identities", "identityRefs"],
             PolicyKind::Network => &["networks"],
+            PolicyKind::HttpRoute => &["parentRefs", "hostnames", "rules"],
         };
         assert_eq!(fields, want.iter().copied().collect(), "{name}: spec fields");
     }

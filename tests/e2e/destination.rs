@@ -325,9 +325,8 @@ fn destination_kubernetes_updates_reach_a_subscriber() {
 fn is_list_or_watch(request: &str) -> bool {
     let Some(target) = request.strip_prefix("GET ") else { return false };
     let path = target.split('?').next().unwrap_or_default();
-    let policy =
-        ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications"]
-            .map(|r| format!("/apis/policy.weft.dev/v1beta1/{r}"));
+    use weft_destination::policy::model::{GROUP, PolicyKind};
+    let policy = PolicyKind::ALL.map(|k| format!("/apis/{GROUP}/{}/{}", k.version(), k.plural()));
     [PODS, SERVICES, SLICES, NAMESPACES].contains(&path)
         || policy.iter().any(|p| p == path)
         || path == crate::split::HTTPROUTES

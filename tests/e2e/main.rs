@@ -19,5 +19,6 @@ mod mtls;
 mod netns;
 mod policy;
 mod policy_api;
+mod policy_routes;
 mod split;
 mod support;

@@ -157,7 +157,8 @@ fn split_without_gateway_api_crds_discovery_goes_on() {
         assert!(p.dst_overrides.is_empty());
 
         // The watch retries (with backoff) and says so once.
-        let lists = || api.requests().iter().filter(|r| r.contains("/httproutes?")).count();
+        let lists =
+            || api.requests().iter().filter(|r| r.contains(&format!("{HTTPROUTES}?"))).count();
         let deadline = Instant::now() + Duration::from_secs(15);
         while lists() < 3 {
             assert!(Instant::now() < deadline, "not retried: {:?}", api.requests());

@@ -1,4 +1,4 @@
-//! The policy index: pods, namespaces and the four policy kinds as the watches (or the
+//! The policy index: pods, namespaces and the five policy kinds as the watches (or the
 //! static file) report them, the `Server` message of each pod port, and the watch channels of
 //! the ports that proxies follow. Pure: fed by the sources, read by the gRPC service.
 //!
@@ -25,6 +25,7 @@ use super::{
         Server, parse_networks,
     },
     proto::{self, Authentication, Origin},
+    route::HttpRoute,
 };
 use crate::{
     index::IndexConfig,
@@ -70,6 +71,7 @@ pub struct PolicyIndex {
     authorizations: HashMap<ObjKey, AuthorizationPolicy>,
     mesh_tls: HashMap<ObjKey, MeshTls>,
     networks: HashMap<ObjKey, NetworkAuthn>,
+    routes: HashMap<ObjKey, HttpRoute>,
     subs: HashMap<(ObjKey, u16), watch::Sender<Arc<pb::Server>>>,
     /// Computations in which more than one Server selected the port.
     conflicts: Counter,
@@ -179,6 +181,7 @@ impl PolicyIndex {
             }
             PolicyObject::MeshTls(m) => insert(&mut self.mesh_tls, key.clone(), m),
             PolicyObject::Network(n) => insert(&mut self.networks, key.clone(), n),
+            PolicyObject::HttpRoute(r) => insert(&mut self.routes, key.clone(), r),
         };
         if changed {
             self.refresh(kind_scope(kind, &key));
@@ -191,6 +194,7 @@ impl PolicyIndex {
             PolicyKind::AuthorizationPolicy => self.authorizations.remove(key).is_some(),
             PolicyKind::MeshTls => self.mesh_tls.remove(key).is_some(),
             PolicyKind::Network => self.networks.remove(key).is_some(),
+            PolicyKind::HttpRoute => self.routes.remove(key).is_some(),
         };
         if removed {
             self.refresh(kind_scope(kind, key));
@@ -217,6 +221,10 @@ impl PolicyIndex {
             }),
             PolicyKind::Network => replace(&mut self.networks, objects, |o| match o {
                 PolicyObject::Network(n) => Some(n),
+                _ => None,
+            }),
+            PolicyKind::HttpRoute => replace(&mut self.routes, objects, |o| match o {
+                PolicyObject::HttpRoute(r) => Some(r),
                 _ => None,
             }),
         };
@@ -262,13 +270,7 @@ impl PolicyIndex {
             .collect();
         // The oldest wins, as in Linkerd; the name settles equal ages (and the static
         // file's, which have none) so that the answer never depends on map order.
-        selecting.sort_by(|a, b| {
-            (a.created.is_none(), &a.created, &a.key.name).cmp(&(
-                b.created.is_none(),
-                &b.created,
-                &b.key.name,
-            ))
-        });
+        selecting.sort_by(|a, b| by_age(&a.created, &a.key, &b.created, &b.key));
         let Some(server) = selecting.first() else {
             let policy = pod
                 .default_policy
@@ -281,6 +283,7 @@ impl PolicyIndex {
                 ProxyProtocol::Unknown,
                 authorizations,
                 probes,
+                None,
             ));
         };
         if selecting.len() > 1 {
@@ -296,6 +299,8 @@ impl PolicyIndex {
                     && match &a.target {
                         AuthzTarget::Server(name) => *name == server.key.name,
                         AuthzTarget::Namespace => true,
+                        // Its route's requests only (see `routes`).
+                        AuthzTarget::HttpRoute(_) => false,
                     }
             })
             .collect();
@@ -303,13 +308,58 @@ impl PolicyIndex {
         let mut authorizations: Vec<pb::Authz> =
             policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
         authorizations.extend(self.default_authorizations(server.access_policy));
+        let routes = self.routes(server, &authorizations);
         Some(proto::server(
             &Origin::Resource { kind: "server", name: &server.key.name },
             GROUP,
             server.protocol,
             authorizations,
             probes,
+            routes.as_deref(),
         ))
+    }
+
+    /// The HTTP routes of a Server that HTTPRoutes attach to (`None`: none do, it keeps the
+    /// default route). As in Linkerd, each route admits the clients of the
+    /// AuthorizationPolicies that target it, and those of the Server's own authorizations,
+    /// which apply to every route.
+    fn routes(&self, server: &Server, server_authz: &[pb::Authz]) -> Option<Vec<pb::HttpRoute>> {
+        let mut attached: Vec<&HttpRoute> = self
+            .routes
+            .values()
+            .filter(|r| {
+                r.key.namespace == server.key.namespace && r.servers.contains(&server.key.name)
+            })
+            .collect();
+        // Oldest first, as Gateway API breaks ties between routes.
+        attached.sort_by(|a, b| by_age(&a.created, &a.key, &b.created, &b.key));
+        let first = attached.first()?;
+        let mut routes = Vec::new();
+        for route in &attached {
+            if let Some(u) = &route.unusable {
+                // Counted and logged when the route arrived; it still keeps the default
+                // route away, so its requests get 404 rather than being served unfiltered.
+                debug!(route = %route.key, server = %server.key, reason = u.reason, "route not served");
+                continue;
+            }
+            let mut policies: Vec<&AuthorizationPolicy> = self
+                .authorizations
+                .values()
+                .filter(|a| {
+                    a.key.namespace == route.key.namespace
+                        && matches!(&a.target, AuthzTarget::HttpRoute(n) if *n == route.key.name)
+                })
+                .collect();
+            policies.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+            let mut authorizations: Vec<pb::Authz> =
+                policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
+            authorizations.extend_from_slice(server_authz);
+            routes.push(proto::http_route(route, GROUP, authorizations));
+        }
+        if routes.is_empty() {
+            routes.push(proto::no_route(GROUP, &first.key.name));
+        }
+        Some(routes)
     }
 
     /// An AuthorizationPolicy's authorization; `None` while an authentication it requires
@@ -393,6 +443,16 @@ impl PolicyIndex {
     }
 }
 
+/// Oldest first; no age after any age; the name settles ties.
+fn by_age(
+    a_created: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    a: &ObjKey,
+    b_created: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    b: &ObjKey,
+) -> std::cmp::Ordering {
+    (a_created.is_none(), a_created, &a.name).cmp(&(b_created.is_none(), b_created, &b.name))
+}
+
 fn insert<V: PartialEq>(map: &mut HashMap<ObjKey, V>, key: ObjKey, value: V) -> bool {
     map.get(&key) != Some(&value) && {
         map.insert(key, value);
@@ -417,11 +477,11 @@ fn replace<V: PartialEq>(
     changed
 }
 
-/// Servers and AuthorizationPolicies touch their namespace's ports only; authentications
-/// can be referenced from any namespace.
+/// Servers, AuthorizationPolicies and HTTPRoutes touch their namespace's ports only;
+/// authentications can be referenced from any namespace.
 fn kind_scope(kind: PolicyKind, key: &ObjKey) -> Scope {
     match kind {
-        PolicyKind::Server | PolicyKind::AuthorizationPolicy => {
+        PolicyKind::Server | PolicyKind::AuthorizationPolicy | PolicyKind::HttpRoute => {
             Scope::Namespace(key.namespace.clone())
         }
         PolicyKind::MeshTls | PolicyKind::Network => Scope::All,

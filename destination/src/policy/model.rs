@@ -14,11 +14,12 @@ use k8s_openapi::apimachinery::pkg::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::route::{HttpRoute, ROUTE_VERSION};
 use crate::model::{ObjKey, Problem};
 
 /// The API group of the policy resources.
 pub const GROUP: &str = "policy.weft.dev";
-/// Their (only) version.
+/// The version of all but `HTTPRoute` (see [`PolicyKind::version`]).
 pub const VERSION: &str = "v1beta1";
 /// Annotation (on a pod or its namespace) naming the default policy of ports no `Server`
 /// selects; the injector gives the same value to the proxy.
@@ -148,6 +149,8 @@ pub enum AuthzTarget {
     Server(String),
     /// Every Server of the policy's own namespace.
     Namespace,
+    /// One HTTPRoute: its requests only.
+    HttpRoute(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,31 +193,49 @@ pub struct NetworkAuthn {
     pub networks: Vec<Network>,
 }
 
-/// One policy object of any of the four kinds.
+/// One policy object of any of the five kinds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyObject {
     Server(Server),
     AuthorizationPolicy(AuthorizationPolicy),
     MeshTls(MeshTls),
     Network(NetworkAuthn),
+    HttpRoute(HttpRoute),
 }
 
-/// The four kinds, by their Kubernetes names.
+/// The five kinds, by their Kubernetes names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PolicyKind {
     Server,
     AuthorizationPolicy,
     MeshTls,
     Network,
+    HttpRoute,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 5] = [
         PolicyKind::Server,
         PolicyKind::AuthorizationPolicy,
         PolicyKind::MeshTls,
         PolicyKind::Network,
+        PolicyKind::HttpRoute,
     ];
+
+    /// Whether a cluster may lack the kind's CRD and still be served: HTTPRoute came after
+    /// the others, and helm never upgrades `crds/`. Without the CRD there can be no such
+    /// objects, so policy is the same as with none; the others' absence makes lookups wait.
+    pub const fn optional(self) -> bool {
+        matches!(self, PolicyKind::HttpRoute)
+    }
+
+    /// The version it is served in: Linkerd's newest for each kind.
+    pub const fn version(self) -> &'static str {
+        match self {
+            PolicyKind::HttpRoute => ROUTE_VERSION,
+            _ => VERSION,
+        }
+    }
 
     pub const fn kind(self) -> &'static str {
         match self {
@@ -222,6 +243,7 @@ impl PolicyKind {
             PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
             PolicyKind::MeshTls => "MeshTLSAuthentication",
             PolicyKind::Network => "NetworkAuthentication",
+            PolicyKind::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -231,6 +253,7 @@ impl PolicyKind {
             PolicyKind::AuthorizationPolicy => "authorizationpolicies",
             PolicyKind::MeshTls => "meshtlsauthentications",
             PolicyKind::Network => "networkauthentications",
+            PolicyKind::HttpRoute => "httproutes",
         }
     }
 
@@ -241,6 +264,7 @@ impl PolicyKind {
             PolicyKind::AuthorizationPolicy => "authorizationpolicy",
             PolicyKind::MeshTls => "meshtlsauthentication",
             PolicyKind::Network => "networkauthentication",
+            PolicyKind::HttpRoute => "httproute",
         }
     }
 
@@ -256,6 +280,7 @@ impl PolicyObject {
             PolicyObject::AuthorizationPolicy(a) => &a.key,
             PolicyObject::MeshTls(m) => &m.key,
             PolicyObject::Network(n) => &n.key,
+            PolicyObject::HttpRoute(r) => &r.key,
         }
     }
 
@@ -265,12 +290,28 @@ impl PolicyObject {
             PolicyObject::AuthorizationPolicy(_) => PolicyKind::AuthorizationPolicy,
             PolicyObject::MeshTls(_) => PolicyKind::MeshTls,
             PolicyObject::Network(_) => PolicyKind::Network,
+            PolicyObject::HttpRoute(_) => PolicyKind::HttpRoute,
         }
     }
 
     /// Converts an object of `kind` from its metadata and its `spec` (JSON as the API gives
-    /// it).
+    /// it), strictly: an HTTPRoute that cannot be enforced as written is refused (the static
+    /// file, written by hand, had better say exactly what it means).
     pub fn parse(kind: PolicyKind, meta: &ObjectMeta, spec: &Value) -> Result<Self, Problem> {
+        let (obj, problems) = Self::convert(kind, meta, spec)?;
+        match problems.into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(obj),
+        }
+    }
+
+    /// As [`PolicyObject::parse`], but an HTTPRoute that cannot be enforced is kept (it still
+    /// claims its Servers: see [`super::route`]) and its problem returned beside it.
+    pub fn convert(
+        kind: PolicyKind,
+        meta: &ObjectMeta,
+        spec: &Value,
+    ) -> Result<(Self, Vec<Problem>), Problem> {
         let name = meta.name.as_deref().filter(|n| !n.is_empty());
         let ns = meta.namespace.as_deref().filter(|n| !n.is_empty());
         let (Some(ns), Some(name)) = (ns, name) else {
@@ -293,8 +334,21 @@ impl PolicyObject {
             PolicyKind::AuthorizationPolicy => parse_authz(key.clone(), spec),
             PolicyKind::MeshTls => parse_mesh_tls(key.clone(), spec),
             PolicyKind::Network => parse_network(key.clone(), spec),
+            PolicyKind::HttpRoute => {
+                let route = HttpRoute::parse(key.clone(), meta.creation_timestamp.clone(), spec)
+                    .map_err(invalid)?;
+                let problems = (route.unusable.iter())
+                    .map(|u| Problem {
+                        kind: kind.metric(),
+                        object: key.to_string(),
+                        reason: u.reason,
+                        detail: u.detail.clone(),
+                    })
+                    .collect();
+                return Ok((PolicyObject::HttpRoute(route), problems));
+            }
         };
-        obj.map_err(invalid)
+        obj.map(|o| (o, Vec::new())).map_err(invalid)
     }
 }
 
@@ -394,9 +448,11 @@ fn parse_authz(key: ObjKey, value: &Value) -> Result<PolicyObject, String> {
             ));
         }
         AuthzTarget::Namespace
+    } else if t.kind.eq_ignore_ascii_case("HTTPRoute") && group_is(t, GROUP) {
+        AuthzTarget::HttpRoute(t.name.clone())
     } else {
         return Err(format!(
-            "targetRef {}/{} is not supported (a Server of {GROUP}, or the Namespace)",
+            "targetRef {}/{} is not supported (a Server or HTTPRoute of {GROUP}, or the Namespace)",
             t.group.as_deref().unwrap_or_default(),
             t.kind
         ));

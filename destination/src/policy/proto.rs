@@ -12,7 +12,10 @@ use linkerd2_proxy_api::{
     meta::{Metadata, Resource, metadata},
 };
 
-use super::model::{Network, ProxyProtocol};
+use super::{
+    model::{Network, ProxyProtocol},
+    route::{self, HttpRoute},
+};
 
 /// How long a proxy reads a connection's first bytes to tell HTTP from the rest (Linkerd's).
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,19 +121,30 @@ fn probe_authz() -> pb::Authz {
     authz(&Origin::Default("probe"), "", &all_networks(), &Authentication::Unauthenticated)
 }
 
-/// The HTTP routes of a port with no HTTPRoutes: `default` (every request, the server's
-/// authorizations) and, when the pod has HTTP probes on the port, `probe`.
-fn http_routes(authorizations: &[pb::Authz], probes: &BTreeSet<String>) -> Vec<pb::HttpRoute> {
+/// The HTTP routes of a port: its HTTPRoutes when it has any, else `default` (every
+/// request, the server's authorizations); and, when the pod has HTTP probes on the port,
+/// `probe`.
+fn http_routes(
+    authorizations: &[pb::Authz],
+    probes: &BTreeSet<String>,
+    attached: Option<&[pb::HttpRoute]>,
+) -> Vec<pb::HttpRoute> {
     let prefix = |p: &str| http::PathMatch { kind: Some(http::path_match::Kind::Prefix(p.into())) };
-    let mut routes = vec![pb::HttpRoute {
-        metadata: default_meta("default"),
-        hosts: Vec::new(),
-        authorizations: authorizations.to_vec(),
-        rules: vec![pb::http_route::Rule {
-            matches: vec![http::HttpRouteMatch { path: Some(prefix("/")), ..Default::default() }],
-            filters: Vec::new(),
+    let mut routes = match attached {
+        Some(routes) => routes.to_vec(),
+        None => vec![pb::HttpRoute {
+            metadata: default_meta("default"),
+            hosts: Vec::new(),
+            authorizations: authorizations.to_vec(),
+            rules: vec![pb::http_route::Rule {
+                matches: vec![http::HttpRouteMatch {
+                    path: Some(prefix("/")),
+                    ..Default::default()
+                }],
+                filters: Vec::new(),
+            }],
         }],
-    }];
+    };
     if !probes.is_empty() {
         let get = HttpMethod {
             r#type: Some(http_method::Type::Registered(http_method::Registered::Get.into())),
@@ -168,27 +182,119 @@ fn grpc_routes(authorizations: &[pb::Authz]) -> Vec<pb::GrpcRoute> {
     }]
 }
 
-/// A whole `Server` message.
+fn route_meta(group: &str, name: &str) -> Option<Metadata> {
+    Some(Metadata {
+        kind: Some(metadata::Kind::Resource(Resource {
+            group: group.to_string(),
+            kind: "HTTPRoute".to_string(),
+            name: name.to_string(),
+            ..Default::default()
+        })),
+    })
+}
+
+/// An HTTPRoute as the proxy takes it, with the authorizations that apply to it.
+pub fn http_route(r: &HttpRoute, group: &str, authorizations: Vec<pb::Authz>) -> pb::HttpRoute {
+    use http::{header_match, host_match, path_match, query_param_match};
+    let hosts = r
+        .hosts
+        .iter()
+        .map(|h| http::HostMatch {
+            r#match: Some(match h {
+                route::HostMatch::Exact(name) => host_match::Match::Exact(name.clone()),
+                route::HostMatch::Suffix(labels) => host_match::Match::Suffix(host_match::Suffix {
+                    reverse_labels: labels.iter().rev().cloned().collect(),
+                }),
+            }),
+        })
+        .collect();
+    let one = |m: &route::RouteMatch| http::HttpRouteMatch {
+        path: m.path.as_ref().map(|p| http::PathMatch {
+            kind: Some(match p {
+                route::PathMatch::Exact(p) => path_match::Kind::Exact(p.clone()),
+                route::PathMatch::Prefix(p) => path_match::Kind::Prefix(p.clone()),
+                route::PathMatch::Regex(r) => path_match::Kind::Regex(r.clone()),
+            }),
+        }),
+        headers: m
+            .headers
+            .iter()
+            .map(|(name, v)| http::HeaderMatch {
+                name: name.clone(),
+                value: Some(match v {
+                    route::ValueMatch::Exact(s) => header_match::Value::Exact(s.clone().into()),
+                    route::ValueMatch::Regex(r) => header_match::Value::Regex(r.clone()),
+                }),
+            })
+            .collect(),
+        query_params: m
+            .query
+            .iter()
+            .map(|(name, v)| http::QueryParamMatch {
+                name: name.clone(),
+                value: Some(match v {
+                    route::ValueMatch::Exact(s) => query_param_match::Value::Exact(s.clone()),
+                    route::ValueMatch::Regex(r) => query_param_match::Value::Regex(r.clone()),
+                }),
+            })
+            .collect(),
+        method: m
+            .method
+            .as_deref()
+            .and_then(http_method::Registered::from_str_name)
+            .map(|r| HttpMethod { r#type: Some(http_method::Type::Registered(r.into())) }),
+    };
+    pb::HttpRoute {
+        metadata: route_meta(group, &r.key.name),
+        hosts,
+        authorizations,
+        rules: r
+            .rules
+            .iter()
+            .map(|matches| pb::http_route::Rule {
+                matches: matches.iter().map(one).collect(),
+                filters: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// A route that matches no request, named after an HTTPRoute that cannot be served: it
+/// keeps the port's route list from being empty, which proxies read as "the default
+/// route" (what controllers older than routes send).
+pub fn no_route(group: &str, name: &str) -> pb::HttpRoute {
+    pb::HttpRoute {
+        metadata: route_meta(group, name),
+        hosts: Vec::new(),
+        authorizations: Vec::new(),
+        rules: Vec::new(),
+    }
+}
+
+/// A whole `Server` message. `routes`: the port's HTTPRoutes, which replace the default
+/// route (`None`: it has none). A gRPC server keeps its default gRPC route whatever HTTP
+/// routes it has: Linkerd gives gRPC servers GRPCRoutes only, which Weft does not serve.
 pub fn server(
     origin: &Origin<'_>,
     group: &str,
     protocol: ProxyProtocol,
     authorizations: Vec<pb::Authz>,
     probes: &BTreeSet<String>,
+    routes: Option<&[pb::HttpRoute]>,
 ) -> pb::Server {
     use pb::proxy_protocol::{Detect, Grpc, Http1, Http2, Kind, Opaque, Tls};
     let kind = match protocol {
         ProxyProtocol::Unknown => Kind::Detect(Detect {
             timeout: prost_types::Duration::try_from(DETECT_TIMEOUT).ok(),
-            http_routes: http_routes(&authorizations, probes),
+            http_routes: http_routes(&authorizations, probes, routes),
             http_local_rate_limit: None,
         }),
         ProxyProtocol::Http1 => Kind::Http1(Http1 {
-            routes: http_routes(&authorizations, probes),
+            routes: http_routes(&authorizations, probes, routes),
             local_rate_limit: None,
         }),
         ProxyProtocol::Http2 => Kind::Http2(Http2 {
-            routes: http_routes(&authorizations, probes),
+            routes: http_routes(&authorizations, probes, routes),
             local_rate_limit: None,
         }),
         ProxyProtocol::Grpc => Kind::Grpc(Grpc { routes: grpc_routes(&authorizations) }),

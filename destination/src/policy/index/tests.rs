@@ -600,3 +600,5 @@ fn followers_get_each_change_once() {
     idx.apply(policy("more", to_server("web-http"), json!([])));
     assert!(idx.subs.is_empty());
 }
+
+mod routes;
