@@ -1,5 +1,5 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
-//! Pods, and of the five policy kinds of `policy.weft.dev` (kube-runtime watchers, with
+//! Pods, and of the six policy kinds of `policy.weft.dev` (kube-runtime watchers, with
 //! backoff), converted to the model and fed to the indexes; and of the Gateway API's
 //! HTTPRoutes, for traffic splits ([`gateway`]).
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
@@ -185,6 +185,7 @@ policy_kinds! {
     MeshTlsKind => PolicyKind::MeshTls,
     NetworkKind => PolicyKind::Network,
     HttpRouteKind => PolicyKind::HttpRoute,
+    RateLimitKind => PolicyKind::RateLimit,
 }
 
 /// A policy object as the API gives it. The spec stays JSON until [`PolicyObject::parse`]:
@@ -306,6 +307,12 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             crds.clone()
         ),
         watch_kind::<PolicyCrd<HttpRouteKind>>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        watch_kind::<PolicyCrd<RateLimitKind>>(
             client.clone(),
             index.clone(),
             metrics.clone(),

@@ -96,8 +96,12 @@ pub async fn run(
     let metrics = Metrics::register(&mut registry);
     let (synced_tx, synced) = watch::channel(false);
     let (policy_synced_tx, policy_synced) = watch::channel(false);
-    let policy_index =
-        SharedPolicyIndex::new(policy, index.clone(), metrics.server_conflicts.clone());
+    let policy_index = SharedPolicyIndex::new(
+        policy,
+        index.clone(),
+        metrics.server_conflicts.clone(),
+        metrics.skipped.clone(),
+    );
     let workload = identity
         .map(|c| Workload::start(c, &mut registry))
         .transpose()

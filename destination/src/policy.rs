@@ -3,8 +3,8 @@
 //!
 //! Linkerd's semantics with our API group: `Server`, `AuthorizationPolicy`,
 //! `MeshTLSAuthentication` and `NetworkAuthentication` in `policy.weft.dev/v1beta1`, and
-//! `HTTPRoute` in `policy.weft.dev/v1beta3`, with the
-//! schemas of `policy.linkerd.io`, so that a user migrates by changing `apiVersion`. A port
+//! `HTTPRoute` in `policy.weft.dev/v1beta3`, and `HTTPLocalRateLimitPolicy` in
+//! `policy.weft.dev/v1alpha1`, with the schemas of `policy.linkerd.io`, so that a user migrates by changing `apiVersion`. A port
 //! that no `Server` selects gets the default policy of its pod (annotation
 //! `config.weft.dev/default-inbound-policy`), else of its namespace, else of the cluster.
 //!
@@ -14,12 +14,14 @@
 //! - [`index`]: objects in, a `Server` message per pod port out, pushed to followers when
 //!   it changes (pure);
 //! - [`route`]: `HTTPRoute`s, which replace a Server's default route with their own;
+//! - [`rate_limit`]: `HTTPLocalRateLimitPolicy`s, a Server's HTTP request rates;
 //! - [`proto`]: the protobuf messages (routes, authorizations, labels);
 //! - [`server`]: the gRPC service.
 
 pub mod index;
 pub mod model;
 pub mod proto;
+pub mod rate_limit;
 pub mod route;
 pub mod server;
 pub use index::{PolicyConfig, SharedPolicyIndex};

@@ -58,13 +58,19 @@
 //!     probes:                    # optional: the kubelet's HTTP GET probes (probe routes)
 //!       - {port: 8080, path: /ready}
 //! policies:                      # Server, AuthorizationPolicy, MeshTLSAuthentication,
-//!   - apiVersion: policy.weft.dev/v1beta1   # NetworkAuthentication
-//!     kind: Server
+//!   - apiVersion: policy.weft.dev/v1beta1   # NetworkAuthentication (v1beta1),
+//!     kind: Server                          # HTTPLocalRateLimitPolicy (v1alpha1)
 //!     metadata: {name: web-http, namespace: prod}
 //!     spec:
 //!       podSelector: {matchLabels: {app: web}}
 //!       port: http
 //!       proxyProtocol: HTTP/1
+//!   - apiVersion: policy.weft.dev/v1alpha1
+//!     kind: HTTPLocalRateLimitPolicy
+//!     metadata: {name: web-rate-limit, namespace: prod}
+//!     spec:
+//!       targetRef: {group: policy.weft.dev, kind: Server, name: web-http}
+//!       total: {requestsPerSecond: 100}
 //! routes:                        # HTTPRoutes of Servers: they replace the default route
 //!   - apiVersion: policy.weft.dev/v1beta3
 //!     kind: HTTPRoute
@@ -461,7 +467,7 @@ fn parse_policy(value: serde_json::Value, route: bool) -> Result<PolicyObject, S
         _ if route => return Err(format!("kind {:?} is not HTTPRoute", p.kind)),
         _ => {
             return Err(format!(
-                "kind {:?} is not one of Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication",
+                "kind {:?} is not one of Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy",
                 p.kind
             ));
         }

@@ -719,6 +719,7 @@ fn chart_crds_are_the_policy_kinds_the_destination_watches() {
             PolicyKind::MeshTls => &["identities", "identityRefs"],
             PolicyKind::Network => &["networks"],
             PolicyKind::HttpRoute => &["parentRefs", "hostnames", "rules"],
+            PolicyKind::RateLimit => &["targetRef", "total", "identity", "overrides"],
         };
         assert_eq!(fields, want.iter().copied().collect(), "{name}: spec fields");
     }

@@ -1,4 +1,4 @@
-//! The policy index: pods, namespaces and the five policy kinds as the watches (or the
+//! The policy index: pods, namespaces and the six policy kinds as the watches (or the
 //! static file) report them, the `Server` message of each pod port, and the watch channels of
 //! the ports that proxies follow. Pure: fed by the sources, read by the gRPC service.
 //!
@@ -14,7 +14,7 @@ use std::{
 
 use ipnet::IpNet;
 use linkerd2_proxy_api::inbound as pb;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -25,10 +25,12 @@ use super::{
         Server, parse_networks,
     },
     proto::{self, Authentication, Origin},
+    rate_limit::RateLimitPolicy,
     route::HttpRoute,
 };
 use crate::{
     index::IndexConfig,
+    metrics::SkipLabels,
     model::{Namespace, ObjKey, Pod},
 };
 
@@ -72,9 +74,16 @@ pub struct PolicyIndex {
     mesh_tls: HashMap<ObjKey, MeshTls>,
     networks: HashMap<ObjKey, NetworkAuthn>,
     routes: HashMap<ObjKey, HttpRoute>,
+    rate_limits: HashMap<ObjKey, RateLimitPolicy>,
+    /// Rate-limit policies not applied because an older one limits their Server (counted
+    /// when they become so).
+    rate_limit_conflicts: HashSet<ObjKey>,
     subs: HashMap<(ObjKey, u16), watch::Sender<Arc<pb::Server>>>,
     /// Computations in which more than one Server selected the port.
     conflicts: Counter,
+    /// `destination_objects_skipped_total`: objects skipped for what the index alone knows
+    /// (a conflict between objects that are each valid).
+    skipped: Family<SkipLabels, Counter>,
 }
 
 /// The index shared by the sources (writers) and the gRPC streams (readers).
@@ -82,8 +91,13 @@ pub struct PolicyIndex {
 pub struct SharedPolicyIndex(Arc<Mutex<PolicyIndex>>);
 
 impl SharedPolicyIndex {
-    pub fn new(config: PolicyConfig, ids: IndexConfig, conflicts: Counter) -> Self {
-        Self(Arc::new(Mutex::new(PolicyIndex::new(config, ids, conflicts))))
+    pub fn new(
+        config: PolicyConfig,
+        ids: IndexConfig,
+        conflicts: Counter,
+        skipped: Family<SkipLabels, Counter>,
+    ) -> Self {
+        Self(Arc::new(Mutex::new(PolicyIndex::new(config, ids, conflicts, skipped))))
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, PolicyIndex> {
@@ -93,8 +107,13 @@ impl SharedPolicyIndex {
 }
 
 impl PolicyIndex {
-    pub fn new(config: PolicyConfig, ids: IndexConfig, conflicts: Counter) -> Self {
-        Self { config, ids, conflicts, ..Default::default() }
+    pub fn new(
+        config: PolicyConfig,
+        ids: IndexConfig,
+        conflicts: Counter,
+        skipped: Family<SkipLabels, Counter>,
+    ) -> Self {
+        Self { config, ids, conflicts, skipped, ..Default::default() }
     }
 
     /// The current message of a pod port; `None` when the pod is unknown.
@@ -182,7 +201,11 @@ impl PolicyIndex {
             PolicyObject::MeshTls(m) => insert(&mut self.mesh_tls, key.clone(), m),
             PolicyObject::Network(n) => insert(&mut self.networks, key.clone(), n),
             PolicyObject::HttpRoute(r) => insert(&mut self.routes, key.clone(), r),
+            PolicyObject::RateLimit(r) => insert(&mut self.rate_limits, key.clone(), r),
         };
+        if changed && kind == PolicyKind::RateLimit {
+            self.note_rate_limit_conflicts();
+        }
         if changed {
             self.refresh(kind_scope(kind, &key));
         }
@@ -195,7 +218,11 @@ impl PolicyIndex {
             PolicyKind::MeshTls => self.mesh_tls.remove(key).is_some(),
             PolicyKind::Network => self.networks.remove(key).is_some(),
             PolicyKind::HttpRoute => self.routes.remove(key).is_some(),
+            PolicyKind::RateLimit => self.rate_limits.remove(key).is_some(),
         };
+        if removed && kind == PolicyKind::RateLimit {
+            self.note_rate_limit_conflicts();
+        }
         if removed {
             self.refresh(kind_scope(kind, key));
         }
@@ -227,7 +254,14 @@ impl PolicyIndex {
                 PolicyObject::HttpRoute(r) => Some(r),
                 _ => None,
             }),
+            PolicyKind::RateLimit => replace(&mut self.rate_limits, objects, |o| match o {
+                PolicyObject::RateLimit(r) => Some(r),
+                _ => None,
+            }),
         };
+        if changed && kind == PolicyKind::RateLimit {
+            self.note_rate_limit_conflicts();
+        }
         if changed {
             self.refresh(Scope::All);
         }
@@ -284,6 +318,7 @@ impl PolicyIndex {
                 authorizations,
                 probes,
                 None,
+                None,
             ));
         };
         if selecting.len() > 1 {
@@ -309,6 +344,9 @@ impl PolicyIndex {
             policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
         authorizations.extend(self.default_authorizations(server.access_policy));
         let routes = self.routes(server, &authorizations);
+        let rate_limit = self
+            .rate_limit(server)
+            .map(|p| proto::rate_limit(p, GROUP, |ns, sa| self.ids.identity(ns, sa)));
         Some(proto::server(
             &Origin::Resource { kind: "server", name: &server.key.name },
             GROUP,
@@ -316,7 +354,47 @@ impl PolicyIndex {
             authorizations,
             probes,
             routes.as_deref(),
+            rate_limit,
         ))
+    }
+
+    /// The rate-limit policies of each Server (by namespace and name), oldest first.
+    fn rate_limits_by_server(&self) -> HashMap<(&str, &str), Vec<&RateLimitPolicy>> {
+        let mut by_server: HashMap<(&str, &str), Vec<&RateLimitPolicy>> = HashMap::new();
+        for p in self.rate_limits.values() {
+            by_server.entry((&p.key.namespace, &p.server)).or_default().push(p);
+        }
+        for policies in by_server.values_mut() {
+            policies.sort_by(|a, b| by_age(&a.created, &a.key, &b.created, &b.key));
+        }
+        by_server
+    }
+
+    /// A Server's rate-limit policy: Linkerd allows one, so with several the oldest (the
+    /// name settling equal ages) applies and the others are skipped.
+    fn rate_limit(&self, server: &Server) -> Option<&RateLimitPolicy> {
+        (self.rate_limits.values())
+            .filter(|p| p.key.namespace == server.key.namespace && p.server == server.key.name)
+            .min_by(|a, b| by_age(&a.created, &a.key, &b.created, &b.key))
+    }
+
+    /// Logs and counts the rate-limit policies that an older one has just displaced (each
+    /// once, until it applies again or goes away).
+    fn note_rate_limit_conflicts(&mut self) {
+        let mut skipped = HashSet::new();
+        for ((_, server), policies) in self.rate_limits_by_server() {
+            let Some((winner, others)) = policies.split_first() else { continue };
+            for p in others {
+                if !self.rate_limit_conflicts.contains(&p.key) {
+                    warn!(policy = %p.key, server, applied = %winner.key.name, "more than one HTTPLocalRateLimitPolicy targets the Server; the oldest applies, this one is skipped");
+                    let labels =
+                        SkipLabels { kind: PolicyKind::RateLimit.metric(), reason: "conflict" };
+                    self.skipped.get_or_create(&labels).inc();
+                }
+                skipped.insert(p.key.clone());
+            }
+        }
+        self.rate_limit_conflicts = skipped;
     }
 
     /// The HTTP routes of a Server that HTTPRoutes attach to (`None`: none do, it keeps the
@@ -477,13 +555,14 @@ fn replace<V: PartialEq>(
     changed
 }
 
-/// Servers, AuthorizationPolicies and HTTPRoutes touch their namespace's ports only;
+/// Servers, AuthorizationPolicies, HTTPRoutes and rate-limit policies touch their namespace's ports only;
 /// authentications can be referenced from any namespace.
 fn kind_scope(kind: PolicyKind, key: &ObjKey) -> Scope {
     match kind {
-        PolicyKind::Server | PolicyKind::AuthorizationPolicy | PolicyKind::HttpRoute => {
-            Scope::Namespace(key.namespace.clone())
-        }
+        PolicyKind::Server
+        | PolicyKind::AuthorizationPolicy
+        | PolicyKind::HttpRoute
+        | PolicyKind::RateLimit => Scope::Namespace(key.namespace.clone()),
         PolicyKind::MeshTls | PolicyKind::Network => Scope::All,
     }
 }

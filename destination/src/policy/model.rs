@@ -1,5 +1,5 @@
 //! The policy objects (`Server`, `AuthorizationPolicy`, `MeshTLSAuthentication`,
-//! `NetworkAuthentication` of `policy.weft.dev`) and the default policies, reduced to what the
+//! `NetworkAuthentication`, `HTTPRoute`, `HTTPLocalRateLimitPolicy` of `policy.weft.dev`) and the default policies, reduced to what the
 //! index needs. Pure. Specs are parsed from JSON leniently: unknown fields are ignored (a newer
 //! schema keeps working), and an object that cannot be used is refused whole with a
 //! [`Problem`] rather than half-applied — a half-understood authorization is a wrong one.
@@ -14,12 +14,16 @@ use k8s_openapi::apimachinery::pkg::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::route::{HttpRoute, ROUTE_VERSION};
+use super::{
+    rate_limit::{RATE_LIMIT_KIND, RATE_LIMIT_VERSION, RateLimitPolicy},
+    route::{HttpRoute, ROUTE_VERSION},
+};
 use crate::model::{ObjKey, Problem};
 
 /// The API group of the policy resources.
 pub const GROUP: &str = "policy.weft.dev";
-/// The version of all but `HTTPRoute` (see [`PolicyKind::version`]).
+/// The version of all but `HTTPRoute` and `HTTPLocalRateLimitPolicy` (see
+/// [`PolicyKind::version`]).
 pub const VERSION: &str = "v1beta1";
 /// Annotation (on a pod or its namespace) naming the default policy of ports no `Server`
 /// selects; the injector gives the same value to the proxy.
@@ -193,7 +197,7 @@ pub struct NetworkAuthn {
     pub networks: Vec<Network>,
 }
 
-/// One policy object of any of the five kinds.
+/// One policy object of any of the six kinds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyObject {
     Server(Server),
@@ -201,9 +205,10 @@ pub enum PolicyObject {
     MeshTls(MeshTls),
     Network(NetworkAuthn),
     HttpRoute(HttpRoute),
+    RateLimit(RateLimitPolicy),
 }
 
-/// The five kinds, by their Kubernetes names.
+/// The six kinds, by their Kubernetes names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PolicyKind {
     Server,
@@ -211,28 +216,32 @@ pub enum PolicyKind {
     MeshTls,
     Network,
     HttpRoute,
+    RateLimit,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::Server,
         PolicyKind::AuthorizationPolicy,
         PolicyKind::MeshTls,
         PolicyKind::Network,
         PolicyKind::HttpRoute,
+        PolicyKind::RateLimit,
     ];
 
-    /// Whether a cluster may lack the kind's CRD and still be served: HTTPRoute came after
-    /// the others, and helm never upgrades `crds/`. Without the CRD there can be no such
-    /// objects, so policy is the same as with none; the others' absence makes lookups wait.
+    /// Whether a cluster may lack the kind's CRD and still be served: HTTPRoute and
+    /// HTTPLocalRateLimitPolicy came after the others, and helm never upgrades `crds/`.
+    /// Without the CRD there can be no such objects, so policy is the same as with none; the
+    /// others' absence makes lookups wait.
     pub const fn optional(self) -> bool {
-        matches!(self, PolicyKind::HttpRoute)
+        matches!(self, PolicyKind::HttpRoute | PolicyKind::RateLimit)
     }
 
     /// The version it is served in: Linkerd's newest for each kind.
     pub const fn version(self) -> &'static str {
         match self {
             PolicyKind::HttpRoute => ROUTE_VERSION,
+            PolicyKind::RateLimit => RATE_LIMIT_VERSION,
             _ => VERSION,
         }
     }
@@ -244,6 +253,7 @@ impl PolicyKind {
             PolicyKind::MeshTls => "MeshTLSAuthentication",
             PolicyKind::Network => "NetworkAuthentication",
             PolicyKind::HttpRoute => "HTTPRoute",
+            PolicyKind::RateLimit => RATE_LIMIT_KIND,
         }
     }
 
@@ -254,6 +264,7 @@ impl PolicyKind {
             PolicyKind::MeshTls => "meshtlsauthentications",
             PolicyKind::Network => "networkauthentications",
             PolicyKind::HttpRoute => "httproutes",
+            PolicyKind::RateLimit => "httplocalratelimitpolicies",
         }
     }
 
@@ -265,6 +276,7 @@ impl PolicyKind {
             PolicyKind::MeshTls => "meshtlsauthentication",
             PolicyKind::Network => "networkauthentication",
             PolicyKind::HttpRoute => "httproute",
+            PolicyKind::RateLimit => "httplocalratelimitpolicy",
         }
     }
 
@@ -281,6 +293,7 @@ impl PolicyObject {
             PolicyObject::MeshTls(m) => &m.key,
             PolicyObject::Network(n) => &n.key,
             PolicyObject::HttpRoute(r) => &r.key,
+            PolicyObject::RateLimit(r) => &r.key,
         }
     }
 
@@ -291,6 +304,7 @@ impl PolicyObject {
             PolicyObject::MeshTls(_) => PolicyKind::MeshTls,
             PolicyObject::Network(_) => PolicyKind::Network,
             PolicyObject::HttpRoute(_) => PolicyKind::HttpRoute,
+            PolicyObject::RateLimit(_) => PolicyKind::RateLimit,
         }
     }
 
@@ -334,6 +348,10 @@ impl PolicyObject {
             PolicyKind::AuthorizationPolicy => parse_authz(key.clone(), spec),
             PolicyKind::MeshTls => parse_mesh_tls(key.clone(), spec),
             PolicyKind::Network => parse_network(key.clone(), spec),
+            PolicyKind::RateLimit => {
+                RateLimitPolicy::parse(key.clone(), meta.creation_timestamp.clone(), spec)
+                    .map(PolicyObject::RateLimit)
+            }
             PolicyKind::HttpRoute => {
                 let route = HttpRoute::parse(key.clone(), meta.creation_timestamp.clone(), spec)
                     .map_err(invalid)?;

@@ -14,6 +14,7 @@ use linkerd2_proxy_api::{
 
 use super::{
     model::{Network, ProxyProtocol},
+    rate_limit::{RATE_LIMIT_KIND, RateLimitPolicy},
     route::{self, HttpRoute},
 };
 
@@ -271,9 +272,46 @@ pub fn no_route(group: &str, name: &str) -> pb::HttpRoute {
     }
 }
 
+/// A Server's local rate limit, the override clients' identities already named (by
+/// `identity`, from a service account's namespace and name).
+pub fn rate_limit(
+    p: &RateLimitPolicy,
+    group: &str,
+    identity: impl Fn(&str, &str) -> String,
+) -> pb::HttpLocalRateLimit {
+    use pb::http_local_rate_limit::{Limit, Override, r#override::ClientIdentities};
+    let limit = |requests_per_second| Limit { requests_per_second };
+    pb::HttpLocalRateLimit {
+        metadata: Some(Metadata {
+            kind: Some(metadata::Kind::Resource(Resource {
+                group: group.to_string(),
+                kind: RATE_LIMIT_KIND.to_string(),
+                name: p.key.name.clone(),
+                ..Default::default()
+            })),
+        }),
+        total: p.total.map(limit),
+        identity: p.identity.map(limit),
+        overrides: p
+            .overrides
+            .iter()
+            .map(|o| Override {
+                limit: Some(limit(o.requests_per_second)),
+                clients: Some(ClientIdentities {
+                    identities: (o.service_accounts.iter())
+                        .map(|sa| pb::Identity { name: identity(&sa.namespace, &sa.name) })
+                        .collect(),
+                }),
+            })
+            .collect(),
+    }
+}
+
 /// A whole `Server` message. `routes`: the port's HTTPRoutes, which replace the default
 /// route (`None`: it has none). A gRPC server keeps its default gRPC route whatever HTTP
 /// routes it has: Linkerd gives gRPC servers GRPCRoutes only, which Weft does not serve.
+/// `rate_limit` goes on the HTTP protocols (detected, HTTP/1, HTTP/2); the API has no place
+/// for it on gRPC, opaque or TLS servers, so those are not limited.
 pub fn server(
     origin: &Origin<'_>,
     group: &str,
@@ -281,21 +319,22 @@ pub fn server(
     authorizations: Vec<pb::Authz>,
     probes: &BTreeSet<String>,
     routes: Option<&[pb::HttpRoute]>,
+    rate_limit: Option<pb::HttpLocalRateLimit>,
 ) -> pb::Server {
     use pb::proxy_protocol::{Detect, Grpc, Http1, Http2, Kind, Opaque, Tls};
     let kind = match protocol {
         ProxyProtocol::Unknown => Kind::Detect(Detect {
             timeout: prost_types::Duration::try_from(DETECT_TIMEOUT).ok(),
             http_routes: http_routes(&authorizations, probes, routes),
-            http_local_rate_limit: None,
+            http_local_rate_limit: rate_limit,
         }),
         ProxyProtocol::Http1 => Kind::Http1(Http1 {
             routes: http_routes(&authorizations, probes, routes),
-            local_rate_limit: None,
+            local_rate_limit: rate_limit,
         }),
         ProxyProtocol::Http2 => Kind::Http2(Http2 {
             routes: http_routes(&authorizations, probes, routes),
-            local_rate_limit: None,
+            local_rate_limit: rate_limit,
         }),
         ProxyProtocol::Grpc => Kind::Grpc(Grpc { routes: grpc_routes(&authorizations) }),
         ProxyProtocol::Opaque => Kind::Opaque(Opaque {}),

@@ -271,3 +271,35 @@ fn bad_policy_sections() {
         .expect("a bad annotation is a warning");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
+
+#[test]
+fn rate_limits_in_the_policies_section() {
+    let rl = |api: &str, spec: &str| {
+        format!(
+            "\n  - {{apiVersion: {api}, kind: HTTPLocalRateLimitPolicy, metadata: {{name: web-rl, namespace: prod}}, spec: {spec}}}"
+        )
+    };
+    let ok = "{targetRef: {group: policy.weft.dev, kind: Server, name: web-http}, total: {requestsPerSecond: 5}}";
+    let file = format!("{POLICY_FILE}{}", rl("policy.weft.dev/v1alpha1", ok));
+    let (c, _) = Catalog::parse(Path::new("f.yaml"), &file).expect("parses");
+    let policy = SharedPolicyIndex::default();
+    let _index = StaticIndex::new(c, "cluster.local", policy.clone());
+    let srv = policy.lock().get(&ObjKey::new("prod", "web-1"), 8080).unwrap();
+    let Some(linkerd2_proxy_api::inbound::proxy_protocol::Kind::Http1(h)) =
+        srv.protocol.and_then(|p| p.kind)
+    else {
+        panic!("not HTTP/1")
+    };
+    let total = h.local_rate_limit.and_then(|l| l.total).map(|t| t.requests_per_second);
+    assert_eq!(total, Some(5));
+
+    let too_much = "{targetRef: {group: policy.weft.dev, kind: Server, name: web-http}, total: {requestsPerSecond: 5}, identity: {requestsPerSecond: 6}}";
+    for (bad, want) in [
+        (rl("policy.weft.dev/v1beta1", ok), "apiVersion"),
+        (rl("policy.weft.dev/v1alpha1", too_much), "greater than total"),
+    ] {
+        let bad = format!("{POLICY_FILE}{bad}");
+        let e = Catalog::parse(Path::new("f.yaml"), &bad).expect_err(&bad).to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+}

@@ -6,12 +6,16 @@ use serde_json::{Value, json};
 use super::*;
 use crate::model::Namespace;
 
+mod rate_limit;
+
 const WEB_ID: &str = "web.prod.serviceaccount.identity.weft.cluster.local";
 
 fn index(default_policy: DefaultPolicy) -> (PolicyIndex, Counter) {
     let conflicts = Counter::default();
     let config = PolicyConfig { default_policy, ..PolicyConfig::default() };
-    (PolicyIndex::new(config, IndexConfig::default(), conflicts.clone()), conflicts)
+    let idx =
+        PolicyIndex::new(config, IndexConfig::default(), conflicts.clone(), Family::default());
+    (idx, conflicts)
 }
 
 /// A pod of `prod` as the API server gives it: an `http` port 8080 with probes on it, a
