@@ -19,9 +19,10 @@ const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
 const SVC_NAME: &str = "identity.weft.serviceaccount.identity.weft.cluster.local";
 /// The destination service's own identity (service account `weft-destination`, as the
 /// injector's `WEFT_PROXY_DESTINATION_SVC_NAME` expects).
-const DST_SVC_NAME: &str = "weft-destination.weft.serviceaccount.identity.weft.cluster.local";
+pub(crate) const DST_SVC_NAME: &str =
+    "weft-destination.weft.serviceaccount.identity.weft.cluster.local";
 
-fn id(sa: &str) -> String {
+pub(crate) fn id(sa: &str) -> String {
     format!("{sa}.prod.{DOMAIN}")
 }
 
@@ -51,12 +52,12 @@ fn start_plain_destination(file: &str) -> (Child_, SocketAddr) {
     start_weft(&[&args[..], &addrs, &["--log-format", "json"]].concat(), &[], "grpc")
 }
 
-struct Mesh {
-    dir: PathBuf,
+pub(crate) struct Mesh {
+    pub(crate) dir: PathBuf,
     identity: Child_,
-    identity_addr: SocketAddr,
+    pub(crate) identity_addr: SocketAddr,
     _destination: Child_,
-    destination: SocketAddr,
+    pub(crate) destination: SocketAddr,
     destination_admin: SocketAddr,
     http_client: Proxy,
     tcp_client: Proxy,
@@ -101,7 +102,7 @@ fn start_identity(
     start_weft(&args, &[("WEFT_IDENTITY_LOG_FORMAT", "json")], "grpc")
 }
 
-fn identity_args<'a>(
+pub(crate) fn identity_args<'a>(
     dir: &'a Path,
     name: &'a str,
     token: &'a str,
@@ -121,7 +122,7 @@ fn identity_args<'a>(
     ]
 }
 
-fn start_proxy(args: Vec<String>) -> Proxy {
+pub(crate) fn start_proxy(args: Vec<String>) -> Proxy {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Proxy::start(&args);
     assert!(
@@ -134,7 +135,7 @@ fn start_proxy(args: Vec<String>) -> Proxy {
 }
 
 impl Mesh {
-    fn new() -> Mesh {
+    pub(crate) fn new() -> Mesh {
         Mesh::with(&[])
     }
 
