@@ -103,6 +103,10 @@ pub struct Resolution {
     pub budget: RetryBudget,
     state: watch::Sender<State>,
     profile: RwLock<Arc<Profile>>,
+    /// True once the first profile arrived, or the profile cannot be had (a split's
+    /// backend, which follows none; a destination service that failed the call).
+    profiled: watch::Sender<bool>,
+    started: Instant,
     last_used: Mutex<Instant>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -255,12 +259,21 @@ impl Discovery {
             }
         };
         *res.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        if fresh || res.state() == State::Pending {
-            let mut rx = res.state.subscribe();
-            let _ = tokio::time::timeout(
-                self.config.first_update_timeout,
-                rx.wait_for(|s| *s != State::Pending),
-            )
+        // The endpoints, and then the profile: the first requests of a service must
+        // already follow its routes and its split (a canary must not get the first ones by
+        // chance); both within one bound from the first lookup.
+        let deadline = res.started + self.config.first_update_timeout;
+        if fresh
+            || res.state() == State::Pending
+            || (!*res.profiled.borrow() && Instant::now() < deadline)
+        {
+            let (mut state, mut profiled) = (res.state.subscribe(), res.profiled.subscribe());
+            let _ = tokio::time::timeout_at(deadline.into(), async {
+                let _ = state.wait_for(|s| *s != State::Pending).await;
+                if *state.borrow() == State::Known {
+                    let _ = profiled.wait_for(|p| *p).await;
+                }
+            })
             .await;
         }
         let result = match res.state() {
@@ -284,6 +297,8 @@ impl Discovery {
             budget: RetryBudget::new(profile::Budget::default()),
             state,
             profile: RwLock::new(Arc::new(Profile::default())),
+            profiled: watch::Sender::new(!has_profile),
+            started: Instant::now(),
             last_used: Mutex::new(Instant::now()),
             tasks: Mutex::default(),
         });
@@ -453,7 +468,12 @@ async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
                 d.count("profile");
                 r.budget.set(profile.budget);
                 *r.profile.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profile);
+                r.profiled.send_replace(true);
             }
+        }
+        // No profile now: lookups stop waiting for one (the next one still applies).
+        if let Some(r) = res.upgrade() {
+            r.profiled.send_replace(true);
         }
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
