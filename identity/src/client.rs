@@ -11,7 +11,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use linkerd2_proxy_api::identity::{CertifyRequest, identity_client::IdentityClient};
+use linkerd2_proxy_api::identity::{
+    CertifyRequest, CertifyResponse, identity_client::IdentityClient,
+};
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
@@ -228,14 +230,13 @@ impl Client {
                 Ok(valid_until) => {
                     failures = 0;
                     expiry = Some(valid_until);
-                    let remaining =
-                        valid_until.duration_since(SystemTime::now()).unwrap_or_default();
+                    let now = SystemTime::now();
                     tracing::info!(
                         identity = %self.config.local_name,
-                        valid_for = ?remaining,
+                        valid_for = ?valid_until.duration_since(now).unwrap_or_default(),
                         "identity certificate installed"
                     );
-                    (remaining * 7 / 10).max(self.config.min_refresh)
+                    refresh_delay(valid_until, now, self.config.min_refresh)
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -274,28 +275,8 @@ impl Client {
             .await
             .map_err(|_| CertifyError::Timeout(cfg.request_timeout))??;
 
-        let bad = |m: String| CertifyError::BadResponse(m);
-        let valid_until: SystemTime = rsp
-            .valid_until
-            .ok_or_else(|| bad("no valid_until".into()))?
-            .try_into()
-            .map_err(|e| bad(format!("valid_until: {e}")))?;
-        if valid_until <= SystemTime::now() {
-            return Err(bad("the certificate has already expired".into()));
-        }
-        let leaf = CertificateDer::from(rsp.leaf_certificate);
-        let chain: Vec<_> =
-            rsp.intermediate_certificates.into_iter().map(CertificateDer::from).collect();
-        // Only a certificate that carries our key and proves our name to a peer is installed.
-        let ck = certified_key(&self.key, leaf.clone(), &chain)
-            .map_err(|e| bad(format!("the certificate is not for our key: {e}")))?;
-        let name =
-            ServerName::try_from(cfg.local_name.to_string()).map_err(|e| bad(e.to_string()))?;
-        cfg.trust
-            .bundle()
-            .server_verifier()
-            .and_then(|v| v.verify_server_cert(&leaf, &chain, &name, &[], UnixTime::now()))
-            .map_err(|e| bad(format!("the certificate does not verify for {name:?}: {e}")))?;
+        let (ck, valid_until) =
+            accept_response(rsp, &self.key, &cfg.local_name, &cfg.trust, SystemTime::now())?;
 
         // Metrics first, so that whoever sees the new certificate sees them updated too.
         self.metrics.refreshes.inc();
@@ -332,6 +313,58 @@ impl Client {
         let rsp = IdentityClient::new(channel).certify(req).await.map_err(CertifyError::Refused)?;
         Ok(rsp.into_inner())
     }
+}
+
+/// Checks the identity service's answer to a Certify for `key` and `name`, as of `now`: a
+/// validity that has not ended, and a leaf that carries `key` and verifies for `name`
+/// against `trust`. Returns the certificate to install and the end of its validity. On its
+/// own (no I/O) because the answer comes from the network: tests and fuzzers call it.
+pub fn accept_response(
+    rsp: CertifyResponse,
+    key: &KeyPair,
+    name: &IdentityName,
+    trust: &SharedTrust,
+    now: SystemTime,
+) -> Result<(Arc<CertifiedKey>, SystemTime), CertifyError> {
+    let bad = |m: String| CertifyError::BadResponse(m);
+    let valid_until: SystemTime = rsp
+        .valid_until
+        .ok_or_else(|| bad("no valid_until".into()))?
+        .try_into()
+        .map_err(|e| bad(format!("valid_until: {e}")))?;
+    if valid_until <= now {
+        return Err(bad("the certificate has already expired".into()));
+    }
+    let leaf = CertificateDer::from(rsp.leaf_certificate);
+    let chain: Vec<_> =
+        rsp.intermediate_certificates.into_iter().map(CertificateDer::from).collect();
+    // Only a certificate that carries our key and proves our name to a peer is installed.
+    let ck = certified_key(key, leaf.clone(), &chain)
+        .map_err(|e| bad(format!("the certificate is not for our key: {e}")))?;
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| bad(e.to_string()))?;
+    let unix_now =
+        UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    trust
+        .bundle()
+        .server_verifier()
+        .and_then(|v| v.verify_server_cert(&leaf, &chain, &server_name, &[], unix_now))
+        .map_err(|e| bad(format!("the certificate does not verify for {name}: {e}")))?;
+    // Renewal is planned from `valid_until`: never past the leaf's own end, or a service
+    // that says "valid for ever" would have the proxy keep a certificate that expired.
+    let not_after = crate::pki::CertSummary::parse(&leaf)
+        .ok()
+        .and_then(|c| u64::try_from(c.not_after).ok())
+        .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+    let valid_until = not_after.map_or(valid_until, |n| valid_until.min(n));
+    Ok((ck, valid_until))
+}
+
+/// When to renew a certificate valid until `valid_until`: at 70 % of its remaining life,
+/// never sooner than `min_refresh`.
+pub fn refresh_delay(valid_until: SystemTime, now: SystemTime, min_refresh: Duration) -> Duration {
+    let remaining = valid_until.duration_since(now).unwrap_or_default();
+    // Divided first: `remaining * 7` overflows for a far-future `valid_until`.
+    (remaining / 10 * 7).max(min_refresh)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

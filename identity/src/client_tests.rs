@@ -288,3 +288,39 @@ fn refuses_a_bad_address() {
     );
     assert!(matches!(Client::new(h, IdentityMetrics::default()), Err(ClientError::Addr(_))));
 }
+
+/// Found by the `certify_response` fuzzer: a Certify answer whose `valid_until` is far in
+/// the future (here `i64::MAX` seconds) made the renewal delay overflow (`remaining * 7`)
+/// and panic the client task, so the proxy never renewed. The leaf's own end now bounds
+/// `valid_until`, and the delay cannot overflow.
+#[test]
+fn a_far_future_valid_until_is_bounded_by_the_leaf() {
+    let pki = generate_pki(&PkiParams::for_trust_domain("cluster.local")).unwrap();
+    let bundle = TrustBundle::from_pem("anchors", pki.anchor_pem.as_bytes()).unwrap();
+    let now = SystemTime::now();
+    let issuer = crate::ca::Issuer::from_pem(
+        pki.issuer_pem.as_bytes(),
+        pki.issuer_key_pem.as_bytes(),
+        &bundle,
+        now,
+    )
+    .unwrap();
+    let ca = crate::ca::Ca::new(CaConfig::new(domain()), issuer);
+    let name = domain().identity("prod", "web").unwrap();
+    let key = generate_key().unwrap();
+    let csr = crate::ca::check_csr(&build_csr(&key, &name).unwrap(), &name).unwrap();
+    let issued = ca.issue(&name, &csr, now).unwrap();
+    let rsp = CertifyResponse {
+        leaf_certificate: issued.leaf.to_vec(),
+        intermediate_certificates: issued.chain.iter().map(|c| c.to_vec()).collect(),
+        valid_until: Some(prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }),
+    };
+    let trust = SharedTrust::new(bundle).unwrap();
+    let (_, valid_until) = accept_response(rsp, &key, &name, &trust, now).unwrap();
+    assert!(valid_until <= issued.valid_until);
+    let delay = refresh_delay(valid_until, now, Duration::from_secs(10));
+    assert!(delay < Duration::from_secs(24 * 3600), "{delay:?}");
+    // And the delay alone, for any end: no overflow.
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+    assert!(refresh_delay(far, now, Duration::from_secs(10)) < far.duration_since(now).unwrap());
+}

@@ -43,7 +43,10 @@ pub fn subnets(s: &str) -> Result<String, String> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix: u32 = match prefix.parse() {
             Ok(p)
-                if p <= max && !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) =>
+                // At most 3 digits, as `weft-proxy init` takes them (`/0008` it refuses).
+                if p <= max
+                    && (1..=3).contains(&prefix.len())
+                    && prefix.bytes().all(|b| b.is_ascii_digit()) =>
             {
                 p
             }
@@ -104,7 +107,12 @@ pub fn quantity(s: &str) -> Result<f64, String> {
         }
         _ => return Err(bad()),
     };
-    Ok(n * mult)
+    // `1e400` parses to infinity: no quantity Kubernetes takes, and incomparable with a limit.
+    let q = n * mult;
+    if !q.is_finite() {
+        return Err(format!("{s:?} is too large for a Kubernetes quantity"));
+    }
+    Ok(q)
 }
 
 /// A user id for `runAsUser` of a container that must run as non-root: 1 to 2^31-1.
@@ -131,13 +139,15 @@ pub fn duration_ms(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 2m)"))?;
+    // Checked: a saturated value would mean something else than what the proxy reads.
     let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
+    }
+    .ok_or_else(|| format!("{s:?} is too long a duration"))?;
     Ok(ms)
 }
 
@@ -271,5 +281,27 @@ mod tests {
         assert_eq!(image_version("ghcr.io/weft-mesh/weft-proxy:0.1.0"), "0.1.0");
         assert_eq!(image_version("localhost:5000/weft-proxy"), "latest");
         assert_eq!(image_version("x/p@sha256:abc"), "sha256:abc");
+    }
+
+    /// Found by the `config_values` fuzzer: `198E390` was accepted as an infinite quantity
+    /// (which compares as "not above" any limit), and `100391840031101039` (seconds) as a
+    /// duration whose milliseconds saturated, so the injector's grace period was not the
+    /// one the proxy reads from the same value.
+    #[test]
+    fn overflowing_quantities_and_durations_are_refused() {
+        assert!(quantity("198E390").is_err());
+        assert!(quantity("1e308").is_ok());
+        assert!(duration_ms("100391840031101039").is_err());
+        assert!(duration_ms("5124095576030432h").is_err());
+        assert_eq!(duration_ms("18446744073709551ms"), Ok(18_446_744_073_709_551));
+    }
+
+    /// A prefix of more than 3 digits (`/0008`) was accepted here and refused by
+    /// `weft-proxy init`, so the pod was admitted and its init container failed. Found by
+    /// review; the `config_values` fuzz target checks the two agree.
+    #[test]
+    fn subnet_prefixes_are_read_as_init_reads_them() {
+        assert!(subnets("10.0.0.0/0008").is_err());
+        assert_eq!(subnets("10.0.0.0/008").as_deref(), Ok("10.0.0.0/008"));
     }
 }

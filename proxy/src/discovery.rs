@@ -422,7 +422,9 @@ fn socket_addr(a: &linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(a.port).ok()?))
 }
 
-fn endpoint(
+/// One endpoint of a destination service's `Add` (with the set's `metric_labels`); `None`
+/// when it has no usable address. Public for the fuzzer: the update comes from the network.
+pub fn endpoint(
     set_labels: &HashMap<String, String>,
     a: &api::WeightedAddr,
 ) -> Option<(SocketAddr, EndpointMeta)> {

@@ -166,7 +166,11 @@ pub fn from_api(p: &api::DestinationProfile) -> (Profile, Vec<ProfileError>) {
         })
         .collect();
     let budget = p.retry_budget.as_ref().map_or_else(Budget::default, |b| Budget {
-        ratio: f64::from(b.retry_ratio).clamp(0.0, 1000.0),
+        // NaN would make every retry comparison false (no retries, not even the floor).
+        ratio: match f64::from(b.retry_ratio) {
+            r if r.is_nan() => DEFAULT_RETRY_RATIO,
+            r => r.clamp(0.0, 1000.0),
+        },
         min_per_second: b.min_retries_per_second,
         ttl: b
             .ttl
@@ -428,5 +432,29 @@ mod tests {
         let (profile, errors) = from_api(&many);
         assert_eq!(profile.backends.len(), MAX_BACKENDS);
         assert_eq!(errors, [ProfileError::TooManyBackends]);
+    }
+
+    /// A retry budget with a NaN ratio (f32 bits 0x7fc00000 on the wire) made every
+    /// "retries < allowed" comparison false: no retries at all, not even the floor. Found
+    /// by review; the `profile` fuzz target checks the ratio is finite and bounded.
+    #[test]
+    fn a_nan_retry_ratio_takes_the_default() {
+        let p = api::DestinationProfile {
+            retry_budget: Some(api::RetryBudget {
+                retry_ratio: f32::NAN,
+                min_retries_per_second: 10,
+                ttl: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(from_api(&p).0.budget.ratio, DEFAULT_RETRY_RATIO);
+        let inf = api::DestinationProfile {
+            retry_budget: Some(api::RetryBudget {
+                retry_ratio: f32::INFINITY,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(from_api(&inf).0.budget.ratio, 1000.0);
     }
 }
