@@ -44,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
         proxy_inbound_port: 4143,
         default_opaque_ports: PortSet::parse("25,3306").0,
     };
-    let mut index = PolicyIndex::new(PolicyConfig::default(), ids, Counter::default());
+    let mut index =
+        PolicyIndex::new(PolicyConfig::default(), ids, Counter::default(), Default::default());
     let pod = ObjKey::new("prod", "web-1");
     let inbound = PodInbound {
         labels: BTreeMap::from([("app".to_string(), "web".to_string())]),

@@ -42,7 +42,12 @@ fuzz_target!(|text: &str| {
         proxy_inbound_port: 4143,
         default_opaque_ports: PortSet::parse("25,3306").0,
     };
-    let policy = SharedPolicyIndex::new(PolicyConfig::default(), ids, Counter::default());
+    let policy = SharedPolicyIndex::new(
+        PolicyConfig::default(),
+        ids,
+        Counter::default(),
+        Default::default(),
+    );
     let _index = StaticIndex::new(catalog, "cluster.local", policy.clone());
     let index = policy.lock();
     for pod in &pods {
