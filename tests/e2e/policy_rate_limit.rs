@@ -14,28 +14,17 @@ use linkerd2_proxy_api::{
     meta::metadata,
 };
 use serde_json::{Value, json};
-use tonic::Streaming;
 
 use crate::{
     destination::{Destination, fixture, metric, rt},
     kubeapi::FakeApi,
     mtls::{DST_SVC_NAME, Mesh, id, identity_args, start_proxy},
+    policy_api::{NAMESPACES, POD, PODS, SERVERS, cluster_without_crd, next, watch_web_http},
     support::{Proxy, eventually, http_server, local_listener, run},
 };
 
-const PODS: &str = "/api/v1/pods";
-const NAMESPACES: &str = "/api/v1/namespaces";
-const SERVERS: &str = "/apis/policy.weft.dev/v1beta1/servers";
 const RATE_LIMITS: &str = "/apis/policy.weft.dev/v1alpha1/httplocalratelimitpolicies";
-const POD: &str = "prod:web-6d5f8c7b9d-4xk2p";
 const PROMETHEUS_ID: &str = "prometheus.monitoring.serviceaccount.identity.weft.cluster.local";
-
-async fn next(stream: &mut Streaming<pb::Server>, d: &Destination) -> pb::Server {
-    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
-        Ok(Ok(Some(s))) => s,
-        other => panic!("no Server message: {other:?}\nlog:\n{}", d.logs()),
-    }
-}
 
 fn limit_of(s: &pb::Server) -> Option<&HttpLocalRateLimit> {
     match s.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
@@ -154,21 +143,9 @@ fn policy_api_sends_a_servers_rate_limit_and_its_changes() {
 /// policy is served without limits, and limits apply once the CRD is installed.
 #[test]
 fn policy_is_served_without_the_rate_limit_crd_and_limits_follow_when_it_comes() {
-    let api = FakeApi::start();
-    api.set_missing(RATE_LIMITS, true);
-    api.put(NAMESPACES, fixture("namespace-prod.json"));
-    api.put(PODS, fixture("pod-web-4xk2p-meshed.json"));
-    api.put(SERVERS, fixture("server-web-http.json"));
-    let d = Destination::kubernetes(&api);
+    let (api, d) = cluster_without_crd(RATE_LIMITS);
     rt().block_on(async {
-        let addr = format!("http://{}", d.grpc);
-        let mut client = InboundServerPoliciesClient::connect(addr).await.expect("connect");
-        let spec = pb::PortSpec { workload: POD.into(), port: 8080 };
-        let watch = tokio::time::timeout(Duration::from_secs(15), client.watch_port(spec)).await;
-        let Ok(watch) = watch else { panic!("no answer without the CRD\n{}", d.logs()) };
-        let mut stream = watch.expect("WatchPort").into_inner();
-        let first = next(&mut stream, &d).await;
-        assert_eq!(first.labels["name"], "web-http");
+        let (mut stream, first) = watch_web_http(&d).await;
         assert_eq!(limit(&first), None);
 
         api.set_missing(RATE_LIMITS, false);

@@ -14,28 +14,18 @@ use linkerd2_proxy_api::{
     meta::metadata,
 };
 use serde_json::{Value, json};
-use tonic::Streaming;
 
 use crate::{
     destination::{Destination, fixture, metric, rt},
     kubeapi::FakeApi,
+    policy_api::{
+        NAMESPACES, NETWORKS, POD, PODS, POLICIES, SERVERS, cluster_without_crd, next,
+        watch_web_http,
+    },
     support::{Proxy, eventually, http_server, local_listener, run},
 };
 
-const PODS: &str = "/api/v1/pods";
-const NAMESPACES: &str = "/api/v1/namespaces";
-const SERVERS: &str = "/apis/policy.weft.dev/v1beta1/servers";
-const POLICIES: &str = "/apis/policy.weft.dev/v1beta1/authorizationpolicies";
-const NETWORKS: &str = "/apis/policy.weft.dev/v1beta1/networkauthentications";
 const ROUTES: &str = "/apis/policy.weft.dev/v1beta3/httproutes";
-const POD: &str = "prod:web-6d5f8c7b9d-4xk2p";
-
-async fn next(stream: &mut Streaming<pb::Server>, d: &Destination) -> pb::Server {
-    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
-        Ok(Ok(Some(s))) => s,
-        other => panic!("no Server message: {other:?}\nlog:\n{}", d.logs()),
-    }
-}
 
 fn http1_routes(s: &pb::Server) -> &[pb::HttpRoute] {
     match s.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
@@ -339,22 +329,9 @@ fn the_proxy_enforces_http_routes_and_their_policies() {
 /// as before, without routes, and routes apply once the CRD is installed.
 #[test]
 fn policy_is_served_without_the_httproute_crd_and_routes_follow_when_it_comes() {
-    let api = FakeApi::start();
-    api.set_missing(ROUTES, true);
-    api.put(NAMESPACES, fixture("namespace-prod.json"));
-    api.put(PODS, fixture("pod-web-4xk2p-meshed.json"));
-    api.put(SERVERS, fixture("server-web-http.json"));
-    let d = Destination::kubernetes(&api);
+    let (api, d) = cluster_without_crd(ROUTES);
     rt().block_on(async {
-        let addr = format!("http://{}", d.grpc);
-        let mut client = InboundServerPoliciesClient::connect(addr).await.expect("connect");
-        let spec = pb::PortSpec { workload: POD.into(), port: 8080 };
-        // Answered at all: lookups wait until every kind that must exist is listed.
-        let watch = tokio::time::timeout(Duration::from_secs(15), client.watch_port(spec)).await;
-        let Ok(watch) = watch else { panic!("no answer without the CRD\n{}", d.logs()) };
-        let mut stream = watch.expect("WatchPort").into_inner();
-        let first = next(&mut stream, &d).await;
-        assert_eq!(first.labels["name"], "web-http");
+        let (mut stream, first) = watch_web_http(&d).await;
         assert_eq!(routes(&first), [("default".to_string(), Vec::<String>::new())]);
 
         api.set_missing(ROUTES, false);
