@@ -373,58 +373,9 @@ fn all_authenticated_lets_in_meshed_clients_only() {
 /// web2's proxy on the identities its mTLS clients prove.
 #[test]
 fn an_authorization_policy_admits_the_meshed_identities_it_names() {
-    let mesh = Mesh::new();
-    let app = http_server(local_listener());
-    let identity_addr = mesh.identity_addr.to_string();
-    let web2 = start_proxy(
-        [
-            vec![
-                "--inbound-orig-dst-addr".to_string(),
-                app.to_string(),
-                "--policy-addr".to_string(),
-                mesh.destination.to_string(),
-                "--policy-svc-name".to_string(),
-                DST_SVC_NAME.to_string(),
-                "--policy-workload".to_string(),
-                "prod:web-2".to_string(),
-                "--inbound-ports".to_string(),
-                app.port().to_string(),
-            ],
-            identity_args(&mesh.dir, &id("web"), "web.token", &identity_addr),
-        ]
-        .concat(),
+    let Web2 { mesh: _mesh, web2, client, other } = web2_under(
+        "  - apiVersion: policy.weft.dev/v1beta1\n    kind: Server\n    metadata: {name: web2-http, namespace: prod}\n    spec: {podSelector: {matchLabels: {app: web2}}, port: http}\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: MeshTLSAuthentication\n    metadata: {name: clients, namespace: prod}\n    spec: {identityRefs: [{kind: ServiceAccount, name: client}]}\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: AuthorizationPolicy\n    metadata: {name: web2-from-client, namespace: prod}\n    spec:\n      targetRef: {group: policy.weft.dev, kind: Server, name: web2-http}\n      requiredAuthenticationRefs: [{group: policy.weft.dev, kind: MeshTLSAuthentication, name: clients}]\n",
     );
-    // The destination re-reads its file: web2's endpoint, its pod and the policies.
-    let file = mesh.dir.join("endpoints.yaml");
-    let mut yaml = std::fs::read_to_string(&file).expect("endpoints");
-    yaml.push_str(&format!(
-        "  - name: web2\n    namespace: prod\n    clusterIPs: [10.96.0.42]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n",
-        web2.inbound,
-        id("web")
-    ));
-    yaml.push_str(&format!(
-        "pods:\n  - name: web-2\n    namespace: prod\n    labels: {{app: web2}}\n    ports:\n      - {{name: http, containerPort: {}}}\npolicies:\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: Server\n    metadata: {{name: web2-http, namespace: prod}}\n    spec: {{podSelector: {{matchLabels: {{app: web2}}}}, port: http}}\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: MeshTLSAuthentication\n    metadata: {{name: clients, namespace: prod}}\n    spec: {{identityRefs: [{{kind: ServiceAccount, name: client}}]}}\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: AuthorizationPolicy\n    metadata: {{name: web2-from-client, namespace: prod}}\n    spec:\n      targetRef: {{group: policy.weft.dev, kind: Server, name: web2-http}}\n      requiredAuthenticationRefs: [{{group: policy.weft.dev, kind: MeshTLSAuthentication, name: clients}}]\n",
-        app.port()
-    ));
-    std::fs::write(&file, yaml).expect("endpoints");
-
-    let client_of = |sa: &str, token: &str| {
-        start_proxy(
-            [
-                vec![
-                    "--outbound-orig-dst-addr".to_string(),
-                    "10.96.0.42:80".to_string(),
-                    "--destination-addr".to_string(),
-                    mesh.destination.to_string(),
-                    "--destination-svc-name".to_string(),
-                    DST_SVC_NAME.to_string(),
-                ],
-                identity_args(&mesh.dir, &id(sa), token, &identity_addr),
-            ]
-            .concat(),
-        )
-    };
-    let (client, other) = (client_of("client", "client.token"), client_of("tcp", "tcp.token"));
     let get = |proxy: &Proxy| {
         let url = format!("http://{}/echo", proxy.outbound);
         let (ok, out, err) = run(Command::new("curl").args(["-sSi", "--http1.1", &url]));
@@ -781,4 +732,70 @@ fn discovery_is_mtls_to_the_destination_services_own_identity() {
     let p = refusing(&mesh.destination.to_string(), &id("web"));
     echo_once(&p);
     assert!(refused(&p, "not valid for name"), "{}", p.logs());
+}
+
+/// `web2`: an app behind a meshed proxy whose inbound policy comes from the destination's
+/// static file, and two meshed clients of it, `client` and `tcp` (their outbound proxies
+/// resolve web2's ClusterIP 10.96.0.42:80). `policies`: the file's `policies:` items.
+pub(crate) struct Web2 {
+    pub(crate) mesh: Mesh,
+    pub(crate) web2: Proxy,
+    pub(crate) client: Proxy,
+    pub(crate) other: Proxy,
+}
+
+pub(crate) fn web2_under(policies: &str) -> Web2 {
+    let mesh = Mesh::new();
+    let app = http_server(local_listener());
+    let identity_addr = mesh.identity_addr.to_string();
+    let web2 = start_proxy(
+        [
+            vec![
+                "--inbound-orig-dst-addr".to_string(),
+                app.to_string(),
+                "--policy-addr".to_string(),
+                mesh.destination.to_string(),
+                "--policy-svc-name".to_string(),
+                DST_SVC_NAME.to_string(),
+                "--policy-workload".to_string(),
+                "prod:web-2".to_string(),
+                "--inbound-ports".to_string(),
+                app.port().to_string(),
+            ],
+            identity_args(&mesh.dir, &id("web"), "web.token", &identity_addr),
+        ]
+        .concat(),
+    );
+    // The destination re-reads its file: web2's endpoint, its pod and the policies.
+    let file = mesh.dir.join("endpoints.yaml");
+    let mut yaml = std::fs::read_to_string(&file).expect("endpoints");
+    yaml.push_str(&format!(
+        "  - name: web2\n    namespace: prod\n    clusterIPs: [10.96.0.42]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n",
+        web2.inbound,
+        id("web")
+    ));
+    yaml.push_str(&format!(
+        "pods:\n  - name: web-2\n    namespace: prod\n    labels: {{app: web2}}\n    ports:\n      - {{name: http, containerPort: {}}}\npolicies:\n{policies}",
+        app.port()
+    ));
+    std::fs::write(&file, yaml).expect("endpoints");
+
+    let client_of = |sa: &str, token: &str| {
+        start_proxy(
+            [
+                vec![
+                    "--outbound-orig-dst-addr".to_string(),
+                    "10.96.0.42:80".to_string(),
+                    "--destination-addr".to_string(),
+                    mesh.destination.to_string(),
+                    "--destination-svc-name".to_string(),
+                    DST_SVC_NAME.to_string(),
+                ],
+                identity_args(&mesh.dir, &id(sa), token, &identity_addr),
+            ]
+            .concat(),
+        )
+    };
+    let (client, other) = (client_of("client", "client.token"), client_of("tcp", "tcp.token"));
+    Web2 { mesh, web2, client, other }
 }

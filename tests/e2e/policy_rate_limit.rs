@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::{
     destination::{Destination, fixture, metric, rt},
     kubeapi::FakeApi,
-    mtls::{DST_SVC_NAME, Mesh, id, identity_args, start_proxy},
+    mtls::{Web2, id, web2_under},
     policy_api::{NAMESPACES, POD, PODS, SERVERS, cluster_without_crd, next, watch_web_http},
     support::{Proxy, eventually, http_server, local_listener, run},
 };
@@ -265,59 +265,11 @@ fn outbound_burst(proxy: &Proxy, n: usize) -> (Vec<String>, Duration) {
 
 #[test]
 fn an_override_gives_a_named_identity_its_own_rate_and_others_get_the_identity_rate() {
-    let mesh = Mesh::new();
-    let app = http_server(local_listener());
-    let identity_addr = mesh.identity_addr.to_string();
-    let web2 = start_proxy(
-        [
-            vec![
-                "--inbound-orig-dst-addr".to_string(),
-                app.to_string(),
-                "--policy-addr".to_string(),
-                mesh.destination.to_string(),
-                "--policy-svc-name".to_string(),
-                DST_SVC_NAME.to_string(),
-                "--policy-workload".to_string(),
-                "prod:web-2".to_string(),
-                "--inbound-ports".to_string(),
-                app.port().to_string(),
-            ],
-            identity_args(&mesh.dir, &id("web"), "web.token", &identity_addr),
-        ]
-        .concat(),
+    // web2's Server admits meshed clients; its limit: one request per second per
+    // identity, twenty for `client`.
+    let Web2 { mesh: _mesh, web2, client, other } = web2_under(
+        "  - apiVersion: policy.weft.dev/v1beta1\n    kind: Server\n    metadata: {name: web2-http, namespace: prod}\n    spec: {podSelector: {matchLabels: {app: web2}}, port: http, proxyProtocol: HTTP/1, accessPolicy: all-authenticated}\n  - apiVersion: policy.weft.dev/v1alpha1\n    kind: HTTPLocalRateLimitPolicy\n    metadata: {name: web2-rl, namespace: prod}\n    spec:\n      targetRef: {group: policy.weft.dev, kind: Server, name: web2-http}\n      identity: {requestsPerSecond: 1}\n      overrides: [{requestsPerSecond: 20, clientRefs: [{kind: ServiceAccount, name: client}]}]\n",
     );
-    // The destination re-reads its file: web2's endpoint, its pod, a Server admitting meshed
-    // clients, and its limit: one request per second per identity, twenty for `client`.
-    let file = mesh.dir.join("endpoints.yaml");
-    let mut yaml = std::fs::read_to_string(&file).expect("endpoints");
-    yaml.push_str(&format!(
-        "  - name: web2\n    namespace: prod\n    clusterIPs: [10.96.0.42]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n",
-        web2.inbound,
-        id("web")
-    ));
-    yaml.push_str(&format!(
-        "pods:\n  - name: web-2\n    namespace: prod\n    labels: {{app: web2}}\n    ports:\n      - {{name: http, containerPort: {}}}\npolicies:\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: Server\n    metadata: {{name: web2-http, namespace: prod}}\n    spec: {{podSelector: {{matchLabels: {{app: web2}}}}, port: http, proxyProtocol: HTTP/1, accessPolicy: all-authenticated}}\n  - apiVersion: policy.weft.dev/v1alpha1\n    kind: HTTPLocalRateLimitPolicy\n    metadata: {{name: web2-rl, namespace: prod}}\n    spec:\n      targetRef: {{group: policy.weft.dev, kind: Server, name: web2-http}}\n      identity: {{requestsPerSecond: 1}}\n      overrides: [{{requestsPerSecond: 20, clientRefs: [{{kind: ServiceAccount, name: client}}]}}]\n",
-        app.port()
-    ));
-    std::fs::write(&file, yaml).expect("endpoints");
-
-    let client_of = |sa: &str, token: &str| {
-        start_proxy(
-            [
-                vec![
-                    "--outbound-orig-dst-addr".to_string(),
-                    "10.96.0.42:80".to_string(),
-                    "--destination-addr".to_string(),
-                    mesh.destination.to_string(),
-                    "--destination-svc-name".to_string(),
-                    DST_SVC_NAME.to_string(),
-                ],
-                identity_args(&mesh.dir, &id(sa), token, &identity_addr),
-            ]
-            .concat(),
-        )
-    };
-    let (client, other) = (client_of("client", "client.token"), client_of("tcp", "tcp.token"));
     // Until the file is re-read, web2 is unknown to discovery: wait for the meshed path
     // (each success takes one of `client`'s twenty a second).
     let ready = eventually(Duration::from_secs(15), || outbound_burst(&client, 1).0 == ["200"]);
