@@ -18,6 +18,7 @@ use tonic::{Code, Streaming};
 use crate::{
     destination::{Destination, fixture, metric, rt},
     kubeapi::FakeApi,
+    support::Proxy,
 };
 
 pub(crate) const PODS: &str = "/api/v1/pods";
@@ -51,6 +52,21 @@ pub(crate) async fn watch_web_http(d: &Destination) -> (Streaming<pb::Server>, p
     let first = next(&mut stream, d).await;
     assert_eq!(first.labels["name"], "web-http");
     (stream, first)
+}
+
+/// A proxy in front of `target` whose inbound policy for `ports` comes from `d`, for web's
+/// pod; `extra`: more flags.
+pub(crate) fn policy_proxy(
+    d: &Destination,
+    target: std::net::SocketAddr,
+    ports: &str,
+    extra: &[&str],
+) -> Proxy {
+    let (target, dst) = (target.to_string(), d.grpc.to_string());
+    let mut args = vec!["--inbound-orig-dst-addr", &target, "--policy-addr", &dst];
+    args.extend(["--policy-workload", POD, "--inbound-ports", ports]);
+    args.extend(extra);
+    Proxy::start(&args)
 }
 
 fn spec(workload: &str, port: u32) -> pb::PortSpec {
@@ -244,7 +260,7 @@ fn allow_from(api: &FakeApi, server: &str, source: &str) {
 
 #[test]
 fn the_proxy_enforces_the_servers_and_policies_it_watches() {
-    use crate::support::{Proxy, echo, eventually, http_server, local_listener, metric, serve};
+    use crate::support::{echo, eventually, http_server, local_listener, metric, serve};
     use std::io::{Read as _, Write as _};
 
     // The pod's two ports: HTTP, and TCP the Server marks opaque.
@@ -271,21 +287,7 @@ fn the_proxy_enforces_the_servers_and_policies_it_watches() {
 
     let ports = format!("{},{}", app.port(), tcp_app.port());
     let probes = format!("{}:/healthz", app.port());
-    let proxy = |target: std::net::SocketAddr| {
-        let (target, dst) = (target.to_string(), d.grpc.to_string());
-        Proxy::start(&[
-            "--inbound-probe-routes",
-            &probes,
-            "--inbound-orig-dst-addr",
-            &target,
-            "--policy-addr",
-            &dst,
-            "--policy-workload",
-            POD,
-            "--inbound-ports",
-            &ports,
-        ])
-    };
+    let proxy = |target| policy_proxy(&d, target, &ports, &["--inbound-probe-routes", &probes]);
     let http = proxy(app);
 
     // The Server lets in 127.0.0.2 only; its access policy (deny) refuses the rest.

@@ -19,7 +19,9 @@ use crate::{
     destination::{Destination, fixture, metric, rt},
     kubeapi::FakeApi,
     mtls::{Web2, id, web2_under},
-    policy_api::{NAMESPACES, POD, PODS, SERVERS, cluster_without_crd, next, watch_web_http},
+    policy_api::{
+        NAMESPACES, POD, PODS, SERVERS, cluster_without_crd, next, policy_proxy, watch_web_http,
+    },
     support::{Proxy, eventually, http_server, local_listener, run},
 };
 
@@ -165,9 +167,10 @@ fn policy_is_served_without_the_rate_limit_crd_and_limits_follow_when_it_comes()
     assert!(errors >= 1.0, "{m}");
 }
 
-/// `n` requests back to back on one connection: their status codes, and how long they took.
-fn burst(proxy: &Proxy, n: usize) -> (Vec<String>, Duration) {
-    let url = format!("http://{}/", proxy.inbound);
+/// `n` requests back to back on one connection to `addr` (a proxy's listener): their
+/// status codes, and how long they took; `proxy`'s log on failure.
+fn burst(proxy: &Proxy, addr: std::net::SocketAddr, n: usize) -> (Vec<String>, Duration) {
+    let url = format!("http://{addr}/");
     let mut cmd = std::process::Command::new("curl");
     cmd.args(["-s", "--max-time", "20", "--http1.1", "-w", "%{http_code}\\n"]);
     for _ in 0..n {
@@ -199,19 +202,9 @@ fn the_proxy_answers_429_past_a_servers_total_rate_limit() {
     api.put(RATE_LIMITS, policy);
     let d = Destination::kubernetes(&api);
 
-    let (target, dst, ports) = (app.to_string(), d.grpc.to_string(), app.port().to_string());
-    let proxy = Proxy::start(&[
-        "--inbound-orig-dst-addr",
-        &target,
-        "--policy-addr",
-        &dst,
-        "--policy-workload",
-        POD,
-        "--inbound-ports",
-        &ports,
-    ]);
+    let proxy = policy_proxy(&d, app, &app.port().to_string(), &[]);
 
-    let (codes, took) = burst(&proxy, 30);
+    let (codes, took) = burst(&proxy, proxy.inbound, 30);
     let passed = codes.iter().filter(|c| *c == "200").count();
     let limited = codes.iter().filter(|c| *c == "429").count();
     assert_eq!(passed + limited, 30, "{codes:?}\n{}", proxy.logs());
@@ -242,25 +235,13 @@ fn the_proxy_answers_429_past_a_servers_total_rate_limit() {
     // The policy goes: the proxy's next policy has no limit, and a burst all passes.
     api.delete(RATE_LIMITS, "prod", "web-http");
     assert!(
-        eventually(Duration::from_secs(10), || burst(&proxy, 20).0.iter().all(|c| c == "200")),
+        eventually(Duration::from_secs(10), || burst(&proxy, proxy.inbound, 20)
+            .0
+            .iter()
+            .all(|c| c == "200")),
         "still limited after the policy was deleted\n{}",
         proxy.logs()
     );
-}
-
-/// `n` requests back to back through a client proxy's outbound to `target`: status codes.
-fn outbound_burst(proxy: &Proxy, n: usize) -> (Vec<String>, Duration) {
-    let url = format!("http://{}/", proxy.outbound);
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "--max-time", "20", "--http1.1", "-w", "%{http_code}\\n"]);
-    for _ in 0..n {
-        cmd.args(["-o", "/dev/null", &url]);
-    }
-    let start = Instant::now();
-    let (ok, out, err) = run(&mut cmd);
-    let took = start.elapsed();
-    assert!(ok, "curl: {err}\n{}", proxy.logs());
-    (out.lines().map(String::from).collect(), took)
 }
 
 #[test]
@@ -272,15 +253,16 @@ fn an_override_gives_a_named_identity_its_own_rate_and_others_get_the_identity_r
     );
     // Until the file is re-read, web2 is unknown to discovery: wait for the meshed path
     // (each success takes one of `client`'s twenty a second).
-    let ready = eventually(Duration::from_secs(15), || outbound_burst(&client, 1).0 == ["200"]);
+    let ready =
+        eventually(Duration::from_secs(15), || burst(&client, client.outbound, 1).0 == ["200"]);
     assert!(ready, "{}\n{}", client.logs(), web2.logs());
     std::thread::sleep(Duration::from_secs(1));
 
     // Ten at once: within `client`'s override, all pass.
-    let (codes, _) = outbound_burst(&client, 10);
+    let (codes, _) = burst(&client, client.outbound, 10);
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}\n{}", web2.logs());
     // `tcp` has the per-identity rate: a second's burst of one, then one a second.
-    let (codes, took) = outbound_burst(&other, 10);
+    let (codes, took) = burst(&other, other.outbound, 10);
     let passed = codes.iter().filter(|c| *c == "200").count();
     let limited = codes.iter().filter(|c| *c == "429").count();
     assert_eq!(passed + limited, 10, "{codes:?}\n{}", web2.logs());

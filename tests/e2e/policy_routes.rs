@@ -20,7 +20,7 @@ use crate::{
     kubeapi::FakeApi,
     policy_api::{
         NAMESPACES, NETWORKS, POD, PODS, POLICIES, SERVERS, cluster_without_crd, next,
-        watch_web_http,
+        policy_proxy, watch_web_http,
     },
     support::{Proxy, eventually, http_server, local_listener, run},
 };
@@ -249,20 +249,9 @@ fn the_proxy_enforces_http_routes_and_their_policies() {
     api.put(POLICIES, policy("web-from-node", to_server("web-http"), "node"));
     let d = Destination::kubernetes(&api);
 
-    let (target, dst, ports) = (app.to_string(), d.grpc.to_string(), app.port().to_string());
     let probes = format!("{}:/healthz", app.port());
-    let proxy = Proxy::start(&[
-        "--inbound-probe-routes",
-        &probes,
-        "--inbound-orig-dst-addr",
-        &target,
-        "--policy-addr",
-        &dst,
-        "--policy-workload",
-        POD,
-        "--inbound-ports",
-        &ports,
-    ]);
+    let proxy =
+        policy_proxy(&d, app, &app.port().to_string(), &["--inbound-probe-routes", &probes]);
     let get = |source: &str, path: &str| curl(source, &proxy, &[], path);
 
     for (source, args, path, want) in [

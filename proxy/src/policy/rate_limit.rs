@@ -48,15 +48,21 @@ impl Scope {
 pub struct RateLimit {
     pub meta: Meta,
     total: Option<Gcra>,
-    /// Requests per second of each identity, and the rates in use.
-    identity: Option<(u32, Mutex<PerClient>)>,
+    /// Each identity's rate: its requests per second, the unmeshed clients' shared rate,
+    /// and the identities' rates in use.
+    identity: Option<PerClient>,
     overrides: Vec<Override>,
     /// The time base of every rate's timestamp.
     epoch: Instant,
 }
 
-/// The rate of each client identity (`None`: the unmeshed clients).
-type PerClient = HashMap<Option<Arc<str>>, Gcra>;
+#[derive(Debug)]
+struct PerClient {
+    rps: u32,
+    unmeshed: Gcra,
+    /// Looked up by `&str`: a request allocates only for an identity not seen yet.
+    meshed: Mutex<HashMap<Arc<str>, Gcra>>,
+}
 
 #[derive(Debug)]
 struct Override {
@@ -92,7 +98,11 @@ impl RateLimit {
         Ok(Some(RateLimit {
             meta,
             total: total.map(Gcra::new),
-            identity: identity.map(|rps| (rps, Mutex::default())),
+            identity: identity.map(|rps| PerClient {
+                rps,
+                unmeshed: Gcra::new(rps),
+                meshed: Mutex::default(),
+            }),
             overrides,
             epoch: Instant::now(),
         }))
@@ -112,16 +122,29 @@ impl RateLimit {
         {
             return if o.rate.take(t) { Ok(()) } else { Err(Scope::Override) };
         }
-        let Some((rps, clients)) = &self.identity else { return Ok(()) };
-        let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&client_id.map(Arc::from)) {
-            clients.retain(|_, rate| rate.busy(t));
-            if clients.len() >= MAX_CLIENTS {
-                clients.clear();
+        let Some(per) = &self.identity else { return Ok(()) };
+        let taken = match client_id {
+            None => per.unmeshed.take(t),
+            Some(id) => {
+                let mut meshed = per.meshed.lock().unwrap_or_else(|e| e.into_inner());
+                match meshed.get(id) {
+                    Some(rate) => rate.take(t),
+                    None => {
+                        if meshed.len() >= MAX_CLIENTS {
+                            meshed.retain(|_, rate| rate.busy(t));
+                            if meshed.len() >= MAX_CLIENTS {
+                                meshed.clear();
+                            }
+                        }
+                        let rate = Gcra::new(per.rps);
+                        let taken = rate.take(t);
+                        meshed.insert(id.into(), rate);
+                        taken
+                    }
+                }
             }
-        }
-        let rate = clients.entry(client_id.map(Arc::from)).or_insert_with(|| Gcra::new(*rps));
-        if rate.take(t) { Ok(()) } else { Err(Scope::Identity) }
+        };
+        if taken { Ok(()) } else { Err(Scope::Identity) }
     }
 }
 
@@ -269,7 +292,7 @@ mod tests {
         for i in 0..MAX_CLIENTS + 10 {
             assert!(l.check(Some(&format!("client-{i}")), t).is_ok());
         }
-        let (_, clients) = l.identity.as_ref().expect("identity rate");
-        assert!(clients.lock().expect("lock").len() <= MAX_CLIENTS);
+        let per = l.identity.as_ref().expect("identity rate");
+        assert!(per.meshed.lock().expect("lock").len() <= MAX_CLIENTS);
     }
 }
