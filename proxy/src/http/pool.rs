@@ -165,8 +165,10 @@ impl Failed {
 }
 
 /// Most times a request without a body is sent to an HTTP/2 upstream that keeps refusing
-/// it unprocessed.
-const MAX_H2_SENDS: u32 = 3;
+/// it unprocessed. Resending an unprocessed request is always safe (RFC 9113 §8.7); the
+/// bound only stops a loop. 3 was too few for an upstream that recycles its connections
+/// under load (a refused stream resent onto a connection that then goes away, and again).
+const MAX_H2_SENDS: u32 = 5;
 
 /// How an HTTP/2 upstream failed a stream without processing it (RFC 9113 §8.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
