@@ -548,6 +548,21 @@ fn closing_h2_server(per_connection: u64) -> (SocketAddr, std::sync::Arc<Closing
     (addr, counts)
 }
 
+/// The proxy's log lines about resending refused streams, and its warnings: each give-up
+/// with the ten resends before it, which is what a failure of the test below needs to be
+/// understood (it failed twice in CI, never locally).
+fn resend_log(logs: &str) -> String {
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("giving up") || l.contains("sending it"))
+        .collect();
+    let mut shown = std::collections::BTreeSet::new();
+    for (i, _) in lines.iter().enumerate().filter(|(_, l)| !l.contains("sending it")) {
+        shown.extend(i.saturating_sub(10)..=i);
+    }
+    shown.into_iter().take(200).map(|i| lines[i]).collect::<Vec<_>>().join("\n")
+}
+
 #[test]
 fn streams_an_http2_upstream_refused_unprocessed_are_sent_again() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -568,7 +583,7 @@ fn streams_an_http2_upstream_refused_unprocessed_are_sent_again() {
     assert!(
         out.contains(&format!("{n} succeeded, 0 failed, 0 errored")),
         "h2load: {out}\nproxy: {}",
-        proxy.logs().lines().filter(|l| l.contains("WARN")).take(5).collect::<Vec<_>>().join("\n")
+        resend_log(&proxy.logs())
     );
     assert_eq!(counts.served.load(Relaxed), n, "each request was served once");
     // Each of h2load's 4 clients walks the list from its start: paths /r/0 to /r/999.

@@ -412,20 +412,26 @@ impl Pool {
                 // The connection closed (a GOAWAY) before the request left: it goes on a
                 // new connection, body and all.
                 Err(SendFailure::Unsent(e, unsent)) if sends < MAX_H2_SENDS => {
-                    debug!(upstream = %target.addr, error = %e, "the connection closed before the request was sent; sending it on a new one");
+                    debug!(upstream = %target.addr, error = %e, sends, generation, "the connection closed before the request was sent; sending it on a new one");
                     self.forget_h2(&target, generation);
                     req = *unsent;
                     continue;
                 }
-                Err(SendFailure::Unsent(e, unsent)) => return Err(Failed::unsent(e, *unsent)),
+                Err(SendFailure::Unsent(e, unsent)) => {
+                    debug!(upstream = %target.addr, error = %e, sends, generation, "the connection closed before the request was sent; giving up");
+                    return Err(Failed::unsent(e, *unsent));
+                }
                 Err(SendFailure::Sent(e)) => e,
             };
             let refused = refused_unprocessed(&error);
             let Some(head) = head.as_ref().filter(|_| refused.is_some() && sends < MAX_H2_SENDS)
             else {
+                if refused.is_some() {
+                    debug!(upstream = %target.addr, %error, sends, generation, has_body = head.is_none(), "the upstream refused the stream unprocessed; giving up");
+                }
                 return Err(Failed::sent(error));
             };
-            debug!(upstream = %target.addr, %error, "the upstream refused the stream unprocessed; sending it again");
+            debug!(upstream = %target.addr, %error, sends, generation, "the upstream refused the stream unprocessed; sending it again");
             if refused == Some(Refused::GoingAway) {
                 self.forget_h2(&target, generation);
             }
