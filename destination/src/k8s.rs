@@ -44,6 +44,8 @@ use crate::{
 
 pub mod gateway;
 
+use gateway::GatewayHttpRoute;
+
 /// Where the watches write: the discovery index, and the policy index (which also needs
 /// the pods and namespaces).
 #[derive(Clone, Debug)]
@@ -64,18 +66,35 @@ pub struct SyncedTx {
 /// more round trips on a big cluster and nothing on a small one.
 const LIST_PAGE_SIZE: u32 = 100;
 
-/// How one kind goes from the API into the index.
+/// How one kind goes from the API into the index. `apply` and `reset` return the problems
+/// they found (counted as skipped objects); most kinds find none.
 trait Kind:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
     const NAME: &'static str;
-    /// Whether a cluster may lack the kind's CRD (see [`PolicyKind::optional`]).
+    /// Whether a cluster may lack the kind's CRD (see [`PolicyKind::optional`]): a 404 then
+    /// means none of its objects (the kind is listed, empty) and the watch retries.
     const OPTIONAL: bool = false;
+    /// Whether the watch's first failure of any sort counts as synced, not only a missing
+    /// CRD's 404: for a kind that the others must not wait for, as they may never list it.
+    const SYNC_ON_FAILURE: bool = false;
     type Model;
     fn convert(&self) -> Result<(Self::Model, Vec<Problem>), Problem>;
-    fn apply(index: &Indexes, model: Self::Model);
+    fn apply(index: &Indexes, model: Self::Model) -> Vec<Problem>;
     fn delete(index: &Indexes, obj: &Self);
-    fn reset(index: &Indexes, all: Vec<Self::Model>);
+    fn reset(index: &Indexes, all: Vec<Self::Model>) -> Vec<Problem>;
+    /// Said when an [`OPTIONAL`](Kind::OPTIONAL) kind's CRD is found missing (once, until
+    /// the kind lists again).
+    fn warn_missing() {
+        warn!(
+            kind = Self::NAME,
+            "the resource is not installed (apply the chart's crds/); none until it is"
+        );
+    }
+    /// Said once when the kind lists after its CRD was missing.
+    fn note_installed() {
+        info!(kind = Self::NAME, "the resource is installed now: its objects apply");
+    }
 }
 
 fn obj_key<K: Resource>(obj: &K) -> Option<ObjKey> {
@@ -88,9 +107,10 @@ impl Kind for K8sNamespace {
     fn convert(&self) -> Result<(Namespace, Vec<Problem>), Problem> {
         Namespace::from_k8s(self)
     }
-    fn apply(index: &Indexes, model: Namespace) {
+    fn apply(index: &Indexes, model: Namespace) -> Vec<Problem> {
         index.policy.lock().apply_namespace(&model);
-        index.discovery.lock().apply_namespace(model)
+        index.discovery.lock().apply_namespace(model);
+        Vec::new()
     }
     fn delete(index: &Indexes, obj: &Self) {
         if let Some(name) = &obj.metadata.name {
@@ -98,9 +118,10 @@ impl Kind for K8sNamespace {
             index.discovery.lock().delete_namespace(name)
         }
     }
-    fn reset(index: &Indexes, all: Vec<Namespace>) {
+    fn reset(index: &Indexes, all: Vec<Namespace>) -> Vec<Problem> {
         index.policy.lock().reset_namespaces(&all);
-        index.discovery.lock().reset_namespaces(all)
+        index.discovery.lock().reset_namespaces(all);
+        Vec::new()
     }
 }
 
@@ -110,16 +131,18 @@ impl Kind for K8sService {
     fn convert(&self) -> Result<(Service, Vec<Problem>), Problem> {
         Service::from_k8s(self)
     }
-    fn apply(index: &Indexes, model: Service) {
-        index.discovery.lock().apply_service(model)
+    fn apply(index: &Indexes, model: Service) -> Vec<Problem> {
+        index.discovery.lock().apply_service(model);
+        Vec::new()
     }
     fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
             index.discovery.lock().delete_service(&key)
         }
     }
-    fn reset(index: &Indexes, all: Vec<Service>) {
-        index.discovery.lock().reset_services(all)
+    fn reset(index: &Indexes, all: Vec<Service>) -> Vec<Problem> {
+        index.discovery.lock().reset_services(all);
+        Vec::new()
     }
 }
 
@@ -129,16 +152,18 @@ impl Kind for EndpointSlice {
     fn convert(&self) -> Result<(Slice, Vec<Problem>), Problem> {
         Slice::from_k8s(self)
     }
-    fn apply(index: &Indexes, model: Slice) {
-        index.discovery.lock().apply_slice(model)
+    fn apply(index: &Indexes, model: Slice) -> Vec<Problem> {
+        index.discovery.lock().apply_slice(model);
+        Vec::new()
     }
     fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
             index.discovery.lock().delete_slice(&key)
         }
     }
-    fn reset(index: &Indexes, all: Vec<Slice>) {
-        index.discovery.lock().reset_slices(all)
+    fn reset(index: &Indexes, all: Vec<Slice>) -> Vec<Problem> {
+        index.discovery.lock().reset_slices(all);
+        Vec::new()
     }
 }
 
@@ -148,9 +173,10 @@ impl Kind for K8sPod {
     fn convert(&self) -> Result<(Pod, Vec<Problem>), Problem> {
         Pod::from_k8s(self)
     }
-    fn apply(index: &Indexes, model: Pod) {
+    fn apply(index: &Indexes, model: Pod) -> Vec<Problem> {
         index.policy.lock().apply_pod(&model);
-        index.discovery.lock().apply_pod(model)
+        index.discovery.lock().apply_pod(model);
+        Vec::new()
     }
     fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
@@ -158,9 +184,10 @@ impl Kind for K8sPod {
             index.discovery.lock().delete_pod(&key)
         }
     }
-    fn reset(index: &Indexes, all: Vec<Pod>) {
+    fn reset(index: &Indexes, all: Vec<Pod>) -> Vec<Problem> {
         index.policy.lock().reset_pods(&all);
-        index.discovery.lock().reset_pods(all)
+        index.discovery.lock().reset_pods(all);
+        Vec::new()
     }
 }
 
@@ -230,16 +257,18 @@ impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
     fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
         PolicyObject::convert(K::KIND, &self.metadata, &self.spec)
     }
-    fn apply(index: &Indexes, model: PolicyObject) {
-        index.policy.lock().apply(model)
+    fn apply(index: &Indexes, model: PolicyObject) -> Vec<Problem> {
+        index.policy.lock().apply(model);
+        Vec::new()
     }
     fn delete(index: &Indexes, obj: &Self) {
         if let Some(key) = obj_key(obj) {
             index.policy.lock().delete(K::KIND, &key)
         }
     }
-    fn reset(index: &Indexes, all: Vec<PolicyObject>) {
-        index.policy.lock().reset(K::KIND, all)
+    fn reset(index: &Indexes, all: Vec<PolicyObject>) -> Vec<Problem> {
+        index.policy.lock().reset(K::KIND, all);
+        Vec::new()
     }
 }
 
@@ -330,9 +359,9 @@ async fn run_discovery(
 ) {
     let synced = Synced::new(5, synced);
     tokio::join!(
-        gateway::watch_routes(
+        watch_kind::<GatewayHttpRoute>(
             client.clone(),
-            index.discovery.clone(),
+            index.clone(),
             metrics.clone(),
             synced.clone()
         ),
@@ -343,15 +372,30 @@ async fn run_discovery(
     );
 }
 
+/// The API server's answer when the resource does not exist: no CRD. Any request of the
+/// watch can get it (the CRD may go while the watch runs).
+fn is_not_found(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
 async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, synced: Synced) {
     let api: Api<K> = Api::all(client);
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut listing: Option<Vec<K::Model>> = None;
     let mut first_sync = Some(synced);
+    // Whether the CRD was missing (an OPTIONAL kind's 404): said once, not at every retry.
+    let mut missing = false;
+    let skip = |problems: Vec<Problem>| problems.iter().for_each(|p| metrics.skip(p));
     let convert = |obj: &K| match obj.convert() {
         Ok((model, problems)) => {
-            problems.iter().for_each(|p| metrics.skip(p));
+            skip(problems);
             Some(model)
         }
         Err(problem) => {
@@ -372,36 +416,41 @@ async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, s
             }
             Ok(watcher::Event::InitDone) => {
                 let all = listing.take().unwrap_or_default();
+                if std::mem::take(&mut missing) {
+                    K::note_installed();
+                }
                 info!(kind = K::NAME, objects = all.len(), "listed");
-                K::reset(&index, all);
+                skip(K::reset(&index, all));
                 if let Some(s) = first_sync.take() {
                     s.done();
                 }
             }
             Ok(watcher::Event::Apply(obj)) => {
                 if let Some(model) = convert(&obj) {
-                    K::apply(&index, model);
+                    skip(K::apply(&index, model));
                 }
             }
             Ok(watcher::Event::Delete(obj)) => K::delete(&index, &obj),
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                if K::OPTIONAL && status.is_not_found() =>
-            {
-                // No such resource: without its CRD there can be no such objects, so the
-                // kind is listed, empty, and the watch keeps retrying until the CRD comes.
-                if let Some(s) = first_sync.take() {
-                    warn!(
-                        kind = K::NAME,
-                        "the resource is not installed (apply the chart's crds/); none until it is"
-                    );
-                    K::reset(&index, Vec::new());
+            Err(error) => {
+                metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
+                let not_installed = K::OPTIONAL && is_not_found(&error);
+                if not_installed {
+                    if !std::mem::replace(&mut missing, true) {
+                        K::warn_missing();
+                    } else {
+                        debug!(kind = K::NAME, %error, "still not installed");
+                    }
+                    // Without the CRD there can be no such objects: none of the old ones
+                    // applies.
+                    skip(K::reset(&index, Vec::new()));
+                } else {
+                    warn!(kind = K::NAME, %error, "watch failed; retrying");
+                }
+                if (not_installed || K::SYNC_ON_FAILURE)
+                    && let Some(s) = first_sync.take()
+                {
                     s.done();
                 }
-                metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
-            }
-            Err(error) => {
-                warn!(kind = K::NAME, %error, "watch failed; retrying");
-                metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
             }
         }
     }
