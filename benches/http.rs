@@ -3,8 +3,8 @@
 //! backend and against baseline pairs (haproxy in HTTP mode, nginx) — all in one run, so
 //! noise of the shared machine hits every path alike.
 //!
-//! Run: `cargo bench --bench http` (builds `weft-proxy` in release first). It prints a
-//! Markdown table and writes it to `target/bench-http.md`.
+//! Run: `cargo bench --bench http` (builds the shipped static `weft-proxy` first). It
+//! prints a Markdown table and writes it to `target/bench-http.md`.
 //!
 //! Paths, per client protocol:
 //! - HTTP/1.1 (keep-alive): direct; the weft pair (HTTP/1.1 between the proxies); the weft

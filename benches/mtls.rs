@@ -4,9 +4,9 @@
 //! connection and the plaintext pair in the same run, so noise of the shared machine hits
 //! every path alike.
 //!
-//! Run: `cargo bench --bench mtls` (builds `weft-proxy` in release first; cargo builds the
-//! `weft` binary for the control plane). It prints Markdown tables and writes them to
-//! `target/bench-mtls.md`.
+//! Run: `cargo bench --bench mtls` (builds the shipped static `weft-proxy` first; cargo
+//! builds the `weft` binary for the control plane). It prints Markdown tables and writes
+//! them to `target/bench-mtls.md`.
 //!
 //! The mesh is set up as `tests/e2e/mtls.rs` does: a fresh PKI (`weft certs generate`),
 //! `weft identity` with static tokens, `weft destination` with a static endpoints file,

@@ -3,8 +3,8 @@
 //! direct connection and, when `haproxy` is on PATH, a pair of haproxy in TCP mode — all
 //! in one run, so noise of the shared machine hits every scenario alike.
 //!
-//! Run: `cargo bench --bench transport` (builds `weft-proxy` in release first). It prints
-//! a Markdown table and writes it to `target/bench-transport.md`.
+//! Run: `cargo bench --bench transport` (builds the shipped static `weft-proxy` first). It
+//! prints a Markdown table and writes it to `target/bench-transport.md`.
 //!
 //! Scenarios: "direct" (client → echo), "weft" (both proxies detect the protocol; every
 //! request starts with 0x00, which detection calls opaque on the first read), "weft
@@ -193,12 +193,13 @@ fn estimate_secs(knobs: &Knobs, points: &[Point], scenarios: usize) -> f64 {
     per_rep * knobs.reps as f64 * scenarios as f64
 }
 
-/// Sizes of the release binary and, if built, the static one.
-fn binary_sizes(target: &Path, release: &Path) -> Vec<(String, Option<u64>)> {
+/// Sizes of the measured binary and of the shipped static one (the same file unless
+/// `WEFT_BENCH_PROXY_BIN` named another).
+fn binary_sizes(target: &Path, measured: &Path) -> Vec<(String, Option<u64>)> {
     let size = |p: &Path| std::fs::metadata(p).ok().map(|m| m.len());
     let static_bin = target.join("x86_64-unknown-linux-gnu/release-static/weft-proxy");
     vec![
-        ("release (dynamic, not stripped)".to_string(), size(release)),
+        (format!("measured ({})", measured.display()), size(measured)),
         ("release-static (stripped, static)".to_string(), size(&static_bin)),
     ]
 }

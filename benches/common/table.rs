@@ -100,10 +100,17 @@ pub fn errors(m: &Med) -> String {
 /// How the run was measured: "Open loop: … s per point; `closed`: … s; … measuring took … s."
 /// (`paths`: what the reps of all were interleaved of).
 pub fn measured(k: &Knobs, f: &Facts, closed: &str, paths: &str) -> String {
+    let wakeup = f.wakeup.map_or(String::new(), |w| {
+        format!(
+            " A wakeup round trip between two threads (pipe ping-pong) costs one of them \
+             {:.1} µs of CPU across CPUs, {:.1} µs on one CPU.",
+            w.cross_cpu_us, w.same_cpu_us
+        )
+    });
     format!(
         "Open loop: {} s per point; {closed}: {} s; {} ms unrecorded warm-up; median of {} \
          rep(s), reps of all {paths} interleaved; nice {}. {} CPUs; load average {} at start, \
-         {} at end; measuring took {:.0} s.",
+         {} at end; measuring took {:.0} s.{wakeup}",
         k.open_secs,
         k.closed_secs,
         k.warmup.as_millis(),
