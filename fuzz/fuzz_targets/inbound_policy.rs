@@ -1,6 +1,7 @@
 //! The inbound policy the control plane sends (`io.linkerd.proxy.inbound.Server`, as
 //! protobuf bytes): converting it never panics, and the policy it yields decides arbitrary
-//! requests and clients without panicking, within the routes it was given.
+//! requests and clients without panicking, within the routes it was given, and its route
+//! filters apply to them without panicking.
 #![no_main]
 
 use std::net::IpAddr;
@@ -58,13 +59,18 @@ fuzz_target!(|data: &[u8]| {
             assert!(policy.may_admit(p.ip, client_id));
             assert!(a.allows(p.ip, client_id));
         }
-        if let Some(req) = request(p)
-            && let Some(route) = policy.route(&req)
+        if let Some(mut req) = request(p)
+            && let Some(selected) = policy.select(&req)
         {
-            for a in &route.authorizations {
+            for a in &selected.route.authorizations {
                 if a.allows(p.ip, client_id) {
                     assert!(policy.may_admit(p.ip, client_id) || policy.routes.is_empty());
                 }
+            }
+            // The rule's filters (a redirect builds its Location from the request's URI and
+            // Host) apply to any request without panicking.
+            if let Some(filters) = selected.filters.cloned() {
+                let _ = filters.apply(&mut req, selected.prefix_len);
             }
         }
     }

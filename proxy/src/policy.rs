@@ -29,6 +29,7 @@ use prometheus_client::{
 };
 
 pub mod discover;
+pub mod filter;
 pub mod rate_limit;
 pub mod server;
 
@@ -173,6 +174,20 @@ pub enum Refusal {
     NoRoute,
     /// Authorized, but past the server's rate limit (429).
     RateLimited,
+}
+
+/// The filters of the rule an admitted request matched, to apply before it is forwarded.
+#[derive(Debug, Clone)]
+pub struct Filtering {
+    pub filters: Arc<filter::Filters>,
+    /// How much of the path the rule's prefix match matched (`None`: not a prefix match).
+    pub prefix_len: Option<usize>,
+}
+
+impl Filtering {
+    pub fn apply<B>(&self, req: &mut http::Request<B>) -> Result<(), filter::Answer> {
+        self.filters.apply(req, self.prefix_len)
+    }
 }
 
 impl Policy {
@@ -378,16 +393,24 @@ impl ConnAuthz {
     /// counts it: the request's route, then the first of the route's authorizations that
     /// lets the client in. The pod's own probes (from its spec, through the injector)
     /// always pass, whatever the policy: the kubelet is not meshed, and a gRPC probe has
-    /// no probe route in the control plane's answers.
-    pub fn check_request<B>(&self, req: &http::Request<B>) -> Result<(), Refusal> {
+    /// no probe route in the control plane's answers. `Ok`: admitted, with the filters of
+    /// its route's rule if it has any.
+    pub fn check_request<B>(&self, req: &http::Request<B>) -> Result<Option<Filtering>, Refusal> {
         let server = self.server();
-        let route = server.route(req);
-        if let Some(route) = route
-            && let Some(authz) =
-                route.authorizations.iter().find(|a| a.allows(self.client, self.client_id()))
+        let selected = server.select(req);
+        let route = selected.as_ref().map(|s| s.route);
+        if let Some(selected) = &selected
+            && let Some(authz) = (selected.route.authorizations.iter())
+                .find(|a| a.allows(self.client, self.client_id()))
         {
-            self.count_allow(&server, route, authz);
-            return self.check_rate(&server);
+            self.count_allow(&server, selected.route, authz);
+            self.check_rate(&server)?;
+            // An Arc clone, and only for rules that have filters.
+            let filtering = selected.filters.map(|filters| Filtering {
+                filters: filters.clone(),
+                prefix_len: selected.prefix_len,
+            });
+            return Ok(filtering);
         }
         let target = self.target(&server);
         if self.policy.is_probe(self.target.port(), req.method(), req.uri().path()) {
@@ -399,7 +422,7 @@ impl ConnAuthz {
                 authz_name: "probe".into(),
             };
             self.metrics().http_allow.get_or_create(&labels).inc();
-            return Ok(());
+            return Ok(None);
         }
         let Some(route) = route else {
             return Err(Refusal::NoRoute);

@@ -150,11 +150,12 @@ fn policy_api_sends_a_servers_http_routes_with_their_authorizations() {
         assert_eq!(route.rules[0].matches[0].headers[0].name, "accept");
 
         // Routes that cannot be enforced are skipped, counted, and (another route being
-        // there) change nothing: a filter, a regex that does not compile.
+        // there) change nothing: a filter the proxies do not apply, a regex that does not
+        // compile.
         let filtered = recorded_route(
             "web-admin",
             json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
-                    "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["x-user"]}}]}]),
+                    "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "admin"}}]}]),
         );
         api.put(ROUTES, filtered);
         api.put(
@@ -200,28 +201,32 @@ fn policy_api_sends_a_servers_http_routes_with_their_authorizations() {
     assert_eq!(skipped("unsupported_filter"), 1.0, "{m}");
     assert_eq!(skipped("invalid_spec"), 1.0, "{m}");
     let logs = d.logs();
-    assert!(logs.contains("prod/web-admin") && logs.contains("RequestHeaderModifier"), "{logs}");
+    assert!(logs.contains("prod/web-admin") && logs.contains("URLRewrite"), "{logs}");
     assert!(logs.contains("prod/web-bad") && logs.contains("does not compile"), "{logs}");
 }
 
 /// `curl` from `source` through the proxy: the status line and headers.
 fn curl(source: &str, proxy: &Proxy, args: &[&str], path: &str) -> String {
+    fetch(source, proxy, args, path).0
+}
+
+/// `curl` from `source` through the proxy: the status line and headers, and the body.
+fn fetch(source: &str, proxy: &Proxy, args: &[&str], path: &str) -> (String, String) {
     let url = format!("http://{}{path}", proxy.inbound);
     let (ok, out, err) = run(std::process::Command::new("curl")
         .args(["-sSi", "--max-time", "10", "--http1.1", "--interface", source])
         .args(args)
         .arg(&url));
     assert!(ok, "curl from {source}: {err}\n{}", proxy.logs());
-    out.split_once("\r\n\r\n").map_or(out.clone(), |(h, _)| h.to_string())
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) => (head.to_string(), body.to_string()),
+        None => (out, String::new()),
+    }
 }
 
-fn status(head: &str) -> &str {
-    head.split(' ').nth(1).unwrap_or(head)
-}
-
-#[test]
-fn the_proxy_enforces_http_routes_and_their_policies() {
-    let app = http_server(local_listener());
+/// The fake API with web's pod, whose container port `http` is `app`'s, and its Server
+/// `web-http` on that port.
+fn cluster_in_front_of(app: std::net::SocketAddr) -> FakeApi {
     let api = FakeApi::start();
     api.put(NAMESPACES, fixture("namespace-prod.json"));
     let mut pod = fixture("pod-web-4xk2p-meshed.json");
@@ -231,6 +236,17 @@ fn the_proxy_enforces_http_routes_and_their_policies() {
     let mut server = fixture("server-web-http.json");
     server["spec"]["port"] = json!("http");
     api.put(SERVERS, server);
+    api
+}
+
+fn status(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or(head)
+}
+
+#[test]
+fn the_proxy_enforces_http_routes_and_their_policies() {
+    let app = http_server(local_listener());
+    let api = cluster_in_front_of(app);
     // Only Prometheus (127.0.0.2) may GET /metrics; both clients may call /api; the node
     // (127.0.0.4) may do anything the Server's routes allow.
     api.put(NETWORKS, network("prometheus", &["127.0.0.2"]));
@@ -312,6 +328,94 @@ fn the_proxy_enforces_http_routes_and_their_policies() {
     let default =
         [("route_kind", "default"), ("route_name", "default"), ("authz_name", "web-from-node")];
     assert!(metric(&m, "inbound_http_authz_allow_total", &default) >= 1.0, "{m}");
+}
+
+#[test]
+fn the_proxy_applies_http_route_filters() {
+    let app = http_server(local_listener());
+    let api = cluster_in_front_of(app);
+    api.put(NETWORKS, network("clients", &["127.0.0.2"]));
+    api.put(POLICIES, policy("web-from-clients", to_server("web-http"), "clients"));
+    let prefix = |p: &str| json!([{"path": {"type": "PathPrefix", "value": p}}]);
+    // The app sees the request's headers changed.
+    api.put(
+        ROUTES,
+        recorded_route(
+            "web-echo",
+            json!([{"matches": prefix("/echo"), "filters": [{
+                "type": "RequestHeaderModifier",
+                "requestHeaderModifier": {
+                    "set": [{"name": "X-Route", "value": "web-echo"}],
+                    "add": [{"name": "x-multi", "value": "added"}],
+                    "remove": ["x-secret"]
+                }
+            }]}]),
+        ),
+    );
+    // Old paths are sent to /echo (Gateway API's default status, 302), and /away to
+    // another site for good.
+    api.put(
+        ROUTES,
+        recorded_route(
+            "web-moved",
+            json!([
+                {"matches": prefix("/old"), "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                    "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/echo"}
+                }}]},
+                {"matches": [{"path": {"type": "Exact", "value": "/away"}}], "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                    "scheme": "https", "hostname": "example.com", "statusCode": 301
+                }}]}
+            ]),
+        ),
+    );
+    // Linkerd's inbound API cannot carry a response header modifier: not served, so its
+    // requests get 404 rather than responses without the header.
+    api.put(
+        ROUTES,
+        recorded_route(
+            "web-tagged",
+            json!([{"matches": prefix("/tagged"), "filters": [{
+                "type": "ResponseHeaderModifier",
+                "responseHeaderModifier": {"set": [{"name": "x-tagged", "value": "1"}]}
+            }]}]),
+        ),
+    );
+    let d = Destination::kubernetes(&api);
+    let proxy = policy_proxy(&d, app, &app.port().to_string(), &[]);
+    let from = "127.0.0.2";
+
+    let (head, body) =
+        fetch(from, &proxy, &["-H", "x-multi: sent", "-H", "x-secret: s3cr3t"], "/echo");
+    assert_eq!(status(&head), "200", "{head}\n{}", proxy.logs());
+    assert!(body.contains("x-route: web-echo\n"), "{body}");
+    assert!(body.contains("x-multi: sent\n") && body.contains("x-multi: added\n"), "{body}");
+    assert!(!body.contains("x-secret"), "{body}");
+
+    let head = curl(from, &proxy, &[], "/old/items?page=2");
+    assert_eq!(status(&head), "302", "{head}\n{}", proxy.logs());
+    let want = format!("location: http://{}/echo/items?page=2", proxy.inbound);
+    assert!(head.to_ascii_lowercase().contains(&want), "{head}");
+    // Followed, the redirect reaches the app through the header-modifying route.
+    // (curl prints both responses: the second's head is in what follows the first's.)
+    let (head, rest) = fetch(from, &proxy, &["-L"], "/old");
+    assert!(head.starts_with("HTTP/1.1 302"), "{head}");
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.contains("GET /echo\n") && rest.contains("x-route: web-echo\n"), "{rest}");
+
+    let head = curl(from, &proxy, &[], "/away");
+    assert_eq!(status(&head), "301", "{head}");
+    assert!(head.to_ascii_lowercase().contains("location: https://example.com/away\r\n"), "{head}");
+
+    let head = curl(from, &proxy, &[], "/tagged");
+    assert_eq!(status(&head), "404", "{head}");
+    assert!(!head.to_ascii_lowercase().contains("x-tagged"), "{head}");
+
+    let m = proxy.metrics();
+    let moved = [("route_name", "web-moved"), ("authz_name", "web-from-clients")];
+    assert_eq!(metric(&m, "inbound_http_authz_allow_total", &moved), 3.0, "{m}");
+    let skipped = [("kind", "httproute"), ("reason", "unsupported_filter")];
+    assert_eq!(metric(&d.metrics(), "destination_objects_skipped_total", &skipped), 1.0);
+    assert!(d.logs().contains("no response header modifier"), "{}", d.logs());
 }
 
 /// A cluster whose CRDs predate HTTPRoute (helm never upgrades `crds/`): policy is served

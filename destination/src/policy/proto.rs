@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use ipnet::IpNet;
 use linkerd2_proxy_api::{
     grpc_route as grpc, http_route as http,
-    http_types::{HttpMethod, http_method},
+    http_types::{Headers, HttpMethod, Scheme, headers, http_method},
     inbound as pb,
     meta::{Metadata, Resource, metadata},
 };
@@ -252,12 +252,53 @@ pub fn http_route(r: &HttpRoute, group: &str, authorizations: Vec<pb::Authz>) ->
         rules: r
             .rules
             .iter()
-            .map(|matches| pb::http_route::Rule {
-                matches: matches.iter().map(one).collect(),
-                filters: Vec::new(),
+            .map(|rule| pb::http_route::Rule {
+                matches: rule.matches.iter().map(one).collect(),
+                filters: rule.filters.iter().map(filter).collect(),
             })
             .collect(),
     }
+}
+
+/// A rule's filter as Linkerd's inbound API carries it.
+fn filter(f: &route::Filter) -> pb::http_route::Filter {
+    use pb::http_route::filter::Kind;
+    let headers = |pairs: &[(String, String)]| {
+        (!pairs.is_empty()).then(|| Headers {
+            headers: pairs
+                .iter()
+                .map(|(name, value)| headers::Header {
+                    name: name.clone(),
+                    value: value.clone().into_bytes(),
+                })
+                .collect(),
+        })
+    };
+    let kind = match f {
+        route::Filter::RequestHeaders(m) => {
+            Kind::RequestHeaderModifier(http::RequestHeaderModifier {
+                add: headers(&m.add),
+                set: headers(&m.set),
+                remove: m.remove.clone(),
+            })
+        }
+        route::Filter::Redirect(r) => Kind::Redirect(http::RequestRedirect {
+            scheme: r.scheme.as_deref().map(Scheme::from),
+            host: r.hostname.clone().unwrap_or_default(),
+            path: r.path.as_ref().map(|p| http::PathModifier {
+                replace: Some(match p {
+                    route::PathModifier::Full(p) => http::path_modifier::Replace::Full(p.clone()),
+                    route::PathModifier::Prefix(p) => {
+                        http::path_modifier::Replace::Prefix(p.clone())
+                    }
+                }),
+            }),
+            port: r.port.map_or(0, u32::from),
+            // Always sent: the API's default (301) is not Gateway API's (302).
+            status: u32::from(r.status),
+        }),
+    };
+    pb::http_route::Filter { kind: Some(kind) }
 }
 
 /// A route that matches no request, named after an HTTPRoute that cannot be served: it
@@ -345,5 +386,53 @@ pub fn server(
         server_ips: Vec::new(),
         authorizations,
         labels: labels(origin, group),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_as_the_inbound_api_carries_them() {
+        use pb::http_route::filter::Kind;
+        let f = filter(&route::Filter::RequestHeaders(route::HeaderModifier {
+            add: Vec::new(),
+            set: vec![("x-a".into(), "1".into())],
+            remove: vec!["x-b".into()],
+        }));
+        let Some(Kind::RequestHeaderModifier(m)) = f.kind else { panic!("{f:?}") };
+        assert_eq!(m.add, None, "nothing to add: no list");
+        let set = m.set.expect("set");
+        assert_eq!(
+            (set.headers[0].name.as_str(), set.headers[0].value.as_slice()),
+            ("x-a", &b"1"[..])
+        );
+        assert_eq!(m.remove, ["x-b"]);
+
+        let f = filter(&route::Filter::Redirect(route::Redirect {
+            scheme: Some("https".into()),
+            hostname: Some("example.com".into()),
+            path: Some(route::PathModifier::Prefix("/new".into())),
+            port: Some(8443),
+            status: 302,
+        }));
+        let Some(Kind::Redirect(r)) = f.kind else { panic!("{f:?}") };
+        assert_eq!(r.scheme, Some(Scheme::from("https")));
+        assert_eq!((r.host.as_str(), r.port, r.status), ("example.com", 8443, 302));
+        assert_eq!(
+            r.path.and_then(|p| p.replace),
+            Some(http::path_modifier::Replace::Prefix("/new".into()))
+        );
+        // Left out: empty, which the API reads as "the request's".
+        let f = filter(&route::Filter::Redirect(route::Redirect {
+            scheme: None,
+            hostname: None,
+            path: None,
+            port: None,
+            status: 301,
+        }));
+        let Some(Kind::Redirect(r)) = f.kind else { panic!("{f:?}") };
+        assert_eq!((r.scheme, r.host.as_str(), r.path, r.port), (None, "", None, 0));
     }
 }

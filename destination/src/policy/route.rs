@@ -1,6 +1,7 @@
 //! `HTTPRoute` (`policy.weft.dev/v1beta3`, the schema of Linkerd's `policy.linkerd.io`
 //! HTTPRoute) reduced to what inbound policy needs: the Servers it attaches to, its host
-//! names and its rules' matches. Pure.
+//! names and its rules' matches and filters (request header modifiers and redirects,
+//! `filter`). Pure.
 //!
 //! A route that names its parents but cannot be enforced as written (a filter the proxy
 //! does not apply, a path or regex that is not valid) is kept as *unusable* with the reason:
@@ -17,6 +18,10 @@ use serde_json::Value;
 
 use super::model::GROUP;
 use crate::model::ObjKey;
+
+mod filter;
+
+pub use filter::{Filter, HeaderModifier, PathModifier, Redirect};
 
 /// The version HTTPRoutes are served in (Linkerd's newest).
 pub const ROUTE_VERSION: &str = "v1beta3";
@@ -61,10 +66,16 @@ pub struct HttpRoute {
     /// The Servers (of the route's namespace) it attaches to.
     pub servers: BTreeSet<String>,
     pub hosts: Vec<HostMatch>,
-    /// Each rule's matches (any of which selects the rule).
-    pub rules: Vec<Vec<RouteMatch>>,
+    pub rules: Vec<Rule>,
     /// Why the route cannot be enforced as written; `None`: it can.
     pub unusable: Option<Unusable>,
+}
+
+/// Requests that any of `matches` selects, and the filters applied to them in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<RouteMatch>,
+    pub filters: Vec<Filter>,
 }
 
 /// Why a route is claimed by its Servers but not sent to proxies.
@@ -101,7 +112,7 @@ struct ParentRef {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Rule {
+struct RuleSpec {
     #[serde(default)]
     matches: Option<Vec<MatchSpec>>,
     #[serde(default)]
@@ -181,28 +192,17 @@ fn invalid(detail: String) -> Unusable {
 }
 
 /// A route's host matches and rules.
-type Matches = (Vec<HostMatch>, Vec<Vec<RouteMatch>>);
+type Matches = (Vec<HostMatch>, Vec<Rule>);
 
 fn convert(spec: &Spec) -> Result<Matches, Unusable> {
     let hosts =
         spec.hostnames.iter().map(|h| host(h).map_err(invalid)).collect::<Result<_, _>>()?;
     let Some(rules) = &spec.rules else {
-        return Ok((hosts, vec![vec![match_all()]]));
+        return Ok((hosts, vec![Rule { matches: vec![match_all()], filters: Vec::new() }]));
     };
     let mut converted = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        let rule = Rule::deserialize(rule).map_err(|e| invalid(format!("rules[{i}]: {e}")))?;
-        if !rule.filters.is_empty() {
-            let kinds: Vec<&str> =
-                rule.filters.iter().filter_map(|f| f.get("type")?.as_str()).collect();
-            return Err(Unusable {
-                reason: "unsupported_filter",
-                detail: format!(
-                    "rules[{i}] has filters ({}); the proxy cannot apply them, so the route is not served",
-                    kinds.join(", ")
-                ),
-            });
-        }
+        let rule = RuleSpec::deserialize(rule).map_err(|e| invalid(format!("rules[{i}]: {e}")))?;
         let matches = match rule.matches {
             None => vec![match_all()],
             Some(ms) if ms.is_empty() => vec![match_all()],
@@ -212,7 +212,8 @@ fn convert(spec: &Spec) -> Result<Matches, Unusable> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| invalid(format!("rules[{i}]: {e}")))?,
         };
-        converted.push(matches);
+        let filters = filter::convert(i, &rule.filters, &matches)?;
+        converted.push(Rule { matches, filters });
     }
     Ok((hosts, converted))
 }
@@ -287,11 +288,7 @@ fn route_match(m: &MatchSpec) -> Result<RouteMatch, String> {
     };
     let mut headers = Vec::new();
     for h in &m.headers {
-        let name_ok = !h.name.is_empty()
-            && h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !name_ok {
-            return Err(format!("header name {:?} is not a token", h.name));
-        }
+        filter::header_name(&h.name)?;
         let (name, value) = value_match("header", h)?;
         headers.push((name.to_ascii_lowercase(), value));
     }
@@ -338,7 +335,7 @@ mod tests {
         ]}));
         assert_eq!(r.servers, ["a", "b", "f"].into_iter().map(String::from).collect());
         // No rules: the CRD's default, every request.
-        assert_eq!(r.rules, vec![vec![match_all()]]);
+        assert_eq!(r.rules, vec![Rule { matches: vec![match_all()], filters: Vec::new() }]);
         assert_eq!(r.unusable, None);
     }
 
@@ -366,9 +363,9 @@ mod tests {
             ]
         );
         assert_eq!(r.rules.len(), 3);
-        assert_eq!(r.rules[0][0].path, Some(PathMatch::Exact("/metrics".into())));
-        assert_eq!(r.rules[0][0].method.as_deref(), Some("GET"));
-        let m = &r.rules[0][1];
+        assert_eq!(r.rules[0].matches[0].path, Some(PathMatch::Exact("/metrics".into())));
+        assert_eq!(r.rules[0].matches[0].method.as_deref(), Some("GET"));
+        let m = &r.rules[0].matches[1];
         assert_eq!(m.path, Some(PathMatch::Regex("/v[0-9]+/.*".into())));
         assert_eq!(
             m.headers,
@@ -379,17 +376,46 @@ mod tests {
         );
         assert_eq!(m.query, [("q".to_string(), ValueMatch::Exact("1".into()))]);
         // A match without a path is a prefix match on /; a rule without matches, every request.
-        assert_eq!(r.rules[1][0].path, Some(PathMatch::Prefix("/".into())));
-        assert_eq!(r.rules[2], vec![match_all()]);
+        assert_eq!(r.rules[1].matches[0].path, Some(PathMatch::Prefix("/".into())));
+        assert_eq!(r.rules[2].matches, vec![match_all()]);
+    }
+
+    #[test]
+    fn rules_keep_their_filters_in_order() {
+        let r = parse(json!({
+            "parentRefs": [server_ref("a")],
+            "rules": [
+                {"filters": [
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}]}},
+                    {"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}
+                ]},
+                {"matches": [{"path": {"type": "Exact", "value": "/x"}}]}
+            ]
+        }));
+        assert_eq!(r.unusable, None);
+        // A rule without matches is a PathPrefix `/` match, so the prefix can be replaced.
+        assert_eq!(r.rules[0].matches, vec![match_all()]);
+        assert!(matches!(
+            r.rules[0].filters.as_slice(),
+            [Filter::RequestHeaders(_), Filter::Redirect(Redirect { status: 302, .. })]
+        ));
+        assert!(r.rules[1].filters.is_empty());
     }
 
     #[test]
     fn routes_that_cannot_be_enforced_are_unusable_but_keep_their_parents() {
         for (rules, reason, detail) in [
             (
-                json!([{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}]}]),
+                json!([{"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "a"}}]}]),
                 "unsupported_filter",
-                "RequestHeaderModifier",
+                "URLRewrite",
+            ),
+            (
+                json!([{"matches": [{"path": {"type": "Exact", "value": "/a"}}], "filters": [
+                    {"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}
+                ]}]),
+                "invalid_spec",
+                "rules[0].filters",
             ),
             (
                 json!([{"matches": [{"path": {"type": "Exact", "value": "metrics"}}]}]),
@@ -426,6 +452,10 @@ mod tests {
             assert_eq!(r.servers.len(), 1, "{rules}: the parents are kept");
         }
         let r = parse(json!({"parentRefs": [server_ref("a")], "hostnames": ["*"]}));
+        assert_eq!(r.unusable.unwrap().reason, "invalid_spec");
+        let r = parse(json!({"parentRefs": [server_ref("a")], "rules": [{"filters": [
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a b", "value": "x"}]}}
+        ]}]}));
         assert_eq!(r.unusable.unwrap().reason, "invalid_spec");
         // Parents that cannot be read: no route at all.
         let e = HttpRoute::parse(ObjKey::new("prod", "r"), None, &json!({"parentRefs": [{}]}));

@@ -189,7 +189,11 @@ routes:
     metadata: {name: web-metrics, namespace: prod}
     spec:
       parentRefs: [{group: policy.weft.dev, kind: Server, name: web-http}]
-      rules: [{matches: [{path: {type: Exact, value: /metrics}, method: GET}]}]
+      rules:
+        - matches: [{path: {type: Exact, value: /metrics}, method: GET}]
+          filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {set: [{name: x-scraped, value: "yes"}]}
 "#
     );
     let (c, _) = Catalog::parse(Path::new("f.yaml"), &file).expect("parses");
@@ -211,6 +215,12 @@ routes:
         })
         .collect();
     assert_eq!(names, ["web-metrics", "probe"]);
+    // Its filter goes to the proxies.
+    use linkerd2_proxy_api::inbound::http_route::filter::Kind;
+    let Some(Kind::RequestHeaderModifier(m)) = &h.routes[0].rules[0].filters[0].kind else {
+        panic!("{:?}", h.routes[0].rules[0].filters)
+    };
+    assert_eq!(m.set.as_ref().map(|s| s.headers[0].name.as_str()), Some("x-scraped"));
 
     let p = Path::new("f.yaml");
     let route = |api: &str, kind: &str, spec: &str| {
@@ -219,7 +229,8 @@ routes:
         )
     };
     let ok_spec = "{parentRefs: [{kind: Server, name: web-http}]}";
-    let filtered = "{parentRefs: [{kind: Server, name: web-http}], rules: [{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]}]}";
+    let filtered = "{parentRefs: [{kind: Server, name: web-http}], rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: a}}]}]}";
+    let bad_redirect = "{parentRefs: [{kind: Server, name: web-http}], rules: [{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]}]}";
     for (bad, want) in [
         (
             format!("policies: [{}]", route("policy.weft.dev/v1beta3", "HTTPRoute", ok_spec)),
@@ -236,6 +247,10 @@ routes:
         (
             format!("routes: [{}]", route("policy.weft.dev/v1beta3", "HTTPRoute", filtered)),
             "unsupported_filter",
+        ),
+        (
+            format!("routes: [{}]", route("policy.weft.dev/v1beta3", "HTTPRoute", bad_redirect)),
+            "statusCode 200",
         ),
         (
             format!("routes: [{0}, {0}]", route("policy.weft.dev/v1beta3", "HTTPRoute", ok_spec)),

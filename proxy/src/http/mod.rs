@@ -265,9 +265,8 @@ async fn proxy(
         conn.routes.get(authority, None, |_| true, make)
     };
 
-    if let Some(authz) = &conn.authz
-        && let Err(refusal) = authz.check_request(&req)
-    {
+    let checked = conn.authz.as_ref().map(|authz| authz.check_request(&req));
+    if let Some(Err(refusal)) = checked {
         metrics.http.request(&direct_route);
         debug!(method = %req.method(), path = req.uri().path(), ?refusal, "request refused by the inbound policy");
         let (label, grpc, status, why) = match refusal {
@@ -297,6 +296,15 @@ async fn proxy(
             error_response(status, why)
         };
         return finish(side, direct_route, started, rsp, access);
+    }
+    // The filters of the route rule the request matched: header changes before the app
+    // sees it, or the proxy's own answer (a redirect, an injected failure).
+    if let Some(Ok(Some(filtering))) = checked
+        && let Err(answer) = filtering.apply(&mut req)
+    {
+        metrics.http.request(&direct_route);
+        debug!(method = %req.method(), path = req.uri().path(), ?answer, "request answered by a route filter");
+        return finish(side, direct_route, started, filter_answer(answer), access);
     }
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
@@ -500,6 +508,36 @@ fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
         h.insert(PROXY_ERROR, v);
     }
     rsp
+}
+
+/// The proxy's answer for a route filter: a redirect, or an injected failure (its message
+/// in `l5d-proxy-error`, as linkerd2-proxy sends it).
+fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
+    use crate::policy::filter::Answer;
+    let empty = || Empty::new().map_err(|never| match never {}).boxed_unsync();
+    match answer {
+        Answer::Redirect { status, location } => {
+            let mut rsp = Response::new(empty());
+            *rsp.status_mut() = status;
+            rsp.headers_mut().insert(header::LOCATION, location);
+            rsp
+        }
+        Answer::Fail { status, message } => {
+            let body = [message.as_bytes(), b"\n"].concat();
+            let mut rsp = Response::new(
+                Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync(),
+            );
+            *rsp.status_mut() = status;
+            let h = rsp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            h.insert(PROXY_ERROR, message);
+            rsp
+        }
+        Answer::NoRedirectHost => error_response(
+            StatusCode::BAD_REQUEST,
+            "bad request: the route redirects, and the request names no host to redirect to",
+        ),
+    }
 }
 
 /// A gRPC error as a trailers-only response: HTTP 200 with `grpc-status` in the headers.

@@ -6,8 +6,8 @@
 //!
 //! What the control plane sends is checked when it arrives: an update that this proxy
 //! cannot enforce faithfully (a network without an address, a regex that does not
-//! compile, a route filter it does not implement) is refused whole, so that a policy is
-//! never half applied.
+//! compile, a route filter it does not implement or that is malformed) is refused whole,
+//! so that a policy is never half applied.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -16,7 +16,7 @@ use linkerd2_proxy_api::{
     grpc_route as grpc_api, http_route as route_api, inbound as api, meta, net as net_api,
 };
 
-use super::DefaultPolicy;
+use super::{DefaultPolicy, filter::Filters};
 use crate::init::{Cidr, Subnets};
 
 /// What metrics call a policy object: its kind and name (`srv_kind`/`srv_name`,
@@ -124,8 +124,26 @@ enum Authn {
 pub struct Route {
     pub meta: Meta,
     hosts: Vec<HostMatch>,
-    rules: Vec<Vec<RouteMatch>>,
+    rules: Vec<Rule>,
     pub authorizations: Vec<Authz>,
+}
+
+/// Requests that any of `matches` selects, and what is done to them.
+#[derive(Debug, Clone)]
+struct Rule {
+    matches: Vec<RouteMatch>,
+    /// `None`: forwarded as they are (shared: a request takes a reference, not a copy).
+    filters: Option<Arc<Filters>>,
+}
+
+/// The route a request takes and what its rule does to it.
+#[derive(Debug)]
+pub struct Selected<'a> {
+    pub route: &'a Route,
+    pub filters: Option<&'a Arc<Filters>>,
+    /// How much of the path the rule's match matched as a prefix (`None`: not a prefix
+    /// match): what a redirect that replaces the prefix replaces.
+    pub prefix_len: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,13 +264,14 @@ impl Route {
         Route {
             meta: Meta::new("default", "default"),
             hosts: Vec::new(),
-            rules: vec![vec![RouteMatch::default()]],
+            rules: vec![Rule { matches: vec![RouteMatch::default()], filters: None }],
             authorizations,
         }
     }
 
-    /// How specifically this route matches the request, if it does.
-    fn matches<B>(&self, req: &Request<B>) -> Option<Specificity> {
+    /// How specifically this route matches the request, if it does, with the rule and
+    /// the match that matched it.
+    fn matches<B>(&self, req: &Request<B>) -> Option<(Specificity, &Rule, &RouteMatch)> {
         if !self.hosts.is_empty() {
             let host = request_host(req)?;
             let ok = self.hosts.iter().any(|h| match h {
@@ -265,11 +284,12 @@ impl Route {
                 return None;
             }
         }
-        self.rules.iter().flatten().filter_map(|m| m.matches(req)).max()
+        let matched = self.rules.iter().flat_map(|r| r.matches.iter().map(move |m| (r, m)));
+        matched.filter_map(|(r, m)| Some((m.matches(req)?, r, m))).max_by_key(|(s, _, _)| *s)
     }
 
     fn from_api(r: api::HttpRoute) -> Result<Self, Invalid> {
-        let rules = r.rules.into_iter().map(|rule| (!rule.filters.is_empty(), rule.matches));
+        let rules = r.rules.into_iter().map(|rule| (Filters::from_api(rule.filters), rule.matches));
         Route::assemble(
             r.metadata,
             r.hosts,
@@ -281,18 +301,23 @@ impl Route {
     }
 
     fn from_grpc_api(r: api::GrpcRoute) -> Result<Self, Invalid> {
-        let rules = r.rules.into_iter().map(|rule| (!rule.filters.is_empty(), rule.matches));
+        // Weft's control plane sends no GRPCRoutes; their filters are not implemented.
+        let filters = |f: Vec<api::grpc_route::Filter>| match f.is_empty() {
+            true => Ok(None),
+            false => Err("gRPC route filters are not supported by this proxy".to_string()),
+        };
+        let rules = r.rules.into_iter().map(|rule| (filters(rule.filters), rule.matches));
         // A rule without matches takes every call: every POST.
         let any_call = || RouteMatch { method: Some(Method::POST), ..RouteMatch::default() };
         Route::assemble(r.metadata, r.hosts, rules, grpc_match, any_call, r.authorizations)
     }
 
-    /// A route from the API's parts: `rules` as (has filters, matches), each match
+    /// A route from the API's parts: `rules` as (filters, matches), each match
     /// converted by `convert`; a rule without matches gets `match_all`.
     fn assemble<M>(
         metadata: Option<meta::Metadata>,
         hosts: Vec<route_api::HostMatch>,
-        rules: impl Iterator<Item = (bool, Vec<M>)>,
+        rules: impl Iterator<Item = (Result<Option<Filters>, String>, Vec<M>)>,
         convert: fn(M) -> Result<RouteMatch, String>,
         match_all: impl Fn() -> RouteMatch,
         authorizations: Vec<api::Authz>,
@@ -302,18 +327,23 @@ impl Route {
         let hosts =
             hosts.into_iter().map(|h| host_match(h).map_err(&bad)).collect::<Result<_, _>>()?;
         let mut converted = Vec::new();
-        for (filtered, matches) in rules {
-            if filtered {
-                // Ignoring a filter (a header it removes, a failure it injects) would
-                // enforce less than the policy says: refuse the update instead.
-                return Err(bad("route filters are not supported by this proxy".into()));
-            }
+        for (i, (filters, matches)) in rules.enumerate() {
+            // Ignoring a filter (a header it removes, a failure it injects) would enforce
+            // less than the policy says: one this proxy cannot apply refuses the update.
+            let filters = filters.map_err(|e| bad(format!("rule {i}: {e}")))?;
             let matches = matches.into_iter().map(|m| convert(m).map_err(&bad));
             let mut matches: Vec<RouteMatch> = matches.collect::<Result<_, _>>()?;
             if matches.is_empty() {
                 matches.push(match_all());
             }
-            converted.push(matches);
+            if filters.as_ref().is_some_and(Filters::replaces_prefix)
+                && matches.iter().any(|m| m.prefix_len().is_none())
+            {
+                return Err(bad(format!(
+                    "rule {i}: a redirect replaces the path prefix, but not every match of the rule is a path prefix match"
+                )));
+            }
+            converted.push(Rule { matches, filters: filters.map(Arc::new) });
         }
         let authorizations =
             authorizations.into_iter().map(Authz::from_api).collect::<Result<_, _>>()?;
@@ -322,6 +352,16 @@ impl Route {
 }
 
 impl RouteMatch {
+    /// How much of a path this match matches when it matches: a prefix's length without
+    /// its trailing `/` (no path match: the empty prefix); `None` for exact and regex.
+    fn prefix_len(&self) -> Option<usize> {
+        match &self.path {
+            None => Some(0),
+            Some(PathMatch::Prefix(p)) => Some(p.trim_end_matches('/').len()),
+            Some(PathMatch::Exact(_) | PathMatch::Regex(_)) => None,
+        }
+    }
+
     fn matches<B>(&self, req: &Request<B>) -> Option<Specificity> {
         let path = req.uri().path();
         let path_score = match &self.path {
@@ -482,18 +522,25 @@ fn grpc_match(m: grpc_api::GrpcRouteMatch) -> Result<RouteMatch, String> {
 impl ServerPolicy {
     /// The route a request takes: the most specific match; `None`: no route matches.
     pub fn route<B>(&self, req: &Request<B>) -> Option<&Route> {
+        self.select(req).map(|s| s.route)
+    }
+
+    /// The route a request takes, with its rule's filters.
+    pub fn select<B>(&self, req: &Request<B>) -> Option<Selected<'_>> {
         if self.routes.is_empty() {
-            return Some(&self.default_route);
+            let route = &self.default_route;
+            return Some(Selected { route, filters: None, prefix_len: None });
         }
-        let mut best: Option<(Specificity, &Route)> = None;
+        let mut best: Option<(Specificity, Selected<'_>)> = None;
         for route in &self.routes {
-            if let Some(s) = route.matches(req)
+            if let Some((s, rule, m)) = route.matches(req)
                 && best.as_ref().is_none_or(|(b, _)| s > *b)
             {
-                best = Some((s, route));
+                let filters = rule.filters.as_ref();
+                best = Some((s, Selected { route, filters, prefix_len: m.prefix_len() }));
             }
         }
-        best.map(|(_, r)| r)
+        best.map(|(_, s)| s)
     }
 
     /// The first of the server's authorizations that lets the client in.
@@ -853,11 +900,58 @@ mod tests {
         assert!(!call("/foo.Bar/Get"));
     }
 
+    fn prefix_redirect(to: &str) -> api::http_route::Filter {
+        use route_api::{PathModifier, RequestRedirect, path_modifier::Replace};
+        api::http_route::Filter {
+            kind: Some(api::http_route::filter::Kind::Redirect(RequestRedirect {
+                path: Some(PathModifier { replace: Some(Replace::Prefix(to.into())) }),
+                status: 302,
+                ..RequestRedirect::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn requests_take_the_filters_of_the_rule_they_matched() {
+        use path_match::Kind::{Exact, Prefix};
+        let m = |p| HttpRouteMatch { path: path(p), ..HttpRouteMatch::default() };
+        let mut r = route("web", vec![m(Prefix("/old/".into()))]);
+        r.rules[0].filters.push(prefix_redirect("/new"));
+        r.rules.push(api::http_route::Rule {
+            matches: vec![m(Exact("/plain".into()))],
+            filters: Vec::new(),
+        });
+        let s = ServerPolicy::from_api(server(Vec::new(), vec![r])).expect("valid");
+        let select = |uri: &str| {
+            let req = Request::builder().uri(uri).header("host", "web").body(()).expect("request");
+            let sel = s.select(&req).expect("a route");
+            assert_eq!(&*sel.route.meta.name, "web");
+            let answer = sel.filters.map(|f| f.apply(&mut req.clone(), sel.prefix_len));
+            (sel.prefix_len, answer)
+        };
+        // The trailing `/` of the prefix is not part of what it replaces.
+        let (len, answer) = select("/old/a?b=c");
+        assert_eq!(len, Some(4));
+        let Some(Err(super::super::filter::Answer::Redirect { location, .. })) = answer else {
+            panic!("not redirected: {answer:?}")
+        };
+        assert_eq!(location, "http://web/new/a?b=c");
+        assert!(matches!(select("/plain"), (None, None)), "a rule without filters has none");
+    }
+
     #[test]
     fn updates_the_proxy_cannot_enforce_are_refused_whole() {
         let unauth = || Permit::Unauthenticated(PermitUnauthenticated {});
         let mut filtered = route("f", Vec::new());
         filtered.rules[0].filters.push(api::http_route::Filter { kind: None });
+        let mut prefix_on_exact = route(
+            "p",
+            vec![HttpRouteMatch {
+                path: path(path_match::Kind::Exact("/x".into())),
+                ..HttpRouteMatch::default()
+            }],
+        );
+        prefix_on_exact.rules[0].filters.push(prefix_redirect("/y"));
         let mut no_addr = authz("x", &[], unauth());
         no_addr.networks.push(ApiNetwork { net: None, except: Vec::new() });
         let mut no_authn = authz("x", &[("0.0.0.0/0", &[])], unauth());
@@ -872,7 +966,14 @@ mod tests {
             }],
         );
         let cases = [
-            (server(Vec::new(), vec![filtered]), "filters"),
+            (
+                server(Vec::new(), vec![filtered]),
+                "rule 0: a filter of a kind this proxy does not know",
+            ),
+            (
+                server(Vec::new(), vec![prefix_on_exact]),
+                "not every match of the rule is a path prefix",
+            ),
             (server(vec![no_addr], Vec::new()), "without an address"),
             (server(vec![no_authn], Vec::new()), "no authentication"),
             (server(vec![anonymous], Vec::new()), "neither metadata nor a name"),

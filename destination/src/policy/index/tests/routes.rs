@@ -158,7 +158,7 @@ fn routes_that_cannot_be_served_keep_the_default_route_away() {
         "parentRefs": [{"group": "policy.weft.dev", "kind": "Server", "name": "web-http"}],
         "rules": [{
             "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
-            "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["x-user"]}}]
+            "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "audit", "port": 80}}}]
         }]
     });
     let (filtered, problems) = PolicyObject::convert(PolicyKind::HttpRoute, &meta, &spec).unwrap();
@@ -249,7 +249,7 @@ fn route_changes_reach_only_the_ports_they_touch() {
     // The route changes: a new path.
     let mut changed = metrics_route();
     if let PolicyObject::HttpRoute(r) = &mut changed {
-        r.rules[0][0].path = Some(crate::policy::route::PathMatch::Exact("/stats".into()));
+        r.rules[0].matches[0].path = Some(crate::policy::route::PathMatch::Exact("/stats".into()));
     }
     idx.apply(changed);
     assert!(web.has_changed().unwrap());
