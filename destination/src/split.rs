@@ -298,6 +298,12 @@ impl SplitRoute {
                 ));
                 continue;
             }
+            // The name goes into the authority the proxy resolves: the API server only
+            // admits valid ones, but nothing checks a backendRef's name against a Service.
+            if let Err(e) = weft_identity::name::check_label("backendRef name", &b.name) {
+                problems.push(skip("invalid_route", format!("backendRef Service {backend}: {e}")));
+                continue;
+            }
             if backend.namespace != ns {
                 problems.push(skip(
                     "cross_namespace_backend",
@@ -511,18 +517,25 @@ impl FileSplits {
         let mut out = BTreeMap::new();
         for s in splits {
             let service = ObjKey::new(&s.namespace, &s.name);
-            if s.name.is_empty() || s.namespace.is_empty() || s.port == Some(0) {
-                return Err(format!(
-                    "split {service}: name and namespace are required, port not 0"
-                ));
+            let labels = |name: &str, ns: &str| {
+                use weft_identity::name::check_label;
+                check_label("name", name).and_then(|()| check_label("namespace", ns))
+            };
+            if let Err(e) = labels(&s.name, &s.namespace) {
+                return Err(format!("split {service}: {e}"));
+            }
+            if s.port == Some(0) {
+                return Err(format!("split {service}: port 0"));
             }
             let mut backends = Vec::new();
             for b in s.backends {
                 let ns = b.namespace.unwrap_or_else(|| s.namespace.clone());
-                if b.name.is_empty() || ns.is_empty() || b.port == Some(0) {
-                    return Err(format!(
-                        "split {service}: a backend needs a name, and a port not 0"
-                    ));
+                // Names go into the authorities the proxies resolve.
+                if let Err(e) = labels(&b.name, &ns) {
+                    return Err(format!("split {service}: backend {ns}/{}: {e}", b.name));
+                }
+                if b.port == Some(0) {
+                    return Err(format!("split {service}: backend {ns}/{}: port 0", b.name));
                 }
                 if i64::from(b.weight) > MAX_WEIGHT {
                     return Err(format!("split {service}: weight {} over {MAX_WEIGHT}", b.weight));

@@ -218,6 +218,9 @@ fn bad_backends_are_skipped_alone() {
         {"group": "", "kind": "Service", "name": "podinfo-w", "port": 9898, "weight": -1},
         {"group": "", "kind": "Service", "name": "podinfo-big", "port": 9898, "weight": 1_000_001},
         {"group": "", "kind": "Service", "name": "podinfo-max", "port": 9898, "weight": 1_000_000},
+        // Found by the k8s_discovery fuzzer: the proxy refused the authority it made.
+        {"group": "", "kind": "Service", "name": "podinfo-canary>", "port": 9898},
+        {"group": "", "kind": "Service", "name": "", "port": 9898},
     ]);
     let (route, problems) = convert(spec);
     assert_eq!(
@@ -226,6 +229,8 @@ fn bad_backends_are_skipped_alone() {
             "unsupported_backend",
             "cross_namespace_backend",
             "unsupported_backend",
+            "invalid_route",
+            "invalid_route",
             "invalid_route",
             "invalid_route",
             "invalid_route"
@@ -371,6 +376,9 @@ fn static_splits() {
         "splits: [{name: web, namespace: prod, backends: [{name: a, weight: 1000001}]}]",
         "splits: [{name: web, namespace: prod, backends: [{name: a, port: 0, weight: 1}]}]",
         "splits: [{name: web, namespace: prod, backends: [{name: a, weight: 1, extra: 1}]}]",
+        "splits: [{name: web, namespace: prod, backends: [{name: 'a>', weight: 1}]}]",
+        "splits: [{name: web, namespace: prod, backends: [{name: a, namespace: Prod, weight: 1}]}]",
+        "splits: [{name: web.x, namespace: prod}]",
     ] {
         assert!(parse(bad).is_err(), "{bad:?} accepted");
     }
