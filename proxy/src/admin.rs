@@ -1,5 +1,9 @@
 //! The admin server: `/metrics`, `/live`, `/ready`, `POST /shutdown` (from localhost
 //! only) and `/proxy-log-level` (GET reads the filter, PUT from localhost replaces it).
+//! Connections (plaintext, or mTLS for this proxy's identity) are accepted in `conn`; with
+//! a policy source the admin port's inbound policy decides every request but the probes.
+
+mod conn;
 
 use std::{
     net::SocketAddr,
@@ -12,13 +16,12 @@ use std::{
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use hyper::body::Incoming;
 use tracing::{debug, info};
 
-use crate::{logging::LogLevel, metrics::Metrics};
+use crate::{logging::LogLevel, metrics::Metrics, policy::ConnAuthz};
+
+pub use conn::{AdminListener, serve};
 
 /// State the admin endpoints read and act on.
 #[derive(Debug, Clone)]
@@ -27,41 +30,30 @@ pub struct Admin {
     /// Set once the proxy can serve; cleared when it starts draining.
     pub ready: Arc<AtomicBool>,
     /// Cancelled by `POST /shutdown`.
-    pub shutdown: CancellationToken,
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub log_level: Option<LogLevel>,
-    /// With identity on, ready only once a certificate is installed.
+    /// With identity on, ready only once a certificate is installed (and the admin port
+    /// takes mTLS for this identity).
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// With a policy source: the inbound policy, which has the admin port's too.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// Largest request body the admin server reads (a log filter).
 const MAX_BODY: usize = 4 * 1024;
 
-pub async fn serve(listener: TcpListener, admin: Admin) {
-    loop {
-        let (io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin.route(req, peer).await) }
-            });
-            let conn = http1::Builder::new()
-                .max_buf_size(16 * 1024)
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                debug!(error = %e, "admin connection failed");
-            }
-        });
-    }
+/// Who sent a request: the connection's client, and its authorization when the admin
+/// port has a policy.
+#[derive(Debug)]
+struct Caller {
+    addr: SocketAddr,
+    authz: Option<ConnAuthz>,
+}
+
+/// The kubelet's probes of the proxy: allowed whatever the policy, as Linkerd's probe
+/// routes are, so that a locked-down pod still becomes ready.
+fn is_probe(method: &Method, path: &str) -> bool {
+    method == Method::GET && matches!(path, "/live" | "/ready")
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -75,6 +67,21 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
+    /// Answers a request after the admin port's policy (if any) let it through.
+    async fn authorized(&self, req: Request<Incoming>, caller: &Caller) -> Response<Full<Bytes>> {
+        if let Some(authz) = &caller.authz
+            && !is_probe(req.method(), req.uri().path())
+            && let Err(refusal) = authz.check_request(&req)
+        {
+            debug!(method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused by the inbound policy");
+            let mut rsp = text(refusal.status(), format!("{}\n", refusal.why()));
+            rsp.headers_mut()
+                .insert(crate::http::PROXY_ERROR, header::HeaderValue::from_static(refusal.why()));
+            return rsp;
+        }
+        self.route(req, caller.addr).await
+    }
+
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let local = peer.ip().is_loopback()
             || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
@@ -135,5 +142,20 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_on_live_and_ready_is_a_probe() {
+        assert!(is_probe(&Method::GET, "/live"));
+        assert!(is_probe(&Method::GET, "/ready"));
+        assert!(!is_probe(&Method::POST, "/ready"));
+        assert!(!is_probe(&Method::GET, "/metrics"));
+        assert!(!is_probe(&Method::GET, "/ready/x"));
+        assert!(!is_probe(&Method::GET, "/shutdown"));
     }
 }
