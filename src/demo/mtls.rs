@@ -187,10 +187,13 @@ pub async fn run() -> anyhow::Result<()> {
     let mut yaml = std::fs::read_to_string(&dst_file)?;
     yaml.push_str(AUTHORIZATION);
     std::fs::write(&dst_file, yaml)?;
+    let app_port = app.port().to_string();
     let updated = async {
         loop {
             let m = scrape(server_admin).await?;
-            if value(&m, "inbound_policy_updates_total", &[("result", "ok")]) >= 2.0 {
+            // The app port's second policy (the admin port's come on their own).
+            let port = [("port", app_port.as_str()), ("result", "ok")];
+            if value(&m, "inbound_policy_updates_total", &port) >= 2.0 {
                 return anyhow::Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -217,8 +220,8 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 /// Policy objects for the destination's file, as they would be applied to a cluster.
-const AUTHORIZATION: &str = "policies:
-  - apiVersion: policy.weft.dev/v1beta1
+/// Items of the file's `policies:` section, which comes last.
+const AUTHORIZATION: &str = "  - apiVersion: policy.weft.dev/v1beta1
     kind: Server
     metadata: {name: checkout-http, namespace: shop}
     spec: {podSelector: {matchLabels: {app: checkout}}, port: http, proxyProtocol: HTTP/1}
