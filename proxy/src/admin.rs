@@ -19,7 +19,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{debug, info};
 
-use crate::{logging::LogLevel, metrics::Metrics, policy::ConnAuthz};
+use crate::{
+    logging::LogLevel,
+    metrics::{Metrics, TlsLabels},
+    policy::ConnAuthz,
+};
 
 pub use conn::{AdminListener, serve};
 
@@ -42,12 +46,21 @@ pub struct Admin {
 /// Largest request body the admin server reads (a log filter).
 const MAX_BODY: usize = 4 * 1024;
 
-/// Who sent a request: the connection's client, and its authorization when the admin
-/// port has a policy.
+/// Who sent a request: the connection's client, and its authorization once a request
+/// needed it (probes never wait for the port's first policy).
 #[derive(Debug)]
 struct Caller {
     addr: SocketAddr,
-    authz: Option<ConnAuthz>,
+    /// The admin listener's address the client reached.
+    local: SocketAddr,
+    tls: TlsLabels,
+    authz: tokio::sync::OnceCell<ConnAuthz>,
+}
+
+impl Caller {
+    fn new(addr: SocketAddr, local: SocketAddr, tls: TlsLabels) -> Self {
+        Caller { addr, local, tls, authz: tokio::sync::OnceCell::new() }
+    }
 }
 
 /// The kubelet's probes of the proxy: allowed whatever the policy, as Linkerd's probe
@@ -69,9 +82,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 impl Admin {
     /// Answers a request after the admin port's policy (if any) let it through.
     async fn authorized(&self, req: Request<Incoming>, caller: &Caller) -> Response<Full<Bytes>> {
-        if let Some(authz) = &caller.authz
+        if let Some(policy) = &self.policy
             && !is_probe(req.method(), req.uri().path())
-            && let Err(refusal) = authz.check_request(&req)
+            && let Err(refusal) = caller
+                .authz
+                .get_or_init(|| async {
+                    let label = self.metrics.target_label(&caller.local);
+                    let authz =
+                        policy.authorize(caller.addr.ip(), caller.local, label, caller.tls.clone());
+                    let authz = authz.await;
+                    authz.note_http();
+                    authz
+                })
+                .await
+                .check_request(&req)
         {
             debug!(method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused by the inbound policy");
             let mut rsp = text(refusal.status(), format!("{}\n", refusal.why()));
@@ -148,6 +172,58 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One HTTP/1.0 request over a real connection: the status and how long it took.
+    async fn get(addr: SocketAddr, path: &str) -> (String, Duration) {
+        let started = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+            .await
+            .expect("send");
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await.expect("read");
+        (rsp.get(9..12).unwrap_or("").to_string(), started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn probes_never_wait_for_the_admin_ports_first_policy_and_the_rest_fail_closed() {
+        let listener = crate::listen(([127, 0, 0, 1], 0).into()).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Metrics::new(100);
+        // The admin port's policy is watched, and the control plane never answers.
+        let (_tx, rx) = tokio::sync::watch::channel(None);
+        let wait = Duration::from_millis(500);
+        let policy = crate::policy::Policy::new(
+            crate::policy::DefaultPolicy::AllUnauthenticated,
+            crate::policy::DEFAULT_CLUSTER_NETWORKS.parse().expect("networks"),
+            crate::policy::Probes::default(),
+            metrics.authz.clone(),
+        )
+        .with_discovered([(addr.port(), rx)].into(), wait);
+        let admin = Arc::new(Admin {
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            log_level: None,
+            identity: None,
+            policy: Some(Arc::new(policy)),
+        });
+        let conf = AdminListener::new(Duration::from_secs(5), 8192);
+        tokio::spawn(serve(listener, admin.clone(), conf));
+
+        for probe in ["/live", "/ready"] {
+            let (status, took) = get(addr, probe).await;
+            assert_eq!(status, "200", "{probe}");
+            assert!(took < wait, "{probe} waited for the policy: {took:?}");
+        }
+        let (status, took) = get(addr, "/metrics").await;
+        assert_eq!(status, "403", "no policy yet: refused (fail closed)");
+        assert!(took >= wait, "answered before the first policy could come: {took:?}");
+        let m = admin.metrics.render();
+        assert!(m.contains("srv_name=\"unavailable\""), "{m}");
+    }
 
     #[test]
     fn only_get_on_live_and_ready_is_a_probe() {

@@ -191,7 +191,7 @@ async fn handle(mut io: TcpStream, peer: SocketAddr, admin: Arc<Admin>, conf: &A
                 Some(_) => TlsLabels::plaintext("not_provided_by_remote"),
                 None => TlsLabels::disabled(),
             };
-            let caller = caller(&admin, peer, local, tls).await;
+            let caller = Caller::new(peer, local, tls);
             serve_http(Prefixed::new(prefix, io), admin, caller).await;
         }
         Admission::Refuse(sni) => {
@@ -221,24 +221,10 @@ async fn handle(mut io: TcpStream, peer: SocketAddr, admin: Arc<Admin>, conf: &A
             let client_id: Option<Arc<str>> =
                 peer_identity(tls.get_ref().1.peer_certificates()).map(Arc::from);
             debug!(client.id = client_id.as_deref().unwrap_or(""), "admin TLS accepted");
-            let caller = caller(&admin, peer, local, TlsLabels::client(client_id)).await;
+            let caller = Caller::new(peer, local, TlsLabels::client(client_id));
             serve_http(tls, admin, caller).await;
         }
     }
-}
-
-/// The connection's client, authorized by the admin port's policy when there is one.
-async fn caller(admin: &Admin, peer: SocketAddr, local: SocketAddr, tls: TlsLabels) -> Caller {
-    let authz = match &admin.policy {
-        Some(policy) => {
-            let label = admin.metrics.target_label(&local);
-            let authz = policy.authorize(peer.ip(), local, label, tls).await;
-            authz.note_http();
-            Some(authz)
-        }
-        None => None,
-    };
-    Caller { addr: peer, authz }
 }
 
 /// Serves the admin routes over HTTP/1 or HTTP/2 (told apart by the connection preface).
