@@ -1,5 +1,9 @@
 //! The admin server: `/metrics`, `/live`, `/ready`, `POST /shutdown` (from localhost
 //! only) and `/proxy-log-level` (GET reads the filter, PUT from localhost replaces it).
+//! Connections (plaintext, or mTLS for this proxy's identity) are accepted in `conn`; with
+//! a policy source the admin port's inbound policy decides every request but the probes.
+
+mod conn;
 
 use std::{
     net::SocketAddr,
@@ -12,13 +16,16 @@ use std::{
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use hyper::body::Incoming;
 use tracing::{debug, info};
 
-use crate::{logging::LogLevel, metrics::Metrics};
+use crate::{
+    logging::LogLevel,
+    metrics::{Metrics, TlsLabels},
+    policy::ConnAuthz,
+};
+
+pub use conn::{AdminListener, serve};
 
 /// State the admin endpoints read and act on.
 #[derive(Debug, Clone)]
@@ -27,41 +34,39 @@ pub struct Admin {
     /// Set once the proxy can serve; cleared when it starts draining.
     pub ready: Arc<AtomicBool>,
     /// Cancelled by `POST /shutdown`.
-    pub shutdown: CancellationToken,
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub log_level: Option<LogLevel>,
-    /// With identity on, ready only once a certificate is installed.
+    /// With identity on, ready only once a certificate is installed (and the admin port
+    /// takes mTLS for this identity).
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// With a policy source: the inbound policy, which has the admin port's too.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// Largest request body the admin server reads (a log filter).
 const MAX_BODY: usize = 4 * 1024;
 
-pub async fn serve(listener: TcpListener, admin: Admin) {
-    loop {
-        let (io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin.route(req, peer).await) }
-            });
-            let conn = http1::Builder::new()
-                .max_buf_size(16 * 1024)
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                debug!(error = %e, "admin connection failed");
-            }
-        });
+/// Who sent a request: the connection's client, and its authorization once a request
+/// needed it (probes never wait for the port's first policy).
+#[derive(Debug)]
+struct Caller {
+    addr: SocketAddr,
+    /// The admin listener's address the client reached.
+    local: SocketAddr,
+    tls: TlsLabels,
+    authz: tokio::sync::OnceCell<ConnAuthz>,
+}
+
+impl Caller {
+    fn new(addr: SocketAddr, local: SocketAddr, tls: TlsLabels) -> Self {
+        Caller { addr, local, tls, authz: tokio::sync::OnceCell::new() }
     }
+}
+
+/// The kubelet's probes of the proxy: allowed whatever the policy, as Linkerd's probe
+/// routes are, so that a locked-down pod still becomes ready.
+fn is_probe(method: &Method, path: &str) -> bool {
+    method == Method::GET && matches!(path, "/live" | "/ready")
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -75,6 +80,32 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
+    /// Answers a request after the admin port's policy (if any) let it through.
+    async fn authorized(&self, req: Request<Incoming>, caller: &Caller) -> Response<Full<Bytes>> {
+        if let Some(policy) = &self.policy
+            && !is_probe(req.method(), req.uri().path())
+            && let Err(refusal) = caller
+                .authz
+                .get_or_init(|| async {
+                    let label = self.metrics.target_label(&caller.local);
+                    let authz =
+                        policy.authorize(caller.addr.ip(), caller.local, label, caller.tls.clone());
+                    let authz = authz.await;
+                    authz.note_http();
+                    authz
+                })
+                .await
+                .check_request(&req)
+        {
+            debug!(method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused by the inbound policy");
+            let mut rsp = text(refusal.status(), format!("{}\n", refusal.why()));
+            rsp.headers_mut()
+                .insert(crate::http::PROXY_ERROR, header::HeaderValue::from_static(refusal.why()));
+            return rsp;
+        }
+        self.route(req, caller.addr).await
+    }
+
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let local = peer.ip().is_loopback()
             || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
@@ -135,5 +166,72 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One HTTP/1.0 request over a real connection: the status and how long it took.
+    async fn get(addr: SocketAddr, path: &str) -> (String, Duration) {
+        let started = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+            .await
+            .expect("send");
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await.expect("read");
+        (rsp.get(9..12).unwrap_or("").to_string(), started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn probes_never_wait_for_the_admin_ports_first_policy_and_the_rest_fail_closed() {
+        let listener = crate::listen(([127, 0, 0, 1], 0).into()).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Metrics::new(100);
+        // The admin port's policy is watched, and the control plane never answers.
+        let (_tx, rx) = tokio::sync::watch::channel(None);
+        let wait = Duration::from_millis(500);
+        let policy = crate::policy::Policy::new(
+            crate::policy::DefaultPolicy::AllUnauthenticated,
+            crate::policy::DEFAULT_CLUSTER_NETWORKS.parse().expect("networks"),
+            crate::policy::Probes::default(),
+            metrics.authz.clone(),
+        )
+        .with_discovered([(addr.port(), rx)].into(), wait);
+        let admin = Arc::new(Admin {
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            log_level: None,
+            identity: None,
+            policy: Some(Arc::new(policy)),
+        });
+        let conf = AdminListener::new(Duration::from_secs(5), 8192);
+        tokio::spawn(serve(listener, admin.clone(), conf));
+
+        for probe in ["/live", "/ready"] {
+            let (status, took) = get(addr, probe).await;
+            assert_eq!(status, "200", "{probe}");
+            assert!(took < wait, "{probe} waited for the policy: {took:?}");
+        }
+        let (status, took) = get(addr, "/metrics").await;
+        assert_eq!(status, "403", "no policy yet: refused (fail closed)");
+        assert!(took >= wait, "answered before the first policy could come: {took:?}");
+        let m = admin.metrics.render();
+        assert!(m.contains("srv_name=\"unavailable\""), "{m}");
+    }
+
+    #[test]
+    fn only_get_on_live_and_ready_is_a_probe() {
+        assert!(is_probe(&Method::GET, "/live"));
+        assert!(is_probe(&Method::GET, "/ready"));
+        assert!(!is_probe(&Method::POST, "/ready"));
+        assert!(!is_probe(&Method::GET, "/metrics"));
+        assert!(!is_probe(&Method::GET, "/ready/x"));
+        assert!(!is_probe(&Method::GET, "/shutdown"));
     }
 }

@@ -1,7 +1,9 @@
 //! The proxy's identity: its certificate and trust anchors (`weft-identity`'s workload:
 //! the key in memory only, the anchors re-read when their file changes), and the rustls
 //! configurations of the data path — TLS 1.3 only, client certificates required inbound,
-//! the exact peer identity required outbound — and of control-plane connections.
+//! the exact peer identity required outbound — of the admin port (a client certificate
+//! verified when one is sent, as linkerd2-proxy's server does, so that a scraper without
+//! an identity can still use TLS) and of control-plane connections.
 
 use std::sync::Arc;
 
@@ -20,11 +22,16 @@ use crate::transport_header;
 /// ALPN protocols the inbound side offers, best first.
 const SERVER_ALPN: [&[u8]; 3] = [transport_header::ALPN, b"h2", b"http/1.1"];
 
+/// ALPN protocols the admin port offers: HTTP only, no opaque transport.
+const ADMIN_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
 pub struct Identity {
     pub local: IdentityName,
     trust: Arc<SharedTrust>,
     credentials: Credentials,
     acceptor: TlsAcceptor,
+    /// The admin port's: a client certificate optional (verified when sent).
+    admin_acceptor: TlsAcceptor,
     /// ALPN `h2`, for HTTP to meshed endpoints.
     h2: TlsConnector,
     /// ALPN `transport.l5d.io/v1`, for opaque transport.
@@ -57,6 +64,11 @@ impl Identity {
             .with_client_cert_verifier(Arc::new(ClientAuth::required(trust.clone())))
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+        let mut admin = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(ClientAuth::optional(trust.clone())))
+            .with_cert_resolver(resolver.clone());
+        admin.alpn_protocols = ADMIN_ALPN.iter().map(|p| p.to_vec()).collect();
         let client_config = |alpn: &[&[u8]]| -> Result<TlsConnector, WorkloadError> {
             let mut c = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -78,6 +90,7 @@ impl Identity {
             trust,
             credentials,
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            admin_acceptor: TlsAcceptor::from(Arc::new(admin)),
             h2,
             transport,
             plain,
@@ -97,6 +110,10 @@ impl Identity {
 
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
+    }
+
+    pub fn admin_acceptor(&self) -> &TlsAcceptor {
+        &self.admin_acceptor
     }
 
     pub fn connector(&self, alpn: Alpn) -> &TlsConnector {

@@ -260,6 +260,7 @@ impl BoundProxy {
             )?),
             None => None,
         };
+        let policy_watched = policy.is_some() && args.policy_workload.is_some();
         let inbound_policy = Arc::new({
             let default = policy::Policy::new(
                 args.inbound_default_policy,
@@ -272,7 +273,13 @@ impl BoundProxy {
             );
             match (policy, &args.policy_workload) {
                 (Some(connector), Some(workload)) => {
-                    let ports = args.inbound_ports.ranges().iter().flat_map(|&(lo, hi)| lo..=hi);
+                    let mut ports: Vec<u16> =
+                        args.inbound_ports.ranges().iter().flat_map(|&(lo, hi)| lo..=hi).collect();
+                    // The admin port's policy too (as linkerd2-proxy's admin server asks
+                    // for it): who may scrape the proxy's metrics.
+                    ports.extend(admin_addrs.iter().map(SocketAddr::port));
+                    ports.sort_unstable();
+                    ports.dedup();
                     let ports = policy::discover::start(
                         connector,
                         workload.clone(),
@@ -367,15 +374,21 @@ impl BoundProxy {
                 listeners.push(tokio::spawn(serve));
             }
         }
-        let admin_state = admin::Admin {
+        let admin_state = Arc::new(admin::Admin {
             metrics,
             ready: ready.clone(),
             shutdown: stop.clone(),
             log_level,
             identity: identity.clone(),
-        };
-        let admin_tasks: Vec<_> =
-            admin.into_iter().map(|l| tokio::spawn(admin::serve(l, admin_state.clone()))).collect();
+            // Only with a policy source: without one the admin port stays open to all.
+            policy: policy_watched.then(|| inbound_policy.clone()),
+        });
+        let admin_listener =
+            admin::AdminListener::new(args.detect_timeout, args.detect_max_bytes as usize);
+        let admin_tasks: Vec<_> = admin
+            .into_iter()
+            .map(|l| tokio::spawn(admin::serve(l, admin_state.clone(), admin_listener.clone())))
+            .collect();
         ready.store(true, Ordering::Release);
         info!(
             inbound = %join(&inbound_addrs), outbound = %join(&outbound_addrs), admin = %join(&admin_addrs),

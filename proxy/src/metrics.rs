@@ -226,6 +226,8 @@ pub struct Metrics {
     tcp: TcpMetrics,
     pub inbound_errors: TcpErrors,
     pub outbound_errors: TcpErrors,
+    /// `admin_tcp_errors_total{error}`: admin-port connections refused or failed.
+    pub admin_errors: TcpErrors,
     detecting: Family<DirectionLabels, Gauge>,
     pub http: crate::http::metrics::HttpMetrics,
     pub discovery: crate::discovery::DiscoveryMetrics,
@@ -281,6 +283,12 @@ impl Metrics {
             "Outbound connections that failed, by reason",
             outbound_errors.0.clone(),
         );
+        let admin_errors = TcpErrors::default();
+        registry.register(
+            "admin_tcp_errors",
+            "Admin-port connections that were refused or failed, by reason",
+            admin_errors.0.clone(),
+        );
         let detecting = Family::<DirectionLabels, Gauge>::default();
         registry.register(
             "tcp_detecting_connections",
@@ -298,6 +306,7 @@ impl Metrics {
             tcp,
             inbound_errors,
             outbound_errors,
+            admin_errors,
             detecting,
             http,
             discovery,

@@ -190,6 +190,43 @@ impl Filtering {
     }
 }
 
+impl Refusal {
+    /// The `error` label of the refused request.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::NoRoute => "no_route",
+            Refusal::RateLimited => "rate_limited",
+        }
+    }
+
+    /// The gRPC status a gRPC client gets.
+    pub fn grpc_status(self) -> u32 {
+        match self {
+            Refusal::Unauthorized => 7,
+            Refusal::NoRoute => 12,
+            Refusal::RateLimited => 8,
+        }
+    }
+
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Refusal::Unauthorized => http::StatusCode::FORBIDDEN,
+            Refusal::NoRoute => http::StatusCode::NOT_FOUND,
+            Refusal::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// What the client is told (body and `l5d-proxy-error`).
+    pub fn why(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized: the inbound policy does not allow this client",
+            Refusal::NoRoute => "no route: the inbound policy has no route for this request",
+            Refusal::RateLimited => "rate limited: the server's local rate limit is exhausted",
+        }
+    }
+}
+
 impl Policy {
     pub fn new(
         default: DefaultPolicy,

@@ -69,11 +69,15 @@ pub async fn run() -> anyhow::Result<()> {
     // The checkout proxy's inbound address, known before it starts: the destination's file
     // names it as the endpoint.
     let server_inbound = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let server_admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     // The checkout pod admits meshed clients only (`config.weft.dev/default-inbound-policy`);
-    // its proxy takes the policy of the app's port from the destination service.
+    // its proxy takes the policies of the app's port and of its admin port from the
+    // destination service. The demo scrapes the admin port in plaintext: a Server lets
+    // anyone in there (as linkerd-viz's `proxy-admin` does for the kubelet).
     let yaml = format!(
-        "services:\n  - name: checkout\n    namespace: shop\n    clusterIPs: [10.96.0.50]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {server_inbound}\n            identity: checkout.shop.{DOMAIN}\n            protocolHint: h2\npods:\n  - name: checkout-1\n    namespace: shop\n    labels: {{app: checkout}}\n    annotations: {{config.weft.dev/default-inbound-policy: all-authenticated}}\n    ports:\n      - {{name: http, containerPort: {}}}\n",
-        app.port()
+        "services:\n  - name: checkout\n    namespace: shop\n    clusterIPs: [10.96.0.50]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {server_inbound}\n            identity: checkout.shop.{DOMAIN}\n            protocolHint: h2\npods:\n  - name: checkout-1\n    namespace: shop\n    labels: {{app: checkout}}\n    annotations: {{config.weft.dev/default-inbound-policy: all-authenticated}}\n    ports:\n      - {{name: http, containerPort: {}}}\n      - {{name: weft-admin, containerPort: {}}}\npolicies:\n  - apiVersion: policy.weft.dev/v1beta1\n    kind: Server\n    metadata: {{name: checkout-admin, namespace: shop}}\n    spec: {{podSelector: {{matchLabels: {{app: checkout}}}}, port: weft-admin, proxyProtocol: HTTP/1, accessPolicy: all-unauthenticated}}\n",
+        app.port(),
+        server_admin.port()
     );
     let (dst, dst_admin, dst_file) = balancing::serve_destination(
         &yaml,
@@ -90,13 +94,13 @@ pub async fn run() -> anyhow::Result<()> {
     wait_ready(dst_admin).await?;
     let mut server_args = with_identity(proxy_args(None, Some(app)), "checkout");
     server_args.inbound_listen_addr = vec![server_inbound];
+    server_args.admin_listen_addr = vec![server_admin];
     server_args.inbound_default_policy = weft_proxy::policy::DefaultPolicy::AllAuthenticated;
     server_args.policy_addr = Some(dst.into());
     server_args.policy_svc_name = Some(DESTINATION.into());
     server_args.policy_workload = Some("shop:checkout-1".into());
     server_args.inbound_ports = app.port().to_string().parse()?;
     let server = BoundProxy::bind(server_args)?;
-    let server_admin = server.admin_addrs()[0];
     tokio::spawn(server.serve(None, std::future::pending()));
     let client_of = |sa: &str| -> anyhow::Result<(SocketAddr, SocketAddr)> {
         let mut args = with_identity(proxy_args(Some("10.96.0.50:80".parse()?), None), sa);
@@ -183,10 +187,13 @@ pub async fn run() -> anyhow::Result<()> {
     let mut yaml = std::fs::read_to_string(&dst_file)?;
     yaml.push_str(AUTHORIZATION);
     std::fs::write(&dst_file, yaml)?;
+    let app_port = app.port().to_string();
     let updated = async {
         loop {
             let m = scrape(server_admin).await?;
-            if value(&m, "inbound_policy_updates_total", &[("result", "ok")]) >= 2.0 {
+            // The app port's second policy (the admin port's come on their own).
+            let port = [("port", app_port.as_str()), ("result", "ok")];
+            if value(&m, "inbound_policy_updates_total", &port) >= 2.0 {
                 return anyhow::Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -213,8 +220,8 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 /// Policy objects for the destination's file, as they would be applied to a cluster.
-const AUTHORIZATION: &str = "policies:
-  - apiVersion: policy.weft.dev/v1beta1
+/// Items of the file's `policies:` section, which comes last.
+const AUTHORIZATION: &str = "  - apiVersion: policy.weft.dev/v1beta1
     kind: Server
     metadata: {name: checkout-http, namespace: shop}
     spec: {podSelector: {matchLabels: {app: checkout}}, port: http, proxyProtocol: HTTP/1}

@@ -2,6 +2,7 @@
 //! iptables rules in network namespaces. One test binary to keep link time down.
 
 mod access_log;
+mod admin;
 mod chart;
 mod check;
 mod control_plane;

@@ -766,7 +766,9 @@ pub(crate) fn web2_under(policies: &str) -> Web2 {
         ]
         .concat(),
     );
-    // The destination re-reads its file: web2's endpoint, its pod and the policies.
+    // The destination re-reads its file: web2's endpoint, its pod and the policies. Its
+    // admin address resolves to the meshed pod too (as a pod's IP:4191 does in a
+    // cluster), and the pod names the admin port `weft-admin` (as the injector does).
     let file = mesh.dir.join("endpoints.yaml");
     let mut yaml = std::fs::read_to_string(&file).expect("endpoints");
     yaml.push_str(&format!(
@@ -775,8 +777,15 @@ pub(crate) fn web2_under(policies: &str) -> Web2 {
         id("web")
     ));
     yaml.push_str(&format!(
-        "pods:\n  - name: web-2\n    namespace: prod\n    labels: {{app: web2}}\n    ports:\n      - {{name: http, containerPort: {}}}\npolicies:\n{policies}",
-        app.port()
+        "  - name: web2-admin\n    namespace: prod\n    ports:\n      - port: {}\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n",
+        web2.admin.port(),
+        web2.admin,
+        id("web")
+    ));
+    yaml.push_str(&format!(
+        "pods:\n  - name: web-2\n    namespace: prod\n    labels: {{app: web2}}\n    ports:\n      - {{name: http, containerPort: {}}}\n      - {{name: weft-admin, containerPort: {}}}\npolicies:\n{policies}",
+        app.port(),
+        web2.admin.port()
     ));
     std::fs::write(&file, yaml).expect("endpoints");
 

@@ -168,6 +168,12 @@ fn lookup_by_ip() {
     assert_eq!(ep.identity.as_deref(), Some(ID_WEB));
     assert_eq!(ep.labels.get("service"), None);
     assert_eq!(r.profile.endpoint.as_deref(), Some(&**ep));
+    // The proxy's admin port of a meshed pod too: a meshed scraper's proxy originates mTLS
+    // (HTTP/2) to it, which the admin port terminates.
+    let r = idx.lookup(&Target::Addr(sa("10.244.0.1:4191")));
+    let ep = &r.endpoints[&sa("10.244.0.1:4191")];
+    assert_eq!(ep.identity.as_deref(), Some(ID_WEB));
+    assert_eq!(ep.hint, Hint::H2 { opaque_transport: None });
     // A not-ready pod is still that pod; an unknown IP is unknown.
     assert!(idx.lookup(&Target::Addr(sa("10.244.0.2:1"))).exists);
     assert!(!idx.lookup(&Target::Addr(sa("10.1.1.1:80"))).exists);

@@ -36,7 +36,6 @@ use crate::{
     discovery::{DstLabels, Resolution},
     metrics::Direction,
     metrics::TlsLabels,
-    policy::Refusal,
     transport::{ConnError, Side},
 };
 
@@ -269,26 +268,8 @@ async fn proxy(
     if let Some(Err(refusal)) = checked {
         metrics.http.request(&direct_route);
         debug!(method = %req.method(), path = req.uri().path(), ?refusal, "request refused by the inbound policy");
-        let (label, grpc, status, why) = match refusal {
-            Refusal::Unauthorized => (
-                "unauthorized",
-                7,
-                StatusCode::FORBIDDEN,
-                "unauthorized: the inbound policy does not allow this client",
-            ),
-            Refusal::NoRoute => (
-                "no_route",
-                12,
-                StatusCode::NOT_FOUND,
-                "no route: the inbound policy has no route for this request",
-            ),
-            Refusal::RateLimited => (
-                "rate_limited",
-                8,
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate limited: the server's local rate limit is exhausted",
-            ),
-        };
+        let (label, grpc, status, why) =
+            (refusal.label(), refusal.grpc_status(), refusal.status(), refusal.why());
         metrics.http.error(direction, label);
         let rsp = if is_grpc(req.headers()) {
             grpc_error_response(grpc, why)
