@@ -352,8 +352,7 @@ impl PolicyIndex {
                 ProxyProtocol::Unknown,
                 authorizations,
                 probes,
-                None,
-                None,
+                proto::Attached::default(),
                 None,
             ));
         };
@@ -393,8 +392,7 @@ impl PolicyIndex {
             server.protocol,
             authorizations,
             probes,
-            routes.as_deref(),
-            grpc_routes.as_deref(),
+            proto::Attached { http: routes.as_deref(), grpc: grpc_routes.as_deref() },
             rate_limit,
         ))
     }

@@ -399,10 +399,18 @@ pub fn rate_limit(
     }
 }
 
-/// A whole `Server` message. `routes`: the port's HTTPRoutes, which replace the default
-/// route (`None`: it has none); `grpc_routes` the same for a gRPC server, which (as in
-/// Linkerd) gets GRPCRoutes only, and keeps its default gRPC route whatever HTTP routes it
-/// has. `rate_limit` goes on the HTTP protocols (detected, HTTP/1, HTTP/2); the API has no place
+/// The routes that attach to a port's Server, which replace its default route (`None`:
+/// none do).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attached<'a> {
+    /// HTTPRoutes, of either group.
+    pub http: Option<&'a [pb::HttpRoute]>,
+    pub grpc: Option<&'a [pb::GrpcRoute]>,
+}
+
+/// A whole `Server` message. A gRPC server gets its GRPCRoutes only (as in Linkerd), and
+/// keeps its default gRPC route whatever HTTP routes it has; the others their HTTPRoutes
+/// only. `rate_limit` goes on the HTTP protocols (detected, HTTP/1, HTTP/2); the API has no place
 /// for it on gRPC, opaque or TLS servers, so those are not limited.
 pub fn server(
     origin: &Origin<'_>,
@@ -410,10 +418,10 @@ pub fn server(
     protocol: ProxyProtocol,
     authorizations: Vec<pb::Authz>,
     probes: &BTreeSet<String>,
-    routes: Option<&[pb::HttpRoute]>,
-    grpc_routes: Option<&[pb::GrpcRoute]>,
+    attached: Attached<'_>,
     rate_limit: Option<pb::HttpLocalRateLimit>,
 ) -> pb::Server {
+    let routes = attached.http;
     use pb::proxy_protocol::{Detect, Grpc, Http1, Http2, Kind, Opaque, Tls};
     let kind = match protocol {
         ProxyProtocol::Unknown => Kind::Detect(Detect {
@@ -430,7 +438,7 @@ pub fn server(
             local_rate_limit: rate_limit,
         }),
         ProxyProtocol::Grpc => {
-            Kind::Grpc(Grpc { routes: self::grpc_routes(&authorizations, grpc_routes) })
+            Kind::Grpc(Grpc { routes: grpc_routes(&authorizations, attached.grpc) })
         }
         ProxyProtocol::Opaque => Kind::Opaque(Opaque {}),
         ProxyProtocol::Tls => Kind::Tls(Tls {}),
