@@ -1,7 +1,8 @@
 //! The Kubernetes source: cluster-wide watches of Namespaces, Services, EndpointSlices and
 //! Pods, and of the six policy kinds of `policy.weft.dev` (kube-runtime watchers, with
 //! backoff), converted to the model and fed to the indexes; and of the Gateway API's
-//! HTTPRoutes, for traffic splits ([`gateway`]).
+//! HTTPRoutes, for traffic splits and inbound routes, and GRPCRoutes, for inbound routes
+//! ([`gateway`]).
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
 //! kind in the index at once, so objects deleted while a watch was down disappear.
 
@@ -44,7 +45,7 @@ use crate::{
 
 pub mod gateway;
 
-use gateway::GatewayHttpRoute;
+use gateway::{GatewayGrpcRoute, GatewayHttpRoute};
 
 /// Where the watches write: the discovery index, and the policy index (which also needs
 /// the pods and namespaces).
@@ -309,7 +310,8 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             synced.policy.send_replace(true);
         }
     });
-    let crds = Synced::new(PolicyKind::ALL.len(), crds_tx);
+    // The policy kinds and the Gateway API's GRPCRoutes.
+    let crds = Synced::new(PolicyKind::ALL.len() + 1, crds_tx);
     tokio::join!(
         watch_kind::<PolicyCrd<ServerKind>>(
             client.clone(),
@@ -345,8 +347,9 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             client.clone(),
             index.clone(),
             metrics.clone(),
-            crds
+            crds.clone()
         ),
+        watch_kind::<GatewayGrpcRoute>(client.clone(), index.clone(), metrics.clone(), crds),
         run_discovery(client, index, metrics, synced.discovery),
     );
 }

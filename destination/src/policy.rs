@@ -13,7 +13,8 @@
 //!   [`crate::model::Problem`], never a panic);
 //! - [`index`]: objects in, a `Server` message per pod port out, pushed to followers when
 //!   it changes (pure);
-//! - [`route`]: `HTTPRoute`s, which replace a Server's default route with their own;
+//! - [`route`]: `HTTPRoute`s (ours, and the Gateway API's with Server parents) and the
+//!   Gateway API's `GRPCRoute`s, which replace a Server's default route with their own;
 //! - [`rate_limit`]: `HTTPLocalRateLimitPolicy`s, a Server's HTTP request rates;
 //! - [`proto`]: the protobuf messages (routes, authorizations, labels);
 //! - [`server`]: the gRPC service.

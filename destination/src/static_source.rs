@@ -78,6 +78,12 @@
 //!     spec:
 //!       parentRefs: [{group: policy.weft.dev, kind: Server, name: web-http}]
 //!       rules: [{matches: [{path: {type: Exact, value: /metrics}, method: GET}]}]
+//!   - apiVersion: gateway.networking.k8s.io/v1   # and GRPCRoutes of gRPC Servers
+//!     kind: GRPCRoute
+//!     metadata: {name: echo-say, namespace: prod}
+//!     spec:
+//!       parentRefs: [{group: policy.weft.dev, kind: Server, name: echo-grpc}]
+//!       rules: [{matches: [{method: {service: weft.test.Echo, method: Say}}]}]
 //! ```
 //!
 //! A policy object or route that does not convert fails the whole file (as a structural
@@ -107,12 +113,13 @@ use crate::{
             DEFAULT_INBOUND_POLICY_ANNOTATION, DefaultPolicy, GROUP, PodInbound, PolicyKind,
             PolicyObject,
         },
+        route::{GrpcRoute, grpc::GRPC_ROUTE_KIND},
     },
     profile::{self, ProfilePolicy},
     resolve::{
         DEFAULT_WEIGHT, Discover, Endpoint, Hint, ProfileSource, Resolution, Subscriptions, Target,
     },
-    split::{self, FileSplit, FileSplits},
+    split::{self, FileSplit, FileSplits, GATEWAY_GROUP, GATEWAY_VERSION},
 };
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -249,6 +256,7 @@ pub struct Catalog {
     namespaces: HashMap<String, Option<DefaultPolicy>>,
     pods: HashMap<ObjKey, PodInbound>,
     policies: Vec<PolicyObject>,
+    grpc_routes: Vec<GrpcRoute>,
     splits: FileSplits,
 }
 
@@ -387,6 +395,18 @@ impl Catalog {
         let policies =
             file.policies.into_iter().enumerate().map(|(i, v)| ("policies", i, v, false));
         for (section, i, value, route) in policies.chain(routes) {
+            if route && value.get("kind").and_then(|k| k.as_str()) == Some(GRPC_ROUTE_KIND) {
+                let r =
+                    parse_grpc_route(value).map_err(|e| invalid(format!("{section}[{i}]: {e}")))?;
+                if catalog.grpc_routes.iter().any(|o| o.key == r.key) {
+                    return Err(invalid(format!(
+                        "{section}[{i}]: {GRPC_ROUTE_KIND} {} is listed twice",
+                        r.key
+                    )));
+                }
+                catalog.grpc_routes.push(r);
+                continue;
+            }
             let object =
                 parse_policy(value, route).map_err(|e| invalid(format!("{section}[{i}]: {e}")))?;
             if !seen.insert((object.kind(), object.key().clone())) {
@@ -465,7 +485,7 @@ fn parse_policy(value: serde_json::Value, route: bool) -> Result<PolicyObject, S
         Some(PolicyKind::HttpRoute) if route => PolicyKind::HttpRoute,
         Some(PolicyKind::HttpRoute) => return Err("HTTPRoutes go in the routes: section".into()),
         Some(kind) if !route => kind,
-        _ if route => return Err(format!("kind {:?} is not HTTPRoute", p.kind)),
+        _ if route => return Err(format!("kind {:?} is not HTTPRoute or GRPCRoute", p.kind)),
         _ => {
             return Err(format!(
                 "kind {:?} is not one of Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy",
@@ -478,6 +498,26 @@ fn parse_policy(value: serde_json::Value, route: bool) -> Result<PolicyObject, S
         return Err(format!("apiVersion {:?} is not {want}", p.api_version));
     }
     PolicyObject::parse(kind, &p.metadata, &p.spec).map_err(|e| e.to_string())
+}
+
+/// A GRPCRoute of the `routes:` section, strictly: one the proxy could not enforce as
+/// written is refused, as an HTTPRoute is.
+fn parse_grpc_route(value: serde_json::Value) -> Result<GrpcRoute, String> {
+    let p: FilePolicy = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let want = format!("{GATEWAY_GROUP}/{GATEWAY_VERSION}");
+    if p.api_version != want {
+        return Err(format!("apiVersion {:?} is not {want}", p.api_version));
+    }
+    let name = p.metadata.name.clone().filter(|n| !n.is_empty());
+    let ns = p.metadata.namespace.clone().filter(|n| !n.is_empty());
+    let (Some(ns), Some(name)) = (ns, name) else {
+        return Err("metadata: no namespace or name".into());
+    };
+    let route = GrpcRoute::parse(ObjKey::new(ns, name), None, &p.spec)?;
+    match &route.unusable {
+        Some(u) => Err(format!("{}: {}", u.reason, u.detail)),
+        None => Ok(route),
+    }
 }
 
 #[derive(Debug)]
@@ -526,6 +566,7 @@ fn set_policy(policy: &SharedPolicyIndex, catalog: &Catalog) {
     for kind in PolicyKind::ALL {
         policy.reset(kind, catalog.policies.clone());
     }
+    policy.reset_grpc_routes(catalog.grpc_routes.clone());
 }
 
 impl Discover for StaticIndex {

@@ -19,10 +19,10 @@ fn upgraded_pair(backend: SocketAddr, extra: &[&str]) -> (Proxy, Proxy) {
 }
 
 /// A Python peer (tests/e2e/py/peers.py); servers are waited for until they print "ready".
-struct Py(Child);
+pub(crate) struct Py(Child);
 
 impl Py {
-    fn server(cmd: &str, port: u16) -> Py {
+    pub(crate) fn server(cmd: &str, port: u16) -> Py {
         let mut child = Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/py/peers.py"))
             .args([cmd, &port.to_string()])
@@ -55,7 +55,7 @@ impl Drop for Py {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     local_listener().local_addr().expect("addr").port()
 }
 

@@ -22,16 +22,17 @@ use super::{
     model::{
         AuthorizationPolicy, AuthzTarget, DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, GROUP,
         IdentityMatch, MeshTls, NetworkAuthn, PodInbound, PolicyKind, PolicyObject, ProxyProtocol,
-        Server, parse_networks,
+        RouteRef, Server, parse_networks,
     },
     proto::{self, Authentication, Origin},
     rate_limit::RateLimitPolicy,
-    route::HttpRoute,
+    route::{GrpcRoute, HttpRoute, grpc::GRPC_ROUTE_KIND},
 };
 use crate::{
     index::IndexConfig,
     metrics::SkipLabels,
     model::{Namespace, ObjKey, Pod},
+    split::GATEWAY_GROUP,
 };
 
 /// The cluster-wide defaults of inbound policy.
@@ -74,6 +75,10 @@ pub struct PolicyIndex {
     mesh_tls: HashMap<ObjKey, MeshTls>,
     networks: HashMap<ObjKey, NetworkAuthn>,
     routes: HashMap<ObjKey, HttpRoute>,
+    /// The Gateway API's HTTPRoutes that attach to Servers (those that attach to none are
+    /// left to traffic splits), and its GRPCRoutes.
+    gateway_routes: HashMap<ObjKey, HttpRoute>,
+    grpc_routes: HashMap<ObjKey, GrpcRoute>,
     rate_limits: HashMap<ObjKey, RateLimitPolicy>,
     /// Rate-limit policies not applied because an older one limits their Server (counted
     /// when they become so).
@@ -267,6 +272,36 @@ impl PolicyIndex {
         }
     }
 
+    /// A Gateway API HTTPRoute, or `None` when it attaches to no Server (any more).
+    pub fn apply_gateway_route(&mut self, key: &ObjKey, route: Option<HttpRoute>) {
+        if set(&mut self.gateway_routes, key, route.filter(|r| !r.servers.is_empty())) {
+            self.refresh(Scope::Namespace(key.namespace.clone()));
+        }
+    }
+
+    /// Replaces all Gateway API HTTPRoutes (a watch listed them all).
+    pub fn reset_gateway_routes(&mut self, all: Vec<HttpRoute>) {
+        let new = all.into_iter().filter(|r| !r.servers.is_empty()).map(|r| (r.key.clone(), r));
+        if replace_all(&mut self.gateway_routes, new.collect()) {
+            self.refresh(Scope::All);
+        }
+    }
+
+    /// A GRPCRoute, or `None` once it is deleted.
+    pub fn apply_grpc_route(&mut self, key: &ObjKey, route: Option<GrpcRoute>) {
+        if set(&mut self.grpc_routes, key, route) {
+            self.refresh(Scope::Namespace(key.namespace.clone()));
+        }
+    }
+
+    /// Replaces all GRPCRoutes (a watch listed them all, or their CRD is missing).
+    pub fn reset_grpc_routes(&mut self, all: Vec<GrpcRoute>) {
+        if replace_all(&mut self.grpc_routes, all.into_iter().map(|r| (r.key.clone(), r)).collect())
+        {
+            self.refresh(Scope::All);
+        }
+    }
+
     /// Recomputes the followed ports in `scope` and sends those that changed; forgets the
     /// ports nobody follows any more.
     fn refresh(&mut self, scope: Scope) {
@@ -317,7 +352,7 @@ impl PolicyIndex {
                 ProxyProtocol::Unknown,
                 authorizations,
                 probes,
-                None,
+                proto::Attached::default(),
                 None,
             ));
         };
@@ -335,7 +370,7 @@ impl PolicyIndex {
                         AuthzTarget::Server(name) => *name == server.key.name,
                         AuthzTarget::Namespace => true,
                         // Its route's requests only (see `routes`).
-                        AuthzTarget::HttpRoute(_) => false,
+                        AuthzTarget::Route(_) => false,
                     }
             })
             .collect();
@@ -343,7 +378,11 @@ impl PolicyIndex {
         let mut authorizations: Vec<pb::Authz> =
             policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
         authorizations.extend(self.default_authorizations(server.access_policy));
-        let routes = self.routes(server, &authorizations);
+        // A gRPC Server gets GRPCRoutes only, the others HTTPRoutes only, as in Linkerd.
+        let (routes, grpc_routes) = match server.protocol {
+            ProxyProtocol::Grpc => (None, self.grpc_routes(server, &authorizations)),
+            _ => (self.routes(server, &authorizations), None),
+        };
         let rate_limit = self
             .rate_limit(server)
             .map(|p| proto::rate_limit(p, GROUP, |ns, sa| self.ids.identity(ns, sa)));
@@ -353,7 +392,7 @@ impl PolicyIndex {
             server.protocol,
             authorizations,
             probes,
-            routes.as_deref(),
+            proto::Attached { http: routes.as_deref(), grpc: grpc_routes.as_deref() },
             rate_limit,
         ))
     }
@@ -397,47 +436,95 @@ impl PolicyIndex {
         self.rate_limit_conflicts = skipped;
     }
 
-    /// The HTTP routes of a Server that HTTPRoutes attach to (`None`: none do, it keeps the
-    /// default route). As in Linkerd, each route admits the clients of the
+    /// The HTTP routes of a Server that HTTPRoutes (of either group) attach to (`None`: none
+    /// do, it keeps the default route). As in Linkerd, each route admits the clients of the
     /// AuthorizationPolicies that target it, and those of the Server's own authorizations,
     /// which apply to every route.
     fn routes(&self, server: &Server, server_authz: &[pb::Authz]) -> Option<Vec<pb::HttpRoute>> {
-        let mut attached: Vec<&HttpRoute> = self
-            .routes
-            .values()
+        let mut attached: Vec<&HttpRoute> = (self.routes.values())
+            .chain(self.gateway_routes.values())
             .filter(|r| {
                 r.key.namespace == server.key.namespace && r.servers.contains(&server.key.name)
             })
             .collect();
         // Oldest first, as Gateway API breaks ties between routes.
-        attached.sort_by(|a, b| by_age(&a.created, &a.key, &b.created, &b.key));
+        attached.sort_by(|a, b| {
+            by_age(&a.created, &a.key, &b.created, &b.key).then(a.group.cmp(b.group))
+        });
         let first = attached.first()?;
         let mut routes = Vec::new();
         for route in &attached {
             if let Some(u) = &route.unusable {
                 // Counted and logged when the route arrived; it still keeps the default
                 // route away, so its requests get 404 rather than being served unfiltered.
-                debug!(route = %route.key, server = %server.key, reason = u.reason, "route not served");
+                debug!(route = %route.key, group = route.group, server = %server.key, reason = u.reason, "route not served");
                 continue;
             }
-            let mut policies: Vec<&AuthorizationPolicy> = self
-                .authorizations
-                .values()
-                .filter(|a| {
-                    a.key.namespace == route.key.namespace
-                        && matches!(&a.target, AuthzTarget::HttpRoute(n) if *n == route.key.name)
-                })
-                .collect();
-            policies.sort_by(|a, b| a.key.name.cmp(&b.key.name));
-            let mut authorizations: Vec<pb::Authz> =
-                policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
-            authorizations.extend_from_slice(server_authz);
-            routes.push(proto::http_route(route, GROUP, authorizations));
+            let target =
+                RouteRef { group: route.group, kind: "HTTPRoute", name: route.key.name.clone() };
+            let authorizations = self.route_authorizations(&route.key, &target, server_authz);
+            routes.push(proto::http_route(route, route.group, authorizations));
         }
         if routes.is_empty() {
-            routes.push(proto::no_route(GROUP, &first.key.name));
+            routes.push(proto::no_route(first.group, &first.key.name));
         }
         Some(routes)
+    }
+
+    /// The gRPC routes of a gRPC Server that GRPCRoutes attach to (`None`: none do, it keeps
+    /// the default route); authorized as [`Self::routes`] authorizes HTTP routes.
+    fn grpc_routes(
+        &self,
+        server: &Server,
+        server_authz: &[pb::Authz],
+    ) -> Option<Vec<pb::GrpcRoute>> {
+        let mut attached: Vec<&GrpcRoute> = (self.grpc_routes.values())
+            .filter(|r| {
+                r.key.namespace == server.key.namespace && r.servers.contains(&server.key.name)
+            })
+            .collect();
+        attached.sort_by(|a, b| by_age(&a.created, &a.key, &b.created, &b.key));
+        let first = attached.first()?;
+        let mut routes = Vec::new();
+        for route in &attached {
+            if let Some(u) = &route.unusable {
+                debug!(route = %route.key, server = %server.key, reason = u.reason, "gRPC route not served");
+                continue;
+            }
+            let target = RouteRef {
+                group: GATEWAY_GROUP,
+                kind: GRPC_ROUTE_KIND,
+                name: route.key.name.clone(),
+            };
+            let authorizations = self.route_authorizations(&route.key, &target, server_authz);
+            routes.push(proto::grpc_route(route, authorizations));
+        }
+        if routes.is_empty() {
+            routes.push(proto::no_grpc_route(&first.key.name));
+        }
+        Some(routes)
+    }
+
+    /// A route's authorizations: its AuthorizationPolicies', then the Server's.
+    fn route_authorizations(
+        &self,
+        route: &ObjKey,
+        target: &RouteRef,
+        server_authz: &[pb::Authz],
+    ) -> Vec<pb::Authz> {
+        let mut policies: Vec<&AuthorizationPolicy> = self
+            .authorizations
+            .values()
+            .filter(|a| {
+                a.key.namespace == route.namespace
+                    && matches!(&a.target, AuthzTarget::Route(t) if t == target)
+            })
+            .collect();
+        policies.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        let mut authorizations: Vec<pb::Authz> =
+            policies.into_iter().filter_map(|p| self.policy_authorization(p)).collect();
+        authorizations.extend_from_slice(server_authz);
+        authorizations
     }
 
     /// An AuthorizationPolicy's authorization; `None` while an authentication it requires
@@ -536,6 +623,23 @@ fn insert<V: PartialEq>(map: &mut HashMap<ObjKey, V>, key: ObjKey, value: V) -> 
         map.insert(key, value);
         true
     }
+}
+
+/// Sets (`Some`) or removes (`None`) one entry; whether that changed anything.
+fn set<V: PartialEq>(map: &mut HashMap<ObjKey, V>, key: &ObjKey, value: Option<V>) -> bool {
+    match value {
+        Some(v) => insert(map, key.clone(), v),
+        None => map.remove(key).is_some(),
+    }
+}
+
+/// Replaces a whole map; whether that changed anything.
+fn replace_all<V: PartialEq>(map: &mut HashMap<ObjKey, V>, new: HashMap<ObjKey, V>) -> bool {
+    let changed = *map != new;
+    if changed {
+        *map = new;
+    }
+    changed
 }
 
 fn replace<V: PartialEq>(

@@ -16,9 +16,12 @@ use serde_json::Value;
 
 use super::{
     rate_limit::{RATE_LIMIT_KIND, RATE_LIMIT_VERSION, RateLimitPolicy},
-    route::{HttpRoute, ROUTE_VERSION},
+    route::{HttpRoute, ROUTE_VERSION, grpc::GRPC_ROUTE_KIND},
 };
-use crate::model::{ObjKey, Problem};
+use crate::{
+    model::{ObjKey, Problem},
+    split::GATEWAY_GROUP,
+};
 
 /// The API group of the policy resources.
 pub const GROUP: &str = "policy.weft.dev";
@@ -153,8 +156,17 @@ pub enum AuthzTarget {
     Server(String),
     /// Every Server of the policy's own namespace.
     Namespace,
-    /// One HTTPRoute: its requests only.
-    HttpRoute(String),
+    /// One route: its requests only.
+    Route(RouteRef),
+}
+
+/// A route an AuthorizationPolicy targets: `HTTPRoute` of [`GROUP`] or of the Gateway API,
+/// or the Gateway API's `GRPCRoute`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRef {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -466,11 +478,15 @@ fn parse_authz(key: ObjKey, value: &Value) -> Result<PolicyObject, String> {
             ));
         }
         AuthzTarget::Namespace
-    } else if t.kind.eq_ignore_ascii_case("HTTPRoute") && group_is(t, GROUP) {
-        AuthzTarget::HttpRoute(t.name.clone())
+    } else if let Some((group, kind)) =
+        [(GROUP, "HTTPRoute"), (GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, GRPC_ROUTE_KIND)]
+            .into_iter()
+            .find(|(g, k)| t.kind.eq_ignore_ascii_case(k) && group_is(t, g))
+    {
+        AuthzTarget::Route(RouteRef { group, kind, name: t.name.clone() })
     } else {
         return Err(format!(
-            "targetRef {}/{} is not supported (a Server or HTTPRoute of {GROUP}, or the Namespace)",
+            "targetRef {}/{} is not supported (a Server or HTTPRoute of {GROUP}, an HTTPRoute or GRPCRoute of {GATEWAY_GROUP}, or the Namespace)",
             t.group.as_deref().unwrap_or_default(),
             t.kind
         ));

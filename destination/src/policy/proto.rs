@@ -15,8 +15,9 @@ use linkerd2_proxy_api::{
 use super::{
     model::{Network, ProxyProtocol},
     rate_limit::{RATE_LIMIT_KIND, RateLimitPolicy},
-    route::{self, HttpRoute},
+    route::{self, GrpcRoute, HttpRoute, grpc::GRPC_ROUTE_KIND},
 };
+use crate::split::GATEWAY_GROUP;
 
 /// How long a proxy reads a connection's first bytes to tell HTTP from the rest (Linkerd's).
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,8 +171,15 @@ fn http_routes(
     routes
 }
 
-/// The gRPC counterpart of the `default` route: every call.
-fn grpc_routes(authorizations: &[pb::Authz]) -> Vec<pb::GrpcRoute> {
+/// The gRPC counterpart of `http_routes`: the port's GRPCRoutes when it has any, else
+/// `default`, every call.
+fn grpc_routes(
+    authorizations: &[pb::Authz],
+    attached: Option<&[pb::GrpcRoute]>,
+) -> Vec<pb::GrpcRoute> {
+    if let Some(routes) = attached {
+        return routes.to_vec();
+    }
     vec![pb::GrpcRoute {
         metadata: default_meta("default"),
         hosts: Vec::new(),
@@ -183,11 +191,11 @@ fn grpc_routes(authorizations: &[pb::Authz]) -> Vec<pb::GrpcRoute> {
     }]
 }
 
-fn route_meta(group: &str, name: &str) -> Option<Metadata> {
+fn route_meta(group: &str, kind: &str, name: &str) -> Option<Metadata> {
     Some(Metadata {
         kind: Some(metadata::Kind::Resource(Resource {
             group: group.to_string(),
-            kind: "HTTPRoute".to_string(),
+            kind: kind.to_string(),
             name: name.to_string(),
             ..Default::default()
         })),
@@ -196,19 +204,8 @@ fn route_meta(group: &str, name: &str) -> Option<Metadata> {
 
 /// An HTTPRoute as the proxy takes it, with the authorizations that apply to it.
 pub fn http_route(r: &HttpRoute, group: &str, authorizations: Vec<pb::Authz>) -> pb::HttpRoute {
-    use http::{header_match, host_match, path_match, query_param_match};
-    let hosts = r
-        .hosts
-        .iter()
-        .map(|h| http::HostMatch {
-            r#match: Some(match h {
-                route::HostMatch::Exact(name) => host_match::Match::Exact(name.clone()),
-                route::HostMatch::Suffix(labels) => host_match::Match::Suffix(host_match::Suffix {
-                    reverse_labels: labels.iter().rev().cloned().collect(),
-                }),
-            }),
-        })
-        .collect();
+    use http::{path_match, query_param_match};
+    let hosts = host_matches(&r.hosts);
     let one = |m: &route::RouteMatch| http::HttpRouteMatch {
         path: m.path.as_ref().map(|p| http::PathMatch {
             kind: Some(match p {
@@ -217,17 +214,7 @@ pub fn http_route(r: &HttpRoute, group: &str, authorizations: Vec<pb::Authz>) ->
                 route::PathMatch::Regex(r) => path_match::Kind::Regex(r.clone()),
             }),
         }),
-        headers: m
-            .headers
-            .iter()
-            .map(|(name, v)| http::HeaderMatch {
-                name: name.clone(),
-                value: Some(match v {
-                    route::ValueMatch::Exact(s) => header_match::Value::Exact(s.clone().into()),
-                    route::ValueMatch::Regex(r) => header_match::Value::Regex(r.clone()),
-                }),
-            })
-            .collect(),
+        headers: header_matches(&m.headers),
         query_params: m
             .query
             .iter()
@@ -246,7 +233,7 @@ pub fn http_route(r: &HttpRoute, group: &str, authorizations: Vec<pb::Authz>) ->
             .map(|r| HttpMethod { r#type: Some(http_method::Type::Registered(r.into())) }),
     };
     pb::HttpRoute {
-        metadata: route_meta(group, &r.key.name),
+        metadata: route_meta(group, "HTTPRoute", &r.key.name),
         hosts,
         authorizations,
         rules: r
@@ -257,6 +244,70 @@ pub fn http_route(r: &HttpRoute, group: &str, authorizations: Vec<pb::Authz>) ->
                 filters: rule.filters.iter().map(filter).collect(),
             })
             .collect(),
+    }
+}
+
+fn host_matches(hosts: &[route::HostMatch]) -> Vec<http::HostMatch> {
+    use http::host_match;
+    hosts
+        .iter()
+        .map(|h| http::HostMatch {
+            r#match: Some(match h {
+                route::HostMatch::Exact(name) => host_match::Match::Exact(name.clone()),
+                route::HostMatch::Suffix(labels) => host_match::Match::Suffix(host_match::Suffix {
+                    reverse_labels: labels.iter().rev().cloned().collect(),
+                }),
+            }),
+        })
+        .collect()
+}
+
+fn header_matches(headers: &[(String, route::ValueMatch)]) -> Vec<http::HeaderMatch> {
+    use http::header_match;
+    headers
+        .iter()
+        .map(|(name, v)| http::HeaderMatch {
+            name: name.clone(),
+            value: Some(match v {
+                route::ValueMatch::Exact(s) => header_match::Value::Exact(s.clone().into()),
+                route::ValueMatch::Regex(r) => header_match::Value::Regex(r.clone()),
+            }),
+        })
+        .collect()
+}
+
+/// A GRPCRoute as the proxy takes it, with the authorizations that apply to it. An RPC
+/// match names a service, a method or both; the API reads an empty string as any.
+pub fn grpc_route(r: &GrpcRoute, authorizations: Vec<pb::Authz>) -> pb::GrpcRoute {
+    let one = |m: &route::grpc::GrpcMatch| grpc::GrpcRouteMatch {
+        rpc: (m.service.is_some() || m.method.is_some()).then(|| grpc::GrpcRpcMatch {
+            service: m.service.clone().unwrap_or_default(),
+            method: m.method.clone().unwrap_or_default(),
+        }),
+        headers: header_matches(&m.headers),
+    };
+    pb::GrpcRoute {
+        metadata: route_meta(GATEWAY_GROUP, GRPC_ROUTE_KIND, &r.key.name),
+        hosts: host_matches(&r.hosts),
+        authorizations,
+        rules: r
+            .rules
+            .iter()
+            .map(|rule| pb::grpc_route::Rule {
+                matches: rule.matches.iter().map(one).collect(),
+                filters: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// The gRPC counterpart of [`no_route`], named after a GRPCRoute that cannot be served.
+pub fn no_grpc_route(name: &str) -> pb::GrpcRoute {
+    pb::GrpcRoute {
+        metadata: route_meta(GATEWAY_GROUP, GRPC_ROUTE_KIND, name),
+        hosts: Vec::new(),
+        authorizations: Vec::new(),
+        rules: Vec::new(),
     }
 }
 
@@ -306,7 +357,7 @@ fn filter(f: &route::Filter) -> pb::http_route::Filter {
 /// route" (what controllers older than routes send).
 pub fn no_route(group: &str, name: &str) -> pb::HttpRoute {
     pb::HttpRoute {
-        metadata: route_meta(group, name),
+        metadata: route_meta(group, "HTTPRoute", name),
         hosts: Vec::new(),
         authorizations: Vec::new(),
         rules: Vec::new(),
@@ -348,10 +399,18 @@ pub fn rate_limit(
     }
 }
 
-/// A whole `Server` message. `routes`: the port's HTTPRoutes, which replace the default
-/// route (`None`: it has none). A gRPC server keeps its default gRPC route whatever HTTP
-/// routes it has: Linkerd gives gRPC servers GRPCRoutes only, which Weft does not serve.
-/// `rate_limit` goes on the HTTP protocols (detected, HTTP/1, HTTP/2); the API has no place
+/// The routes that attach to a port's Server, which replace its default route (`None`:
+/// none do).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attached<'a> {
+    /// HTTPRoutes, of either group.
+    pub http: Option<&'a [pb::HttpRoute]>,
+    pub grpc: Option<&'a [pb::GrpcRoute]>,
+}
+
+/// A whole `Server` message. A gRPC server gets its GRPCRoutes only (as in Linkerd), and
+/// keeps its default gRPC route whatever HTTP routes it has; the others their HTTPRoutes
+/// only. `rate_limit` goes on the HTTP protocols (detected, HTTP/1, HTTP/2); the API has no place
 /// for it on gRPC, opaque or TLS servers, so those are not limited.
 pub fn server(
     origin: &Origin<'_>,
@@ -359,9 +418,10 @@ pub fn server(
     protocol: ProxyProtocol,
     authorizations: Vec<pb::Authz>,
     probes: &BTreeSet<String>,
-    routes: Option<&[pb::HttpRoute]>,
+    attached: Attached<'_>,
     rate_limit: Option<pb::HttpLocalRateLimit>,
 ) -> pb::Server {
+    let routes = attached.http;
     use pb::proxy_protocol::{Detect, Grpc, Http1, Http2, Kind, Opaque, Tls};
     let kind = match protocol {
         ProxyProtocol::Unknown => Kind::Detect(Detect {
@@ -377,7 +437,9 @@ pub fn server(
             routes: http_routes(&authorizations, probes, routes),
             local_rate_limit: rate_limit,
         }),
-        ProxyProtocol::Grpc => Kind::Grpc(Grpc { routes: grpc_routes(&authorizations) }),
+        ProxyProtocol::Grpc => {
+            Kind::Grpc(Grpc { routes: grpc_routes(&authorizations, attached.grpc) })
+        }
         ProxyProtocol::Opaque => Kind::Opaque(Opaque {}),
         ProxyProtocol::Tls => Kind::Tls(Tls {}),
     };

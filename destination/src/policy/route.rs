@@ -1,7 +1,9 @@
 //! `HTTPRoute` (`policy.weft.dev/v1beta3`, the schema of Linkerd's `policy.linkerd.io`
-//! HTTPRoute) reduced to what inbound policy needs: the Servers it attaches to, its host
-//! names and its rules' matches and filters (request header modifiers and redirects,
-//! `filter`). Pure.
+//! HTTPRoute, and the Gateway API's `gateway.networking.k8s.io/v1` HTTPRoute, whose schema
+//! is a superset of it for these fields) reduced to what inbound policy needs: the Servers
+//! it attaches to, its host names and its rules' matches and filters (request header
+//! modifiers and redirects, `filter`). Pure. `GRPCRoute`s, in [`grpc`], share its parents,
+//! host names and header matches.
 //!
 //! A route that names its parents but cannot be enforced as written (a filter the proxy
 //! does not apply, a path or regex that is not valid) is kept as *unusable* with the reason:
@@ -17,11 +19,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::GROUP;
-use crate::model::ObjKey;
+use crate::{model::ObjKey, split::GATEWAY_GROUP};
 
 mod filter;
+pub mod grpc;
 
 pub use filter::{Filter, HeaderModifier, PathModifier, Redirect};
+pub use grpc::GrpcRoute;
 
 /// The version HTTPRoutes are served in (Linkerd's newest).
 pub const ROUTE_VERSION: &str = "v1beta3";
@@ -61,6 +65,9 @@ pub enum HostMatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRoute {
     pub key: ObjKey,
+    /// Its API group: [`GROUP`] or the Gateway API's ([`GATEWAY_GROUP`]). Two routes of one
+    /// name in the two groups are two routes, and an AuthorizationPolicy names the group.
+    pub group: &'static str,
     /// Routes are listed oldest first, as Gateway API orders ties.
     pub created: Option<Time>,
     /// The Servers (of the route's namespace) it attaches to.
@@ -151,25 +158,52 @@ struct NamedValue {
 const METHODS: [&str; 9] =
     ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
+/// The Servers (of the route's namespace) among a route's parents. Parents that are not
+/// Servers (Services, Gateways) are other controllers' business; a Server of another
+/// namespace cannot be attached to. `group`: the route's own group, which a parent without
+/// one is in: a Gateway API route must name [`GROUP`] to attach to a Server.
+fn servers(parents: &[ParentRef], group: &str, namespace: &str) -> BTreeSet<String> {
+    parents
+        .iter()
+        .filter(|p| {
+            p.kind.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("Server"))
+                && p.group.as_deref().unwrap_or(group) == GROUP
+                && p.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == namespace)
+        })
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 impl HttpRoute {
-    /// Converts a route from its `spec`. `Err`: even its parents cannot be read, so it
-    /// claims nothing. A route whose rules cannot be enforced is `Ok` with `unusable` set.
+    /// Converts a `policy.weft.dev` route from its `spec`. `Err`: even its parents cannot be
+    /// read, so it claims nothing. A route whose rules cannot be enforced is `Ok` with
+    /// `unusable` set.
     pub fn parse(key: ObjKey, created: Option<Time>, value: &Value) -> Result<Self, String> {
+        Self::parse_in(GROUP, key, created, value)
+    }
+
+    /// Converts a Gateway API HTTPRoute: as [`HttpRoute::parse`], with the Gateway API's
+    /// defaults for parents (`group` `gateway.networking.k8s.io`, so a Server parent names
+    /// its group).
+    pub fn parse_gateway(
+        key: ObjKey,
+        created: Option<Time>,
+        value: &Value,
+    ) -> Result<Self, String> {
+        Self::parse_in(GATEWAY_GROUP, key, created, value)
+    }
+
+    fn parse_in(
+        group: &'static str,
+        key: ObjKey,
+        created: Option<Time>,
+        value: &Value,
+    ) -> Result<Self, String> {
         let spec: Spec = Spec::deserialize(value).map_err(|e| format!("spec: {e}"))?;
-        // Parents that are not Servers (Services, Gateways) are other controllers'
-        // business; a Server of another namespace cannot be attached to.
-        let servers = spec
-            .parent_refs
-            .iter()
-            .filter(|p| {
-                p.kind.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("Server"))
-                    && p.group.as_deref().unwrap_or(GROUP) == GROUP
-                    && p.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == key.namespace)
-            })
-            .map(|p| p.name.clone())
-            .collect();
+        let servers = servers(&spec.parent_refs, group, &key.namespace);
         let mut route = HttpRoute {
             key,
+            group,
             created,
             servers,
             hosts: Vec::new(),
@@ -195,8 +229,7 @@ fn invalid(detail: String) -> Unusable {
 type Matches = (Vec<HostMatch>, Vec<Rule>);
 
 fn convert(spec: &Spec) -> Result<Matches, Unusable> {
-    let hosts =
-        spec.hostnames.iter().map(|h| host(h).map_err(invalid)).collect::<Result<_, _>>()?;
+    let hosts = hosts(&spec.hostnames)?;
     let Some(rules) = &spec.rules else {
         return Ok((hosts, vec![Rule { matches: vec![match_all()], filters: Vec::new() }]));
     };
@@ -221,6 +254,10 @@ fn convert(spec: &Spec) -> Result<Matches, Unusable> {
 /// The CRD's default match: every request.
 fn match_all() -> RouteMatch {
     RouteMatch { path: Some(PathMatch::Prefix("/".into())), ..Default::default() }
+}
+
+fn hosts(names: &[String]) -> Result<Vec<HostMatch>, Unusable> {
+    names.iter().map(|h| host(h).map_err(invalid)).collect()
 }
 
 fn host(h: &str) -> Result<HostMatch, String> {
@@ -263,6 +300,17 @@ fn value_match(what: &str, v: &NamedValue) -> Result<(String, ValueMatch), Strin
     }
 }
 
+/// Header matches, names lowercased.
+fn header_matches(specs: &[NamedValue]) -> Result<Vec<(String, ValueMatch)>, String> {
+    let mut headers = Vec::new();
+    for h in specs {
+        filter::header_name(&h.name)?;
+        let (name, value) = value_match("header", h)?;
+        headers.push((name.to_ascii_lowercase(), value));
+    }
+    Ok(headers)
+}
+
 fn route_match(m: &MatchSpec) -> Result<RouteMatch, String> {
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
@@ -286,12 +334,7 @@ fn route_match(m: &MatchSpec) -> Result<RouteMatch, String> {
             }
         }
     };
-    let mut headers = Vec::new();
-    for h in &m.headers {
-        filter::header_name(&h.name)?;
-        let (name, value) = value_match("header", h)?;
-        headers.push((name.to_ascii_lowercase(), value));
-    }
+    let headers = header_matches(&m.headers)?;
     let query = m
         .query_params
         .iter()

@@ -179,6 +179,36 @@ fn pods_and_policies() {
 }
 
 #[test]
+fn grpc_routes_in_the_routes_section() {
+    let file = r#"
+pods: [{name: web-1, namespace: prod, labels: {app: web}}]
+policies:
+  - apiVersion: policy.weft.dev/v1beta1
+    kind: Server
+    metadata: {name: web-grpc, namespace: prod}
+    spec: {podSelector: {matchLabels: {app: web}}, port: 9090, proxyProtocol: gRPC}
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: GRPCRoute
+    metadata: {name: web-echo, namespace: prod}
+    spec:
+      parentRefs: [{group: policy.weft.dev, kind: Server, name: web-grpc}]
+      rules: [{matches: [{method: {service: weft.Test, method: Echo}}]}]
+"#;
+    let (c, _) = Catalog::parse(Path::new("f.yaml"), file).expect("parses");
+    let policy = SharedPolicyIndex::default();
+    let _index = StaticIndex::new(c, "cluster.local", policy.clone());
+    let srv = policy.lock().get(&ObjKey::new("prod", "web-1"), 9090).unwrap();
+    let Some(linkerd2_proxy_api::inbound::proxy_protocol::Kind::Grpc(g)) =
+        srv.protocol.and_then(|p| p.kind)
+    else {
+        panic!("not gRPC")
+    };
+    let rpc = g.routes[0].rules[0].matches[0].rpc.clone().expect("an RPC match");
+    assert_eq!((rpc.service.as_str(), rpc.method.as_str()), ("weft.Test", "Echo"));
+}
+
+#[test]
 fn routes_section() {
     let file = format!(
         "{POLICY_FILE}{}",
@@ -230,6 +260,8 @@ routes:
     };
     let ok_spec = "{parentRefs: [{kind: Server, name: web-http}]}";
     let filtered = "{parentRefs: [{kind: Server, name: web-http}], rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: a}}]}]}";
+    let grpc_spec = "{parentRefs: [{group: policy.weft.dev, kind: Server, name: web-http}]}";
+    let grpc_regex = "{parentRefs: [{group: policy.weft.dev, kind: Server, name: web-http}], rules: [{matches: [{method: {type: RegularExpression, method: 'S.*'}}]}]}";
     let bad_redirect = "{parentRefs: [{kind: Server, name: web-http}], rules: [{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]}]}";
     for (bad, want) in [
         (
@@ -243,6 +275,21 @@ routes:
         (
             format!("routes: [{}]", route("policy.weft.dev/v1beta1", "Server", ok_spec)),
             "not HTTPRoute",
+        ),
+        (
+            format!("routes: [{}]", route("policy.weft.dev/v1beta3", "GRPCRoute", grpc_spec)),
+            "apiVersion",
+        ),
+        (
+            format!("routes: [{}]", route("gateway.networking.k8s.io/v1", "GRPCRoute", grpc_regex)),
+            "unsupported_match",
+        ),
+        (
+            format!(
+                "routes: [{0}, {0}]",
+                route("gateway.networking.k8s.io/v1", "GRPCRoute", grpc_spec)
+            ),
+            "twice",
         ),
         (
             format!("routes: [{}]", route("policy.weft.dev/v1beta3", "HTTPRoute", filtered)),

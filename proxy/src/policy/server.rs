@@ -301,7 +301,8 @@ impl Route {
     }
 
     fn from_grpc_api(r: api::GrpcRoute) -> Result<Self, Invalid> {
-        // Weft's control plane sends no GRPCRoutes; their filters are not implemented.
+        // Weft's control plane sends GRPCRoutes without filters (it does not serve one that
+        // has any): gRPC route filters are not implemented.
         let filters = |f: Vec<api::grpc_route::Filter>| match f.is_empty() {
             true => Ok(None),
             false => Err("gRPC route filters are not supported by this proxy".to_string()),

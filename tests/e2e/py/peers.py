@@ -1,9 +1,11 @@
 """Independent HTTP peers for the e2e tests: gRPC (grpcio), WebSocket (websockets), and
 raw HTTP/2 frames for abuse (rapid reset, CONTINUATION flood).
 
-usage: peers.py grpc-server PORT | grpc-client HOST:PORT | ws-server PORT | ws-client URL
+usage: peers.py grpc-server PORT | grpc-client HOST:PORT | grpc-call HOST:PORT /SERVICE/METHOD [NAME=VALUE]
+              | ws-server PORT | ws-client URL
               | h2-settings HOST:PORT | h2-rapid-reset HOST:PORT | h2-continuation-flood HOST:PORT
-Servers print "ready" once listening; clients print "ok" and exit 0 on success; the raw
+Servers print "ready" once listening; clients print "ok" and exit 0 on success (grpc-call
+prints the call's status code name, e.g. OK or PERMISSION_DENIED, and the details); the raw
 HTTP/2 abuse clients print what they observed.
 """
 import asyncio
@@ -61,6 +63,17 @@ def grpc_client(addr):
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNAVAILABLE, e.code()
     print("ok", flush=True)
+
+
+def grpc_call(addr, path, header=None):
+    metadata = [tuple(header.split("=", 1))] if header else None
+    with grpc.insecure_channel(addr) as channel:
+        call = channel.unary_unary(path)
+        try:
+            call(b"ping", timeout=10, metadata=metadata)
+            print("OK", flush=True)
+        except grpc.RpcError as e:
+            print(e.code().name, e.details(), flush=True)
 
 
 async def ws_server(port):
@@ -173,6 +186,7 @@ def h2_continuation_flood(addr):
 COMMANDS = {
     "grpc-server": grpc_server,
     "grpc-client": grpc_client,
+    "grpc-call": grpc_call,
     "ws-server": lambda port: asyncio.run(ws_server(port)),
     "ws-client": lambda url: asyncio.run(ws_client(url)),
     "h2-settings": h2_settings,
@@ -181,6 +195,6 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: peers.py {{{'|'.join(COMMANDS)}}} ARG")
-    COMMANDS[sys.argv[1]](sys.argv[2])
+    if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: peers.py {{{'|'.join(COMMANDS)}}} ARG...")
+    COMMANDS[sys.argv[1]](*sys.argv[2:])

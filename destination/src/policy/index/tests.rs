@@ -492,7 +492,7 @@ fn bad_objects_are_refused_with_a_reason() {
         (PolicyKind::Server, json!("not an object")),
         (
             PolicyKind::AuthorizationPolicy,
-            json!({"targetRef": {"kind": "HTTPRoute", "group": "gateway.networking.k8s.io", "name": "r"}}),
+            json!({"targetRef": {"kind": "GRPCRoute", "group": "policy.weft.dev", "name": "r"}}),
         ),
         (
             PolicyKind::AuthorizationPolicy,
@@ -605,4 +605,5 @@ fn followers_get_each_change_once() {
     assert!(idx.subs.is_empty());
 }
 
+mod gateway;
 mod routes;
