@@ -310,8 +310,9 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             synced.policy.send_replace(true);
         }
     });
-    // The policy kinds and the Gateway API's GRPCRoutes.
-    let crds = Synced::new(PolicyKind::ALL.len() + 1, crds_tx);
+    // The policy kinds, the Gateway API's GRPCRoutes, and its HTTPRoutes (which discovery
+    // does not wait for, but policy must: they may restrict a Server's routes).
+    let crds = Synced::new(PolicyKind::ALL.len() + 2, crds_tx);
     tokio::join!(
         watch_kind::<PolicyCrd<ServerKind>>(
             client.clone(),
@@ -349,8 +350,13 @@ pub async fn run(client: Client, index: Indexes, metrics: Metrics, synced: Synce
             metrics.clone(),
             crds.clone()
         ),
-        watch_kind::<GatewayGrpcRoute>(client.clone(), index.clone(), metrics.clone(), crds),
-        run_discovery(client, index, metrics, synced.discovery),
+        watch_kind::<GatewayGrpcRoute>(
+            client.clone(),
+            index.clone(),
+            metrics.clone(),
+            crds.clone()
+        ),
+        run_discovery(client, index, metrics, synced.discovery, crds),
     );
 }
 
@@ -359,14 +365,16 @@ async fn run_discovery(
     index: Indexes,
     metrics: Metrics,
     synced: watch::Sender<bool>,
+    policy: Synced,
 ) {
     let synced = Synced::new(5, synced);
     tokio::join!(
-        watch_kind::<GatewayHttpRoute>(
+        watch_listed::<GatewayHttpRoute>(
             client.clone(),
             index.clone(),
             metrics.clone(),
-            synced.clone()
+            synced.clone(),
+            Some(policy)
         ),
         watch_kind::<K8sNamespace>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
         watch_kind::<K8sService>(client.clone(), index.clone(), metrics.clone(), synced.clone()),
@@ -388,11 +396,25 @@ fn is_not_found(error: &watcher::Error) -> bool {
 }
 
 async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, synced: Synced) {
+    watch_listed::<K>(client, index, metrics, synced, None).await
+}
+
+/// [`watch_kind`], also telling `listed` once the kind has really listed (or its CRD is
+/// missing) — never at a failure that `SYNC_ON_FAILURE` lets `synced` through: policy must
+/// not answer without routes that may restrict a Server while discovery goes on.
+async fn watch_listed<K: Kind>(
+    client: Client,
+    index: Indexes,
+    metrics: Metrics,
+    synced: Synced,
+    listed: Option<Synced>,
+) {
     let api: Api<K> = Api::all(client);
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut listing: Option<Vec<K::Model>> = None;
     let mut first_sync = Some(synced);
+    let mut first_list = listed;
     // Whether the CRD was missing (an OPTIONAL kind's 404): said once, not at every retry.
     let mut missing = false;
     let skip = |problems: Vec<Problem>| problems.iter().for_each(|p| metrics.skip(p));
@@ -424,9 +446,7 @@ async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, s
                 }
                 info!(kind = K::NAME, objects = all.len(), "listed");
                 skip(K::reset(&index, all));
-                if let Some(s) = first_sync.take() {
-                    s.done();
-                }
+                first_sync.take().into_iter().chain(first_list.take()).for_each(|s| s.done());
             }
             Ok(watcher::Event::Apply(obj)) => {
                 if let Some(model) = convert(&obj) {
@@ -452,6 +472,9 @@ async fn watch_kind<K: Kind>(client: Client, index: Indexes, metrics: Metrics, s
                 if (not_installed || K::SYNC_ON_FAILURE)
                     && let Some(s) = first_sync.take()
                 {
+                    s.done();
+                }
+                if not_installed && let Some(s) = first_list.take() {
                     s.done();
                 }
             }

@@ -13,7 +13,8 @@
 //! - `GET /version`, the server's version as a v1.33 API server gives it.
 //!
 //! Anything else gets a `Status` 404/405, as the real server would answer; so does a collection
-//! marked missing with [`FakeApi::set_missing`] (a CRD that is not installed).
+//! marked missing with [`FakeApi::set_missing`] (a CRD that is not installed). One marked
+//! with [`FakeApi::set_forbidden`] gets 403 (no RBAC for it).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -63,8 +64,9 @@ struct Shared {
     latest: watch::Sender<u64>,
     posts: Mutex<HashMap<String, Handler>>,
     requests: Mutex<Vec<String>>,
-    /// Collections whose resource the server does not know (CRDs not installed).
-    missing: Mutex<std::collections::HashSet<String>>,
+    /// Collections the server fails every request for, with the status: 404 for a resource
+    /// it does not know (a CRD not installed), 403 for one the client may not read.
+    failing: Mutex<HashMap<String, u16>>,
 }
 
 impl Shared {
@@ -92,7 +94,7 @@ impl FakeApi {
             latest: watch::Sender::new(0),
             posts: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
-            missing: Mutex::new(Default::default()),
+            failing: Mutex::new(Default::default()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
@@ -201,13 +203,22 @@ impl FakeApi {
     /// Makes `collection` unknown to the server (404 for every request, as for a CRD that is
     /// not installed), or known again.
     pub fn set_missing(&self, collection: &str, missing: bool) {
+        self.set_failing(collection, missing.then_some(404));
+    }
+
+    /// Makes every request for `collection` forbidden (403, as without RBAC for it), or
+    /// served again.
+    pub fn set_forbidden(&self, collection: &str, forbidden: bool) {
+        self.set_failing(collection, forbidden.then_some(403));
+    }
+
+    fn set_failing(&self, collection: &str, status: Option<u16>) {
         let collection = collection.trim_end_matches('/').to_string();
-        let mut set = self.shared.missing.lock().unwrap_or_else(|e| e.into_inner());
-        if missing {
-            set.insert(collection);
-        } else {
-            set.remove(&collection);
-        }
+        let mut failing = self.shared.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            Some(code) => failing.insert(collection, code),
+            None => failing.remove(&collection),
+        };
     }
 
     /// Requests served so far, as `METHOD path?query`.
@@ -432,8 +443,21 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             format!("the server could not find the requested resource ({path})"),
         );
     };
-    if shared.missing.lock().unwrap_or_else(|e| e.into_inner()).contains(&target.collection) {
-        return status(404, "NotFound", "the server could not find the requested resource".into());
+    let failing =
+        shared.failing.lock().unwrap_or_else(|e| e.into_inner()).get(&target.collection).copied();
+    match failing {
+        Some(404) => {
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+            );
+        }
+        Some(code) => {
+            let why = format!("{} is forbidden: the client may not read it", target.collection);
+            return status(code, "Forbidden", why);
+        }
+        None => {}
     }
     let q = query(&req);
     let selector = q.get("labelSelector").cloned().unwrap_or_default();

@@ -292,3 +292,52 @@ fn discovery_and_policy_are_served_without_the_grpcroute_crd() {
     let errors = metric(&m, "destination_watch_errors_total", &[("kind", "gateway_grpcroute")]);
     assert!(errors >= 1.0, "{m}");
 }
+
+/// Gateway API HTTPRoutes may restrict a Server's routes, so policy waits for their first
+/// list even though discovery does not: a list that fails for another reason than a missing
+/// CRD (here, no RBAC for them) must not have policy answer with the default route.
+#[test]
+fn policy_waits_for_gateway_httproutes_that_cannot_be_listed() {
+    let api = cluster();
+    api.put(SERVERS, fixture("server-web-http.json"));
+    let mut canary = fixture("httproute-web-canary.json");
+    canary["spec"]["parentRefs"]
+        .as_array_mut()
+        .expect("parentRefs")
+        .push(json!({"group": "policy.weft.dev", "kind": "Server", "name": "web-http"}));
+    api.put(GATEWAY_ROUTES, canary);
+    api.set_forbidden(GATEWAY_ROUTES, true);
+    let d = Destination::kubernetes(&api);
+    rt().block_on(async {
+        // Discovery is served...
+        let mut client = d.client().await;
+        let mut web = destination::get(&mut client, WEB).await;
+        assert!(matches!(
+            destination::next(&mut web).await.update,
+            Some(linkerd2_proxy_api::destination::update::Update::Add(set)) if set.addrs.len() == 2
+        ));
+        // ...policy is not, while the routes cannot be listed.
+        let addr = format!("http://{}", d.grpc);
+        let mut policy = InboundServerPoliciesClient::connect(addr).await.expect("connect");
+        let port = pb::PortSpec { workload: POD.into(), port: 8080 };
+        let early = async {
+            let mut stream = policy.watch_port(port).await?.into_inner();
+            stream.message().await
+        };
+        let early = tokio::time::timeout(Duration::from_secs(3), early).await;
+        assert!(early.is_err(), "policy answered without the routes: {early:?}");
+
+        // With RBAC for them, the first answer has the route.
+        api.set_forbidden(GATEWAY_ROUTES, false);
+        let mut http = watch(&d, 8080).await;
+        let first = tokio::time::timeout(Duration::from_secs(40), http.message()).await;
+        let Ok(Ok(Some(first))) = first else {
+            panic!("no policy once the routes list: {first:?}\n{}", d.logs())
+        };
+        let Some(Kind::Http1(h)) = first.protocol.as_ref().and_then(|p| p.kind.as_ref()) else {
+            panic!("not HTTP/1: {first:#?}")
+        };
+        let names: Vec<_> = h.routes.iter().map(|r| meta_name(r.metadata.as_ref())).collect();
+        assert_eq!(names, ["gateway.networking.k8s.io/HTTPRoute/web"], "{first:#?}");
+    });
+}
