@@ -40,10 +40,24 @@ const DEPLOYMENTS: [&str; 3] = ["weft-identity", "weft-destination", "weft-injec
 /// The injector's settings (charts/weft/templates/proxy-config.yaml): the proxy image new pods get.
 const PROXY_CONFIG: &str = "weft-proxy-config";
 const PROXY_IMAGE_KEY: &str = "WEFT_INJECTOR_PROXY_IMAGE";
-/// The CRD of the Gateway API's HTTPRoutes, which `weft destination` reads traffic splits from
-/// (in the version it watches); the cluster's to install, not the chart's.
-const HTTPROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
-const HTTPROUTE_VERSION: &str = "v1";
+/// The CRDs of the Gateway API's routes that `weft destination` reads (in the version it
+/// watches), the cluster's to install, not the chart's: each check's name, the CRD, what
+/// it gives, and what is lost without it.
+const GATEWAY_CRDS: [(&str, &str, &str, &str); 2] = [
+    (
+        "Gateway API HTTPRoute CRD is installed",
+        "httproutes.gateway.networking.k8s.io",
+        "traffic splits, inbound routes",
+        "HTTPRoutes cannot split traffic (canary releases) or route a Server's requests",
+    ),
+    (
+        "Gateway API GRPCRoute CRD is installed",
+        "grpcroutes.gateway.networking.k8s.io",
+        "inbound gRPC routes",
+        "GRPCRoutes cannot route (or authorize) a gRPC Server's calls",
+    ),
+];
+const GATEWAY_VERSION: &str = "v1";
 const GATEWAY_API_INSTALL: &str = "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/standard-install.yaml";
 /// Pods listed per API request.
 const PAGE: u32 = 500;
@@ -463,46 +477,45 @@ async fn control_plane(k: &Kube, r: &mut Report) {
     }
 }
 
-/// The Gateway API's HTTPRoute CRD is there, serving the version the destination watches.
-/// Only a warning without it: splits need it, nothing else does.
+/// The Gateway API's route CRDs are there, serving the version the destination watches.
+/// Only warnings without them: splits and Gateway API routes need them, nothing else does.
 async fn gateway_api(k: &Kube, r: &mut Report) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    const CHECK: &str = "Gateway API HTTPRoute CRD is installed";
     let api: Api<CustomResourceDefinition> = Api::all(k.client.clone());
-    match k.get(&api, HTTPROUTE_CRD).await {
-        Ok(Some(crd)) => {
-            let served: Vec<String> = crd
-                .spec
-                .versions
-                .iter()
-                .filter(|v| v.served)
-                .map(|v| v.name.clone())
-                .collect();
-            if served.iter().any(|v| v == HTTPROUTE_VERSION) {
-                r.ok_with(CHECK, format!("traffic splits; serves {}", served.join(", ")));
-            } else {
-                r.warn(
-                    CHECK,
-                    format!(
-                        "CRD {HTTPROUTE_CRD} serves {} but not {HTTPROUTE_VERSION}, which weft destination reads: HTTPRoutes do not split traffic",
-                        list(&served)
-                    ),
-                    format!("upgrade the Gateway API CRDs to v1.0 or later ({GATEWAY_API_INSTALL})"),
-                );
+    for (check, crd_name, gives, lost) in GATEWAY_CRDS {
+        match k.get(&api, crd_name).await {
+            Ok(Some(crd)) => {
+                let served: Vec<String> = crd
+                    .spec
+                    .versions
+                    .iter()
+                    .filter(|v| v.served)
+                    .map(|v| v.name.clone())
+                    .collect();
+                if served.iter().any(|v| v == GATEWAY_VERSION) {
+                    r.ok_with(check, format!("{gives}; serves {}", served.join(", ")));
+                } else {
+                    r.warn(
+                        check,
+                        format!(
+                            "CRD {crd_name} serves {} but not {GATEWAY_VERSION}, which weft destination reads: {lost}",
+                            list(&served)
+                        ),
+                        format!("upgrade the Gateway API CRDs to v1.1 or later ({GATEWAY_API_INSTALL})"),
+                    );
+                }
             }
-        }
-        Ok(None) => r.warn(
-            CHECK,
-            format!(
-                "no CRD {HTTPROUTE_CRD}: HTTPRoutes cannot split traffic (canary releases); the rest of the mesh works without it"
+            Ok(None) => r.warn(
+                check,
+                format!("no CRD {crd_name}: {lost}; the rest of the mesh works without it"),
+                format!("for {gives}, install the Gateway API CRDs, v1.1 or later ({GATEWAY_API_INSTALL})"),
             ),
-            format!("to split traffic, install the Gateway API CRDs, v1.0 or later ({GATEWAY_API_INSTALL})"),
-        ),
-        Err(e) => r.warn(
-            CHECK,
-            format!("cannot read CRD {HTTPROUTE_CRD}: {e}"),
-            "the check needs to get customresourcedefinitions (kubectl auth can-i get customresourcedefinitions)",
-        ),
+            Err(e) => r.warn(
+                check,
+                format!("cannot read CRD {crd_name}: {e}"),
+                "the check needs to get customresourcedefinitions (kubectl auth can-i get customresourcedefinitions)",
+            ),
+        }
     }
 }
 

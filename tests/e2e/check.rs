@@ -47,6 +47,7 @@ const HEALTHY: [(&str, &[&str]); 5] = [
             "weft-destination deployment is available",
             "weft-injector deployment is available",
             "Gateway API HTTPRoute CRD is installed",
+            "Gateway API GRPCRoute CRD is installed",
         ],
     ),
     (
@@ -293,6 +294,7 @@ fn cluster(change: impl FnOnce(&mut Vec<Value>)) -> FakeApi {
     }
     // The Gateway API's CRDs, installed by the cluster's owner (not the chart).
     objects.push(crate::destination::fixture("crd-httproutes-gateway.json"));
+    objects.push(crate::destination::fixture("crd-grpcroutes-gateway.json"));
     change(&mut objects);
     let api = FakeApi::start();
     for o in objects {
@@ -445,7 +447,7 @@ fn check_passes_on_a_healthy_install() {
         "✓ data-plane proxies are ready (3 meshed pods in 2 namespaces)"
     );
     assert!(
-        c.out.ends_with("Status check results: 18 passed, 0 warnings, 0 failed\n"),
+        c.out.ends_with("Status check results: 19 passed, 0 warnings, 0 failed\n"),
         "{}",
         c.out
     );
@@ -599,7 +601,7 @@ fn check_warns_for_an_issuer_expiring_within_the_window_and_old_proxies() {
     let warned: Vec<_> = statuses(&json).into_iter().filter(|(_, s)| s != "ok").collect();
     assert_eq!(warned.len(), 2, "{warned:?}");
     assert!(
-        c.out.ends_with("Status check results: 16 passed, 2 warnings, 0 failed\n"),
+        c.out.ends_with("Status check results: 17 passed, 2 warnings, 0 failed\n"),
         "{}",
         c.out
     );
@@ -613,18 +615,21 @@ fn check_warns_for_an_issuer_expiring_within_the_window_and_old_proxies() {
     );
 }
 
-/// Without the Gateway API CRDs the mesh works, only traffic splits do not: a warning that
-/// says how to install them; CRDs too old to serve `v1` say to upgrade.
+/// Without the Gateway API CRDs the mesh works, only traffic splits and Gateway API routes
+/// do not: a warning each that says how to install them; CRDs too old to serve `v1` say to
+/// upgrade.
 #[test]
-fn check_warns_without_the_gateway_api_httproute_crd() {
+fn check_warns_without_the_gateway_api_route_crds() {
     const CHECK: &str = "Gateway API HTTPRoute CRD is installed";
+    const GRPC: &str = "Gateway API GRPCRoute CRD is installed";
     let healthy = check(&cluster(|_| {}), &[]);
     assert_eq!(
         healthy.line(CHECK),
-        format!("✓ {CHECK} (traffic splits; serves v1, v1beta1)"),
+        format!("✓ {CHECK} (traffic splits, inbound routes; serves v1, v1beta1)"),
         "{}",
         healthy.out
     );
+    assert_eq!(healthy.line(GRPC), format!("✓ {GRPC} (inbound gRPC routes; serves v1)"));
     let api = cluster(|o| o.retain(|o| o["kind"] != "CustomResourceDefinition"));
     let (c, json) = check_both(&api, &[]);
     assert_eq!(c.code, 0, "a warning is not a failure:\n{}", c.out);
@@ -634,8 +639,14 @@ fn check_warns_without_the_gateway_api_httproute_crd() {
             && line.contains("standard-install.yaml"),
         "{line}"
     );
+    let line = c.line(GRPC);
+    assert!(
+        line.starts_with(&format!("‼ {GRPC}: no CRD grpcroutes.gateway.networking.k8s.io")),
+        "{line}"
+    );
     let warned: Vec<_> = statuses(&json).into_iter().filter(|(_, s)| s != "ok").collect();
-    assert_eq!(warned, [(CHECK.to_string(), "warning".to_string())]);
+    let warning = |c: &str| (c.to_string(), "warning".to_string());
+    assert_eq!(warned, [warning(GRPC), warning(CHECK)]);
 
     let old = cluster(|o| {
         let crd = find(o, "CustomResourceDefinition", "httproutes.gateway.networking.k8s.io");
