@@ -330,6 +330,7 @@ fn is_list_or_watch(request: &str) -> bool {
     [PODS, SERVICES, SLICES, NAMESPACES].contains(&path)
         || policy.iter().any(|p| p == path)
         || path == crate::split::HTTPROUTES
+        || path == crate::policy_grpc_routes::GRPC_ROUTES
 }
 
 #[test]

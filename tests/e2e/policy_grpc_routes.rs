@@ -24,7 +24,7 @@ use crate::{
     support::run,
 };
 
-const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
+pub(crate) const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const GATEWAY_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const GATEWAY: &str = "gateway.networking.k8s.io";
 
