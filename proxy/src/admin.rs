@@ -225,6 +225,48 @@ mod tests {
         assert!(m.contains("srv_name=\"unavailable\""), "{m}");
     }
 
+    /// Idle connections give their slot back: an HTTP/1.1 keep-alive connection after its
+    /// request, and an HTTP/2 one that never sends a request.
+    #[tokio::test]
+    async fn idle_connections_are_closed() {
+        let listener = crate::listen(([127, 0, 0, 1], 0).into()).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let admin = Arc::new(Admin {
+            metrics: Metrics::new(100),
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            log_level: None,
+            identity: None,
+            policy: None,
+        });
+        let mut conf = AdminListener::new(Duration::from_secs(5), 8192);
+        conf.idle_timeout = Duration::from_millis(300);
+        tokio::spawn(serve(listener, admin, conf.clone()));
+
+        let keep_alive = b"GET /live HTTP/1.1\r\nHost: admin\r\n\r\n".as_slice();
+        let h2_preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice();
+        for first in [keep_alive, h2_preface] {
+            let started = Instant::now();
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(first).await.expect("send");
+            // Whatever the server says (a response, its SETTINGS), then its close: at once
+            // for HTTP/1; for this HTTP/2 client, which never acknowledges the GOAWAY's ping,
+            // after the 5 s close grace. Under the 10 s header-read timeout either way.
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut got));
+            read.await.expect("closed while idle").expect("read");
+            assert!(!got.is_empty(), "answered first");
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(300), "closed before it was idle: {took:?}");
+        }
+        // Both slots are free again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conf.limit.available_permits() < conn::MAX_CONNECTIONS {
+            assert!(Instant::now() < deadline, "slots still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[test]
     fn only_get_on_live_and_ready_is_a_probe() {
         assert!(is_probe(&Method::GET, "/live"));

@@ -4,7 +4,15 @@
 //! sends, since discovery says the pod is meshed); TLS for any other name is refused,
 //! as linkerd2-proxy's admin server does. HTTP/1 and HTTP/2 are served over either.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::{BufMut, BytesMut};
 use hyper::service::service_fn;
@@ -41,6 +49,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams an HTTP/2 client may open at once on one admin connection.
 const MAX_STREAMS: u32 = 16;
 
+/// An admin connection with no request in flight for this long is closed (gracefully), so
+/// that idle connections cannot hold the `MAX_CONNECTIONS` slots the kubelet's probes
+/// need. Longer than Prometheus's usual scrape intervals, which then keep their connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a connection told to close gracefully may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// How the admin port accepts connections; one per proxy, shared by its addresses.
 #[derive(Debug, Clone)]
 pub struct AdminListener {
@@ -50,6 +66,8 @@ pub struct AdminListener {
     pub detect_max_bytes: usize,
     /// Open connections, at most `MAX_CONNECTIONS`.
     pub limit: Arc<Semaphore>,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
 }
 
 impl AdminListener {
@@ -58,6 +76,7 @@ impl AdminListener {
             detect_timeout,
             detect_max_bytes,
             limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
@@ -192,7 +211,7 @@ async fn handle(mut io: TcpStream, peer: SocketAddr, admin: Arc<Admin>, conf: &A
                 None => TlsLabels::disabled(),
             };
             let caller = Caller::new(peer, local, tls);
-            serve_http(Prefixed::new(prefix, io), admin, caller).await;
+            serve_http(Prefixed::new(prefix, io), admin, caller, conf.idle_timeout).await;
         }
         Admission::Refuse(sni) => {
             errors.inc("unexpected_sni");
@@ -222,20 +241,61 @@ async fn handle(mut io: TcpStream, peer: SocketAddr, admin: Arc<Admin>, conf: &A
                 peer_identity(tls.get_ref().1.peer_certificates()).map(Arc::from);
             debug!(client.id = client_id.as_deref().unwrap_or(""), "admin TLS accepted");
             let caller = Caller::new(peer, local, TlsLabels::client(client_id));
-            serve_http(tls, admin, caller).await;
+            serve_http(tls, admin, caller, conf.idle_timeout).await;
         }
     }
 }
 
-/// Serves the admin routes over HTTP/1 or HTTP/2 (told apart by the connection preface).
-async fn serve_http<I>(io: I, admin: Arc<Admin>, caller: Caller)
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+}
+
+/// Ends a request's activity when dropped (the request answered, or given up).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves the admin routes over HTTP/1 or HTTP/2 (told apart by the connection preface),
+/// until the client closes or the connection has been idle for `idle_timeout`.
+async fn serve_http<I>(io: I, admin: Arc<Admin>, caller: Caller, idle_timeout: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
+    let activity =
+        Arc::new(Activity { in_flight: AtomicUsize::new(0), last: Instant::now().into() });
+    let act = activity.clone();
     let svc = service_fn(move |req| {
-        let (admin, caller) = (admin.clone(), caller.clone());
-        async move { Ok::<_, Infallible>(admin.authorized(req, &caller).await) }
+        let (admin, caller, in_flight) = (admin.clone(), caller.clone(), InFlight::new(&act));
+        async move {
+            let rsp = admin.authorized(req, &caller).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(rsp)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -244,7 +304,25 @@ where
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .timer(TokioTimer::new());
     builder.http2().max_concurrent_streams(MAX_STREAMS).timer(TokioTimer::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut tick = tokio::time::interval(idle_timeout / 4);
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = tick.tick() => {
+                if activity.idle_for() >= idle_timeout {
+                    debug!(?idle_timeout, "admin connection idle; closing");
+                    conn.as_mut().graceful_shutdown();
+                    match timeout(CLOSE_GRACE, conn.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
         debug!(error = %e, "admin connection failed");
     }
 }
