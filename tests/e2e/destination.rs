@@ -118,6 +118,11 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// How many objects of `kind` the destination service skipped for `reason`.
+pub(crate) fn skipped(metrics: &str, kind: &str, reason: &str) -> f64 {
+    metric(metrics, "destination_objects_skipped_total", &[("kind", kind), ("reason", reason)])
+}
+
 /// The value of a metric line with all the given labels (0 when absent).
 pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

@@ -17,10 +17,11 @@ use linkerd2_proxy_api::{
 use serde_json::{Value, json};
 
 use crate::{
-    destination::{self, Destination, WEB, cluster, fixture, metric, rt},
+    destination::{self, Destination, WEB, cluster, fixture, metric, rt, skipped},
     http::{Py, free_port},
     kubeapi::FakeApi,
     policy_api::{NAMESPACES, NETWORKS, POD, PODS, POLICIES, SERVERS, next, policy_proxy},
+    policy_routes::{network, policy},
     support::run,
 };
 
@@ -65,29 +66,19 @@ fn named(v: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
     v.iter().map(|(n, a)| (n.to_string(), a.iter().map(|s| s.to_string()).collect())).collect()
 }
 
-/// An AuthorizationPolicy (built on the recorded one) for `target` requiring `network`.
-fn policy(name: &str, target: Value, network: &str) -> Value {
-    let mut p = fixture("authorizationpolicy-web-from-ops.json");
-    p["metadata"]["name"] = json!(name);
-    p["spec"] = json!({
-        "targetRef": target,
-        "requiredAuthenticationRefs": [
-            {"group": "policy.weft.dev", "kind": "NetworkAuthentication", "name": network}
-        ]
-    });
-    p
-}
-
-/// A NetworkAuthentication (built on the recorded one) of these client addresses.
-fn network(name: &str, addrs: &[&str]) -> Value {
-    let mut n = fixture("networkauthentication-cluster-pods.json");
-    n["metadata"]["name"] = json!(name);
-    n["spec"] = json!({"networks": addrs.iter().map(|a| json!({"cidr": format!("{a}/32")})).collect::<Vec<_>>()});
-    n
-}
-
 fn to_grpc_route(name: &str) -> Value {
     json!({"group": GATEWAY, "kind": "GRPCRoute", "name": name})
+}
+
+/// Flagger's recorded canary route, also attached to the Server `web-http`: a split and an
+/// inbound route.
+fn canary_on_web_http() -> Value {
+    let mut canary = fixture("httproute-web-canary.json");
+    canary["spec"]["parentRefs"]
+        .as_array_mut()
+        .expect("parentRefs")
+        .push(json!({"group": "policy.weft.dev", "kind": "Server", "name": "web-http"}));
+    canary
 }
 
 /// The recorded GRPCRoute under another name, newer, with other rules.
@@ -118,13 +109,7 @@ fn policy_api_sends_gateway_api_routes_to_their_servers() {
     api.put(NETWORKS, network("callers", &["10.244.3.7"]));
     api.put(POLICIES, policy("web-echo-from-callers", to_grpc_route("web-echo"), "callers"));
     api.put(GRPC_ROUTES, fixture("grpcroute-web-echo.json"));
-    // Flagger's canary route, also attached to the Server: a split and an inbound route.
-    let mut canary = fixture("httproute-web-canary.json");
-    canary["spec"]["parentRefs"]
-        .as_array_mut()
-        .expect("parentRefs")
-        .push(json!({"group": "policy.weft.dev", "kind": "Server", "name": "web-http"}));
-    api.put(GATEWAY_ROUTES, canary);
+    api.put(GATEWAY_ROUTES, canary_on_web_http());
     let d = Destination::kubernetes(&api);
 
     rt().block_on(async {
@@ -176,11 +161,8 @@ fn policy_api_sends_gateway_api_routes_to_their_servers() {
         assert_eq!(names, ["gateway.networking.k8s.io/HTTPRoute/web"], "{s:#?}");
     });
     let m = d.metrics();
-    let skipped = |kind, reason| {
-        metric(&m, "destination_objects_skipped_total", &[("kind", kind), ("reason", reason)])
-    };
-    assert_eq!(skipped("gateway_grpcroute", "unsupported_match"), 1.0, "{m}");
-    assert_eq!(skipped("gateway_httproute", "unsupported_route"), 0.0, "{m}");
+    assert_eq!(skipped(&m, "gateway_grpcroute", "unsupported_match"), 1.0, "{m}");
+    assert_eq!(skipped(&m, "gateway_httproute", "unsupported_route"), 0.0, "{m}");
 }
 
 /// A unary call through the proxy: the status code name (and details).
@@ -300,12 +282,7 @@ fn discovery_and_policy_are_served_without_the_grpcroute_crd() {
 fn policy_waits_for_gateway_httproutes_that_cannot_be_listed() {
     let api = cluster();
     api.put(SERVERS, fixture("server-web-http.json"));
-    let mut canary = fixture("httproute-web-canary.json");
-    canary["spec"]["parentRefs"]
-        .as_array_mut()
-        .expect("parentRefs")
-        .push(json!({"group": "policy.weft.dev", "kind": "Server", "name": "web-http"}));
-    api.put(GATEWAY_ROUTES, canary);
+    api.put(GATEWAY_ROUTES, canary_on_web_http());
     api.set_forbidden(GATEWAY_ROUTES, true);
     let d = Destination::kubernetes(&api);
     rt().block_on(async {

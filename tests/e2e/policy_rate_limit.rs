@@ -16,7 +16,7 @@ use linkerd2_proxy_api::{
 use serde_json::{Value, json};
 
 use crate::{
-    destination::{Destination, fixture, metric, rt},
+    destination::{Destination, fixture, metric, rt, skipped},
     kubeapi::FakeApi,
     mtls::{Web2, id, web2_under},
     policy_api::{
@@ -128,15 +128,8 @@ fn policy_api_sends_a_servers_rate_limit_and_its_changes() {
         assert_eq!(limit(&fourth), None, "{fourth:#?}");
     });
     let m = d.metrics();
-    let skipped = |reason| {
-        metric(
-            &m,
-            "destination_objects_skipped_total",
-            &[("kind", "httplocalratelimitpolicy"), ("reason", reason)],
-        )
-    };
-    assert_eq!(skipped("conflict"), 1.0, "{m}");
-    assert_eq!(skipped("invalid_spec"), 1.0, "{m}");
+    assert_eq!(skipped(&m, "httplocalratelimitpolicy", "conflict"), 1.0, "{m}");
+    assert_eq!(skipped(&m, "httplocalratelimitpolicy", "invalid_spec"), 1.0, "{m}");
     let logs = d.logs();
     assert!(logs.contains("prod/web-http-bad") && logs.contains("greater than total"), "{logs}");
 }

@@ -16,7 +16,7 @@ use linkerd2_proxy_api::{
 use serde_json::{Value, json};
 
 use crate::{
-    destination::{Destination, fixture, metric, rt},
+    destination::{Destination, fixture, metric, rt, skipped},
     kubeapi::FakeApi,
     policy_api::{
         NAMESPACES, NETWORKS, POD, PODS, POLICIES, SERVERS, cluster_without_crd, next,
@@ -55,7 +55,7 @@ fn routes(s: &pb::Server) -> Vec<(String, Vec<String>)> {
 }
 
 /// An AuthorizationPolicy (built on the recorded one) for `target` requiring `network`.
-fn policy(name: &str, target: Value, network: &str) -> Value {
+pub(crate) fn policy(name: &str, target: Value, network: &str) -> Value {
     let mut p = fixture("authorizationpolicy-web-from-ops.json");
     p["metadata"]["name"] = json!(name);
     p["spec"] = json!({
@@ -68,7 +68,7 @@ fn policy(name: &str, target: Value, network: &str) -> Value {
 }
 
 /// A NetworkAuthentication (built on the recorded one) of these client addresses.
-fn network(name: &str, addrs: &[&str]) -> Value {
+pub(crate) fn network(name: &str, addrs: &[&str]) -> Value {
     let mut n = fixture("networkauthentication-cluster-pods.json");
     n["metadata"]["name"] = json!(name);
     n["spec"] = json!({"networks": addrs.iter().map(|a| json!({"cidr": format!("{a}/32")})).collect::<Vec<_>>()});
@@ -191,15 +191,8 @@ fn policy_api_sends_a_servers_http_routes_with_their_authorizations() {
         assert_eq!(routes(&fifth), [("default".to_string(), vec!["web-from-nodes".to_string()])]);
     });
     let m = d.metrics();
-    let skipped = |reason| {
-        metric(
-            &m,
-            "destination_objects_skipped_total",
-            &[("kind", "httproute"), ("reason", reason)],
-        )
-    };
-    assert_eq!(skipped("unsupported_filter"), 1.0, "{m}");
-    assert_eq!(skipped("invalid_spec"), 1.0, "{m}");
+    assert_eq!(skipped(&m, "httproute", "unsupported_filter"), 1.0, "{m}");
+    assert_eq!(skipped(&m, "httproute", "invalid_spec"), 1.0, "{m}");
     let logs = d.logs();
     assert!(logs.contains("prod/web-admin") && logs.contains("URLRewrite"), "{logs}");
     assert!(logs.contains("prod/web-bad") && logs.contains("does not compile"), "{logs}");
@@ -413,8 +406,7 @@ fn the_proxy_applies_http_route_filters() {
     let m = proxy.metrics();
     let moved = [("route_name", "web-moved"), ("authz_name", "web-from-clients")];
     assert_eq!(metric(&m, "inbound_http_authz_allow_total", &moved), 3.0, "{m}");
-    let skipped = [("kind", "httproute"), ("reason", "unsupported_filter")];
-    assert_eq!(metric(&d.metrics(), "destination_objects_skipped_total", &skipped), 1.0);
+    assert_eq!(skipped(&d.metrics(), "httproute", "unsupported_filter"), 1.0);
     assert!(d.logs().contains("no response header modifier"), "{}", d.logs());
 }
 

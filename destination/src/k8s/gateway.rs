@@ -40,38 +40,58 @@ fn unusable(kind: &'static str, key: &ObjKey, u: &Unusable) -> Problem {
     Problem { kind, object: key.to_string(), reason: u.reason, detail: u.detail.clone() }
 }
 
-/// An HTTPRoute as the API gives it; the spec stays JSON until [`SplitRoute::from_k8s`], so
+/// A Gateway API route kind as the API gives it: its spec stays JSON until converted, so
 /// that a route we cannot use costs a warning and a metric, not the watch.
-#[derive(Clone, Debug, Deserialize)]
-pub struct GatewayHttpRoute {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: serde_json::Value,
+macro_rules! gateway_route {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $plural:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Deserialize)]
+        pub struct $name {
+            pub metadata: ObjectMeta,
+            #[serde(default)]
+            pub spec: serde_json::Value,
+        }
+
+        impl Resource for $name {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
+
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                GATEWAY_GROUP.into()
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                GATEWAY_VERSION.into()
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
 
-impl Resource for GatewayHttpRoute {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+gateway_route!(
+    /// An HTTPRoute: a split and/or inbound routes ([`SplitRoute::from_k8s`],
+    /// [`HttpRoute::parse_gateway`]).
+    GatewayHttpRoute,
+    "HTTPRoute",
+    "httproutes"
+);
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        "HTTPRoute".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        GATEWAY_GROUP.into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        GATEWAY_VERSION.into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "httproutes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+gateway_route!(
+    /// A GRPCRoute: inbound gRPC routes ([`GrpcRoute::parse`]).
+    GatewayGrpcRoute,
+    GRPC_ROUTE_KIND,
+    "grpcroutes"
+);
 
 impl Kind for GatewayHttpRoute {
     const NAME: &'static str = ROUTE_KIND;
@@ -120,38 +140,6 @@ impl Kind for GatewayHttpRoute {
             kind = Self::NAME,
             "the Gateway API HTTPRoute CRD is installed now: traffic splits and its inbound routes apply"
         );
-    }
-}
-
-/// A GRPCRoute as the API gives it; the spec stays JSON until [`GrpcRoute::parse`].
-#[derive(Clone, Debug, Deserialize)]
-pub struct GatewayGrpcRoute {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: serde_json::Value,
-}
-
-impl Resource for GatewayGrpcRoute {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        GRPC_ROUTE_KIND.into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        GATEWAY_GROUP.into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        GATEWAY_VERSION.into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "grpcroutes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
     }
 }
 

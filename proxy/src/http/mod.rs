@@ -268,13 +268,11 @@ async fn proxy(
     if let Some(Err(refusal)) = checked {
         metrics.http.request(&direct_route);
         debug!(method = %req.method(), path = req.uri().path(), ?refusal, "request refused by the inbound policy");
-        let (label, grpc, status, why) =
-            (refusal.label(), refusal.grpc_status(), refusal.status(), refusal.why());
-        metrics.http.error(direction, label);
+        metrics.http.error(direction, refusal.label());
         let rsp = if is_grpc(req.headers()) {
-            grpc_error_response(grpc, why)
+            grpc_error_response(refusal.grpc_status(), refusal.why())
         } else {
-            error_response(status, why)
+            error_response(refusal.status(), refusal.why())
         };
         return finish(side, direct_route, started, rsp, access);
     }
@@ -495,25 +493,15 @@ fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
 /// in `l5d-proxy-error`, as linkerd2-proxy sends it).
 fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
     use crate::policy::filter::Answer;
-    let empty = || Empty::new().map_err(|never| match never {}).boxed_unsync();
     match answer {
         Answer::Redirect { status, location } => {
-            let mut rsp = Response::new(empty());
+            let mut rsp =
+                Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
             *rsp.status_mut() = status;
             rsp.headers_mut().insert(header::LOCATION, location);
             rsp
         }
-        Answer::Fail { status, message } => {
-            let body = [message.as_bytes(), b"\n"].concat();
-            let mut rsp = Response::new(
-                Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync(),
-            );
-            *rsp.status_mut() = status;
-            let h = rsp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            h.insert(PROXY_ERROR, message);
-            rsp
-        }
+        Answer::Fail { status, message } => error_response(status, &message),
         Answer::NoRedirectHost => error_response(
             StatusCode::BAD_REQUEST,
             "bad request: the route redirects, and the request names no host to redirect to",

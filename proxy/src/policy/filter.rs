@@ -7,7 +7,7 @@
 //! schemes, hosts, paths), so that applying a filter to a request cannot fail on the
 //! filter's account; only a redirect of a request that names no host can.
 
-use std::hash::BuildHasher;
+use std::{hash::BuildHasher, sync::Arc};
 
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, StatusCode,
@@ -57,8 +57,8 @@ enum PathModifier {
 #[derive(Debug, Clone)]
 struct FailureInjector {
     status: StatusCode,
-    /// Sent in `l5d-proxy-error`.
-    message: HeaderValue,
+    /// The body, and `l5d-proxy-error` (checked to be a valid header value).
+    message: Arc<str>,
     /// Out of `denominator` requests, `numerator` fail (`None`: all of them).
     ratio: Option<(u32, u32)>,
 }
@@ -72,7 +72,7 @@ pub enum Answer {
     },
     Fail {
         status: StatusCode,
-        message: HeaderValue,
+        message: Arc<str>,
     },
     /// A redirect that cannot be built for this request: it has no host to redirect to.
     NoRedirectHost,
@@ -314,8 +314,10 @@ fn failure_injector(f: route_api::HttpFailureInjector) -> Result<FailureInjector
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .ok_or_else(|| bad(format!("status {} is not an HTTP status", f.status)))?;
-    let message = HeaderValue::from_str(&f.message)
-        .map_err(|_| bad(format!("message {:?} cannot be sent in a header", f.message)))?;
+    if HeaderValue::from_str(&f.message).is_err() {
+        return Err(bad(format!("message {:?} cannot be sent in a header", f.message)));
+    }
+    let message = Arc::from(f.message);
     let ratio = match f.ratio {
         None => None,
         Some(r) if r.denominator == 0 => return Err(bad("ratio with a zero denominator".into())),
