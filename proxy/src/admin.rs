@@ -175,7 +175,8 @@ mod tests {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// One HTTP/1.0 request over a real connection: the status and how long it took.
+    /// One HTTP/1.0 request over a real connection: the status (empty when the server
+    /// closed or reset the connection unanswered) and how long it took.
     async fn get(addr: SocketAddr, path: &str) -> (String, Duration) {
         let started = Instant::now();
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -183,7 +184,9 @@ mod tests {
             .await
             .expect("send");
         let mut rsp = String::new();
-        s.read_to_string(&mut rsp).await.expect("read");
+        if let Err(e) = s.read_to_string(&mut rsp).await {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "read: {e}");
+        }
         (rsp.get(9..12).unwrap_or("").to_string(), started.elapsed())
     }
 
@@ -265,6 +268,65 @@ mod tests {
             assert!(Instant::now() < deadline, "slots still held");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// With every slot held, the kubelet's probes are still answered (from the probe
+    /// reserve) and nothing else is; with the reserve held too, connections are closed.
+    #[tokio::test]
+    async fn probes_are_answered_beyond_the_connection_limit() {
+        let listener = crate::listen(([127, 0, 0, 1], 0).into()).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let admin = Arc::new(Admin {
+            metrics: Metrics::new(100),
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            log_level: None,
+            identity: None,
+            policy: None,
+        });
+        let mut conf = AdminListener::new(Duration::from_secs(5), 8192);
+        conf.limit = Arc::new(tokio::sync::Semaphore::new(1));
+        conf.probe_reserve = Arc::new(tokio::sync::Semaphore::new(1));
+        tokio::spawn(serve(listener, admin.clone(), conf.clone()));
+        let limited = || {
+            let m = admin.metrics.render();
+            let line = m.lines().find(|l| l.contains("error=\"connection_limit\""));
+            line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
+        };
+
+        // A scraper holds the one slot: a keep-alive connection after its request.
+        let mut held = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        held.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n").await.expect("send");
+        let mut first = [0u8; 12];
+        held.read_exact(&mut first).await.expect("answered");
+        assert_eq!(&first[9..12], b"200");
+        assert_eq!(conf.limit.available_permits(), 0);
+
+        for probe in ["/live", "/ready"] {
+            assert_eq!(get(addr, probe).await.0, "200", "{probe} beyond the limit");
+        }
+        assert_eq!(limited(), 0, "a probe is no refusal");
+        assert_eq!(get(addr, "/metrics").await.0, "503", "only probes beyond the limit");
+        assert_eq!(limited(), 1);
+        // The reserve frees its slot after each probe.
+        assert_eq!(get(addr, "/ready").await.0, "200");
+
+        // A silent client in the reserve: the next connection is closed unanswered, and the
+        // silent one is dropped within the probe timeout, which frees the reserve again.
+        let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conf.probe_reserve.available_permits() > 0 {
+            assert!(Instant::now() < deadline, "the silent client never took the reserve");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(get(addr, "/ready").await.0, "", "closed: no slot at all");
+        assert_eq!(limited(), 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conf.probe_reserve.available_permits() == 0 {
+            assert!(Instant::now() < deadline, "the silent client kept its reserve slot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(addr, "/ready").await.0, "200");
     }
 
     #[test]

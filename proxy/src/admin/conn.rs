@@ -37,8 +37,19 @@ use crate::{
 };
 
 /// Most admin connections open at once: the kubelet and a scraper or two need a handful;
-/// beyond this new ones are closed at once (`admin_tcp_errors_total{error="connection_limit"}`).
+/// beyond this a connection can only be a probe (below).
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Connections taken beyond `MAX_CONNECTIONS`, for the kubelet's probes only: plaintext
+/// HTTP/1, one request, `GET /live` or `GET /ready`, within `PROBE_TIMEOUT`; anything else
+/// is answered 503 (or, not HTTP/1, closed). So clients holding every slot cannot make a
+/// pod fail its probes and be restarted. Beyond these too, new connections are closed at
+/// once. Each refusal counts `admin_tcp_errors_total{error="connection_limit"}`.
+pub const PROBE_RESERVE: usize = 32;
+
+/// The whole life of a connection in the probe reserve: the kubelet's default probe
+/// timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest TLS handshake on the admin port.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +77,8 @@ pub struct AdminListener {
     pub detect_max_bytes: usize,
     /// Open connections, at most `MAX_CONNECTIONS`.
     pub limit: Arc<Semaphore>,
+    /// Probe-only connections beyond that, at most `PROBE_RESERVE`.
+    pub probe_reserve: Arc<Semaphore>,
     /// See [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
 }
@@ -76,6 +89,7 @@ impl AdminListener {
             detect_timeout,
             detect_max_bytes,
             limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            probe_reserve: Arc::new(Semaphore::new(PROBE_RESERVE)),
             idle_timeout: IDLE_TIMEOUT,
         }
     }
@@ -91,21 +105,32 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, conf: AdminListener
                 continue;
             }
         };
-        let Ok(permit) = conf.limit.clone().try_acquire_owned() else {
+        let (admin, conf) = (admin.clone(), conf.clone());
+        let span = info_span!("admin", client.addr = %peer);
+        if let Ok(permit) = conf.limit.clone().try_acquire_owned() {
+            tokio::spawn(
+                async move {
+                    handle(io, peer, admin, &conf).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        } else if let Ok(permit) = conf.probe_reserve.clone().try_acquire_owned() {
+            tokio::spawn(
+                async move {
+                    if timeout(PROBE_TIMEOUT, probe_only(io, peer, &admin)).await.is_err() {
+                        admin.metrics.admin_errors.inc("connection_limit");
+                        debug!("admin probe-only connection took too long; closed");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        } else {
             admin.metrics.admin_errors.inc("connection_limit");
             debug!(client.addr = %peer, "admin connection limit reached; closing");
             crate::forward::reset_on_drop(&io);
-            continue;
-        };
-        let (admin, conf) = (admin.clone(), conf.clone());
-        let span = info_span!("admin", client.addr = %peer);
-        tokio::spawn(
-            async move {
-                handle(io, peer, admin, &conf).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        }
     }
 }
 
@@ -243,6 +268,56 @@ async fn handle(mut io: TcpStream, peer: SocketAddr, admin: Arc<Admin>, conf: &A
             let caller = Caller::new(peer, local, TlsLabels::client(client_id));
             serve_http(tls, admin, caller, conf.idle_timeout).await;
         }
+    }
+}
+
+/// A connection beyond `MAX_CONNECTIONS`: one plaintext HTTP/1 request, answered only if
+/// it is a probe (see [`PROBE_RESERVE`]).
+async fn probe_only(mut io: TcpStream, peer: SocketAddr, admin: &Arc<Admin>) {
+    let errors = &admin.metrics.admin_errors;
+    let Ok(local) = io.local_addr() else { return };
+    let prefix = match read_prefix(&mut io, PROBE_TIMEOUT, 1024).await {
+        Ok((Protocol::Http1, prefix)) => prefix,
+        Ok((protocol, _)) => {
+            errors.inc("connection_limit");
+            debug!(?protocol, "admin connection limit reached and not an HTTP/1 probe; closing");
+            crate::forward::reset_on_drop(&io);
+            return;
+        }
+        Err(e) => {
+            if let Some(label) = e.label() {
+                errors.inc(label);
+            }
+            return;
+        }
+    };
+    let tls = match &admin.identity {
+        Some(_) => TlsLabels::plaintext("not_provided_by_remote"),
+        None => TlsLabels::disabled(),
+    };
+    let caller = Arc::new(Caller::new(peer, local, tls));
+    let admin = admin.clone();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (admin, caller) = (admin.clone(), caller.clone());
+        async move {
+            if super::is_probe(req.method(), req.uri().path()) {
+                return Ok::<_, Infallible>(admin.authorized(req, &caller).await);
+            }
+            admin.metrics.admin_errors.inc("connection_limit");
+            debug!(
+                path = req.uri().path(),
+                "admin connection limit reached: only probes are answered"
+            );
+            let why = "the admin port is at its connection limit; only probes are answered\n";
+            Ok(super::text(http::StatusCode::SERVICE_UNAVAILABLE, why))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(Prefixed::new(prefix, io)), svc);
+    if let Err(e) = conn.await {
+        debug!(error = %e, "admin probe-only connection failed");
     }
 }
 
