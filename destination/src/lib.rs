@@ -24,6 +24,7 @@ pub mod index;
 pub mod k8s;
 pub mod metrics;
 pub mod model;
+pub mod outbound;
 pub mod policy;
 pub mod profile;
 pub mod resolve;
@@ -164,12 +165,14 @@ pub async fn run(
 
     let service = DestinationService::new(discover, &index.cluster_domain, metrics.clone(), synced);
     let policy_service = InboundPolicyService::new(policy_index, metrics.clone(), policy_synced);
+    let outbound_service = outbound::OutboundPolicyService::new(metrics.clone());
     let server = tonic::transport::Server::builder()
         // Proxies hold their streams for hours: notice the ones that vanished.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(service.into_server())
-        .add_service(policy_service.into_server());
+        .add_service(policy_service.into_server())
+        .add_service(outbound_service.into_server());
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &workload {
             None => {

@@ -481,8 +481,23 @@ fn destination_kubernetes_profiles_from_service_annotations() {
             .into_inner();
         let p = next(&mut unknown).await;
         assert!(p.routes.is_empty() && p.fully_qualified_name.is_empty());
+
+        // What linkerd2-proxy asks first: NotFound, so it builds its policy from the profile.
+        use linkerd2_proxy_api::outbound::{
+            TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec::Target,
+        };
+        let mut outbound =
+            OutboundPoliciesClient::connect(format!("http://{}", d.grpc)).await.expect("connect");
+        let spec = TrafficSpec {
+            source_workload: r#"{"ns":"prod","pod":"web-1"}"#.into(),
+            target: Some(Target::Authority(WEB.into())),
+        };
+        let e = outbound.watch(spec).await.expect_err("no outbound policy");
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     });
     let m = d.metrics();
+    let lookups = [("rpc", "outbound_watch"), ("result", "not_found")];
+    assert_eq!(metric(&m, "destination_lookups_total", &lookups), 1.0, "{m}");
     assert!(
         metric(
             &m,
