@@ -175,6 +175,18 @@ mod tests {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A ready proxy's admin state, without identity or policy.
+    fn ready_admin() -> Arc<Admin> {
+        Arc::new(Admin {
+            metrics: Metrics::new(100),
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            log_level: None,
+            identity: None,
+            policy: None,
+        })
+    }
+
     /// One HTTP/1.0 request over a real connection: the status (empty when the server
     /// closed or reset the connection unanswered) and how long it took.
     async fn get(addr: SocketAddr, path: &str) -> (String, Duration) {
@@ -234,14 +246,7 @@ mod tests {
     async fn idle_connections_are_closed() {
         let listener = crate::listen(([127, 0, 0, 1], 0).into()).expect("listen");
         let addr = listener.local_addr().expect("addr");
-        let admin = Arc::new(Admin {
-            metrics: Metrics::new(100),
-            ready: Arc::new(AtomicBool::new(true)),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            log_level: None,
-            identity: None,
-            policy: None,
-        });
+        let admin = ready_admin();
         let mut conf = AdminListener::new(Duration::from_secs(5), 8192);
         conf.idle_timeout = Duration::from_millis(300);
         tokio::spawn(serve(listener, admin, conf.clone()));
@@ -276,14 +281,7 @@ mod tests {
     async fn probes_are_answered_beyond_the_connection_limit() {
         let listener = crate::listen(([127, 0, 0, 1], 0).into()).expect("listen");
         let addr = listener.local_addr().expect("addr");
-        let admin = Arc::new(Admin {
-            metrics: Metrics::new(100),
-            ready: Arc::new(AtomicBool::new(true)),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            log_level: None,
-            identity: None,
-            policy: None,
-        });
+        let admin = ready_admin();
         let mut conf = AdminListener::new(Duration::from_secs(5), 8192);
         conf.limit = Arc::new(tokio::sync::Semaphore::new(1));
         conf.probe_reserve = Arc::new(tokio::sync::Semaphore::new(1));
