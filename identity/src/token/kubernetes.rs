@@ -1,10 +1,20 @@
 //! The Kubernetes TokenReview validator: the API server says whose projected service-account
 //! token this is, and that it was minted for Weft's audience.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{AUDIENCE, ServiceAccount, TokenError, TokenValidator, ValidateFuture};
+
+/// Most TokenReviews in flight at once. Each Certify with a well-formed CSR costs the API
+/// server one review, so without a bound a flood of requests (a crash-looping deployment,
+/// a hostile client) would be passed on to it whole. Beyond the bound a review waits, within
+/// the same time limit as the review itself, and then fails as `Unavailable` (the proxy
+/// retries with backoff; counted as `reason="token_unavailable"`).
+pub const MAX_REVIEWS_IN_FLIGHT: usize = 64;
 
 /// Validates tokens with `TokenReview` (needs RBAC `create` on `tokenreviews`).
 #[derive(Clone)]
@@ -12,6 +22,8 @@ pub struct TokenReviewValidator {
     api: Api<TokenReview>,
     audience: String,
     timeout: std::time::Duration,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl TokenReviewValidator {
@@ -29,7 +41,16 @@ impl TokenReviewValidator {
             api: Api::all(client),
             audience: audience.to_owned(),
             timeout: std::time::Duration::from_secs(5),
+            in_flight: Arc::new(Semaphore::new(MAX_REVIEWS_IN_FLIGHT)),
+            max_in_flight: MAX_REVIEWS_IN_FLIGHT,
         }
+    }
+
+    /// Sets the most reviews in flight at once (see [`MAX_REVIEWS_IN_FLIGHT`]).
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self.in_flight = Arc::new(Semaphore::new(self.max_in_flight));
+        self
     }
 
     /// Bounds a review, including the kube client's own retries of 429/503 answers, so that
@@ -54,9 +75,21 @@ impl TokenReviewValidator {
             ..TokenReview::default()
         };
         // A bad token gets a review that says so; an error here is about us (RBAC, the API
-        // server's health), not about the caller's token, so the caller may retry.
+        // server's health, too many reviews at once), not about the caller's token, so the
+        // caller may retry.
+        let deadline = Instant::now() + self.timeout;
+        let _permit = match tokio::time::timeout_at(deadline, self.in_flight.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(TokenError::Unavailable(format!(
+                    "{} TokenReviews were in flight for {:?} (the API server is slow, or too \
+                     many Certify requests came at once)",
+                    self.max_in_flight, self.timeout
+                )));
+            }
+        };
         let review =
-            tokio::time::timeout(self.timeout, self.api.create(&PostParams::default(), &review))
+            tokio::time::timeout_at(deadline, self.api.create(&PostParams::default(), &review))
                 .await
                 .map_err(|_| {
                     TokenError::Unavailable(format!(
@@ -270,6 +303,47 @@ mod tests {
         let err = v.validate(b"busy").await.unwrap_err();
         assert!(matches!(&err, TokenError::Unavailable(m) if m.contains("longer than")), "{err}");
         assert!(matches!(v.validate(b"  ").await, Err(TokenError::Invalid(_))));
+    }
+
+    /// A flood of Certify requests is not passed on whole: beyond the bound, a review waits
+    /// within its time limit and then fails as retryable, without reaching the API server.
+    #[tokio::test]
+    async fn reviews_in_flight_are_bounded() {
+        let (url, seen) = fake_api(|req| {
+            if req["spec"]["token"] == "slow" {
+                std::thread::sleep(std::time::Duration::from_millis(1000));
+            }
+            answer(
+                &req,
+                serde_json::json!({
+                    "authenticated": true, "audiences": ["identity.weft.dev"],
+                    "user": {"username": "system:serviceaccount:prod:web"}}),
+            )
+        });
+        let v = validator(&url).with_max_in_flight(2);
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let v = v.clone();
+                tokio::spawn(async move { v.validate(b"slow").await })
+            })
+            .collect();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while seen.lock().unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "the slow reviews never reached the API server");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Same bound (a clone shares it), shorter limit.
+        let quick = v.clone().with_timeout(std::time::Duration::from_millis(300));
+        let err = quick.validate(b"good").await.unwrap_err();
+        assert!(
+            matches!(&err, TokenError::Unavailable(m) if m.contains("2 TokenReviews were in flight")),
+            "{err}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2, "the third review reached the API server");
+        for s in slow {
+            assert!(s.await.unwrap().is_ok());
+        }
+        assert!(quick.validate(b"good").await.is_ok(), "the bound frees as reviews end");
     }
 
     #[tokio::test]
