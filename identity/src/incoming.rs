@@ -1,6 +1,8 @@
 //! TLS connections for the control plane's tonic servers (identity, destination): accepted
 //! and handshaken concurrently so that a slow client cannot hold up the others, each
 //! handed to tonic with its peer's address and, when it presented a certificate, identity.
+//! At most `MAX_HANDSHAKES` are in progress at once; beyond that, new connections wait in
+//! the listen backlog, so a flood of silent clients costs bounded memory.
 
 use std::{
     io,
@@ -14,7 +16,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
     task::JoinHandle,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
@@ -24,6 +26,10 @@ use crate::{IdentityName, pki::peer_identity};
 
 /// How long a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most handshakes in progress at once: each takes a millisecond or so of CPU, so this is
+/// far above what thousands of proxies reconnecting together need.
+pub const MAX_HANDSHAKES: usize = 512;
 
 /// What tonic puts in each request's extensions.
 #[derive(Clone, Debug)]
@@ -52,8 +58,19 @@ pub struct TlsIncoming {
 impl TlsIncoming {
     /// Accepts on `listener` (on the current tokio runtime) with `acceptor`.
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor, on_handshake: OnHandshake) -> Self {
+        Self::with_max_handshakes(listener, acceptor, on_handshake, MAX_HANDSHAKES)
+    }
+
+    /// As `new`, with at most `max` handshakes in progress.
+    pub fn with_max_handshakes(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        on_handshake: OnHandshake,
+        max: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(128);
-        let task = tokio::spawn(accept(listener, acceptor, tx, on_handshake));
+        let handshakes = Arc::new(Semaphore::new(max.max(1)));
+        let task = tokio::spawn(accept(listener, acceptor, tx, on_handshake, handshakes));
         TlsIncoming { rx, task }
     }
 }
@@ -77,8 +94,10 @@ async fn accept(
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<io::Result<TlsConn>>,
     on_handshake: OnHandshake,
+    handshakes: Arc<Semaphore>,
 ) {
     loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(error) => {
@@ -94,6 +113,7 @@ async fn accept(
                 Ok(r) => r,
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")),
             };
+            drop(permit);
             match result {
                 Ok(tls) => {
                     let client_id = tls
@@ -166,5 +186,56 @@ impl AsyncWrite for TlsConn {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A ClientHello for `localhost`, as rustls sends it.
+    fn client_hello() -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        hello
+    }
+
+    /// With every handshake slot held by a silent client, a new client gets no answer to its
+    /// ClientHello; once the silent one leaves, it does.
+    #[tokio::test]
+    async fn handshakes_in_progress_are_bounded() {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![key.cert.der().clone()], der)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let _incoming = TlsIncoming::with_max_handshakes(listener, acceptor, Arc::new(|_| {}), 1);
+
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(&client_hello()).await.unwrap();
+        let mut buf = [0u8; 5];
+        let early = tokio::time::timeout(Duration::from_millis(300), client.read(&mut buf)).await;
+        assert!(early.is_err(), "answered while the only slot was held: {early:?}");
+        drop(silent);
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf));
+        read.await.expect("no ServerHello once the slot was free").unwrap();
+        assert_eq!(buf[0], 22, "a TLS handshake record");
     }
 }
