@@ -95,7 +95,7 @@ struct PathModifierSpec {
 /// Redirect statuses Gateway API allows (301 and 302 in its standard channel).
 const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
-/// The filter types a kind of route applies, in the order its messages name them.
+/// The filter types that proxies apply on one kind of route (the rest are unsupported).
 struct Applied {
     /// What the route kind's messages call it (`HTTPRoute`, `GRPCRoute`).
     route: &'static str,
