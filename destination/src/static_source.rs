@@ -88,7 +88,8 @@
 //!
 //! A policy object or route that does not convert fails the whole file (as a structural
 //! error does), and so does a route the proxy could not enforce (a filter other than
-//! `RequestHeaderModifier` and `RequestRedirect`): a file is written by hand and checked at
+//! `RequestHeaderModifier` and `RequestRedirect`, on a GRPCRoute other than
+//! `RequestHeaderModifier`): a file is written by hand and checked at
 //! once, so it had better say exactly what it means.
 
 use std::{

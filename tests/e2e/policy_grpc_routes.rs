@@ -66,7 +66,7 @@ fn named(v: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
     v.iter().map(|(n, a)| (n.to_string(), a.iter().map(|s| s.to_string()).collect())).collect()
 }
 
-fn to_grpc_route(name: &str) -> Value {
+pub(crate) fn to_grpc_route(name: &str) -> Value {
     json!({"group": GATEWAY, "kind": "GRPCRoute", "name": name})
 }
 
@@ -82,7 +82,7 @@ fn canary_on_web_http() -> Value {
 }
 
 /// The recorded GRPCRoute under another name, newer, with other rules.
-fn grpc_route(name: &str, rules: Value) -> Value {
+pub(crate) fn grpc_route(name: &str, rules: Value) -> Value {
     let mut r = fixture("grpcroute-web-echo.json");
     r["metadata"]["name"] = json!(name);
     r["metadata"]["creationTimestamp"] = json!("2025-05-22T08:40:00Z");
@@ -176,11 +176,12 @@ fn call(proxy: &crate::support::Proxy, method: &str, header: Option<&str>) -> St
     out.trim().to_string()
 }
 
-#[test]
-fn the_proxy_enforces_grpc_routes_per_method() {
+/// The Python gRPC app on a free port, and a cluster where it is web's pod with the gRPC
+/// Server `web-grpc` (no route yet) on its port, named `grpc`, and the NetworkAuthentications
+/// `local` (which admits the test's client, 127.0.0.1) and `elsewhere` (which does not).
+pub(crate) fn grpc_app() -> (Py, std::net::SocketAddr, FakeApi) {
     let port = free_port();
-    let _app = Py::server("grpc-server", port);
-    let app: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let py = Py::server("grpc-server", port);
     let api = FakeApi::start();
     api.put(NAMESPACES, fixture("namespace-prod.json"));
     let mut pod = fixture("pod-web-4xk2p-meshed.json");
@@ -190,9 +191,14 @@ fn the_proxy_enforces_grpc_routes_per_method() {
     let mut server = fixture("server-web-grpc.json");
     server["spec"]["port"] = json!("grpc");
     api.put(SERVERS, server);
-    // The client is 127.0.0.1: `local` admits it, `elsewhere` does not.
     api.put(NETWORKS, network("local", &["127.0.0.1"]));
     api.put(NETWORKS, network("elsewhere", &["127.0.0.9"]));
+    (py, ([127, 0, 0, 1], port).into(), api)
+}
+
+#[test]
+fn the_proxy_enforces_grpc_routes_per_method() {
+    let (_app, app, api) = grpc_app();
     api.put(GRPC_ROUTES, fixture("grpcroute-web-echo.json"));
     api.put(
         GRPC_ROUTES,
@@ -216,7 +222,7 @@ fn the_proxy_enforces_grpc_routes_per_method() {
         policy("web-fail-tenant-from-local", to_grpc_route("web-fail-tenant"), "local"),
     );
     let d = Destination::kubernetes(&api);
-    let proxy = policy_proxy(&d, app, &port.to_string(), &[]);
+    let proxy = policy_proxy(&d, app, &app.port().to_string(), &[]);
 
     // Echo: its route admits the client. Fail: its route does not (7), unless the call
     // carries the header of the more specific route, which does (the app's own 14). Chat:

@@ -295,7 +295,15 @@ pub fn grpc_route(r: &GrpcRoute, authorizations: Vec<pb::Authz>) -> pb::GrpcRout
             .iter()
             .map(|rule| pb::grpc_route::Rule {
                 matches: rule.matches.iter().map(one).collect(),
-                filters: Vec::new(),
+                filters: rule
+                    .filters
+                    .iter()
+                    .map(|m| pb::grpc_route::Filter {
+                        kind: Some(pb::grpc_route::filter::Kind::RequestHeaderModifier(
+                            header_modifier(m),
+                        )),
+                    })
+                    .collect(),
             })
             .collect(),
     }
@@ -314,25 +322,8 @@ pub fn no_grpc_route(name: &str) -> pb::GrpcRoute {
 /// A rule's filter as Linkerd's inbound API carries it.
 fn filter(f: &route::Filter) -> pb::http_route::Filter {
     use pb::http_route::filter::Kind;
-    let headers = |pairs: &[(String, String)]| {
-        (!pairs.is_empty()).then(|| Headers {
-            headers: pairs
-                .iter()
-                .map(|(name, value)| headers::Header {
-                    name: name.clone(),
-                    value: value.clone().into_bytes(),
-                })
-                .collect(),
-        })
-    };
     let kind = match f {
-        route::Filter::RequestHeaders(m) => {
-            Kind::RequestHeaderModifier(http::RequestHeaderModifier {
-                add: headers(&m.add),
-                set: headers(&m.set),
-                remove: m.remove.clone(),
-            })
-        }
+        route::Filter::RequestHeaders(m) => Kind::RequestHeaderModifier(header_modifier(m)),
         route::Filter::Redirect(r) => Kind::Redirect(http::RequestRedirect {
             scheme: r.scheme.as_deref().map(Scheme::from),
             host: r.hostname.clone().unwrap_or_default(),
@@ -350,6 +341,26 @@ fn filter(f: &route::Filter) -> pb::http_route::Filter {
         }),
     };
     pb::http_route::Filter { kind: Some(kind) }
+}
+
+/// A request header modifier, HTTP's and gRPC's alike.
+fn header_modifier(m: &route::HeaderModifier) -> http::RequestHeaderModifier {
+    let headers = |pairs: &[(String, String)]| {
+        (!pairs.is_empty()).then(|| Headers {
+            headers: pairs
+                .iter()
+                .map(|(name, value)| headers::Header {
+                    name: name.clone(),
+                    value: value.clone().into_bytes(),
+                })
+                .collect(),
+        })
+    };
+    http::RequestHeaderModifier {
+        add: headers(&m.add),
+        set: headers(&m.set),
+        remove: m.remove.clone(),
+    }
 }
 
 /// A route that matches no request, named after an HTTPRoute that cannot be served: it
@@ -496,5 +507,33 @@ mod tests {
         }));
         let Some(Kind::Redirect(r)) = f.kind else { panic!("{f:?}") };
         assert_eq!((r.scheme, r.host.as_str(), r.path, r.port), (None, "", None, 0));
+    }
+
+    #[test]
+    fn grpc_route_filters_as_the_inbound_api_carries_them() {
+        use pb::grpc_route::filter::Kind;
+        let spec = serde_json::json!({
+            "parentRefs": [{"group": "policy.weft.dev", "kind": "Server", "name": "web-grpc"}],
+            "rules": [
+                {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                    "add": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]
+                }}]},
+                {"matches": [{"method": {"method": "Ping"}}]}
+            ]
+        });
+        let r =
+            GrpcRoute::parse(crate::model::ObjKey::new("prod", "r"), None, &spec).expect("a route");
+        let r = grpc_route(&r, Vec::new());
+        let f = &r.rules[0].filters;
+        assert_eq!(f.len(), 1, "{f:?}");
+        let Some(Kind::RequestHeaderModifier(m)) = &f[0].kind else { panic!("{f:?}") };
+        assert_eq!(m.set, None);
+        let add = m.add.as_ref().expect("add");
+        assert_eq!(
+            (add.headers[0].name.as_str(), add.headers[0].value.as_slice()),
+            ("x-a", &b"1"[..])
+        );
+        assert_eq!(m.remove, ["x-b"]);
+        assert!(r.rules[1].filters.is_empty());
     }
 }

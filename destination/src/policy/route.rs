@@ -3,7 +3,7 @@
 //! is a superset of it for these fields) reduced to what inbound policy needs: the Servers
 //! it attaches to, its host names and its rules' matches and filters (request header
 //! modifiers and redirects, `filter`). Pure. `GRPCRoute`s, in [`grpc`], share its parents,
-//! host names and header matches.
+//! host names, header matches and filter checks.
 //!
 //! A route that names its parents but cannot be enforced as written (a filter the proxy
 //! does not apply, a path or regex that is not valid) is kept as *unusable* with the reason:

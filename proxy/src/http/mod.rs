@@ -490,9 +490,9 @@ fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
 }
 
 /// The proxy's answer for a route filter: a redirect, or an injected failure (its message
-/// in `l5d-proxy-error`, as linkerd2-proxy sends it).
+/// in `l5d-proxy-error`, as linkerd2-proxy sends it; a gRPC route's as a gRPC error).
 fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
-    use crate::policy::filter::Answer;
+    use crate::policy::filter::{Answer, Failure};
     match answer {
         Answer::Redirect { status, location } => {
             let mut rsp =
@@ -501,7 +501,12 @@ fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
             rsp.headers_mut().insert(header::LOCATION, location);
             rsp
         }
-        Answer::Fail { status, message } => error_response(status, &message),
+        Answer::Fail { failure: Failure::Http(status), message } => {
+            error_response(status, &message)
+        }
+        Answer::Fail { failure: Failure::Grpc(code), message } => {
+            grpc_error_response(u32::from(code), &message)
+        }
         Answer::NoRedirectHost => error_response(
             StatusCode::BAD_REQUEST,
             "bad request: the route redirects, and the request names no host to redirect to",
@@ -509,17 +514,41 @@ fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
     }
 }
 
-/// A gRPC error as a trailers-only response: HTTP 200 with `grpc-status` in the headers.
+/// A gRPC error as a trailers-only response: HTTP 200 with `grpc-status` and
+/// `grpc-message` in the headers, and no body.
 fn grpc_error_response(code: u32, why: &str) -> Response<RspBody> {
     let mut rsp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     let h = rsp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message(why)) {
+        h.insert("grpc-message", v);
+    }
     if let Ok(v) = HeaderValue::from_str(why) {
-        h.insert("grpc-message", v.clone());
         h.insert(PROXY_ERROR, v);
     }
     rsp
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2): bytes outside printable ASCII,
+/// and `%` itself, become `%XX`, so a client decodes exactly the message.
+fn grpc_message(why: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'%';
+    if why.bytes().all(plain) {
+        return std::borrow::Cow::Borrowed(why);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(why.len() + 8);
+    for b in why.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn authority<B>(req: &Request<B>) -> &str {
@@ -631,5 +660,50 @@ mod upgrade {
             });
         }
         rsp.map(|b| b.map_err(pool::BodyError::H1).boxed_unsync())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::body::Body as _;
+
+    use super::*;
+    use crate::policy::filter::{Answer, Failure};
+
+    #[tokio::test]
+    async fn an_injected_grpc_failure_is_a_trailers_only_grpc_error() {
+        let answer =
+            Answer::Fail { failure: Failure::Grpc(14), message: "injected: 100% down".into() };
+        let rsp = filter_answer(answer);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        let h = rsp.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["grpc-message"], "injected: 100%25 down", "percent-encoded");
+        assert_eq!(h[PROXY_ERROR], "injected: 100% down");
+        assert_eq!(metrics::grpc_status(h), Some(14));
+        // Trailers-only: the headers end the stream.
+        let body = rsp.into_body();
+        assert!(body.is_end_stream());
+        let collected = body.collect().await.expect("body");
+        assert!(collected.trailers().is_none());
+        assert!(collected.to_bytes().is_empty());
+
+        // An HTTP route's failure stays an HTTP status.
+        let answer = Answer::Fail {
+            failure: Failure::Http(StatusCode::SERVICE_UNAVAILABLE),
+            message: "injected".into(),
+        };
+        let rsp = filter_answer(answer);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()[PROXY_ERROR], "injected");
+        assert!(!rsp.headers().contains_key("grpc-status"));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_message("plain text: ok"), "plain text: ok");
+        assert_eq!(grpc_message("50%"), "50%25");
+        assert_eq!(grpc_message("caf\u{e9}\t!"), "caf%C3%A9%09!");
     }
 }

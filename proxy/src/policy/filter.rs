@@ -1,7 +1,9 @@
 //! The filters of an inbound route rule, as Linkerd's policy API sends them
-//! (`io.linkerd.proxy.inbound.HttpRoute.Filter`) and linkerd2-proxy applies them to the
-//! requests that matched the rule: request header changes before the app sees the request,
-//! redirects and injected failures answered by the proxy without calling the app.
+//! (`io.linkerd.proxy.inbound.HttpRoute.Filter` and `GrpcRoute.Filter`) and linkerd2-proxy
+//! applies them to the requests that matched the rule: request header changes before the
+//! app sees the request, redirects and injected failures answered by the proxy without
+//! calling the app. gRPC routes have the same header changes and failures, the failure
+//! being a gRPC status rather than an HTTP one.
 //!
 //! Everything is checked when the policy arrives (header names and values, statuses,
 //! schemes, hosts, paths), so that applying a filter to a request cannot fail on the
@@ -13,7 +15,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request, StatusCode,
     uri::{Authority, Scheme},
 };
-use linkerd2_proxy_api::{http_route as route_api, inbound as api};
+use linkerd2_proxy_api::{grpc_route as grpc_api, http_route as route_api, inbound as api};
 
 /// A rule's filters, applied in order.
 #[derive(Debug, Clone)]
@@ -56,11 +58,20 @@ enum PathModifier {
 
 #[derive(Debug, Clone)]
 struct FailureInjector {
-    status: StatusCode,
-    /// The body, and `l5d-proxy-error` (checked to be a valid header value).
+    failure: Failure,
+    /// The body (gRPC: `grpc-message`), and `l5d-proxy-error` (checked to be a valid
+    /// header value).
     message: Arc<str>,
     /// Out of `denominator` requests, `numerator` fail (`None`: all of them).
     ratio: Option<(u32, u32)>,
+}
+
+/// How an injected failure is answered: an HTTP route's with a status, a gRPC route's
+/// with a gRPC status code (1-16) in a trailers-only response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Http(StatusCode),
+    Grpc(u16),
 }
 
 /// What the proxy answers instead of calling the app.
@@ -71,7 +82,7 @@ pub enum Answer {
         location: HeaderValue,
     },
     Fail {
-        status: StatusCode,
+        failure: Failure,
         message: Arc<str>,
     },
     /// A redirect that cannot be built for this request: it has no host to redirect to.
@@ -100,6 +111,26 @@ impl Filters {
         Ok(Some(Filters(converted.into())))
     }
 
+    /// A gRPC route rule's filters (header changes and failures only: the API has no gRPC
+    /// redirect); `None` when it has none.
+    pub fn from_grpc_api(filters: Vec<api::grpc_route::Filter>) -> Result<Option<Self>, String> {
+        use api::grpc_route::filter::Kind;
+        if filters.is_empty() {
+            return Ok(None);
+        }
+        let converted = filters
+            .into_iter()
+            .map(|f| match f.kind {
+                Some(Kind::RequestHeaderModifier(m)) => {
+                    Ok(Filter::RequestHeaders(header_modifier(m)?))
+                }
+                Some(Kind::FailureInjector(f)) => Ok(Filter::Fail(grpc_failure_injector(f)?)),
+                None => Err("a gRPC filter of a kind this proxy does not know".to_string()),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Some(Filters(converted.into())))
+    }
+
     /// Whether a redirect replaces the matched path prefix: the rule's matches must then
     /// all be prefix matches.
     pub fn replaces_prefix(&self) -> bool {
@@ -118,8 +149,8 @@ impl Filters {
                 Filter::Redirect(r) => return Err(r.answer(req, prefix_len)),
                 Filter::Fail(f) => {
                     if f.fires() {
-                        let (status, message) = (f.status, f.message.clone());
-                        return Err(Answer::Fail { status, message });
+                        let (failure, message) = (f.failure, f.message.clone());
+                        return Err(Answer::Fail { failure, message });
                     }
                 }
             }
@@ -309,25 +340,44 @@ fn redirect(r: route_api::RequestRedirect) -> Result<Redirect, String> {
 }
 
 fn failure_injector(f: route_api::HttpFailureInjector) -> Result<FailureInjector, String> {
-    let bad = |e: String| format!("failure injector: {e}");
     let status = u16::try_from(f.status)
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| bad(format!("status {} is not an HTTP status", f.status)))?;
-    if HeaderValue::from_str(&f.message).is_err() {
-        return Err(bad(format!("message {:?} cannot be sent in a header", f.message)));
+        .ok_or_else(|| format!("failure injector: status {} is not an HTTP status", f.status))?;
+    injector(Failure::Http(status), f.message, f.ratio)
+        .map_err(|e| format!("failure injector: {e}"))
+}
+
+fn grpc_failure_injector(f: grpc_api::GrpcFailureInjector) -> Result<FailureInjector, String> {
+    let bad = |e: String| format!("gRPC failure injector: {e}");
+    // 0 is OK, not a failure; past 16 no client knows the code.
+    let code = u16::try_from(f.code)
+        .ok()
+        .filter(|c| (1..=16).contains(c))
+        .ok_or_else(|| bad(format!("code {} is not a gRPC error status (1-16)", f.code)))?;
+    injector(Failure::Grpc(code), f.message, f.ratio).map_err(bad)
+}
+
+/// The parts HTTP and gRPC failure injectors share: the message and the ratio.
+fn injector(
+    failure: Failure,
+    message: String,
+    ratio: Option<route_api::Ratio>,
+) -> Result<FailureInjector, String> {
+    if HeaderValue::from_str(&message).is_err() {
+        return Err(format!("message {message:?} cannot be sent in a header"));
     }
-    let message = Arc::from(f.message);
-    let ratio = match f.ratio {
+    let message = Arc::from(message);
+    let ratio = match ratio {
         None => None,
-        Some(r) if r.denominator == 0 => return Err(bad("ratio with a zero denominator".into())),
+        Some(r) if r.denominator == 0 => return Err("ratio with a zero denominator".into()),
         Some(r) if r.numerator > r.denominator => {
-            return Err(bad(format!("ratio {}/{} is over 1", r.numerator, r.denominator)));
+            return Err(format!("ratio {}/{} is over 1", r.numerator, r.denominator));
         }
         Some(r) if r.numerator == r.denominator => None,
         Some(r) => Some((r.numerator, r.denominator)),
     };
-    Ok(FailureInjector { status, message, ratio })
+    Ok(FailureInjector { failure, message, ratio })
 }
 
 #[cfg(test)]
@@ -552,10 +602,10 @@ mod tests {
                 .filter(|_| {
                     let mut req = get("/", None);
                     match f.apply(&mut req, None) {
-                        Err(Answer::Fail { status, message }) => {
+                        Err(Answer::Fail { failure, message }) => {
                             assert_eq!(
-                                (status.as_u16(), message.as_bytes()),
-                                (503, &b"injected"[..])
+                                (failure, message.as_bytes()),
+                                (Failure::Http(StatusCode::SERVICE_UNAVAILABLE), &b"injected"[..])
                             );
                             true
                         }
@@ -569,5 +619,99 @@ mod tests {
         assert_eq!(failed(&fail(Some(route_api::Ratio { numerator: 0, denominator: 5 }))), 0);
         let quarter = failed(&fail(Some(route_api::Ratio { numerator: 1, denominator: 4 })));
         assert!((350..650).contains(&quarter), "{quarter} of 2000 at 1/4");
+    }
+
+    fn grpc_filters(kinds: Vec<api::grpc_route::filter::Kind>) -> Result<Filters, String> {
+        let f = kinds.into_iter().map(|k| api::grpc_route::Filter { kind: Some(k) }).collect();
+        Filters::from_grpc_api(f).map(|f| f.expect("filters"))
+    }
+
+    fn grpc_fail(
+        code: u32,
+        message: &str,
+        ratio: Option<(u32, u32)>,
+    ) -> api::grpc_route::filter::Kind {
+        api::grpc_route::filter::Kind::FailureInjector(grpc_api::GrpcFailureInjector {
+            code,
+            message: message.into(),
+            ratio: ratio
+                .map(|(numerator, denominator)| route_api::Ratio { numerator, denominator }),
+        })
+    }
+
+    fn call() -> Request<()> {
+        Request::builder()
+            .method(http::Method::POST)
+            .uri("/weft.Test/Echo")
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn grpc_rules_change_headers_then_fail_with_a_grpc_status() {
+        use api::grpc_route::filter::Kind;
+        assert!(Filters::from_grpc_api(Vec::new()).expect("no filters").is_none());
+        let headers = Kind::RequestHeaderModifier(route_api::RequestHeaderModifier {
+            add: None,
+            set: hs(&[("x-tenant", "a")]),
+            remove: vec!["x-internal".into()],
+        });
+        // Headers only: the call goes on, changed.
+        let f = grpc_filters(vec![headers.clone()]).expect("valid");
+        let mut req = call();
+        req.headers_mut().insert("x-internal", HeaderValue::from_static("1"));
+        assert_eq!(f.apply(&mut req, None), Ok(()));
+        assert_eq!(req.headers()["x-tenant"], "a");
+        assert!(!req.headers().contains_key("x-internal"));
+
+        // Every call fails (no ratio, or 1/1), with the code and message as configured.
+        for ratio in [None, Some((1, 1)), Some((7, 7))] {
+            let f = grpc_filters(vec![headers.clone(), grpc_fail(14, "injected: down", ratio)])
+                .expect("valid");
+            for _ in 0..100 {
+                assert_eq!(
+                    f.apply(&mut call(), None),
+                    Err(Answer::Fail {
+                        failure: Failure::Grpc(14),
+                        message: "injected: down".into()
+                    }),
+                    "{ratio:?}"
+                );
+            }
+        }
+        // None does at 0, about half at 1/2.
+        let f = grpc_filters(vec![grpc_fail(13, "x", Some((0, 1)))]).expect("valid");
+        assert!((0..2000).all(|_| f.apply(&mut call(), None).is_ok()));
+        let f = grpc_filters(vec![grpc_fail(13, "x", Some((1, 2)))]).expect("valid");
+        let failed = (0..2000).filter(|_| f.apply(&mut call(), None).is_err()).count();
+        assert!((800..1200).contains(&failed), "{failed} of 2000 at 1/2");
+    }
+
+    #[test]
+    fn bad_grpc_filters_are_refused_with_the_reason() {
+        use api::grpc_route::filter::Kind;
+        let cases = [
+            (grpc_fail(0, "x", None), "code 0 is not a gRPC error status"),
+            (grpc_fail(17, "x", None), "code 17 is not a gRPC error status"),
+            (grpc_fail(u32::MAX, "x", None), "not a gRPC error status"),
+            (grpc_fail(14, "a\r\nb", None), "cannot be sent in a header"),
+            (grpc_fail(14, "x", Some((1, 0))), "zero denominator"),
+            (grpc_fail(14, "x", Some((2, 1))), "over 1"),
+            (
+                Kind::RequestHeaderModifier(route_api::RequestHeaderModifier {
+                    add: hs(&[("bad name", "v")]),
+                    set: None,
+                    remove: Vec::new(),
+                }),
+                "not a header name",
+            ),
+        ];
+        for (kind, why) in cases {
+            let e = grpc_filters(vec![kind.clone()]).expect_err(why);
+            assert!(e.contains(why), "{kind:?}: {e}");
+        }
+        let unknown = Filters::from_grpc_api(vec![api::grpc_route::Filter { kind: None }]);
+        assert!(unknown.expect_err("unknown kind").contains("does not know"));
     }
 }

@@ -301,13 +301,8 @@ impl Route {
     }
 
     fn from_grpc_api(r: api::GrpcRoute) -> Result<Self, Invalid> {
-        // Weft's control plane sends GRPCRoutes without filters (it does not serve one that
-        // has any): gRPC route filters are not implemented.
-        let filters = |f: Vec<api::grpc_route::Filter>| match f.is_empty() {
-            true => Ok(None),
-            false => Err("gRPC route filters are not supported by this proxy".to_string()),
-        };
-        let rules = r.rules.into_iter().map(|rule| (filters(rule.filters), rule.matches));
+        let rules =
+            r.rules.into_iter().map(|rule| (Filters::from_grpc_api(rule.filters), rule.matches));
         // A rule without matches takes every call: every POST.
         let any_call = || RouteMatch { method: Some(Method::POST), ..RouteMatch::default() };
         Route::assemble(r.metadata, r.hosts, rules, grpc_match, any_call, r.authorizations)

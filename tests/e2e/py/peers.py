@@ -2,13 +2,17 @@
 raw HTTP/2 frames for abuse (rapid reset, CONTINUATION flood).
 
 usage: peers.py grpc-server PORT | grpc-client HOST:PORT | grpc-call HOST:PORT /SERVICE/METHOD [NAME=VALUE]
+              | grpc-calls HOST:PORT /SERVICE/METHOD N [NAME=VALUE ...]
               | ws-server PORT | ws-client URL
               | h2-settings HOST:PORT | h2-rapid-reset HOST:PORT | h2-continuation-flood HOST:PORT
 Servers print "ready" once listening; clients print "ok" and exit 0 on success (grpc-call
-prints the call's status code name, e.g. OK or PERMISSION_DENIED, and the details); the raw
-HTTP/2 abuse clients print what they observed.
+prints the call's status code name, e.g. OK or PERMISSION_DENIED, and the details; grpc-calls
+makes N calls and prints one JSON line: how many ended how, and the last reply and the last
+error's metadata); the raw HTTP/2 abuse clients print what they observed. The server's
+Metadata method answers with the metadata its call arrived with, as JSON.
 """
 import asyncio
+import json
 import socket
 import struct
 import sys
@@ -30,12 +34,16 @@ def grpc_server(port):
     def fail(request, context):
         context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose")
 
+    def metadata(request, context):
+        return json.dumps(sorted(context.invocation_metadata())).encode()
+
     handler = grpc.method_handlers_generic_handler(
         "weft.Test",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
             "Chat": grpc.stream_stream_rpc_method_handler(chat),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Metadata": grpc.unary_unary_rpc_method_handler(metadata),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -74,6 +82,25 @@ def grpc_call(addr, path, header=None):
             print("OK", flush=True)
         except grpc.RpcError as e:
             print(e.code().name, e.details(), flush=True)
+
+
+def grpc_calls(addr, path, n, *headers):
+    """N unary calls: {"outcomes": {"OK" or "CODE details": count}, "reply": the last reply
+    (text), "initial": and "trailing": the last error's metadata}."""
+    metadata = [tuple(h.split("=", 1)) for h in headers] or None
+    outcomes, reply, initial, trailing = {}, None, None, None
+    with grpc.insecure_channel(addr) as channel:
+        call = channel.unary_unary(path)
+        for _ in range(int(n)):
+            try:
+                reply = call(b"ping", timeout=10, metadata=metadata).decode()
+                outcome = "OK"
+            except grpc.RpcError as e:
+                outcome = f"{e.code().name} {e.details()}"
+                initial = dict(e.initial_metadata() or ())
+                trailing = dict(e.trailing_metadata() or ())
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    print(json.dumps({"outcomes": outcomes, "reply": reply, "initial": initial, "trailing": trailing}), flush=True)
 
 
 async def ws_server(port):
@@ -187,6 +214,7 @@ COMMANDS = {
     "grpc-server": grpc_server,
     "grpc-client": grpc_client,
     "grpc-call": grpc_call,
+    "grpc-calls": grpc_calls,
     "ws-server": lambda port: asyncio.run(ws_server(port)),
     "ws-client": lambda url: asyncio.run(ws_client(url)),
     "h2-settings": h2_settings,

@@ -1,11 +1,12 @@
-//! The filters of an HTTPRoute rule (Gateway API's `filters`, as Linkerd's HTTPRoute
-//! schema takes them) that inbound proxies apply: `RequestHeaderModifier` and
-//! `RequestRedirect`, the two that Linkerd's inbound policy API can carry. Pure.
+//! The filters of a route rule (Gateway API's `filters`, as Linkerd's HTTPRoute schema and
+//! the Gateway API's GRPCRoute take them) that inbound proxies apply: `RequestHeaderModifier`
+//! and, on HTTPRoutes, `RequestRedirect` — what Linkerd's inbound policy API can carry for
+//! each route kind. Pure.
 //!
 //! Any other type (`ResponseHeaderModifier`, which that API has no place for,
 //! `URLRewrite`, `RequestMirror`, `ExtensionRef`, newer ones) is unsupported; a supported
 //! one written wrong (a bad header name, a relative path, a status that is not a redirect)
-//! is invalid. Either way the route is not served.
+//! is invalid. Either way the route is not served. Both route kinds share these checks.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -94,49 +95,82 @@ struct PathModifierSpec {
 /// Redirect statuses Gateway API allows (301 and 302 in its standard channel).
 const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
+/// The filter types that proxies apply on one kind of route (the rest are unsupported).
+struct Applied {
+    /// What the route kind's messages call it (`HTTPRoute`, `GRPCRoute`).
+    route: &'static str,
+    types: &'static [&'static str],
+}
+
+/// What Linkerd's inbound API carries for HTTP routes.
+const HTTP_ROUTE: Applied =
+    Applied { route: "HTTPRoute", types: &["RequestHeaderModifier", "RequestRedirect"] };
+
+/// What it carries for gRPC routes that a GRPCRoute can say (its other filter, a failure
+/// injector, has no Gateway API counterpart).
+const GRPC_ROUTE: Applied = Applied { route: "GRPCRoute", types: &["RequestHeaderModifier"] };
+
 /// Rule `i`'s filters, checked against its (already converted) matches.
 pub(super) fn convert(
     i: usize,
     filters: &[Value],
     matches: &[RouteMatch],
 ) -> Result<Vec<Filter>, Unusable> {
+    each(i, filters, &HTTP_ROUTE, |kind, spec| match kind {
+        "RequestHeaderModifier" => header_modifier(spec).map(Filter::RequestHeaders),
+        _ => redirect(spec, matches).map(Filter::Redirect),
+    })
+}
+
+/// Rule `i`'s filters of a GRPCRoute: request header modifiers, the only kind it applies.
+pub(super) fn convert_grpc(i: usize, filters: &[Value]) -> Result<Vec<HeaderModifier>, Unusable> {
+    each(i, filters, &GRPC_ROUTE, |_, spec| header_modifier(spec))
+}
+
+/// Converts each filter of rule `i` with `one` (given its type and its spec), once the
+/// checks every route kind shares have passed: a type `applied` lists (else the route is
+/// unsupported), at most once, with its spec.
+fn each<T>(
+    i: usize,
+    filters: &[Value],
+    applied: &Applied,
+    mut one: impl FnMut(&str, &Value) -> Result<T, String>,
+) -> Result<Vec<T>, Unusable> {
     let bad = |e: String| invalid(format!("rules[{i}].filters: {e}"));
     let mut converted = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for f in filters {
         let kind = f.get("type").and_then(Value::as_str).unwrap_or("");
-        let field = match kind {
-            "RequestHeaderModifier" => "requestHeaderModifier",
-            "RequestRedirect" => "requestRedirect",
-            _ => {
-                let kinds: Vec<&str> =
-                    filters.iter().filter_map(|f| f.get("type")?.as_str()).collect();
-                let why = match kind {
-                    "ResponseHeaderModifier" => {
-                        "Linkerd's inbound policy API has no response header modifier"
-                    }
-                    _ => "only RequestHeaderModifier and RequestRedirect are applied",
-                };
-                return Err(Unusable {
-                    reason: "unsupported_filter",
-                    detail: format!(
-                        "rules[{i}] has filters ({}): {kind:?} is not supported ({why}), so the route is not served",
-                        kinds.join(", ")
-                    ),
-                });
-            }
-        };
+        if !applied.types.contains(&kind) {
+            let kinds: Vec<&str> = filters.iter().filter_map(|f| f.get("type")?.as_str()).collect();
+            let why = match kind {
+                "ResponseHeaderModifier" => {
+                    "Linkerd's inbound policy API has no response header modifier".to_string()
+                }
+                _ => format!(
+                    "only {} {} applied on {}s",
+                    applied.types.join(" and "),
+                    if applied.types.len() == 1 { "is" } else { "are" },
+                    applied.route
+                ),
+            };
+            return Err(Unusable {
+                reason: "unsupported_filter",
+                detail: format!(
+                    "rules[{i}] has filters ({}): {kind:?} is not supported ({why}), so the route is not served",
+                    kinds.join(", ")
+                ),
+            });
+        }
         // Gateway API allows each of these once per rule.
         if seen.contains(&kind) {
             return Err(bad(format!("{kind} appears more than once")));
         }
         seen.push(kind);
-        let spec = f.get(field).ok_or_else(|| bad(format!("{kind} without {field}")))?;
-        let filter = match kind {
-            "RequestHeaderModifier" => Filter::RequestHeaders(header_modifier(spec).map_err(bad)?),
-            _ => Filter::Redirect(redirect(spec, matches).map_err(bad)?),
-        };
-        converted.push(filter);
+        // The spec's field is the type's name, lower camel case.
+        let field = kind.get(..1).unwrap_or("").to_ascii_lowercase() + kind.get(1..).unwrap_or("");
+        let spec = f.get(&field).ok_or_else(|| bad(format!("{kind} without {field}")))?;
+        converted.push(one(kind, spec).map_err(bad)?);
     }
     Ok(converted)
 }

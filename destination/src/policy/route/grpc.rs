@@ -4,8 +4,10 @@
 //!
 //! As for HTTPRoutes, a route that names its Servers but cannot be enforced as written is
 //! kept as unusable and still claims them: a `RegularExpression` method match (Linkerd's
-//! inbound API matches RPCs exactly) and any filter (the proxy applies none on gRPC routes)
-//! are unsupported. Backend references are about forwarding and ignored.
+//! inbound API matches RPCs exactly) and a filter other than `RequestHeaderModifier` (the
+//! only one of Gateway API's that the API carries for gRPC routes; checked as HTTPRoutes'
+//! are, in [`super::filter`]) are unsupported. Backend references are about forwarding and
+//! ignored.
 
 use std::collections::BTreeSet;
 
@@ -14,7 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    HostMatch, NamedValue, ParentRef, Unusable, ValueMatch, header_matches, hosts, invalid,
+    HeaderModifier, HostMatch, NamedValue, ParentRef, Unusable, ValueMatch, filter, header_matches,
+    hosts, invalid,
 };
 use crate::{model::ObjKey, split::GATEWAY_GROUP};
 
@@ -34,10 +37,12 @@ pub struct GrpcRoute {
     pub unusable: Option<Unusable>,
 }
 
-/// Calls that any of `matches` selects.
+/// Calls that any of `matches` selects, and the request header changes applied to them in
+/// order (the only filter a GRPCRoute's rule has for inbound proxies).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrpcRule {
     pub matches: Vec<GrpcMatch>,
+    pub filters: Vec<HeaderModifier>,
 }
 
 /// All of which must hold; `None` service or method: any.
@@ -118,18 +123,14 @@ fn unsupported(reason: &'static str, detail: String) -> Unusable {
 fn convert(spec: &Spec) -> Result<(Vec<HostMatch>, Vec<GrpcRule>), Unusable> {
     let hosts = hosts(&spec.hostnames)?;
     let Some(rules) = &spec.rules else {
-        return Ok((hosts, vec![GrpcRule { matches: vec![GrpcMatch::default()] }]));
+        return Ok((
+            hosts,
+            vec![GrpcRule { matches: vec![GrpcMatch::default()], filters: Vec::new() }],
+        ));
     };
     let mut converted = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let rule = RuleSpec::deserialize(rule).map_err(|e| invalid(format!("rules[{i}]: {e}")))?;
-        if let Some(f) = rule.filters.first() {
-            let kind = f.get("type").and_then(Value::as_str).unwrap_or("(no type)");
-            return Err(unsupported(
-                "unsupported_filter",
-                format!("rules[{i}].filters: {kind}: the proxy applies no filters on gRPC routes"),
-            ));
-        }
         let matches = match rule.matches {
             None => vec![GrpcMatch::default()],
             Some(ms) if ms.is_empty() => vec![GrpcMatch::default()],
@@ -137,7 +138,8 @@ fn convert(spec: &Spec) -> Result<(Vec<HostMatch>, Vec<GrpcRule>), Unusable> {
                 ms.iter().map(|m| grpc_match(i, m)).collect::<Result<Vec<_>, Unusable>>()?
             }
         };
-        converted.push(GrpcRule { matches });
+        let filters = filter::convert_grpc(i, &rule.filters)?;
+        converted.push(GrpcRule { matches, filters });
     }
     Ok((hosts, converted))
 }
@@ -218,7 +220,10 @@ mod tests {
         ]}));
         assert_eq!(r.servers, ["a"].into_iter().map(String::from).collect());
         // No rules: one rule, every call.
-        assert_eq!(r.rules, vec![GrpcRule { matches: vec![GrpcMatch::default()] }]);
+        assert_eq!(
+            r.rules,
+            vec![GrpcRule { matches: vec![GrpcMatch::default()], filters: Vec::new() }]
+        );
         assert_eq!(r.unusable, None);
     }
 
@@ -265,6 +270,32 @@ mod tests {
     }
 
     #[test]
+    fn request_header_modifiers_are_the_rules_filters() {
+        let r = parse(json!({
+            "parentRefs": [server_ref("a")],
+            "rules": [
+                {"matches": [{"method": {"service": "weft.Test", "method": "Echo"}}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                     "set": [{"name": "X-Tenant", "value": "a"}],
+                     "add": [{"name": "x-trace", "value": "1"}],
+                     "remove": ["X-Internal"]
+                 }}]},
+                {"matches": [{"method": {"method": "Ping"}}]}
+            ]
+        }));
+        assert_eq!(r.unusable, None);
+        assert_eq!(
+            r.rules[0].filters,
+            [HeaderModifier {
+                set: vec![("x-tenant".into(), "a".into())],
+                add: vec![("x-trace".into(), "1".into())],
+                remove: vec!["x-internal".into()],
+            }]
+        );
+        assert!(r.rules[1].filters.is_empty());
+    }
+
+    #[test]
     fn routes_that_cannot_be_enforced_are_unusable_but_keep_their_parents() {
         for (rules, reason, detail) in [
             (
@@ -273,9 +304,43 @@ mod tests {
                 "RegularExpression",
             ),
             (
-                json!([{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}]}]),
+                json!([{"filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}]}]),
                 "unsupported_filter",
-                "RequestHeaderModifier",
+                "no response header modifier",
+            ),
+            (
+                json!([{"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "a", "port": 9090}}}]}]),
+                "unsupported_filter",
+                "only RequestHeaderModifier is applied on GRPCRoutes",
+            ),
+            (
+                json!([{"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "a", "kind": "b", "name": "c"}}]}]),
+                "unsupported_filter",
+                "ExtensionRef",
+            ),
+            // Not a GRPCRoute filter at all (the schema has none), even if HTTPRoutes apply it.
+            (
+                json!([{"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}]}]),
+                "unsupported_filter",
+                "RequestRedirect",
+            ),
+            (
+                json!([{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x y", "value": "1"}]}}]}]),
+                "invalid_spec",
+                "rules[0].filters: header name \"x y\" is not a token",
+            ),
+            (
+                json!([{"filters": [{"type": "RequestHeaderModifier"}]}]),
+                "invalid_spec",
+                "without requestHeaderModifier",
+            ),
+            (
+                json!([{"filters": [
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {}},
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {}}
+                ]}]),
+                "invalid_spec",
+                "more than once",
             ),
             (json!([{"matches": [{"method": {"type": "Exact"}}]}]), "invalid_spec", "neither"),
             (

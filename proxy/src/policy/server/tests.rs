@@ -299,6 +299,85 @@ fn requests_take_the_filters_of_the_rule_they_matched() {
     assert!(matches!(select("/plain"), (None, None)), "a rule without filters has none");
 }
 
+fn grpc_server(rules: Vec<api::grpc_route::Rule>) -> api::Server {
+    api::Server {
+        protocol: Some(ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Grpc(proxy_protocol::Grpc {
+                routes: vec![api::GrpcRoute {
+                    metadata: resource("GRPCRoute", "echo"),
+                    hosts: Vec::new(),
+                    authorizations: Vec::new(),
+                    rules,
+                }],
+            })),
+        }),
+        ..server(Vec::new(), Vec::new())
+    }
+}
+
+fn grpc_rule(method: &str, filters: Vec<api::grpc_route::filter::Kind>) -> api::grpc_route::Rule {
+    api::grpc_route::Rule {
+        matches: vec![grpc_api::GrpcRouteMatch {
+            rpc: Some(grpc_api::GrpcRpcMatch {
+                service: "weft.Test".into(),
+                method: method.into(),
+            }),
+            headers: Vec::new(),
+        }],
+        filters: filters.into_iter().map(|k| api::grpc_route::Filter { kind: Some(k) }).collect(),
+    }
+}
+
+fn grpc_failure(code: u32) -> api::grpc_route::filter::Kind {
+    api::grpc_route::filter::Kind::FailureInjector(grpc_api::GrpcFailureInjector {
+        code,
+        message: "injected".into(),
+        ratio: None,
+    })
+}
+
+#[test]
+fn grpc_calls_take_the_filters_of_the_rule_they_matched() {
+    use super::super::filter::{Answer, Failure};
+    let set_tenant =
+        api::grpc_route::filter::Kind::RequestHeaderModifier(route_api::RequestHeaderModifier {
+            add: None,
+            set: Some(linkerd2_proxy_api::http_types::Headers {
+                headers: vec![linkerd2_proxy_api::http_types::headers::Header {
+                    name: "x-tenant".into(),
+                    value: b"a".to_vec(),
+                }],
+            }),
+            remove: Vec::new(),
+        });
+    let s = ServerPolicy::from_api(grpc_server(vec![
+        grpc_rule("Echo", vec![set_tenant]),
+        grpc_rule("Fail", vec![grpc_failure(14)]),
+        grpc_rule("Plain", Vec::new()),
+    ]))
+    .expect("valid");
+    let apply = |method: &str| {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/weft.Test/{method}"))
+            .body(())
+            .expect("request");
+        let sel = s.select(&req).expect("a route");
+        let answer = sel.filters.map(|f| f.apply(&mut req, sel.prefix_len));
+        (answer, req.headers().get("x-tenant").cloned())
+    };
+    assert_eq!(apply("Echo"), (Some(Ok(())), Some(http::HeaderValue::from_static("a"))));
+    assert_eq!(
+        apply("Fail").0,
+        Some(Err(Answer::Fail { failure: Failure::Grpc(14), message: "injected".into() }))
+    );
+    assert_eq!(apply("Plain"), (None, None), "a rule without filters has none");
+
+    let e = ServerPolicy::from_api(grpc_server(vec![grpc_rule("Fail", vec![grpc_failure(0)])]))
+        .expect_err("code 0");
+    assert!(e.to_string().contains("route echo: rule 0: gRPC failure injector: code 0"), "{e}");
+}
+
 #[test]
 fn updates_the_proxy_cannot_enforce_are_refused_whole() {
     let unauth = || Permit::Unauthenticated(PermitUnauthenticated {});
