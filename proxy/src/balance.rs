@@ -134,7 +134,8 @@ impl<T> Endpoint<T> {
     fn record(&self, success: bool, now: Instant, config: &BalanceConfig, jitter: f64) {
         let mut accrual = self.accrual.lock().unwrap_or_else(|e| e.into_inner());
         let eject = |backoff: Duration| {
-            let backoff = backoff.clamp(config.min_backoff, config.max_backoff);
+            // Not `clamp`, which panics on min > max (refused at start; never worth a crash).
+            let backoff = backoff.max(config.min_backoff).min(config.max_backoff);
             // ±25 % so that ejected endpoints don't all come back at the same moment.
             let jittered = backoff.mul_f64(0.75 + 0.5 * jitter);
             Accrual::Ejected { until: now + jittered, backoff }
@@ -145,7 +146,7 @@ impl<T> Endpoint<T> {
                 eject(config.min_backoff)
             }
             (Accrual::Ready { failures }, false) => Accrual::Ready { failures: failures + 1 },
-            (Accrual::Probing { backoff }, false) => eject(*backoff * 2),
+            (Accrual::Probing { backoff }, false) => eject(backoff.saturating_mul(2)),
             (Accrual::Ejected { until, backoff }, false) => {
                 Accrual::Ejected { until: *until, backoff: *backoff }
             }

@@ -273,9 +273,11 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_ACCESS_LOG", value_enum)]
     pub access_log: Option<crate::http::access_log::Format>,
 
-    /// Worker threads (0: one per available CPU). One core runs a single-threaded runtime.
-    #[arg(long, env = "WEFT_PROXY_CORES", default_value_t = 1)]
-    pub cores: usize,
+    /// Worker threads (0: one per available CPU). One core runs a single-threaded runtime;
+    /// more than the CPUs available are not started (the injector derives this from the
+    /// pod's CPU limit, which may exceed the node's).
+    #[arg(long, env = "WEFT_PROXY_CORES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub cores: u16,
 }
 
 impl RunArgs {
@@ -289,8 +291,21 @@ impl RunArgs {
             .collect()
     }
 
+    /// Settings that contradict each other, so that the proxy stops at start with a clear
+    /// error rather than misbehave later.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.failure_accrual_min_backoff > self.failure_accrual_max_backoff {
+            anyhow::bail!(
+                "WEFT_PROXY_FAILURE_ACCRUAL_MIN_BACKOFF ({:?}) is longer than WEFT_PROXY_FAILURE_ACCRUAL_MAX_BACKOFF ({:?})",
+                self.failure_accrual_min_backoff,
+                self.failure_accrual_max_backoff
+            );
+        }
+        self.check_policy()
+    }
+
     /// The inbound policy settings that contradict each other or the rest.
-    pub fn check_policy(&self) -> anyhow::Result<()> {
+    fn check_policy(&self) -> anyhow::Result<()> {
         use crate::policy::DefaultPolicy::{ClusterAuthenticated, ClusterUnauthenticated};
         let policy = self.inbound_default_policy;
         if matches!(policy, ClusterAuthenticated | ClusterUnauthenticated)
@@ -444,6 +459,10 @@ impl std::fmt::Display for PortSet {
 }
 
 /// Parses durations such as `250ms`, `10s`, `2m`, `1h`; a bare number is seconds.
+/// The longest duration a setting takes: beyond it, deadlines computed from it could
+/// overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -462,6 +481,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than a year, the longest duration a setting takes"));
+    }
     Ok(d)
 }
 
@@ -497,6 +519,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("10d").is_err());
+        assert_eq!(parse_duration("8784h"), Ok(MAX_DURATION));
+        let long = parse_duration("8785h").expect_err("over a year");
+        assert!(long.contains("longer than a year"), "{long}");
+        assert!(parse_duration("18446744073709551615s").is_err());
         assert!(parse_duration("").is_err());
     }
 }

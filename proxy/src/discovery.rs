@@ -329,8 +329,14 @@ impl Discovery {
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
     let base = base.min(Duration::from_secs(10));
-    let jitter = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
-    base.mul_f64(0.5 + jitter)
+    base.mul_f64(0.5 + jitter())
+}
+
+/// A random number in [0, 1), so that proxies that lost the control plane together do not
+/// come back in lockstep (std's `RandomState` is randomly keyed, and each one differs).
+fn jitter() -> f64 {
+    use std::hash::BuildHasher;
+    (std::collections::hash_map::RandomState::new().hash_one(0u8) % 1000) as f64 / 1000.0
 }
 
 async fn follow_endpoints(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
@@ -387,16 +393,24 @@ fn apply(
         Some(Update::Add(set)) => {
             d.count("add");
             for addr in &set.addrs {
-                if let Some((a, meta)) = endpoint(&set.metric_labels, addr) {
-                    endpoints.insert(a, meta);
+                match endpoint(&set.metric_labels, addr) {
+                    Some((a, meta)) => {
+                        endpoints.insert(a, meta);
+                    }
+                    None => d.count("bad_endpoint"),
                 }
             }
             Some(State::Known)
         }
         Some(Update::Remove(set)) => {
             d.count("remove");
-            for a in set.addrs.iter().filter_map(socket_addr) {
-                endpoints.remove(&a);
+            for a in &set.addrs {
+                match socket_addr(a) {
+                    Some(a) => {
+                        endpoints.remove(&a);
+                    }
+                    None => d.count("bad_endpoint"),
+                }
             }
             None
         }
@@ -457,20 +471,37 @@ async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
     loop {
         let Some(target) = res.upgrade().map(|r| r.target.clone()) else { return };
         let mut client = d.client.clone();
-        if let Ok(stream) = client.get_profile(d.request(&target)).await {
-            let mut stream = stream.into_inner();
-            while let Ok(Some(p)) = stream.message().await {
-                attempt = 0;
-                let Some(r) = res.upgrade() else { return };
-                let (profile, errors) = profile::from_api(&p);
-                for e in errors {
-                    warn!(%target, error = %e, "ignoring part of the service profile");
-                    d.count("profile_error");
+        match client.get_profile(d.request(&target)).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let p = match stream.message().await {
+                        Ok(Some(p)) => p,
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(%target, error = %e, "profile stream failed");
+                            break;
+                        }
+                    };
+                    attempt = 0;
+                    let Some(r) = res.upgrade() else { return };
+                    let (profile, errors) = profile::from_api(&p);
+                    for e in errors {
+                        warn!(%target, error = %e, "ignoring part of the service profile");
+                        d.count("profile_error");
+                    }
+                    d.count("profile");
+                    r.budget.set(profile.budget);
+                    *r.profile.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profile);
+                    r.profiled.send_replace(true);
                 }
-                d.count("profile");
-                r.budget.set(profile.budget);
-                *r.profile.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profile);
-                r.profiled.send_replace(true);
+                d.count("profile_stream_ended");
+            }
+            Err(e) => {
+                if attempt == 0 {
+                    warn!(%target, error = %e, "no profile from the destination service; routing without one meanwhile");
+                }
+                d.count("profile_unavailable");
             }
         }
         // No profile now: lookups stop waiting for one (the next one still applies).
@@ -479,5 +510,20 @@ async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
         }
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoffs_are_spread() {
+        let waits: Vec<Duration> = (0..200).map(|_| backoff(7)).collect();
+        let (min, max) = (waits.iter().min().copied(), waits.iter().max().copied());
+        let (Some(min), Some(max)) = (min, max) else { panic!("no waits") };
+        // 10 s × [0.5, 1.5): spread over most of that range, not stuck in one spot.
+        assert!(min >= Duration::from_secs(5) && max < Duration::from_secs(15), "{min:?} {max:?}");
+        assert!(max - min > Duration::from_secs(6), "jitter too narrow: {min:?}..{max:?}");
     }
 }

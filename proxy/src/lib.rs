@@ -129,11 +129,12 @@ fn join(addrs: &[SocketAddr]) -> String {
 
 impl BoundProxy {
     pub fn bind(args: RunArgs) -> anyhow::Result<Self> {
+        // Contradictory settings are refused before anything is bound.
+        let identity_config = args.identity()?;
+        args.check()?;
         let inbound = listen_all(&args.inbound_listen_addr, "inbound")?;
         let outbound = listen_all(&args.outbound_listen_addr, "outbound")?;
         let admin = listen_all(&args.admin_listen_addr, "admin")?;
-        let identity_config = args.identity()?;
-        args.check_policy()?;
         let destination_svc = args
             .destination_svc_name
             .as_deref()

@@ -45,12 +45,13 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     keep_freed_heap();
     let log_level = weft_proxy::logging::init(&args.log, args.log_format)?;
-    let runtime = match args.cores {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match usize::from(args.cores) {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if n > 0 {
-                b.worker_threads(n);
+                b.worker_threads(n.min(cpus));
             }
             b.enable_all().build()?
         }

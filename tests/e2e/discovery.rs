@@ -298,6 +298,11 @@ fn without_the_destination_service_traffic_goes_to_the_original_destination() {
         metric(&m, "outbound_discovery_lookups_total", &[("result", "unavailable")]) >= 1.0,
         "{m}"
     );
+    // Both of its watches say so: the endpoints' and the profile's.
+    for result in ["unavailable", "profile_unavailable"] {
+        let updates = metric(&m, "outbound_discovery_updates_total", &[("result", result)]);
+        assert!(updates >= 1.0, "{result}: {m}");
+    }
 
     // The destination service comes up and knows the target: balancing resumes (to
     // other endpoints than the original destination).

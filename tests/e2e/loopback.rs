@@ -433,11 +433,21 @@ fn bad_flags_are_refused_with_a_clear_message() {
         ("--detect-timeout", "10 parsecs", "duration"),
         ("--inbound-listen-addr", "nowhere", "invalid socket address"),
         ("--log", "weft_proxy=[[", "not a valid filter"),
+        ("--detect-timeout", "9000h", "longer than a year"),
+        ("--cores", "100000", "not in 0..=1024"),
     ] {
         let (ok, _, err) = run(Command::new(crate::netns::proxy_bin()).args([flag, value]));
         assert!(!ok, "{flag} {value} accepted");
         assert!(err.contains(want), "{flag} {value}: {err}");
     }
+    // Settings that contradict each other: refused at start, before anything is bound.
+    let (ok, _, err) = run(Command::new(crate::netns::proxy_bin()).args([
+        "--failure-accrual-min-backoff",
+        "2m",
+        "--failure-accrual-max-backoff",
+        "1m",
+    ]));
+    assert!(!ok && err.contains("is longer than WEFT_PROXY_FAILURE_ACCRUAL_MAX_BACKOFF"), "{err}");
     // The same through the environment.
     let (ok, _, err) =
         run(Command::new(crate::netns::proxy_bin()).env("WEFT_PROXY_OPAQUE_PORTS", "http"));
