@@ -358,6 +358,18 @@ fn every_config_annotation_takes_effect() {
 }
 
 #[test]
+fn the_proxys_threads_follow_the_cpu_limit_within_what_it_takes() {
+    for (limit, cores) in [("250m", "1"), ("3", "3"), ("5000", "1024")] {
+        let mut pod = enabled_pod("deployment-web.json");
+        set_annotation(&mut pod, "config.weft.dev/proxy-cpu-limit", limit);
+        let (_, typed) = inject(&pod, &ns(&[]));
+        let spec = typed.spec.unwrap();
+        let proxy = container(&spec.init_containers, "weft-proxy");
+        assert_eq!(env_of(proxy)["WEFT_PROXY_CORES"], cores, "limit {limit}");
+    }
+}
+
+#[test]
 fn namespace_config_annotations_are_defaults() {
     let nsa = ns(&[
         ("weft.dev/inject", "enabled"),
