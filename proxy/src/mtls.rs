@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::{
     detect::Protocol,
     identity::{Alpn, Identity, peer_identity},
-    io::{MeteredIo, Prefixed},
+    io::{Metered, MeteredIo, Prefixed},
     metrics::{Direction, Metrics, Peer, TlsLabels},
     transport::{self, ConnError, Side},
     transport_header::{self, SessionProtocol, TransportHeader},
@@ -133,25 +133,31 @@ pub async fn serve_inbound(
                 &protocol,
                 TlsLabels::plaintext("loopback"),
             );
-            let upstream = MeteredIo::new(upstream, BytesMut::new(), dst);
+            let mut upstream = MeteredIo::new(upstream, BytesMut::new(), dst);
+            let mut tls = tls;
             match &authz {
                 Some(a) => tokio::select! {
-                    () = splice(tls, upstream) => {}
+                    () = splice(&mut tls, &mut upstream, errors) => {}
                     () = a.revoked() => errors.inc("unauthorized"),
                 },
-                None => splice(tls, upstream).await,
+                None => splice(&mut tls, &mut upstream, errors).await,
             }
         }
     }
 }
 
-/// Copies both ways until both sides are done (half-close kept).
-pub async fn splice(
-    mut a: impl AsyncRead + AsyncWrite + Unpin,
-    mut b: impl AsyncRead + AsyncWrite + Unpin,
-) {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+/// Copies both ways until both sides are done (half-close kept). On an error, counted as
+/// `forward_io`, both connections are closed with it and reset, as plain forwarding does.
+pub async fn splice<A, B>(a: &mut A, b: &mut B, errors: &crate::metrics::TcpErrors)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Metered,
+    B: AsyncRead + AsyncWrite + Unpin + Metered,
+{
+    if let Err(e) = tokio::io::copy_bidirectional(a, b).await {
+        errors.inc("forward_io");
         debug!(error = %e, "connection ended with an error");
+        a.metered().fail(&e);
+        b.metered().fail(&e);
     }
 }
 

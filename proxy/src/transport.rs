@@ -249,9 +249,9 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
             dst.close(err);
         }
         // Meshed: the endpoint's proxy is reached over mTLS (its metrics are opened with it).
-        Upstream::Tls(tls) => {
-            Box::pin(crate::mtls::splice(crate::io::MeteredIo::new(client, prefix, src), *tls))
-                .await;
+        Upstream::Tls(mut tls) => {
+            let mut client = crate::io::MeteredIo::new(client, prefix, src);
+            Box::pin(crate::mtls::splice(&mut client, &mut *tls, errors)).await;
         }
     }
 }
