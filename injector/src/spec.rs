@@ -198,6 +198,8 @@ pub fn env(
         var("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", o.shutdown_grace_period.clone()),
         var("WEFT_PROXY_INBOUND_DEFAULT_POLICY", o.default_inbound_policy.clone()),
         var("WEFT_PROXY_CLUSTER_NETWORKS", c.cluster_networks.clone()),
+        // Addresses outside the cluster are not looked up (no wait, no destination load).
+        var("WEFT_PROXY_DESTINATION_NETWORKS", c.cluster_networks.clone()),
     ];
     if let Some(format) = &o.access_log {
         env.push(var("WEFT_PROXY_ACCESS_LOG", format.clone()));

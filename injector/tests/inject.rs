@@ -146,6 +146,7 @@ fn default_injection_is_exactly_as_documented() {
                 env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
                 env("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated"),
                 env("WEFT_PROXY_CLUSTER_NETWORKS", "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"),
+                env("WEFT_PROXY_DESTINATION_NETWORKS", "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"),
                 {"name": "WEFT_POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "WEFT_POD_SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
                 {"name": "WEFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -537,6 +538,7 @@ fn config_changes_the_rendering() {
     );
     assert_eq!(env["WEFT_PROXY_LOG_FORMAT"], "json");
     assert_eq!(env["WEFT_PROXY_CLUSTER_NETWORKS"], "10.244.0.0/16,10.96.0.0/12,fd12:3456::/32");
+    assert_eq!(env["WEFT_PROXY_DESTINATION_NETWORKS"], "10.244.0.0/16,10.96.0.0/12,fd12:3456::/32");
     let init = container(&spec.init_containers, "weft-proxy-init");
     let args = init.args.as_deref().unwrap().join(" ");
     assert!(args.contains("--iptables-mode nft --ipv6 false"), "{args}");

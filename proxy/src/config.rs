@@ -191,6 +191,13 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_DESTINATION_SVC_NAME")]
     pub destination_svc_name: Option<String>,
 
+    /// The networks whose addresses are looked up in the destination service
+    /// (comma-separated CIDRs; empty: every address). Connections to other addresses go to
+    /// their original destination without waiting for a lookup, as Linkerd's
+    /// `..._DESTINATION_PROFILE_NETWORKS` do; the injector sets the cluster's networks.
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_NETWORKS", default_value = "")]
+    pub destination_networks: crate::init::Subnets,
+
     /// Sent with every lookup (Linkerd's context token: namespace, node, ...).
     #[arg(long, env = "WEFT_PROXY_DESTINATION_CONTEXT", default_value = "")]
     pub destination_context: String,

@@ -61,8 +61,17 @@ pub struct DiscoveryConfig {
     /// A target not used for this long is forgotten (its streams closed).
     pub idle_timeout: Duration,
     pub context_token: String,
+    /// Only addresses in these are looked up (empty: all).
+    pub networks: crate::init::Subnets,
     pub balance: BalanceConfig,
 }
+
+/// Most targets followed at once (each holds two streams to the destination service).
+/// Beyond it a new address goes to its original destination, counted as
+/// `outbound_discovery_lookups_total{result="too_many_targets"}`, until idle ones are
+/// forgotten: an app that talks to countless addresses cannot grow the proxy, or the
+/// destination service, without bound.
+pub const MAX_TARGETS: usize = 10_000;
 
 /// The state of a target's resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +156,7 @@ impl DiscoveryMetrics {
         let m = DiscoveryMetrics::default();
         registry.register(
             "outbound_discovery_lookups",
-            "Outbound connections by what discovery said of their target (`balanced`; or forwarded to the original destination: `unknown`, `unavailable`, `pending`)",
+            "Outbound connections by what discovery said of their target (`balanced`; or forwarded to the original destination: `unknown`, `unavailable`, `pending`, `not_discoverable` (outside the destination networks), `too_many_targets`)",
             m.lookups.clone(),
         );
         registry.register(
@@ -221,6 +230,11 @@ impl Discovery {
     /// The resolution of `target` when the destination service knows it; `None` means
     /// "forward to the target as it is".
     pub async fn resolve(self: &Arc<Self>, target: SocketAddr) -> Option<Arc<Resolution>> {
+        let networks = &self.config.networks;
+        if !networks.is_empty() && !networks.contains(target.ip()) {
+            self.metrics.lookups.get_or_create(&ResultLabels { result: "not_discoverable" }).inc();
+            return None;
+        }
         self.lookup(Target::Addr(target)).await
     }
 
@@ -250,6 +264,13 @@ impl Discovery {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get(&target) {
                 Some(r) => (r.clone(), false),
+                None if cache.len() >= MAX_TARGETS => {
+                    drop(cache);
+                    let result = "too_many_targets";
+                    self.metrics.lookups.get_or_create(&ResultLabels { result }).inc();
+                    debug!(?target, "too many targets followed; not looking this one up");
+                    return None;
+                }
                 None => {
                     let r = self.start(target.clone());
                     cache.insert(target, r.clone());

@@ -249,6 +249,7 @@ impl BoundProxy {
                     first_update_timeout: args.destination_first_update_timeout,
                     idle_timeout: args.destination_idle_timeout,
                     context_token: args.destination_context.clone(),
+                    networks: args.destination_networks.clone(),
                     balance: balance::BalanceConfig {
                         default_rtt: args.balance_default_rtt,
                         decay: args.balance_decay,

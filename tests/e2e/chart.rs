@@ -385,6 +385,7 @@ fn check_injected_pod(pod: &k8s_openapi::api::core::v1::Pod, objects: &Objects, 
     let env = proxy_env(pod);
     assert_eq!(env["WEFT_PROXY_LOG"], "debug", "proxy.logLevel");
     assert_eq!(env["WEFT_PROXY_CLUSTER_NETWORKS"], CLUSTER_NETWORKS, "clusterNetworks");
+    assert_eq!(env["WEFT_PROXY_DESTINATION_NETWORKS"], CLUSTER_NETWORKS, "clusterNetworks");
     assert_eq!(env["WEFT_PROXY_INBOUND_PROBE_ROUTES"], "8080:/ready", "the pod's probe");
     for (var, service) in [
         ("WEFT_PROXY_IDENTITY_ADDR", "weft-identity"),

@@ -336,6 +336,43 @@ fn without_the_destination_service_traffic_goes_to_the_original_destination() {
 }
 
 #[test]
+fn only_addresses_in_the_destination_networks_are_looked_up() {
+    // The service's address is a real server of its own (the original destination);
+    // its endpoint is another.
+    let (original, endpoint) =
+        (Backend::start(Duration::ZERO, None), Backend::start(Duration::ZERO, None));
+    let file = static_file("networks");
+    let y = format!(
+        "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [{}]\n    ports:\n      - port: {}\n        endpoints:\n          - address: {}\n",
+        original.addr.ip(),
+        original.addr.port(),
+        endpoint.addr
+    );
+    std::fs::write(&file, y).expect("write");
+    let dst = Destination::start(file, free_port());
+    let (target, dst) = (original.addr.to_string(), dst.addr.to_string());
+    let lookups =
+        |m: &str, result| metric(m, "outbound_discovery_lookups_total", &[("result", result)]);
+    let start = |networks: &str| {
+        let args = ["--outbound-orig-dst-addr", &target, "--destination-addr", &dst];
+        Proxy::start(&[&args[..], &["--destination-networks", networks]].concat())
+    };
+
+    // Outside the networks: straight to the original destination, no lookup.
+    let outside = start("10.0.0.0/8,fd00::/8");
+    assert!(load(outside.outbound, 1, 3).iter().all(|&s| s == 200));
+    assert_eq!((original.hits(), endpoint.hits()), (3, 0), "looked up although outside");
+    let m = outside.metrics();
+    assert!(lookups(&m, "not_discoverable") >= 1.0, "{m}");
+    assert_eq!(lookups(&m, "balanced"), 0.0, "{m}");
+    // Inside: balanced to the endpoint as usual.
+    let inside = start("127.0.0.0/8");
+    assert!(load(inside.outbound, 1, 3).iter().all(|&s| s == 200));
+    assert_eq!((original.hits(), endpoint.hits()), (3, 3));
+    assert!(lookups(&inside.metrics(), "balanced") >= 1.0);
+}
+
+#[test]
 fn request_and_per_try_timeouts_from_the_profile() {
     // Whole-request timeout: a slow service answers 504 with the reason.
     let slow = Backend::start(Duration::from_secs(3), None);
