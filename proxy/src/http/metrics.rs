@@ -58,7 +58,8 @@ pub struct ResponseLabels {
     pub route: RouteLabels,
     pub status_code: u16,
     pub classification: &'static str,
-    pub grpc_status: String,
+    /// See [`grpc_status_label`].
+    pub grpc_status: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -210,7 +211,7 @@ impl HttpMetrics {
                 route: route.labels.clone(),
                 status_code,
                 classification: if ok { "success" } else { "failure" },
-                grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+                grpc_status: grpc_status.map_or("", grpc_status_label),
             };
             self.responses.get_or_create(&labels).clone()
         };
@@ -387,6 +388,18 @@ impl Done {
     }
 }
 
+/// The `grpc_status` label of a status code: the 17 codes gRPC defines as themselves, and
+/// anything else an upstream sends as `other`, so that it cannot make a series per
+/// number. (linkerd2-proxy's legacy metrics write any number; its newer ones read it
+/// through `tonic::Code`, where an undefined code is `UNKNOWN`: `other` keeps it apart
+/// from a real UNKNOWN.) Either way a code other than 0 is a failure.
+pub fn grpc_status_label(code: u32) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    usize::try_from(code).ok().and_then(|i| CODES.get(i)).copied().unwrap_or("other")
+}
+
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
@@ -473,6 +486,27 @@ mod tests {
             DstLabels::default(),
             TlsLabels::disabled(),
         )
+    }
+
+    #[test]
+    fn grpc_status_labels_are_the_defined_codes_or_other() {
+        for code in 0..=16u32 {
+            assert_eq!(grpc_status_label(code), code.to_string());
+        }
+        for code in [17, 100, 65_536, u32::MAX] {
+            assert_eq!(grpc_status_label(code), "other");
+        }
+        // Whatever an upstream sends, response_total gets at most 18 gRPC series a route.
+        let m = Metrics::new(100);
+        let r = route(&m, "web:80");
+        for code in 0..10_000u32 {
+            m.http.response(&r, 200, Some(code), code == 0);
+        }
+        let text = m.render();
+        let series = text.lines().filter(|l| l.starts_with("response_total{")).count();
+        assert_eq!(series, 18, "{text}");
+        assert!(text.contains("grpc_status=\"other\"} 9983"), "{text}");
+        assert!(text.contains("classification=\"failure\",grpc_status=\"other\""), "{text}");
     }
 
     #[test]
