@@ -147,6 +147,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_HTTP_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http_response_header_timeout: Duration,
 
+    /// A client's HTTP connection with no request in flight this long is closed: HTTP/2
+    /// gracefully (GOAWAY), HTTP/1 between requests (for HTTP/1 it also bounds the wait for
+    /// a request's headers). Not `0s`: an idle client always gives its slot back.
+    #[arg(long, env = "WEFT_PROXY_HTTP_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub http_idle_timeout: Duration,
+
     /// How long an idle pooled HTTP/1 upstream connection is kept.
     #[arg(long, env = "WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub http_pool_idle_timeout: Duration,
@@ -444,6 +450,14 @@ impl std::fmt::Display for PortSet {
 }
 
 /// Parses durations such as `250ms`, `10s`, `2m`, `1h`; a bare number is seconds.
+/// A duration that must not be zero (a limit that cannot be turned off).
+pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} is zero; this limit cannot be turned off")),
+        d => Ok(d),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

@@ -54,6 +54,8 @@ pub const PROXY_ERROR: &str = "l5d-proxy-error";
 pub struct HttpConfig {
     /// Longest wait for an upstream's response headers (none when zero).
     pub response_header_timeout: Duration,
+    /// A client connection with nothing in flight this long is closed (see `serve`).
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
@@ -119,8 +121,19 @@ pub struct Caller {
     pub authz: Option<crate::policy::ConnAuthz>,
 }
 
+/// HTTP/2 pings to a client that has sent nothing for this long...
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// ...and how long it has to answer before its connection is closed: a client that
+/// vanished, or one that will not answer.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
-/// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY).
+/// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY). A connection with
+/// no request in flight for `idle_timeout` is closed the same way, so idle clients give
+/// their slot back: HTTP/1 by hyper's header-read timeout, which runs while it waits for
+/// the next request; HTTP/2 by `idle::watch`, a stream being in flight until its response
+/// body ends. HTTP/2 clients are also pinged, so one that vanished is found out.
 pub async fn serve<I>(
     client: I,
     protocol: Protocol,
@@ -145,38 +158,60 @@ pub async fn serve<I>(
         None => None,
     };
     let svc_side = side.clone();
+    let activity = matches!(protocol, Protocol::Http2).then(crate::idle::Activity::new);
+    let act = activity.clone();
     let svc = service_fn(move |req| {
         let side = svc_side.clone();
         let dst = dst.clone();
         let conn = conn.clone();
+        let in_flight = act.as_ref().map(|a| a.begin());
         // Boxed: the request's future is large, and hyper moves it (HTTP/2 spawns a task
         // per stream); a pointer is cheaper to move than the state machine.
-        async move { Ok::<_, Infallible>(Box::pin(proxy(req, &conn, &side, dst)).await) }
+        async move {
+            let rsp = Box::pin(proxy(req, &conn, &side, dst)).await;
+            let rsp = match in_flight {
+                // The stream is in flight until its response body ends (or is dropped).
+                Some(guard) => rsp.map(|b| {
+                    b.map_frame(move |f| {
+                        let _in_flight = &guard;
+                        f
+                    })
+                    .boxed_unsync()
+                }),
+                None => rsp,
+            };
+            Ok::<_, Infallible>(rsp)
+        }
     });
     let io = TokioIo::new(client);
     let result = match protocol {
         Protocol::Http2 => {
             let mut b = conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
                 .max_concurrent_streams(config.h2_max_concurrent_streams)
                 .max_header_list_size(config.max_header_bytes as u32)
                 .max_pending_accept_reset_streams(config.h2_max_pending_reset_streams)
                 .max_local_error_reset_streams(config.h2_max_local_error_reset_streams);
             let c = b.serve_connection(io, svc);
             tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = stop.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
+            let activity = activity.unwrap_or_else(crate::idle::Activity::new);
+            let watched = crate::idle::watch(
+                c.as_mut(),
+                |c| c.graceful_shutdown(),
+                &activity,
+                config.idle_timeout,
+                &stop,
+            );
+            // `None`: asked to close, it neither did nor had anything in flight; dropped.
+            watched.await.unwrap_or(Ok(()))
         }
         _ => {
             let c = conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .max_buf_size(config.max_header_bytes.max(8192))
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(config.idle_timeout)
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(c);
@@ -190,7 +225,7 @@ pub async fn serve<I>(
         }
     };
     if let Err(e) = result {
-        let label = connection_error(&e);
+        let label = connection_error(&e, &protocol);
         side.metrics.http.error(side.direction, label);
         debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
     }
@@ -198,11 +233,14 @@ pub async fn serve<I>(
 
 /// The `error` label of a client connection that failed: what the client did wrong, or
 /// which protection closed it.
-fn connection_error(e: &hyper::Error) -> &'static str {
+fn connection_error(e: &hyper::Error, protocol: &Protocol) -> &'static str {
     if e.is_parse_too_large() {
         "header_too_large"
     } else if e.is_parse() {
         "bad_request"
+    } else if e.is_timeout() && matches!(protocol, Protocol::Http2) {
+        // The client did not answer a ping in time.
+        "keepalive_timeout"
     } else if e.is_timeout() {
         "header_timeout"
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
@@ -705,5 +743,111 @@ mod tests {
         assert_eq!(grpc_message("plain text: ok"), "plain text: ok");
         assert_eq!(grpc_message("50%"), "50%25");
         assert_eq!(grpc_message("caf\u{e9}\t!"), "caf%C3%A9%09!");
+    }
+}
+
+/// Idle client connections over real sockets, through a whole proxy.
+#[cfg(test)]
+mod idle_tests {
+    use std::time::Instant;
+
+    use http_body_util::channel::{Channel, Sender};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+        time::timeout,
+    };
+
+    use super::*;
+    use crate::test_proxy;
+
+    const IDLE: Duration = Duration::from_millis(300);
+
+    /// An HTTP/2 upstream that answers every request with headers at once and a body that
+    /// goes on until the test drops its sender (sent on the returned channel).
+    async fn streaming_h2_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Sender<Bytes>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let svc = service_fn(move |_req| {
+                    let (sender, body) = Channel::<Bytes>::new(4);
+                    let _ = tx.send(sender);
+                    async move { Ok::<_, Infallible>(Response::new(body)) }
+                });
+                let c = conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc);
+                tokio::spawn(c);
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Reads until the proxy closes the connection; panics past `limit`.
+    async fn until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let read = timeout(limit, s.read_to_end(&mut got)).await.expect("still open");
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "read: {e}");
+        }
+        got
+    }
+
+    /// A client that sends the HTTP/2 preface and nothing else is disconnected once idle
+    /// (and once its GOAWAY's ping goes unanswered for the close grace); an HTTP/1 client
+    /// after its response the same way.
+    #[tokio::test]
+    async fn idle_client_connections_are_closed() {
+        let (upstream, _bodies) = streaming_h2_upstream().await;
+        let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
+
+        let started = Instant::now();
+        let mut h2 = TcpStream::connect(proxy.inbound).await.expect("connect");
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+        let got = until_closed(&mut h2, crate::idle::CLOSE_GRACE + Duration::from_secs(3)).await;
+        assert!(!got.is_empty(), "the server's SETTINGS and GOAWAY first");
+        assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
+
+        // HTTP/1: the upstream speaks HTTP/2 only, so the answer is the proxy's 502; then
+        // the keep-alive connection is closed once idle.
+        let started = Instant::now();
+        let mut h1 = TcpStream::connect(proxy.inbound).await.expect("connect");
+        h1.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await.expect("request");
+        let got = until_closed(&mut h1, Duration::from_secs(5)).await;
+        assert!(got.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&got));
+        assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
+    }
+
+    /// A stream in flight keeps its HTTP/2 connection open, however long it lasts, and the
+    /// connection takes new streams after it.
+    #[tokio::test]
+    async fn an_http2_connection_with_a_stream_open_is_not_idle() {
+        let (upstream, mut bodies) = streaming_h2_upstream().await;
+        let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
+        let io = TcpStream::connect(proxy.inbound).await.expect("connect");
+        let (mut client, conn) = h2::client::handshake(io).await.expect("handshake");
+        let conn = tokio::spawn(conn);
+        let get = || Request::get("http://web/stream").body(()).expect("request");
+
+        let (rsp, _) = client.send_request(get(), true).expect("send");
+        let rsp = timeout(Duration::from_secs(5), rsp).await.expect("in time").expect("headers");
+        let mut body = rsp.into_body();
+        let mut upstream_body = bodies.recv().await.expect("upstream got the request");
+        // Several idle timeouts with the stream open and nothing sent either way.
+        tokio::time::sleep(IDLE * 5).await;
+        assert!(!conn.is_finished(), "connection closed with a stream open");
+        upstream_body.send_data(Bytes::from_static(b"still here")).await.expect("send");
+        let chunk = timeout(Duration::from_secs(5), body.data()).await.expect("in time");
+        assert_eq!(chunk.expect("data").expect("data"), "still here");
+        drop(upstream_body);
+
+        // No GOAWAY came: a new stream is taken.
+        let mut client = client.ready().await.expect("no GOAWAY");
+        let (rsp, _) = client.send_request(get(), true).expect("send");
+        let rsp = timeout(Duration::from_secs(5), rsp).await.expect("in time").expect("headers");
+        assert_eq!(rsp.status(), StatusCode::OK);
     }
 }
