@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod orig_proto;
 pub mod pool;
 pub mod retry;
+#[cfg(test)]
+mod socket_tests;
 
 use std::{
     convert::Infallible,
@@ -148,8 +150,16 @@ pub async fn serve<I>(
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
     };
-    let conn =
-        Arc::new(Conn { target, client_addr, tls, client_id, authz, routes: Default::default() });
+    let tunnels = tokio_util::task::TaskTracker::new();
+    let conn = Arc::new(Conn {
+        target,
+        client_addr,
+        tls,
+        client_id,
+        authz,
+        routes: Default::default(),
+        tunnels: tunnels.clone(),
+    });
     let config = &side.http.config;
     let stop = side.stop.clone();
     // Discovery, once per connection: a known service is balanced per request.
@@ -229,6 +239,9 @@ pub async fn serve<I>(
         side.metrics.http.error(side.direction, label);
         debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
     }
+    // An upgraded connection outlives hyper's: the tunnel still holds the client.
+    tunnels.close();
+    tunnels.wait().await;
 }
 
 /// The `error` label of a client connection that failed: what the client did wrong, or
@@ -261,6 +274,10 @@ struct Conn {
     client_id: Option<Arc<str>>,
     authz: Option<crate::policy::ConnAuthz>,
     routes: metrics::RouteCache,
+    /// Upgraded connections (WebSocket, CONNECT) started on this connection: `serve` waits
+    /// for them, so that the connection's slot (`WEFT_PROXY_MAX_CONNECTIONS`) and the
+    /// drain's tracking last as long as its tunnels do.
+    tunnels: tokio_util::task::TaskTracker,
 }
 
 async fn proxy(
@@ -334,7 +351,7 @@ async fn proxy(
 
     if is_upgrade(&req) {
         metrics.http.request(&direct_route);
-        let rsp = upgrade::forward(req, target, side).await;
+        let rsp = upgrade::forward(req, target, side, &conn.tunnels).await;
         return finish(side, direct_route, started, rsp, access);
     }
 
@@ -438,15 +455,7 @@ impl Reply<'_> {
     ) -> Response<RspBody> {
         let (metrics, direction) = (&self.side.metrics, self.side.direction);
         let rsp = match result {
-            Err(()) => {
-                let timeout = self.side.http.config.response_header_timeout;
-                metrics.http.error(direction, "response_timeout");
-                warn!(%upstream, ?timeout, "no response headers from the upstream in time");
-                error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("response timeout: no response headers from {upstream} in time"),
-                )
-            }
+            Err(()) => response_timeout(self.side, upstream),
             Ok(Err(e)) => {
                 let (label, message) = send_error(&e);
                 metrics.http.error(direction, label);
@@ -476,6 +485,18 @@ impl Reply<'_> {
     fn take_access(&self) -> Option<Box<access_log::Entry>> {
         self.access.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+}
+
+/// The answer when `upstream` sent no response headers within the response-header timeout:
+/// 504, counted.
+fn response_timeout(side: &Side, upstream: SocketAddr) -> Response<RspBody> {
+    let timeout = side.http.config.response_header_timeout;
+    side.metrics.http.error(side.direction, "response_timeout");
+    warn!(%upstream, ?timeout, "no response headers from the upstream in time");
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!("response timeout: no response headers from {upstream} in time"),
+    )
 }
 
 /// The `error` label and the `l5d-proxy-error` text of a failed try.
@@ -648,7 +669,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
 mod upgrade {
     //! `Upgrade` (WebSocket) and `CONNECT`: the request goes to the upstream on a
     //! connection of its own; after a 101 (or a 2xx to CONNECT) both connections are
-    //! handed over to byte forwarding.
+    //! handed over to byte forwarding, on the client connection's `tunnels` (which hold its
+    //! connection slot). The upstream's answer is awaited within the response-header
+    //! timeout, as for any request.
 
     use super::*;
 
@@ -656,6 +679,7 @@ mod upgrade {
         mut req: Request<Incoming>,
         target: SocketAddr,
         side: &Arc<Side>,
+        tunnels: &tokio_util::task::TaskTracker,
     ) -> Response<RspBody> {
         let direction = side.direction;
         let mut sender = match side.http.pool.connect_h1(&pool::Key::plain(target)).await {
@@ -668,9 +692,11 @@ mod upgrade {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let is_connect = req.method() == Method::CONNECT;
         let req = req.map(|b| b.boxed_unsync());
-        let mut rsp = match sender.send_request(req).await {
-            Ok(r) => r,
-            Err(e) => {
+        let sent = with_timeout(side.http.config.response_header_timeout, sender.send_request(req));
+        let mut rsp = match sent.await {
+            Err(()) => return response_timeout(side, target),
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 side.metrics.http.error(direction, "upstream_error");
                 return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
             }
@@ -682,7 +708,7 @@ mod upgrade {
         };
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(async move {
+            tunnels.spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
@@ -743,111 +769,5 @@ mod tests {
         assert_eq!(grpc_message("plain text: ok"), "plain text: ok");
         assert_eq!(grpc_message("50%"), "50%25");
         assert_eq!(grpc_message("caf\u{e9}\t!"), "caf%C3%A9%09!");
-    }
-}
-
-/// Idle client connections over real sockets, through a whole proxy.
-#[cfg(test)]
-mod idle_tests {
-    use std::time::Instant;
-
-    use http_body_util::channel::{Channel, Sender};
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
-        sync::mpsc,
-        time::timeout,
-    };
-
-    use super::*;
-    use crate::test_proxy;
-
-    const IDLE: Duration = Duration::from_millis(300);
-
-    /// An HTTP/2 upstream that answers every request with headers at once and a body that
-    /// goes on until the test drops its sender (sent on the returned channel).
-    async fn streaming_h2_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Sender<Bytes>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((io, _)) = listener.accept().await {
-                let tx = tx.clone();
-                let svc = service_fn(move |_req| {
-                    let (sender, body) = Channel::<Bytes>::new(4);
-                    let _ = tx.send(sender);
-                    async move { Ok::<_, Infallible>(Response::new(body)) }
-                });
-                let c = conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc);
-                tokio::spawn(c);
-            }
-        });
-        (addr, rx)
-    }
-
-    /// Reads until the proxy closes the connection; panics past `limit`.
-    async fn until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
-        let mut got = Vec::new();
-        let read = timeout(limit, s.read_to_end(&mut got)).await.expect("still open");
-        if let Err(e) = read {
-            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "read: {e}");
-        }
-        got
-    }
-
-    /// A client that sends the HTTP/2 preface and nothing else is disconnected once idle
-    /// (and once its GOAWAY's ping goes unanswered for the close grace); an HTTP/1 client
-    /// after its response the same way.
-    #[tokio::test]
-    async fn idle_client_connections_are_closed() {
-        let (upstream, _bodies) = streaming_h2_upstream().await;
-        let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
-
-        let started = Instant::now();
-        let mut h2 = TcpStream::connect(proxy.inbound).await.expect("connect");
-        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
-        let got = until_closed(&mut h2, crate::idle::CLOSE_GRACE + Duration::from_secs(3)).await;
-        assert!(!got.is_empty(), "the server's SETTINGS and GOAWAY first");
-        assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
-
-        // HTTP/1: the upstream speaks HTTP/2 only, so the answer is the proxy's 502; then
-        // the keep-alive connection is closed once idle.
-        let started = Instant::now();
-        let mut h1 = TcpStream::connect(proxy.inbound).await.expect("connect");
-        h1.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await.expect("request");
-        let got = until_closed(&mut h1, Duration::from_secs(5)).await;
-        assert!(got.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&got));
-        assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
-    }
-
-    /// A stream in flight keeps its HTTP/2 connection open, however long it lasts, and the
-    /// connection takes new streams after it.
-    #[tokio::test]
-    async fn an_http2_connection_with_a_stream_open_is_not_idle() {
-        let (upstream, mut bodies) = streaming_h2_upstream().await;
-        let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
-        let io = TcpStream::connect(proxy.inbound).await.expect("connect");
-        let (mut client, conn) = h2::client::handshake(io).await.expect("handshake");
-        let conn = tokio::spawn(conn);
-        let get = || Request::get("http://web/stream").body(()).expect("request");
-
-        let (rsp, _) = client.send_request(get(), true).expect("send");
-        let rsp = timeout(Duration::from_secs(5), rsp).await.expect("in time").expect("headers");
-        let mut body = rsp.into_body();
-        let mut upstream_body = bodies.recv().await.expect("upstream got the request");
-        // Several idle timeouts with the stream open and nothing sent either way.
-        tokio::time::sleep(IDLE * 5).await;
-        assert!(!conn.is_finished(), "connection closed with a stream open");
-        upstream_body.send_data(Bytes::from_static(b"still here")).await.expect("send");
-        let chunk = timeout(Duration::from_secs(5), body.data()).await.expect("in time");
-        assert_eq!(chunk.expect("data").expect("data"), "still here");
-        drop(upstream_body);
-
-        // No GOAWAY came: a new stream is taken.
-        let mut client = client.ready().await.expect("no GOAWAY");
-        let (rsp, _) = client.send_request(get(), true).expect("send");
-        let rsp = timeout(Duration::from_secs(5), rsp).await.expect("in time").expect("headers");
-        assert_eq!(rsp.status(), StatusCode::OK);
     }
 }
