@@ -153,7 +153,8 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_HTTP_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_nonzero_duration)]
     pub http_idle_timeout: Duration,
 
-    /// How long an idle pooled HTTP/1 upstream connection is kept.
+    /// How long an idle pooled upstream connection is kept: HTTP/1 between requests,
+    /// HTTP/2 with no stream in flight.
     #[arg(long, env = "WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub http_pool_idle_timeout: Duration,
 

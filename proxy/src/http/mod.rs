@@ -123,10 +123,10 @@ pub struct Caller {
     pub authz: Option<crate::policy::ConnAuthz>,
 }
 
-/// HTTP/2 pings to a client that has sent nothing for this long...
+/// HTTP/2 pings to a peer (a client, or an upstream) every this long...
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// ...and how long it has to answer before its connection is closed: a client that
+/// ...and how long it has to answer before its connection is closed: a peer that
 /// vanished, or one that will not answer.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
