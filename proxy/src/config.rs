@@ -147,7 +147,14 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_HTTP_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http_response_header_timeout: Duration,
 
-    /// How long an idle pooled HTTP/1 upstream connection is kept.
+    /// A client's HTTP connection with no request in flight this long is closed: HTTP/2
+    /// gracefully (GOAWAY), HTTP/1 between requests (for HTTP/1 it also bounds the wait for
+    /// a request's headers). Not `0s`: an idle client always gives its slot back.
+    #[arg(long, env = "WEFT_PROXY_HTTP_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// How long an idle pooled upstream connection is kept: HTTP/1 between requests,
+    /// HTTP/2 with no stream in flight.
     #[arg(long, env = "WEFT_PROXY_HTTP_POOL_IDLE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub http_pool_idle_timeout: Duration,
 
@@ -469,6 +476,14 @@ impl std::fmt::Display for PortSet {
 /// The longest duration a setting takes: beyond it, deadlines computed from it could
 /// overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration that must not be zero (a limit that cannot be turned off).
+pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} is zero; this limit cannot be turned off")),
+        d => Ok(d),
+    }
+}
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod forward;
 pub mod http;
 pub mod identity;
+pub mod idle;
 pub mod init;
 pub mod io;
 pub mod logging;
@@ -328,6 +329,7 @@ impl BoundProxy {
                 http: http::Http {
                     config: http::HttpConfig {
                         response_header_timeout: args.http_response_header_timeout,
+                        idle_timeout: args.http_idle_timeout,
                         max_header_bytes: args.http_max_header_bytes as usize,
                         h2_max_concurrent_streams: args.http2_max_concurrent_streams,
                         h2_max_pending_reset_streams: args.http2_max_pending_reset_streams,
@@ -420,5 +422,43 @@ impl BoundProxy {
         }
         info!("shut down");
         Ok(())
+    }
+}
+
+/// A whole proxy on loopback for unit tests over real sockets: every listener on an
+/// ephemeral port, both sides' original destination fixed to `target`.
+#[cfg(test)]
+pub(crate) mod test_proxy {
+    use std::net::SocketAddr;
+
+    use clap::{Args, FromArgMatches};
+
+    use super::{BoundProxy, RunArgs};
+
+    /// The running proxy's inbound address; it stops with the test's runtime.
+    pub struct Running {
+        pub inbound: SocketAddr,
+    }
+
+    pub fn start(target: SocketAddr, extra: &[&str]) -> Running {
+        let target = target.to_string();
+        let mut argv = vec![
+            "weft-proxy",
+            "--inbound-listen-addr=127.0.0.1:0",
+            "--outbound-listen-addr=127.0.0.1:0",
+            "--admin-listen-addr=127.0.0.1:0",
+            "--inbound-orig-dst-addr",
+            &target,
+            "--outbound-orig-dst-addr",
+            &target,
+        ];
+        argv.extend_from_slice(extra);
+        let cmd = RunArgs::augment_args(clap::Command::new("weft-proxy"));
+        let matches = cmd.try_get_matches_from(argv).expect("test proxy flags");
+        let args = RunArgs::from_arg_matches(&matches).expect("test proxy flags");
+        let proxy = BoundProxy::bind(args).expect("bind");
+        let running = Running { inbound: proxy.inbound_addrs()[0] };
+        tokio::spawn(proxy.serve(None, std::future::pending()));
+        running
     }
 }

@@ -122,24 +122,46 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
-/// Caps the distinct values of a label that clients control (target addresses, later
-/// authorities): past `max` values, new ones are folded into `overflow`, so a client
-/// cannot grow the proxy's memory by varying them.
+/// Caps the values of a label that clients control (target addresses, authorities): past
+/// `max` distinct values, new ones are folded into `overflow`, and values longer than
+/// `MAX_VALUE_BYTES` (or that the caller found invalid) into `invalid`, so a client cannot
+/// grow the proxy's memory (or its `/metrics`) by varying them. Both are counted in
+/// `metrics_label_values_folded_total{label,reason}`.
 #[derive(Debug)]
 pub struct LabelCap {
+    label: &'static str,
     max: usize,
     seen: RwLock<HashSet<String>>,
+    folded: Family<FoldLabels, Counter>,
 }
 
 pub const OVERFLOW: &str = "overflow";
 
+/// The value of a label whose client-given value was not a valid one.
+pub const INVALID: &str = "invalid";
+
+/// Longest label value kept: room for the longest valid authority (a 253-byte name, `:`
+/// and a port), so a capped label holds at most `max` × this many bytes.
+pub const MAX_VALUE_BYTES: usize = 320;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FoldLabels {
+    pub label: &'static str,
+    /// `overflow` (past the cap) or `invalid`.
+    pub reason: &'static str,
+}
+
 impl LabelCap {
-    pub fn new(max: usize) -> Self {
-        LabelCap { max, seen: RwLock::new(HashSet::new()) }
+    /// `folded`: where folded values are counted (`metrics_label_values_folded_total`).
+    pub fn new(label: &'static str, max: usize, folded: Family<FoldLabels, Counter>) -> Self {
+        LabelCap { label, max, seen: RwLock::new(HashSet::new()), folded }
     }
 
     /// `admit` for a borrowed value (the common case: one already admitted).
     pub fn admit_str(&self, value: &str) -> String {
+        if value.len() > MAX_VALUE_BYTES {
+            return self.invalid();
+        }
         if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(value) {
             return value.to_string();
         }
@@ -147,6 +169,9 @@ impl LabelCap {
     }
 
     pub fn admit(&self, value: String) -> String {
+        if value.len() > MAX_VALUE_BYTES {
+            return self.invalid();
+        }
         if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(&value) {
             return value;
         }
@@ -155,8 +180,26 @@ impl LabelCap {
             seen.insert(value.clone());
             value
         } else {
+            drop(seen);
+            self.fold(OVERFLOW);
             OVERFLOW.to_string()
         }
+    }
+
+    /// The value of a client-given value that is not a valid one (counted).
+    pub fn invalid(&self) -> String {
+        self.fold(INVALID);
+        INVALID.to_string()
+    }
+
+    fn fold(&self, reason: &'static str) {
+        self.folded.get_or_create(&FoldLabels { label: self.label, reason }).inc();
+    }
+
+    /// Bytes of the values kept apart.
+    #[cfg(test)]
+    pub fn stored_bytes(&self) -> usize {
+        self.seen.read().unwrap_or_else(|e| e.into_inner()).iter().map(String::len).sum()
     }
 }
 
@@ -295,7 +338,14 @@ impl Metrics {
             "Accepted connections whose protocol is not known yet (silent or slow clients)",
             detecting.clone(),
         );
-        let http = crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values);
+        let folded = Family::<FoldLabels, Counter>::default();
+        registry.register(
+            "metrics_label_values_folded",
+            "Client-given label values not kept apart: past the label's cap (`overflow`) or not a valid value (`invalid`)",
+            folded.clone(),
+        );
+        let http =
+            crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values, &folded);
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let authz = crate::policy::AuthzMetrics::register(&mut registry);
         let policy = crate::policy::discover::PolicyMetrics::register(&mut registry);
@@ -313,7 +363,7 @@ impl Metrics {
             authz,
             policy,
             access_log,
-            target_addrs: LabelCap::new(max_label_values),
+            target_addrs: LabelCap::new("target_addr", max_label_values, folded),
         });
         Ok((metrics, extra))
     }
@@ -497,11 +547,32 @@ mod tests {
 
     #[test]
     fn label_cap_folds_values_past_the_limit() {
-        let cap = LabelCap::new(2);
+        let folded = Family::<FoldLabels, Counter>::default();
+        let cap = LabelCap::new("authority", 2, folded.clone());
         assert_eq!(cap.admit("a".into()), "a");
         assert_eq!(cap.admit("b".into()), "b");
         assert_eq!(cap.admit("c".into()), OVERFLOW);
         assert_eq!(cap.admit("a".into()), "a");
+        let overflow = FoldLabels { label: "authority", reason: OVERFLOW };
+        assert_eq!(folded.get_or_create(&overflow).get(), 1);
+    }
+
+    /// Many long values cost at most the cap's count × `MAX_VALUE_BYTES`.
+    #[test]
+    fn label_cap_memory_is_bounded_in_count_and_length() {
+        let folded = Family::<FoldLabels, Counter>::default();
+        let cap = LabelCap::new("authority", 100, folded.clone());
+        for i in 0..2_000 {
+            let long = format!("{i}{}", "a".repeat(60 * 1024));
+            assert_eq!(cap.admit_str(&long), INVALID);
+            let short = format!("{i}.{}", "b".repeat(MAX_VALUE_BYTES - 10));
+            let _ = cap.admit(short);
+        }
+        assert!(cap.stored_bytes() <= 100 * MAX_VALUE_BYTES, "{}", cap.stored_bytes());
+        let invalid = FoldLabels { label: "authority", reason: INVALID };
+        assert_eq!(folded.get_or_create(&invalid).get(), 2_000);
+        let overflow = FoldLabels { label: "authority", reason: OVERFLOW };
+        assert_eq!(folded.get_or_create(&overflow).get(), 1_900);
     }
 
     #[test]

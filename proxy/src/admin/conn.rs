@@ -4,15 +4,7 @@
 //! sends, since discovery says the pod is meshed); TLS for any other name is refused,
 //! as linkerd2-proxy's admin server does. HTTP/1 and HTTP/2 are served over either.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{BufMut, BytesMut};
 use hyper::service::service_fn;
@@ -32,6 +24,7 @@ use super::{Admin, Caller};
 use crate::{
     detect::{self, Detect, Protocol},
     identity::peer_identity,
+    idle,
     io::Prefixed,
     metrics::TlsLabels,
 };
@@ -64,9 +57,6 @@ const MAX_STREAMS: u32 = 16;
 /// that idle connections cannot hold the `MAX_CONNECTIONS` slots the kubelet's probes
 /// need. Longer than Prometheus's usual scrape intervals, which then keep their connection.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// How long a connection told to close gracefully may take to finish.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How the admin port accepts connections; one per proxy, shared by its addresses.
 #[derive(Debug, Clone)]
@@ -321,39 +311,6 @@ async fn probe_only(mut io: TcpStream, peer: SocketAddr, admin: &Arc<Admin>) {
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
-#[derive(Debug)]
-struct Activity {
-    in_flight: AtomicUsize,
-    last: std::sync::Mutex<Instant>,
-}
-
-impl Activity {
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Duration::ZERO;
-        }
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
-    }
-}
-
-/// Ends a request's activity when dropped (the request answered, or given up).
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn new(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Serves the admin routes over HTTP/1 or HTTP/2 (told apart by the connection preface),
 /// until the client closes or the connection has been idle for `idle_timeout`.
 async fn serve_http<I>(io: I, admin: Arc<Admin>, caller: Caller, idle_timeout: Duration)
@@ -361,11 +318,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
-    let activity =
-        Arc::new(Activity { in_flight: AtomicUsize::new(0), last: Instant::now().into() });
+    let activity = idle::Activity::new();
     let act = activity.clone();
     let svc = service_fn(move |req| {
-        let (admin, caller, in_flight) = (admin.clone(), caller.clone(), InFlight::new(&act));
+        let (admin, caller, in_flight) = (admin.clone(), caller.clone(), act.begin());
         async move {
             let rsp = admin.authorized(req, &caller).await;
             drop(in_flight);
@@ -381,21 +337,12 @@ where
     builder.http2().max_concurrent_streams(MAX_STREAMS).timer(TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut tick = tokio::time::interval(idle_timeout / 4);
-    let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            _ = tick.tick() => {
-                if activity.idle_for() >= idle_timeout {
-                    debug!(?idle_timeout, "admin connection idle; closing");
-                    conn.as_mut().graceful_shutdown();
-                    match timeout(CLOSE_GRACE, conn.as_mut()).await {
-                        Ok(result) => break result,
-                        Err(_) => return,
-                    }
-                }
-            }
-        }
+    // Never stopped from outside: the admin port outlives the drain.
+    let never = tokio_util::sync::CancellationToken::new();
+    let watched =
+        idle::watch(conn.as_mut(), |c| c.graceful_shutdown(), &activity, idle_timeout, &never);
+    let Some(result) = watched.await else {
+        return;
     };
     if let Err(e) = result {
         debug!(error = %e, "admin connection failed");

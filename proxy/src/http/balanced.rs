@@ -1,8 +1,10 @@
 //! Requests to a discovered service: each try goes to an endpoint the balancer picks,
 //! failures feed failure accrual, and what the profile allows is retried within the
 //! retry budget — on another endpoint when there is one. Bodies up to 64 KiB with a
-//! known length are buffered for replay; larger (or unknown-length) bodies are sent once
-//! and not retried, except when the connection failed before the request left.
+//! known length are buffered for replay, within a deadline (a client that announces a body
+//! and stalls gets 408, it does not hold an in-flight slot); larger (or unknown-length)
+//! bodies are sent once and not retried, except when the connection failed before the
+//! request left.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -21,6 +23,9 @@ use crate::{
 
 /// Largest request body kept for replay.
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
+
+/// Longest wait for a body to replay when the response-header timeout is off (`0s`).
+const MAX_BUFFER_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Request<'a> {
     pub parts: http::request::Parts,
@@ -92,11 +97,17 @@ async fn tries(
 
     // The body for every try: kept when small enough to replay, else sent once.
     let (replay, mut once) = if retryable {
-        match buffer(&parts, body).await {
+        // The client's body comes within the response-header timeout (the route's whole
+        // timeout, when shorter, answers first: 504).
+        let wait = match side.http.config.response_header_timeout {
+            t if t.is_zero() => MAX_BUFFER_WAIT,
+            t => t,
+        };
+        match buffer(&parts, body, wait).await {
             Ok(Buffered::Replay(b)) => (Some(b), None),
             Ok(Buffered::Stream(b)) => (None, Some(b)),
             Err(e) => {
-                metrics.error(direction, "bad_request");
+                metrics.error(direction, e.label());
                 let route = metrics.route(
                     direction,
                     &authority,
@@ -104,10 +115,7 @@ async fn tries(
                     Default::default(),
                     tls.clone(),
                 );
-                let rsp = error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading the request body: {e}"),
-                );
+                let rsp = error_response(e.status(), &e.to_string());
                 return finish(side, route, reply.started, rsp, reply.take_access());
             }
         }
@@ -260,9 +268,39 @@ enum Buffered {
     Stream(pool::ReqBody),
 }
 
-/// Reads a body of known length up to `MAX_REPLAY_BYTES` into memory; anything else
-/// streams.
-async fn buffer(parts: &http::request::Parts, body: pool::ReqBody) -> Result<Buffered, String> {
+/// Why a body to replay could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BufferError {
+    #[error("request body timeout: the client did not send its body within {0:?}")]
+    Timeout(Duration),
+    #[error("reading the request body: {0}")]
+    Body(String),
+}
+
+impl BufferError {
+    fn status(&self) -> StatusCode {
+        match self {
+            BufferError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BufferError::Body(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `{inbound,outbound}_http_errors_total` label.
+    fn label(&self) -> &'static str {
+        match self {
+            BufferError::Timeout(_) => "request_body_timeout",
+            BufferError::Body(_) => "bad_request",
+        }
+    }
+}
+
+/// Reads a body of known length up to `MAX_REPLAY_BYTES` into memory, within `wait`;
+/// anything else streams.
+async fn buffer(
+    parts: &http::request::Parts,
+    body: pool::ReqBody,
+    wait: Duration,
+) -> Result<Buffered, BufferError> {
     if http_body::Body::is_end_stream(&body) {
         return Ok(Buffered::Replay(Bytes::new()));
     }
@@ -273,10 +311,57 @@ async fn buffer(parts: &http::request::Parts, body: pool::ReqBody) -> Result<Buf
         .and_then(|v| v.parse::<usize>().ok());
     match len {
         Some(n) if n <= MAX_REPLAY_BYTES => {
-            let collected =
-                Limited::new(body, MAX_REPLAY_BYTES).collect().await.map_err(|e| e.to_string())?;
+            let collect = Limited::new(body, MAX_REPLAY_BYTES).collect();
+            let collected = tokio::time::timeout(wait, collect)
+                .await
+                .map_err(|_| BufferError::Timeout(wait))?
+                .map_err(|e| BufferError::Body(e.to_string()))?;
             Ok(Buffered::Replay(collected.to_bytes()))
         }
         _ => Ok(Buffered::Stream(body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::channel::Channel;
+
+    use super::*;
+
+    fn parts(content_length: usize) -> http::request::Parts {
+        let req = http::Request::post("http://web/").header(CONTENT_LENGTH, content_length);
+        req.body(()).expect("request").into_parts().0
+    }
+
+    /// A client that announces a body and sends only part of it gets 408 once the wait is
+    /// over, instead of holding its request (and in-flight slot) for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_to_replay_times_out_with_408() {
+        let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(1);
+        tx.send_data(Bytes::from_static(b"half")).await.expect("send");
+        let wait = Duration::from_secs(60);
+        let started = tokio::time::Instant::now();
+        let head = parts(8);
+        let buffered = buffer(&head, body.boxed_unsync(), wait);
+        let err = match tokio::time::timeout(wait * 2, buffered).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("a stalled body was buffered"),
+            Err(_) => panic!("still waiting for the body"),
+        };
+        assert_eq!(started.elapsed(), wait);
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(err.label(), "request_body_timeout");
+        assert!(err.to_string().starts_with("request body timeout"), "{err}");
+        drop(tx);
+
+        // A body that comes in time is kept for replay.
+        let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(2);
+        tx.send_data(Bytes::from_static(b"half")).await.expect("send");
+        tx.send_data(Bytes::from_static(b"done")).await.expect("send");
+        drop(tx);
+        match buffer(&parts(8), body.boxed_unsync(), wait).await {
+            Ok(Buffered::Replay(b)) => assert_eq!(b, "halfdone"),
+            _ => panic!("not buffered"),
+        }
     }
 }

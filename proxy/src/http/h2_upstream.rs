@@ -3,7 +3,8 @@
 //! per request to wait for the response — work the proxy's own request future can do. A
 //! request's future here sends the headers and waits for the response itself; only a
 //! request body that is still streaming gets a task of its own, to pipe it while the
-//! response flows back.
+//! response flows back. A connection with no stream in flight for the pool's idle timeout
+//! is closed, and one whose peer stops answering pings is closed too.
 
 use std::{
     future::poll_fn,
@@ -13,6 +14,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes};
@@ -20,9 +22,11 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::pool::ReqBody;
+use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, pool::ReqBody};
+use crate::idle::{Activity, InFlight};
 
 /// Receive windows and limits as hyper's HTTP/2 client sets them, so replacing it
 /// changes no behaviour on the wire.
@@ -36,16 +40,27 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 #[derive(Clone, Debug)]
 pub struct Sender {
     tx: h2::client::SendRequest<Bytes>,
-    /// Set when the connection's task ended: the connection takes no more requests.
+    /// Set when the connection's task ended, or it is closing (idle): the connection
+    /// takes no more requests.
     closed: Arc<AtomicBool>,
+    /// Streams in flight: each from its request until its response body ends.
+    activity: Arc<Activity>,
 }
 
-/// Handshakes HTTP/2 over `io` and drives the connection on a task of its own.
-pub async fn handshake<I>(io: I, max_header_bytes: u32) -> Result<Sender, h2::Error>
+/// Handshakes HTTP/2 over `io` and drives the connection on a task of its own, until the
+/// peer closes it, it has had no stream in flight for `idle_timeout` (it is then no longer
+/// handed out, and closed once nothing is in flight), or the peer does not answer a ping
+/// within `H2_KEEP_ALIVE_TIMEOUT` (sent every `H2_KEEP_ALIVE_INTERVAL`): a peer that
+/// vanished is found out, not waited for.
+pub async fn handshake<I>(
+    io: I,
+    max_header_bytes: u32,
+    idle_timeout: Duration,
+) -> Result<Sender, h2::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, conn) = h2::client::Builder::new()
+    let (tx, mut conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
@@ -56,14 +71,44 @@ where
         .handshake(io)
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
-    let done = closed.clone();
+    let activity = Activity::new();
+    let (done, act) = (closed.clone(), activity.clone());
+    let pings = conn.ping_pong();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "upstream HTTP/2 connection failed");
+        tokio::pin!(conn);
+        // Closing an idle connection: no more requests; `watch` drops it once nothing is
+        // in flight. Nothing else stops it (the pool goes away with the proxy).
+        let never = CancellationToken::new();
+        let closing = |_: Pin<&mut _>| done.store(true, Ordering::Release);
+        let watched = crate::idle::watch(conn.as_mut(), closing, &act, idle_timeout, &never);
+        tokio::select! {
+            ended = watched => match ended {
+                Some(Err(e)) => debug!(error = %e, "upstream HTTP/2 connection failed"),
+                Some(Ok(())) => {}
+                None => debug!(?idle_timeout, "upstream HTTP/2 connection idle; closed"),
+            },
+            () = keep_alive(pings) => {
+                debug!(timeout = ?H2_KEEP_ALIVE_TIMEOUT, "upstream HTTP/2 peer did not answer a ping in time; closed");
+            }
         }
         done.store(true, Ordering::Release);
     });
-    Ok(Sender { tx, closed })
+    Ok(Sender { tx, closed, activity })
+}
+
+/// Pings the peer every `H2_KEEP_ALIVE_INTERVAL`; ends when one is not answered within
+/// `H2_KEEP_ALIVE_TIMEOUT`. (A failed connection ends its own future first.)
+async fn keep_alive(pings: Option<h2::PingPong>) {
+    let Some(mut pings) = pings else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(H2_KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(H2_KEEP_ALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection failed: its own future says so.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Why a request did not get a response.
@@ -85,6 +130,7 @@ impl Sender {
     /// being sent while the response flows; dropping this future before the response
     /// resets the stream. Takes the handle the pool lent (one clone per request, not two).
     pub async fn send(self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendFailure> {
+        let in_flight = self.activity.begin();
         let mut tx = match self.tx.ready().await {
             Ok(tx) => tx,
             Err(e) => return Err(SendFailure::Unsent(e, Box::new(req))),
@@ -103,7 +149,7 @@ impl Sender {
         if let Some(mut c) = cancel {
             c.0.take();
         }
-        Ok(rsp.map(H2Body::new))
+        Ok(rsp.map(|recv| H2Body::new(recv, in_flight)))
     }
 }
 
@@ -204,11 +250,13 @@ async fn send_data(
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
+    /// The stream is in flight until the body is dropped.
+    _in_flight: InFlight,
 }
 
 impl H2Body {
-    fn new(recv: h2::RecvStream) -> Self {
-        H2Body { recv, data_done: false }
+    fn new(recv: h2::RecvStream, in_flight: InFlight) -> Self {
+        H2Body { recv, data_done: false, _in_flight: in_flight }
     }
 }
 
@@ -276,6 +324,7 @@ mod tests {
                 handshake(
                     TcpStream::connect(addr).await.expect("the test's h2 exchange"),
                     16 * 1024,
+                    Duration::from_secs(60),
                 )
                 .await
             },
@@ -473,5 +522,106 @@ mod tests {
             Err(SendFailure::Unsent(_, req)) => assert_eq!(req.uri().path(), "/echo"),
             other => panic!("expected the request back unsent, got {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    //! Closing: idle connections, and peers that stop answering pings.
+
+    use std::{net::SocketAddr, sync::atomic::AtomicUsize};
+
+    use http_body_util::{Empty, Full};
+    use hyper::{server::conn::http2, service::service_fn};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+        time::Instant,
+    };
+
+    use super::*;
+
+    /// An HTTP/2 server that answers `ok`; counts its connections still open.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicUsize::new(0));
+        let count = open.clone();
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let c = http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc);
+                let count = count.clone();
+                count.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    let _ = c.await;
+                    count.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        });
+        (addr, open)
+    }
+
+    fn get() -> Request<ReqBody> {
+        let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        Request::get("http://web/").version(http::Version::HTTP_2).body(body).expect("request")
+    }
+
+    /// Polls `done` every 20 ms until it holds; panics past `limit`.
+    async fn until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A connection is kept while a response body is being read, however long; once it
+    /// has had no stream for the idle timeout it is no longer handed out, and its socket
+    /// is closed.
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+        let (addr, open) = server().await;
+        let idle = Duration::from_millis(300);
+        let io = TcpStream::connect(addr).await.expect("connect");
+        let sender = handshake(io, 65536, idle).await.expect("handshake");
+        let rsp = sender.clone().send(get()).await.expect("response");
+        // The response body not read yet: a stream in flight, for several idle timeouts.
+        tokio::time::sleep(idle * 4).await;
+        assert!(!sender.is_closed(), "closed with a stream in flight");
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "ok");
+
+        let idle_since = Instant::now();
+        until(Duration::from_secs(3), "no longer handed out", || sender.is_closed()).await;
+        assert!(idle_since.elapsed() >= idle, "closed before it was idle");
+        let grace = crate::idle::CLOSE_GRACE + Duration::from_secs(3);
+        until(grace, "the upstream saw the close", || open.load(Ordering::Acquire) == 0).await;
+    }
+
+    /// A peer that takes the connection and then never answers (a vanished host, a hung
+    /// process) is found out by the pings: the connection is closed well before the idle
+    /// timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_answer_pings_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut io, _) = listener.accept().await.expect("accept");
+            // Reads (so the client's writes go through) and never answers.
+            let mut sink = [0u8; 1024];
+            while io.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let io = TcpStream::connect(addr).await.expect("connect");
+        let started = Instant::now();
+        let sender = handshake(io, 65536, Duration::from_secs(3600)).await.expect("handshake");
+        let limit = H2_KEEP_ALIVE_INTERVAL + H2_KEEP_ALIVE_TIMEOUT + Duration::from_secs(5);
+        until(limit, "closed after an unanswered ping", || sender.is_closed()).await;
+        let took = started.elapsed();
+        assert!(took >= H2_KEEP_ALIVE_INTERVAL + H2_KEEP_ALIVE_TIMEOUT, "{took:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! HTTP metrics with Linkerd's names and labels: `request_total`, `response_total`
 //! (`status_code`, `classification`, `grpc_status`), `response_latency_ms` (Linkerd's
 //! buckets) and `{inbound,outbound}_http_errors_total{error}`. The `authority` label comes
-//! from clients, so its values are capped like `target_addr`'s.
+//! from clients, so only a valid `host[:port]` becomes a value, and their number is capped
+//! like `target_addr`'s.
 
 use std::{
     net::SocketAddr,
@@ -22,7 +23,7 @@ use prometheus_client::{
 
 use crate::{
     discovery::DstLabels,
-    metrics::{Direction, ErrorLabels, LabelCap, TlsLabels},
+    metrics::{Direction, ErrorLabels, FoldLabels, INVALID, LabelCap, OVERFLOW, TlsLabels},
 };
 
 /// Linkerd's `response_latency_ms` buckets.
@@ -57,7 +58,8 @@ pub struct ResponseLabels {
     pub route: RouteLabels,
     pub status_code: u16,
     pub classification: &'static str,
-    pub grpc_status: String,
+    /// See [`grpc_status_label`].
+    pub grpc_status: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -83,7 +85,12 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    pub fn register(registry: &mut Registry, max_label_values: usize) -> Self {
+    /// `folded`: where authorities not kept apart are counted.
+    pub fn register(
+        registry: &mut Registry,
+        max_label_values: usize,
+        folded: &Family<FoldLabels, Counter>,
+    ) -> Self {
         let m = HttpMetrics {
             requests: Family::default(),
             responses: Family::default(),
@@ -91,7 +98,7 @@ impl HttpMetrics {
             inbound_errors: Family::default(),
             outbound_errors: Family::default(),
             retries: Family::default(),
-            authorities: LabelCap::new(max_label_values),
+            authorities: LabelCap::new("authority", max_label_values, folded.clone()),
         };
         registry.register(
             "outbound_http_retries",
@@ -129,13 +136,25 @@ impl HttpMetrics {
     ) -> Arc<RouteMetrics> {
         let labels = RouteLabels {
             direction: direction.as_str(),
-            authority: self.authorities.admit_str(authority),
+            authority: self.authority_label(authority),
             target_addr,
             tls,
             dst,
         };
         let requests = self.requests.get_or_create(&labels).clone();
         Arc::new(RouteMetrics { labels, requests, by_status: Mutex::default() })
+    }
+
+    /// The `authority` label of a request's authority (the URI's, or `Host`): itself when it
+    /// is a valid `host[:port]`, within the cap; empty when there is none.
+    fn authority_label(&self, authority: &str) -> String {
+        match authority {
+            "" => String::new(),
+            // Already a label (a balanced request's): not a value to admit again.
+            OVERFLOW | INVALID => authority.to_string(),
+            a if is_valid_authority(a) => self.authorities.admit_str(a),
+            _ => self.authorities.invalid(),
+        }
     }
 
     /// Counts a retry (or its refusal) for the service of an endpoint.
@@ -192,7 +211,7 @@ impl HttpMetrics {
                 route: route.labels.clone(),
                 status_code,
                 classification: if ok { "success" } else { "failure" },
-                grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+                grpc_status: grpc_status.map_or("", grpc_status_label),
             };
             self.responses.get_or_create(&labels).clone()
         };
@@ -211,6 +230,24 @@ impl HttpMetrics {
                 counter(route).inc();
             });
     }
+}
+
+/// Longest DNS name (RFC 1035), the host part of a valid authority.
+const MAX_HOST_BYTES: usize = 253;
+
+/// Whether a client-given authority is `host[:port]` as `http::uri::Authority` parses it,
+/// with a host of at most 253 bytes and a port that fits in 16 bits; no user info.
+fn is_valid_authority(authority: &str) -> bool {
+    // `:` and a port after the longest host; checked first so nothing long is parsed.
+    if authority.len() > MAX_HOST_BYTES + 6 || authority.contains('@') {
+        return false;
+    }
+    let Ok(a) = http::uri::Authority::try_from(authority) else {
+        return false;
+    };
+    let host = a.host();
+    let port_ok = a.port_u16().is_some() || host.len() == a.as_str().len();
+    !host.is_empty() && host.len() <= MAX_HOST_BYTES && port_ok
 }
 
 /// A route's labels with its metric handles, resolved once: a request is then counted
@@ -261,14 +298,14 @@ impl RouteMetrics {
 }
 
 /// The routes of one client connection's requests, by authority and endpoint, so that
-/// each request finds its labels and handles without building them. Holds a few; a
-/// client that keeps changing authorities just builds them again.
+/// each request finds its labels and handles without building them. Holds a few, keyed by
+/// their `authority` label (bounded), never by what the client sent; a client that keeps
+/// changing authorities (or sends ones that are folded) just builds them again.
 #[derive(Debug, Default)]
 pub struct RouteCache(Mutex<Vec<CachedRoute>>);
 
 #[derive(Debug)]
 struct CachedRoute {
-    authority: Box<str>,
     endpoint: Option<SocketAddr>,
     route: Arc<RouteMetrics>,
 }
@@ -278,8 +315,9 @@ const MAX_CACHED_ROUTES: usize = 8;
 
 impl RouteCache {
     /// The route of requests for `authority` going to `endpoint` (`None`: the original
-    /// destination); `make` builds it the first time. A cached route whose endpoint labels
-    /// or identity changed since (discovery updates) is built again.
+    /// destination); `make` builds it when no cached route has `authority` as its label.
+    /// A cached route whose endpoint labels or identity changed since (discovery updates)
+    /// is built again.
     pub fn get(
         &self,
         authority: &str,
@@ -288,19 +326,27 @@ impl RouteCache {
         make: impl FnOnce() -> Arc<RouteMetrics>,
     ) -> Arc<RouteMetrics> {
         let mut routes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) =
-            routes.iter().position(|r| r.endpoint == endpoint && *r.authority == *authority)
-        {
+        let find = |routes: &[CachedRoute], label: &str| {
+            routes.iter().position(|r| r.endpoint == endpoint && r.route.labels.authority == label)
+        };
+        if let Some(i) = find(&routes, authority) {
             if current(&routes[i].route.labels) {
                 return routes[i].route.clone();
             }
             routes.remove(i);
         }
         let route = make();
+        // An authority that was folded: the folded route may be cached already.
+        if let Some(i) = find(&routes, &route.labels.authority) {
+            if current(&routes[i].route.labels) {
+                return routes[i].route.clone();
+            }
+            routes.remove(i);
+        }
         if routes.len() == MAX_CACHED_ROUTES {
             routes.remove(0);
         }
-        routes.push(CachedRoute { authority: authority.into(), endpoint, route: route.clone() });
+        routes.push(CachedRoute { endpoint, route: route.clone() });
         route
     }
 }
@@ -340,6 +386,18 @@ impl Done {
             };
         self.metrics.http.response(&self.route, self.status_code, grpc_status, ok);
     }
+}
+
+/// The `grpc_status` label of a status code: the 17 codes gRPC defines as themselves, and
+/// anything else an upstream sends as `other`, so that it cannot make a series per
+/// number. (linkerd2-proxy's legacy metrics write any number; its newer ones read it
+/// through `tonic::Code`, where an undefined code is `UNKNOWN`: `other` keeps it apart
+/// from a real UNKNOWN.) Either way a code other than 0 is a failure.
+pub fn grpc_status_label(code: u32) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    usize::try_from(code).ok().and_then(|i| CODES.get(i)).copied().unwrap_or("other")
 }
 
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
@@ -412,5 +470,98 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn route(m: &Metrics, authority: &str) -> Arc<RouteMetrics> {
+        m.http.route(
+            Direction::Inbound,
+            authority,
+            "10.0.0.1:80".into(),
+            DstLabels::default(),
+            TlsLabels::disabled(),
+        )
+    }
+
+    #[test]
+    fn grpc_status_labels_are_the_defined_codes_or_other() {
+        for code in 0..=16u32 {
+            assert_eq!(grpc_status_label(code), code.to_string());
+        }
+        for code in [17, 100, 65_536, u32::MAX] {
+            assert_eq!(grpc_status_label(code), "other");
+        }
+        // Whatever an upstream sends, response_total gets at most 18 gRPC series a route.
+        let m = Metrics::new(100);
+        let r = route(&m, "web:80");
+        for code in 0..10_000u32 {
+            m.http.response(&r, 200, Some(code), code == 0);
+        }
+        let text = m.render();
+        let series = text.lines().filter(|l| l.starts_with("response_total{")).count();
+        assert_eq!(series, 18, "{text}");
+        assert!(text.contains("grpc_status=\"other\"} 9983"), "{text}");
+        assert!(text.contains("classification=\"failure\",grpc_status=\"other\""), "{text}");
+    }
+
+    #[test]
+    fn only_valid_bounded_authorities_become_label_values() {
+        for valid in [
+            "web.prod.svc.cluster.local:8080",
+            "web",
+            "10.0.0.1:80",
+            "[::1]:4143",
+            &format!("{}.com", "a".repeat(MAX_HOST_BYTES - 4)),
+        ] {
+            assert!(is_valid_authority(valid), "{valid:?}");
+        }
+        for invalid in [
+            &"a".repeat(60 * 1024),
+            &format!("{}.com:80", "a".repeat(MAX_HOST_BYTES - 3)),
+            "bad host",
+            "evil\"} 1\nfake_metric{x=\"",
+            "web:99999",
+            "web:",
+            "user:pw@web",
+            ":80",
+            "web/path",
+        ] {
+            assert!(!is_valid_authority(invalid), "{invalid:?}");
+        }
+    }
+
+    /// A 60 KiB `Host` and one with bytes no authority has are folded into `invalid`,
+    /// counted, and appear nowhere in `/metrics`; neither does a connection's route cache
+    /// keep them.
+    #[test]
+    fn hostile_authorities_are_folded_and_never_stored() {
+        let m = Metrics::new(100);
+        let long = "h".repeat(60 * 1024);
+        let cache = RouteCache::default();
+        for raw in [long.as_str(), "a b{}\"", long.as_str()] {
+            let r = cache.get(raw, None, |_| true, || route(&m, raw));
+            assert_eq!(r.labels.authority, INVALID, "{raw:.20?}");
+            m.http.request(&r);
+        }
+        let ok = cache.get("web:80", None, |_| true, || route(&m, "web:80"));
+        assert_eq!(ok.labels.authority, "web:80");
+        let cached = cache.0.lock().expect("lock");
+        assert_eq!(cached.len(), 2, "one route for every invalid authority, one for web:80");
+        assert!(cached.iter().all(|r| r.route.labels.authority.len() <= MAX_HOST_BYTES + 6));
+        drop(cached);
+        let text = m.render();
+        assert!(!text.contains("hhhhhhhh") && !text.contains("a b"), "{text:.2000}");
+        assert!(text.contains("authority=\"invalid\""), "{text}");
+        assert!(
+            text.contains(
+                "metrics_label_values_folded_total{label=\"authority\",reason=\"invalid\"} 3"
+            ),
+            "{text}"
+        );
     }
 }

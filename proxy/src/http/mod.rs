@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod orig_proto;
 pub mod pool;
 pub mod retry;
+#[cfg(test)]
+mod socket_tests;
 
 use std::{
     convert::Infallible,
@@ -54,6 +56,8 @@ pub const PROXY_ERROR: &str = "l5d-proxy-error";
 pub struct HttpConfig {
     /// Longest wait for an upstream's response headers (none when zero).
     pub response_header_timeout: Duration,
+    /// A client connection with nothing in flight this long is closed (see `serve`).
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
@@ -119,8 +123,19 @@ pub struct Caller {
     pub authz: Option<crate::policy::ConnAuthz>,
 }
 
+/// HTTP/2 pings to a peer (a client, or an upstream) every this long...
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// ...and how long it has to answer before its connection is closed: a peer that
+/// vanished, or one that will not answer.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
-/// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY).
+/// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY). A connection with
+/// no request in flight for `idle_timeout` is closed the same way, so idle clients give
+/// their slot back: HTTP/1 by hyper's header-read timeout, which runs while it waits for
+/// the next request; HTTP/2 by `idle::watch`, a stream being in flight until its response
+/// body ends. HTTP/2 clients are also pinged, so one that vanished is found out.
 pub async fn serve<I>(
     client: I,
     protocol: Protocol,
@@ -135,8 +150,16 @@ pub async fn serve<I>(
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
     };
-    let conn =
-        Arc::new(Conn { target, client_addr, tls, client_id, authz, routes: Default::default() });
+    let tunnels = tokio_util::task::TaskTracker::new();
+    let conn = Arc::new(Conn {
+        target,
+        client_addr,
+        tls,
+        client_id,
+        authz,
+        routes: Default::default(),
+        tunnels: tunnels.clone(),
+    });
     let config = &side.http.config;
     let stop = side.stop.clone();
     // Discovery, once per connection: a known service is balanced per request.
@@ -145,38 +168,60 @@ pub async fn serve<I>(
         None => None,
     };
     let svc_side = side.clone();
+    let activity = matches!(protocol, Protocol::Http2).then(crate::idle::Activity::new);
+    let act = activity.clone();
     let svc = service_fn(move |req| {
         let side = svc_side.clone();
         let dst = dst.clone();
         let conn = conn.clone();
+        let in_flight = act.as_ref().map(|a| a.begin());
         // Boxed: the request's future is large, and hyper moves it (HTTP/2 spawns a task
         // per stream); a pointer is cheaper to move than the state machine.
-        async move { Ok::<_, Infallible>(Box::pin(proxy(req, &conn, &side, dst)).await) }
+        async move {
+            let rsp = Box::pin(proxy(req, &conn, &side, dst)).await;
+            let rsp = match in_flight {
+                // The stream is in flight until its response body ends (or is dropped).
+                Some(guard) => rsp.map(|b| {
+                    b.map_frame(move |f| {
+                        let _in_flight = &guard;
+                        f
+                    })
+                    .boxed_unsync()
+                }),
+                None => rsp,
+            };
+            Ok::<_, Infallible>(rsp)
+        }
     });
     let io = TokioIo::new(client);
     let result = match protocol {
         Protocol::Http2 => {
             let mut b = conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
                 .max_concurrent_streams(config.h2_max_concurrent_streams)
                 .max_header_list_size(config.max_header_bytes as u32)
                 .max_pending_accept_reset_streams(config.h2_max_pending_reset_streams)
                 .max_local_error_reset_streams(config.h2_max_local_error_reset_streams);
             let c = b.serve_connection(io, svc);
             tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = stop.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-            }
+            let activity = activity.unwrap_or_else(crate::idle::Activity::new);
+            let watched = crate::idle::watch(
+                c.as_mut(),
+                |c| c.graceful_shutdown(),
+                &activity,
+                config.idle_timeout,
+                &stop,
+            );
+            // `None`: asked to close, it neither did nor had anything in flight; dropped.
+            watched.await.unwrap_or(Ok(()))
         }
         _ => {
             let c = conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .max_buf_size(config.max_header_bytes.max(8192))
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(config.idle_timeout)
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(c);
@@ -190,19 +235,25 @@ pub async fn serve<I>(
         }
     };
     if let Err(e) = result {
-        let label = connection_error(&e);
+        let label = connection_error(&e, &protocol);
         side.metrics.http.error(side.direction, label);
         debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
     }
+    // An upgraded connection outlives hyper's: the tunnel still holds the client.
+    tunnels.close();
+    tunnels.wait().await;
 }
 
 /// The `error` label of a client connection that failed: what the client did wrong, or
 /// which protection closed it.
-fn connection_error(e: &hyper::Error) -> &'static str {
+fn connection_error(e: &hyper::Error, protocol: &Protocol) -> &'static str {
     if e.is_parse_too_large() {
         "header_too_large"
     } else if e.is_parse() {
         "bad_request"
+    } else if e.is_timeout() && matches!(protocol, Protocol::Http2) {
+        // The client did not answer a ping in time.
+        "keepalive_timeout"
     } else if e.is_timeout() {
         "header_timeout"
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
@@ -223,6 +274,10 @@ struct Conn {
     client_id: Option<Arc<str>>,
     authz: Option<crate::policy::ConnAuthz>,
     routes: metrics::RouteCache,
+    /// Upgraded connections (WebSocket, CONNECT) started on this connection: `serve` waits
+    /// for them, so that the connection's slot (`WEFT_PROXY_MAX_CONNECTIONS`) and the
+    /// drain's tracking last as long as its tunnels do.
+    tunnels: tokio_util::task::TaskTracker,
 }
 
 async fn proxy(
@@ -296,7 +351,7 @@ async fn proxy(
 
     if is_upgrade(&req) {
         metrics.http.request(&direct_route);
-        let rsp = upgrade::forward(req, target, side).await;
+        let rsp = upgrade::forward(req, target, side, &conn.tunnels).await;
         return finish(side, direct_route, started, rsp, access);
     }
 
@@ -400,15 +455,7 @@ impl Reply<'_> {
     ) -> Response<RspBody> {
         let (metrics, direction) = (&self.side.metrics, self.side.direction);
         let rsp = match result {
-            Err(()) => {
-                let timeout = self.side.http.config.response_header_timeout;
-                metrics.http.error(direction, "response_timeout");
-                warn!(%upstream, ?timeout, "no response headers from the upstream in time");
-                error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("response timeout: no response headers from {upstream} in time"),
-                )
-            }
+            Err(()) => response_timeout(self.side, upstream),
             Ok(Err(e)) => {
                 let (label, message) = send_error(&e);
                 metrics.http.error(direction, label);
@@ -438,6 +485,18 @@ impl Reply<'_> {
     fn take_access(&self) -> Option<Box<access_log::Entry>> {
         self.access.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+}
+
+/// The answer when `upstream` sent no response headers within the response-header timeout:
+/// 504, counted.
+fn response_timeout(side: &Side, upstream: SocketAddr) -> Response<RspBody> {
+    let timeout = side.http.config.response_header_timeout;
+    side.metrics.http.error(side.direction, "response_timeout");
+    warn!(%upstream, ?timeout, "no response headers from the upstream in time");
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!("response timeout: no response headers from {upstream} in time"),
+    )
 }
 
 /// The `error` label and the `l5d-proxy-error` text of a failed try.
@@ -610,7 +669,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
 mod upgrade {
     //! `Upgrade` (WebSocket) and `CONNECT`: the request goes to the upstream on a
     //! connection of its own; after a 101 (or a 2xx to CONNECT) both connections are
-    //! handed over to byte forwarding.
+    //! handed over to byte forwarding, on the client connection's `tunnels` (which hold its
+    //! connection slot). The upstream's answer is awaited within the response-header
+    //! timeout, as for any request.
 
     use super::*;
 
@@ -618,6 +679,7 @@ mod upgrade {
         mut req: Request<Incoming>,
         target: SocketAddr,
         side: &Arc<Side>,
+        tunnels: &tokio_util::task::TaskTracker,
     ) -> Response<RspBody> {
         let direction = side.direction;
         let mut sender = match side.http.pool.connect_h1(&pool::Key::plain(target)).await {
@@ -630,9 +692,11 @@ mod upgrade {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let is_connect = req.method() == Method::CONNECT;
         let req = req.map(|b| b.boxed_unsync());
-        let mut rsp = match sender.send_request(req).await {
-            Ok(r) => r,
-            Err(e) => {
+        let sent = with_timeout(side.http.config.response_header_timeout, sender.send_request(req));
+        let mut rsp = match sent.await {
+            Err(()) => return response_timeout(side, target),
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 side.metrics.http.error(direction, "upstream_error");
                 return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
             }
@@ -644,7 +708,7 @@ mod upgrade {
         };
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(async move {
+            tunnels.spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);

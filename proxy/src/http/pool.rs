@@ -461,7 +461,8 @@ impl Pool {
             return Ok((slot.generation, s.clone()));
         }
         let io = self.connect(target, Protocol::Http2).await?;
-        let sender = h2_upstream::handshake(io, self.config.max_header_bytes as u32)
+        let max_header_bytes = self.config.max_header_bytes as u32;
+        let sender = h2_upstream::handshake(io, max_header_bytes, self.config.idle_timeout)
             .await
             .map_err(SendError::H2Handshake)?;
         slot.generation += 1;

@@ -1,0 +1,214 @@
+//! The HTTP layer's client connections over real sockets, through a whole proxy: idle
+//! connections closed, upgrades bounded in time and counted against the connection limit.
+
+use std::time::Instant;
+
+use http_body_util::channel::{Channel, Sender};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+    time::timeout,
+};
+
+use super::*;
+use crate::test_proxy;
+
+const IDLE: Duration = Duration::from_millis(300);
+
+/// An HTTP/2 upstream that answers every request with headers at once and a body that
+/// goes on until the test drops its sender (sent on the returned channel).
+async fn streaming_h2_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Sender<Bytes>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let svc = service_fn(move |_req| {
+                let (sender, body) = Channel::<Bytes>::new(4);
+                let _ = tx.send(sender);
+                async move { Ok::<_, Infallible>(Response::new(body)) }
+            });
+            let c = conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), svc);
+            tokio::spawn(c);
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads until the proxy closes the connection; panics past `limit`.
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = timeout(limit, s.read_to_end(&mut got)).await.expect("still open");
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "read: {e}");
+    }
+    got
+}
+
+/// A client that sends the HTTP/2 preface and nothing else is disconnected once idle
+/// (and once its GOAWAY's ping goes unanswered for the close grace); an HTTP/1 client
+/// after its response the same way.
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    let (upstream, _bodies) = streaming_h2_upstream().await;
+    let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
+
+    let started = Instant::now();
+    let mut h2 = TcpStream::connect(proxy.inbound).await.expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+    let got = until_closed(&mut h2, crate::idle::CLOSE_GRACE + Duration::from_secs(3)).await;
+    assert!(!got.is_empty(), "the server's SETTINGS and GOAWAY first");
+    assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
+
+    // HTTP/1: the upstream speaks HTTP/2 only, so the answer is the proxy's 502; then
+    // the keep-alive connection is closed once idle.
+    let started = Instant::now();
+    let mut h1 = TcpStream::connect(proxy.inbound).await.expect("connect");
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await.expect("request");
+    let got = until_closed(&mut h1, Duration::from_secs(5)).await;
+    assert!(got.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&got));
+    assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
+}
+
+/// A stream in flight keeps its HTTP/2 connection open, however long it lasts, and the
+/// connection takes new streams after it.
+#[tokio::test]
+async fn an_http2_connection_with_a_stream_open_is_not_idle() {
+    let (upstream, mut bodies) = streaming_h2_upstream().await;
+    let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
+    let io = TcpStream::connect(proxy.inbound).await.expect("connect");
+    let (mut client, conn) = h2::client::handshake(io).await.expect("handshake");
+    let conn = tokio::spawn(conn);
+    let get = || Request::get("http://web/stream").body(()).expect("request");
+
+    let (rsp, _) = client.send_request(get(), true).expect("send");
+    let rsp = timeout(Duration::from_secs(5), rsp).await.expect("in time").expect("headers");
+    let mut body = rsp.into_body();
+    let mut upstream_body = bodies.recv().await.expect("upstream got the request");
+    // Several idle timeouts with the stream open and nothing sent either way.
+    tokio::time::sleep(IDLE * 5).await;
+    assert!(!conn.is_finished(), "connection closed with a stream open");
+    upstream_body.send_data(Bytes::from_static(b"still here")).await.expect("send");
+    let chunk = timeout(Duration::from_secs(5), body.data()).await.expect("in time");
+    assert_eq!(chunk.expect("data").expect("data"), "still here");
+    drop(upstream_body);
+
+    // No GOAWAY came: a new stream is taken.
+    let mut client = client.ready().await.expect("no GOAWAY");
+    let (rsp, _) = client.send_request(get(), true).expect("send");
+    let rsp = timeout(Duration::from_secs(5), rsp).await.expect("in time").expect("headers");
+    assert_eq!(rsp.status(), StatusCode::OK);
+}
+
+/// An HTTP/1 upstream that reads a request's headers and then, with `switch`, answers 101
+/// and echoes what it gets; without, says nothing and keeps the connection open.
+async fn upgrade_upstream(switch: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if io.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                if !switch {
+                    // Holds the connection, silent, until the proxy drops it.
+                    let _ = io.read(&mut [0u8; 1]).await;
+                    return;
+                }
+                let switched =
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+                if io.write_all(switched).await.is_ok() {
+                    let (mut r, mut w) = io.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+const UPGRADE: &[u8] =
+    b"GET /chat HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+/// Reads a response's head (through the blank line).
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match timeout(Duration::from_secs(5), s.read(&mut byte)).await.expect("in time") {
+            Ok(0) | Err(_) => break,
+            Ok(_) => head.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An upstream that never answers an `Upgrade` gets the client a 504 with
+/// `l5d-proxy-error` once the response-header timeout passes, as any request would.
+#[tokio::test]
+async fn an_unanswered_upgrade_times_out_with_504() {
+    let upstream = upgrade_upstream(false).await;
+    let proxy = test_proxy::start(upstream, &["--http-response-header-timeout=300ms"]);
+    let started = Instant::now();
+    let mut client = TcpStream::connect(proxy.inbound).await.expect("connect");
+    client.write_all(UPGRADE).await.expect("send");
+    let head = read_head(&mut client).await;
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(head.contains("l5d-proxy-error: response timeout"), "{head}");
+    assert!(took >= Duration::from_millis(300), "before the timeout: {took:?}");
+}
+
+/// A WebSocket tunnel holds its client connection's slot: with `--max-connections 1`, a
+/// second client is refused while the tunnel is open, and served once it has closed.
+#[tokio::test]
+async fn an_open_tunnel_counts_against_the_connection_limit() {
+    let upstream = upgrade_upstream(true).await;
+    let proxy = test_proxy::start(upstream, &["--max-connections=1"]);
+    let mut tunnel = TcpStream::connect(proxy.inbound).await.expect("connect");
+    tunnel.write_all(UPGRADE).await.expect("send");
+    let head = read_head(&mut tunnel).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tunnel.write_all(b"ping").await.expect("send");
+    let mut echo = [0u8; 4];
+    timeout(Duration::from_secs(5), tunnel.read_exact(&mut echo))
+        .await
+        .expect("echo")
+        .expect("read");
+    assert_eq!(&echo, b"ping");
+
+    // The tunnel is open: a second connection is closed unanswered.
+    let mut second = TcpStream::connect(proxy.inbound).await.expect("connect");
+    let _ = second.write_all(UPGRADE).await;
+    let mut got = Vec::new();
+    let read = timeout(Duration::from_secs(5), second.read_to_end(&mut got)).await;
+    assert!(read.expect("refused in time").is_err() || got.is_empty(), "served: {got:?}");
+
+    // The tunnel still works, and once it closes the slot is free again.
+    tunnel.write_all(b"pong").await.expect("send");
+    timeout(Duration::from_secs(5), tunnel.read_exact(&mut echo))
+        .await
+        .expect("echo")
+        .expect("read");
+    assert_eq!(&echo, b"pong");
+    drop(tunnel);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = TcpStream::connect(proxy.inbound).await.expect("connect");
+        let _ = next.write_all(UPGRADE).await;
+        if read_head(&mut next).await.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was not given back after the tunnel closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
