@@ -128,6 +128,11 @@ impl Index {
         self.state.resolve(target)
     }
 
+    /// Whether a Service exists (route statuses ask).
+    pub fn has_service(&self, key: &ObjKey) -> bool {
+        self.state.services.contains_key(key)
+    }
+
     /// Targets followed by at least one stream.
     pub fn subscriptions(&self) -> usize {
         self.subs.len()

@@ -9,7 +9,14 @@
 //!   `resourceVersion` on (every event is kept, so any version can be resumed), then new ones
 //!   until the client goes away or `timeoutSeconds` passes;
 //! - GET of one object: `<prefix>/namespaces/{ns}/<resource>/{name}`, `/api/v1/namespaces/{ns}`;
-//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview);
+//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview); otherwise
+//!   POST to a namespaced collection creates the object (409 `AlreadyExists` if it exists);
+//! - PUT of one object replaces it, 409 `Conflict` when the body's `resourceVersion` is not
+//!   the stored one (optimistic concurrency, as for a Lease);
+//! - PATCH of an object's `/status` with a JSON merge patch (`application/merge-patch+json`):
+//!   the patch's `status` is merged into the stored object's (the rest of it is ignored, as
+//!   the status subresource ignores it), 409 when its `metadata.resourceVersion` is not the
+//!   stored one; the object gets a new resourceVersion and watchers a MODIFIED event;
 //! - `GET /version`, the server's version as a v1.33 API server gives it.
 //!
 //! Anything else gets a `Status` 404/405, as the real server would answer; so does a collection
@@ -147,10 +154,36 @@ impl FakeApi {
     /// Adds or replaces an object (by namespace and name) in `collection` (an API path like
     /// `/api/v1/pods`), sets its resourceVersion (and uid/creationTimestamp when missing), and
     /// tells the watchers (ADDED or MODIFIED).
-    pub fn put(&self, collection: &str, mut object: Value) {
+    pub fn put(&self, collection: &str, object: Value) {
+        self.shared.put(collection, object);
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        let collection = collection.trim_end_matches('/');
+        let store = self.shared.store();
+        store.objects.get(collection)?.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+}
+
+impl Shared {
+    /// See [`FakeApi::put`]; returns the object as stored.
+    fn put(&self, collection: &str, object: Value) -> Value {
+        let mut store = self.store();
+        let object = store.put(collection, object);
+        let rv = store.rv;
+        drop(store);
+        self.latest.send_replace(rv);
+        object
+    }
+}
+
+impl Store {
+    /// Stores an object (the caller tells the watchers about `self.rv`).
+    fn put(&mut self, collection: &str, mut object: Value) -> Value {
         let collection = collection.trim_end_matches('/').to_string();
         let key = object_key(&object);
-        let mut store = self.shared.store();
+        let store = self;
         store.rv += 1;
         let rv = store.rv;
         let meta = &mut object["metadata"];
@@ -163,11 +196,12 @@ impl FakeApi {
         }
         let old = store.objects.entry(collection.clone()).or_default().insert(key, object.clone());
         let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        store.events.push(Event { collection, rv, kind, object });
-        drop(store);
-        self.shared.latest.send_replace(rv);
+        store.events.push(Event { collection, rv, kind, object: object.clone() });
+        object
     }
+}
 
+impl FakeApi {
     /// Removes an object and tells the watchers (DELETED). Unknown objects are ignored.
     pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
         let collection = collection.trim_end_matches('/').to_string();
@@ -262,6 +296,8 @@ struct Target {
     collection: String,
     namespace: Option<String>,
     name: Option<String>,
+    /// `status` for `.../{name}/status`.
+    subresource: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -276,20 +312,19 @@ fn parse_path(path: &str) -> Option<Target> {
     }
     let prefix = segs[..prefix_len].join("/");
     let collection = |res: &str| format!("/{prefix}/{res}");
+    let t = |res: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        collection: collection(res),
+        namespace: ns.map(String::from),
+        name: name.map(String::from),
+        subresource: sub.map(String::from),
+    };
     let t = match &segs[prefix_len..] {
-        [res] => Target { collection: collection(res), namespace: None, name: None },
+        [res] => t(res, None, None, None),
         // Also `/api/v1/namespaces/{name}`: a cluster-scoped object.
-        [res, name] => {
-            Target { collection: collection(res), namespace: None, name: Some(name.to_string()) }
-        }
-        ["namespaces", ns, res] => {
-            Target { collection: collection(res), namespace: Some(ns.to_string()), name: None }
-        }
-        ["namespaces", ns, res, name] => Target {
-            collection: collection(res),
-            namespace: Some(ns.to_string()),
-            name: Some(name.to_string()),
-        },
+        [res, name] => t(res, None, Some(name), None),
+        ["namespaces", ns, res] => t(res, Some(ns), None, None),
+        ["namespaces", ns, res, name] => t(res, Some(ns), Some(name), None),
+        ["namespaces", ns, res, name, "status"] => t(res, Some(ns), Some(name), Some("status")),
         _ => return None,
     };
     Some(t)
@@ -419,7 +454,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if req.method() == Method::POST {
         let handler = shared.posts.lock().unwrap_or_else(|e| e.into_inner()).get(&path).cloned();
         let Some(handler) = handler else {
-            return status(404, "NotFound", format!("no POST handler for {path}"));
+            return match parse_path(&path) {
+                Some(target @ Target { namespace: Some(_), name: None, .. }) => {
+                    write(shared, req, target).await
+                }
+                _ => status(404, "NotFound", format!("no POST handler for {path}")),
+            };
         };
         let Ok(body) = req.into_body().collect().await else {
             return status(400, "BadRequest", "unreadable body".into());
@@ -429,6 +469,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         };
         let (code, rsp) = handler(body);
         return full(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &rsp);
+    }
+    if req.method() == Method::PUT || req.method() == Method::PATCH {
+        return match parse_path(&path) {
+            Some(target @ Target { name: Some(_), .. }) => write(shared, req, target).await,
+            _ => status(405, "MethodNotAllowed", format!("{} {path}", req.method())),
+        };
     }
     if req.method() != Method::GET {
         return status(405, "MethodNotAllowed", format!("{} is not supported here", req.method()));
@@ -585,6 +631,101 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     rsp
 }
 
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// POST (create), PUT (replace) and PATCH of `/status` (merge), with the real server's
+/// resourceVersion preconditions.
+async fn write(shared: &Arc<Shared>, req: Request<Incoming>, target: Target) -> Response<Body> {
+    let method = req.method().clone();
+    let merge_patch = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch+json"));
+    let Ok(body) = req.into_body().collect().await else {
+        return status(400, "BadRequest", "unreadable body".into());
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return status(400, "BadRequest", "body is not JSON".into());
+    };
+    let ns = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().or_else(|| body["metadata"]["name"].as_str().map(String::from));
+    let Some(name) = name else {
+        return status(422, "Invalid", "metadata.name is required".into());
+    };
+    // Read, check and write under one lock, as the real server's storage does: a write
+    // between them would be lost (or a deleted object brought back).
+    let mut store = shared.store();
+    let stored = store
+        .objects
+        .get(&target.collection)
+        .and_then(|c| c.get(&(ns.clone(), name.clone())))
+        .cloned();
+    let resource = target.collection.rsplit('/').next().unwrap_or_default().to_string();
+    let precondition = body["metadata"]["resourceVersion"].as_str();
+    if let (Some(rv), Some(stored)) = (precondition, &stored)
+        && method != Method::POST
+        && stored["metadata"]["resourceVersion"].as_str() != Some(rv)
+    {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let object = match (method.clone(), stored) {
+        (Method::POST, Some(_)) => {
+            return status(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"));
+        }
+        (Method::POST, None) => {
+            let mut object = body;
+            object["metadata"]["namespace"] = json!(ns);
+            object
+        }
+        (_, None) => return status(404, "NotFound", format!("{resource} \"{name}\" not found")),
+        (Method::PUT, Some(_)) if target.subresource.is_none() => body,
+        (Method::PATCH, Some(mut object)) if target.subresource.as_deref() == Some("status") => {
+            if !merge_patch {
+                return status(415, "UnsupportedMediaType", "merge patches only".into());
+            }
+            merge(&mut object["status"], &body["status"]);
+            object
+        }
+        (m, _) => {
+            return status(
+                405,
+                "MethodNotAllowed",
+                format!("{m} of {resource} is not supported here"),
+            );
+        }
+    };
+    let created = method == Method::POST;
+    let object = store.put(&target.collection, object);
+    let rv = store.rv;
+    drop(store);
+    shared.latest.send_replace(rv);
+    full(if created { StatusCode::CREATED } else { StatusCode::OK }, &object)
+}
+
 /// A streamed body fed by a bounded channel: a watcher that stops reading stops the sender.
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -607,6 +748,7 @@ fn fake_api_paths() {
             collection: c.into(),
             namespace: ns.map(Into::into),
             name: name.map(Into::into),
+            subresource: None,
         })
     };
     assert_eq!(parse_path("/api/v1/pods"), t("/api/v1/pods", None, None));
@@ -619,6 +761,15 @@ fn fake_api_paths() {
     assert_eq!(
         parse_path("/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"),
         t("/apis/discovery.k8s.io/v1/endpointslices", Some("prod"), None)
+    );
+    assert_eq!(
+        parse_path("/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes/web/status"),
+        Some(Target {
+            collection: "/apis/gateway.networking.k8s.io/v1/httproutes".into(),
+            namespace: Some("prod".into()),
+            name: Some("web".into()),
+            subresource: Some("status".into()),
+        })
     );
     assert_eq!(parse_path("/healthz"), None);
     assert_eq!(parse_path("/api/v1"), None);
@@ -760,4 +911,48 @@ fn fake_api_serves_list_watch_get_and_post() {
     assert!(
         api.requests().iter().any(|r| r.starts_with("GET /api/v1/namespaces/prod/pods?watch=true"))
     );
+}
+
+#[test]
+fn fake_api_creates_replaces_and_patches_status_with_preconditions() {
+    let api = FakeApi::start();
+    let addr: SocketAddr = api.url().trim_start_matches("http://").parse().expect("addr");
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/weft/leases";
+    let lease = json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}});
+    let (code, text) = raw(addr, "POST", leases, &lease.to_string(), None);
+    assert_eq!(code, 201, "{text}");
+    assert_eq!(raw(addr, "POST", leases, &lease.to_string(), None).0, 409, "exists");
+    let stored =
+        api.get(leases.replace("/namespaces/weft", "").as_str(), "weft", "l").expect("stored");
+    let mut update = stored.clone();
+    update["spec"]["holderIdentity"] = json!("b");
+    let (code, text) = raw(addr, "PUT", &format!("{leases}/l"), &update.to_string(), None);
+    assert_eq!(code, 200, "{text}");
+    // The same version again: someone else wrote it meanwhile.
+    let (code, text) = raw(addr, "PUT", &format!("{leases}/l"), &update.to_string(), None);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("\"reason\":\"Conflict\""), "{text}");
+    assert_eq!(raw(addr, "PUT", &format!("{leases}/nope"), &update.to_string(), None).0, 404);
+
+    let routes = "/apis/gateway.networking.k8s.io/v1/httproutes";
+    api.put(routes, json!({"metadata": {"name": "web", "namespace": "prod"}, "spec": {"a": 1}, "status": {"parents": [{"x": 1}], "other": true}}));
+    let path = "/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes/web/status";
+    let patch = |body: &Value| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let body = body.to_string();
+        write!(s, "PATCH {path} HTTP/1.1\r\nHost: fake\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).expect("send");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+    };
+    let rv = api.get(routes, "prod", "web").expect("route")["metadata"]["resourceVersion"].clone();
+    let body = json!({"metadata": {"resourceVersion": rv}, "spec": {"a": 2}, "status": {"parents": [{"y": 2}]}});
+    assert_eq!(patch(&body), 200);
+    let route = api.get(routes, "prod", "web").expect("route");
+    assert_eq!(route["status"], json!({"parents": [{"y": 2}], "other": true}), "merged");
+    assert_eq!(route["spec"], json!({"a": 1}), "the status subresource changes the status only");
+    assert_ne!(route["metadata"]["resourceVersion"], rv);
+    assert_eq!(patch(&body), 409, "an old version");
+    assert_eq!(api.requests().iter().filter(|r| r.starts_with("PATCH ")).count(), 2);
 }
