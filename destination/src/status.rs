@@ -34,6 +34,8 @@ use crate::{
 pub const CONTROLLER_NAME: &str = "weft.dev/policy-controller";
 /// The Gateway API's limit on `status.parents`.
 const MAX_PARENTS: usize = 32;
+/// Messages quote parts of the route (a host name, a regex); the API allows 32768 bytes.
+const MAX_MESSAGE: usize = 1024;
 
 /// The route kinds whose status the destination writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -412,6 +414,11 @@ fn condition(
         Ok(()) => ("True", kind, ""),
         Err(r) => ("False", r.reason, r.message.as_str()),
     };
+    let mut end = message.len().min(MAX_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let message = &message[..end];
     let old = old
         .and_then(|e| e["conditions"].as_array())
         .and_then(|cs| cs.iter().find(|c| c["type"] == kind));

@@ -541,6 +541,40 @@ fn chart_required_values_fail_with_their_message() {
 /// The defaults alone: hardened pods, one replica each (so no PodDisruptionBudget), images
 /// from appVersion, and the webhook registered as injector/manifests/webhook.yaml says.
 #[test]
+fn chart_route_status_can_be_switched_off_with_its_rbac() {
+    let dir = Dir::new("route-status");
+    let pki = pki(&dir.0);
+    let status_rules = |objects: &Objects| {
+        let granted = run::granted(objects, "weft-destination");
+        let writes: BTreeSet<_> =
+            granted.into_iter().filter(|(verb, ..)| verb != "list" && verb != "watch").collect();
+        let args = the_container(&objects.get::<Deployment>("Deployment", "weft-destination"))
+            .args
+            .clone()
+            .unwrap_or_default();
+        (writes, args.into_iter().find(|a| a.starts_with("--route-status=")))
+    };
+    let on = Objects::new(&chart().render(&release(), &required_values(&pki)).expect("renders"));
+    let rule = |verb: &str, group: &str, resource: &str| {
+        (verb.to_owned(), group.to_owned(), resource.to_owned())
+    };
+    let expected: BTreeSet<_> = [
+        rule("patch", "gateway.networking.k8s.io", "httproutes/status"),
+        rule("patch", "gateway.networking.k8s.io", "grpcroutes/status"),
+        rule("patch", "policy.weft.dev", "httproutes/status"),
+        rule("get", "coordination.k8s.io", "leases"),
+        rule("create", "coordination.k8s.io", "leases"),
+        rule("update", "coordination.k8s.io", "leases"),
+    ]
+    .into();
+    assert_eq!(status_rules(&on), (expected, Some("--route-status=true".to_owned())));
+    let off = with(required_values(&pki), json!({"destination": {"routeStatus": false}}));
+    let off = Objects::new(&chart().render(&release(), &off).expect("renders"));
+    assert_eq!(status_rules(&off), (BTreeSet::new(), Some("--route-status=false".to_owned())));
+    assert!(off.names("Role").is_empty() && off.names("RoleBinding").is_empty());
+}
+
+#[test]
 fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
     let dir = Dir::new("defaults");
     let pki = pki(&dir.0);

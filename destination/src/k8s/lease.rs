@@ -44,11 +44,6 @@ pub struct LeaseConfig {
 pub struct Leadership(watch::Receiver<Option<Instant>>);
 
 impl Leadership {
-    /// Leadership that never comes (status writing off, or for tests).
-    pub fn never() -> Self {
-        Self(watch::channel(None).1)
-    }
-
     pub fn is_leading(&self) -> bool {
         matches!(*self.0.borrow(), Some(until) if Instant::now() < until)
     }
@@ -86,29 +81,44 @@ async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut seen: Option<Seen> = None;
+    // Whether the last round failed: a failure is a warning once, until a round succeeds (a
+    // Lease the RBAC forbids would otherwise warn every round).
+    let mut failing = false;
     info!(lease = %config.name, namespace = %config.namespace, holder = %config.holder, "electing the route status writer");
     loop {
         let started = Instant::now();
         let attempt = tokio::time::timeout(config.renew_interval, step(&api, &config, &mut seen));
-        let until = match attempt.await {
-            Ok(Ok(true)) => Some(started + config.duration),
-            Ok(Ok(false)) => None,
+        let error = match attempt.await {
+            Ok(Ok(leads)) => {
+                if std::mem::take(&mut failing) {
+                    info!(lease = %config.name, "the route status lease can be read and written again");
+                }
+                Ok(leads)
+            }
             Ok(Err(kube::Error::Api(s))) if s.code == 409 => {
                 debug!(lease = %config.name, "another replica wrote the lease first");
-                metrics
-                    .status_lease_errors
-                    .get_or_create(&ResultLabels { result: "conflict" })
-                    .inc();
-                None
+                Err("conflict")
             }
             Ok(Err(error)) => {
-                warn!(lease = %config.name, namespace = %config.namespace, %error, "reading or renewing the route status lease failed; not writing statuses until it succeeds");
-                metrics.status_lease_errors.get_or_create(&ResultLabels { result: "error" }).inc();
-                None
+                let error = error.to_string();
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(lease = %config.name, namespace = %config.namespace, %error, "reading or renewing the route status lease failed; not writing route statuses until it succeeds (retried every renew interval)");
+                } else {
+                    debug!(lease = %config.name, %error, "the route status lease still fails");
+                }
+                Err("error")
             }
             Err(_) => {
-                warn!(lease = %config.name, timeout = ?config.renew_interval, "the route status lease request took too long; not writing statuses until it succeeds");
-                metrics.status_lease_errors.get_or_create(&ResultLabels { result: "error" }).inc();
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(lease = %config.name, timeout = ?config.renew_interval, "the route status lease request took longer than the renew interval; not writing route statuses until it succeeds");
+                }
+                Err("error")
+            }
+        };
+        let until = match error {
+            Ok(leads) => leads.then(|| started + config.duration),
+            Err(result) => {
+                metrics.status_lease_errors.get_or_create(&ResultLabels { result }).inc();
                 None
             }
         };

@@ -337,3 +337,15 @@ fn routes_we_handle_no_parent_of_and_unreadable_ones_are_left_alone() {
     assert_eq!(statuses.len(), 1);
     assert!(statuses.get(&id).is_some());
 }
+
+#[test]
+fn long_messages_are_cut_at_a_character() {
+    let spec = json!({"parentRefs": [server_ref("web-http")], "hostnames": ["é".repeat(1500)]});
+    let (id, route) = policy_route(spec, json!({}));
+    let world = World::default().with_server("web-http", ProxyProtocol::Http1);
+    let parents = route.desired(&id, &world, T0);
+    assert_eq!(conditions(&parents)[0][0], c("Accepted", "False", "UnsupportedValue"));
+    let message = parents[0]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("invalid spec: hostname"), "{message}");
+    assert!((1020..=MAX_MESSAGE).contains(&message.len()), "{}", message.len());
+}
