@@ -113,6 +113,15 @@ pub async fn run(
         .transpose()
         .context("the destination service's identity")?;
 
+    let (stop_tx, stop) = watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    // The route status lease's holder hands it over at shutdown: waited for before exiting.
+    let mut elector = None;
     let (discover, source_task): (Arc<dyn Discover>, Task) = match &source {
         Source::Static(path) => {
             let catalog = static_source::load(path, &metrics)?;
@@ -135,8 +144,9 @@ pub async fn run(
             let idx = SharedIndex::new(index.clone());
             let statuses = status::SharedStatuses::default();
             if let Some(lease) = route_status {
-                let (leadership, elect) = k8s::lease::elect(client.clone(), lease, metrics.clone());
-                tokio::spawn(elect);
+                let (leadership, elect) =
+                    k8s::lease::elect(client.clone(), lease, metrics.clone(), stopped());
+                elector = Some(tokio::spawn(elect));
                 tokio::spawn(k8s::status_writer::run(
                     client.clone(),
                     statuses.clone(),
@@ -171,17 +181,10 @@ pub async fn run(
     );
 
     tokio::spawn(source_task);
-    let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
     });
-    let stopped = move || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
     let router = admin::router(Arc::new(registry), ready(synced.clone(), workload.as_ref()));
     let admin_task =
         tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future());
@@ -218,6 +221,9 @@ pub async fn run(
     };
     info!("stopped");
     admin_task.abort();
+    if let Some(elector) = elector {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, elector).await;
+    }
     served.context("gRPC server failed")
 }
 

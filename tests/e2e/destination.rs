@@ -90,6 +90,14 @@ impl Destination {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// SIGTERM, as the kubelet stops a pod; waits for the process to end.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: a signal to our own child, which has not been waited for yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait().expect("wait for weft destination")
+    }
+
     pub(crate) fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").1
     }

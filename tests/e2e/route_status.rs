@@ -279,6 +279,47 @@ fn route_status_is_written_by_the_lease_holder_only_and_another_takes_over() {
 }
 
 #[test]
+fn route_status_lease_is_handed_over_at_shutdown() {
+    let api = cluster();
+    // A lease far longer than the wait below: only a hand-over lets the other take over.
+    let flags = |pod: &'static str| {
+        [
+            "--pod-name",
+            pod,
+            "--status-lease-duration",
+            "120s",
+            "--status-lease-renew-interval",
+            "200ms",
+        ]
+    };
+    let a = Destination::kubernetes_with(&api, &flags("destination-a"));
+    let b = Destination::kubernetes_with(&api, &flags("destination-b"));
+    let holder = || {
+        let lease = api.get(LEASES, "weft", "weft-destination-route-status").unwrap_or_default();
+        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(eventually(WAIT, || !holder().is_empty()), "{}", a.logs());
+    let (mut first, second, next) =
+        if holder() == "destination-a" { (a, b, "destination-b") } else { (b, a, "destination-a") };
+    assert!(first.terminate().success(), "{}", first.logs());
+    let handed = eventually(WAIT, || first.logs().contains("handed the route status lease over"));
+    assert!(handed, "{}", first.logs());
+    let ok = eventually(WAIT, || {
+        holder() == next && metric(&second.metrics(), "destination_route_status_leader", &[]) == 1.0
+    });
+    assert!(ok, "holder {:?}\n{}", holder(), second.logs());
+    // And it writes.
+    api.put(ROUTES, fixture("httproute-web-metrics.json"));
+    wait_status(
+        &api,
+        &second,
+        ROUTES,
+        "web-metrics",
+        &accepted("web-http", ("True", "Accepted"), ("True", "ResolvedRefs")),
+    );
+}
+
+#[test]
 fn route_status_writing_can_be_switched_off() {
     let api = cluster();
     api.put(ROUTES, fixture("httproute-web-metrics.json"));

@@ -10,7 +10,9 @@
 //! not agree, as in client-go). Every write carries the `resourceVersion` it read: of two
 //! replicas racing for it one gets 409 and stays a follower. A holder that fails to renew (an
 //! error, a conflict, no answer within the renew interval) stops writing at once; otherwise
-//! it leads until a lease duration after its last renewal began.
+//! it leads until a lease duration after its last renewal began. At shutdown the holder
+//! stops writing and hands the Lease over (clears its holder), so that another replica takes
+//! over at its next read instead of a lease duration later (a rolling update).
 
 use std::{future::Future, time::Duration};
 
@@ -24,6 +26,9 @@ use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, ResultLabels};
+
+/// Longest wait for the hand-over at shutdown (which the process waits for).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Lease and this replica's name in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,14 +61,16 @@ impl Leadership {
     }
 }
 
-/// Starts electing: the leadership to follow, and the task to run.
+/// Starts electing until `stop`: the leadership to follow, and the task to run (which
+/// hands the lease over at `stop`, if it holds it, and ends).
 pub fn elect(
     client: Client,
     config: LeaseConfig,
     metrics: Metrics,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> (Leadership, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = watch::channel(None);
-    (Leadership(rx), run(client, config, metrics, tx))
+    (Leadership(rx), run(client, config, metrics, tx, stop))
 }
 
 /// The other holder's record as last seen, and when it last changed (by our clock).
@@ -78,8 +85,10 @@ async fn run(
     config: LeaseConfig,
     metrics: Metrics,
     leading: watch::Sender<Option<Instant>>,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let mut stop = std::pin::pin!(stop);
     let mut seen: Option<Seen> = None;
     // Whether the last round failed: a failure is a warning once, until a round succeeds (a
     // Lease the RBAC forbids would otherwise warn every round).
@@ -138,8 +147,39 @@ async fn run(
             *l = until;
             changed
         });
-        tokio::time::sleep_until(started + config.renew_interval).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(started + config.renew_interval) => {}
+            () = &mut stop => break,
+        }
     }
+    // Stop writing first, then hand over.
+    let held = leading.send_replace(None).is_some();
+    metrics.status_leader.set(0);
+    if held {
+        let limit = config.renew_interval.min(RELEASE_TIMEOUT);
+        match tokio::time::timeout(limit, release(&api, &config)).await {
+            Ok(Ok(())) => info!(lease = %config.name, "handed the route status lease over"),
+            Ok(Err(error)) => {
+                warn!(lease = %config.name, %error, "could not hand the route status lease over; another replica takes it when it expires")
+            }
+            Err(_) => {
+                warn!(lease = %config.name, "handing the route status lease over took too long; another replica takes it when it expires")
+            }
+        }
+    }
+}
+
+/// Clears the holder if it is still this replica (the write carries the version read).
+async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&config.name).await? else { return Ok(()) };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(config.holder.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    api.replace(&config.name, &PostParams::default(), &lease).await?;
+    Ok(())
 }
 
 /// One round: whether this replica holds the lease afterwards.
