@@ -96,7 +96,8 @@ fn refusal(reason: &'static str, message: impl Into<String>) -> Refusal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParentTarget {
     Server(ObjKey),
-    Service(ObjKey),
+    /// The Service and port (`None`: every port) the route would split.
+    Service(Apex),
 }
 
 /// A parent reference the destination handles.
@@ -136,6 +137,8 @@ pub trait Cluster {
     /// A Server's protocol; `None`: there is no such Server.
     fn server(&self, key: &ObjKey) -> Option<ProxyProtocol>;
     fn service_exists(&self, key: &ObjKey) -> bool;
+    /// The older route that wins over `route` on `apex` (both split it).
+    fn split_rival(&self, route: &ObjKey, apex: &Apex) -> Option<ObjKey>;
 }
 
 #[derive(Deserialize)]
@@ -229,7 +232,7 @@ impl Route {
             .map(|p| {
                 let old =
                     self.observed.iter().find(|e| is_ours(e) && e["parentRef"] == p.parent_ref);
-                let accepted = accepted(id.kind, p, cluster);
+                let accepted = accepted(id, p, cluster);
                 let conditions = [("Accepted", accepted), ("ResolvedRefs", resolved.clone())]
                     .map(|(kind, c)| condition(kind, &c, self.generation, old, now));
                 Some(json!({
@@ -325,10 +328,10 @@ fn parent(
     } else {
         None
     };
+    let apex = Apex { service: key, port: port.unwrap_or_default() };
     let unserved = match (decisions.split, port) {
         (_, Err(_)) | (None, _) => None,
-        (Some((split, problems)), Ok(port)) => {
-            let apex = Apex { service: key.clone(), port };
+        (Some((split, problems)), Ok(_)) => {
             (!split.apexes.contains(&apex)).then(|| {
                 // The route-wide refusal is the last problem its conversion found.
                 let why = (problems.iter().rev())
@@ -341,7 +344,7 @@ fn parent(
             })
         }
     };
-    Some(Parent { parent_ref: raw.clone(), target: ParentTarget::Service(key), refused, unserved })
+    Some(Parent { parent_ref: raw.clone(), target: ParentTarget::Service(apex), refused, unserved })
 }
 
 fn backend(ns: &str, b: &RefSpec) -> Backend {
@@ -366,7 +369,8 @@ fn backend(ns: &str, b: &RefSpec) -> Backend {
     }
 }
 
-fn accepted(kind: RouteKind, p: &Parent, cluster: &dyn Cluster) -> Result<(), Refusal> {
+fn accepted(id: &RouteId, p: &Parent, cluster: &dyn Cluster) -> Result<(), Refusal> {
+    let kind = id.kind;
     if let Some(r) = &p.refused {
         return Err(r.clone());
     }
@@ -387,18 +391,31 @@ fn accepted(kind: RouteKind, p: &Parent, cluster: &dyn Cluster) -> Result<(), Re
                 ));
             }
         }
-        ParentTarget::Service(key) if !cluster.service_exists(key) => {
+        ParentTarget::Service(apex) if !cluster.service_exists(&apex.service) => {
             return Err(refusal(
                 "NoMatchingParent",
-                format!("Service {} does not exist", key.name),
+                format!("Service {} does not exist", apex.service.name),
             ));
         }
         ParentTarget::Service(_) => {}
     }
-    match &p.unserved {
-        Some(r) => Err(r.clone()),
-        None => Ok(()),
+    if let Some(r) = &p.unserved {
+        return Err(r.clone());
     }
+    // Of two splits of one Service port the oldest applies (Linkerd's reason for a route
+    // that loses a conflict).
+    if let ParentTarget::Service(apex) = &p.target
+        && let Some(older) = cluster.split_rival(&id.key, apex)
+    {
+        return Err(refusal(
+            "RouteReasonConflicted",
+            format!(
+                "HTTPRoute {} also splits Service {} and is older (the oldest creationTimestamp, then name, wins)",
+                older.name, apex.service.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One condition; its `lastTransitionTime` is kept from our old entry while the status is the

@@ -203,6 +203,21 @@ fn route_status_says_whether_each_parent_accepted_the_route() {
         &accepted("nope", ("True", "Accepted"), ("True", "ResolvedRefs")),
     );
 
+    // A younger split of the same Service port loses to it, and says so.
+    let mut rival = fixture("httproute-web-canary.json");
+    rival["metadata"]["name"] = json!("web-rival");
+    rival["metadata"]["creationTimestamp"] = json!("2025-06-01T00:00:00Z");
+    rival["status"] = json!({});
+    api.put(HTTPROUTES, rival);
+    let conflicted = ("False", "RouteReasonConflicted");
+    wait_status(
+        &api,
+        &d,
+        HTTPROUTES,
+        "web-rival",
+        &accepted("web", conflicted, ("True", "ResolvedRefs")),
+    );
+
     let m = d.metrics();
     assert!(
         metric(&m, "destination_route_status_patches_total", &[("result", "ok")]) >= 7.0,

@@ -26,6 +26,7 @@ use crate::{
     metrics::{Metrics, ResultLabels},
     model::ObjKey,
     policy::{SharedPolicyIndex, model::ProxyProtocol},
+    split::Apex,
     status::{Cluster, Pending, RouteId, RouteKind, SharedStatuses},
 };
 
@@ -48,6 +49,9 @@ impl Cluster for Indexes<'_> {
     }
     fn service_exists(&self, key: &ObjKey) -> bool {
         self.discovery.lock().has_service(key)
+    }
+    fn split_rival(&self, route: &ObjKey, apex: &Apex) -> Option<ObjKey> {
+        self.discovery.lock().split_rival(route, apex)
     }
 }
 

@@ -12,6 +12,8 @@ const T1: &str = "2026-11-29T11:00:00Z";
 struct World {
     servers: HashMap<ObjKey, ProxyProtocol>,
     services: HashSet<ObjKey>,
+    /// Route → the older route it loses to.
+    rivals: HashMap<ObjKey, ObjKey>,
 }
 
 impl World {
@@ -31,6 +33,9 @@ impl Cluster for World {
     }
     fn service_exists(&self, key: &ObjKey) -> bool {
         self.services.contains(key)
+    }
+    fn split_rival(&self, route: &ObjKey, _: &Apex) -> Option<ObjKey> {
+        self.rivals.get(route).cloned()
     }
 }
 
@@ -189,6 +194,15 @@ fn what_the_data_plane_cannot_do_is_not_accepted() {
     assert_eq!(conditions(&parents)[0][0], c("Accepted", "False", "UnsupportedValue"));
 }
 
+fn id_for_split() -> RouteId {
+    RouteId { kind: RouteKind::GatewayHttp, key: ObjKey::new("prod", "web") }
+}
+
+fn route_for_split(service: &Value) -> Route {
+    let spec = json!({"parentRefs": [service], "rules": [{"backendRefs": [{"name": "web-canary", "port": 80}]}]});
+    gateway_route(spec, json!({})).1
+}
+
 #[test]
 fn service_parents_are_accepted_when_the_route_is_a_split() {
     let service = json!({"group": "core", "kind": "Service", "name": "web", "port": 80});
@@ -208,6 +222,12 @@ fn service_parents_are_accepted_when_the_route_is_a_split() {
     let parents = route.desired(&id, &world, T0);
     assert_eq!(conditions(&parents)[0][0], c("Accepted", "False", "UnsupportedValue"));
     assert!(parents[0]["conditions"][0]["message"].as_str().unwrap().contains("2 rules"));
+    // An older route splits the same Service port: this one loses.
+    let mut losing = World::default().with_service("web").with_service("web-canary");
+    losing.rivals.insert(ObjKey::new("prod", "web"), ObjKey::new("prod", "older"));
+    let parents = route_for_split(&service).desired(&id_for_split(), &losing, T0);
+    assert_eq!(conditions(&parents)[0][0], c("Accepted", "False", "RouteReasonConflicted"));
+    assert!(parents[0]["conditions"][0]["message"].as_str().unwrap().contains("older"));
     // A missing Service; a consumer route; sectionName.
     let missing = json!({"parentRefs": [{"group": "core", "kind": "Service", "name": "api"}]});
     let (id, route) = gateway_route(missing, json!({}));
