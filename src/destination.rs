@@ -96,11 +96,11 @@ pub struct DestinationArgs {
     pod_name: Option<String>,
     /// How long the route status Lease lasts without renewal: another replica takes over
     /// writing statuses this long after the holder stopped renewing (whole seconds).
-    #[arg(long, env = "WEFT_DESTINATION_STATUS_LEASE_DURATION", default_value = "30s", value_parser = parse_duration)]
-    status_lease_duration: std::time::Duration,
+    #[arg(long, env = "WEFT_DESTINATION_ROUTE_STATUS_LEASE_DURATION", default_value = "30s", value_parser = parse_duration)]
+    route_status_lease_duration: std::time::Duration,
     /// How often the Lease is read and renewed; shorter than the lease duration.
-    #[arg(long, env = "WEFT_DESTINATION_STATUS_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = parse_duration)]
-    status_lease_renew_interval: std::time::Duration,
+    #[arg(long, env = "WEFT_DESTINATION_ROUTE_STATUS_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    route_status_lease_renew_interval: std::time::Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
     log: String,
@@ -141,8 +141,8 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         dns_resolve_timeout,
         route_status,
         pod_name,
-        status_lease_duration,
-        status_lease_renew_interval,
+        route_status_lease_duration,
+        route_status_lease_renew_interval,
         log,
         log_format,
     } = args;
@@ -206,15 +206,16 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             bail!("{flag} {value:?} is not a DNS name");
         }
     }
-    if status_lease_duration < std::time::Duration::from_secs(1)
-        || status_lease_duration.subsec_nanos() != 0
+    if route_status_lease_duration < std::time::Duration::from_secs(1)
+        || route_status_lease_duration.subsec_nanos() != 0
     {
-        bail!("--status-lease-duration must be whole seconds, at least 1s");
+        bail!("--route-status-lease-duration must be whole seconds, at least 1s");
     }
-    if status_lease_renew_interval.is_zero() || status_lease_renew_interval >= status_lease_duration
+    if route_status_lease_renew_interval.is_zero()
+        || route_status_lease_renew_interval >= route_status_lease_duration
     {
         bail!(
-            "--status-lease-renew-interval must be more than 0 and less than --status-lease-duration"
+            "--route-status-lease-renew-interval must be more than 0 and less than --route-status-lease-duration"
         );
     }
     let pod_name = pod_name
@@ -231,8 +232,8 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         namespace: control_plane_namespace.clone(),
         name: "weft-destination-route-status".into(),
         holder: pod_name,
-        duration: status_lease_duration,
-        renew_interval: status_lease_renew_interval,
+        duration: route_status_lease_duration,
+        renew_interval: route_status_lease_renew_interval,
     });
     weft_proxy::logging::init(&log, log_format)?;
     let config = Config {

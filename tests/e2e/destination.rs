@@ -640,8 +640,14 @@ fn destination_bad_configuration_fails_at_start() {
     let bad_domain =
         run(&["--source", "static", "--static-file", "/x", "--trust-domain", "bad..domain"]);
     assert!(!bad_domain.status.success());
-    let bad_lease =
-        run(&["--status-lease-duration", "10s", "--status-lease-renew-interval", "10s"]);
+    let bad_lease = run(&[
+        "--route-status-lease-duration",
+        "10s",
+        "--route-status-lease-renew-interval",
+        "10s",
+    ]);
     assert!(!bad_lease.status.success());
-    assert!(String::from_utf8_lossy(&bad_lease.stderr).contains("--status-lease-renew-interval"));
+    assert!(
+        String::from_utf8_lossy(&bad_lease.stderr).contains("--route-status-lease-renew-interval")
+    );
 }

@@ -239,9 +239,9 @@ fn route_status_is_written_by_the_lease_holder_only_and_another_takes_over() {
         [
             "--pod-name",
             pod,
-            "--status-lease-duration",
+            "--route-status-lease-duration",
             "2s",
-            "--status-lease-renew-interval",
+            "--route-status-lease-renew-interval",
             "200ms",
         ]
     };
@@ -301,9 +301,9 @@ fn route_status_lease_is_handed_over_at_shutdown() {
         [
             "--pod-name",
             pod,
-            "--status-lease-duration",
+            "--route-status-lease-duration",
             "120s",
-            "--status-lease-renew-interval",
+            "--route-status-lease-renew-interval",
             "200ms",
         ]
     };
