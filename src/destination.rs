@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tracing::info;
 use weft_destination::{
-    Config, IndexConfig, PolicyConfig, Source,
+    Config, IndexConfig, LeaseConfig, PolicyConfig, Source,
     policy::model::{DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, parse_networks},
 };
 use weft_identity::{
@@ -84,6 +84,23 @@ pub struct DestinationArgs {
     /// Longest wait for the identity service's addresses.
     #[arg(long, env = "WEFT_DESTINATION_DNS_RESOLVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     dns_resolve_timeout: std::time::Duration,
+    /// Whether to write the status of the routes it serves (HTTPRoutes, GRPCRoutes: whether
+    /// each parent accepted them, whether their backends exist), with the Kubernetes source.
+    /// With several replicas, the one holding the Lease `weft-destination-route-status` in
+    /// the control-plane namespace writes.
+    #[arg(long, env = "WEFT_DESTINATION_ROUTE_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    route_status: bool,
+    /// This replica's name in the route status Lease: the pod's name (the chart sets it from
+    /// the downward API). Default: `$HOSTNAME` (a pod's name), else a name made up at start.
+    #[arg(long, env = "WEFT_DESTINATION_POD_NAME")]
+    pod_name: Option<String>,
+    /// How long the route status Lease lasts without renewal: another replica takes over
+    /// writing statuses this long after the holder stopped renewing (whole seconds).
+    #[arg(long, env = "WEFT_DESTINATION_ROUTE_STATUS_LEASE_DURATION", default_value = "30s", value_parser = parse_duration)]
+    route_status_lease_duration: std::time::Duration,
+    /// How often the Lease is read and renewed; shorter than the lease duration.
+    #[arg(long, env = "WEFT_DESTINATION_ROUTE_STATUS_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    route_status_lease_renew_interval: std::time::Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
     log: String,
@@ -122,6 +139,10 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         identity_trust_anchors_file,
         dns_resolv_conf,
         dns_resolve_timeout,
+        route_status,
+        pod_name,
+        route_status_lease_duration,
+        route_status_lease_renew_interval,
         log,
         log_format,
     } = args;
@@ -185,6 +206,35 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             bail!("{flag} {value:?} is not a DNS name");
         }
     }
+    if route_status_lease_duration < std::time::Duration::from_secs(1)
+        || route_status_lease_duration.subsec_nanos() != 0
+    {
+        bail!("--route-status-lease-duration must be whole seconds, at least 1s");
+    }
+    if route_status_lease_renew_interval.is_zero()
+        || route_status_lease_renew_interval >= route_status_lease_duration
+    {
+        bail!(
+            "--route-status-lease-renew-interval must be more than 0 and less than --route-status-lease-duration"
+        );
+    }
+    let pod_name = pod_name
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default();
+            format!("weft-destination-{}-{nanos:x}", std::process::id())
+        });
+    let route_status = (route_status && source == Source::Kubernetes).then(|| LeaseConfig {
+        namespace: control_plane_namespace.clone(),
+        name: "weft-destination-route-status".into(),
+        holder: pod_name,
+        duration: route_status_lease_duration,
+        renew_interval: route_status_lease_renew_interval,
+    });
     weft_proxy::logging::init(&log, log_format)?;
     let config = Config {
         listen_addr,
@@ -199,6 +249,7 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         },
         policy: PolicyConfig { default_policy: default_inbound_policy, cluster_networks },
         identity,
+        route_status,
     };
     info!(?config, "starting destination service");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -128,6 +128,16 @@ impl Index {
         self.state.resolve(target)
     }
 
+    /// The older route that `route` loses to on `apex` (route statuses ask).
+    pub fn split_rival(&self, route: &ObjKey, apex: &crate::split::Apex) -> Option<ObjKey> {
+        self.state.splits.rival_for(route, apex)
+    }
+
+    /// Whether a Service exists (route statuses ask).
+    pub fn has_service(&self, key: &ObjKey) -> bool {
+        self.state.services.contains_key(key)
+    }
+
     /// Targets followed by at least one stream.
     pub fn subscriptions(&self) -> usize {
         self.subs.len()

@@ -5,10 +5,16 @@
 //! ([`gateway`]).
 //! Lookups never call the API: the index is the cache. Each watch's (re)list replaces its
 //! kind in the index at once, so objects deleted while a watch was down disappear.
+//!
+//! The route watches also feed the route statuses ([`crate::status`]), which the leader
+//! among the replicas ([`lease`]) writes ([`status`]); the routes' parents and backends
+//! (Servers, Services) wake the writer when they change.
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     fmt::Debug,
+    hash::{Hash as _, Hasher as _},
     marker::PhantomData,
     sync::{
         Arc,
@@ -40,10 +46,14 @@ use crate::{
     policy::{
         SharedPolicyIndex,
         model::{GROUP, PolicyKind, PolicyObject},
+        route::HttpRoute,
     },
+    status::{self, Decisions, RouteId, RouteKind, SharedStatuses},
 };
 
 pub mod gateway;
+pub mod lease;
+pub mod status_writer;
 
 use gateway::{GatewayGrpcRoute, GatewayHttpRoute};
 
@@ -53,6 +63,8 @@ use gateway::{GatewayGrpcRoute, GatewayHttpRoute};
 pub struct Indexes {
     pub discovery: SharedIndex,
     pub policy: SharedPolicyIndex,
+    /// The routes whose status is written.
+    pub status: SharedStatuses,
 }
 
 /// What turns true once the watches have listed: discovery's kinds, and policy's.
@@ -84,6 +96,20 @@ trait Kind:
     fn apply(index: &Indexes, model: Self::Model) -> Vec<Problem>;
     fn delete(index: &Indexes, obj: &Self);
     fn reset(index: &Indexes, all: Vec<Self::Model>) -> Vec<Problem>;
+    /// For a route kind: the kind its status is written as.
+    const ROUTE: Option<RouteKind> = None;
+    /// Whether the kind's objects are routes' parents or backends, whose changes may change
+    /// route statuses.
+    const STATUS_INPUT: bool = false;
+    /// A route as its status needs it (route kinds only).
+    fn route_status(&self) -> Option<(RouteId, status::Route)> {
+        None
+    }
+    /// What the model is made of (route kinds only), to tell a change the index must see
+    /// from one of the status alone (our own writes come back as such).
+    fn fingerprint(&self) -> Option<u64> {
+        None
+    }
     /// Said when an [`OPTIONAL`](Kind::OPTIONAL) kind's CRD is found missing (once, until
     /// the kind lists again).
     fn warn_missing() {
@@ -100,6 +126,14 @@ trait Kind:
 
 fn obj_key<K: Resource>(obj: &K) -> Option<ObjKey> {
     Some(ObjKey::new(obj.namespace()?, obj.meta().name.clone()?))
+}
+
+/// What a route's model is made of: its spec and creation time.
+fn fingerprint(meta: &ObjectMeta, spec: &serde_json::Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    spec.to_string().hash(&mut h);
+    meta.creation_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut h);
+    h.finish()
 }
 
 impl Kind for K8sNamespace {
@@ -128,6 +162,7 @@ impl Kind for K8sNamespace {
 
 impl Kind for K8sService {
     const NAME: &'static str = "service";
+    const STATUS_INPUT: bool = true;
     type Model = Service;
     fn convert(&self) -> Result<(Service, Vec<Problem>), Problem> {
         Service::from_k8s(self)
@@ -223,6 +258,9 @@ pub struct PolicyCrd<K> {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: serde_json::Value,
+    /// Read for the routes' statuses only.
+    #[serde(default)]
+    pub status: serde_json::Value,
     #[serde(skip)]
     kind: PhantomData<K>,
 }
@@ -254,7 +292,20 @@ impl<K: PolicyCrdKind> Resource for PolicyCrd<K> {
 impl<K: PolicyCrdKind> Kind for PolicyCrd<K> {
     const NAME: &'static str = K::KIND.metric();
     const OPTIONAL: bool = K::KIND.optional();
+    const ROUTE: Option<RouteKind> =
+        if matches!(K::KIND, PolicyKind::HttpRoute) { Some(RouteKind::PolicyHttp) } else { None };
+    const STATUS_INPUT: bool = matches!(K::KIND, PolicyKind::Server);
     type Model = PolicyObject;
+    fn route_status(&self) -> Option<(RouteId, status::Route)> {
+        let kind = Self::ROUTE?;
+        let key = obj_key(self)?;
+        let route = HttpRoute::parse(key, None, &self.spec).ok()?;
+        let decisions = Decisions { unusable: route.unusable.as_ref(), split: None };
+        status::Route::read(kind, &self.metadata, &self.spec, &self.status, decisions)
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        Self::ROUTE.map(|_| fingerprint(&self.metadata, &self.spec))
+    }
     fn convert(&self) -> Result<(PolicyObject, Vec<Problem>), Problem> {
         PolicyObject::convert(K::KIND, &self.metadata, &self.spec)
     }
@@ -413,6 +464,16 @@ async fn watch_listed<K: Kind>(
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut listing: Option<Vec<K::Model>> = None;
+    let mut listing_routes: Vec<(RouteId, status::Route)> = Vec::new();
+    // Route kinds: each object's fingerprint, so that a change of its status alone (which
+    // our own status writes cause) does not convert it again (nor count its problems again).
+    let mut fingerprints: HashMap<ObjKey, u64> = HashMap::new();
+    let statuses = &index.status;
+    let status_changed = || {
+        if K::ROUTE.is_some() || K::STATUS_INPUT {
+            statuses.changed();
+        }
+    };
     let mut first_sync = Some(synced);
     let mut first_list = listed;
     // Whether the CRD was missing (an OPTIONAL kind's 404): said once, not at every retry.
@@ -433,8 +494,14 @@ async fn watch_listed<K: Kind>(
             Ok(watcher::Event::Init) => {
                 debug!(kind = K::NAME, "listing");
                 listing = Some(Vec::new());
+                listing_routes.clear();
+                fingerprints.clear();
             }
             Ok(watcher::Event::InitApply(obj)) => {
+                if let (Some(key), Some(f)) = (obj_key(&obj), obj.fingerprint()) {
+                    fingerprints.insert(key, f);
+                }
+                listing_routes.extend(obj.route_status());
                 if let (Some(list), Some(model)) = (listing.as_mut(), convert(&obj)) {
                     list.push(model);
                 }
@@ -446,14 +513,40 @@ async fn watch_listed<K: Kind>(
                 }
                 info!(kind = K::NAME, objects = all.len(), "listed");
                 skip(K::reset(&index, all));
+                if let Some(kind) = K::ROUTE {
+                    statuses.lock().reset(kind, std::mem::take(&mut listing_routes));
+                }
+                status_changed();
                 first_sync.take().into_iter().chain(first_list.take()).for_each(|s| s.done());
             }
             Ok(watcher::Event::Apply(obj)) => {
-                if let Some(model) = convert(&obj) {
+                let key = obj_key(&obj);
+                let unchanged = match (&key, obj.fingerprint()) {
+                    (Some(key), Some(f)) => fingerprints.insert(key.clone(), f) == Some(f),
+                    _ => false,
+                };
+                if let Some((id, route)) = obj.route_status() {
+                    statuses.lock().apply(id, route);
+                } else if let (Some(kind), Some(key)) = (K::ROUTE, key) {
+                    statuses.lock().delete(&RouteId { kind, key });
+                }
+                if unchanged {
+                    debug!(kind = K::NAME, "only the status changed");
+                } else if let Some(model) = convert(&obj) {
                     skip(K::apply(&index, model));
                 }
+                status_changed();
             }
-            Ok(watcher::Event::Delete(obj)) => K::delete(&index, &obj),
+            Ok(watcher::Event::Delete(obj)) => {
+                K::delete(&index, &obj);
+                if let Some(key) = obj_key(&obj) {
+                    fingerprints.remove(&key);
+                    if let Some(kind) = K::ROUTE {
+                        statuses.lock().delete(&RouteId { kind, key });
+                    }
+                }
+                status_changed();
+            }
             Err(error) => {
                 metrics.watch_errors.get_or_create(&KindLabels { kind: K::NAME }).inc();
                 let not_installed = K::OPTIONAL && is_not_found(&error);
@@ -466,6 +559,11 @@ async fn watch_listed<K: Kind>(
                     // Without the CRD there can be no such objects: none of the old ones
                     // applies.
                     skip(K::reset(&index, Vec::new()));
+                    fingerprints.clear();
+                    if let Some(kind) = K::ROUTE {
+                        statuses.lock().reset(kind, Vec::new());
+                    }
+                    status_changed();
                 } else {
                     warn!(kind = K::NAME, %error, "watch failed; retrying");
                 }

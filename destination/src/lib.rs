@@ -14,6 +14,9 @@
 //!   them together, over TLS with a certificate of the service's own when it has an
 //!   identity (obtained and renewed from the identity service, like a proxy's).
 //!
+//! [`status`] computes the status of the routes it serves, which the replica holding a Lease
+//! writes ([`k8s::lease`], [`k8s::status_writer`]).
+//!
 //! [`policy`] serves inbound authorization policy
 //! (`io.linkerd.proxy.inbound.InboundServerPolicies`) on the same port, from the same
 //! sources: proxies find both APIs behind one address and one TLS identity, as Linkerd's
@@ -31,6 +34,7 @@ pub mod resolve;
 pub mod server;
 pub mod split;
 pub mod static_source;
+pub mod status;
 
 use std::{
     future::{Future, IntoFuture as _},
@@ -51,7 +55,7 @@ use weft_identity::{
     workload::{Workload, WorkloadConfig},
 };
 
-pub use crate::{index::IndexConfig, policy::PolicyConfig};
+pub use crate::{index::IndexConfig, k8s::lease::LeaseConfig, policy::PolicyConfig};
 use crate::{
     index::SharedIndex,
     metrics::Metrics,
@@ -77,6 +81,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The service's own identity: with it, gRPC is served over TLS 1.3 only.
     pub identity: Option<WorkloadConfig>,
+    /// Route status writing (Kubernetes only) and its leader election; `None`: off.
+    pub route_status: Option<LeaseConfig>,
 }
 
 /// How long open streams get after the shutdown signal.
@@ -92,7 +98,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The one crypto provider of the workspace, for the kube client's TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Config { listen_addr, admin_addr, source, index, policy, identity } = config;
+    let Config { listen_addr, admin_addr, source, index, policy, identity, route_status } = config;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let (synced_tx, synced) = watch::channel(false);
@@ -108,6 +114,15 @@ pub async fn run(
         .transpose()
         .context("the destination service's identity")?;
 
+    let (stop_tx, stop) = watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    // The route status lease's holder hands it over at shutdown: waited for before exiting.
+    let mut elector = None;
     let (discover, source_task): (Arc<dyn Discover>, Task) = match &source {
         Source::Static(path) => {
             let catalog = static_source::load(path, &metrics)?;
@@ -128,7 +143,26 @@ pub async fn run(
                 "no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or in-cluster)",
             )?;
             let idx = SharedIndex::new(index.clone());
-            let indexes = k8s::Indexes { discovery: idx.clone(), policy: policy_index.clone() };
+            let statuses = status::SharedStatuses::default();
+            if let Some(lease) = route_status {
+                let (leadership, elect) =
+                    k8s::lease::elect(client.clone(), lease, metrics.clone(), stopped());
+                elector = Some(tokio::spawn(elect));
+                tokio::spawn(k8s::status_writer::run(
+                    client.clone(),
+                    statuses.clone(),
+                    policy_index.clone(),
+                    idx.clone(),
+                    leadership,
+                    [synced_tx.subscribe(), policy_synced_tx.subscribe()],
+                    metrics.clone(),
+                ));
+            }
+            let indexes = k8s::Indexes {
+                discovery: idx.clone(),
+                policy: policy_index.clone(),
+                status: statuses,
+            };
             let synced = k8s::SyncedTx { discovery: synced_tx, policy: policy_synced_tx };
             (Arc::new(idx), Box::pin(k8s::run(client, indexes, metrics.clone(), synced)))
         }
@@ -148,17 +182,10 @@ pub async fn run(
     );
 
     tokio::spawn(source_task);
-    let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
     });
-    let stopped = move || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
     let router = admin::router(Arc::new(registry), ready(synced.clone(), workload.as_ref()));
     let admin_task =
         tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future());
@@ -197,6 +224,9 @@ pub async fn run(
     };
     info!("stopped");
     admin_task.abort();
+    if let Some(elector) = elector {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, elector).await;
+    }
     served.context("gRPC server failed")
 }
 

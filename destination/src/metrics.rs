@@ -68,6 +68,13 @@ pub struct Metrics {
     /// Inbound policy computations in which more than one Server selected a pod port (the
     /// oldest won).
     pub server_conflicts: Counter,
+    /// Route status writes (`/status` patches), by result: `ok`, `conflict` (the route
+    /// changed meanwhile), `not_found` (it went away), `error`.
+    pub status_patches: Family<ResultLabels, Counter>,
+    /// 1 while this replica holds the route status lease (and so writes statuses).
+    pub status_leader: Gauge,
+    /// Lease requests that failed (`conflict`: another replica wrote it first; `error`).
+    pub status_lease_errors: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -110,6 +117,21 @@ impl Metrics {
             "policy_server_conflicts",
             "Inbound policy computations in which more than one Server selected a pod port (the oldest won)",
             m.server_conflicts.clone(),
+        );
+        r.register(
+            "route_status_patches",
+            "Route status writes by result (ok, conflict, not_found, error)",
+            m.status_patches.clone(),
+        );
+        r.register(
+            "route_status_leader",
+            "Whether this replica holds the route status lease and writes route statuses (1) or not (0)",
+            m.status_leader.clone(),
+        );
+        r.register(
+            "route_status_lease_errors",
+            "Route status lease requests that failed, by result (conflict, error)",
+            m.status_lease_errors.clone(),
         );
         m
     }

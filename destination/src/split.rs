@@ -474,6 +474,19 @@ impl Splits {
         problems
     }
 
+    /// An older route that also splits `apex` (which `route` splits or would split): the
+    /// one `route` loses to there.
+    pub fn rival_for(&self, route: &ObjKey, apex: &Apex) -> Option<ObjKey> {
+        let route = self.routes.get(route)?;
+        self.by_service
+            .get(&apex.service)?
+            .iter()
+            .filter_map(|k| self.routes.get(k))
+            .filter(|o| o.age() < route.age() && o.apexes.iter().any(|oa| oa.overlaps(apex)))
+            .min_by(|a, b| a.age().cmp(&b.age()))
+            .map(|o| o.key.clone())
+    }
+
     /// A service port of `route` that an older route also splits, and that route.
     fn older_rival(&self, route: &SplitRoute) -> Option<(ObjKey, ObjKey)> {
         route.apexes.iter().find_map(|apex| {

@@ -174,6 +174,7 @@ pub fn serve_destination(
         },
         policy: Default::default(),
         identity,
+        route_status: None,
     };
     tokio::spawn(async move {
         if let Err(e) = weft_destination::run(config, std::future::pending()).await {

@@ -27,7 +27,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -37,7 +37,11 @@ use weft_identity::{
     pki::CertSummary,
 };
 
-use crate::{injector::review, kubeapi::FakeApi, support::run};
+use crate::{
+    injector::review,
+    kubeapi::FakeApi,
+    support::{eventually, run},
+};
 use cluster::Services;
 use render::{Chart, Release, Rendered};
 use run::{Running, check_rbac, pod_spec, the_container};
@@ -175,6 +179,8 @@ fn check_typed(doc: &Value) {
         ("v1", "Secret") => back::<Secret>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => back::<ClusterRole>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => back::<ClusterRoleBinding>(doc),
+        ("rbac.authorization.k8s.io/v1", "Role") => back::<Role>(doc),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => back::<RoleBinding>(doc),
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
             back::<MutatingWebhookConfiguration>(doc)
         }
@@ -257,6 +263,19 @@ fn run_the_chart(dir: &Path, mut services: Services) {
     // reaches by the Service name the chart gives it; ready only once it has it.
     let destination_api = FakeApi::start();
     let web = mesh::Web::start(&destination_api);
+    // A route of each kind whose status it writes (their Server does not exist: each is
+    // told so), so that the RBAC for those writes is exercised too.
+    let policy_route = "/apis/policy.weft.dev/v1beta3/httproutes";
+    destination_api.put(policy_route, crate::destination::fixture("httproute-web-metrics.json"));
+    destination_api.put(crate::split::HTTPROUTES, {
+        let mut r = crate::destination::fixture("httproute-web-metrics.json");
+        r["apiVersion"] = json!("gateway.networking.k8s.io/v1");
+        r
+    });
+    destination_api.put(
+        crate::policy_grpc_routes::GRPC_ROUTES,
+        crate::destination::fixture("grpcroute-web-echo.json"),
+    );
     let destination = Running::start(
         "weft-destination",
         &objects,
@@ -356,6 +375,26 @@ fn run_the_chart(dir: &Path, mut services: Services) {
         }
     }
 
+    // The route statuses written, and the lease renewed (every 10 s) as well as created.
+    let status_writes = || {
+        let requests = destination_api.requests();
+        let patched = |kind: &str| {
+            requests.iter().filter(|r| r.starts_with("PATCH ") && r.contains(kind)).count()
+        };
+        let renewed = requests.iter().any(|r| r.starts_with("PUT ") && r.contains("/leases/"));
+        patched("/apis/policy.weft.dev/") == 1
+            && patched("/httproutes/") == 2
+            && patched("/grpcroutes/") == 1
+            && renewed
+    };
+    let written = eventually(std::time::Duration::from_secs(20), status_writes);
+    assert!(
+        written,
+        "{:?}
+{}",
+        destination_api.requests(),
+        destination.logs()
+    );
     check_rbac(&objects, "weft-identity", &identity_api);
     check_rbac(&objects, "weft-destination", &destination_api);
     check_rbac(&objects, "weft-injector", &injector_api);
@@ -502,6 +541,40 @@ fn chart_required_values_fail_with_their_message() {
 
 /// The defaults alone: hardened pods, one replica each (so no PodDisruptionBudget), images
 /// from appVersion, and the webhook registered as injector/manifests/webhook.yaml says.
+#[test]
+fn chart_route_status_can_be_switched_off_with_its_rbac() {
+    let dir = Dir::new("route-status");
+    let pki = pki(&dir.0);
+    let status_rules = |objects: &Objects| {
+        let granted = run::granted(objects, "weft-destination");
+        let writes: BTreeSet<_> =
+            granted.into_iter().filter(|(verb, ..)| verb != "list" && verb != "watch").collect();
+        let args = the_container(&objects.get::<Deployment>("Deployment", "weft-destination"))
+            .args
+            .clone()
+            .unwrap_or_default();
+        (writes, args.into_iter().find(|a| a.starts_with("--route-status=")))
+    };
+    let on = Objects::new(&chart().render(&release(), &required_values(&pki)).expect("renders"));
+    let rule = |verb: &str, group: &str, resource: &str| {
+        (verb.to_owned(), group.to_owned(), resource.to_owned())
+    };
+    let expected: BTreeSet<_> = [
+        rule("patch", "gateway.networking.k8s.io", "httproutes/status"),
+        rule("patch", "gateway.networking.k8s.io", "grpcroutes/status"),
+        rule("patch", "policy.weft.dev", "httproutes/status"),
+        rule("get", "coordination.k8s.io", "leases"),
+        rule("create", "coordination.k8s.io", "leases"),
+        rule("update", "coordination.k8s.io", "leases"),
+    ]
+    .into();
+    assert_eq!(status_rules(&on), (expected, Some("--route-status=true".to_owned())));
+    let off = with(required_values(&pki), json!({"destination": {"routeStatus": false}}));
+    let off = Objects::new(&chart().render(&release(), &off).expect("renders"));
+    assert_eq!(status_rules(&off), (BTreeSet::new(), Some("--route-status=false".to_owned())));
+    assert!(off.names("Role").is_empty() && off.names("RoleBinding").is_empty());
+}
+
 #[test]
 fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
     let dir = Dir::new("defaults");

@@ -274,6 +274,8 @@ fn collection(kind: &str) -> &'static str {
         "PodDisruptionBudget" => "/apis/policy/v1/poddisruptionbudgets",
         "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         "ClusterRoleBinding" => "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        "Role" => "/apis/rbac.authorization.k8s.io/v1/roles",
+        "RoleBinding" => "/apis/rbac.authorization.k8s.io/v1/rolebindings",
         "CustomResourceDefinition" => "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
         "MutatingWebhookConfiguration" => {
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"

@@ -70,11 +70,14 @@ impl Destination {
     }
 
     pub(crate) fn kubernetes(api: &FakeApi) -> Destination {
+        Destination::kubernetes_with(api, &[])
+    }
+
+    /// [`Destination::kubernetes`] with more flags.
+    pub(crate) fn kubernetes_with(api: &FakeApi, args: &[&str]) -> Destination {
         let kubeconfig = api.kubeconfig();
-        let d = Destination::start(
-            &["--source", "kubernetes"],
-            &[("KUBECONFIG", kubeconfig.as_os_str())],
-        );
+        let args = [&["--source", "kubernetes"], args].concat();
+        let d = Destination::start(&args, &[("KUBECONFIG", kubeconfig.as_os_str())]);
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(d.admin, "/ready").0 != 200 {
             assert!(Instant::now() < deadline, "never ready; log:\n{}", d.logs());
@@ -85,6 +88,14 @@ impl Destination {
 
     pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// SIGTERM, as the kubelet stops a pod; waits for the process to end.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: a signal to our own child, which has not been waited for yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait().expect("wait for weft destination")
     }
 
     pub(crate) fn metrics(&self) -> String {
@@ -321,9 +332,27 @@ fn destination_kubernetes_updates_reach_a_subscriber() {
         "{m}"
     );
     assert!(metric(&m, "destination_updates_total", &[("update", "remove")]) >= 1.0, "{m}");
-    // Lookups are answered from the watches' cache, never by asking the API.
-    let per_object: Vec<_> = api.requests().into_iter().filter(|r| !is_list_or_watch(r)).collect();
+    // Lookups are answered from the watches' cache, never by asking the API: besides the
+    // watches, only the route status lease is read and written (there are no routes, so no
+    // status is written).
+    let per_object: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| !is_list_or_watch(r) && !is_status_lease(r))
+        .collect();
     assert!(per_object.is_empty(), "requests other than list/watch: {per_object:?}");
+    assert!(api.requests().iter().any(|r| is_status_lease(r)), "the lease was never asked for");
+}
+
+/// The route status Lease: read, created, renewed.
+pub(crate) fn is_status_lease(request: &str) -> bool {
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/weft/leases";
+    let lease = format!("{LEASES}/weft-destination-route-status");
+    request == format!("GET {lease}")
+        || request == format!("PUT {lease}")
+        || request == format!("POST {LEASES}")
+        || request.starts_with(&format!("POST {LEASES}?"))
+        || request.starts_with(&format!("PUT {lease}?"))
 }
 
 /// `GET <collection>` with or without `?watch=...`: what the watches ask, never one object.
@@ -626,4 +655,14 @@ fn destination_bad_configuration_fails_at_start() {
     let bad_domain =
         run(&["--source", "static", "--static-file", "/x", "--trust-domain", "bad..domain"]);
     assert!(!bad_domain.status.success());
+    let bad_lease = run(&[
+        "--route-status-lease-duration",
+        "10s",
+        "--route-status-lease-renew-interval",
+        "10s",
+    ]);
+    assert!(!bad_lease.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_lease.stderr).contains("--route-status-lease-renew-interval")
+    );
 }

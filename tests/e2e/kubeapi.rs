@@ -9,7 +9,14 @@
 //!   `resourceVersion` on (every event is kept, so any version can be resumed), then new ones
 //!   until the client goes away or `timeoutSeconds` passes;
 //! - GET of one object: `<prefix>/namespaces/{ns}/<resource>/{name}`, `/api/v1/namespaces/{ns}`;
-//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview);
+//! - POST to a path registered with [`FakeApi::on_post`] (e.g. a TokenReview); otherwise
+//!   POST to a namespaced collection creates the object (409 `AlreadyExists` if it exists);
+//! - PUT of one object replaces it, 409 `Conflict` when the body's `resourceVersion` is not
+//!   the stored one (optimistic concurrency, as for a Lease);
+//! - PATCH of an object's `/status` with a JSON merge patch (`application/merge-patch+json`):
+//!   the patch's `status` is merged into the stored object's (the rest of it is ignored, as
+//!   the status subresource ignores it), 409 when its `metadata.resourceVersion` is not the
+//!   stored one; the object gets a new resourceVersion and watchers a MODIFIED event;
 //! - `GET /version`, the server's version as a v1.33 API server gives it.
 //!
 //! Anything else gets a `Status` 404/405, as the real server would answer; so does a collection
@@ -147,10 +154,36 @@ impl FakeApi {
     /// Adds or replaces an object (by namespace and name) in `collection` (an API path like
     /// `/api/v1/pods`), sets its resourceVersion (and uid/creationTimestamp when missing), and
     /// tells the watchers (ADDED or MODIFIED).
-    pub fn put(&self, collection: &str, mut object: Value) {
+    pub fn put(&self, collection: &str, object: Value) {
+        self.shared.put(collection, object);
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        let collection = collection.trim_end_matches('/');
+        let store = self.shared.store();
+        store.objects.get(collection)?.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+}
+
+impl Shared {
+    /// See [`FakeApi::put`]; returns the object as stored.
+    fn put(&self, collection: &str, object: Value) -> Value {
+        let mut store = self.store();
+        let object = store.put(collection, object);
+        let rv = store.rv;
+        drop(store);
+        self.latest.send_replace(rv);
+        object
+    }
+}
+
+impl Store {
+    /// Stores an object (the caller tells the watchers about `self.rv`).
+    fn put(&mut self, collection: &str, mut object: Value) -> Value {
         let collection = collection.trim_end_matches('/').to_string();
         let key = object_key(&object);
-        let mut store = self.shared.store();
+        let store = self;
         store.rv += 1;
         let rv = store.rv;
         let meta = &mut object["metadata"];
@@ -163,11 +196,12 @@ impl FakeApi {
         }
         let old = store.objects.entry(collection.clone()).or_default().insert(key, object.clone());
         let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        store.events.push(Event { collection, rv, kind, object });
-        drop(store);
-        self.shared.latest.send_replace(rv);
+        store.events.push(Event { collection, rv, kind, object: object.clone() });
+        object
     }
+}
 
+impl FakeApi {
     /// Removes an object and tells the watchers (DELETED). Unknown objects are ignored.
     pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
         let collection = collection.trim_end_matches('/').to_string();
@@ -262,6 +296,8 @@ struct Target {
     collection: String,
     namespace: Option<String>,
     name: Option<String>,
+    /// `status` for `.../{name}/status`.
+    subresource: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -276,20 +312,19 @@ fn parse_path(path: &str) -> Option<Target> {
     }
     let prefix = segs[..prefix_len].join("/");
     let collection = |res: &str| format!("/{prefix}/{res}");
+    let t = |res: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        collection: collection(res),
+        namespace: ns.map(String::from),
+        name: name.map(String::from),
+        subresource: sub.map(String::from),
+    };
     let t = match &segs[prefix_len..] {
-        [res] => Target { collection: collection(res), namespace: None, name: None },
+        [res] => t(res, None, None, None),
         // Also `/api/v1/namespaces/{name}`: a cluster-scoped object.
-        [res, name] => {
-            Target { collection: collection(res), namespace: None, name: Some(name.to_string()) }
-        }
-        ["namespaces", ns, res] => {
-            Target { collection: collection(res), namespace: Some(ns.to_string()), name: None }
-        }
-        ["namespaces", ns, res, name] => Target {
-            collection: collection(res),
-            namespace: Some(ns.to_string()),
-            name: Some(name.to_string()),
-        },
+        [res, name] => t(res, None, Some(name), None),
+        ["namespaces", ns, res] => t(res, Some(ns), None, None),
+        ["namespaces", ns, res, name] => t(res, Some(ns), Some(name), None),
+        ["namespaces", ns, res, name, "status"] => t(res, Some(ns), Some(name), Some("status")),
         _ => return None,
     };
     Some(t)
@@ -419,7 +454,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if req.method() == Method::POST {
         let handler = shared.posts.lock().unwrap_or_else(|e| e.into_inner()).get(&path).cloned();
         let Some(handler) = handler else {
-            return status(404, "NotFound", format!("no POST handler for {path}"));
+            return match parse_path(&path) {
+                Some(target @ Target { namespace: Some(_), name: None, .. }) => {
+                    write(shared, req, target).await
+                }
+                _ => status(404, "NotFound", format!("no POST handler for {path}")),
+            };
         };
         let Ok(body) = req.into_body().collect().await else {
             return status(400, "BadRequest", "unreadable body".into());
@@ -429,6 +469,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         };
         let (code, rsp) = handler(body);
         return full(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &rsp);
+    }
+    if req.method() == Method::PUT || req.method() == Method::PATCH {
+        return match parse_path(&path) {
+            Some(target @ Target { name: Some(_), .. }) => write(shared, req, target).await,
+            _ => status(405, "MethodNotAllowed", format!("{} {path}", req.method())),
+        };
     }
     if req.method() != Method::GET {
         return status(405, "MethodNotAllowed", format!("{} is not supported here", req.method()));
@@ -585,6 +631,101 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     rsp
 }
 
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// POST (create), PUT (replace) and PATCH of `/status` (merge), with the real server's
+/// resourceVersion preconditions.
+async fn write(shared: &Arc<Shared>, req: Request<Incoming>, target: Target) -> Response<Body> {
+    let method = req.method().clone();
+    let merge_patch = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch+json"));
+    let Ok(body) = req.into_body().collect().await else {
+        return status(400, "BadRequest", "unreadable body".into());
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return status(400, "BadRequest", "body is not JSON".into());
+    };
+    let ns = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().or_else(|| body["metadata"]["name"].as_str().map(String::from));
+    let Some(name) = name else {
+        return status(422, "Invalid", "metadata.name is required".into());
+    };
+    // Read, check and write under one lock, as the real server's storage does: a write
+    // between them would be lost (or a deleted object brought back).
+    let mut store = shared.store();
+    let stored = store
+        .objects
+        .get(&target.collection)
+        .and_then(|c| c.get(&(ns.clone(), name.clone())))
+        .cloned();
+    let resource = target.collection.rsplit('/').next().unwrap_or_default().to_string();
+    let precondition = body["metadata"]["resourceVersion"].as_str();
+    if let (Some(rv), Some(stored)) = (precondition, &stored)
+        && method != Method::POST
+        && stored["metadata"]["resourceVersion"].as_str() != Some(rv)
+    {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let object = match (method.clone(), stored) {
+        (Method::POST, Some(_)) => {
+            return status(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"));
+        }
+        (Method::POST, None) => {
+            let mut object = body;
+            object["metadata"]["namespace"] = json!(ns);
+            object
+        }
+        (_, None) => return status(404, "NotFound", format!("{resource} \"{name}\" not found")),
+        (Method::PUT, Some(_)) if target.subresource.is_none() => body,
+        (Method::PATCH, Some(mut object)) if target.subresource.as_deref() == Some("status") => {
+            if !merge_patch {
+                return status(415, "UnsupportedMediaType", "merge patches only".into());
+            }
+            merge(&mut object["status"], &body["status"]);
+            object
+        }
+        (m, _) => {
+            return status(
+                405,
+                "MethodNotAllowed",
+                format!("{m} of {resource} is not supported here"),
+            );
+        }
+    };
+    let created = method == Method::POST;
+    let object = store.put(&target.collection, object);
+    let rv = store.rv;
+    drop(store);
+    shared.latest.send_replace(rv);
+    full(if created { StatusCode::CREATED } else { StatusCode::OK }, &object)
+}
+
 /// A streamed body fed by a bounded channel: a watcher that stops reading stops the sender.
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -600,164 +741,6 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-#[test]
-fn fake_api_paths() {
-    let t = |c: &str, ns: Option<&str>, name: Option<&str>| {
-        Some(Target {
-            collection: c.into(),
-            namespace: ns.map(Into::into),
-            name: name.map(Into::into),
-        })
-    };
-    assert_eq!(parse_path("/api/v1/pods"), t("/api/v1/pods", None, None));
-    assert_eq!(parse_path("/api/v1/namespaces/prod/pods"), t("/api/v1/pods", Some("prod"), None));
-    assert_eq!(
-        parse_path("/api/v1/namespaces/prod/pods/web-1"),
-        t("/api/v1/pods", Some("prod"), Some("web-1"))
-    );
-    assert_eq!(parse_path("/api/v1/namespaces/prod"), t("/api/v1/namespaces", None, Some("prod")));
-    assert_eq!(
-        parse_path("/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"),
-        t("/apis/discovery.k8s.io/v1/endpointslices", Some("prod"), None)
-    );
-    assert_eq!(parse_path("/healthz"), None);
-    assert_eq!(parse_path("/api/v1"), None);
-    assert_eq!(list_kind("/api/v1/pods", &[]), "PodList");
-    assert_eq!(list_kind("/api/v1/namespaces", &[]), "NamespaceList");
-    assert_eq!(list_kind("/apis/discovery.k8s.io/v1/endpointslices", &[]), "EndpointSliceList");
-    assert_eq!(decode("a%3Db%2Cc"), "a=b,c");
-    let obj = json!({"metadata": {"labels": {"app": "web", "tier": "fe"}}});
-    assert!(selector_matches("app=web,tier", &obj));
-    assert!(selector_matches("app==web,!missing,tier!=be", &obj));
-    assert!(!selector_matches("app=api", &obj));
-    assert!(!selector_matches("!app", &obj));
-}
-
-/// One request over a fresh connection; reads until `until` appears in the response (or the
-/// connection ends) and returns the status and everything read.
 #[cfg(test)]
-fn raw(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-    until: Option<&str>,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if until.is_some_and(|u| String::from_utf8_lossy(&out).contains(u)) {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
-}
-
-#[test]
-fn fake_api_serves_list_watch_get_and_post() {
-    let api = FakeApi::start();
-    let addr: SocketAddr = api.url().trim_start_matches("http://").parse().expect("addr");
-    let pod = |ns: &str, name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}}});
-    api.put(
-        "/api/v1/namespaces",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
-    );
-    api.put("/api/v1/pods", pod("prod", "a"));
-    api.put("/api/v1/pods", pod("other", "b"));
-
-    let (code, text) = raw(addr, "GET", "/api/v1/namespaces/prod/pods?limit=500", "", None);
-    assert_eq!(code, 200, "{text}");
-    let body: Value =
-        serde_json::from_str(text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default())
-            .expect("json");
-    assert_eq!(body["kind"], "PodList");
-    assert_eq!(body["items"].as_array().map(Vec::len), Some(1));
-    let rv = body["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_string();
-    assert_eq!(rv, "3");
-    let (_, text) = raw(addr, "GET", "/api/v1/pods?limit=1", "", None);
-    assert!(text.contains("\"continue\":\"1\"") && text.contains("\"name\":\"b\""), "{text}");
-    let (_, text) = raw(addr, "GET", "/api/v1/pods?limit=1&continue=1", "", None);
-    assert!(!text.contains("\"continue\"") && text.contains("\"name\":\"a\""), "{text}");
-    let (_, text) = raw(addr, "GET", "/api/v1/pods?labelSelector=app%3Db", "", None);
-    assert!(text.contains("\"b\"") && !text.contains("\"name\":\"a\""), "{text}");
-
-    let (code, text) = raw(addr, "GET", "/api/v1/namespaces/prod", "", None);
-    assert_eq!(code, 200);
-    assert!(text.contains("\"resourceVersion\":\"1\""), "{text}");
-    let (code, text) = raw(addr, "GET", "/api/v1/namespaces/prod/pods/nope", "", None);
-    assert_eq!(code, 404);
-    assert!(text.contains("\"reason\":\"NotFound\""), "{text}");
-    assert_eq!(raw(addr, "DELETE", "/api/v1/namespaces/prod/pods/a", "", None).0, 405);
-
-    api.on_post("/apis/authentication.k8s.io/v1/tokenreviews", |review| {
-        let ok = review["spec"]["token"] == "good";
-        (201, json!({"kind": "TokenReview", "status": {"authenticated": ok}}))
-    });
-    let (code, text) = raw(
-        addr,
-        "POST",
-        "/apis/authentication.k8s.io/v1/tokenreviews",
-        r#"{"spec":{"token":"good"}}"#,
-        None,
-    );
-    assert_eq!(code, 201);
-    assert!(text.contains("\"authenticated\":true"), "{text}");
-    assert_eq!(raw(addr, "POST", "/api/v1/pods", "{}", None).0, 404);
-
-    // A watch from the listed version sees later changes, in order, then its own namespace only.
-    let watcher = std::thread::spawn(move || {
-        raw(
-            addr,
-            "GET",
-            &format!("/api/v1/namespaces/prod/pods?watch=true&resourceVersion={rv}"),
-            "",
-            Some("DELETED"),
-        )
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    api.put("/api/v1/pods", pod("other", "c"));
-    api.put("/api/v1/pods", pod("prod", "d"));
-    let mut changed = pod("prod", "a");
-    changed["metadata"]["labels"]["v"] = json!("2");
-    api.put("/api/v1/pods", changed);
-    api.delete("/api/v1/pods", "prod", "d");
-    let (code, text) = watcher.join().expect("watcher");
-    assert_eq!(code, 200);
-    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{text}");
-    let events: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap_or_default().into(),
-                e["object"]["metadata"]["name"].as_str().unwrap_or_default().into(),
-            )
-        })
-        .collect();
-    let expect = [("ADDED", "d"), ("MODIFIED", "a"), ("DELETED", "d")]
-        .map(|(t, n)| (t.to_string(), n.to_string()));
-    assert_eq!(events, expect);
-    // Everything is kept: a watch from an old version replays what followed it.
-    let (_, text) =
-        raw(addr, "GET", "/api/v1/pods?watch=1&resourceVersion=3&timeoutSeconds=1", "", None);
-    assert_eq!(text.matches("\"type\":").count(), 4, "{text}");
-    assert!(
-        api.requests().iter().any(|r| r.starts_with("GET /api/v1/namespaces/prod/pods?watch=true"))
-    );
-}
+#[path = "kubeapi/tests.rs"]
+mod tests;

@@ -24,5 +24,6 @@ mod policy_grpc_filters;
 mod policy_grpc_routes;
 mod policy_rate_limit;
 mod policy_routes;
+mod route_status;
 mod split;
 mod support;

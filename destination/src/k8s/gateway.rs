@@ -18,11 +18,12 @@ use kube::Resource;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::{Indexes, Kind, obj_key};
+use super::{Indexes, Kind, fingerprint, obj_key};
 use crate::{
     model::{ObjKey, Problem},
     policy::route::{GrpcRoute, HttpRoute, Unusable, grpc::GRPC_ROUTE_KIND},
     split::{GATEWAY_GROUP, GATEWAY_VERSION, ROUTE_KIND, SplitRoute},
+    status::{self, Decisions, RouteId, RouteKind},
 };
 
 /// The kind label of skipped GRPCRoutes and of the watch's errors.
@@ -50,6 +51,9 @@ macro_rules! gateway_route {
             pub metadata: ObjectMeta,
             #[serde(default)]
             pub spec: serde_json::Value,
+            /// Read for the route's status only.
+            #[serde(default)]
+            pub status: serde_json::Value,
         }
 
         impl Resource for $name {
@@ -97,7 +101,20 @@ impl Kind for GatewayHttpRoute {
     const NAME: &'static str = ROUTE_KIND;
     const OPTIONAL: bool = true;
     const SYNC_ON_FAILURE: bool = true;
+    const ROUTE: Option<RouteKind> = Some(RouteKind::GatewayHttp);
     type Model = GatewayRoutes;
+    fn route_status(&self) -> Option<(RouteId, status::Route)> {
+        let (split, problems) = SplitRoute::from_k8s(&self.metadata, &self.spec).ok()?;
+        let created = self.metadata.creation_timestamp.clone();
+        let policy = HttpRoute::parse_gateway(split.key.clone(), created, &self.spec).ok()?;
+        let decisions =
+            Decisions { unusable: policy.unusable.as_ref(), split: Some((&split, &problems)) };
+        let kind = RouteKind::GatewayHttp;
+        status::Route::read(kind, &self.metadata, &self.spec, &self.status, decisions)
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        Some(fingerprint(&self.metadata, &self.spec))
+    }
     fn convert(&self) -> Result<(GatewayRoutes, Vec<Problem>), Problem> {
         let (split, mut problems) = SplitRoute::from_k8s(&self.metadata, &self.spec)?;
         let created = self.metadata.creation_timestamp.clone();
@@ -148,7 +165,17 @@ impl Kind for GatewayGrpcRoute {
     // GRPCRoute reached the Gateway API's standard channel (v1) in v1.1: a cluster may have
     // older CRDs, or none.
     const OPTIONAL: bool = true;
+    const ROUTE: Option<RouteKind> = Some(RouteKind::GatewayGrpc);
     type Model = GrpcRoute;
+    fn route_status(&self) -> Option<(RouteId, status::Route)> {
+        let route = GrpcRoute::parse(obj_key(self)?, None, &self.spec).ok()?;
+        let decisions = Decisions { unusable: route.unusable.as_ref(), split: None };
+        let kind = RouteKind::GatewayGrpc;
+        status::Route::read(kind, &self.metadata, &self.spec, &self.status, decisions)
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        Some(fingerprint(&self.metadata, &self.spec))
+    }
     fn convert(&self) -> Result<(GrpcRoute, Vec<Problem>), Problem> {
         let problem = |object: String, reason, detail| Problem {
             kind: GRPC_ROUTE_METRIC,

@@ -141,6 +141,11 @@ impl PolicyIndex {
         Some(tx.subscribe())
     }
 
+    /// A Server's protocol; `None`: no such Server (route statuses ask).
+    pub fn server_protocol(&self, key: &ObjKey) -> Option<ProxyProtocol> {
+        self.servers.get(key).map(|s| s.protocol)
+    }
+
     /// Ports followed by at least one stream.
     pub fn subscriptions(&self) -> usize {
         self.subs.values().filter(|tx| tx.receiver_count() > 0).count()

@@ -285,6 +285,12 @@ fn the_oldest_route_wins() {
     let (_, problems) = splits.apply(route("a", "2025-01-02T00:00:00Z", None, &["a1"]));
     assert_eq!(reasons(&problems), ["route_conflict"]);
     assert_eq!(problems[0].object, "test/b");
+    // Which route each loses to, where (route statuses ask).
+    let key = |n: &str| ObjKey::new("test", n);
+    assert_eq!(splits.rival_for(&key("b"), &podinfo(None)), Some(key("a")));
+    assert_eq!(splits.rival_for(&key("c"), &podinfo(Some(80))), Some(key("a")), "the oldest");
+    assert_eq!(splits.rival_for(&key("a"), &podinfo(None)), None);
+    assert_eq!(splits.rival_for(&key("nope"), &podinfo(None)), None);
     assert_eq!(names(splits.backends(&svc, 80)), ["a1"]);
     assert_eq!(names(splits.backends(&svc, 81)), ["a1"]);
 

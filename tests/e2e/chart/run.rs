@@ -14,7 +14,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Container, PodSpec, Secret, Service, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -45,8 +45,9 @@ pub(super) fn container_port(c: &Container, name: &str) -> u16 {
 }
 
 /// What the pod's container runs: the image's entrypoint (`weft`) with the args, and the
-/// env the kubelet builds from `env` and `envFrom` ConfigMaps.
-pub(super) fn pod_env(c: &Container, objects: &Objects) -> BTreeMap<String, String> {
+/// env the kubelet builds from `env` and `envFrom` ConfigMaps, and the downward API's
+/// `metadata.name` (`pod`).
+pub(super) fn pod_env(c: &Container, objects: &Objects, pod: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     for from in c.env_from.iter().flatten() {
         let name = &from.config_map_ref.as_ref().expect("envFrom a ConfigMap").name;
@@ -54,7 +55,13 @@ pub(super) fn pod_env(c: &Container, objects: &Objects) -> BTreeMap<String, Stri
         env.extend(cm.data.unwrap_or_default());
     }
     for e in c.env.iter().flatten() {
-        env.insert(e.name.clone(), e.value.clone().expect("plain env values"));
+        let field = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+        let value = match (&e.value, field) {
+            (Some(v), None) => v.clone(),
+            (None, Some(f)) if f.field_path == "metadata.name" => pod.to_owned(),
+            _ => panic!("{}: plain values or the pod's name only", e.name),
+        };
+        env.insert(e.name.clone(), value);
     }
     env
 }
@@ -188,7 +195,7 @@ impl Running {
             .collect();
         let mut cmd = Command::new(WEFT);
         cmd.env_clear().args(&args).env("KUBECONFIG", api.kubeconfig());
-        for (k, v) in pod_env(c, objects) {
+        for (k, v) in pod_env(c, objects, &format!("{name}-6b7f9d8c5-qz4tw")) {
             cmd.env(k, dns.rewrite(&relocate(&v)));
         }
         if let ClusterDns::ResolvConf(conf) = dns {
@@ -282,10 +289,11 @@ pub(super) fn requested(api: &FakeApi) -> BTreeSet<(String, String, String)> {
             _ => panic!("not an API path: {r}"),
         };
         let (resource, named) = match rest {
-            [resource] => (*resource, false),
-            ["namespaces", _] => ("namespaces", true),
-            ["namespaces", _, resource] => (*resource, false),
-            [resource, _] | ["namespaces", _, resource, _] => (*resource, true),
+            [resource] => (resource.to_string(), false),
+            ["namespaces", _] => ("namespaces".to_string(), true),
+            ["namespaces", _, resource] => (resource.to_string(), false),
+            [resource, _] | ["namespaces", _, resource, _] => (resource.to_string(), true),
+            ["namespaces", _, resource, _, sub] => (format!("{resource}/{sub}"), true),
             _ => panic!("unexpected API path: {r}"),
         };
         let verb = match (method, named, query.split('&').any(|q| q == "watch=true")) {
@@ -293,26 +301,21 @@ pub(super) fn requested(api: &FakeApi) -> BTreeSet<(String, String, String)> {
             ("GET", false, false) => "list",
             ("GET", true, _) => "get",
             ("POST", false, _) => "create",
+            ("PUT", true, _) => "update",
+            ("PATCH", true, _) => "patch",
             _ => panic!("unexpected request: {r}"),
         };
-        out.insert((verb.to_owned(), group.to_owned(), resource.to_owned()));
+        out.insert((verb.to_owned(), group.to_owned(), resource));
     }
     out
 }
 
-/// (verb, API group, resource) that the ClusterRoles bound to `account` grant.
+/// (verb, API group, resource) that the ClusterRoles and (release namespace) Roles bound to
+/// `account` grant.
 pub(super) fn granted(objects: &Objects, account: &str) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
-    for b in objects.all::<ClusterRoleBinding>("ClusterRoleBinding") {
-        let bound = b.subjects.iter().flatten().any(|s| {
-            s.kind == "ServiceAccount" && s.name == account && s.namespace.as_deref() == Some(NS)
-        });
-        if !bound {
-            continue;
-        }
-        assert_eq!(b.role_ref.kind, "ClusterRole");
-        let role: ClusterRole = objects.get("ClusterRole", &b.role_ref.name);
-        for rule in role.rules.into_iter().flatten() {
+    let mut add = |rules: Vec<PolicyRule>| {
+        for rule in rules {
             assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
             for g in rule.api_groups.iter().flatten() {
                 for r in rule.resources.iter().flatten() {
@@ -323,6 +326,27 @@ pub(super) fn granted(objects: &Objects, account: &str) -> BTreeSet<(String, Str
                 }
             }
         }
+    };
+    for b in objects.all::<RoleBinding>("RoleBinding") {
+        let bound = b.subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == account && s.namespace.as_deref() == Some(NS)
+        });
+        if bound {
+            assert_eq!(b.role_ref.kind, "Role");
+            let role: Role = objects.get("Role", &b.role_ref.name);
+            add(role.rules.unwrap_or_default());
+        }
+    }
+    for b in objects.all::<ClusterRoleBinding>("ClusterRoleBinding") {
+        let bound = b.subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == account && s.namespace.as_deref() == Some(NS)
+        });
+        if !bound {
+            continue;
+        }
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        let role: ClusterRole = objects.get("ClusterRole", &b.role_ref.name);
+        add(role.rules.unwrap_or_default());
     }
     out
 }
