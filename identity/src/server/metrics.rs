@@ -25,6 +25,8 @@ pub struct CaMetrics {
     pub refusals: Family<ReasonLabels, Counter>,
     pub issuer_expiry: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Connections closed unserved: the connection cap was reached.
+    pub connections_refused: Counter,
 }
 
 impl CaMetrics {
@@ -49,6 +51,11 @@ impl CaMetrics {
             "identity_issuer_reloads",
             "Issuer and trust bundle reloads, by result (a failed reload keeps the old issuer)",
             m.reloads.clone(),
+        );
+        registry.register(
+            "identity_connections_refused",
+            "Connections closed unserved because the connection cap was reached",
+            m.connections_refused.clone(),
         );
         // Every series exists from the start, so that rate() and alerts see zeros.
         for reason in Refusal::REASONS {

@@ -24,7 +24,7 @@ use crate::{
     TrustBundle,
     ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError},
     credentials::{CertResolver, certified_key},
-    incoming::{TlsConnectInfo, TlsIncoming},
+    incoming::{Handshake, OnHandshake, TlsConnectInfo, TlsIncoming},
     name::IdentityName,
     pki::{PkiError, generate_key, unix_secs},
     reload::{FileSet, Snapshot},
@@ -35,6 +35,19 @@ pub mod admin;
 pub mod metrics;
 
 pub use metrics::CaMetrics;
+
+/// Largest Certify request decoded: a token (a projected service account token is ~1 KiB,
+/// a static one smaller) and a CSR (~0.5 KiB for a P-256 key), with ample margin. Larger
+/// requests are refused with `OUT_OF_RANGE` before they are buffered whole.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Most Certify streams at once on one connection. A proxy sends one at a time; the cap
+/// bounds what a single connection can make the service buffer.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// How long one Certify may take: above the TokenReview's own limit (5 s, see
+/// `token::kubernetes`) with margin, so a review that times out is still answered.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where tokens are checked.
 pub enum TokenSource {
@@ -191,10 +204,16 @@ impl IdentityService {
             }
             .run(),
         );
-        let incoming = TlsIncoming::new(grpc, acceptor, Arc::new(|_| {}));
+        let incoming = TlsIncoming::new(grpc, acceptor, on_handshake(metrics.clone()));
 
-        let svc = IdentityServer::new(Certifier { ca, tokens, metrics });
+        let svc = IdentityServer::new(Certifier { ca, tokens, metrics })
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
         let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .timeout(REQUEST_TIMEOUT)
+            // Connections are short (one Certify per renewal): notice the vanished ones.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -202,6 +221,15 @@ impl IdentityService {
         admin_task.abort();
         Ok(result?)
     }
+}
+
+/// Counts connections refused at the connection cap.
+fn on_handshake(metrics: CaMetrics) -> OnHandshake {
+    Arc::new(move |h| {
+        if let Handshake::Refused { .. } = h {
+            metrics.connections_refused.inc();
+        }
+    })
 }
 
 fn load_issuer(paths: &[PathBuf], s: &Snapshot) -> Result<Issuer, ServerError> {
