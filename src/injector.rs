@@ -34,6 +34,10 @@ pub struct InjectorArgs {
     /// Largest AdmissionReview body read; bigger ones are answered with a refusal.
     #[arg(long, env = "WEFT_INJECTOR_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// How long one review may take from its headers to its answer (body read included);
+    /// keep it below the webhook's timeoutSeconds (10 s in the chart).
+    #[arg(long, env = "WEFT_INJECTOR_REQUEST_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
+    request_timeout: Duration,
     /// Where namespace annotations come from: a watch of the Kubernetes API (KUBECONFIG or
     /// in-cluster) or a file of Namespace objects (without a cluster).
     #[arg(long, env = "WEFT_INJECTOR_SOURCE", value_enum, default_value_t = SourceKind::Kubernetes)]
@@ -225,6 +229,7 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
         tls_key,
         cert_reload_interval,
         max_body_bytes,
+        request_timeout,
         source,
         static_file,
         shutdown_grace_period,
@@ -232,6 +237,9 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
         log_format,
         proxy,
     } = args;
+    if request_timeout.is_zero() {
+        bail!("--request-timeout must be more than 0");
+    }
     let injector = proxy.into_config()?;
     let static_file = match (source, static_file) {
         (SourceKind::Static, Some(path)) => Some(path),
@@ -253,6 +261,7 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
         cert_reload_interval,
         max_body_bytes,
         shutdown_grace: shutdown_grace_period,
+        request_timeout,
         injector,
     };
     tracing::info!(?config, source = ?source, "starting the injector");

@@ -19,9 +19,17 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `connections` (the connection cap), `overloaded` (no review slot), `deadline` (not
+    /// answered within the request timeout).
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub injections: Family<InjectionLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
     pub request_duration: Histogram,
     pub certificate_reloads: Family<ReloadLabels, Counter>,
 }
@@ -50,6 +58,19 @@ impl Metrics {
             "Serving certificate changes seen on disk, by result (ok, rejected)",
             certificate_reloads.clone(),
         );
-        Metrics { injections, request_duration, certificate_reloads }
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Webhook connections and requests refused at a limit, by reason (connections, overloaded, deadline)",
+            refused.clone(),
+        );
+        for reason in ["connections", "overloaded", "deadline"] {
+            let _ = refused.get_or_create(&RefusedLabels { reason });
+        }
+        Metrics { injections, refused, request_duration, certificate_reloads }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
     }
 }
