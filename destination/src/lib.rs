@@ -32,21 +32,14 @@ pub mod server;
 pub mod split;
 pub mod static_source;
 
-use std::{
-    future::{Future, IntoFuture as _},
-    net::SocketAddr,
-    path::PathBuf,
-    pin::Pin,
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 use weft_identity::{
-    ClientAuth,
+    ClientAuth, admin_http,
     incoming::{Handshake, MAX_CONNECTIONS, PlainIncoming, TlsIncoming},
     workload::{Workload, WorkloadConfig},
 };
@@ -177,8 +170,12 @@ pub async fn run(
         }
     };
     let router = admin::router(Arc::new(registry), ready(synced.clone(), workload.as_ref()));
-    let admin_task =
-        tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future());
+    // Header read and idle timeouts and a connection cap, which `axum::serve` has not.
+    let admin_task = tokio::spawn(admin_http::serve(
+        admin,
+        admin_http::Limits::default(),
+        admin_http::TowerToHyperService::new(router),
+    ));
 
     let service = DestinationService::new(discover, &index.cluster_domain, metrics.clone(), synced);
     let policy_service = InboundPolicyService::new(policy_index, metrics.clone(), policy_synced);

@@ -156,11 +156,7 @@ impl Bound {
             admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "serving"
         );
-        let admin_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin, admin_app).await {
-                tracing::warn!(error = %e, "admin server stopped");
-            }
-        });
+        let admin_task = tokio::spawn(serve_admin(admin, admin_app));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
@@ -363,6 +359,47 @@ fn finish(
     );
     let body = serde_json::to_vec(&answer.review).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Header read (also idle) timeout of the admin port, and its connection cap: what
+/// `axum::serve` has not. (The same as `weft_identity::admin_http`, which this crate does
+/// not depend on.)
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+async fn serve_admin(listener: TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(client.addr = %peer, "admin connection refused: too many connections");
+                    continue;
+                };
+                let svc = TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    // Without a timer hyper ignores header_read_timeout; it also runs while
+                    // a kept-alive connection waits for its next request (idle timeout).
+                    builder.timer(TokioTimer::new()).header_read_timeout(ADMIN_HEADER_READ_TIMEOUT);
+                    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
+                        tracing::debug!(error = %e, client.addr = %peer, "admin connection failed");
+                    }
+                    drop(slot);
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
 }
 
 fn admin_router(namespaces: Namespaces, registry: Arc<Registry>) -> Router {
