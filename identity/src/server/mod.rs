@@ -25,7 +25,7 @@ use crate::{
     ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError},
     credentials::{CertResolver, certified_key},
     incoming::{Handshake, OnHandshake, TlsConnectInfo, TlsIncoming},
-    name::IdentityName,
+    name::{IdentityName, echo},
     pki::{PkiError, generate_key, unix_secs},
     reload::{FileSet, Snapshot},
     token::{StaticTokens, StaticTokensError, TokenValidator},
@@ -206,7 +206,8 @@ impl IdentityService {
         );
         let incoming = TlsIncoming::new(grpc, acceptor, on_handshake(metrics.clone()));
 
-        let svc = IdentityServer::new(Certifier { ca, tokens, metrics })
+        let loud = LoudEvery::new(Duration::from_secs(1));
+        let svc = IdentityServer::new(Certifier { ca, tokens, metrics, loud })
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let result = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
@@ -345,6 +346,32 @@ struct Certifier {
     ca: Arc<Ca>,
     tokens: Arc<dyn TokenValidator>,
     metrics: CaMetrics,
+    loud: LoudEvery,
+}
+
+/// Lets one event a second through to a loud log level (as the proxy's inbound policy
+/// does for its refusals).
+struct LoudEvery {
+    started: std::time::Instant,
+    every_ms: u64,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LoudEvery {
+    fn new(every: Duration) -> Self {
+        let every_ms = every.as_millis().max(1) as u64;
+        LoudEvery { started: std::time::Instant::now(), every_ms, last: 0.into() }
+    }
+
+    /// Whether this event may be loud: the first in each period is.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        // Offset by one period so that the very first event is loud.
+        let now = self.started.elapsed().as_millis() as u64 + self.every_ms;
+        let last = self.last.load(Ordering::Relaxed);
+        now - last >= self.every_ms
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
 }
 
 #[tonic::async_trait]
@@ -355,12 +382,14 @@ impl Identity for Certifier {
     ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
         let peer = req.extensions().get::<TlsConnectInfo>().map(|i| i.peer);
         let CertifyRequest { identity, token, certificate_signing_request } = req.into_inner();
+        // The requested name is input: echoed cut (it may be as long as the request).
+        let shown = echo(&identity);
         match self.ca.certify(&identity, &token, &certificate_signing_request, &*self.tokens).await
         {
             Ok(issued) => {
                 self.metrics.issued.inc();
                 tracing::info!(
-                    %identity,
+                    identity = %shown,
                     client.addr = ?peer,
                     valid_until = unix_secs(issued.valid_until),
                     "certified"
@@ -373,13 +402,25 @@ impl Identity for Certifier {
             }
             Err(refusal) => {
                 self.metrics.refused(&refusal);
-                tracing::info!(
-                    %identity,
-                    client.addr = ?peer,
-                    reason = refusal.reason(),
-                    error = %refusal,
-                    "refused"
-                );
+                // At info at most once a second (a flood of bad requests must not flood the
+                // log); the rest at debug. Every refusal is counted.
+                if self.loud.take() {
+                    tracing::info!(
+                        identity = %shown,
+                        client.addr = ?peer,
+                        reason = refusal.reason(),
+                        error = %refusal,
+                        "refused"
+                    );
+                } else {
+                    tracing::debug!(
+                        identity = %shown,
+                        client.addr = ?peer,
+                        reason = refusal.reason(),
+                        error = %refusal,
+                        "refused"
+                    );
+                }
                 Err(refusal.into())
             }
         }
