@@ -251,6 +251,8 @@ fn on_handshake(
         Handshake::Refused { .. } => {
             refused.inc();
         }
+        // Logged where it happens.
+        Handshake::AcceptFailed { .. } => {}
     })
 }
 

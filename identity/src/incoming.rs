@@ -61,6 +61,10 @@ pub enum Handshake<'a> {
     Refused {
         peer: SocketAddr,
     },
+    /// `accept` itself failed (out of file descriptors and the like); retried shortly.
+    AcceptFailed {
+        error: &'a io::Error,
+    },
 }
 
 /// Called once per handshake.
@@ -129,6 +133,7 @@ async fn accept(
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
+                on_handshake(Handshake::AcceptFailed { error: &error });
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -57,6 +57,7 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Namespaces {
     inner: Inner,
+    watch_errors: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Clone)]
@@ -84,8 +85,9 @@ impl Namespaces {
             // managedFields can be larger than everything else put together and are never read.
             .modify(|ns: &mut Meta| ns.metadata.managed_fields = None);
         let ready = Arc::new(AtomicBool::new(false));
+        let watch_errors = prometheus_client::metrics::counter::Counter::default();
         let driver = {
-            let (store, ready) = (store.clone(), ready.clone());
+            let (store, ready, errors) = (store.clone(), ready.clone(), watch_errors.clone());
             async move {
                 tokio::spawn(async move {
                     if store.wait_until_ready().await.is_ok() {
@@ -94,22 +96,27 @@ impl Namespaces {
                     }
                 });
                 reflector::reflector(writer, stream)
-                    .for_each(|event| async move {
+                    .for_each(|event| {
                         if let Err(e) = event {
                             tracing::warn!(error = %e, "namespace watch failed; retrying");
+                            errors.inc();
                         }
+                        async {}
                     })
                     .await;
             }
         };
         let fallback = Some(Arc::new(Fallback::new(client)));
-        (Namespaces { inner: Inner::Cache { store, ready, fallback } }, driver)
+        (Namespaces { inner: Inner::Cache { store, ready, fallback }, watch_errors }, driver)
     }
 
     /// A cache fed by hand (tests): `writer` takes watcher events.
     pub fn from_store(store: Store<Meta>, ready: bool) -> Namespaces {
         let ready = Arc::new(AtomicBool::new(ready));
-        Namespaces { inner: Inner::Cache { store, ready, fallback: None } }
+        Namespaces {
+            inner: Inner::Cache { store, ready, fallback: None },
+            watch_errors: Default::default(),
+        }
     }
 
     /// Namespaces from a YAML or JSON file: a Namespace, a List of them, or a
@@ -133,7 +140,12 @@ impl Namespaces {
                 out.insert(name, ns.metadata.annotations.unwrap_or_default());
             }
         }
-        Ok(Namespaces { inner: Inner::Static(Arc::new(out)) })
+        Ok(Namespaces { inner: Inner::Static(Arc::new(out)), watch_errors: Default::default() })
+    }
+
+    /// Watch failures so far (each retried with backoff), for the server's metrics.
+    pub fn watch_errors(&self) -> prometheus_client::metrics::counter::Counter {
+        self.watch_errors.clone()
     }
 
     pub fn ready(&self) -> bool {

@@ -134,7 +134,7 @@ impl Bound {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let Bound { config, webhook, admin, certs } = self;
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry, namespaces.watch_errors());
         let tls = TlsAcceptor::from(certs.server_config()?);
         let reloads = metrics.certificate_reloads.clone();
         tokio::spawn(certs.clone().watch(config.cert_reload_interval, move |ok| {
@@ -171,6 +171,7 @@ impl Bound {
                         Err(e) => {
                             // Out of file descriptors and the like: back off, keep serving.
                             tracing::warn!(error = %e, "accept failed");
+                            metrics.accept_errors.inc();
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
@@ -184,7 +185,8 @@ impl Bound {
                     };
                     let _ = tcp.set_nodelay(true);
                     let span = tracing::debug_span!("conn", client.addr = %peer);
-                    let conn = serve_conn(tcp, tls.clone(), app.clone(), stop_rx.clone());
+                    let handshake_errors = metrics.tls_handshake_errors.clone();
+                    let conn = serve_conn(tcp, tls.clone(), app.clone(), stop_rx.clone(), handshake_errors);
                     let conn = async move {
                         conn.await;
                         drop(slot);
@@ -212,11 +214,18 @@ async fn serve_conn(
     tls: TlsAcceptor,
     app: Router,
     mut stop: watch::Receiver<bool>,
+    handshake_errors: prometheus_client::metrics::counter::Counter,
 ) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!("TLS handshake timed out"),
+        Ok(Err(e)) => {
+            handshake_errors.inc();
+            return tracing::debug!(error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            handshake_errors.inc();
+            return tracing::debug!("TLS handshake timed out");
+        }
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);

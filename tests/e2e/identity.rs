@@ -725,6 +725,17 @@ fn identity_streams_per_connection_are_capped_and_timed_out() {
                 .body(())
                 .expect("request")
         };
+        // One whole request first: once it is answered the client has the server's
+        // SETTINGS (sent first), so the cap below is the one the server announced. (Before
+        // that, a 17th stream is refused by the server with REFUSED_STREAM.)
+        let mut warm = h2.clone().ready().await.expect("ready");
+        let (warm_rsp, mut warm_body) = warm.send_request(request(), false).expect("send");
+        warm_body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("body");
+        let warm_rsp = tokio::time::timeout(Duration::from_secs(5), warm_rsp)
+            .await
+            .expect("no answer to a whole request")
+            .expect("response");
+        assert_eq!(warm_rsp.status(), 200);
         let mut stalled = Vec::new();
         for _ in 0..16 {
             let mut h2 = h2.clone().ready().await.expect("ready");
@@ -755,4 +766,26 @@ fn identity_streams_per_connection_are_capped_and_timed_out() {
         let grpc_status = rsp.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
         assert_eq!(grpc_status.as_deref(), Some(&b"1"[..]), "{rsp:?}");
     });
+}
+
+/// A client that does not speak TLS (here plain HTTP/1) fails its handshake, and the
+/// failure is counted; the service keeps serving.
+#[test]
+fn identity_counts_failed_tls_handshakes() {
+    use std::io::{Read, Write};
+    let s = setup("handshakes");
+    let server = IdentityServer::start_static(&s.mount, &s.tokens, &[]);
+    let m = server.metrics();
+    assert_eq!(support::metric(&m, "identity_tls_handshake_errors_total", &[]), 0.0, "{m}");
+    let mut plain = std::net::TcpStream::connect(server.grpc).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: identity\r\n\r\n").expect("write");
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf);
+    let counted = support::eventually(Duration::from_secs(10), || {
+        support::metric(&server.metrics(), "identity_tls_handshake_errors_total", &[]) == 1.0
+    });
+    assert!(counted, "{}", server.metrics());
+    let c = client(&s, server.grpc, "web.token");
+    rt().block_on(c.certify_once()).expect("still served");
 }

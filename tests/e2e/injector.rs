@@ -623,3 +623,31 @@ fn injector_cuts_off_a_review_whose_body_stalls() {
     let (code, _) = inj.post(&cert, &body(&good), &[]);
     assert_eq!(code, 200);
 }
+
+/// A client that does not trust the webhook's certificate (as an API server with a stale
+/// caBundle) fails its handshake, and the failure is counted.
+#[test]
+fn injector_counts_failed_tls_handshakes() {
+    let dir = temp_dir("handshakes");
+    let (cert, key) = make_cert(&dir, "a");
+    let (other_ca, _) = make_cert(&dir, "other");
+    let ns = static_namespaces(&dir, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n");
+    let args = ["--source", "static", "--static-file", ns.to_str().expect("utf-8")];
+    let inj = Injector::start(&cert, &key, &args, &[]);
+    let m = inj.metrics();
+    assert_eq!(metric(&m, "weft_injector_tls_handshake_errors_total", &[]), 0.0, "{m}");
+    let file = dir.join("review.json");
+    std::fs::write(&file, b"{}").expect("write");
+    let (ok, _, err) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&other_ca)
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("https://127.0.0.1:{}/inject", inj.webhook.port())));
+    assert!(!ok, "curl trusted the wrong CA");
+    assert!(err.contains("certificate") || err.contains("SSL"), "{err}");
+    let counted = eventually(Duration::from_secs(10), || {
+        metric(&inj.metrics(), "weft_injector_tls_handshake_errors_total", &[]) == 1.0
+    });
+    assert!(counted, "{}", inj.metrics());
+}

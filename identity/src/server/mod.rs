@@ -224,11 +224,18 @@ impl IdentityService {
     }
 }
 
-/// Counts connections refused at the connection cap.
+/// Counts failed handshakes, connections refused at the cap and accept errors.
 fn on_handshake(metrics: CaMetrics) -> OnHandshake {
-    Arc::new(move |h| {
-        if let Handshake::Refused { .. } = h {
+    Arc::new(move |h| match h {
+        Handshake::Done(_) => {}
+        Handshake::Failed { .. } => {
+            metrics.tls_handshake_errors.inc();
+        }
+        Handshake::Refused { .. } => {
             metrics.connections_refused.inc();
+        }
+        Handshake::AcceptFailed { .. } => {
+            metrics.accept_errors.inc();
         }
     })
 }
@@ -323,19 +330,25 @@ impl Reloader {
                     Ok(None) => {}
                     Ok(Some(s)) => {
                         match tokens.reload(&path, &s.contents[0], &self.ca.config().domain) {
-                            Ok(n) => tracing::info!(tokens = n, "static tokens reloaded"),
+                            Ok(n) => {
+                                tracing::info!(tokens = n, "static tokens reloaded");
+                                self.metrics.static_token_reloaded(true);
+                            }
                             Err(error) => {
-                                tracing::error!(%error, "static token reload refused; keeping the previous tokens")
+                                tracing::error!(%error, "static token reload refused; keeping the previous tokens");
+                                self.metrics.static_token_reloaded(false);
                             }
                         }
                     }
                     Err(error) => {
-                        tracing::error!(%error, "static token file unreadable; keeping the previous tokens")
+                        tracing::error!(%error, "static token file unreadable; keeping the previous tokens");
+                        self.metrics.static_token_reloaded(false);
                     }
                 }
             }
             if renew && let Err(error) = self.own.renew(&self.ca) {
                 tracing::error!(%error, "could not renew the identity service's own certificate");
+                self.metrics.own_certificate_renewal_errors.inc();
             }
         }
     }
