@@ -29,11 +29,15 @@ pub struct InjectorArgs {
     #[arg(long, env = "WEFT_INJECTOR_TLS_KEY", default_value = "/var/run/weft/tls/tls.key")]
     tls_key: PathBuf,
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "WEFT_INJECTOR_CERT_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "WEFT_INJECTOR_CERT_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     cert_reload_interval: Duration,
     /// Largest AdmissionReview body read; bigger ones are answered with a refusal.
     #[arg(long, env = "WEFT_INJECTOR_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// How long one review may take from its headers to its answer (body read included);
+    /// keep it below the webhook's timeoutSeconds (10 s in the chart).
+    #[arg(long, env = "WEFT_INJECTOR_REQUEST_TIMEOUT", default_value = "8s", value_parser = parse_positive_duration)]
+    request_timeout: Duration,
     /// Where namespace annotations come from: a watch of the Kubernetes API (KUBECONFIG or
     /// in-cluster) or a file of Namespace objects (without a cluster).
     #[arg(long, env = "WEFT_INJECTOR_SOURCE", value_enum, default_value_t = SourceKind::Kubernetes)]
@@ -147,6 +151,16 @@ pub struct ProxyArgs {
     trust_anchors_file: Option<PathBuf>,
 }
 
+/// A duration that must be more than zero (a zero interval or timeout is never meant, and
+/// a zero timer interval panics).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(d)
+}
+
 fn default_image() -> String {
     format!("{DEFAULT_IMAGE_REPO}:{}", env!("CARGO_PKG_VERSION"))
 }
@@ -225,6 +239,7 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
         tls_key,
         cert_reload_interval,
         max_body_bytes,
+        request_timeout,
         source,
         static_file,
         shutdown_grace_period,
@@ -253,6 +268,7 @@ pub fn run(args: InjectorArgs) -> anyhow::Result<()> {
         cert_reload_interval,
         max_body_bytes,
         shutdown_grace: shutdown_grace_period,
+        request_timeout,
         injector,
     };
     tracing::info!(?config, source = ?source, "starting the injector");
@@ -295,6 +311,28 @@ mod tests {
             c.identity_name(IDENTITY_SERVICE_ACCOUNT, "mesh"),
             domain.identity_service_name().as_str()
         );
+    }
+
+    /// A zero reload interval or request timeout is refused when the flags are parsed.
+    #[test]
+    fn zero_intervals_are_refused_at_parsing() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            injector: InjectorArgs,
+        }
+        let parse =
+            |args: &[&str]| P::try_parse_from(std::iter::once("weft").chain(args.iter().copied()));
+        for flag in ["--cert-reload-interval", "--request-timeout"] {
+            for zero in ["0s", "0", "0ms"] {
+                let e = parse(&[flag, zero]).err().expect("zero refused").to_string();
+                assert!(e.contains(flag) && e.contains("must be more than 0"), "{e}");
+            }
+            let p = parse(&[flag, "1ms"]).expect("1ms is fine");
+            assert!(!p.injector.cert_reload_interval.is_zero());
+        }
+        assert_eq!(parse_positive_duration("5s"), Ok(Duration::from_secs(5)));
     }
 
     fn proxy_args(args: &[&str]) -> ProxyArgs {

@@ -36,22 +36,15 @@ pub mod split;
 pub mod static_source;
 pub mod status;
 
-use std::{
-    future::{Future, IntoFuture as _},
-    net::SocketAddr,
-    path::PathBuf,
-    pin::Pin,
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 use weft_identity::{
-    ClientAuth,
-    incoming::{Handshake, TlsIncoming},
+    ClientAuth, admin_http,
+    incoming::{Handshake, MAX_CONNECTIONS, PlainIncoming, TlsIncoming},
     workload::{Workload, WorkloadConfig},
 };
 
@@ -85,6 +78,16 @@ pub struct Config {
     pub route_status: Option<LeaseConfig>,
 }
 
+/// Largest request decoded: lookups carry a name, a port and a context token of a few
+/// hundred bytes; 64 KiB is ample and bounds what one stream can make the server buffer.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Most streams at once on one connection. A proxy holds two (Get and GetProfile) per
+/// service it talks to, plus inbound and outbound policy watches per port: even a gateway
+/// talking to a few thousand services stays well below this, while a connection cannot
+/// open streams without end (hyper's default with tonic is no limit).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+
 /// How long open streams get after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -101,6 +104,13 @@ pub async fn run(
     let Config { listen_addr, admin_addr, source, index, policy, identity, route_status } = config;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    // Here rather than in `Metrics`: it belongs to the listener, which this module owns.
+    let connections_refused = prometheus_client::metrics::counter::Counter::<u64>::default();
+    registry.register(
+        "destination_connections_refused",
+        "Connections closed unserved because the connection cap was reached",
+        connections_refused.clone(),
+    );
     let (synced_tx, synced) = watch::channel(false);
     let (policy_synced_tx, policy_synced) = watch::channel(false);
     let policy_index = SharedPolicyIndex::new(
@@ -187,8 +197,12 @@ pub async fn run(
         stop_tx.send_replace(true);
     });
     let router = admin::router(Arc::new(registry), ready(synced.clone(), workload.as_ref()));
-    let admin_task =
-        tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future());
+    // Header read and idle timeouts and a connection cap, which `axum::serve` has not.
+    let admin_task = tokio::spawn(admin_http::serve(
+        admin,
+        admin_http::Limits::default(),
+        admin_http::TowerToHyperService::new(router),
+    ));
 
     let service = DestinationService::new(discover, &index.cluster_domain, metrics.clone(), synced);
     let policy_service = InboundPolicyService::new(policy_index, metrics.clone(), policy_synced);
@@ -197,18 +211,26 @@ pub async fn run(
         // Proxies hold their streams for hours: notice the ones that vanished.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(service.into_server())
-        .add_service(policy_service.into_server())
-        .add_service(outbound_service.into_server());
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(policy_service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(outbound_service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES));
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &workload {
             None => {
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                let refused = connections_refused.clone();
+                let incoming = PlainIncoming::new(
+                    grpc,
+                    MAX_CONNECTIONS,
+                    Arc::new(move |_| {
+                        refused.inc();
+                    }),
+                );
                 Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
             }
             Some(w) => {
-                let incoming = TlsIncoming::new(grpc, tls_acceptor(w)?, on_handshake(metrics));
+                let on = on_handshake(metrics, connections_refused);
+                let incoming = TlsIncoming::new(grpc, tls_acceptor(w)?, on);
                 Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
             }
         };
@@ -242,8 +264,11 @@ fn tls_acceptor(w: &Workload) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
-/// Counts TLS connections by client identity, and failed handshakes.
-fn on_handshake(metrics: Metrics) -> weft_identity::incoming::OnHandshake {
+/// Counts TLS connections by client identity, failed handshakes and refused connections.
+fn on_handshake(
+    metrics: Metrics,
+    refused: prometheus_client::metrics::counter::Counter,
+) -> weft_identity::incoming::OnHandshake {
     Arc::new(move |h| match h {
         Handshake::Done(info) => {
             let client_id = info.client_id.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -253,6 +278,11 @@ fn on_handshake(metrics: Metrics) -> weft_identity::incoming::OnHandshake {
         Handshake::Failed { .. } => {
             metrics.tls_handshake_errors.inc();
         }
+        Handshake::Refused { .. } => {
+            refused.inc();
+        }
+        // Logged where it happens.
+        Handshake::AcceptFailed { .. } => {}
     })
 }
 

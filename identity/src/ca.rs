@@ -242,9 +242,13 @@ impl Refusal {
     ];
 }
 
+/// Most bytes of a refusal's gRPC status message.
+pub const MAX_STATUS_BYTES: usize = 1024;
+
 impl From<Refusal> for tonic::Status {
     fn from(r: Refusal) -> Self {
-        tonic::Status::new(r.code(), r.to_string())
+        // A backstop: the parts that echo input are cut already (`name::echo`).
+        tonic::Status::new(r.code(), crate::name::truncate(&r.to_string(), MAX_STATUS_BYTES))
     }
 }
 
@@ -286,7 +290,10 @@ pub fn check_csr(der: &[u8], identity: &IdentityName) -> Result<CheckedCsr, Refu
     }
     csr.verify_signature().map_err(|_| Refusal::BadCsrSignature)?;
 
-    let contradiction = |found: String| Refusal::CsrNames { found, expected: identity.to_string() };
+    let contradiction = |found: String| Refusal::CsrNames {
+        found: crate::name::truncate(&found, crate::name::MAX_ECHO_BYTES),
+        expected: identity.to_string(),
+    };
     for cn in info.subject.iter_common_name() {
         let cn = cn.as_str().map_err(|e| Refusal::MalformedCsr(e.to_string()))?;
         if cn != identity.as_str() {

@@ -474,3 +474,16 @@ fn issuer_chain_through_an_intermediate() {
     assert!(matches!(err, IssuerError::Unchained { .. }), "{err}");
     let _: &[CertificateDer<'_>] = loaded.chain();
 }
+
+/// A refusal's gRPC status echoes input cut short, whatever the size of the request.
+#[tokio::test]
+async fn refusal_status_messages_are_bounded() {
+    let f = fixture();
+    let (_, csr) = csr_for(&web());
+    let huge = format!("{}.prod.serviceaccount.identity.weft.cluster.local", "w".repeat(60_000));
+    let r = refusal(&f, &huge, b"web-token", &csr).await;
+    assert_eq!(r.reason(), "invalid_identity");
+    let status = tonic::Status::from(r);
+    assert!(status.message().len() < 600, "{} bytes: {}", status.message().len(), status.message());
+    assert!(status.message().contains("bytes)"), "{}", status.message());
+}

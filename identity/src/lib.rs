@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
+pub mod admin_http;
 pub mod bundle;
 pub mod ca;
 pub mod client;

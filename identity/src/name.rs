@@ -4,20 +4,45 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
+/// Most bytes of untrusted input echoed in an error, a log line or a gRPC status.
+pub const MAX_ECHO_BYTES: usize = 256;
+
+/// `value` quoted (as `{:?}` does) for an error or a log line, cut to `MAX_ECHO_BYTES`
+/// (on a character boundary) with an ellipsis and its full length when longer: input from
+/// the network may be as long as the largest request, and is echoed whole nowhere.
+pub fn echo(value: &str) -> String {
+    if value.len() <= MAX_ECHO_BYTES {
+        return format!("{value:?}");
+    }
+    let cut = value.floor_char_boundary(MAX_ECHO_BYTES);
+    format!("{:?}… ({} bytes)", &value[..cut], value.len())
+}
+
+/// `message` cut to `max` bytes (on a character boundary), with an ellipsis and its full
+/// length when longer: a backstop for messages that may carry input.
+pub fn truncate(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_owned();
+    }
+    let cut = message.floor_char_boundary(max);
+    format!("{}… ({} bytes)", &message[..cut], message.len())
+}
+
 /// Why a name was refused; each says which part is wrong and what is allowed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
-    #[error("{what} {value:?} is longer than {max} characters")]
+    #[error("{what} {value} is longer than {max} characters")]
+    /// `value` as [`echo`] shows it (quoted, cut).
     TooLong { what: &'static str, value: String, max: usize },
     #[error(
-        "{what} {value:?} is not a DNS-1123 label (lowercase letters, digits and '-', \
+        "{what} {value} is not a DNS-1123 label (lowercase letters, digits and '-', \
          starting and ending with a letter or digit)"
     )]
     NotALabel { what: &'static str, value: String },
     #[error(
-        "{value:?} is not an identity name of the form \
+        "{value} is not an identity name of the form \
          <serviceaccount>.<namespace>.serviceaccount.identity.<control-plane-namespace>.<trust-domain>"
     )]
     NotAnIdentity { value: String },
@@ -33,7 +58,7 @@ pub enum NameError {
         expected_td: String,
     },
     #[error(
-        "{value:?} is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>"
+        "{value} is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>"
     )]
     NotASpiffeId { value: String },
 }
@@ -48,13 +73,13 @@ pub fn check_label(what: &'static str, value: &str) -> Result<(), NameError> {
         return Err(NameError::Empty { what });
     }
     if value.len() > MAX_LABEL_LEN {
-        return Err(NameError::TooLong { what, value: value.to_owned(), max: MAX_LABEL_LEN });
+        return Err(NameError::TooLong { what, value: echo(value), max: MAX_LABEL_LEN });
     }
     let bytes = value.as_bytes();
     let ok_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !bytes.iter().all(ok_char) || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-        return Err(NameError::NotALabel { what, value: value.to_owned() });
+        return Err(NameError::NotALabel { what, value: echo(value) });
     }
     Ok(())
 }
@@ -65,11 +90,10 @@ pub fn check_subdomain(what: &'static str, value: &str) -> Result<(), NameError>
         return Err(NameError::Empty { what });
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { what, value: value.to_owned(), max: MAX_NAME_LEN });
+        return Err(NameError::TooLong { what, value: echo(value), max: MAX_NAME_LEN });
     }
     for label in value.split('.') {
-        check_label(what, label)
-            .map_err(|_| NameError::NotALabel { what, value: value.to_owned() })?;
+        check_label(what, label).map_err(|_| NameError::NotALabel { what, value: echo(value) })?;
     }
     Ok(())
 }
@@ -118,7 +142,7 @@ impl IdentityDomain {
         if name.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong {
                 what: "identity name",
-                value: name,
+                value: echo(&name),
                 max: MAX_NAME_LEN,
             });
         }
@@ -208,14 +232,14 @@ impl FromStr for IdentityName {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, NameError> {
-        let not_an_identity = || NameError::NotAnIdentity { value: s.to_owned() };
+        let not_an_identity = || NameError::NotAnIdentity { value: echo(s) };
         if s.is_empty() {
             return Err(NameError::Empty { what: "identity name" });
         }
         if s.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong {
                 what: "identity name",
-                value: s.to_owned(),
+                value: echo(s),
                 max: MAX_NAME_LEN,
             });
         }
@@ -271,7 +295,7 @@ impl FromStr for SpiffeId {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, NameError> {
-        let bad = || NameError::NotASpiffeId { value: s.to_owned() };
+        let bad = || NameError::NotASpiffeId { value: echo(s) };
         let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
         let mut parts = rest.split('/');
         let (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) =
@@ -461,5 +485,34 @@ mod tests {
         assert!(err.to_string().contains("trust domain"), "{err}");
         let err = "web.prod".parse::<IdentityName>().unwrap_err();
         assert!(err.to_string().contains("<serviceaccount>.<namespace>"), "{err}");
+    }
+
+    #[test]
+    fn echoed_input_is_cut() {
+        assert_eq!(echo("web"), "\"web\"");
+        let exact = "a".repeat(MAX_ECHO_BYTES);
+        assert_eq!(echo(&exact), format!("{exact:?}"));
+        let long = "a".repeat(64 * 1024);
+        let shown = echo(&long);
+        assert!(shown.len() < MAX_ECHO_BYTES + 32, "{shown}");
+        assert!(shown.ends_with("… (65536 bytes)"), "{shown}");
+        // Cut on a character boundary: 'é' is two bytes and straddles byte 256.
+        let accented = format!("a{}", "é".repeat(200));
+        let shown = echo(&accented);
+        assert!(shown.starts_with("\"aéé") && shown.contains("é\"…"), "{shown}");
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("0123456789abc", 10), "0123456789… (13 bytes)");
+    }
+
+    #[test]
+    fn errors_about_long_input_stay_short() {
+        let huge = "a".repeat(64 * 1024);
+        let label_err = check_label("namespace", &huge).unwrap_err().to_string();
+        let name_err = huge.parse::<IdentityName>().unwrap_err().to_string();
+        let spiffe_err = format!("spiffe://{huge}").parse::<SpiffeId>().unwrap_err().to_string();
+        for msg in [label_err, name_err, spiffe_err] {
+            assert!(msg.len() < 512, "{} bytes: {msg}", msg.len());
+            assert!(msg.contains("bytes)"), "{msg}");
+        }
     }
 }

@@ -19,16 +19,47 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `connections` (the connection cap), `overloaded` (no review slot), `deadline` (not
+    /// answered within the request timeout).
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub injections: Family<InjectionLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
+    /// TLS handshakes that failed or timed out: the usual symptom of a caBundle that does
+    /// not match the serving certificate.
+    pub tls_handshake_errors: Counter,
+    /// `accept` failures (out of file descriptors and the like).
+    pub accept_errors: Counter,
     pub request_duration: Histogram,
     pub certificate_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Metrics {
+    /// `namespace_watch_errors` is the namespace cache's counter (`Namespaces::watch_errors`).
+    pub fn register(registry: &mut Registry, namespace_watch_errors: Counter) -> Metrics {
         let registry = registry.sub_registry_with_prefix("weft_injector");
+        registry.register(
+            "namespace_watch_errors",
+            "Namespace watch failures (retried with backoff; the cache keeps what it had)",
+            namespace_watch_errors,
+        );
+        let tls_handshake_errors = Counter::default();
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed or timed out (a caBundle that does not match the serving certificate shows here)",
+            tls_handshake_errors.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failures to accept a webhook connection (out of file descriptors and the like)",
+            accept_errors.clone(),
+        );
         let injections = Family::<InjectionLabels, Counter>::default();
         registry.register(
             "injections",
@@ -50,6 +81,26 @@ impl Metrics {
             "Serving certificate changes seen on disk, by result (ok, rejected)",
             certificate_reloads.clone(),
         );
-        Metrics { injections, request_duration, certificate_reloads }
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Webhook connections and requests refused at a limit, by reason (connections, overloaded, deadline)",
+            refused.clone(),
+        );
+        for reason in ["connections", "overloaded", "deadline"] {
+            let _ = refused.get_or_create(&RefusedLabels { reason });
+        }
+        Metrics {
+            injections,
+            refused,
+            tls_handshake_errors,
+            accept_errors,
+            request_duration,
+            certificate_reloads,
+        }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
     }
 }

@@ -1,7 +1,10 @@
 //! Namespace annotations for the webhook: a watched cache (a kube reflector over namespace
 //! metadata), so that admitting a pod costs no API call. A namespace the cache has not seen
-//! yet (created a moment ago) is fetched once directly. Without Kubernetes (tests,
-//! benchmarks) a static file of Namespace objects stands in.
+//! yet (created a moment ago) is fetched once directly: at most `FALLBACK_MAX_IN_FLIGHT`
+//! such lookups at once, and a namespace found not to exist is remembered for
+//! `MISSING_TTL`, so that a flood of reviews naming made-up namespaces is not passed on to
+//! the API server. Without Kubernetes (tests, benchmarks) a static file of Namespace objects
+//! stands in.
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +13,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
@@ -29,6 +32,16 @@ use kube::{
 /// timeout is at most 10 s and it is spent on our answer.
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most direct lookups in flight at once; beyond that a lookup waits (within
+/// `FALLBACK_TIMEOUT`) for one to finish.
+const FALLBACK_MAX_IN_FLIGHT: usize = 8;
+
+/// How long a namespace found not to exist is taken as missing without asking again.
+const MISSING_TTL: Duration = Duration::from_secs(5);
+
+/// Most names remembered as missing; past it the oldest are forgotten first.
+const MISSING_MAX: usize = 4096;
+
 type Meta = PartialObjectMeta<Namespace>;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +57,12 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Namespaces {
     inner: Inner,
+    watch_errors: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Clone)]
 enum Inner {
-    Cache { store: Store<Meta>, ready: Arc<AtomicBool>, fallback: Option<Client> },
+    Cache { store: Store<Meta>, ready: Arc<AtomicBool>, fallback: Option<Arc<Fallback>> },
     Static(Arc<BTreeMap<String, BTreeMap<String, String>>>),
 }
 
@@ -71,8 +85,9 @@ impl Namespaces {
             // managedFields can be larger than everything else put together and are never read.
             .modify(|ns: &mut Meta| ns.metadata.managed_fields = None);
         let ready = Arc::new(AtomicBool::new(false));
+        let watch_errors = prometheus_client::metrics::counter::Counter::default();
         let driver = {
-            let (store, ready) = (store.clone(), ready.clone());
+            let (store, ready, errors) = (store.clone(), ready.clone(), watch_errors.clone());
             async move {
                 tokio::spawn(async move {
                     if store.wait_until_ready().await.is_ok() {
@@ -81,21 +96,27 @@ impl Namespaces {
                     }
                 });
                 reflector::reflector(writer, stream)
-                    .for_each(|event| async move {
+                    .for_each(|event| {
                         if let Err(e) = event {
                             tracing::warn!(error = %e, "namespace watch failed; retrying");
+                            errors.inc();
                         }
+                        async {}
                     })
                     .await;
             }
         };
-        (Namespaces { inner: Inner::Cache { store, ready, fallback: Some(client) } }, driver)
+        let fallback = Some(Arc::new(Fallback::new(client)));
+        (Namespaces { inner: Inner::Cache { store, ready, fallback }, watch_errors }, driver)
     }
 
     /// A cache fed by hand (tests): `writer` takes watcher events.
     pub fn from_store(store: Store<Meta>, ready: bool) -> Namespaces {
         let ready = Arc::new(AtomicBool::new(ready));
-        Namespaces { inner: Inner::Cache { store, ready, fallback: None } }
+        Namespaces {
+            inner: Inner::Cache { store, ready, fallback: None },
+            watch_errors: Default::default(),
+        }
     }
 
     /// Namespaces from a YAML or JSON file: a Namespace, a List of them, or a
@@ -119,7 +140,12 @@ impl Namespaces {
                 out.insert(name, ns.metadata.annotations.unwrap_or_default());
             }
         }
-        Ok(Namespaces { inner: Inner::Static(Arc::new(out)) })
+        Ok(Namespaces { inner: Inner::Static(Arc::new(out)), watch_errors: Default::default() })
+    }
+
+    /// Watch failures so far (each retried with backoff), for the server's metrics.
+    pub fn watch_errors(&self) -> prometheus_client::metrics::counter::Counter {
+        self.watch_errors.clone()
     }
 
     pub fn ready(&self) -> bool {
@@ -137,17 +163,97 @@ impl Namespaces {
                 if let Some(ns) = store.get(&ObjectRef::new(name)) {
                     return Ok(Some(ns.metadata.annotations.clone().unwrap_or_default()));
                 }
-                let Some(client) = fallback else { return Ok(None) };
-                let api: Api<Namespace> = Api::all(client.clone());
-                let lookup =
-                    tokio::time::timeout(FALLBACK_TIMEOUT, api.get_metadata_opt(name)).await;
-                let fail = |reason: String| Error::Lookup { name: name.to_string(), reason };
-                match lookup {
-                    Err(_) => Err(fail(format!("no answer within {FALLBACK_TIMEOUT:?}"))),
-                    Ok(Err(e)) => Err(fail(e.to_string())),
-                    Ok(Ok(ns)) => Ok(ns.map(|ns| ns.metadata.annotations.unwrap_or_default())),
-                }
+                let Some(fallback) = fallback else { return Ok(None) };
+                fallback.lookup(name).await
             }
+        }
+    }
+}
+
+/// Direct lookups of namespaces the cache has not seen: bounded in number, with a short
+/// memory of the ones that do not exist.
+struct Fallback {
+    client: Client,
+    slots: tokio::sync::Semaphore,
+    missing: std::sync::Mutex<Missing>,
+}
+
+impl Fallback {
+    fn new(client: Client) -> Self {
+        Fallback {
+            client,
+            slots: tokio::sync::Semaphore::new(FALLBACK_MAX_IN_FLIGHT),
+            missing: std::sync::Mutex::new(Missing::default()),
+        }
+    }
+
+    fn missing(&self) -> std::sync::MutexGuard<'_, Missing> {
+        self.missing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, Error> {
+        if self.missing().contains(name, Instant::now()) {
+            return Ok(None);
+        }
+        let fail = |reason: String| Error::Lookup { name: name.to_string(), reason };
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let lookup = tokio::time::timeout(FALLBACK_TIMEOUT, async {
+            let Ok(_slot) = self.slots.acquire().await else {
+                return Err(fail("the lookup slots are closed".into()));
+            };
+            api.get_metadata_opt(name).await.map_err(|e| fail(e.to_string()))
+        });
+        match lookup.await {
+            Err(_) => Err(fail(format!(
+                "no answer within {FALLBACK_TIMEOUT:?} ({FALLBACK_MAX_IN_FLIGHT} lookups at most at once)"
+            ))),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => {
+                self.missing().insert(name, Instant::now());
+                Ok(None)
+            }
+            Ok(Ok(Some(ns))) => Ok(Some(ns.metadata.annotations.unwrap_or_default())),
+        }
+    }
+}
+
+/// Names found not to exist, each until `MISSING_TTL` after it was found; at most
+/// `MISSING_MAX`, the oldest forgotten first.
+#[derive(Default)]
+struct Missing {
+    until: std::collections::HashMap<String, Instant>,
+    order: std::collections::VecDeque<(String, Instant)>,
+}
+
+impl Missing {
+    fn contains(&mut self, name: &str, now: Instant) -> bool {
+        self.expire(now);
+        self.until.get(name).is_some_and(|until| *until > now)
+    }
+
+    fn insert(&mut self, name: &str, now: Instant) {
+        self.expire(now);
+        while self.order.len() >= MISSING_MAX {
+            if let Some((old, until)) = self.order.pop_front()
+                && self.until.get(&old) == Some(&until)
+            {
+                self.until.remove(&old);
+            }
+        }
+        let until = now + MISSING_TTL;
+        self.until.insert(name.to_string(), until);
+        self.order.push_back((name.to_string(), until));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((name, until)) = self.order.front() {
+            if *until > now {
+                break;
+            }
+            if self.until.get(name) == Some(until) {
+                self.until.remove(name);
+            }
+            self.order.pop_front();
         }
     }
 }
@@ -194,6 +300,31 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Delete(meta("dev", &[])));
         assert_eq!(ns.annotations("prod").await.unwrap().unwrap()["weft.dev/inject"], "disabled");
         assert_eq!(ns.annotations("dev").await.unwrap(), None);
+    }
+
+    #[test]
+    fn missing_namespaces_are_remembered_briefly_and_boundedly() {
+        let t0 = Instant::now();
+        let mut m = Missing::default();
+        assert!(!m.contains("ghost", t0));
+        m.insert("ghost", t0);
+        assert!(m.contains("ghost", t0 + MISSING_TTL / 2));
+        assert!(!m.contains("other", t0));
+        // Past the TTL it is asked about again.
+        assert!(!m.contains("ghost", t0 + MISSING_TTL));
+        assert!(m.until.is_empty() && m.order.is_empty());
+        // Re-inserted later, the newer deadline counts.
+        m.insert("ghost", t0);
+        m.insert("ghost", t0 + MISSING_TTL / 2);
+        assert!(m.contains("ghost", t0 + MISSING_TTL));
+        // Bounded: the oldest names go first.
+        let mut m = Missing::default();
+        for i in 0..MISSING_MAX + 10 {
+            m.insert(&format!("ns-{i}"), t0);
+        }
+        assert!(m.order.len() <= MISSING_MAX && m.until.len() <= MISSING_MAX);
+        assert!(!m.contains("ns-0", t0));
+        assert!(m.contains(&format!("ns-{}", MISSING_MAX + 9), t0));
     }
 
     #[test]

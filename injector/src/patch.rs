@@ -128,6 +128,12 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The pod's terminationGracePeriodSeconds (30 when unset, as Kubernetes) in milliseconds;
+/// saturating: the field is any i64 the API server accepted.
+fn grace_ms(seconds: Option<i64>) -> u64 {
+    u64::try_from(seconds.unwrap_or(30)).unwrap_or(0).saturating_mul(1000)
+}
+
 fn noun(s: Source) -> &'static str {
     match s {
         Source::Pod => "pod",
@@ -232,7 +238,7 @@ pub fn build(
     }
 
     let mut warnings = layered.unknown_config_keys();
-    let pod_grace_ms = pod_spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64 * 1000;
+    let pod_grace_ms = grace_ms(pod_spec.termination_grace_period_seconds);
     if opts.shutdown_grace_ms > pod_grace_ms {
         warnings.push(format!(
             "the proxy's shutdown grace period {} is longer than the pod's terminationGracePeriodSeconds ({}s): the proxy will be killed first",
@@ -385,5 +391,20 @@ impl Ops {
         } else {
             self.add(&["spec", field], Value::Array(items));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grace_ms;
+
+    #[test]
+    fn grace_period_in_ms_saturates() {
+        assert_eq!(grace_ms(None), 30_000);
+        assert_eq!(grace_ms(Some(0)), 0);
+        assert_eq!(grace_ms(Some(-5)), 0);
+        assert_eq!(grace_ms(Some(45)), 45_000);
+        assert_eq!(grace_ms(Some(i64::MAX)), u64::MAX);
+        assert_eq!(grace_ms(Some(i64::MIN)), 0);
     }
 }

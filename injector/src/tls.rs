@@ -114,7 +114,8 @@ impl Reloading {
         interval: Duration,
         on_reload: impl Fn(bool) + Send + 'static,
     ) {
-        let mut tick = tokio::time::interval(interval);
+        // A zero interval would panic; the flag refuses it, and a library caller gets 1 ms.
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

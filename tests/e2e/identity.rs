@@ -660,3 +660,132 @@ fn identity_token_review_through_the_fake_api() {
     assert_eq!(posts.len(), 3, "{posts:?}");
     assert!(posts[0].contains("/apis/authentication.k8s.io/v1/tokenreviews"), "{posts:?}");
 }
+
+/// A TLS connector to `server` as a proxy's client makes it (no client certificate).
+fn connector(s: &Setup, server: &IdentityServer) -> weft_identity::control::Connector {
+    let bundle = TrustBundle::from_pem("ca.crt", &read(&s.mount.join("ca.crt"))).expect("bundle");
+    let trust = SharedTrust::new(bundle).expect("trust");
+    let tls = weft_identity::control::ServiceTls::new(
+        trust,
+        domain().identity_service_name().clone(),
+        None,
+    )
+    .expect("tls");
+    weft_identity::control::Connector::new(
+        "identity",
+        server.grpc.into(),
+        None,
+        Some(tls),
+        Duration::from_secs(5),
+    )
+}
+
+/// A Certify above the decoding limit is refused with `OUT_OF_RANGE` and a message that
+/// says so; one of ordinary size on the same server is still served.
+#[test]
+fn identity_oversized_certify_is_refused() {
+    use linkerd2_proxy_api::identity::{CertifyRequest, identity_client::IdentityClient};
+    let s = setup("oversized");
+    let server = IdentityServer::start_static(&s.mount, &s.tokens, &[]);
+    let rt = rt();
+    let status = rt.block_on(async {
+        let c = connector(&s, &server);
+        let channel = c.endpoint().connect_with_connector(c).await.expect("connect");
+        let req = CertifyRequest {
+            identity: web().to_string(),
+            token: vec![b'x'; 256 * 1024],
+            certificate_signing_request: vec![0; 512],
+        };
+        IdentityClient::new(channel).certify(req).await.expect_err("refused")
+    });
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    let c = client(&s, server.grpc, "web.token");
+    rt.block_on(c.certify_once()).expect("an ordinary Certify is still served");
+}
+
+/// One connection gets at most 16 Certify streams at once: with 16 stalled (headers, no
+/// body), a 17th is not answered until one of them goes; a stalled one is ended by the
+/// request timeout (CANCELLED) instead of being held for ever.
+#[test]
+fn identity_streams_per_connection_are_capped_and_timed_out() {
+    let s = setup("streams");
+    let server = IdentityServer::start_static(&s.mount, &s.tokens, &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let io = connector(&s, &server).connect().await.expect("connect");
+        let (h2, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let request = || {
+            http::Request::builder()
+                .method("POST")
+                .uri("http://identity/io.linkerd.proxy.identity.Identity/Certify")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request")
+        };
+        // One whole request first: once it is answered the client has the server's
+        // SETTINGS (sent first), so the cap below is the one the server announced. (Before
+        // that, a 17th stream is refused by the server with REFUSED_STREAM.)
+        let mut warm = h2.clone().ready().await.expect("ready");
+        let (warm_rsp, mut warm_body) = warm.send_request(request(), false).expect("send");
+        warm_body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("body");
+        let warm_rsp = tokio::time::timeout(Duration::from_secs(5), warm_rsp)
+            .await
+            .expect("no answer to a whole request")
+            .expect("response");
+        assert_eq!(warm_rsp.status(), 200);
+        let mut stalled = Vec::new();
+        for _ in 0..16 {
+            let mut h2 = h2.clone().ready().await.expect("ready");
+            let (rsp, body) = h2.send_request(request(), false).expect("send");
+            stalled.push((rsp, body));
+        }
+        // The 17th: a whole (empty) request, answered at once when there is room.
+        let mut h2 = h2.clone().ready().await.expect("ready");
+        let (mut rsp17, mut body17) = h2.send_request(request(), false).expect("send");
+        body17.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("body");
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut rsp17).await;
+        assert!(early.is_err(), "a 17th stream was served: {early:?}");
+        // Dropping a stalled stream resets it, which frees a slot.
+        let (first_rsp, _first_body) = stalled.remove(0);
+        let (second_rsp, mut second_body) = stalled.remove(0);
+        drop(second_rsp);
+        second_body.send_reset(h2::Reason::CANCEL);
+        let rsp = tokio::time::timeout(Duration::from_secs(5), rsp17)
+            .await
+            .expect("the 17th stream was not served once a slot was free")
+            .expect("response");
+        assert_eq!(rsp.status(), 200);
+        // The stalled stream is ended by the server's request timeout (10 s).
+        let rsp = tokio::time::timeout(Duration::from_secs(20), first_rsp)
+            .await
+            .expect("a stalled Certify was held past the request timeout")
+            .expect("response");
+        let grpc_status = rsp.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
+        assert_eq!(grpc_status.as_deref(), Some(&b"1"[..]), "{rsp:?}");
+    });
+}
+
+/// A client that does not speak TLS (here plain HTTP/1) fails its handshake, and the
+/// failure is counted; the service keeps serving.
+#[test]
+fn identity_counts_failed_tls_handshakes() {
+    use std::io::{Read, Write};
+    let s = setup("handshakes");
+    let server = IdentityServer::start_static(&s.mount, &s.tokens, &[]);
+    let m = server.metrics();
+    assert_eq!(support::metric(&m, "identity_tls_handshake_errors_total", &[]), 0.0, "{m}");
+    let mut plain = std::net::TcpStream::connect(server.grpc).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: identity\r\n\r\n").expect("write");
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf);
+    let counted = support::eventually(Duration::from_secs(10), || {
+        support::metric(&server.metrics(), "identity_tls_handshake_errors_total", &[]) == 1.0
+    });
+    assert!(counted, "{}", server.metrics());
+    let c = client(&s, server.grpc, "web.token");
+    rt().block_on(c.certify_once()).expect("still served");
+}

@@ -520,3 +520,134 @@ spec:
         assert!(names.contains(&must), "{must} missing from {names:?}");
     }
 }
+
+/// Accepts exactly one certificate: the injector's self-signed one, which WebPKI refuses
+/// as an end entity because openssl marks it a CA.
+#[derive(Debug)]
+struct Pinned(Vec<u8>, Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.0.as_slice() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the pinned certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.1.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.1.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to the injector, accepting exactly its certificate `cert`.
+async fn tls_connect(
+    cert: &Path,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let pem = std::fs::read(cert).expect("read cert");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(pem.contents, provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls")
+}
+
+/// A client that sends a review's headers and then stalls its body is answered 408 and cut
+/// off within the request timeout, counted; the injector keeps serving others.
+#[test]
+fn injector_cuts_off_a_review_whose_body_stalls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("stall");
+    let (cert, key) = make_cert(&dir, "a");
+    let ns = static_namespaces(&dir, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n");
+    let args = ["--source", "static", "--static-file", ns.to_str().expect("utf-8")];
+    let inj =
+        Injector::start(&cert, &key, &[&args[..], &["--request-timeout", "1s"]].concat(), &[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let (answer, elapsed) = rt.block_on(async {
+        let mut tls = tls_connect(&cert, inj.webhook).await;
+        let head = "POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                    Content-Length: 100000\r\n\r\n{\"kind\":";
+        tls.write_all(head.as_bytes()).await.expect("write");
+        tls.flush().await.expect("flush");
+        let start = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer));
+        let _ = read.await.expect("the stalled review was not cut off");
+        (String::from_utf8_lossy(&answer).into_owned(), start.elapsed())
+    });
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request timeout"), "{answer}");
+    assert!(elapsed < Duration::from_secs(5), "cut off after {elapsed:?}");
+    let m = inj.metrics();
+    assert_eq!(
+        metric(&m, "weft_injector_requests_refused_total", &[("reason", "deadline")]),
+        1.0,
+        "{m}"
+    );
+    let good = wrap("Pod", "pods", &pod_from("deployment-web.json", "prod"));
+    let (code, _) = inj.post(&cert, &body(&good), &[]);
+    assert_eq!(code, 200);
+}
+
+/// A client that does not trust the webhook's certificate (as an API server with a stale
+/// caBundle) fails its handshake, and the failure is counted.
+#[test]
+fn injector_counts_failed_tls_handshakes() {
+    let dir = temp_dir("handshakes");
+    let (cert, key) = make_cert(&dir, "a");
+    let (other_ca, _) = make_cert(&dir, "other");
+    let ns = static_namespaces(&dir, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n");
+    let args = ["--source", "static", "--static-file", ns.to_str().expect("utf-8")];
+    let inj = Injector::start(&cert, &key, &args, &[]);
+    let m = inj.metrics();
+    assert_eq!(metric(&m, "weft_injector_tls_handshake_errors_total", &[]), 0.0, "{m}");
+    let file = dir.join("review.json");
+    std::fs::write(&file, b"{}").expect("write");
+    let (ok, _, err) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&other_ca)
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("https://127.0.0.1:{}/inject", inj.webhook.port())));
+    assert!(!ok, "curl trusted the wrong CA");
+    assert!(err.contains("certificate") || err.contains("SSL"), "{err}");
+    let counted = eventually(Duration::from_secs(10), || {
+        metric(&inj.metrics(), "weft_injector_tls_handshake_errors_total", &[]) == 1.0
+    });
+    assert!(counted, "{}", inj.metrics());
+}

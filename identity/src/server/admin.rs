@@ -11,35 +11,19 @@ use std::{
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// Serves the admin endpoints until the listener fails or the task is dropped.
+use crate::admin_http;
+
+/// Serves the admin endpoints until the task is dropped, within `admin_http`'s limits.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Arc<AtomicBool>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (registry, ready) = (registry.clone(), ready.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let res = handle(&req, &registry, &ready);
-                async move { Ok::<_, Infallible>(res) }
-            });
-            if let Err(error) =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await
-            {
-                tracing::debug!(%error, client.addr = %peer, "admin connection failed");
-            }
-        });
-    }
+    let svc = service_fn(move |req| {
+        let res = handle(&req, &registry, &ready);
+        async move { Ok::<_, Infallible>(res) }
+    });
+    admin_http::serve(listener, admin_http::Limits::default(), svc).await;
 }
 
 fn handle(

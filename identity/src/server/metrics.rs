@@ -25,6 +25,16 @@ pub struct CaMetrics {
     pub refusals: Family<ReasonLabels, Counter>,
     pub issuer_expiry: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Connections closed unserved: the connection cap was reached.
+    pub connections_refused: Counter,
+    /// TLS handshakes that failed: plaintext clients, clients that do not trust the anchors.
+    pub tls_handshake_errors: Counter,
+    /// `accept` failures (out of file descriptors and the like).
+    pub accept_errors: Counter,
+    /// Failures to renew the service's own serving certificate (the old one is kept).
+    pub own_certificate_renewal_errors: Counter,
+    /// Static token file reloads, by result (a failed reload keeps the old tokens).
+    pub static_token_reloads: Family<ResultLabels, Counter>,
 }
 
 impl CaMetrics {
@@ -50,18 +60,49 @@ impl CaMetrics {
             "Issuer and trust bundle reloads, by result (a failed reload keeps the old issuer)",
             m.reloads.clone(),
         );
+        registry.register(
+            "identity_connections_refused",
+            "Connections closed unserved because the connection cap was reached",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "identity_tls_handshake_errors",
+            "TLS handshakes that failed (plaintext clients, clients that do not trust the anchors)",
+            m.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "identity_accept_errors",
+            "Failures to accept a connection (out of file descriptors and the like)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "identity_own_certificate_renewal_errors",
+            "Failures to renew the service's own serving certificate (the current one is kept)",
+            m.own_certificate_renewal_errors.clone(),
+        );
+        registry.register(
+            "identity_static_token_reloads",
+            "Static token file reloads, by result (a failed reload keeps the previous tokens)",
+            m.static_token_reloads.clone(),
+        );
         // Every series exists from the start, so that rate() and alerts see zeros.
         for reason in Refusal::REASONS {
             let _ = m.refusals.get_or_create(&ReasonLabels { reason });
         }
         for result in ["ok", "error"] {
             let _ = m.reloads.get_or_create(&ResultLabels { result });
+            let _ = m.static_token_reloads.get_or_create(&ResultLabels { result });
         }
         m
     }
 
     pub fn refused(&self, r: &Refusal) {
         self.refusals.get_or_create(&ReasonLabels { reason: r.reason() }).inc();
+    }
+
+    pub fn static_token_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.static_token_reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn reloaded(&self, ok: bool) {

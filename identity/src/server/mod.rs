@@ -24,8 +24,8 @@ use crate::{
     TrustBundle,
     ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError},
     credentials::{CertResolver, certified_key},
-    incoming::{TlsConnectInfo, TlsIncoming},
-    name::IdentityName,
+    incoming::{Handshake, OnHandshake, TlsConnectInfo, TlsIncoming},
+    name::{IdentityName, echo},
     pki::{PkiError, generate_key, unix_secs},
     reload::{FileSet, Snapshot},
     token::{StaticTokens, StaticTokensError, TokenValidator},
@@ -35,6 +35,19 @@ pub mod admin;
 pub mod metrics;
 
 pub use metrics::CaMetrics;
+
+/// Largest Certify request decoded: a token (a projected service account token is ~1 KiB,
+/// a static one smaller) and a CSR (~0.5 KiB for a P-256 key), with ample margin. Larger
+/// requests are refused with `OUT_OF_RANGE` before they are buffered whole.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Most Certify streams at once on one connection. A proxy sends one at a time; the cap
+/// bounds what a single connection can make the service buffer.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// How long one Certify may take: above the TokenReview's own limit (5 s, see
+/// `token::kubernetes`) with margin, so a review that times out is still answered.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where tokens are checked.
 pub enum TokenSource {
@@ -191,10 +204,17 @@ impl IdentityService {
             }
             .run(),
         );
-        let incoming = TlsIncoming::new(grpc, acceptor, Arc::new(|_| {}));
+        let incoming = TlsIncoming::new(grpc, acceptor, on_handshake(metrics.clone()));
 
-        let svc = IdentityServer::new(Certifier { ca, tokens, metrics });
+        let loud = LoudEvery::new(Duration::from_secs(1));
+        let svc = IdentityServer::new(Certifier { ca, tokens, metrics, loud })
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
         let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .timeout(REQUEST_TIMEOUT)
+            // Connections are short (one Certify per renewal): notice the vanished ones.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -202,6 +222,22 @@ impl IdentityService {
         admin_task.abort();
         Ok(result?)
     }
+}
+
+/// Counts failed handshakes, connections refused at the cap and accept errors.
+fn on_handshake(metrics: CaMetrics) -> OnHandshake {
+    Arc::new(move |h| match h {
+        Handshake::Done(_) => {}
+        Handshake::Failed { .. } => {
+            metrics.tls_handshake_errors.inc();
+        }
+        Handshake::Refused { .. } => {
+            metrics.connections_refused.inc();
+        }
+        Handshake::AcceptFailed { .. } => {
+            metrics.accept_errors.inc();
+        }
+    })
 }
 
 fn load_issuer(paths: &[PathBuf], s: &Snapshot) -> Result<Issuer, ServerError> {
@@ -294,19 +330,25 @@ impl Reloader {
                     Ok(None) => {}
                     Ok(Some(s)) => {
                         match tokens.reload(&path, &s.contents[0], &self.ca.config().domain) {
-                            Ok(n) => tracing::info!(tokens = n, "static tokens reloaded"),
+                            Ok(n) => {
+                                tracing::info!(tokens = n, "static tokens reloaded");
+                                self.metrics.static_token_reloaded(true);
+                            }
                             Err(error) => {
-                                tracing::error!(%error, "static token reload refused; keeping the previous tokens")
+                                tracing::error!(%error, "static token reload refused; keeping the previous tokens");
+                                self.metrics.static_token_reloaded(false);
                             }
                         }
                     }
                     Err(error) => {
-                        tracing::error!(%error, "static token file unreadable; keeping the previous tokens")
+                        tracing::error!(%error, "static token file unreadable; keeping the previous tokens");
+                        self.metrics.static_token_reloaded(false);
                     }
                 }
             }
             if renew && let Err(error) = self.own.renew(&self.ca) {
                 tracing::error!(%error, "could not renew the identity service's own certificate");
+                self.metrics.own_certificate_renewal_errors.inc();
             }
         }
     }
@@ -317,6 +359,32 @@ struct Certifier {
     ca: Arc<Ca>,
     tokens: Arc<dyn TokenValidator>,
     metrics: CaMetrics,
+    loud: LoudEvery,
+}
+
+/// Lets one event a second through to a loud log level (as the proxy's inbound policy
+/// does for its refusals).
+struct LoudEvery {
+    started: std::time::Instant,
+    every_ms: u64,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LoudEvery {
+    fn new(every: Duration) -> Self {
+        let every_ms = every.as_millis().max(1) as u64;
+        LoudEvery { started: std::time::Instant::now(), every_ms, last: 0.into() }
+    }
+
+    /// Whether this event may be loud: the first in each period is.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        // Offset by one period so that the very first event is loud.
+        let now = self.started.elapsed().as_millis() as u64 + self.every_ms;
+        let last = self.last.load(Ordering::Relaxed);
+        now - last >= self.every_ms
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
 }
 
 #[tonic::async_trait]
@@ -327,12 +395,14 @@ impl Identity for Certifier {
     ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
         let peer = req.extensions().get::<TlsConnectInfo>().map(|i| i.peer);
         let CertifyRequest { identity, token, certificate_signing_request } = req.into_inner();
+        // The requested name is input: echoed cut (it may be as long as the request).
+        let shown = echo(&identity);
         match self.ca.certify(&identity, &token, &certificate_signing_request, &*self.tokens).await
         {
             Ok(issued) => {
                 self.metrics.issued.inc();
                 tracing::info!(
-                    %identity,
+                    identity = %shown,
                     client.addr = ?peer,
                     valid_until = unix_secs(issued.valid_until),
                     "certified"
@@ -345,13 +415,25 @@ impl Identity for Certifier {
             }
             Err(refusal) => {
                 self.metrics.refused(&refusal);
-                tracing::info!(
-                    %identity,
-                    client.addr = ?peer,
-                    reason = refusal.reason(),
-                    error = %refusal,
-                    "refused"
-                );
+                // At info at most once a second (a flood of bad requests must not flood the
+                // log); the rest at debug. Every refusal is counted.
+                if self.loud.take() {
+                    tracing::info!(
+                        identity = %shown,
+                        client.addr = ?peer,
+                        reason = refusal.reason(),
+                        error = %refusal,
+                        "refused"
+                    );
+                } else {
+                    tracing::debug!(
+                        identity = %shown,
+                        client.addr = ?peer,
+                        reason = refusal.reason(),
+                        error = %refusal,
+                        "refused"
+                    );
+                }
                 Err(refusal.into())
             }
         }
