@@ -163,7 +163,7 @@ async fn accept(
                         .and_then(|der| peer_identity(der.as_ref()));
                     let info = TlsConnectInfo { peer, client_id };
                     on_handshake(Handshake::Done(&info));
-                    let conn = TlsConn { inner: tls, info, _permit: conn_permit };
+                    let conn = Held { inner: tls, info, _permit: conn_permit };
                     let _ = tx.send(Ok(conn)).await;
                 }
                 Err(error) => {
@@ -175,22 +175,29 @@ async fn accept(
     }
 }
 
-/// A TLS connection as tonic wants it.
-pub struct TlsConn {
-    inner: TlsStream<TcpStream>,
-    info: TlsConnectInfo,
+/// A connection as tonic wants it, holding its place under the cap while it lives: `T`
+/// is the stream, `I` what tonic puts in each request's extensions.
+pub struct Held<T, I> {
+    inner: T,
+    info: I,
     _permit: OwnedSemaphorePermit,
 }
 
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = TlsConnectInfo;
+/// A TLS connection, with its peer's address and identity.
+pub type TlsConn = Held<TlsStream<TcpStream>, TlsConnectInfo>;
 
-    fn connect_info(&self) -> TlsConnectInfo {
+/// A plaintext connection.
+pub type PlainConn = Held<TcpStream, tonic::transport::server::TcpConnectInfo>;
+
+impl<T, I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Held<T, I> {
+    type ConnectInfo = I;
+
+    fn connect_info(&self) -> I {
         self.info.clone()
     }
 }
 
-impl AsyncRead for TlsConn {
+impl<T: AsyncRead + Unpin, I: Unpin> AsyncRead for Held<T, I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -200,7 +207,7 @@ impl AsyncRead for TlsConn {
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<T: AsyncWrite + Unpin, I: Unpin> AsyncWrite for Held<T, I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -262,7 +269,8 @@ impl PlainIncoming {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                if tx.send(Ok(PlainConn { inner: tcp, _permit: permit })).await.is_err() {
+                let info = tonic::transport::server::Connected::connect_info(&tcp);
+                if tx.send(Ok(Held { inner: tcp, info, _permit: permit })).await.is_err() {
                     return;
                 }
             }
@@ -282,60 +290,6 @@ impl Stream for PlainIncoming {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)
-    }
-}
-
-/// A plaintext connection holding its place under the cap.
-pub struct PlainConn {
-    inner: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for PlainConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::Connected::connect_info(&self.inner)
-    }
-}
-
-impl AsyncRead for PlainConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PlainConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
