@@ -235,22 +235,8 @@ fn route_status_says_whether_each_parent_accepted_the_route() {
 fn route_status_is_written_by_the_lease_holder_only_and_another_takes_over() {
     let api = cluster();
     api.put(ROUTES, fixture("httproute-web-metrics.json"));
-    let flags = |pod: &'static str| {
-        [
-            "--pod-name",
-            pod,
-            "--route-status-lease-duration",
-            "2s",
-            "--route-status-lease-renew-interval",
-            "200ms",
-        ]
-    };
-    let a = Destination::kubernetes_with(&api, &flags("destination-a"));
-    let b = Destination::kubernetes_with(&api, &flags("destination-b"));
-    let holder = || {
-        let lease = api.get(LEASES, "weft", "weft-destination-route-status").unwrap_or_default();
-        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string()
-    };
+    let (a, b) = two_replicas(&api, "2s");
+    let holder = || holder(&api);
     let leader = |d: &Destination| metric(&d.metrics(), "destination_route_status_leader", &[]);
     let ok = eventually(WAIT, || !holder().is_empty() && leader(&a) + leader(&b) == 1.0);
     assert!(ok, "no single leader: holder {:?}\na:\n{}\nb:\n{}", holder(), a.logs(), b.logs());
@@ -297,22 +283,8 @@ fn route_status_is_written_by_the_lease_holder_only_and_another_takes_over() {
 fn route_status_lease_is_handed_over_at_shutdown() {
     let api = cluster();
     // A lease far longer than the wait below: only a hand-over lets the other take over.
-    let flags = |pod: &'static str| {
-        [
-            "--pod-name",
-            pod,
-            "--route-status-lease-duration",
-            "120s",
-            "--route-status-lease-renew-interval",
-            "200ms",
-        ]
-    };
-    let a = Destination::kubernetes_with(&api, &flags("destination-a"));
-    let b = Destination::kubernetes_with(&api, &flags("destination-b"));
-    let holder = || {
-        let lease = api.get(LEASES, "weft", "weft-destination-route-status").unwrap_or_default();
-        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string()
-    };
+    let (a, b) = two_replicas(&api, "120s");
+    let holder = || holder(&api);
     assert!(eventually(WAIT, || !holder().is_empty()), "{}", a.logs());
     let (mut first, second, next) =
         if holder() == "destination-a" { (a, b, "destination-b") } else { (b, a, "destination-a") };
@@ -351,4 +323,29 @@ fn route_status_writing_can_be_switched_off() {
     assert!(others.is_empty(), "{others:?}");
     let route = api.get(ROUTES, "prod", "web-metrics").expect("route");
     assert!(route["status"].is_null(), "{route}");
+}
+
+/// Destination replicas `destination-a` and `destination-b` electing a route status writer
+/// with a lease of `duration`, renewed every 200 ms.
+fn two_replicas(api: &FakeApi, duration: &str) -> (Destination, Destination) {
+    let start = |pod| {
+        Destination::kubernetes_with(
+            api,
+            &[
+                "--pod-name",
+                pod,
+                "--route-status-lease-duration",
+                duration,
+                "--route-status-lease-renew-interval",
+                "200ms",
+            ],
+        )
+    };
+    (start("destination-a"), start("destination-b"))
+}
+
+/// The lease's holder, or "" when it has none (or there is no lease).
+fn holder(api: &FakeApi) -> String {
+    let lease = api.get(LEASES, "weft", "weft-destination-route-status").unwrap_or_default();
+    lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string()
 }

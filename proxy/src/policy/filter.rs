@@ -93,41 +93,35 @@ impl Filters {
     /// A rule's filters; `None` when it has none (the request then costs nothing more).
     pub fn from_api(filters: Vec<api::http_route::Filter>) -> Result<Option<Self>, String> {
         use api::http_route::filter::Kind;
-        if filters.is_empty() {
-            return Ok(None);
-        }
-        let converted = filters
-            .into_iter()
-            .map(|f| match f.kind {
-                Some(Kind::RequestHeaderModifier(m)) => {
-                    Ok(Filter::RequestHeaders(header_modifier(m)?))
-                }
-                Some(Kind::Redirect(r)) => Ok(Filter::Redirect(redirect(r)?)),
-                Some(Kind::FailureInjector(f)) => Ok(Filter::Fail(failure_injector(f)?)),
-                // A kind newer than this proxy: ignoring it would serve the route without it.
-                None => Err("a filter of a kind this proxy does not know".to_string()),
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Some(Filters(converted.into())))
+        Self::convert(filters, |f| match f.kind {
+            Some(Kind::RequestHeaderModifier(m)) => Ok(Filter::RequestHeaders(header_modifier(m)?)),
+            Some(Kind::Redirect(r)) => Ok(Filter::Redirect(redirect(r)?)),
+            Some(Kind::FailureInjector(f)) => Ok(Filter::Fail(failure_injector(f)?)),
+            // A kind newer than this proxy: ignoring it would serve the route without it.
+            None => Err("a filter of a kind this proxy does not know".to_string()),
+        })
     }
 
     /// A gRPC route rule's filters (header changes and failures only: the API has no gRPC
     /// redirect); `None` when it has none.
     pub fn from_grpc_api(filters: Vec<api::grpc_route::Filter>) -> Result<Option<Self>, String> {
         use api::grpc_route::filter::Kind;
+        Self::convert(filters, |f| match f.kind {
+            Some(Kind::RequestHeaderModifier(m)) => Ok(Filter::RequestHeaders(header_modifier(m)?)),
+            Some(Kind::FailureInjector(f)) => Ok(Filter::Fail(grpc_failure_injector(f)?)),
+            None => Err("a gRPC filter of a kind this proxy does not know".to_string()),
+        })
+    }
+
+    /// Each of a rule's filters converted by `one`; `None` when it has none.
+    fn convert<F>(
+        filters: Vec<F>,
+        one: impl FnMut(F) -> Result<Filter, String>,
+    ) -> Result<Option<Self>, String> {
         if filters.is_empty() {
             return Ok(None);
         }
-        let converted = filters
-            .into_iter()
-            .map(|f| match f.kind {
-                Some(Kind::RequestHeaderModifier(m)) => {
-                    Ok(Filter::RequestHeaders(header_modifier(m)?))
-                }
-                Some(Kind::FailureInjector(f)) => Ok(Filter::Fail(grpc_failure_injector(f)?)),
-                None => Err("a gRPC filter of a kind this proxy does not know".to_string()),
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let converted = filters.into_iter().map(one).collect::<Result<Vec<_>, String>>()?;
         Ok(Some(Filters(converted.into())))
     }
 
