@@ -13,7 +13,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     detect::Protocol,
@@ -48,7 +48,7 @@ pub async fn serve_inbound(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             errors.inc("tls_handshake");
-            warn!(error = %e, "mTLS handshake failed (no client certificate, or one from another trust domain?)");
+            crate::throttled!(warn, error = %e, "mTLS handshake failed (no client certificate, or one from another trust domain?)");
             return;
         }
         Err(_) => {
@@ -72,7 +72,7 @@ pub async fn serve_inbound(
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 errors.inc("transport_header");
-                warn!(error = %e, "bad transport header");
+                crate::throttled!(warn, error = %e, "bad transport header");
                 return;
             }
             Err(_) => {
@@ -122,7 +122,7 @@ pub async fn serve_inbound(
                 Ok(u) => u,
                 Err(e) => {
                     errors.inc(e.label());
-                    warn!(error = %e, "closing");
+                    crate::throttled!(warn, error = %e, "closing");
                     return;
                 }
             };

@@ -15,11 +15,8 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -121,14 +118,10 @@ pub struct Policy {
     /// How long a connection to a watched port waits for its first policy.
     first_update_timeout: Duration,
     metrics: AuthzMetrics,
-    /// When a refusal was last logged at info (ms since `started`): a client that is
-    /// refused in a loop must not flood the logs (the counters keep every one).
-    last_loud: AtomicU64,
-    started: Instant,
+    /// Refusals are logged at info at most once a second, the others at debug: a client
+    /// that is refused in a loop must not flood the logs (the counters keep every one).
+    loud: crate::logging::Loud,
 }
-
-/// Refusals logged at info at most this often; the others at debug.
-const LOUD_EVERY_MS: u64 = 1_000;
 
 /// One connection's authorization. HTTP requests are decided one by one against the
 /// port's latest policy, so a policy change applies to open connections too.
@@ -243,8 +236,7 @@ impl Policy {
             ports: HashMap::new(),
             first_update_timeout: Duration::ZERO,
             metrics,
-            last_loud: AtomicU64::new(0),
-            started: Instant::now(),
+            loud: crate::logging::Loud::new(),
         }
     }
 
@@ -262,13 +254,7 @@ impl Policy {
 
     /// Whether this refusal may be logged at info: the first in a second is.
     fn take_loud(&self) -> bool {
-        let now = self.started.elapsed().as_millis() as u64 + LOUD_EVERY_MS;
-        let last = self.last_loud.load(Ordering::Relaxed);
-        now - last >= LOUD_EVERY_MS
-            && self
-                .last_loud
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        self.loud.take().is_some()
     }
 
     /// The policy of `port` as it is now (a watched port's, or the default).

@@ -17,7 +17,7 @@ use tokio::{
     time::{sleep_until, timeout, timeout_at},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use crate::{
     config::PortSet,
@@ -81,7 +81,7 @@ pub async fn serve(
             Ok(c) => c,
             Err(e) => {
                 errors.inc("accept_failed");
-                warn!(direction = side.direction.as_str(), error = %e, "accept failed");
+                crate::throttled!(warn, direction = side.direction.as_str(), error = %e, "accept failed");
                 // Out of file descriptors: give closing connections a moment.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -166,7 +166,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
             errors.inc(e.label());
             match &e {
                 ConnError::Silent(_) | ConnError::DetectIo(_) => debug!(error = %e, "closing"),
-                _ => warn!(error = %e, "closing"),
+                _ => crate::throttled!(warn, error = %e, "closing"),
             }
             forward::reset_on_drop(&client);
             return;
@@ -218,7 +218,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
             Ok(u) => u,
             Err(e) => {
                 errors.inc(e.label());
-                warn!(error = %e, "closing");
+                crate::throttled!(warn, error = %e, "closing");
                 forward::reset_on_drop(&client);
                 return;
             }
@@ -367,7 +367,8 @@ async fn detect_protocol(
             Err(_elapsed) => {
                 // Slow or truncated bytes: forward what came, as opaque, rather than lose it.
                 side.metrics.errors(side.direction).inc("detect_timeout");
-                info!(
+                crate::throttled!(
+                    info,
                     bytes = buf.len(),
                     waited_ms = started.elapsed().as_millis() as u64,
                     "protocol detection timed out; forwarding as opaque"

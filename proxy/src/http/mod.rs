@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     config::PortSet,
@@ -459,7 +459,7 @@ impl Reply<'_> {
             Ok(Err(e)) => {
                 let (label, message) = send_error(&e);
                 metrics.http.error(direction, label);
-                warn!(%upstream, error = %e, "request failed");
+                crate::throttled!(warn, %upstream, error = %e, "request failed");
                 error_response(StatusCode::BAD_GATEWAY, &message)
             }
             Ok(Ok(mut rsp)) => {
@@ -492,7 +492,7 @@ impl Reply<'_> {
 fn response_timeout(side: &Side, upstream: SocketAddr) -> Response<RspBody> {
     let timeout = side.http.config.response_header_timeout;
     side.metrics.http.error(side.direction, "response_timeout");
-    warn!(%upstream, ?timeout, "no response headers from the upstream in time");
+    crate::throttled!(warn, %upstream, ?timeout, "no response headers from the upstream in time");
     error_response(
         StatusCode::GATEWAY_TIMEOUT,
         &format!("response timeout: no response headers from {upstream} in time"),
