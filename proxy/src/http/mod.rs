@@ -17,6 +17,7 @@ mod socket_tests;
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,6 +27,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
     header::{self, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
 };
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -179,18 +181,7 @@ pub async fn serve<I>(
         // per stream); a pointer is cheaper to move than the state machine.
         async move {
             let rsp = Box::pin(proxy(req, &conn, &side, dst)).await;
-            let rsp = match in_flight {
-                // The stream is in flight until its response body ends (or is dropped).
-                Some(guard) => rsp.map(|b| {
-                    b.map_frame(move |f| {
-                        let _in_flight = &guard;
-                        f
-                    })
-                    .boxed_unsync()
-                }),
-                None => rsp,
-            };
-            Ok::<_, Infallible>(rsp)
+            Ok::<_, Infallible>(rsp.map(|body| Served { body, _in_flight: in_flight }))
         }
     });
     let io = TokioIo::new(client);
@@ -242,6 +233,33 @@ pub async fn serve<I>(
     // An upgraded connection outlives hyper's: the tunnel still holds the client.
     tunnels.close();
     tunnels.wait().await;
+}
+
+/// A response body as served to the client. On HTTP/2 it holds its stream's place in the
+/// connection's activity: the stream is in flight until the body ends (or is dropped).
+struct Served {
+    body: RspBody,
+    _in_flight: Option<crate::idle::InFlight>,
+}
+
+impl Body for Served {
+    type Data = Bytes;
+    type Error = pool::BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, pool::BodyError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The `error` label of a client connection that failed: what the client did wrong, or
