@@ -386,6 +386,8 @@ async fn proxy(
     };
     let body = match &access {
         Some(entry) => entry.count_request(body).boxed_unsync(),
+        // Nothing to stream (a GET): a zero-sized body, which boxing does not allocate.
+        None if body.is_end_stream() => pool::empty_body(),
         None => body.boxed_unsync(),
     };
     if let Some(entry) = &mut access {

@@ -201,7 +201,7 @@ fn copy_head<B>(req: &Request<B>) -> Request<()> {
     copy
 }
 
-fn empty_body() -> ReqBody {
+pub(crate) fn empty_body() -> ReqBody {
     use http_body_util::BodyExt as _;
     http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
