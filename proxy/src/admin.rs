@@ -87,7 +87,7 @@ impl Admin {
             && let Err(refusal) = caller
                 .authz
                 .get_or_init(|| async {
-                    let label = self.metrics.target_label(&caller.local);
+                    let label = self.metrics.kept_target_label(&caller.local);
                     let authz =
                         policy.authorize(caller.addr.ip(), caller.local, label, caller.tls.clone());
                     let authz = authz.await;

@@ -274,6 +274,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_METRICS_MAX_LABEL_VALUES", default_value_t = 5_000)]
     pub metrics_max_label_values: usize,
 
+    /// How long the series of a connection's or a route's label set stay after their last
+    /// use: then they leave `/metrics` and their label values leave the caps. Series of
+    /// open connections and of routes in use stay however long they are idle.
+    #[arg(long, env = "WEFT_PROXY_METRICS_RETAIN_IDLE", default_value = "10m", value_parser = parse_nonzero_duration)]
+    pub metrics_retain_idle: Duration,
+
     /// Tracing filter (e.g. `info`, `warn,weft_proxy=debug`); settable at runtime on the admin port.
     #[arg(long, env = "WEFT_PROXY_LOG", default_value = "warn,weft_proxy=info")]
     pub log: String,
@@ -546,5 +552,28 @@ mod tests {
         assert!(long.contains("longer than a year"), "{long}");
         assert!(parse_duration("18446744073709551615s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn retain_idle(flag: &[&str]) -> Result<Duration, String> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("weft-proxy").chain(flag.iter().copied()))
+            .map(|cli| cli.run.metrics_retain_idle)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn metrics_retain_idle_is_ten_minutes_by_default_nonzero_and_at_most_a_year() {
+        assert_eq!(retain_idle(&[]), Ok(Duration::from_secs(600)));
+        assert_eq!(retain_idle(&["--metrics-retain-idle=90s"]), Ok(Duration::from_secs(90)));
+        let zero = retain_idle(&["--metrics-retain-idle=0s"]).expect_err("zero");
+        assert!(zero.contains("cannot be turned off"), "{zero}");
+        let long = retain_idle(&["--metrics-retain-idle=8785h"]).expect_err("over a year");
+        assert!(long.contains("longer than a year"), "{long}");
     }
 }

@@ -165,6 +165,8 @@ impl BoundProxy {
                 .transpose()
                 .context("identity (WEFT_PROXY_IDENTITY_*)")
         })?;
+        // Ends with the metrics (the proxy's life; an embedded proxy's, in tests).
+        tokio::spawn(Metrics::retain_idle(Arc::downgrade(&metrics), args.metrics_retain_idle));
         let policy_svc = args
             .policy_svc_name
             .as_deref()

@@ -1,10 +1,12 @@
 //! The proxy's metrics: one registry, transport families with Linkerd's names and labels,
-//! bounded label cardinality, and process metrics read from /proc on each scrape.
+//! bounded label cardinality, idle series retention, and process metrics read from /proc on
+//! each scrape.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock, Weak},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -19,6 +21,10 @@ use prometheus_client::{
 };
 
 use crate::detect::Protocol;
+
+pub mod retention;
+
+use retention::{Index, Lease};
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -126,12 +132,17 @@ pub struct ErrorLabels {
 /// `max` distinct values, new ones are folded into `overflow`, and values longer than
 /// `MAX_VALUE_BYTES` (or that the caller found invalid) into `invalid`, so a client cannot
 /// grow the proxy's memory (or its `/metrics`) by varying them. Both are counted in
-/// `metrics_label_values_folded_total{label,reason}`.
+/// `metrics_label_values_folded_total{label,reason}`. Values whose series are all evicted
+/// leave the cap again (`release_unused`), unless admitted as `admit_kept`.
 #[derive(Debug)]
 pub struct LabelCap {
     label: &'static str,
     max: usize,
-    seen: RwLock<HashSet<String>>,
+    /// Values kept apart, each with whether it is kept for good (used by series that are
+    /// never evicted).
+    seen: RwLock<HashMap<String, bool>>,
+    /// Values no evictable series used at the last sweep.
+    unused: Mutex<HashSet<String>>,
     folded: Family<FoldLabels, Counter>,
 }
 
@@ -154,7 +165,7 @@ pub struct FoldLabels {
 impl LabelCap {
     /// `folded`: where folded values are counted (`metrics_label_values_folded_total`).
     pub fn new(label: &'static str, max: usize, folded: Family<FoldLabels, Counter>) -> Self {
-        LabelCap { label, max, seen: RwLock::new(HashSet::new()), folded }
+        LabelCap { label, max, seen: RwLock::new(HashMap::new()), unused: Mutex::default(), folded }
     }
 
     /// `admit` for a borrowed value (the common case: one already admitted).
@@ -162,28 +173,64 @@ impl LabelCap {
         if value.len() > MAX_VALUE_BYTES {
             return self.invalid();
         }
-        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(value) {
+        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains_key(value) {
             return value.to_string();
         }
         self.admit(value.to_string())
     }
 
+    /// The label value of `value`: itself while the cap has room (or it already has it).
     pub fn admit(&self, value: String) -> String {
+        self.admit_with(value, false)
+    }
+
+    /// `admit` for a value of series that are never evicted: it never leaves the cap, so
+    /// the cap still bounds those series.
+    pub fn admit_kept(&self, value: String) -> String {
+        self.admit_with(value, true)
+    }
+
+    fn admit_with(&self, value: String, keep: bool) -> String {
         if value.len() > MAX_VALUE_BYTES {
             return self.invalid();
         }
-        if self.seen.read().unwrap_or_else(|e| e.into_inner()).contains(&value) {
+        if let Some(&kept) = self.seen.read().unwrap_or_else(|e| e.into_inner()).get(&value)
+            && (kept || !keep)
+        {
             return value;
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(&value) || seen.len() < self.max {
-            seen.insert(value.clone());
+        if let Some(kept) = seen.get_mut(&value) {
+            *kept |= keep;
+            value
+        } else if seen.len() < self.max {
+            seen.insert(value.clone(), keep);
             value
         } else {
             drop(seen);
             self.fold(OVERFLOW);
             OVERFLOW.to_string()
         }
+    }
+
+    /// Gives back the room of values that no series uses (`in_use` says which are),
+    /// at a sweep's end: a value leaves when it was unused at the previous sweep too, so
+    /// that one admitted just before a sweep, whose series is not registered yet, stays.
+    pub fn release_unused(&self, in_use: impl Fn(&str) -> bool) {
+        let mut unused = self.unused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        let mut now_unused = HashSet::new();
+        seen.retain(|value, kept| {
+            if *kept || in_use(value) {
+                return true;
+            }
+            if unused.contains(value) {
+                return false;
+            }
+            now_unused.insert(value.clone());
+            true
+        });
+        *unused = now_unused;
     }
 
     /// The value of a client-given value that is not a valid one (counted).
@@ -199,7 +246,7 @@ impl LabelCap {
     /// Bytes of the values kept apart.
     #[cfg(test)]
     pub fn stored_bytes(&self) -> usize {
-        self.seen.read().unwrap_or_else(|e| e.into_inner()).iter().map(String::len).sum()
+        self.seen.read().unwrap_or_else(|e| e.into_inner()).keys().map(String::len).sum()
     }
 }
 
@@ -213,6 +260,19 @@ pub struct TcpMetrics {
     close_total: Family<CloseLabels, Counter>,
 }
 
+impl TcpMetrics {
+    /// Removes a connection label set's series from every transport family.
+    fn remove(&self, labels: &TcpLabels) {
+        self.open_total.remove(labels);
+        self.open_connections.remove(labels);
+        self.read_bytes.remove(labels);
+        self.write_bytes.remove(labels);
+        for errno in ERRNOS {
+            self.close_total.remove(&CloseLabels { tcp: labels.clone(), errno });
+        }
+    }
+}
+
 /// A connection's view of the transport metrics: counters resolved once at open so
 /// that the byte-copy loop only touches atomics.
 #[derive(Debug)]
@@ -223,6 +283,8 @@ pub struct ConnMetrics {
     open: Gauge,
     close_total: Family<CloseLabels, Counter>,
     closed: bool,
+    /// Keeps the label set's series while the handles above are held.
+    _lease: Arc<Lease>,
 }
 
 impl ConnMetrics {
@@ -278,6 +340,10 @@ pub struct Metrics {
     pub policy: crate::policy::discover::PolicyMetrics,
     pub access_log: crate::http::access_log::AccessLogMetrics,
     target_addrs: LabelCap,
+    /// The label sets of connections, for retention.
+    connections: Index<TcpLabels>,
+    /// `metrics_series_evicted_total`.
+    evicted: Counter,
 }
 
 /// Counts a connection as detecting while it lives.
@@ -344,6 +410,12 @@ impl Metrics {
             "Client-given label values not kept apart: past the label's cap (`overflow`) or not a valid value (`invalid`)",
             folded.clone(),
         );
+        let evicted = Counter::default();
+        registry.register(
+            "metrics_series_evicted",
+            "Label sets of connections and routes whose series were removed after going unused for the retention period",
+            evicted.clone(),
+        );
         let http =
             crate::http::metrics::HttpMetrics::register(&mut registry, max_label_values, &folded);
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
@@ -364,6 +436,8 @@ impl Metrics {
             policy,
             access_log,
             target_addrs: LabelCap::new("target_addr", max_label_values, folded),
+            connections: Index::default(),
+            evicted,
         });
         Ok((metrics, extra))
     }
@@ -378,6 +452,11 @@ impl Metrics {
     /// The `target_addr` label value of a target (capped).
     pub fn target_label(&self, target: &std::net::SocketAddr) -> String {
         self.target_addrs.admit(target.to_string())
+    }
+
+    /// `target_label` for series that are never evicted (the authorization counters).
+    pub fn kept_target_label(&self, target: &std::net::SocketAddr) -> String {
+        self.target_addrs.admit_kept(target.to_string())
     }
 
     /// Marks a connection as in protocol detection until the guard is dropped.
@@ -409,6 +488,8 @@ impl Metrics {
             protocol: protocol.label(),
             tls,
         };
+        // Before any handle: see `retention`.
+        let lease = self.connections.lease(&labels);
         self.tcp.open_total.get_or_create(&labels).inc();
         let open = self.tcp.open_connections.get_or_create(&labels).clone();
         open.inc();
@@ -419,6 +500,36 @@ impl Metrics {
             close_total: self.tcp.close_total.clone(),
             labels,
             closed: false,
+            _lease: lease,
+        }
+    }
+
+    /// Removes the series of connection and route label sets unused for `retain`
+    /// (see `retention`), counts them, and gives their label values' room back to the
+    /// caps.
+    pub fn sweep(&self, now: Instant, retain: Duration) {
+        let tcp = &self.tcp;
+        let evicted = self.connections.sweep(now, retain, |labels, _| tcp.remove(labels))
+            + self.http.sweep(now, retain);
+        self.evicted.inc_by(evicted);
+        let mut target_addrs = HashSet::new();
+        self.connections.for_each(|l| {
+            target_addrs.insert(l.target_addr.clone());
+        });
+        let authorities = self.http.label_values(&mut target_addrs);
+        self.target_addrs.release_unused(|v| target_addrs.contains(v));
+        self.http.release_unused(|v| authorities.contains(v));
+    }
+
+    /// Sweeps every `retain / 4` (at most a minute) while the metrics live.
+    pub async fn retain_idle(metrics: Weak<Self>, retain: Duration) {
+        let period = (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(metrics) = metrics.upgrade() else { return };
+            metrics.sweep(tokio::time::Instant::now().into_std(), retain);
         }
     }
 
@@ -431,7 +542,34 @@ impl Metrics {
     }
 }
 
-/// A short, stable name for the error that closed a connection (Linkerd's `errno` label).
+/// Every `errno` label value (`""`: closed without an error).
+const ERRNOS: [&str; 9] = [
+    "",
+    "ECONNRESET",
+    "EPIPE",
+    "ETIMEDOUT",
+    "ECONNREFUSED",
+    "EHOSTUNREACH",
+    "ENETUNREACH",
+    "ECONNABORTED",
+    "other",
+];
+
+#[cfg(test)]
+impl Metrics {
+    /// Sweeps at `t0`, a retention period later and once more: an idle label set's series
+    /// go at the second, its label values leave the cap at the third. Returns the last.
+    pub fn sweep_past_retention(&self, t0: Instant, retain: Duration) -> Instant {
+        self.sweep(t0, retain);
+        self.sweep(t0 + retain, retain);
+        let end = t0 + retain + retain / 4;
+        self.sweep(end, retain);
+        end
+    }
+}
+
+/// A short, stable name for the error that closed a connection (Linkerd's `errno` label);
+/// one of `ERRNOS`.
 fn errno(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::ECONNRESET) => "ECONNRESET",
@@ -615,5 +753,140 @@ mod tests {
         let text = m.render();
         assert!(text.contains("errno=\"\"} 1"), "{text}");
         assert!(text.contains("tcp_open_connections{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 0"), "{text}");
+    }
+
+    const RETAIN: Duration = Duration::from_secs(600);
+
+    fn conn(m: &Metrics, addr: &str) -> ConnMetrics {
+        let addr = addr.parse().expect("addr");
+        m.open(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, TlsLabels::disabled())
+    }
+
+    fn sweep_past_retention(m: &Metrics, t0: Instant) -> Instant {
+        m.sweep_past_retention(t0, RETAIN)
+    }
+
+    #[test]
+    fn label_cap_gives_back_values_unused_at_two_sweeps_but_not_kept_ones() {
+        let folded = Family::<FoldLabels, Counter>::default();
+        let cap = LabelCap::new("target_addr", 2, folded.clone());
+        assert_eq!(cap.admit("a".into()), "a");
+        assert_eq!(cap.admit_kept("k".into()), "k");
+        assert_eq!(cap.admit("b".into()), OVERFLOW);
+        cap.release_unused(|_| false);
+        assert_eq!(cap.admit("b".into()), OVERFLOW, "unused at one sweep only");
+        cap.release_unused(|_| false);
+        assert_eq!(cap.admit("b".into()), "b");
+        assert_eq!(cap.admit("c".into()), OVERFLOW, "the kept value stays");
+        cap.release_unused(|v| v == "b");
+        cap.release_unused(|v| v == "b");
+        assert_eq!(cap.admit("c".into()), OVERFLOW, "a used value stays");
+    }
+
+    #[test]
+    fn idle_connection_series_are_evicted_and_their_values_leave_the_cap() {
+        let m = Metrics::new(2);
+        for addr in ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"] {
+            conn(&m, addr).close(Some(&io::Error::from_raw_os_error(libc::ECONNRESET)));
+        }
+        let text = m.render();
+        assert!(text.contains("target_addr=\"overflow\""), "{text}");
+        sweep_past_retention(&m, Instant::now());
+        let text = m.render();
+        assert!(!text.contains("target_addr="), "every transport series is gone:\n{text}");
+        assert!(text.contains("metrics_series_evicted_total 3\n"), "{text}");
+        // A new endpoint gets its own series again.
+        conn(&m, "10.0.0.4:80").close(None);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "tcp_open_total{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.4:80\""
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("target_addr=\"overflow\""), "{text}");
+        assert!(
+            text.contains(
+                "metrics_label_values_folded_total{label=\"target_addr\",reason=\"overflow\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    /// An open connection holds handles to its series: they stay however long it is idle,
+    /// and what it counts after that shows.
+    #[test]
+    fn an_open_connection_keeps_its_series_however_long_it_is_idle() {
+        let m = Metrics::new(10);
+        let c = conn(&m, "10.0.0.1:80");
+        c.read_bytes.inc_by(5);
+        let t0 = Instant::now();
+        for hours in [0, 1, 24, 24 * 30] {
+            m.sweep(t0 + Duration::from_secs(hours * 3600), RETAIN);
+        }
+        let text = m.render();
+        assert!(text.contains("tcp_open_connections{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 1\n"), "{text}");
+        c.read_bytes.inc_by(7);
+        c.close(None);
+        let text = m.render();
+        assert!(text.contains("tcp_read_bytes_total{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 12\n"), "{text}");
+        assert!(text.contains("errno=\"\"} 1\n"), "{text}");
+        assert!(text.contains("metrics_series_evicted_total 0\n"), "{text}");
+    }
+
+    /// Connections that come and go between sweeps keep their label set's series.
+    #[test]
+    fn a_label_set_in_use_between_sweeps_is_kept() {
+        let m = Metrics::new(10);
+        let t0 = Instant::now();
+        for i in 0..12 {
+            conn(&m, "10.0.0.1:80").close(None);
+            m.sweep(t0 + RETAIN / 4 * i, RETAIN);
+        }
+        let text = m.render();
+        assert!(text.contains("tcp_open_total{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 12\n"), "{text}");
+        assert!(text.contains("metrics_series_evicted_total 0\n"), "{text}");
+    }
+
+    /// A label set evicted and used again starts over from what is counted after; the
+    /// authorization counters' `target_addr` values are never given back.
+    #[test]
+    fn a_label_set_used_again_after_eviction_counts_from_zero() {
+        let m = Metrics::new(10);
+        let c = conn(&m, "10.0.0.1:80");
+        c.read_bytes.inc_by(5);
+        c.close(None);
+        let t = sweep_past_retention(&m, Instant::now());
+        let c = conn(&m, "10.0.0.1:80");
+        c.read_bytes.inc_by(7);
+        let kept = m.kept_target_label(&"10.0.0.9:80".parse().expect("addr"));
+        sweep_past_retention(&m, t);
+        c.close(None);
+        let text = m.render();
+        for want in [
+            "tcp_open_total{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 1\n",
+            "tcp_read_bytes_total{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 7\n",
+            "metrics_series_evicted_total 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(m.target_addrs.seen.read().expect("lock").contains_key(&kept));
+    }
+
+    /// The proxy's sweeper evicts on its own (paused time), and ends with the metrics.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_evicts_idle_series_and_ends_with_the_metrics() {
+        let m = Metrics::new(10);
+        conn(&m, "10.0.0.1:80").close(None);
+        let sweeper = tokio::spawn(Metrics::retain_idle(Arc::downgrade(&m), RETAIN));
+        // Sweeps every minute from 0 s: the first to find it unused is at 0 s.
+        tokio::time::sleep(RETAIN - Duration::from_secs(30)).await;
+        assert!(m.render().contains("target_addr=\"10.0.0.1:80\""), "kept until idle for RETAIN");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let text = m.render();
+        assert!(!text.contains("target_addr="), "{text}");
+        assert!(text.contains("metrics_series_evicted_total 1\n"), "{text}");
+        drop(m);
+        tokio::time::timeout(RETAIN, sweeper).await.expect("ended").expect("no panic");
     }
 }

@@ -97,7 +97,13 @@ pub async fn serve_inbound(
     let tls_labels = TlsLabels::client(client_id.clone());
     let authz = match &side.policy {
         Some(p) => Some(
-            p.authorize(client_ip, target, side.target_label(target), tls_labels.clone()).await,
+            p.authorize(
+                client_ip,
+                target,
+                side.metrics.kept_target_label(&target),
+                tls_labels.clone(),
+            )
+            .await,
         ),
         None => None,
     };

@@ -189,7 +189,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     let tls = side.tls_labels(&protocol);
     let authz = match &side.policy {
         Some(p) => {
-            let label = side.target_label(target);
+            let label = side.metrics.kept_target_label(&target);
             Some(p.authorize(client_addr.ip(), target, label, tls.clone()).await)
         }
         None => None,

@@ -5,11 +5,12 @@
 //! like `target_addr`'s.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -23,7 +24,10 @@ use prometheus_client::{
 
 use crate::{
     discovery::DstLabels,
-    metrics::{Direction, ErrorLabels, FoldLabels, INVALID, LabelCap, OVERFLOW, TlsLabels},
+    metrics::{
+        Direction, ErrorLabels, FoldLabels, INVALID, LabelCap, OVERFLOW, TlsLabels,
+        retention::{Index, Lease},
+    },
 };
 
 /// Linkerd's `response_latency_ms` buckets.
@@ -82,6 +86,8 @@ pub struct HttpMetrics {
     outbound_errors: Family<ErrorLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     authorities: LabelCap,
+    /// The label sets of routes, for retention.
+    routes: Index<RouteLabels>,
 }
 
 impl HttpMetrics {
@@ -99,6 +105,7 @@ impl HttpMetrics {
             outbound_errors: Family::default(),
             retries: Family::default(),
             authorities: LabelCap::new("authority", max_label_values, folded.clone()),
+            routes: Index::default(),
         };
         registry.register(
             "outbound_http_retries",
@@ -141,8 +148,46 @@ impl HttpMetrics {
             tls,
             dst,
         };
+        // Before any handle: see `metrics::retention`.
+        let lease = self.routes.lease(&labels);
         let requests = self.requests.get_or_create(&labels).clone();
-        Arc::new(RouteMetrics { labels, requests, by_status: Mutex::default() })
+        Arc::new(RouteMetrics { labels, requests, by_status: Mutex::default(), lease })
+    }
+
+    /// Removes the series of route label sets unused for `retain`; returns how many.
+    pub fn sweep(&self, now: Instant, retain: Duration) -> u64 {
+        self.routes.sweep(now, retain, |route, lease| {
+            self.requests.remove(route);
+            for status_code in lease.statuses() {
+                self.latency.remove(&LatencyLabels { route: route.clone(), status_code });
+                for classification in ["success", "failure"] {
+                    for grpc_status in std::iter::once("").chain(GRPC_STATUSES) {
+                        self.responses.remove(&ResponseLabels {
+                            route: route.clone(),
+                            status_code,
+                            classification,
+                            grpc_status,
+                        });
+                    }
+                }
+            }
+        })
+    }
+
+    /// Adds the `target_addr` values of the routes that have series to `target_addrs`;
+    /// returns their `authority` values.
+    pub fn label_values(&self, target_addrs: &mut HashSet<String>) -> HashSet<String> {
+        let mut authorities = HashSet::new();
+        self.routes.for_each(|r| {
+            target_addrs.insert(r.target_addr.clone());
+            authorities.insert(r.authority.clone());
+        });
+        authorities
+    }
+
+    /// Gives the room of authorities no route uses back to their cap.
+    pub fn release_unused(&self, in_use: impl Fn(&str) -> bool) {
+        self.authorities.release_unused(in_use);
     }
 
     /// The `authority` label of a request's authority (the URI's, or `Host`): itself when it
@@ -196,9 +241,17 @@ impl HttpMetrics {
             .with_status(status_code, |h| {
                 h.latency.get_or_insert_with(|| latency(route)).observe(ms)
             })
-            .unwrap_or_else(|| latency(route).observe(ms));
+            .unwrap_or_else(|| {
+                // Past `MAX_STATUSES`: a route answering with that many codes is rare.
+                route.lease.note_status(status_code);
+                self.latency
+                    .get_or_create(&LatencyLabels { route: route.labels.clone(), status_code })
+                    .observe(ms);
+            });
     }
 
+    /// Counts a complete response; `latency` has been recorded for its status first (which
+    /// notes the status, so that retention finds the response series again).
     pub fn response(
         &self,
         route: &RouteMetrics,
@@ -259,6 +312,8 @@ pub struct RouteMetrics {
     requests: Counter,
     /// The handles of the status codes seen so far (at most `MAX_STATUSES`).
     by_status: Mutex<Vec<StatusHandles>>,
+    /// Keeps the labels' series while this route is held (see `metrics::retention`).
+    lease: Arc<Lease>,
 }
 
 /// Most status codes whose handles a route keeps; others are looked up each time.
@@ -283,6 +338,7 @@ impl RouteMetrics {
         let i = match by_status.iter().position(|h| h.status_code == status_code) {
             Some(i) => i,
             None if by_status.len() < MAX_STATUSES => {
+                self.lease.note_status(status_code);
                 by_status.push(StatusHandles {
                     status_code,
                     latency: None,
@@ -394,11 +450,14 @@ impl Done {
 /// through `tonic::Code`, where an undefined code is `UNKNOWN`: `other` keeps it apart
 /// from a real UNKNOWN.) Either way a code other than 0 is a failure.
 pub fn grpc_status_label(code: u32) -> &'static str {
-    const CODES: [&str; 17] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-    ];
-    usize::try_from(code).ok().and_then(|i| CODES.get(i)).copied().unwrap_or("other")
+    usize::try_from(code).ok().and_then(|i| GRPC_STATUSES.get(i)).copied().unwrap_or("other")
 }
+
+/// Every `grpc_status` label value but `""` (not gRPC): the defined codes, then `other`.
+const GRPC_STATUSES: [&str; 18] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "other",
+];
 
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
@@ -563,5 +622,83 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    const RETAIN: Duration = Duration::from_secs(600);
+
+    const WEB: &str = "{direction=\"inbound\",authority=\"web:80\",target_addr=\"10.0.0.1:80\",tls=\"no_identity\",no_tls_reason=\"disabled\"";
+
+    fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(name)).collect()
+    }
+
+    /// Every series of a route no one holds goes: requests, and responses and latencies of
+    /// every status (gRPC ones, and past the statuses a route keeps handles for); then its
+    /// authority leaves the cap.
+    #[test]
+    fn idle_route_series_are_evicted_with_every_status_and_free_the_authority_cap() {
+        let m = Metrics::new(1);
+        let r = route(&m, "web:80");
+        let started = Instant::now();
+        m.http.request(&r);
+        m.http.latency(&r, 200, started);
+        m.http.response(&r, 200, None, true);
+        m.http.latency(&r, 200, started);
+        m.http.response(&r, 200, Some(14), false);
+        for status in 500..(500 + 2 * MAX_STATUSES as u16) {
+            m.http.latency(&r, status, started);
+            m.http.response(&r, status, None, false);
+        }
+        assert_eq!(route(&m, "api:80").labels.authority, OVERFLOW);
+        drop(r);
+        let text = m.render();
+        assert_eq!(series(&text, "response_total{").len(), 2 + 2 * MAX_STATUSES, "{text}");
+        m.sweep_past_retention(Instant::now(), RETAIN);
+        let text = m.render();
+        for name in ["request_total{", "response_total{", "response_latency_ms_"] {
+            assert_eq!(series(&text, name), Vec::<&str>::new(), "{text}");
+        }
+        assert!(text.contains("metrics_series_evicted_total 2\n"), "{text}");
+        assert_eq!(route(&m, "api:80").labels.authority, "api:80");
+    }
+
+    /// A connection's cached route holds handles: its series stay however long it is idle,
+    /// and nothing counted through it is lost; used again after eviction, it counts anew.
+    #[test]
+    fn a_cached_route_keeps_its_series_and_nothing_it_counts_is_lost() {
+        let m = Metrics::new(10);
+        let cache = RouteCache::default();
+        let use_route = |cache: &RouteCache| {
+            let r = cache.get("web:80", None, |_| true, || route(&m, "web:80"));
+            m.http.request(&r);
+            m.http.latency(&r, 200, Instant::now());
+            m.http.response(&r, 200, None, true);
+        };
+        use_route(&cache);
+        let t0 = Instant::now();
+        for hours in [0, 1, 24, 24 * 30] {
+            m.sweep(t0 + Duration::from_secs(hours * 3600), RETAIN);
+        }
+        use_route(&cache);
+        let text = m.render();
+        for want in [
+            format!("request_total{WEB}}} 2\n"),
+            format!(
+                "response_total{WEB},status_code=\"200\",classification=\"success\",grpc_status=\"\"}} 2\n"
+            ),
+            format!("response_latency_ms_count{WEB},status_code=\"200\"}} 2\n"),
+            "metrics_series_evicted_total 0\n".to_string(),
+        ] {
+            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+        }
+        drop(cache);
+        let t = m.sweep_past_retention(t0 + Duration::from_secs(24 * 31 * 3600), RETAIN);
+        assert!(series(&m.render(), "request_total{").is_empty());
+        let cache = RouteCache::default();
+        use_route(&cache);
+        m.sweep(t + RETAIN, RETAIN);
+        let text = m.render();
+        assert!(text.contains(&format!("request_total{WEB}}} 1\n")), "{text}");
+        assert!(text.contains("metrics_series_evicted_total 1\n"), "{text}");
     }
 }
