@@ -45,8 +45,9 @@ pub async fn forward(
 ) -> Response<RspBody> {
     let side = reply.side;
     let profile = res.profile();
-    let route = profile.route(&req.parts.method, req.parts.uri.path()).cloned();
-    let total = route.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+    // Borrowed from the profile, which outlives the request's tries: no copy per request.
+    let route = profile.route(&req.parts.method, req.parts.uri.path());
+    let total = route.map_or(Duration::ZERO, |r| r.timeout);
     let target = req.target;
     let tls = req.tls.clone();
     // A traffic split sends the request to one of the backend services, by weight; the
@@ -80,16 +81,16 @@ async fn tries(
     req: Request<'_>,
     res: &Arc<Resolution>,
     endpoints: &Resolution,
-    route: Option<Route>,
+    route: Option<&Route>,
     reply: &Reply<'_>,
 ) -> Response<RspBody> {
     let side = reply.side;
     let metrics = &side.metrics.http;
     let direction = side.direction;
     let Request { parts, body, authority, target, tls, routes } = req;
-    let retryable = route.as_ref().is_some_and(|r| r.retryable);
-    let limit = route.as_ref().map_or(0, |r| if r.retryable { r.retry_limit } else { 0 });
-    let try_timeout = match route.as_ref().map(|r| r.try_timeout) {
+    let retryable = route.is_some_and(|r| r.retryable);
+    let limit = route.map_or(0, |r| if r.retryable { r.retry_limit } else { 0 });
+    let try_timeout = match route.map(|r| r.try_timeout) {
         Some(t) if !t.is_zero() => t,
         _ => side.http.config.response_header_timeout,
     };
@@ -193,9 +194,8 @@ async fn tries(
         .await;
         match result {
             Ok(Ok(rsp)) => {
-                let failure = route
-                    .as_ref()
-                    .map_or(rsp.status().is_server_error(), |r| r.is_failure(rsp.status()));
+                let failure =
+                    route.map_or(rsp.status().is_server_error(), |r| r.is_failure(rsp.status()));
                 picked.complete(!failure);
                 if failure
                     && replay.is_some()
