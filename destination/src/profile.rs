@@ -11,6 +11,8 @@
 //! metrics labels with the names above; a proxy reads them and does not export them as labels.
 //! Every profile carries the retry budget (retries may add 20 % to the request rate plus 10 per
 //! second, over a 10 s window). An invalid value is reported and ignored, never guessed at.
+//! The same annotations on an HTTPRoute, with its rules' `timeouts`, make per-route routes
+//! that go before the Service's catch-all ([`routes`]).
 
 use std::{collections::BTreeMap, ops::RangeInclusive, time::Duration};
 
