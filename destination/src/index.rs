@@ -416,6 +416,7 @@ impl State {
             profile: ProfileSource {
                 fqn: String::new(),
                 policy: Default::default(),
+                route_profile: None,
                 opaque: self.pod_port_opaque(pod, addr.port()),
                 dst_overrides: Vec::new(),
                 endpoint: Some(endpoint),
@@ -472,6 +473,7 @@ impl State {
                     self.config.cluster_domain.trim_matches('.')
                 ),
                 policy: svc.policy.clone(),
+                route_profile: self.splits.winner(key, port).and_then(|r| r.profile.clone()),
                 opaque,
                 dst_overrides: split::overrides(
                     self.splits.backends(key, port),

@@ -11,12 +11,18 @@
 //! metrics labels with the names above; a proxy reads them and does not export them as labels.
 //! Every profile carries the retry budget (retries may add 20 % to the request rate plus 10 per
 //! second, over a 10 s window). An invalid value is reported and ignored, never guessed at.
+//! The same annotations on an HTTPRoute, with its rules' `timeouts`, make per-route routes
+//! that go before the Service's catch-all ([`routes`]).
 
 use std::{collections::BTreeMap, ops::RangeInclusive, time::Duration};
 
 use linkerd2_proxy_api::destination as pb;
 
 use crate::split::WeightedDst;
+
+pub mod routes;
+
+pub use routes::RouteProfile;
 
 pub const RETRY_HTTP_ANNOTATION: &str = "retry.weft.dev/http";
 pub const RETRY_LIMIT_ANNOTATION: &str = "retry.weft.dev/limit";
@@ -179,14 +185,28 @@ pub fn routes(policy: &ProfilePolicy) -> Vec<pb::Route> {
     if policy.retry.is_none() && policy.request_timeout.is_none() {
         return Vec::new();
     }
-    let mut metrics_labels = std::collections::HashMap::new();
+    let per_try = policy.retry.as_ref().and_then(|r| r.per_try_timeout);
+    let all = pb::RequestMatch {
+        r#match: Some(pb::request_match::Match::Path(pb::PathMatch { regex: ".*".into() })),
+    };
+    vec![route(all, policy.retry.as_ref(), per_try, policy.request_timeout, Default::default())]
+}
+
+/// One profile route: `retry` makes it retryable with its limit and failure classes;
+/// `per_try` bounds each try (the only one, without retries); `timeout` the whole request.
+pub(crate) fn route(
+    condition: pb::RequestMatch,
+    retry: Option<&RetryPolicy>,
+    per_try: Option<Duration>,
+    timeout: Option<Duration>,
+    mut metrics_labels: std::collections::HashMap<String, String>,
+) -> pb::Route {
+    if let Some(t) = per_try {
+        metrics_labels.insert(RETRY_TIMEOUT_LABEL.to_string(), t.as_millis().max(1).to_string());
+    }
     let mut response_classes = Vec::new();
-    if let Some(retry) = &policy.retry {
+    if let Some(retry) = retry {
         metrics_labels.insert(RETRY_LIMIT_LABEL.to_string(), retry.limit.to_string());
-        if let Some(t) = retry.per_try_timeout {
-            metrics_labels
-                .insert(RETRY_TIMEOUT_LABEL.to_string(), t.as_millis().max(1).to_string());
-        }
         response_classes = retry
             .statuses
             .iter()
@@ -201,23 +221,22 @@ pub fn routes(policy: &ProfilePolicy) -> Vec<pb::Route> {
             })
             .collect();
     }
-    vec![pb::Route {
-        condition: Some(pb::RequestMatch {
-            r#match: Some(pb::request_match::Match::Path(pb::PathMatch { regex: ".*".into() })),
-        }),
+    pb::Route {
+        condition: Some(condition),
         response_classes,
         metrics_labels,
-        is_retryable: policy.retry.is_some(),
-        timeout: policy.request_timeout.map(proto_duration),
-    }]
+        is_retryable: retry.is_some(),
+        timeout: timeout.map(proto_duration),
+    }
 }
 
-/// The profile of a destination: its name, whether its port is opaque, its routes, the retry
-/// budget, the services its requests are split across ([`crate::split`]; empty: no split),
+/// The profile of a destination: its name, whether its port is opaque, its routes (an
+/// HTTPRoute's, [`routes`], then the Service's catch-all), the retry budget, the services its requests are split across ([`crate::split`]; empty: no split),
 /// and for a pod (looked up by IP) the endpoint to use directly.
 pub fn build(
     fully_qualified_name: &str,
     policy: &ProfilePolicy,
+    route_profile: Option<&RouteProfile>,
     opaque_protocol: bool,
     dst_overrides: &[WeightedDst],
     endpoint: Option<pb::WeightedAddr>,
@@ -225,7 +244,12 @@ pub fn build(
     pb::DestinationProfile {
         fully_qualified_name: fully_qualified_name.to_string(),
         opaque_protocol,
-        routes: routes(policy),
+        routes: route_profile
+            .map(|r| r.routes(policy))
+            .unwrap_or_default()
+            .into_iter()
+            .chain(routes(policy))
+            .collect(),
         retry_budget: Some(retry_budget()),
         dst_overrides: dst_overrides
             .iter()
@@ -349,7 +373,7 @@ mod tests {
             (RETRY_TIMEOUT_ANNOTATION, "100ms"),
             (REQUEST_TIMEOUT_ANNOTATION, "1.5s"),
         ]));
-        let p = build("web.prod.svc.cluster.local", &policy, false, &[], None);
+        let p = build("web.prod.svc.cluster.local", &policy, None, false, &[], None);
         assert_eq!(p.fully_qualified_name, "web.prod.svc.cluster.local");
         assert!(!p.opaque_protocol);
         assert_eq!(p.routes.len(), 1);
@@ -385,14 +409,14 @@ mod tests {
     #[test]
     fn profile_timeout_only_and_empty() {
         let (policy, _) = parse_annotations(&annotations(&[(REQUEST_TIMEOUT_ANNOTATION, "3s")]));
-        let p = build("a.b.svc.cluster.local", &policy, true, &[], None);
+        let p = build("a.b.svc.cluster.local", &policy, None, true, &[], None);
         assert!(p.opaque_protocol);
         assert_eq!(p.routes.len(), 1);
         assert!(!p.routes[0].is_retryable);
         assert!(p.routes[0].response_classes.is_empty());
         assert!(p.routes[0].metrics_labels.is_empty());
 
-        let p = build("a.b.svc.cluster.local", &ProfilePolicy::default(), false, &[], None);
+        let p = build("a.b.svc.cluster.local", &ProfilePolicy::default(), None, false, &[], None);
         assert!(p.routes.is_empty());
         assert!(p.retry_budget.is_some());
     }
@@ -403,7 +427,14 @@ mod tests {
             WeightedDst { authority: "web-stable.prod.svc.cluster.local:80".into(), weight: 90 },
             WeightedDst { authority: "web-canary.prod.svc.cluster.local:80".into(), weight: 0 },
         ];
-        let p = build("web.prod.svc.cluster.local", &ProfilePolicy::default(), false, &dsts, None);
+        let p = build(
+            "web.prod.svc.cluster.local",
+            &ProfilePolicy::default(),
+            None,
+            false,
+            &dsts,
+            None,
+        );
         let got: Vec<_> =
             p.dst_overrides.iter().map(|d| (d.authority.as_str(), d.weight)).collect();
         assert_eq!(

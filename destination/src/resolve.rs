@@ -15,7 +15,11 @@ use std::{
 use linkerd2_proxy_api::destination as pb;
 use tokio::sync::watch;
 
-use crate::{model::ObjKey, profile::ProfilePolicy, split::WeightedDst};
+use crate::{
+    model::ObjKey,
+    profile::{ProfilePolicy, RouteProfile},
+    split::WeightedDst,
+};
 
 /// Endpoint weight sent to proxies (all endpoints are equal; the proxy balances by latency).
 pub const DEFAULT_WEIGHT: u32 = 10_000;
@@ -85,6 +89,9 @@ pub struct ProfileSource {
     /// `name.ns.svc.<cluster-domain>` of a service; empty otherwise.
     pub fqn: String,
     pub policy: ProfilePolicy,
+    /// The routes of the HTTPRoute that claims the service port, if any
+    /// ([`crate::profile::routes`]).
+    pub route_profile: Option<Arc<RouteProfile>>,
     pub opaque: bool,
     /// The services that a service's requests are split across ([`crate::split`]).
     pub dst_overrides: Vec<WeightedDst>,
@@ -102,6 +109,7 @@ impl Resolution {
         crate::profile::build(
             &p.fqn,
             &p.policy,
+            p.route_profile.as_deref(),
             p.opaque,
             &p.dst_overrides,
             p.endpoint.as_ref().map(|e| e.to_proto()),

@@ -8,8 +8,13 @@
 //!   Service `backendRefs` of the route's one rule ([`SplitRoute::from_k8s`]);
 //! - the static file: its `splits:` section ([`FileSplit`]).
 //!
+//! A route whose rules all send to the parent Service itself (no backendRefs, or only the
+//! parent on the parent's port) is no split: its rules become the profile's per-route
+//! timeouts and retries ([`crate::profile::routes`]), and it claims the service ports as a
+//! split would (conflicts settle the same way).
+//!
 //! A profile is per service and port, not per request, so only routes that send *every*
-//! request of the service the same way can be served: one rule, no matches or only
+//! request of the service the same way can be splits: one rule, no matches or only
 //! `PathPrefix /`, no hostnames, no filters. Anything else is skipped whole, logged and
 //! counted (`destination_objects_skipped_total{kind="gateway_httproute",reason}`), never
 //! half-applied; a backendRef that cannot be used (not a Service, another namespace without
@@ -19,13 +24,19 @@
 //! per-service profile cannot say. Several routes on one Service port: the oldest
 //! (`creationTimestamp`, then name) wins, as the Gateway API settles conflicts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{ObjKey, Problem};
+use crate::{
+    model::{ObjKey, Problem},
+    profile::RouteProfile,
+};
 
 /// The Gateway API's group, and the version whose HTTPRoutes are watched (objects written
 /// as `v1beta1` are read through it: the CRDs serve both with one schema).
@@ -75,6 +86,9 @@ pub struct SplitRoute {
     pub created: Option<Time>,
     pub apexes: Vec<Apex>,
     pub backends: Vec<Backend>,
+    /// Per-route timeouts and retries: set when every rule sends to the parent Service
+    /// itself ([`crate::profile::routes`]); such a route has no backends.
+    pub profile: Option<Arc<RouteProfile>>,
 }
 
 /// What the proxy gets: `name.ns.svc.<cluster-domain>:port` and its weight.
@@ -187,6 +201,25 @@ impl Match {
     }
 }
 
+impl Rule {
+    /// Whether every request the rule matches goes to the parent Service itself: no
+    /// backendRefs, or only the parent (on the parent's port) with no filters and a weight.
+    fn sends_to(&self, apexes: &BTreeSet<Apex>) -> bool {
+        self.backend_refs.iter().all(|b| {
+            is_service(
+                Some(b.group.as_deref().unwrap_or("")),
+                Some(b.kind.as_deref().unwrap_or("Service")),
+            ) && b.filters.is_empty()
+                && b.weight != Some(0)
+                && apexes.iter().all(|a| {
+                    a.service.name == b.name
+                        && b.namespace.as_deref().is_none_or(|ns| ns == a.service.namespace)
+                        && b.port.is_none_or(|p| a.port.is_some_and(|ap| i64::from(ap) == p))
+                })
+        })
+    }
+}
+
 impl SplitRoute {
     /// Converts an HTTPRoute. `Err` only for an object without a namespace or name; a route
     /// that cannot be served comes back with no apexes and the problem that says why, so
@@ -210,8 +243,10 @@ impl SplitRoute {
             created: meta.creation_timestamp.clone(),
             apexes: Vec::new(),
             backends: Vec::new(),
+            profile: None,
         };
         let mut problems = Vec::new();
+        let raw = spec;
         let spec: RouteSpec = match serde_json::from_value(spec.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -264,11 +299,21 @@ impl SplitRoute {
             problems.push(problem(&key, "unsupported_route", why));
             problems
         };
-        let rules = spec.rules.unwrap_or_else(|| vec![Rule::default()]);
         if !spec.hostnames.is_empty() {
-            let why = "hostnames match requests by Host: a split applies to every request".into();
+            let why = "hostnames match requests by Host: a profile applies to every request".into();
             return Ok((route, refuse(why, problems)));
         }
+        if spec.rules.iter().flatten().all(|r| r.sends_to(&apexes)) {
+            // Not a split: per-route timeouts and retries for the parent itself.
+            let annotations = meta.annotations.clone().unwrap_or_default();
+            let rules = raw.get("rules").and_then(Value::as_array).map(Vec::as_slice);
+            let (profile, more) = RouteProfile::from_k8s(&key, &annotations, rules);
+            problems.extend(more);
+            route.profile = Some(Arc::new(profile));
+            route.apexes = apexes.into_iter().collect();
+            return Ok((route, problems));
+        }
+        let rules = spec.rules.unwrap_or_else(|| vec![Rule::default()]);
         if rules.len() > 1 {
             let why = format!(
                 "{} rules: only one rule (every request split the same way) can be a split",
@@ -353,7 +398,7 @@ impl SplitRoute {
     }
 }
 
-fn problem(
+pub(crate) fn problem(
     object: impl std::fmt::Display,
     reason: &'static str,
     detail: impl Into<String>,

@@ -466,6 +466,7 @@ impl Catalog {
                     cluster_domain.trim_matches('.')
                 ),
                 policy: svc.policy.clone(),
+                route_profile: None,
                 opaque: svc.opaque_ports.as_ref().is_some_and(|p| p.contains(port)),
                 dst_overrides: split::overrides(
                     self.splits.backends(key, port),

@@ -1,9 +1,10 @@
 //! Route status: what the destination service says on the routes it serves, as Linkerd's
 //! policy controller does — a Gateway API `RouteParentStatus` in `status.parents` for each
 //! parent reference it handles (a `policy.weft.dev` Server; a core Service of a Gateway API
-//! HTTPRoute, which it splits), with the conditions `Accepted` and `ResolvedRefs`. Pure: the
-//! routes as the watches report them in, the `status.parents` each should have out; the
-//! writer ([`crate::k8s::status`]) patches those that differ, when this replica leads.
+//! HTTPRoute, which it splits or gives per-route timeouts and retries), with the conditions
+//! `Accepted` and `ResolvedRefs`. Pure: the routes as the watches report them in, the
+//! `status.parents` each should have out; the writer ([`crate::k8s::status`]) patches those
+//! that differ, when this replica leads.
 //!
 //! Entries of other controllers (another `controllerName`) are kept as they are and where they
 //! are: `status.parents` is an atomic list, so a write carries all of it, and keeping others'

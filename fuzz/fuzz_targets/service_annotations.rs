@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let (policy, errors) = parse_annotations(&annotations);
     assert!(errors.len() <= annotations.len());
     // What the destination service sends for them, the proxy takes whole and as meant.
-    let sent = build("web.prod.svc.cluster.local", &policy, false, &[], None);
+    let sent = build("web.prod.svc.cluster.local", &policy, None, false, &[], None);
     let (profile, errors) = weft_proxy::profile::from_api(&sent);
     assert!(errors.is_empty(), "the proxy refuses part of the profile: {errors:?}");
     let route = profile.route(&http::Method::GET, "/any");

@@ -23,7 +23,7 @@ use crate::kubeapi::FakeApi;
 
 const PODS: &str = "/api/v1/pods";
 pub(crate) const SERVICES: &str = "/api/v1/services";
-const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+pub(crate) const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const NAMESPACES: &str = "/api/v1/namespaces";
 pub(crate) const WEB: &str = "web.prod.svc.cluster.local:80";
 const WEB_ID: &str = "web.prod.serviceaccount.identity.weft.cluster.local";

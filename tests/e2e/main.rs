@@ -18,6 +18,7 @@ mod kubeapi;
 mod loopback;
 mod mtls;
 mod netns;
+mod outbound_routes;
 mod policy;
 mod policy_api;
 mod policy_grpc_filters;

@@ -126,9 +126,10 @@ struct RuleSpec {
     filters: Vec<Value>,
 }
 
+/// A rule's match as written (outbound profile routes read them too: [`crate::profile::routes`]).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MatchSpec {
+pub(crate) struct MatchSpec {
     #[serde(default)]
     path: Option<TypedValue>,
     #[serde(default)]
@@ -311,7 +312,7 @@ fn header_matches(specs: &[NamedValue]) -> Result<Vec<(String, ValueMatch)>, Str
     Ok(headers)
 }
 
-fn route_match(m: &MatchSpec) -> Result<RouteMatch, String> {
+pub(crate) fn route_match(m: &MatchSpec) -> Result<RouteMatch, String> {
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {

@@ -256,6 +256,7 @@ fn route(name: &str, created: &str, port: Option<u16>, backends: &[&str]) -> Spl
         created: Some(Time(created.parse().unwrap())),
         apexes: vec![podinfo(port)],
         backends: backends.iter().map(|b| backend(b, None, 1)).collect(),
+        profile: None,
     }
 }
 
@@ -493,4 +494,117 @@ fn kubernetes_index_pushes_split_changes() {
     assert!(index.reset_routes(vec![]).is_empty());
     assert!(weights(&mut by_name).is_empty());
     assert!(weights(&mut by_ip).is_empty());
+}
+
+/// A Linkerd 2.16-style route: per-route timeouts for its parent Service itself.
+fn own_routes_spec(backend_refs: Value) -> Value {
+    json!({
+        "parentRefs": [{"group": "core", "kind": "Service", "name": "podinfo", "port": 9898}],
+        "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}], "timeouts": {"request": "200ms"}, "backendRefs": backend_refs},
+            {"backendRefs": backend_refs},
+        ],
+    })
+}
+
+#[test]
+fn routes_to_the_parent_itself_are_profile_routes_not_splits() {
+    let parent = json!([{"group": "", "kind": "Service", "name": "podinfo", "port": 9898}]);
+    let unported = json!([{"name": "podinfo"}]);
+    for refs in [json!([]), json!(null), parent.clone(), unported] {
+        let mut spec = own_routes_spec(refs.clone());
+        if refs.is_null() {
+            spec["rules"][0].as_object_mut().unwrap().remove("backendRefs");
+            spec["rules"][1].as_object_mut().unwrap().remove("backendRefs");
+        }
+        let (route, problems) = convert(spec);
+        assert!(problems.is_empty(), "{refs}: {problems:?}");
+        assert_eq!(route.apexes, [podinfo(Some(9898))], "{refs}");
+        assert!(route.backends.is_empty(), "{refs}");
+        let profile = route.profile.expect("profile routes");
+        assert_eq!(profile.name, "podinfo");
+        assert_eq!(profile.rules.len(), 2);
+        assert_eq!(
+            profile.rules[0].request_timeout,
+            Some(crate::profile::routes::Limit::After(std::time::Duration::from_millis(200)))
+        );
+    }
+    // No rules at all: one catch-all route.
+    let (route, _) = convert(json!({"parentRefs": [{"kind": "Service", "name": "podinfo"}]}));
+    assert_eq!(route.profile.unwrap().rules.len(), 1);
+
+    // Another backend, another port of the parent, a weight of 0, a filter: still the
+    // split's business (two rules: refused as before).
+    for refs in [
+        json!([{"name": "podinfo-canary", "port": 9898}]),
+        json!([{"name": "podinfo", "port": 8080}]),
+        json!([{"name": "podinfo", "port": 9898, "weight": 0}]),
+        json!([{"name": "podinfo", "port": 9898, "filters": [{"type": "RequestHeaderModifier"}]}]),
+        json!([{"group": "example.com", "kind": "Backend", "name": "podinfo"}]),
+    ] {
+        let (route, problems) = convert(own_routes_spec(refs.clone()));
+        assert!(route.profile.is_none() && route.apexes.is_empty(), "{refs}");
+        assert_eq!(reasons(&problems), ["unsupported_route"], "{refs}");
+    }
+    // Host names: refused whole, as for a split.
+    let mut spec = own_routes_spec(json!([]));
+    spec["hostnames"] = json!(["podinfo.example.com"]);
+    let (route, problems) = convert(spec);
+    assert!(route.profile.is_none() && route.apexes.is_empty());
+    assert_eq!(reasons(&problems), ["unsupported_route"]);
+    // A rule it cannot express is skipped alone; the rest applies.
+    let mut spec = own_routes_spec(json!([]));
+    spec["rules"][1]["matches"] = json!([{"headers": [{"name": "x-debug", "value": "1"}]}]);
+    let (route, problems) = convert(spec);
+    assert_eq!(reasons(&problems), ["unsupported_rule"]);
+    assert_eq!(route.profile.unwrap().rules.len(), 1);
+}
+
+#[test]
+fn kubernetes_index_serves_the_oldest_routes_of_a_service_port() {
+    use crate::{
+        index::{Index, IndexConfig},
+        model::Service,
+        resolve::Target,
+    };
+    let mut index = Index::new(IndexConfig::default());
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "podinfo", "namespace": "test", "annotations": {"timeout.weft.dev/request": "5s"}},
+        "spec": {"clusterIP": "10.96.7.7", "ports": [{"port": 9898}]}
+    }))
+    .unwrap();
+    index.apply_service(Service::from_k8s(&svc).unwrap().0);
+    let mut rx = index
+        .subscribe(&Target::Service { key: ObjKey::new("test", "podinfo"), port: 9898 })
+        .unwrap();
+    let timeouts =
+        |rx: &mut tokio::sync::watch::Receiver<std::sync::Arc<crate::resolve::Resolution>>| {
+            let profile = rx.borrow_and_update().profile();
+            profile
+                .routes
+                .iter()
+                .map(|r| r.timeout.map(|t| t.nanos / 1_000_000 + t.seconds as i32 * 1000))
+                .collect::<Vec<_>>()
+        };
+    assert_eq!(timeouts(&mut rx), [Some(5000)]);
+
+    let (route, _) = convert(own_routes_spec(json!([])));
+    assert!(index.apply_route(route).is_empty());
+    assert_eq!(timeouts(&mut rx), [Some(200), Some(5000), Some(5000)]);
+
+    // A younger route on the same port loses; an older one wins.
+    let mut spec = own_routes_spec(json!([]));
+    spec["rules"][0]["timeouts"]["request"] = json!("300ms");
+    let (young, _) =
+        SplitRoute::from_k8s(&meta("podinfo-young", "2026-01-01T00:00:00Z"), &spec).unwrap();
+    assert_eq!(reasons(&index.apply_route(young)), ["route_conflict"]);
+    assert!(!rx.has_changed().unwrap());
+    spec["rules"][0]["timeouts"]["request"] = json!("400ms");
+    let (old, _) =
+        SplitRoute::from_k8s(&meta("podinfo-old", "2024-01-01T00:00:00Z"), &spec).unwrap();
+    index.apply_route(old);
+    assert_eq!(timeouts(&mut rx), [Some(400), Some(5000), Some(5000)]);
+    // The routes go: the Service's catch-all alone.
+    assert!(index.reset_routes(vec![]).is_empty());
+    assert_eq!(timeouts(&mut rx), [Some(5000)]);
 }

@@ -216,8 +216,18 @@ fn service_parents_are_accepted_when_the_route_is_a_split() {
         conditions(&route.desired(&id, &world, T0)),
         [vec![c("Accepted", "True", "Accepted"), c("ResolvedRefs", "True", "ResolvedRefs")]]
     );
+    // Rules that send to the parent itself are its profile's routes: accepted.
+    let own =
+        json!({"parentRefs": [service.clone()], "rules": [{}, {"timeouts": {"request": "1s"}}]});
+    let (id, route) = gateway_route(own, json!({}));
+    assert_eq!(
+        conditions(&route.desired(&id, &world, T0))[0][0],
+        c("Accepted", "True", "Accepted")
+    );
     // Two rules cannot be a split: the split's own reason.
-    let two = json!({"parentRefs": [service.clone()], "rules": [{}, {}]});
+    let two = json!({"parentRefs": [service.clone()], "rules": [
+        {}, {"backendRefs": [{"name": "web-canary", "port": 80}]}
+    ]});
     let (id, route) = gateway_route(two, json!({}));
     let parents = route.desired(&id, &world, T0);
     assert_eq!(conditions(&parents)[0][0], c("Accepted", "False", "UnsupportedValue"));
