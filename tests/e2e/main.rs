@@ -20,6 +20,7 @@ mod mtls;
 mod netns;
 mod policy;
 mod policy_api;
+mod policy_detect;
 mod policy_grpc_filters;
 mod policy_grpc_routes;
 mod policy_rate_limit;
