@@ -23,6 +23,7 @@ mod policy_api;
 mod policy_detect;
 mod policy_grpc_filters;
 mod policy_grpc_routes;
+mod policy_http_filters;
 mod policy_rate_limit;
 mod policy_routes;
 mod route_status;
