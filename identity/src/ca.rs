@@ -191,6 +191,9 @@ pub enum Refusal {
     IssuerExpired,
     #[error("could not sign the certificate: {0}")]
     Internal(String),
+    /// Refused by the gRPC decoder before the request reaches the CA.
+    #[error("the request is larger than the {limit} bytes a Certify may take")]
+    TooLarge { limit: usize },
 }
 
 impl Refusal {
@@ -207,6 +210,7 @@ impl Refusal {
             Refusal::WrongIdentity { .. } => Code::PermissionDenied,
             Refusal::TokenUnavailable(_) | Refusal::IssuerExpired => Code::Unavailable,
             Refusal::Internal(_) => Code::Internal,
+            Refusal::TooLarge { .. } => Code::OutOfRange,
         }
     }
 
@@ -224,10 +228,11 @@ impl Refusal {
             Refusal::WrongIdentity { .. } => "wrong_identity",
             Refusal::IssuerExpired => "issuer_expired",
             Refusal::Internal(_) => "internal",
+            Refusal::TooLarge { .. } => "message_too_large",
         }
     }
 
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "missing_field",
         "invalid_identity",
         "malformed_csr",
@@ -239,6 +244,7 @@ impl Refusal {
         "wrong_identity",
         "issuer_expired",
         "internal",
+        "message_too_large",
     ];
 }
 

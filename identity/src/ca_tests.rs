@@ -340,6 +340,7 @@ fn every_reason_is_listed() {
         Refusal::WrongIdentity { requested: String::new(), token: String::new() },
         Refusal::IssuerExpired,
         Refusal::Internal(String::new()),
+        Refusal::TooLarge { limit: 1 },
     ];
     let reasons: Vec<_> = all.iter().map(Refusal::reason).collect();
     assert_eq!(reasons, Refusal::REASONS);

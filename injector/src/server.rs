@@ -57,6 +57,20 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// the bound is on the bodies buffered (up to `max_body_bytes` each).
 pub const MAX_REVIEWS_IN_FLIGHT: usize = 128;
 
+/// The caps a server enforces: `MAX_CONNECTIONS` and `MAX_REVIEWS_IN_FLIGHT` unless told
+/// otherwise (tests lower them rather than open a thousand connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub connections: usize,
+    pub reviews_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { connections: MAX_CONNECTIONS, reviews_in_flight: MAX_REVIEWS_IN_FLIGHT }
+    }
+}
+
 /// How long a review waits for a slot before it is answered 503.
 const REVIEW_SLOT_WAIT: Duration = Duration::from_secs(1);
 
@@ -96,6 +110,7 @@ pub struct Bound {
     webhook: TcpListener,
     admin: TcpListener,
     certs: Arc<Reloading>,
+    limits: Limits,
 }
 
 struct Shared {
@@ -105,6 +120,8 @@ struct Shared {
     max_body_bytes: usize,
     request_timeout: Duration,
     reviews: tokio::sync::Semaphore,
+    /// What `reviews` started with (told to a refused client).
+    max_reviews: usize,
 }
 
 impl Bound {
@@ -115,7 +132,13 @@ impl Bound {
         };
         let webhook = listen(config.listen).await?;
         let admin = listen(config.admin_listen).await?;
-        Ok(Bound { config, webhook, admin, certs })
+        Ok(Bound { config, webhook, admin, certs, limits: Limits::default() })
+    }
+
+    /// Other caps than the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
@@ -133,7 +156,7 @@ impl Bound {
         mut registry: Registry,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
-        let Bound { config, webhook, admin, certs } = self;
+        let Bound { config, webhook, admin, certs, limits } = self;
         let metrics = Metrics::register(&mut registry, namespaces.watch_errors());
         let tls = TlsAcceptor::from(certs.server_config()?);
         let reloads = metrics.certificate_reloads.clone();
@@ -147,7 +170,8 @@ impl Bound {
             metrics: metrics.clone(),
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
-            reviews: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
+            reviews: tokio::sync::Semaphore::new(limits.reviews_in_flight),
+            max_reviews: limits.reviews_in_flight,
         });
         let app = Router::new().route("/inject", post(inject)).with_state(shared);
         let admin_app = admin_router(namespaces, Arc::new(registry));
@@ -160,7 +184,7 @@ impl Bound {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -260,8 +284,9 @@ async fn inject(State(s): State<Arc<Shared>>, body: Body) -> Response {
         let Ok(Ok(_slot)) = tokio::time::timeout(REVIEW_SLOT_WAIT, s.reviews.acquire()).await
         else {
             let message = format!(
-                "the injector is busy ({MAX_REVIEWS_IN_FLIGHT} reviews in flight); \
-                 the API server applies the webhook's failurePolicy"
+                "the injector is busy ({} reviews in flight); \
+                 the API server applies the webhook's failurePolicy",
+                s.max_reviews
             );
             return refuse(&s, "overloaded", StatusCode::SERVICE_UNAVAILABLE, message);
         };
@@ -443,3 +468,6 @@ fn admin_router(namespaces: Namespaces, registry: Arc<Registry>) -> Router {
             }),
         )
 }
+
+#[cfg(test)]
+mod tests;

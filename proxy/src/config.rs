@@ -105,7 +105,8 @@ pub struct RunArgs {
     pub policy_first_update_timeout: Duration,
 
     /// Longest time protocol detection may wait for the client's first bytes before
-    /// the connection is forwarded as opaque TCP (or closed when nobody has spoken).
+    /// the connection is forwarded as opaque TCP (or closed when nobody has spoken). On
+    /// the inbound side, a port whose policy gives a detect timeout takes the policy's.
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 

@@ -1,19 +1,26 @@
 //! Idle client connections: what a served HTTP connection has in flight and since when it
 //! has had nothing, and the watch that closes an idle one gracefully, so that a client that
 //! connects and then says nothing cannot hold a connection slot for ever. Shared by the
-//! admin port and the proxy's HTTP/2 server connections.
+//! admin port and the proxy's HTTP/2 server connections. For HTTP/1, whose idle limit is
+//! hyper's header-read timeout, what the connection has read tells an idle keep-alive
+//! connection (a normal close) from a client that sent part of a request head and stalled.
 
 use std::{
     future::Future,
+    io,
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::time::{Instant, sleep_until};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, sleep_until},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -26,11 +33,32 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub struct Activity {
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
+    /// Bytes read from the client, when its reads are counted (`CountReads`).
+    read: AtomicU64,
+    /// `read` when the last request ended; `NONE_ENDED` before the first.
+    read_at_last_end: AtomicU64,
 }
+
+const NONE_ENDED: u64 = u64::MAX;
 
 impl Activity {
     pub fn new() -> Arc<Self> {
-        Arc::new(Activity { in_flight: AtomicUsize::new(0), last: Mutex::new(Instant::now()) })
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+            read: AtomicU64::new(0),
+            read_at_last_end: AtomicU64::new(NONE_ENDED),
+        })
+    }
+
+    /// Whether the connection is only idle between requests: a request has ended, none
+    /// is in flight, and not a byte of another has been read since (its reads counted by
+    /// `CountReads`). A timeout then closes a keep-alive connection, which is normal, rather
+    /// than cutting off a client that is slow to send a request. (A pipelined request that
+    /// arrived, in part, before the one ahead of it ended is not told apart.)
+    pub fn between_requests(&self) -> bool {
+        let at_end = self.read_at_last_end.load(Ordering::Acquire);
+        !self.busy() && at_end != NONE_ENDED && at_end == self.read.load(Ordering::Acquire)
     }
 
     /// Marks a request in flight until the guard is dropped.
@@ -59,7 +87,68 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let read = self.0.read.load(Ordering::Acquire);
+        self.0.read_at_last_end.store(read, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client connection whose reads are counted in its `Activity`.
+#[derive(Debug)]
+pub struct CountReads<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> CountReads<I> {
+    pub fn new(io: I, activity: Arc<Activity>) -> Self {
+        CountReads { io, activity }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for CountReads<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.activity.read.fetch_add(n, Ordering::AcqRel);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for CountReads<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -104,5 +193,35 @@ pub async fn watch<C: Future>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_connection_with_nothing_read_since_its_last_request_is_between_requests() {
+        let activity = Activity::new();
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = CountReads::new(server, activity.clone());
+        let mut buf = [0u8; 64];
+        // Nothing has ended yet: a client slow with its first request is not idle.
+        assert!(!activity.between_requests(), "before any request");
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let n = io.read(&mut buf).await.expect("read");
+        assert!(n > 0);
+        let request = activity.begin();
+        assert!(!activity.between_requests(), "a request in flight");
+        drop(request);
+        assert!(activity.between_requests(), "its response ended, nothing read since");
+        // Part of the next request head: a client that stalls now is not just idle.
+        client.write_all(b"GE").await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), 2);
+        assert!(!activity.between_requests(), "part of a request was read");
+        drop(activity.begin());
+        assert!(activity.between_requests(), "that request ended too");
     }
 }

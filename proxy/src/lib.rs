@@ -437,9 +437,10 @@ pub(crate) mod test_proxy {
 
     use super::{BoundProxy, RunArgs};
 
-    /// The running proxy's inbound address; it stops with the test's runtime.
+    /// The running proxy's inbound and admin addresses; it stops with the test's runtime.
     pub struct Running {
         pub inbound: SocketAddr,
+        pub admin: SocketAddr,
     }
 
     pub fn start(target: SocketAddr, extra: &[&str]) -> Running {
@@ -459,7 +460,7 @@ pub(crate) mod test_proxy {
         let matches = cmd.try_get_matches_from(argv).expect("test proxy flags");
         let args = RunArgs::from_arg_matches(&matches).expect("test proxy flags");
         let proxy = BoundProxy::bind(args).expect("bind");
-        let running = Running { inbound: proxy.inbound_addrs()[0] };
+        let running = Running { inbound: proxy.inbound_addrs()[0], admin: proxy.admin_addrs()[0] };
         tokio::spawn(proxy.serve(None, std::future::pending()));
         running
     }

@@ -303,9 +303,30 @@ async fn prepare(
     }
     // A client the policy would refuse in plaintext gets no speculative connection to the
     // app: a server that speaks first must not talk to it before it is authorized.
-    let speculate = policy.is_none_or(|p| p.may_admit(client_ip, None));
-    let (protocol, prefix, upstream) = detect_protocol(client, target, side, speculate).await?;
+    let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
+    let policy_timeout = policy.and_then(|p| p.detect_timeout);
+    let limits = DetectLimits::new(policy_timeout, side.detect_timeout, side.detect_silent_window);
+    let (protocol, prefix, upstream) =
+        detect_protocol(client, target, side, limits, speculate).await?;
     Ok((target, protocol, prefix, upstream))
+}
+
+/// How long detection waits on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DetectLimits {
+    timeout: Duration,
+    silent_window: Duration,
+}
+
+impl DetectLimits {
+    /// The port's policy's detect timeout when it gives one (the inbound side), else the
+    /// side's own. The silent window ends by half the timeout at the latest, so that a
+    /// server that speaks first still gets its upstream opened (and time to speak) when
+    /// a policy's timeout is shorter than the window.
+    fn new(policy_timeout: Option<Duration>, side_timeout: Duration, window: Duration) -> Self {
+        let timeout = policy_timeout.unwrap_or(side_timeout);
+        DetectLimits { timeout, silent_window: window.min(timeout / 2) }
+    }
 }
 
 /// Detection with speculative connect: a client silent for the silent window gets its
@@ -314,14 +335,15 @@ async fn detect_protocol(
     client: &mut TcpStream,
     target: SocketAddr,
     side: &Side,
+    limits: DetectLimits,
     speculate: bool,
 ) -> Result<(Protocol, BytesMut, Option<TcpStream>), ConnError> {
-    let deadline = tokio::time::Instant::now() + side.detect_timeout;
+    let deadline = tokio::time::Instant::now() + limits.timeout;
     let mut upstream = None;
     // `readable()` may wake spuriously (it does at once on a fresh socket); `peek`
     // waits for a byte (or EOF) that is really there.
     let mut one = [0u8; 1];
-    if speculate && timeout(side.detect_silent_window, client.peek(&mut one)).await.is_err() {
+    if speculate && timeout(limits.silent_window, client.peek(&mut one)).await.is_err() {
         let up = connect(target, side.connect).await?;
         let mut up_one = [0u8; 1];
         tokio::select! {
@@ -332,7 +354,7 @@ async fn detect_protocol(
                 debug!("server spoke first; forwarding as opaque");
                 return Ok((Protocol::Opaque, BytesMut::new(), Some(up)));
             }
-            _ = sleep_until(deadline) => return Err(ConnError::Silent(side.detect_timeout)),
+            _ = sleep_until(deadline) => return Err(ConnError::Silent(limits.timeout)),
         }
         debug!("client spoke after the silent window");
         upstream = Some(up);
@@ -497,5 +519,23 @@ mod tests {
         assert!(!is_own_listener(a("10.0.0.6:4143"), local, &own));
         assert!(!is_own_listener(a("10.0.0.5:8080"), local, &own));
         assert!(!is_own_listener(a("10.0.0.9:4140"), local, &own));
+    }
+
+    #[test]
+    fn a_policys_detect_timeout_wins_and_the_silent_window_ends_before_it() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        let limits = |policy, flag, window| {
+            let l = DetectLimits::new(policy, flag, window);
+            (l.timeout, l.silent_window)
+        };
+        // No policy timeout: the side's own.
+        assert_eq!(limits(None, s(10), ms(300)), (s(10), ms(300)));
+        // The policy's, longer or shorter than the side's.
+        assert_eq!(limits(Some(s(30)), s(10), ms(300)), (s(30), ms(300)));
+        assert_eq!(limits(Some(s(1)), s(30), ms(300)), (s(1), ms(300)));
+        // A timeout shorter than the window: speculation starts halfway through it, so a
+        // server that speaks first is still reached before the connection is given up.
+        assert_eq!(limits(Some(ms(200)), s(30), ms(300)), (ms(200), ms(100)));
+        assert_eq!(limits(None, ms(100), ms(300)), (ms(100), ms(50)));
     }
 }

@@ -702,6 +702,12 @@ fn identity_oversized_certify_is_refused() {
     assert!(status.message().contains("too large"), "{status:?}");
     let c = client(&s, server.grpc, "web.token");
     rt.block_on(c.certify_once()).expect("an ordinary Certify is still served");
+    // Counted with the other refusals, under a reason of its own.
+    let m = server.metrics();
+    let refusals = "identity_certificate_refusals_total";
+    assert_eq!(support::metric(&m, refusals, &[("reason", "message_too_large")]), 1.0, "{m}");
+    assert_eq!(support::metric(&m, refusals, &[]), 1.0, "{m}");
+    assert_eq!(support::metric(&m, "identity_certificates_issued_total", &[]), 1.0, "{m}");
 }
 
 /// One connection gets at most 16 Certify streams at once: with 16 stalled (headers, no

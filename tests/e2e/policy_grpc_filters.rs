@@ -142,9 +142,9 @@ fn grpc_route_header_modifiers_change_what_the_app_receives() {
 
 /// An `InboundServerPolicies` server that answers every watch with one fixed policy: for
 /// `port`, `server`; for any other port (the admin port), everyone.
-struct FakePolicy {
-    port: u32,
-    server: pb::Server,
+pub(crate) struct FakePolicy {
+    pub(crate) port: u32,
+    pub(crate) server: pb::Server,
 }
 
 type Watch = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Server, tonic::Status>> + Send>>;
@@ -197,7 +197,7 @@ impl InboundServerPolicies for FakePolicy {
 }
 
 /// Any client from anywhere, meshed or not.
-fn everyone() -> pb::Authz {
+pub(crate) fn everyone() -> pb::Authz {
     use pb::authn::{Permit, PermitUnauthenticated};
     let net = |ip: std::net::IpAddr| pb::Network {
         net: Some(IpNetwork { ip: Some(ip.into()), prefix_len: 0 }),
@@ -216,13 +216,13 @@ fn everyone() -> pb::Authz {
 }
 
 /// The policy server, on a runtime of its own (the test's calls block), until dropped.
-struct PolicyServer {
-    addr: SocketAddr,
+pub(crate) struct PolicyServer {
+    pub(crate) addr: SocketAddr,
     _rt: tokio::runtime::Runtime,
 }
 
 impl PolicyServer {
-    fn start(policy: FakePolicy) -> PolicyServer {
+    pub(crate) fn start(policy: FakePolicy) -> PolicyServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

@@ -19,10 +19,14 @@ use rcgen::KeyPair;
 use rustls::sign::CertifiedKey;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
+use tonic::{
+    codegen::{BoxFuture, Context, Poll, Service},
+    server::NamedService,
+};
 
 use crate::{
     TrustBundle,
-    ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError},
+    ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError, Refusal},
     credentials::{CertResolver, certified_key},
     incoming::{Handshake, OnHandshake, TlsConnectInfo, TlsIncoming},
     name::{IdentityName, echo},
@@ -207,8 +211,9 @@ impl IdentityService {
         let incoming = TlsIncoming::new(grpc, acceptor, on_handshake(metrics.clone()));
 
         let loud = LoudEvery::new(Duration::from_secs(1));
-        let svc = IdentityServer::new(Certifier { ca, tokens, metrics, loud })
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let certifier = Certifier { ca, tokens, metrics: metrics.clone(), loud };
+        let svc = IdentityServer::new(certifier).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let svc = CountTooLarge { inner: svc, metrics };
         let result = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .timeout(REQUEST_TIMEOUT)
@@ -222,6 +227,56 @@ impl IdentityService {
         admin_task.abort();
         Ok(result?)
     }
+}
+
+/// Counts the Certify requests refused for their size: tonic's decoder answers them
+/// (`OUT_OF_RANGE`, trailers-only) before `Certifier` sees them.
+#[derive(Clone)]
+struct CountTooLarge<S> {
+    inner: S,
+    metrics: CaMetrics,
+}
+
+impl<S: NamedService> NamedService for CountTooLarge<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl<S> Service<HttpRequest> for CountTooLarge<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<HttpResponse, std::convert::Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let rsp = self.inner.call(req);
+        let metrics = self.metrics.clone();
+        // Boxed: one Certify per proxy per renewal, not a hot path.
+        Box::pin(async move {
+            let rsp = rsp.await?;
+            if is_too_large(rsp.headers()) {
+                let refusal = Refusal::TooLarge { limit: MAX_REQUEST_BYTES };
+                metrics.refused(&refusal);
+                tracing::debug!(reason = refusal.reason(), error = %refusal, "refused");
+            }
+            Ok(rsp)
+        })
+    }
+}
+
+/// Whether a response is the decoder's refusal of a message past the limit: `OUT_OF_RANGE`,
+/// which `Certifier` never answers (and a Certify response is far below any limit).
+fn is_too_large(headers: &http::HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
 }
 
 /// Counts failed handshakes, connections refused at the cap and accept errors.
@@ -437,5 +492,28 @@ impl Identity for Certifier {
                 Err(refusal.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_out_of_range_counts_as_too_large() {
+        let headers = |status: &'static str, message: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-status", http::HeaderValue::from_static(status));
+            h.insert("grpc-message", http::HeaderValue::from_static(message));
+            h
+        };
+        let too_large = "Error,%20decoded%20message%20length%20too%20large";
+        assert!(is_too_large(&headers("11", too_large)));
+        assert!(!is_too_large(&headers("3", too_large)));
+        assert!(!is_too_large(&headers("0", "")));
+        assert!(!is_too_large(&http::HeaderMap::new()), "a response whose status is in trailers");
+        let r = Refusal::TooLarge { limit: MAX_REQUEST_BYTES };
+        assert_eq!((r.code(), r.reason()), (tonic::Code::OutOfRange, "message_too_large"));
+        assert!(Refusal::REASONS.contains(&r.reason()));
     }
 }

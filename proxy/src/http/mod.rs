@@ -170,21 +170,27 @@ pub async fn serve<I>(
         None => None,
     };
     let svc_side = side.clone();
-    let activity = matches!(protocol, Protocol::Http2).then(crate::idle::Activity::new);
+    // HTTP/2: what `idle::watch` closes an idle connection by. HTTP/1: what tells an idle
+    // keep-alive connection that hyper's header-read timeout closed from a stalled client.
+    let activity = crate::idle::Activity::new();
     let act = activity.clone();
+    let h2 = matches!(protocol, Protocol::Http2);
     let svc = service_fn(move |req| {
         let side = svc_side.clone();
         let dst = dst.clone();
         let conn = conn.clone();
-        let in_flight = act.as_ref().map(|a| a.begin());
+        let in_flight = act.begin();
         // Boxed: the request's future is large, and hyper moves it (HTTP/2 spawns a task
         // per stream); a pointer is cheaper to move than the state machine.
         async move {
             let rsp = Box::pin(proxy(req, &conn, &side, dst)).await;
+            // HTTP/2: the stream is in flight until its response body ends (or is dropped).
+            // HTTP/1 reads no next request head before this response is written, so its
+            // end is its head's.
+            let in_flight = h2.then_some(in_flight);
             Ok::<_, Infallible>(rsp.map(|body| Served { body, _in_flight: in_flight }))
         }
     });
-    let io = TokioIo::new(client);
     let result = match protocol {
         Protocol::Http2 => {
             let mut b = conn::http2::Builder::new(TokioExecutor::new());
@@ -195,9 +201,8 @@ pub async fn serve<I>(
                 .max_header_list_size(config.max_header_bytes as u32)
                 .max_pending_accept_reset_streams(config.h2_max_pending_reset_streams)
                 .max_local_error_reset_streams(config.h2_max_local_error_reset_streams);
-            let c = b.serve_connection(io, svc);
+            let c = b.serve_connection(TokioIo::new(client), svc);
             tokio::pin!(c);
-            let activity = activity.unwrap_or_else(crate::idle::Activity::new);
             let watched = crate::idle::watch(
                 c.as_mut(),
                 |c| c.graceful_shutdown(),
@@ -213,7 +218,10 @@ pub async fn serve<I>(
                 .timer(TokioTimer::new())
                 .max_buf_size(config.max_header_bytes.max(8192))
                 .header_read_timeout(config.idle_timeout)
-                .serve_connection(io, svc)
+                .serve_connection(
+                    TokioIo::new(crate::idle::CountReads::new(client, activity.clone())),
+                    svc,
+                )
                 .with_upgrades();
             tokio::pin!(c);
             tokio::select! {
@@ -225,10 +233,18 @@ pub async fn serve<I>(
             }
         }
     };
-    if let Err(e) = result {
-        let label = connection_error(&e, &protocol);
-        side.metrics.http.error(side.direction, label);
-        debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
+    match result {
+        // hyper's header-read timeout on a keep-alive connection that sat idle between
+        // requests: the normal end of an idle connection, as HTTP/2's idle close is.
+        Err(e) if e.is_timeout() && !h2 && activity.between_requests() => {
+            debug!(idle_timeout = ?config.idle_timeout, "keep-alive connection idle; closed");
+        }
+        Err(e) => {
+            let label = connection_error(&e, &protocol);
+            side.metrics.http.error(side.direction, label);
+            debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
+        }
+        Ok(()) => {}
     }
     // An upgraded connection outlives hyper's: the tunnel still holds the client.
     tunnels.close();

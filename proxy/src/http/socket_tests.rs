@@ -73,6 +73,52 @@ async fn idle_client_connections_are_closed() {
     assert!(started.elapsed() >= IDLE, "closed before it was idle: {:?}", started.elapsed());
 }
 
+/// The proxy's `/metrics`, from its admin port.
+async fn scrape(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).await.expect("connect to the admin port");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n").await.expect("request");
+    let mut got = Vec::new();
+    timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("scraped").expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `inbound_http_errors_total{error}`'s value (0 when absent).
+fn http_errors(metrics: &str, error: &str) -> u64 {
+    let series = format!("inbound_http_errors_total{{error=\"{error}\"}} ");
+    let line = metrics.lines().find_map(|l| l.strip_prefix(series.as_str()));
+    line.map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// An HTTP/1 keep-alive connection closed because it sat idle after its response is not
+/// an error; a client that sends part of a request head and stalls is a header timeout.
+#[tokio::test]
+async fn an_idle_http1_keep_alive_close_is_not_a_header_timeout() {
+    let (upstream, _bodies) = streaming_h2_upstream().await;
+    let proxy = test_proxy::start(upstream, &["--http-idle-timeout=300ms"]);
+
+    for _ in 0..2 {
+        let mut idle = TcpStream::connect(proxy.inbound).await.expect("connect");
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await.expect("request");
+        let got = until_closed(&mut idle, Duration::from_secs(5)).await;
+        assert!(got.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&got));
+    }
+    let mut stalled = TcpStream::connect(proxy.inbound).await.expect("connect");
+    stalled.write_all(b"GET / HTTP/1.1\r\nHost: we").await.expect("part of a request head");
+    let got = until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(!got.starts_with(b"HTTP/1.1 2"), "{}", String::from_utf8_lossy(&got));
+
+    // The proxy counts after the client saw the close: wait for the stalled one's count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = scrape(proxy.admin).await;
+        if http_errors(&m, "header_timeout") > 0 || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(http_errors(&metrics, "header_timeout"), 1, "the stalled client only\n{metrics}");
+}
+
 /// A stream in flight keeps its HTTP/2 connection open, however long it lasts, and the
 /// connection takes new streams after it.
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! compile, a route filter it does not implement or that is malformed) is refused whole,
 //! so that a policy is never half applied.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, Method, Request};
 use linkerd2_proxy_api::{
@@ -92,6 +92,9 @@ pub struct ServerPolicy {
     default_route: Route,
     /// HTTP requests past the authorizations still have to pass this (429 when not).
     pub rate_limit: Option<super::rate_limit::RateLimit>,
+    /// How long protocol detection waits on this port, when the policy says (`Detect`'s
+    /// `timeout`); `None`: the proxy's own `--detect-timeout`.
+    pub detect_timeout: Option<Duration>,
 }
 
 /// Who may pass: clients in one of the networks, authenticated as it says.
@@ -580,6 +583,7 @@ impl ServerPolicy {
             authorizations,
             routes: Vec::new(),
             rate_limit: None,
+            detect_timeout: None,
         }
     }
 
@@ -592,8 +596,11 @@ impl ServerPolicy {
         let http = |routes: Vec<api::HttpRoute>| -> Result<Vec<Route>, Invalid> {
             routes.into_iter().map(Route::from_api).collect()
         };
+        let mut detect_timeout = None;
         let (protocol, routes, rate_limit) = match s.protocol.and_then(|p| p.kind) {
             Some(Kind::Detect(d)) => {
+                detect_timeout =
+                    d.timeout.map(|t| detect_timeout_from_api(t, &meta)).transpose()?;
                 (ServerProtocol::Detect, http(d.http_routes)?, d.http_local_rate_limit)
             }
             Some(Kind::Http1(h)) => (ServerProtocol::Http1, http(h.routes)?, h.local_rate_limit),
@@ -618,8 +625,24 @@ impl ServerPolicy {
             authorizations,
             routes,
             rate_limit,
+            detect_timeout,
         })
     }
+}
+
+/// A detect timeout the proxy can keep: more than zero (zero would close every client
+/// before it could speak) and no longer than the longest duration a setting takes (a
+/// deadline past it could overflow the clock). Anything else refuses the update.
+fn detect_timeout_from_api(t: prost_types::Duration, meta: &Meta) -> Result<Duration, Invalid> {
+    let bad = |why: &str| Invalid(format!("server {}: detect timeout {t:?} {why}", meta.name));
+    let d = Duration::try_from(t).map_err(|_| bad("is negative"))?;
+    if d.is_zero() {
+        return Err(bad("is zero"));
+    }
+    if d > crate::config::MAX_DURATION {
+        return Err(bad("is longer than a year"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -419,3 +419,29 @@ fn updates_the_proxy_cannot_enforce_are_refused_whole() {
         assert!(e.to_string().contains(why), "{why}: {e}");
     }
 }
+
+fn with_detect_timeout(timeout: Option<prost_types::Duration>) -> api::Server {
+    let mut s = server(Vec::new(), Vec::new());
+    if let Some(proxy_protocol::Kind::Detect(d)) = s.protocol.as_mut().and_then(|p| p.kind.as_mut())
+    {
+        d.timeout = timeout;
+    }
+    s
+}
+
+#[test]
+fn a_detect_servers_timeout_is_kept_and_absurd_ones_refuse_the_update() {
+    let t = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+    let kept = |timeout| ServerPolicy::from_api(with_detect_timeout(timeout)).expect("valid");
+    assert_eq!(kept(None).detect_timeout, None, "none sent: the proxy's own");
+    assert_eq!(kept(t(0, 200_000_000)).detect_timeout, Some(Duration::from_millis(200)));
+    assert_eq!(kept(t(10, 0)).detect_timeout, Some(Duration::from_secs(10)));
+    let year = crate::config::MAX_DURATION.as_secs() as i64;
+    assert_eq!(kept(t(year, 0)).detect_timeout, Some(crate::config::MAX_DURATION));
+    for (timeout, why) in
+        [(t(-1, 0), "is negative"), (t(0, 0), "is zero"), (t(year + 1, 0), "longer than a year")]
+    {
+        let e = ServerPolicy::from_api(with_detect_timeout(timeout)).expect_err(why);
+        assert!(e.to_string().contains(why) && e.to_string().contains("web-http"), "{why}: {e}");
+    }
+}

@@ -1,0 +1,108 @@
+//! The detect timeout of a port's inbound policy (`Detect { timeout }` of the policy API)
+//! through a real proxy, served by a policy server of the test's own: it wins over the
+//! proxy's `--detect-timeout`, and a server that speaks first is still reached when the
+//! policy's timeout is shorter than the silent window.
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use linkerd2_proxy_api::inbound as pb;
+
+use crate::{
+    policy_api::POD,
+    policy_grpc_filters::{FakePolicy, PolicyServer, everyone},
+    support::{Proxy, banner, eventually, local_listener, metric, serve},
+};
+
+/// A Detect server that everyone may reach, with the policy's detect timeout `timeout`.
+fn detect_server(timeout: Duration) -> pb::Server {
+    let detect = pb::proxy_protocol::Detect {
+        timeout: Some(timeout.try_into().expect("a protobuf duration")),
+        http_routes: Vec::new(),
+        http_local_rate_limit: None,
+    };
+    pb::Server {
+        protocol: Some(pb::ProxyProtocol { kind: Some(pb::proxy_protocol::Kind::Detect(detect)) }),
+        server_ips: Vec::new(),
+        authorizations: vec![everyone()],
+        labels: [("kind", "server"), ("name", "web-short-detect")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// A proxy in front of `app` whose port's policy says a detect timeout of `timeout`, while
+/// its own flag says 30 s (and the silent window is the default, 300 ms); once the policy
+/// has arrived.
+fn proxy_with_policy(app: SocketAddr, timeout: Duration) -> (Proxy, PolicyServer) {
+    let server = detect_server(timeout);
+    let policy = PolicyServer::start(FakePolicy { port: app.port().into(), server });
+    let (app_s, policy_s, port_s) =
+        (app.to_string(), policy.addr.to_string(), app.port().to_string());
+    let proxy = Proxy::start(&[
+        "--inbound-orig-dst-addr",
+        &app_s,
+        "--policy-addr",
+        &policy_s,
+        "--policy-workload",
+        POD,
+        "--inbound-ports",
+        &port_s,
+        "--detect-timeout",
+        "30s",
+    ]);
+    let updated = [("port", port_s.as_str()), ("result", "ok")];
+    let arrived = eventually(Duration::from_secs(20), || {
+        metric(&proxy.metrics(), "inbound_policy_updates_total", &updated) >= 1.0
+    });
+    assert!(arrived, "no policy reached the proxy:\n{}", proxy.logs());
+    (proxy, policy)
+}
+
+#[test]
+fn a_silent_client_is_closed_at_the_policys_detect_timeout_not_the_flags() {
+    let app = serve(local_listener(), |s: TcpStream| {
+        // Says nothing, reads until the proxy gives up.
+        let mut buf = [0u8; 64];
+        let _ = (&s).read(&mut buf);
+    });
+    let (proxy, _policy) = proxy_with_policy(app, Duration::from_millis(200));
+
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.inbound).expect("connect");
+    // Longer than the test's bound, shorter than the flag's 30 s: a read that times out
+    // fails the test below rather than passing as a close.
+    s.set_read_timeout(Some(Duration::from_secs(25))).expect("timeout");
+    let r = s.read(&mut [0u8; 1]);
+    let waited = started.elapsed();
+    let timed_out = matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    assert!(matches!(r, Ok(0) | Err(_)) && !timed_out, "closed: {r:?}");
+    // Generous: the policy's 200 ms, far from the flag's 30 s.
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}\n{}", proxy.logs());
+    assert!(waited >= Duration::from_millis(100), "closed after {waited:?}");
+    let errors = [("error", "detect_timeout")];
+    let counted = eventually(Duration::from_secs(5), || {
+        metric(&proxy.metrics(), "inbound_tcp_errors_total", &errors) == 1.0
+    });
+    assert!(counted, "{}", proxy.metrics());
+}
+
+#[test]
+fn a_server_that_speaks_first_is_reached_within_a_policys_short_detect_timeout() {
+    // The policy's 200 ms is shorter than the 300 ms silent window: the speculative
+    // connection must still be opened in time for the server's greeting.
+    let app = serve(local_listener(), banner(b"220 ready\r\n"));
+    let (proxy, _policy) = proxy_with_policy(app, Duration::from_millis(200));
+
+    let mut s = TcpStream::connect(proxy.inbound).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut greeting = [0u8; 11];
+    s.read_exact(&mut greeting).unwrap_or_else(|e| panic!("the greeting: {e}\n{}", proxy.logs()));
+    assert_eq!(&greeting, b"220 ready\r\n");
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "inbound_tcp_errors_total", &[("error", "detect_timeout")]), 0.0, "{m}");
+}
