@@ -3,10 +3,15 @@
 //! timeouts — and the retry budget that bounds all retries. Converted once per update
 //! from the protobuf into plain types that the request path can match cheaply.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http::{Method, StatusCode};
 use linkerd2_proxy_api::destination as api;
+
+use crate::http::route_metrics::{RouteFamilies, RtLabels, RtPairs, RtRoute};
 
 /// Retries may add this share of the request rate on top of the floor below.
 pub const DEFAULT_RETRY_RATIO: f64 = 0.2;
@@ -23,9 +28,17 @@ pub const LABEL_RETRY_TIMEOUT: &str = "weft_retry_timeout_ms";
 /// Backends of a split, at most: a route's backends are a handful in practice, and the
 /// list comes from the network.
 pub const MAX_BACKENDS: usize = 32;
+/// Routes of a profile, at most (the destination service sends at most 100 an HTTPRoute);
+/// each named one may get route metrics, so their number is bounded here too.
+pub const MAX_ROUTES: usize = 100;
+/// `rt_*` labels of a route, at most, and the longest value kept whole.
+const MAX_ROUTE_LABELS: usize = 4;
+const MAX_ROUTE_LABEL_VALUE: usize = 253;
 
 #[derive(Debug, Clone)]
 pub struct Profile {
+    /// The service's name (`fully_qualified_name`), for the route metrics' `dst`.
+    pub name: Arc<str>,
     pub routes: Vec<Route>,
     pub budget: Budget,
     /// A traffic split (`dst_overrides`): requests (HTTP) and connections (TCP) go to
@@ -36,7 +49,12 @@ pub struct Profile {
 impl Default for Profile {
     /// No routes: nothing is retried; 5xx are failures. No split.
     fn default() -> Self {
-        Profile { routes: Vec::new(), budget: Budget::default(), backends: Vec::new() }
+        Profile {
+            name: Arc::from(""),
+            routes: Vec::new(),
+            budget: Budget::default(),
+            backends: Vec::new(),
+        }
     }
 }
 
@@ -75,6 +93,11 @@ pub struct Route {
     pub try_timeout: Duration,
     /// Timeout of the whole request, retries included (none when zero).
     pub timeout: Duration,
+    /// The route's own metric labels, as `rt_*` (`rt_route`: its name), when it has any:
+    /// then its requests are counted in the route metrics too.
+    pub rt_labels: Option<Arc<Vec<(String, String)>>>,
+    /// Those route metrics, made at the route's first request.
+    pub metrics: OnceLock<Arc<RtRoute>>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,11 +143,38 @@ impl ResponseMatch {
 impl Route {
     /// Whether `status` is a failure on this route; without classes, 5xx are.
     pub fn is_failure(&self, status: StatusCode) -> bool {
-        if self.failures.is_empty() {
-            status.is_server_error()
-        } else {
-            self.failures.iter().any(|m| m.matches(status))
-        }
+        is_failure(&self.failures, status)
+    }
+
+    /// The route's metrics when it has labels of its own (made at its first request):
+    /// `service` is the profile's name (the target's address without one), `target` the
+    /// address the requests are for.
+    pub fn route_metrics(
+        &self,
+        families: &RouteFamilies,
+        direction: crate::metrics::Direction,
+        service: &str,
+        target: std::net::SocketAddr,
+    ) -> Option<Arc<RtRoute>> {
+        let rt = self.rt_labels.as_ref()?;
+        let made = self.metrics.get_or_init(|| {
+            let dst = match service {
+                "" => target.to_string(),
+                name => format!("{name}:{}", target.port()),
+            };
+            let labels = RtLabels { direction: direction.as_str(), dst, rt: RtPairs(rt.clone()) };
+            families.route(labels, self.failures.clone())
+        });
+        Some(made.clone())
+    }
+}
+
+/// Whether `status` is a failure by these response classes; without any, 5xx are.
+pub fn is_failure(failures: &[ResponseMatch], status: StatusCode) -> bool {
+    if failures.is_empty() {
+        status.is_server_error()
+    } else {
+        failures.iter().any(|m| m.matches(status))
     }
 }
 
@@ -148,15 +198,21 @@ pub enum ProfileError {
     Backend(String),
     #[error("traffic split has more than {MAX_BACKENDS} backends; the rest are ignored")]
     TooManyBackends,
+    #[error("profile has {0} routes; only the first {MAX_ROUTES} are used")]
+    TooManyRoutes(usize),
 }
 
 /// Converts a profile update. Routes that cannot be understood are dropped (with the
 /// reasons returned) rather than guessed at.
 pub fn from_api(p: &api::DestinationProfile) -> (Profile, Vec<ProfileError>) {
     let mut errors = Vec::new();
+    if p.routes.len() > MAX_ROUTES {
+        errors.push(ProfileError::TooManyRoutes(p.routes.len()));
+    }
     let routes = p
         .routes
         .iter()
+        .take(MAX_ROUTES)
         .filter_map(|r| match route(r) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -181,7 +237,8 @@ pub fn from_api(p: &api::DestinationProfile) -> (Profile, Vec<ProfileError>) {
             .clamp(Duration::from_secs(1), Duration::from_secs(60)),
     });
     let backends = backends(&p.dst_overrides, &mut errors);
-    (Profile { routes, budget, backends }, errors)
+    let name = Arc::from(p.fully_qualified_name.as_str());
+    (Profile { name, routes, budget, backends }, errors)
 }
 
 /// The split's backends with a weight, each a valid authority; weight 0 means "none of
@@ -237,7 +294,32 @@ fn route(r: &api::Route) -> Result<Route, ProfileError> {
         retry_limit: label_ms(LABEL_RETRY_LIMIT).map_or(DEFAULT_RETRY_LIMIT, |n| n.min(100) as u32),
         try_timeout: label_ms(LABEL_RETRY_TIMEOUT).map(Duration::from_millis).unwrap_or_default(),
         timeout: r.timeout.as_ref().and_then(duration).unwrap_or_default(),
+        rt_labels: rt_labels(&r.metrics_labels),
+        metrics: OnceLock::new(),
     })
+}
+
+/// A route's metric labels as `rt_*` labels, sorted by name: those that are not settings
+/// (`weft_retry_*`), with a name of `[a-zA-Z0-9_]`, at most `MAX_ROUTE_LABELS`, values cut
+/// to `MAX_ROUTE_LABEL_VALUE` bytes. `None` when none is left.
+fn rt_labels(
+    labels: &std::collections::HashMap<String, String>,
+) -> Option<Arc<Vec<(String, String)>>> {
+    let mut out: Vec<(String, String)> = labels
+        .iter()
+        .filter(|(k, _)| k.as_str() != LABEL_RETRY_LIMIT && k.as_str() != LABEL_RETRY_TIMEOUT)
+        .filter(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .map(|(k, v)| {
+            let mut end = v.len().min(MAX_ROUTE_LABEL_VALUE);
+            while !v.is_char_boundary(end) {
+                end -= 1;
+            }
+            (format!("rt_{k}"), v[..end].to_string())
+        })
+        .collect();
+    out.sort();
+    out.truncate(MAX_ROUTE_LABELS);
+    (!out.is_empty()).then(|| Arc::new(out))
 }
 
 fn duration(d: &prost_types::Duration) -> Option<Duration> {
@@ -456,5 +538,55 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(from_api(&inf).0.budget.ratio, 1000.0);
+    }
+
+    #[test]
+    fn route_labels_become_bounded_rt_labels_and_settings_do_not() {
+        let route = |labels: &[(&str, &str)]| api::Route {
+            condition: Some(path("/books.*")),
+            metrics_labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        let long = "x".repeat(300);
+        let p = api::DestinationProfile {
+            fully_qualified_name: "web.prod.svc.cluster.local".into(),
+            routes: vec![
+                route(&[
+                    ("route", "GET /books/{id}"),
+                    (LABEL_RETRY_LIMIT, "2"),
+                    ("bad-key", "x"),
+                    ("team", &long),
+                ]),
+                // Only settings: a catch-all from Service annotations gets no route metrics.
+                route(&[(LABEL_RETRY_LIMIT, "2"), (LABEL_RETRY_TIMEOUT, "100")]),
+            ],
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&p);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(&*profile.name, "web.prod.svc.cluster.local");
+        let rt = profile.routes[0].rt_labels.as_deref().expect("labels");
+        assert_eq!(
+            rt,
+            &[
+                ("rt_route".to_string(), "GET /books/{id}".to_string()),
+                ("rt_team".to_string(), "x".repeat(MAX_ROUTE_LABEL_VALUE)),
+            ]
+        );
+        assert!(profile.routes[1].rt_labels.is_none());
+    }
+
+    #[test]
+    fn routes_past_the_bound_are_dropped_and_said() {
+        let p = api::DestinationProfile {
+            routes: vec![
+                api::Route { condition: Some(path("/a")), ..Default::default() };
+                MAX_ROUTES + 5
+            ],
+            ..Default::default()
+        };
+        let (profile, errors) = from_api(&p);
+        assert_eq!(profile.routes.len(), MAX_ROUTES);
+        assert_eq!(errors, [ProfileError::TooManyRoutes(MAX_ROUTES + 5)]);
     }
 }

@@ -187,4 +187,33 @@ fn outbound_routes_a_route_timeout_applies_to_its_path_only() {
     assert!(
         metric(&p.metrics(), "outbound_http_errors_total", &[("error", "request_timeout")]) >= 1.0
     );
+    // Route metrics: the HTTPRoute's routes are named, so their requests are counted by
+    // route; those that fell through to the Service's own route (`/`, `/slowpoke`) are not.
+    let route = [
+        ("direction", "outbound"),
+        ("dst", "web.prod.svc.cluster.local:80"),
+        ("rt_route", "web-routes"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut l = route.to_vec();
+        l.extend_from_slice(extra);
+        l
+    };
+    let mut m = String::new();
+    // A response is counted once its body has ended, just after the client has it.
+    let counted = eventually(Duration::from_secs(10), || {
+        m = p.metrics();
+        metric(&m, "route_request_total", &route) == metric(&m, "route_response_total", &route)
+    });
+    assert!(counted, "every route request answered:\n{m}");
+    let ok = with(&[("status_code", "200"), ("classification", "success")]);
+    assert_eq!(metric(&m, "route_response_total", &ok), 1.0, "/echo:\n{m}");
+    let timed_out = with(&[("status_code", "504"), ("classification", "failure")]);
+    assert!(metric(&m, "route_response_total", &timed_out) >= 2.0, "/slow:\n{m}");
+    assert!(metric(&m, "route_response_latency_ms_count", &with(&[("status_code", "504")])) >= 2.0);
+    assert_eq!(
+        metric(&m, "route_request_total", &[]),
+        metric(&m, "route_request_total", &route),
+        "no route series but the named route's:\n{m}"
+    );
 }

@@ -13,7 +13,7 @@ use http::{Response, StatusCode, header::CONTENT_LENGTH};
 use http_body_util::{BodyExt, Full, Limited};
 use tracing::debug;
 
-use super::{Reply, RspBody, error_response, finish, pool, send, with_timeout};
+use super::{Reply, RspBody, error_response, pool, send, with_timeout};
 use crate::{
     balance::{PickError, Picked},
     discovery::{EndpointMeta, Resolution},
@@ -41,12 +41,24 @@ pub struct Request<'a> {
 pub async fn forward(
     req: Request<'_>,
     res: &Arc<Resolution>,
-    reply: Reply<'_>,
+    mut reply: Reply<'_>,
 ) -> Response<RspBody> {
     let side = reply.side;
     let profile = res.profile();
     // Borrowed from the profile, which outlives the request's tries: no copy per request.
     let route = profile.route(&req.parts.method, req.parts.uri.path());
+    // A named route counts its requests in the route metrics too.
+    reply.rt = route.and_then(|r| {
+        r.route_metrics(
+            &side.metrics.http.profile_routes,
+            side.direction,
+            &profile.name,
+            req.target,
+        )
+    });
+    if let Some(rt) = &reply.rt {
+        rt.request();
+    }
     let total = route.map_or(Duration::ZERO, |r| r.timeout);
     let target = req.target;
     let tls = req.tls.clone();
@@ -70,7 +82,7 @@ pub async fn forward(
             );
             let why = format!("request timeout: no response within the route's {total:?}");
             let rsp = error_response(StatusCode::GATEWAY_TIMEOUT, &why);
-            finish(side, route, reply.started, rsp, reply.take_access())
+            reply.finish(route, rsp)
         }
     }
 }
@@ -117,7 +129,7 @@ async fn tries(
                     tls.clone(),
                 );
                 let rsp = error_response(e.status(), &e.to_string());
-                return finish(side, route, reply.started, rsp, reply.take_access());
+                return reply.finish(route, rsp);
             }
         }
     } else {
@@ -147,7 +159,7 @@ async fn tries(
                     metrics.request(&route);
                 }
                 let rsp = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-                return finish(side, route, reply.started, rsp, reply.take_access());
+                return reply.finish(route, rsp);
             }
         };
         let endpoint = picked.endpoint.clone();

@@ -73,7 +73,7 @@ pub struct LatencyLabels {
     pub status_code: u16,
 }
 
-fn latency_histogram() -> Histogram {
+pub(super) fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_MS)
 }
 
@@ -88,6 +88,8 @@ pub struct HttpMetrics {
     authorities: LabelCap,
     /// The label sets of routes, for retention.
     routes: Index<RouteLabels>,
+    /// `route_*`: the metrics of service profile routes that have names.
+    pub profile_routes: super::route_metrics::RouteFamilies,
 }
 
 impl HttpMetrics {
@@ -97,6 +99,7 @@ impl HttpMetrics {
         max_label_values: usize,
         folded: &Family<FoldLabels, Counter>,
     ) -> Self {
+        let profile_routes = super::route_metrics::RouteFamilies::register(registry);
         let m = HttpMetrics {
             requests: Family::default(),
             responses: Family::default(),
@@ -106,6 +109,7 @@ impl HttpMetrics {
             retries: Family::default(),
             authorities: LabelCap::new("authority", max_label_values, folded.clone()),
             routes: Index::default(),
+            profile_routes,
         };
         registry.register(
             "outbound_http_retries",
@@ -156,22 +160,23 @@ impl HttpMetrics {
 
     /// Removes the series of route label sets unused for `retain`; returns how many.
     pub fn sweep(&self, now: Instant, retain: Duration) -> u64 {
-        self.routes.sweep(now, retain, |route, lease| {
-            self.requests.remove(route);
-            for status_code in lease.statuses() {
-                self.latency.remove(&LatencyLabels { route: route.clone(), status_code });
-                for classification in ["success", "failure"] {
-                    for grpc_status in std::iter::once("").chain(GRPC_STATUSES) {
-                        self.responses.remove(&ResponseLabels {
-                            route: route.clone(),
-                            status_code,
-                            classification,
-                            grpc_status,
-                        });
+        self.profile_routes.sweep(now, retain)
+            + self.routes.sweep(now, retain, |route, lease| {
+                self.requests.remove(route);
+                for status_code in lease.statuses() {
+                    self.latency.remove(&LatencyLabels { route: route.clone(), status_code });
+                    for classification in ["success", "failure"] {
+                        for grpc_status in std::iter::once("").chain(GRPC_STATUSES) {
+                            self.responses.remove(&ResponseLabels {
+                                route: route.clone(),
+                                status_code,
+                                classification,
+                                grpc_status,
+                            });
+                        }
                     }
                 }
-            }
-        })
+            })
     }
 
     /// Adds the `target_addr` values of the routes that have series to `target_addrs`;
@@ -425,6 +430,8 @@ pub struct Done {
     pub is_grpc: bool,
     /// The request's access log entry, when the access log is on.
     pub access: Option<Box<super::access_log::Entry>>,
+    /// Its service route's metrics, when the route has them.
+    pub rt: Option<super::route_metrics::RtDone>,
 }
 
 impl Done {
@@ -433,14 +440,17 @@ impl Done {
             entry.finish(self.status_code, body_bytes);
         }
         let grpc_status = trailers.and_then(grpc_status).or(self.grpc_status);
-        let ok = !failed
-            && self.status_code < 500
-            && match (self.is_grpc, grpc_status) {
-                (true, Some(code)) => code == 0,
-                (true, None) => false,
-                (false, _) => true,
-            };
+        let grpc_ok = match (self.is_grpc, grpc_status) {
+            (true, Some(code)) => code == 0,
+            (true, None) => false,
+            (false, _) => true,
+        };
+        let ok = !failed && self.status_code < 500 && grpc_ok;
         self.metrics.http.response(&self.route, self.status_code, grpc_status, ok);
+        if let Some(rt) = self.rt {
+            let rt_ok = !failed && !rt.status_failure && grpc_ok;
+            self.metrics.http.profile_routes.response(&rt.route, self.status_code, rt_ok);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod orig_proto;
 pub mod pool;
 pub mod retry;
+pub mod route_metrics;
 #[cfg(test)]
 mod socket_tests;
 
@@ -409,7 +410,8 @@ async fn proxy(
     if let Some(entry) = &mut access {
         entry.forwarding();
     }
-    let reply = Reply { side, started, client_version, is_grpc, access: Mutex::new(access) };
+    let reply =
+        Reply { side, started, client_version, is_grpc, access: Mutex::new(access), rt: None };
     match dst {
         Some(res) => {
             let req = balanced::Request {
@@ -479,6 +481,8 @@ struct Reply<'a> {
     is_grpc: bool,
     /// Locked only to take it: the reply is shared by the tries of a balanced request.
     access: Mutex<Option<Box<access_log::Entry>>>,
+    /// The metrics of the request's service route, when it has them.
+    rt: Option<Arc<route_metrics::RtRoute>>,
 }
 
 impl Reply<'_> {
@@ -511,11 +515,30 @@ impl Reply<'_> {
                     grpc_status: metrics::grpc_status(rsp.headers()),
                     is_grpc: self.is_grpc,
                     access: self.take_access(),
+                    rt: self.rt_done(status),
                 };
                 return rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync());
             }
         };
-        finish(self.side, route, self.started, rsp, self.take_access())
+        self.finish(route, rsp)
+    }
+
+    /// The proxy's own answer to the client (a failure, a timeout), counted.
+    fn finish(
+        &self,
+        route: Arc<metrics::RouteMetrics>,
+        rsp: Response<RspBody>,
+    ) -> Response<RspBody> {
+        let rt = self.rt_done(rsp.status().as_u16());
+        finish_with(self.side, route, self.started, rsp, self.take_access(), rt)
+    }
+
+    /// Records the latency of a response with `status` in the route metrics, if any, and
+    /// what its completion counts there.
+    fn rt_done(&self, status: u16) -> Option<route_metrics::RtDone> {
+        let route = self.rt.clone()?;
+        self.side.metrics.http.profile_routes.latency(&route, status, self.started);
+        Some(route_metrics::RtDone { status_failure: route.is_failure(status), route })
     }
 
     fn take_access(&self) -> Option<Box<access_log::Entry>> {
@@ -557,6 +580,17 @@ fn finish(
     rsp: Response<RspBody>,
     access: Option<Box<access_log::Entry>>,
 ) -> Response<RspBody> {
+    finish_with(side, route, started, rsp, access, None)
+}
+
+fn finish_with(
+    side: &Side,
+    route: Arc<metrics::RouteMetrics>,
+    started: Instant,
+    rsp: Response<RspBody>,
+    access: Option<Box<access_log::Entry>>,
+    rt: Option<route_metrics::RtDone>,
+) -> Response<RspBody> {
     let status = rsp.status().as_u16();
     side.metrics.http.latency(&route, status, started);
     let grpc_status = metrics::grpc_status(rsp.headers());
@@ -567,6 +601,7 @@ fn finish(
         grpc_status,
         is_grpc: grpc_status.is_some(),
         access,
+        rt,
     };
     rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync())
 }
