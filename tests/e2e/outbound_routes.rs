@@ -10,28 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use linkerd2_proxy_api::destination::{self as pb, destination_client::DestinationClient};
+use linkerd2_proxy_api::destination::{self as pb};
 use serde_json::json;
-use tonic::{Streaming, transport::Channel};
 
 use crate::{
-    destination::{Destination, SLICES, WEB, cluster, fixture, next, quiet, req, rt, skipped},
-    split::HTTPROUTES,
+    destination::{Destination, SLICES, WEB, cluster, fixture, next, quiet, rt, skipped},
+    split::{HTTPROUTES, profiles},
     support::{Proxy, eventually, http_server, local_listener, metric, read_response},
 };
 
 const WEB_CLUSTER_IP: &str = "10.96.12.34:80";
-
-async fn profiles(
-    client: &mut DestinationClient<Channel>,
-    path: &str,
-) -> Streaming<pb::DestinationProfile> {
-    client
-        .get_profile(req(path))
-        .await
-        .unwrap_or_else(|e| panic!("GetProfile {path}: {e}"))
-        .into_inner()
-}
 
 /// A route's path regex, whether it has a method match too, its timeout in ms, its labels.
 type RouteSummary = (String, bool, Option<i64>, Vec<(String, String)>);

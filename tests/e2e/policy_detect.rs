@@ -12,8 +12,7 @@ use std::{
 use linkerd2_proxy_api::inbound as pb;
 
 use crate::{
-    policy_api::POD,
-    policy_grpc_filters::{FakePolicy, PolicyServer, everyone},
+    policy_grpc_filters::{FakePolicy, PolicyServer, inbound_proxy, server_policy},
     support::{Proxy, banner, eventually, local_listener, metric, serve},
 };
 
@@ -24,15 +23,7 @@ fn detect_server(timeout: Duration) -> pb::Server {
         http_routes: Vec::new(),
         http_local_rate_limit: None,
     };
-    pb::Server {
-        protocol: Some(pb::ProxyProtocol { kind: Some(pb::proxy_protocol::Kind::Detect(detect)) }),
-        server_ips: Vec::new(),
-        authorizations: vec![everyone()],
-        labels: [("kind", "server"), ("name", "web-short-detect")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    server_policy("web-short-detect", pb::proxy_protocol::Kind::Detect(detect))
 }
 
 /// A proxy in front of `app` whose port's policy says a detect timeout of `timeout`, while
@@ -41,25 +32,7 @@ fn detect_server(timeout: Duration) -> pb::Server {
 fn proxy_with_policy(app: SocketAddr, timeout: Duration) -> (Proxy, PolicyServer) {
     let server = detect_server(timeout);
     let policy = PolicyServer::start(FakePolicy { port: app.port().into(), server });
-    let (app_s, policy_s, port_s) =
-        (app.to_string(), policy.addr.to_string(), app.port().to_string());
-    let proxy = Proxy::start(&[
-        "--inbound-orig-dst-addr",
-        &app_s,
-        "--policy-addr",
-        &policy_s,
-        "--policy-workload",
-        POD,
-        "--inbound-ports",
-        &port_s,
-        "--detect-timeout",
-        "30s",
-    ]);
-    let updated = [("port", port_s.as_str()), ("result", "ok")];
-    let arrived = eventually(Duration::from_secs(20), || {
-        metric(&proxy.metrics(), "inbound_policy_updates_total", &updated) >= 1.0
-    });
-    assert!(arrived, "no policy reached the proxy:\n{}", proxy.logs());
+    let proxy = inbound_proxy(app, &policy, &["--detect-timeout", "30s"]);
     (proxy, policy)
 }
 

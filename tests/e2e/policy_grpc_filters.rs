@@ -197,6 +197,56 @@ impl InboundServerPolicies for FakePolicy {
 }
 
 /// Any client from anywhere, meshed or not.
+/// A `kind` route's metadata (a Gateway API resource named `name`).
+pub(crate) fn gateway_meta(kind: &str, name: &str) -> Option<Metadata> {
+    Some(Metadata {
+        kind: Some(metadata::Kind::Resource(Resource {
+            group: "gateway.networking.k8s.io".into(),
+            kind: kind.into(),
+            name: name.into(),
+            ..Resource::default()
+        })),
+    })
+}
+
+/// A Server named `name` that lets everyone in and speaks `protocol`.
+pub(crate) fn server_policy(name: &str, protocol: pb::proxy_protocol::Kind) -> pb::Server {
+    pb::Server {
+        protocol: Some(pb::ProxyProtocol { kind: Some(protocol) }),
+        server_ips: Vec::new(),
+        authorizations: vec![everyone()],
+        labels: [("kind", "server"), ("name", name)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// A proxy serving `app` inbound with the policy of `policy` for its port, and `extra`
+/// flags; returned once the policy has reached it.
+pub(crate) fn inbound_proxy(app: SocketAddr, policy: &PolicyServer, extra: &[&str]) -> Proxy {
+    let (app_s, policy_s, port_s) =
+        (app.to_string(), policy.addr.to_string(), app.port().to_string());
+    let mut args = vec![
+        "--inbound-orig-dst-addr",
+        &app_s,
+        "--policy-addr",
+        &policy_s,
+        "--policy-workload",
+        POD,
+        "--inbound-ports",
+        &port_s,
+    ];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::start(&args);
+    let updated = [("port", port_s.as_str()), ("result", "ok")];
+    let arrived = crate::support::eventually(Duration::from_secs(20), || {
+        metric(&proxy.metrics(), "inbound_policy_updates_total", &updated) >= 1.0
+    });
+    assert!(arrived, "no policy reached the proxy:\n{}", proxy.logs());
+    proxy
+}
+
 pub(crate) fn everyone() -> pb::Authz {
     use pb::authn::{Permit, PermitUnauthenticated};
     let net = |ip: std::net::IpAddr| pb::Network {
@@ -273,14 +323,7 @@ fn grpc_failure_injectors_answer_with_the_configured_grpc_status() {
     let _app = Py::server("grpc-server", port);
     let app: SocketAddr = ([127, 0, 0, 1], port).into();
     let route = pb::GrpcRoute {
-        metadata: Some(Metadata {
-            kind: Some(metadata::Kind::Resource(Resource {
-                group: "gateway.networking.k8s.io".into(),
-                kind: "GRPCRoute".into(),
-                name: "web-faults".into(),
-                ..Resource::default()
-            })),
-        }),
+        metadata: gateway_meta("GRPCRoute", "web-faults"),
         hosts: Vec::new(),
         authorizations: vec![everyone()],
         rules: vec![
@@ -292,31 +335,10 @@ fn grpc_failure_injectors_answer_with_the_configured_grpc_status() {
             rule("Fail", Vec::new()),
         ],
     };
-    let server = pb::Server {
-        protocol: Some(pb::ProxyProtocol {
-            kind: Some(pb::proxy_protocol::Kind::Grpc(pb::proxy_protocol::Grpc {
-                routes: vec![route],
-            })),
-        }),
-        server_ips: Vec::new(),
-        authorizations: vec![everyone()],
-        labels: [("kind", "server"), ("name", "web-grpc")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
+    let grpc = pb::proxy_protocol::Grpc { routes: vec![route] };
+    let server = server_policy("web-grpc", pb::proxy_protocol::Kind::Grpc(grpc));
     let policy = PolicyServer::start(FakePolicy { port: port.into(), server });
-    let (app_s, policy_s, port_s) = (app.to_string(), policy.addr.to_string(), port.to_string());
-    let proxy = Proxy::start(&[
-        "--inbound-orig-dst-addr",
-        &app_s,
-        "--policy-addr",
-        &policy_s,
-        "--policy-workload",
-        POD,
-        "--inbound-ports",
-        &port_s,
-    ]);
+    let proxy = inbound_proxy(app, &policy, &[]);
 
     let want = format!("RESOURCE_EXHAUSTED {INJECTED}");
     let first = calls_until(&proxy, "Echo", &[], &want);

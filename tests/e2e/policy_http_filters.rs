@@ -4,15 +4,13 @@
 
 use std::process::Command;
 
-use linkerd2_proxy_api::{
-    http_route as route_api, inbound as pb,
-    meta::{Metadata, Resource, metadata},
-};
+use linkerd2_proxy_api::{http_route as route_api, inbound as pb};
 
 use crate::{
-    policy_api::POD,
-    policy_grpc_filters::{FakePolicy, PolicyServer, everyone},
-    support::{Backend, Proxy, eventually, metric, run},
+    policy_grpc_filters::{
+        FakePolicy, PolicyServer, everyone, gateway_meta, inbound_proxy, server_policy,
+    },
+    support::{Backend, Proxy, metric, run},
 };
 
 const INJECTED: &str = "injected: 100% of requests fail";
@@ -55,14 +53,7 @@ fn http_failure_injectors_answer_with_the_configured_status_without_calling_the_
     let app = Backend::start(std::time::Duration::ZERO, None);
     let port = app.addr.port();
     let route = pb::HttpRoute {
-        metadata: Some(Metadata {
-            kind: Some(metadata::Kind::Resource(Resource {
-                group: "gateway.networking.k8s.io".into(),
-                kind: "HTTPRoute".into(),
-                name: "web-faults".into(),
-                ..Resource::default()
-            })),
-        }),
+        metadata: gateway_meta("HTTPRoute", "web-faults"),
         hosts: Vec::new(),
         authorizations: vec![everyone()],
         rules: vec![
@@ -77,33 +68,10 @@ fn http_failure_injectors_answer_with_the_configured_status_without_calling_the_
         http_routes: vec![route],
         http_local_rate_limit: None,
     };
-    let server = pb::Server {
-        protocol: Some(pb::ProxyProtocol { kind: Some(pb::proxy_protocol::Kind::Detect(detect)) }),
-        server_ips: Vec::new(),
-        authorizations: vec![everyone()],
-        labels: [("kind", "server"), ("name", "web-http")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
+    let server = server_policy("web-http", pb::proxy_protocol::Kind::Detect(detect));
     let policy = PolicyServer::start(FakePolicy { port: port.into(), server });
-    let app_s = app.addr.to_string();
-    let (policy_s, port_s) = (policy.addr.to_string(), port.to_string());
-    let proxy = Proxy::start(&[
-        "--inbound-orig-dst-addr",
-        &app_s,
-        "--policy-addr",
-        &policy_s,
-        "--policy-workload",
-        POD,
-        "--inbound-ports",
-        &port_s,
-    ]);
-    let updated = [("port", port_s.as_str()), ("result", "ok")];
-    let arrived = eventually(std::time::Duration::from_secs(20), || {
-        metric(&proxy.metrics(), "inbound_policy_updates_total", &updated) >= 1.0
-    });
-    assert!(arrived, "no policy reached the proxy:\n{}", proxy.logs());
+    let proxy = inbound_proxy(app.addr, &policy, &[]);
+    let port_s = port.to_string();
 
     // Ratio 1: the configured status, the message in `l5d-proxy-error` (as linkerd2-proxy
     // sends it) and in the body; the app never sees the request.

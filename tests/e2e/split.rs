@@ -35,7 +35,7 @@ fn overrides(p: &pb::DestinationProfile) -> Vec<(&str, u32)> {
     p.dst_overrides.iter().map(|d| (d.authority.as_str(), d.weight)).collect()
 }
 
-async fn profiles(
+pub(crate) async fn profiles(
     client: &mut DestinationClient<Channel>,
     path: &str,
 ) -> Streaming<pb::DestinationProfile> {

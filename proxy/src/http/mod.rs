@@ -364,7 +364,7 @@ async fn proxy(
         } else {
             error_response(refusal.status(), refusal.why())
         };
-        return finish(side, direct_route, started, rsp, access);
+        return finish(side, direct_route, started, rsp, access, None);
     }
     // The filters of the route rule the request matched: header changes before the app
     // sees it, or the proxy's own answer (a redirect, an injected failure).
@@ -373,7 +373,7 @@ async fn proxy(
     {
         metrics.http.request(&direct_route);
         debug!(method = %req.method(), path = req.uri().path(), ?answer, "request answered by a route filter");
-        return finish(side, direct_route, started, filter_answer(answer), access);
+        return finish(side, direct_route, started, filter_answer(answer), access, None);
     }
 
     let Ok(_permit) = side.http.in_flight.clone().try_acquire_owned() else {
@@ -381,13 +381,13 @@ async fn proxy(
         metrics.http.error(direction, "load_shed");
         let rsp =
             error_response(StatusCode::SERVICE_UNAVAILABLE, "in-flight request limit reached");
-        return finish(side, direct_route, started, rsp, access);
+        return finish(side, direct_route, started, rsp, access, None);
     };
 
     if is_upgrade(&req) {
         metrics.http.request(&direct_route);
         let rsp = upgrade::forward(req, target, side, &conn.tunnels).await;
-        return finish(side, direct_route, started, rsp, access);
+        return finish(side, direct_route, started, rsp, access, None);
     }
 
     let client_version = req.version();
@@ -398,7 +398,7 @@ async fn proxy(
             metrics.http.request(&direct_route);
             metrics.http.error(direction, "bad_request");
             let rsp = error_response(StatusCode::BAD_REQUEST, &e.to_string());
-            return finish(side, direct_route, started, rsp, access);
+            return finish(side, direct_route, started, rsp, access, None);
         }
     };
     let body = match &access {
@@ -530,7 +530,7 @@ impl Reply<'_> {
         rsp: Response<RspBody>,
     ) -> Response<RspBody> {
         let rt = self.rt_done(rsp.status().as_u16());
-        finish_with(self.side, route, self.started, rsp, self.take_access(), rt)
+        finish(self.side, route, self.started, rsp, self.take_access(), rt)
     }
 
     /// Records the latency of a response with `status` in the route metrics, if any, and
@@ -574,16 +574,6 @@ fn send_error(e: &pool::SendError) -> (&'static str, String) {
 
 /// Records latency and the response of a response made by the proxy itself.
 fn finish(
-    side: &Side,
-    route: Arc<metrics::RouteMetrics>,
-    started: Instant,
-    rsp: Response<RspBody>,
-    access: Option<Box<access_log::Entry>>,
-) -> Response<RspBody> {
-    finish_with(side, route, started, rsp, access, None)
-}
-
-fn finish_with(
     side: &Side,
     route: Arc<metrics::RouteMetrics>,
     started: Instant,
