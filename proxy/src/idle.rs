@@ -10,7 +10,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -32,7 +32,11 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
-    last: Mutex<Instant>,
+    /// When the connection began; `last_end_ms` counts from it.
+    began: Instant,
+    /// When the last request ended, in ms since `began` (an atomic: set once per request,
+    /// on HTTP/1 and HTTP/2 alike, without a lock).
+    last_end_ms: AtomicU64,
     /// Bytes read from the client, when its reads are counted (`CountReads`).
     read: AtomicU64,
     /// `read` when the last request ended; `NONE_ENDED` before the first.
@@ -45,7 +49,8 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
-            last: Mutex::new(Instant::now()),
+            began: Instant::now(),
+            last_end_ms: AtomicU64::new(0),
             read: AtomicU64::new(0),
             read_at_last_end: AtomicU64::new(NONE_ENDED),
         })
@@ -72,7 +77,8 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
+        self.began.elapsed().saturating_sub(last_end)
     }
 
     fn busy(&self) -> bool {
@@ -86,7 +92,8 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let since_began = self.0.began.elapsed().as_millis() as u64;
+        self.0.last_end_ms.store(since_began, Ordering::Release);
         let read = self.0.read.load(Ordering::Acquire);
         self.0.read_at_last_end.store(read, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -267,7 +267,7 @@ impl TcpMetrics {
         self.open_connections.remove(labels);
         self.read_bytes.remove(labels);
         self.write_bytes.remove(labels);
-        for errno in ERRNOS {
+        for errno in errnos() {
             self.close_total.remove(&CloseLabels { tcp: labels.clone(), errno });
         }
     }
@@ -542,18 +542,22 @@ impl Metrics {
     }
 }
 
-/// Every `errno` label value (`""`: closed without an error).
-const ERRNOS: [&str; 9] = [
-    "",
-    "ECONNRESET",
-    "EPIPE",
-    "ETIMEDOUT",
-    "ECONNREFUSED",
-    "EHOSTUNREACH",
-    "ENETUNREACH",
-    "ECONNABORTED",
-    "other",
+/// The errors with an `errno` label value of their own; any other is `other`, and a close
+/// without an error `""`.
+const NAMED_ERRNOS: [(i32, &str); 7] = [
+    (libc::ECONNRESET, "ECONNRESET"),
+    (libc::EPIPE, "EPIPE"),
+    (libc::ETIMEDOUT, "ETIMEDOUT"),
+    (libc::ECONNREFUSED, "ECONNREFUSED"),
+    (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    (libc::ENETUNREACH, "ENETUNREACH"),
+    (libc::ECONNABORTED, "ECONNABORTED"),
 ];
+
+/// Every `errno` label value.
+fn errnos() -> impl Iterator<Item = &'static str> {
+    std::iter::once("").chain(NAMED_ERRNOS.iter().map(|(_, name)| *name)).chain(["other"])
+}
 
 #[cfg(test)]
 impl Metrics {
@@ -569,17 +573,10 @@ impl Metrics {
 }
 
 /// A short, stable name for the error that closed a connection (Linkerd's `errno` label);
-/// one of `ERRNOS`.
+/// one of `errnos()`.
 fn errno(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
-        Some(libc::ECONNRESET) => "ECONNRESET",
-        Some(libc::EPIPE) => "EPIPE",
-        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
-        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
-        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
-        Some(libc::ENETUNREACH) => "ENETUNREACH",
-        Some(libc::ECONNABORTED) => "ECONNABORTED",
-        Some(_) => "other",
+        Some(code) => NAMED_ERRNOS.iter().find(|(c, _)| *c == code).map_or("other", |(_, n)| n),
         None => match err.kind() {
             io::ErrorKind::TimedOut => "ETIMEDOUT",
             io::ErrorKind::ConnectionReset => "ECONNRESET",

@@ -117,13 +117,25 @@ struct ParentRef {
     namespace: Option<String>,
 }
 
+/// A rule as written (outbound profile routes read it too, with its `timeouts`:
+/// [`crate::profile::routes`]).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RuleSpec {
+pub(crate) struct RuleSpec {
     #[serde(default)]
-    matches: Option<Vec<MatchSpec>>,
+    pub matches: Option<Vec<MatchSpec>>,
     #[serde(default)]
-    filters: Vec<Value>,
+    pub filters: Vec<Value>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+}
+
+/// A rule's `timeouts`, as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TimeoutsSpec {
+    pub request: Option<String>,
+    pub backend_request: Option<String>,
 }
 
 /// A rule's match as written (outbound profile routes read them too: [`crate::profile::routes`]).

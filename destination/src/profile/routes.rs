@@ -31,7 +31,7 @@ use serde_json::Value;
 use super::{ProfilePolicy, RetryPolicy};
 use crate::{
     model::{ObjKey, Problem},
-    policy::route::{MatchSpec, PathMatch, route_match},
+    policy::route::{PathMatch, RuleSpec, route_match},
     split::problem,
 };
 
@@ -71,24 +71,6 @@ pub struct RouteProfile {
     pub request_timeout: Option<Duration>,
     /// In precedence order.
     pub rules: Vec<RuleRoute>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RuleSpec {
-    #[serde(default)]
-    matches: Option<Vec<MatchSpec>>,
-    #[serde(default)]
-    filters: Vec<Value>,
-    #[serde(default)]
-    timeouts: Option<TimeoutsSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TimeoutsSpec {
-    request: Option<String>,
-    backend_request: Option<String>,
 }
 
 impl RouteProfile {
