@@ -81,6 +81,13 @@ impl Activity {
         self.began.elapsed().saturating_sub(last_end)
     }
 
+    fn note_end(&self) {
+        let since_began = self.began.elapsed().as_millis() as u64;
+        self.last_end_ms.store(since_began, Ordering::Release);
+        let read = self.read.load(Ordering::Acquire);
+        self.read_at_last_end.store(read, Ordering::Release);
+    }
+
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
     }
@@ -92,11 +99,19 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let since_began = self.0.began.elapsed().as_millis() as u64;
-        self.0.last_end_ms.store(since_began, Ordering::Release);
-        let read = self.0.read.load(Ordering::Acquire);
-        self.0.read_at_last_end.store(read, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let a = &self.0;
+        // The end that matters is the last one, when nothing is left in flight: only then
+        // is the clock read (a busy HTTP/2 connection ends many streams without it). It
+        // is noted before the count drops, so `idle_for` never pairs zero in flight with
+        // an older end; two ends racing at a count of two may both skip it, and the last
+        // of them notes it after.
+        let last = a.in_flight.load(Ordering::Acquire) == 1;
+        if last {
+            a.note_end();
+        }
+        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && !last {
+            a.note_end();
+        }
     }
 }
 

@@ -203,6 +203,26 @@ fn peak_rss_bytes(p: &Proxy) -> u64 {
 }
 
 #[test]
+fn an_http2_upload_answered_early_is_read_not_reset() {
+    // The proxy answers 502 before reading a word of the upload. curl takes a reset of the
+    // stream (even NO_ERROR) while it is still sending as a failure of the request, which
+    // before the proxy read the rest most such uploads were.
+    let (_reserved, dead) = crate::loopback::refusing_addr();
+    let refused = Proxy::start(&["--outbound-orig-dst-addr", &dead.to_string()]);
+    let body = std::env::temp_dir().join(format!("weft-early-answer-{}", std::process::id()));
+    std::fs::write(&body, vec![7u8; 100 * 1024]).expect("write the upload");
+    for _ in 0..20 {
+        let (ok, out, err) = run(Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("http://{}/upload", refused.outbound)));
+        assert!(ok && out == "502", "{out} {err}");
+    }
+    let _ = std::fs::remove_file(&body);
+}
+
+#[test]
 fn failures_become_statuses_with_l5d_proxy_error_and_metrics() {
     // Refused.
     let (_reserved, dead) = crate::loopback::refusing_addr();
@@ -490,6 +510,22 @@ fn connect_switches_to_a_tunnel_after_the_2xx() {
     let mut back = [0u8; 12];
     reader.read_exact(&mut back).expect("echo through the tunnel");
     assert_eq!(&back, b"\x00\x01tunnelled\xff");
+    let m = client.metrics();
+    assert_eq!(metric(&m, "response_total", &[("status_code", "200")]), 1.0, "{m}");
+}
+
+#[test]
+fn an_http2_connect_tunnels_over_its_stream() {
+    let backend = http_server(local_listener());
+    let (client, _server) = upgraded_pair(backend, &[]);
+    // An independent HTTP/2 client (Python's h2): CONNECT on a stream, then bytes that
+    // are no HTTP through it; the upstream leg is an HTTP/1.1 CONNECT.
+    let (ok, out, err) = run(Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/py/peers.py"))
+        .args(["h2-tunnel", &client.outbound.to_string(), "db.test:5432"]));
+    assert!(ok, "{err}");
+    // The echo came back whole, and ending the client's side ended the tunnel's.
+    assert_eq!(out.trim(), "status=200 echo=000174756e6e656c6c6564ff sent=1 ended=1", "{err}");
     let m = client.metrics();
     assert_eq!(metric(&m, "response_total", &[("status_code", "200")]), 1.0, "{m}");
 }

@@ -349,7 +349,7 @@ mod tests {
     /// over, instead of holding its request (and in-flight slot) for ever.
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_to_replay_times_out_with_408() {
-        let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(1);
+        let (mut tx, body) = Channel::<Bytes, pool::BodyError>::new(1);
         tx.send_data(Bytes::from_static(b"half")).await.expect("send");
         let wait = Duration::from_secs(60);
         let started = tokio::time::Instant::now();
@@ -367,7 +367,7 @@ mod tests {
         drop(tx);
 
         // A body that comes in time is kept for replay.
-        let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(2);
+        let (mut tx, body) = Channel::<Bytes, pool::BodyError>::new(2);
         tx.send_data(Bytes::from_static(b"half")).await.expect("send");
         tx.send_data(Bytes::from_static(b"done")).await.expect("send");
         drop(tx);

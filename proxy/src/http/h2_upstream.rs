@@ -149,7 +149,7 @@ impl Sender {
         if let Some(mut c) = cancel {
             c.0.take();
         }
-        Ok(rsp.map(|recv| H2Body::new(recv, in_flight)))
+        Ok(rsp.map(|recv| H2Body::new(recv, Some(in_flight))))
     }
 }
 
@@ -169,7 +169,7 @@ impl Drop for CancelOnDrop {
 /// stream; stops early when the request is given up before its response (dropping the
 /// stream's last handle resets it).
 async fn pipe(body: ReqBody, tx: h2::SendStream<Bytes>, cancelled: oneshot::Receiver<()>) {
-    let pump = pump(body, tx);
+    let pump = pump(body, tx, |_| h2::Reason::CANCEL);
     tokio::pin!(pump);
     tokio::select! {
         biased;
@@ -179,12 +179,22 @@ async fn pipe(body: ReqBody, tx: h2::SendStream<Bytes>, cancelled: oneshot::Rece
     }
 }
 
-async fn pump(mut body: ReqBody, mut tx: h2::SendStream<Bytes>) {
+/// Sends `body` on its stream until it ends, fails (the stream is then reset with
+/// `reason(error)`) or the peer resets the stream. Request bodies here; response bodies
+/// for the proxy's own HTTP/2 server (`h2_server`).
+pub(super) async fn pump<B>(
+    mut body: B,
+    mut tx: h2::SendStream<Bytes>,
+    reason: impl Fn(&B::Error) -> h2::Reason,
+) where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     loop {
         let frame = tokio::select! {
             biased;
             reason = poll_fn(|cx| tx.poll_reset(cx)) => {
-                debug!(?reason, "the upstream reset the request stream");
+                debug!(?reason, "the peer reset the stream");
                 return;
             }
             frame = body.frame() => frame,
@@ -202,8 +212,8 @@ async fn pump(mut body: ReqBody, mut tx: h2::SendStream<Bytes>) {
                 },
             },
             Some(Err(e)) => {
-                debug!(error = %e, "the request body failed; resetting the stream");
-                tx.send_reset(h2::Reason::CANCEL);
+                debug!(error = %e, "the body failed; resetting the stream");
+                tx.send_reset(reason(&e));
                 return;
             }
         };
@@ -211,7 +221,7 @@ async fn pump(mut body: ReqBody, mut tx: h2::SendStream<Bytes>) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                debug!(error = %e, "sending the request body failed");
+                debug!(error = %e, "sending the body failed");
                 return;
             }
         }
@@ -220,7 +230,7 @@ async fn pump(mut body: ReqBody, mut tx: h2::SendStream<Bytes>) {
 
 /// Sends `data` as the window allows; capacity is asked for only once the data is in
 /// hand, so a body that never produces data holds none of the connection's window.
-async fn send_data(
+pub(super) async fn send_data(
     tx: &mut h2::SendStream<Bytes>,
     mut data: Bytes,
     eos: bool,
@@ -244,18 +254,19 @@ async fn send_data(
     Ok(())
 }
 
-/// A response body read from an upstream HTTP/2 stream, trailers included; the stream's
-/// window is given back as the data is taken.
+/// A body read from an HTTP/2 stream, trailers included: an upstream's response, or a
+/// client's request to the proxy's HTTP/2 server. The stream's window is given back as
+/// the data is taken.
 #[derive(Debug)]
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
-    /// The stream is in flight until the body is dropped.
-    _in_flight: InFlight,
+    /// An upstream stream is in flight until its response body is dropped.
+    _in_flight: Option<InFlight>,
 }
 
 impl H2Body {
-    fn new(recv: h2::RecvStream, in_flight: InFlight) -> Self {
+    pub(super) fn new(recv: h2::RecvStream, in_flight: Option<InFlight>) -> Self {
         H2Body { recv, data_done: false, _in_flight: in_flight }
     }
 }

@@ -470,7 +470,8 @@ const GRPC_STATUSES: [&str; 18] = [
 ];
 
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 impl<B: Body> MeteredBody<B> {

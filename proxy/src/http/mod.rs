@@ -6,6 +6,7 @@
 
 pub mod access_log;
 mod balanced;
+mod h2_server;
 mod h2_upstream;
 pub mod metrics;
 pub mod orig_proto;
@@ -18,7 +19,6 @@ mod socket_tests;
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,10 +28,10 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
     header::{self, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
 };
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
@@ -50,6 +50,7 @@ type RspBody = UnsyncBoxBody<Bytes, pool::BodyError>;
 
 /// The header that tells the app the identity of a meshed client.
 pub const CLIENT_ID: &str = "l5d-client-id";
+static CLIENT_ID_HEADER: HeaderName = HeaderName::from_static(CLIENT_ID);
 
 /// The header that tells a client why the proxy, not the upstream, failed its request.
 pub const PROXY_ERROR: &str = "l5d-proxy-error";
@@ -154,7 +155,16 @@ pub async fn serve<I>(
         None => side.tls_labels(&protocol),
     };
     let tunnels = tokio_util::task::TaskTracker::new();
+    let config = &side.http.config;
+    let stop = side.stop.clone();
+    // Discovery, once per connection: a known service is balanced per request.
+    let dst = match &side.discovery {
+        Some(d) => d.resolve(target).await,
+        None => None,
+    };
     let conn = Arc::new(Conn {
+        side: side.clone(),
+        dst,
         target,
         client_addr,
         tls,
@@ -163,145 +173,115 @@ pub async fn serve<I>(
         routes: Default::default(),
         tunnels: tunnels.clone(),
     });
-    let config = &side.http.config;
-    let stop = side.stop.clone();
-    // Discovery, once per connection: a known service is balanced per request.
-    let dst = match &side.discovery {
-        Some(d) => d.resolve(target).await,
-        None => None,
-    };
-    let svc_side = side.clone();
     // HTTP/2: what `idle::watch` closes an idle connection by. HTTP/1: what tells an idle
     // keep-alive connection that hyper's header-read timeout closed from a stalled client.
     let activity = crate::idle::Activity::new();
-    let act = activity.clone();
     let h2 = matches!(protocol, Protocol::Http2);
-    let svc = service_fn(move |req| {
-        let side = svc_side.clone();
-        let dst = dst.clone();
-        let conn = conn.clone();
-        let in_flight = act.begin();
-        // Boxed: the request's future is large, and hyper moves it (HTTP/2 spawns a task
-        // per stream); a pointer is cheaper to move than the state machine.
-        async move {
-            let rsp = Box::pin(proxy(req, &conn, &side, dst)).await;
-            // HTTP/2: the stream is in flight until its response body ends (or is dropped).
+    let failed: Option<(&'static str, String)> = if h2 {
+        // Each stream is in flight until its response body has been sent (or given up).
+        let handle = move |req| {
+            let conn = conn.clone();
+            // Not boxed: the future is small (its rare, large parts are boxed), and the
+            // stream's task holds it.
+            async move { proxy(req, &conn).await }
+        };
+        let c = h2_server::Server::new(client, config, activity.clone(), handle);
+        tokio::pin!(c);
+        let watched = crate::idle::watch(
+            c.as_mut(),
+            |c| c.graceful_shutdown(),
+            &activity,
+            config.idle_timeout,
+            &stop,
+        );
+        // `None`: asked to close, it neither did nor had anything in flight; dropped.
+        match watched.await {
+            Some(Err(e)) => Some((e.label(), e.to_string())),
+            _ => None,
+        }
+    } else {
+        let act = activity.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let conn = conn.clone();
             // HTTP/1 reads no next request head before this response is written, so its
             // end is its head's.
-            let in_flight = h2.then_some(in_flight);
-            Ok::<_, Infallible>(rsp.map(|body| Served { body, _in_flight: in_flight }))
-        }
-    });
-    let result = match protocol {
-        Protocol::Http2 => {
-            let mut b = conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-                .max_concurrent_streams(config.h2_max_concurrent_streams)
-                .max_header_list_size(config.max_header_bytes as u32)
-                .max_pending_accept_reset_streams(config.h2_max_pending_reset_streams)
-                .max_local_error_reset_streams(config.h2_max_local_error_reset_streams);
-            let c = b.serve_connection(TokioIo::new(client), svc);
-            tokio::pin!(c);
-            let watched = crate::idle::watch(
-                c.as_mut(),
-                |c| c.graceful_shutdown(),
-                &activity,
-                config.idle_timeout,
-                &stop,
-            );
-            // `None`: asked to close, it neither did nor had anything in flight; dropped.
-            watched.await.unwrap_or(Ok(()))
-        }
-        _ => {
-            let c = conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .max_buf_size(config.max_header_bytes.max(8192))
-                .header_read_timeout(config.idle_timeout)
-                .serve_connection(
-                    TokioIo::new(crate::idle::CountReads::new(client, activity.clone())),
-                    svc,
-                )
-                .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r,
-                _ = stop.cancelled() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
+            let in_flight = act.begin();
+            // Boxed: the request's future is large, and hyper moves it; a pointer is
+            // cheaper to move than the state machine.
+            async move {
+                let rsp = Box::pin(proxy(req.map(h1_body), &conn)).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(rsp)
             }
+        });
+        let c = conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .header_read_timeout(config.idle_timeout)
+            .serve_connection(
+                TokioIo::new(crate::idle::CountReads::new(client, activity.clone())),
+                svc,
+            )
+            .with_upgrades();
+        tokio::pin!(c);
+        let result = tokio::select! {
+            r = c.as_mut() => r,
+            _ = stop.cancelled() => {
+                c.as_mut().graceful_shutdown();
+                c.await
+            }
+        };
+        match result {
+            // hyper's header-read timeout on a keep-alive connection that sat idle between
+            // requests: the normal end of an idle connection, as HTTP/2's idle close is.
+            Err(e) if e.is_timeout() && activity.between_requests() => {
+                debug!(idle_timeout = ?config.idle_timeout, "keep-alive connection idle; closed");
+                None
+            }
+            Err(e) => Some((h1_connection_error(&e), e.to_string())),
+            Ok(()) => None,
         }
     };
-    match result {
-        // hyper's header-read timeout on a keep-alive connection that sat idle between
-        // requests: the normal end of an idle connection, as HTTP/2's idle close is.
-        Err(e) if e.is_timeout() && !h2 && activity.between_requests() => {
-            debug!(idle_timeout = ?config.idle_timeout, "keep-alive connection idle; closed");
-        }
-        Err(e) => {
-            let label = connection_error(&e, &protocol);
-            side.metrics.http.error(side.direction, label);
-            debug!(error = %e, error.kind = label, "HTTP connection ended with an error");
-        }
-        Ok(()) => {}
+    if let Some((label, error)) = failed {
+        side.metrics.http.error(side.direction, label);
+        debug!(%error, error.kind = label, "HTTP connection ended with an error");
     }
-    // An upgraded connection outlives hyper's: the tunnel still holds the client.
+    // An upgraded connection outlives the HTTP connection: the tunnel still holds the client.
     tunnels.close();
     tunnels.wait().await;
 }
 
-/// A response body as served to the client. On HTTP/2 it holds its stream's place in the
-/// connection's activity: the stream is in flight until the body ends (or is dropped).
-struct Served {
-    body: RspBody,
-    _in_flight: Option<crate::idle::InFlight>,
-}
-
-impl Body for Served {
-    type Data = Bytes;
-    type Error = pool::BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, pool::BodyError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+/// A request body from hyper's HTTP/1 server as the proxy forwards it; nothing to stream
+/// (a GET) is a zero-sized body, which boxing does not allocate.
+fn h1_body(body: Incoming) -> pool::ReqBody {
+    if body.is_end_stream() {
+        pool::empty_body()
+    } else {
+        body.map_err(pool::BodyError::H1).boxed_unsync()
     }
 }
 
-/// The `error` label of a client connection that failed: what the client did wrong, or
-/// which protection closed it.
-fn connection_error(e: &hyper::Error, protocol: &Protocol) -> &'static str {
+/// The `error` label of a client HTTP/1 connection that failed: what the client did wrong,
+/// or which protection closed it.
+fn h1_connection_error(e: &hyper::Error) -> &'static str {
     if e.is_parse_too_large() {
         "header_too_large"
     } else if e.is_parse() {
         "bad_request"
-    } else if e.is_timeout() && matches!(protocol, Protocol::Http2) {
-        // The client did not answer a ping in time.
-        "keepalive_timeout"
     } else if e.is_timeout() {
         "header_timeout"
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         "client_closed"
     } else {
-        // HTTP/2 protocol errors, including the rapid-reset and header-flood limits.
         "connection_error"
     }
 }
 
-/// Forwards one request; never fails: the proxy's own failures become responses.
 /// What every request of a client connection shares.
 struct Conn {
+    side: Arc<Side>,
+    /// The target's service, when discovery knows it: balanced per request.
+    dst: Option<Arc<Resolution>>,
     target: SocketAddr,
     client_addr: SocketAddr,
     tls: TlsLabels,
@@ -315,20 +295,17 @@ struct Conn {
     tunnels: tokio_util::task::TaskTracker,
 }
 
-async fn proxy(
-    mut req: Request<Incoming>,
-    conn: &Conn,
-    side: &Arc<Side>,
-    dst: Option<Arc<Resolution>>,
-) -> Response<RspBody> {
+/// Forwards one request; never fails: the proxy's own failures become responses.
+async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody> {
+    let (side, dst) = (&conn.side, conn.dst.clone());
     let target = conn.target;
     if side.direction == Direction::Inbound {
         // Only this proxy may say who the client is.
-        req.headers_mut().remove(CLIENT_ID);
+        req.headers_mut().remove(&CLIENT_ID_HEADER);
         if let Some(id) = &conn.client_id
             && let Ok(v) = HeaderValue::from_str(id)
         {
-            req.headers_mut().insert(CLIENT_ID, v);
+            req.headers_mut().insert(CLIENT_ID_HEADER.clone(), v);
         }
     }
     let started = Instant::now();
@@ -386,7 +363,8 @@ async fn proxy(
 
     if is_upgrade(&req) {
         metrics.http.request(&direct_route);
-        let rsp = upgrade::forward(req, target, side, &conn.tunnels).await;
+        // Boxed, as below: rare, and its future is large.
+        let rsp = Box::pin(upgrade::forward(req, target, side, &conn.tunnels)).await;
         return finish(side, direct_route, started, rsp, access, None);
     }
 
@@ -402,10 +380,8 @@ async fn proxy(
         }
     };
     let body = match &access {
-        Some(entry) => entry.count_request(body).boxed_unsync(),
-        // Nothing to stream (a GET): a zero-sized body, which boxing does not allocate.
-        None if body.is_end_stream() => pool::empty_body(),
-        None => body.boxed_unsync(),
+        Some(entry) if !body.is_end_stream() => entry.count_request(body).boxed_unsync(),
+        _ => body,
     };
     if let Some(entry) = &mut access {
         entry.forwarding();
@@ -423,13 +399,16 @@ async fn proxy(
                 tls: conn.tls.clone(),
                 routes: &conn.routes,
             };
-            balanced::forward(req, &res, reply).await
+            // Boxed: its future (retries, each a send) is large, and would otherwise be
+            // part of every request's, which is moved as a whole.
+            Box::pin(balanced::forward(req, &res, reply)).await
         }
         None => {
             metrics.http.request(&direct_route);
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
-            let send = Box::pin(send(side, target, parts, body, h2, None));
+            // Not boxed: connecting, the large part, is boxed where it happens.
+            let send = send(side, target, parts, body, h2, None);
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }
@@ -438,7 +417,7 @@ async fn proxy(
 
 /// Makes the request fit to forward: the original HTTP/1 request restored when a peer
 /// proxy carried it as HTTP/2, and the hop-by-hop headers dropped.
-fn normalize(mut req: Request<Incoming>) -> Result<Request<Incoming>, orig_proto::Error> {
+fn normalize(mut req: Request<pool::ReqBody>) -> Result<Request<pool::ReqBody>, orig_proto::Error> {
     orig_proto::downgrade(&mut req)?;
     strip_hop_by_hop(req.headers_mut(), true);
     Ok(req)
@@ -737,7 +716,7 @@ mod upgrade {
     use super::*;
 
     pub async fn forward(
-        mut req: Request<Incoming>,
+        mut req: Request<pool::ReqBody>,
         target: SocketAddr,
         side: &Arc<Side>,
         tunnels: &tokio_util::task::TaskTracker,
@@ -750,9 +729,23 @@ mod upgrade {
                 return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
             }
         };
-        let client_upgrade = hyper::upgrade::on(&mut req);
+        // An HTTP/2 client's CONNECT tunnels over its stream; HTTP/1's over the connection.
+        let client_upgrade = match req.extensions_mut().remove::<h2_server::ClientTunnel>() {
+            Some(stream) => Client::H2(stream),
+            None => Client::H1(hyper::upgrade::on(&mut req)),
+        };
         let is_connect = req.method() == Method::CONNECT;
-        let req = req.map(|b| b.boxed_unsync());
+        if req.version() == Version::HTTP_2 {
+            // The tunnel's upstream leg is HTTP/1.1: a CONNECT in authority form, and the
+            // Host header an HTTP/2 request carries as `:authority`.
+            *req.version_mut() = Version::HTTP_11;
+            if let Some(authority) = req.uri().authority().cloned()
+                && !req.headers().contains_key(HOST)
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
         let sent = with_timeout(side.http.config.response_header_timeout, sender.send_request(req));
         let mut rsp = match sent.await {
             Err(()) => return response_timeout(side, target),
@@ -770,21 +763,39 @@ mod upgrade {
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut rsp);
             tunnels.spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            debug!(error = %e, "upgraded connection ended with an error");
-                        }
-                    }
-                    Err(e) => debug!(error = %e, "upgrade failed"),
+                let upstream = match upstream_upgrade.await {
+                    Ok(u) => TokioIo::new(u),
+                    Err(e) => return debug!(error = %e, "upgrade failed"),
+                };
+                let copied = match client_upgrade {
+                    Client::H1(client) => match client.await {
+                        Ok(client) => tunnel(TokioIo::new(client), upstream).await,
+                        Err(e) => return debug!(error = %e, "upgrade failed"),
+                    },
+                    Client::H2(stream) => match stream.stream().await {
+                        Some(client) => tunnel(client, upstream).await,
+                        None => return debug!("the CONNECT stream was not answered"),
+                    },
+                };
+                if let Err(e) = copied {
+                    debug!(error = %e, "upgraded connection ended with an error");
                 }
             });
         }
         rsp.map(|b| b.map_err(pool::BodyError::H1).boxed_unsync())
+    }
+
+    /// The client's side of a tunnel, once the upstream has said yes.
+    enum Client {
+        H1(hyper::upgrade::OnUpgrade),
+        H2(h2_server::ClientTunnel),
+    }
+
+    async fn tunnel(
+        mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        mut upstream: TokioIo<hyper::upgrade::Upgraded>,
+    ) -> std::io::Result<(u64, u64)> {
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
     }
 }
 

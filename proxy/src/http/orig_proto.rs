@@ -3,9 +3,10 @@
 //! with `; absolute-form` when the request target was absolute), and the inbound proxy
 //! restores the original request for the app.
 
-use http::{HeaderValue, Request, Uri, Version, header::HOST, uri::Authority};
+use http::{HeaderName, HeaderValue, Request, Uri, Version, header::HOST, uri::Authority};
 
-pub const HEADER: &str = "l5d-orig-proto";
+/// (A `HeaderName` made at compile time: a `&str` name is parsed and checked on every use.)
+pub static HEADER: HeaderName = HeaderName::from_static("l5d-orig-proto");
 const ABSOLUTE_FORM: &str = "; absolute-form";
 
 /// Why a request could not be carried as HTTP/2.
@@ -13,7 +14,7 @@ const ABSOLUTE_FORM: &str = "; absolute-form";
 pub enum Error {
     #[error("an HTTP/1 request without a Host header cannot be carried over HTTP/2")]
     NoAuthority,
-    #[error("invalid {HEADER} header {0:?}")]
+    #[error("invalid l5d-orig-proto header {0:?}")]
     BadHeader(String),
 }
 
@@ -43,7 +44,7 @@ pub fn upgrade<B>(req: &mut Request<B>) -> Result<(), Error> {
         .map_err(|_| Error::NoAuthority)?;
     let value = if absolute { format!("{orig}{ABSOLUTE_FORM}") } else { orig.to_string() };
     req.headers_mut()
-        .insert(HEADER, HeaderValue::from_str(&value).map_err(|_| Error::NoAuthority)?);
+        .insert(HEADER.clone(), HeaderValue::from_str(&value).map_err(|_| Error::NoAuthority)?);
     // `:authority` now carries it; HTTP/2 forbids a conflicting Host.
     req.headers_mut().remove(HOST);
     *req.version_mut() = Version::HTTP_2;
@@ -52,7 +53,7 @@ pub fn upgrade<B>(req: &mut Request<B>) -> Result<(), Error> {
 
 /// Restores an HTTP/1 request from one marked by `upgrade`; `Ok(false)` when unmarked.
 pub fn downgrade<B>(req: &mut Request<B>) -> Result<bool, Error> {
-    let Some(value) = req.headers_mut().remove(HEADER) else {
+    let Some(value) = req.headers_mut().remove(&HEADER) else {
         return Ok(false);
     };
     let value = value.to_str().map_err(|_| Error::BadHeader(format!("{value:?}")))?.to_string();
@@ -95,20 +96,20 @@ mod tests {
         upgrade(&mut r).expect("upgrade");
         assert_eq!(r.version(), Version::HTTP_2);
         assert_eq!(r.uri(), "http://web.prod:8080/a/b?c=1");
-        assert_eq!(r.headers()[HEADER], "HTTP/1.1");
+        assert_eq!(r.headers()[&HEADER], "HTTP/1.1");
         assert!(r.headers().get(HOST).is_none());
         assert_eq!(downgrade(&mut r), Ok(true));
         assert_eq!(r.version(), Version::HTTP_11);
         assert_eq!(r.uri(), "/a/b?c=1");
         assert_eq!(r.headers()[HOST], "web.prod:8080");
-        assert!(r.headers().get(HEADER).is_none());
+        assert!(r.headers().get(&HEADER).is_none());
     }
 
     #[test]
     fn absolute_form_and_http10_round_trip() {
         let mut r = req(Version::HTTP_10, "http://a.example/x", None);
         upgrade(&mut r).expect("upgrade");
-        assert_eq!(r.headers()[HEADER], "HTTP/1.0; absolute-form");
+        assert_eq!(r.headers()[&HEADER], "HTTP/1.0; absolute-form");
         assert_eq!(downgrade(&mut r), Ok(true));
         assert_eq!(r.version(), Version::HTTP_10);
         assert_eq!(r.uri(), "http://a.example/x");
@@ -120,7 +121,7 @@ mod tests {
         let mut r = req(Version::HTTP_2, "http://a/", None);
         assert_eq!(downgrade(&mut r), Ok(false));
         let mut r = req(Version::HTTP_2, "http://a/", None);
-        r.headers_mut().insert(HEADER, HeaderValue::from_static("SPDY/3"));
+        r.headers_mut().insert(HEADER.clone(), HeaderValue::from_static("SPDY/3"));
         assert!(downgrade(&mut r).is_err());
         let mut r = req(Version::HTTP_11, "/", None);
         assert_eq!(upgrade(&mut r), Err(Error::NoAuthority));

@@ -24,7 +24,9 @@ use crate::{
     transport::{self, ConnError},
 };
 
-pub type ReqBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// A request body as the proxy forwards it: the client's, from hyper (HTTP/1) or an
+/// HTTP/2 stream.
+pub type ReqBody = UnsyncBoxBody<Bytes, BodyError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -327,7 +329,8 @@ impl Pool {
                 },
             }
         }
-        let mut sender = match self.connect_h1(&target).await {
+        // Boxed: connecting (TLS included) is rare, and its future large.
+        let mut sender = match Box::pin(self.connect_h1(&target)).await {
             Ok(s) => s,
             Err(error) => return Err(Failed { error, unsent: Some(req) }),
         };
@@ -442,17 +445,35 @@ impl Pool {
     /// The target's HTTP/2 connection and its generation, made if there is none (or it
     /// closed).
     async fn h2_sender(&self, target: &Key) -> Result<(u64, h2_upstream::Sender), SendError> {
-        let slot = {
-            let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = h2.entry(target.clone()).or_default();
-            // Most requests find a live connection nobody is replacing.
-            if let Ok(s) = slot.try_lock()
-                && let Some(sender) = s.sender.as_ref().filter(|s| !s.is_closed())
-            {
-                return Ok((s.generation, sender.clone()));
-            }
-            slot.clone()
+        match self.live_h2_sender(target) {
+            Ok(live) => Ok(live),
+            // Connecting is rare, and its future (TLS included) large: boxed, so that the
+            // future of every request stays small.
+            Err(slot) => Box::pin(self.connect_h2(slot, target)).await,
+        }
+    }
+
+    /// The target's live HTTP/2 connection, which most requests find; else its slot.
+    fn live_h2_sender(&self, target: &Key) -> Result<(u64, h2_upstream::Sender), H2Slot> {
+        let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match h2.get(target) {
+            Some(slot) => slot,
+            None => h2.entry(target.clone()).or_default(),
         };
+        // Nobody is replacing it.
+        if let Ok(s) = slot.try_lock()
+            && let Some(sender) = s.sender.as_ref().filter(|s| !s.is_closed())
+        {
+            return Ok((s.generation, sender.clone()));
+        }
+        Err(slot.clone())
+    }
+
+    async fn connect_h2(
+        &self,
+        slot: H2Slot,
+        target: &Key,
+    ) -> Result<(u64, h2_upstream::Sender), SendError> {
         // Held while connecting, so concurrent first requests share one connection.
         let mut slot = slot.lock().await;
         if let Some(s) = &slot.sender

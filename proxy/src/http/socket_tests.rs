@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use http_body_util::channel::{Channel, Sender};
+use hyper_util::rt::TokioExecutor;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -1,14 +1,18 @@
-"""Independent HTTP peers for the e2e tests: gRPC (grpcio), WebSocket (websockets), and
-raw HTTP/2 frames for abuse (rapid reset, CONTINUATION flood).
+"""Independent HTTP peers for the e2e tests: gRPC (grpcio), WebSocket (websockets), an
+HTTP/2 CONNECT tunnel (the h2 library), and raw HTTP/2 frames for abuse (rapid reset,
+CONTINUATION flood).
 
 usage: peers.py grpc-server PORT | grpc-client HOST:PORT | grpc-call HOST:PORT /SERVICE/METHOD [NAME=VALUE]
               | grpc-calls HOST:PORT /SERVICE/METHOD N [NAME=VALUE ...]
               | ws-server PORT | ws-client URL
               | h2-settings HOST:PORT | h2-rapid-reset HOST:PORT | h2-continuation-flood HOST:PORT
+              | h2-tunnel HOST:PORT AUTHORITY
 Servers print "ready" once listening; clients print "ok" and exit 0 on success (grpc-call
 prints the call's status code name, e.g. OK or PERMISSION_DENIED, and the details; grpc-calls
 makes N calls and prints one JSON line: how many ended how, and the last reply and the last
-error's metadata); the raw HTTP/2 abuse clients print what they observed. The server's
+error's metadata); h2-tunnel opens a CONNECT stream to AUTHORITY, sends bytes through it
+and prints the status and what came back; the raw HTTP/2 abuse clients print what they
+observed. The server's
 Metadata method answers with the metadata its call arrived with, as JSON.
 """
 import asyncio
@@ -210,6 +214,48 @@ def h2_continuation_flood(addr):
     print(f"sent={sent}")
 
 
+def h2_tunnel(addr, authority):
+    """CONNECT over HTTP/2 (RFC 9113 section 8.5), then bytes that are no HTTP through the
+    stream; prints "status=S echo=HEX" (what came back within 10 s) and "ended=1" if the
+    server ended the stream after the client ended its side."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [(":method", "CONNECT"), (":authority", authority)])
+    s.sendall(conn.data_to_send())
+    payload = b"\x00\x01tunnelled\xff"
+    status, echo, ended, sent, closed = None, b"", False, False, False
+    while not ended:
+        data = s.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers).get(b":status", b"?").decode()
+                if status == "200":
+                    conn.send_data(stream, payload)
+                    sent = True
+            elif isinstance(event, h2.events.DataReceived):
+                echo += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                if len(echo) >= len(payload) and not closed:
+                    conn.end_stream(stream)
+                    closed = True
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                ended = isinstance(event, h2.events.StreamEnded)
+                break
+        s.sendall(conn.data_to_send())
+        if status is not None and status != "200":
+            break
+    print(f"status={status} echo={echo.hex()} sent={int(sent)} ended={int(ended)}")
+
+
 COMMANDS = {
     "grpc-server": grpc_server,
     "grpc-client": grpc_client,
@@ -220,6 +266,7 @@ COMMANDS = {
     "h2-settings": h2_settings,
     "h2-rapid-reset": h2_rapid_reset,
     "h2-continuation-flood": h2_continuation_flood,
+    "h2-tunnel": h2_tunnel,
 }
 
 if __name__ == "__main__":
