@@ -181,9 +181,9 @@ pub async fn serve<I>(
         // Each stream is in flight until its response body has been sent (or given up).
         let handle = move |req| {
             let conn = conn.clone();
-            // Not boxed: the future is small (its rare, large parts are boxed), and the
-            // stream's task holds it.
-            async move { proxy(req, &conn).await }
+            // Boxed: moving a future copies all of it, and the stream's task moves this
+            // one several times before its first poll; a pointer is cheaper to move.
+            async move { Box::pin(proxy(req, &conn)).await }
         };
         let c = h2_server::Server::new(client, config, activity.clone(), handle);
         tokio::pin!(c);
@@ -407,8 +407,8 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody
             metrics.http.request(&direct_route);
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
-            // Not boxed: connecting, the large part, is boxed where it happens.
-            let send = send(side, target, parts, body, h2, None);
+            // Boxed, as the request's own future: the timeout would move it whole.
+            let send = Box::pin(send(side, target, parts, body, h2, None));
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }
