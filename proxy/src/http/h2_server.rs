@@ -479,3 +479,76 @@ fn h2_io_error(e: h2::Error) -> io::Error {
         io::Error::new(io::ErrorKind::ConnectionReset, e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The server against the h2 crate's client over an in-memory pipe, on paused time:
+    //! the pings that find a vanished client, and that they leave a live one alone.
+
+    use std::time::Duration;
+
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::http::TargetSet;
+
+    fn config() -> HttpConfig {
+        HttpConfig {
+            response_header_timeout: Duration::ZERO,
+            idle_timeout: Duration::from_secs(3600),
+            max_header_bytes: 16 * 1024,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
+            h2_upgrade: TargetSet::default(),
+        }
+    }
+
+    /// Answers every request with "hello".
+    fn server(
+        io: tokio::io::DuplexStream,
+    ) -> Server<
+        tokio::io::DuplexStream,
+        impl Fn(Request<ReqBody>) -> std::future::Ready<Response<RspBody>> + Unpin,
+    > {
+        let hello = |_| {
+            let body = Full::new(Bytes::from_static(b"hello")).map_err(|never| match never {});
+            std::future::ready(Response::new(body.boxed_unsync()))
+        };
+        Server::new(io, &config(), Activity::new(), hello)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_answer_pings_is_closed() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        // A client that says hello and is then never polled again: it answers no ping.
+        let (_tx, _conn) = h2::client::handshake(client_io).await.expect("handshake");
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(3600), server(server_io))
+            .await
+            .expect("the connection was closed");
+        assert!(matches!(ended, Err(ServeError::KeepAliveTimeout)), "{ended:?}");
+        assert_eq!(ended.expect_err("timed out").label(), "keepalive_timeout");
+        assert_eq!(started.elapsed(), H2_KEEP_ALIVE_INTERVAL + H2_KEEP_ALIVE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_pings_is_kept_and_served() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (tx, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(async move { conn.await.expect("client connection") });
+        let served = tokio::spawn(server(server_io));
+        // Many ping intervals later, the connection still serves.
+        tokio::time::sleep(H2_KEEP_ALIVE_INTERVAL * 10).await;
+        assert!(!served.is_finished());
+        let mut tx = tx.ready().await.expect("the connection is open");
+        let req = Request::get("http://svc.test/").body(()).expect("request");
+        let (rsp, _) = tx.send_request(req, true).expect("send");
+        let rsp = rsp.await.expect("response");
+        assert_eq!(rsp.status(), 200);
+        assert!(rsp.headers().contains_key(header::DATE), "{:?}", rsp.headers());
+        assert_eq!(rsp.headers()[header::CONTENT_LENGTH], "5");
+        let mut body = rsp.into_body();
+        assert_eq!(body.data().await.expect("data").expect("data"), "hello");
+    }
+}
