@@ -39,9 +39,9 @@ fuzz_target!(|data: &[u8]| {
     // What a peer may send: an HTTP/2 request with any marking.
     if let Some(mut req) = request(&input, Version::HTTP_2) {
         if let Some(v) = input.marking.as_deref().and_then(|m| HeaderValue::from_bytes(m).ok()) {
-            req.headers_mut().insert(HEADER, v);
+            req.headers_mut().insert(HEADER.clone(), v);
         }
-        let marked = req.headers().contains_key(HEADER);
+        let marked = req.headers().contains_key(&HEADER);
         match downgrade(&mut req) {
             Ok(downgraded) => {
                 assert_eq!(downgraded, marked);
@@ -51,13 +51,13 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(_) => {}
         }
-        assert!(!req.headers().contains_key(HEADER), "the marking reached the app");
+        assert!(!req.headers().contains_key(&HEADER), "the marking reached the app");
     }
 
     // What our outbound side sends, and the inbound side restores.
     let version = if input.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     if let Some(mut req) = request(&input, version) {
-        req.headers_mut().remove(HEADER);
+        req.headers_mut().remove(&HEADER);
         let before = req.clone();
         if upgrade(&mut req).is_ok() {
             assert_eq!(req.version(), Version::HTTP_2);
