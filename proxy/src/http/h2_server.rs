@@ -23,12 +23,11 @@ use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::oneshot,
-    time::{Instant, Sleep},
 };
 use tracing::debug;
 
 use super::{
-    H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, HttpConfig, RspBody,
+    H2_KEEP_ALIVE_TIMEOUT, HttpConfig, RspBody, h2_keep_alive,
     h2_upstream::{H2Body, pump},
     pool::{self, BodyError, ReqBody},
 };
@@ -75,7 +74,9 @@ pub struct Server<I, S> {
     handle: S,
     activity: Arc<Activity>,
     closing: bool,
-    keep_alive: KeepAlive,
+    /// `h2_keep_alive` on the connection's pings, once the handshake is done; ready when
+    /// the client did not answer one in time.
+    keep_alive: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// The connection's state: handshaking (boxed: it is short-lived), then serving.
@@ -108,7 +109,7 @@ where
             handle,
             activity,
             closing: false,
-            keep_alive: KeepAlive::default(),
+            keep_alive: None,
         }
     }
 
@@ -174,7 +175,7 @@ where
         let Server { state, handle, activity, closing, keep_alive } = self.get_mut();
         if let State::Handshaking(handshake) = state {
             let mut conn = ready!(handshake.as_mut().poll(cx))?;
-            keep_alive.pings = conn.ping_pong();
+            *keep_alive = Some(Box::pin(h2_keep_alive(conn.ping_pong())));
             if *closing {
                 conn.graceful_shutdown();
             }
@@ -190,61 +191,10 @@ where
                 Poll::Pending => break,
             }
         }
-        match keep_alive.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(ServeError::KeepAliveTimeout)),
-            Poll::Pending => Poll::Pending,
+        match keep_alive.as_mut().map(|k| k.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ServeError::KeepAliveTimeout)),
+            _ => Poll::Pending,
         }
-    }
-}
-
-/// Pings the client every `H2_KEEP_ALIVE_INTERVAL`; ready when one was not answered
-/// within `H2_KEEP_ALIVE_TIMEOUT`. One timer per connection.
-struct KeepAlive {
-    pings: Option<h2::PingPong>,
-    timer: Pin<Box<Sleep>>,
-    waiting: bool,
-}
-
-impl Default for KeepAlive {
-    fn default() -> Self {
-        KeepAlive {
-            pings: None,
-            timer: Box::pin(tokio::time::sleep(H2_KEEP_ALIVE_INTERVAL)),
-            waiting: false,
-        }
-    }
-}
-
-impl KeepAlive {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(pings) = &mut self.pings else { return Poll::Pending };
-        if self.waiting {
-            match pings.poll_pong(cx) {
-                Poll::Ready(Ok(_)) => {
-                    self.waiting = false;
-                    self.timer.as_mut().reset(Instant::now() + H2_KEEP_ALIVE_INTERVAL);
-                }
-                // The connection failed: accepting says so.
-                Poll::Ready(Err(_)) => return Poll::Pending,
-                Poll::Pending => {}
-            }
-        }
-        while self.timer.as_mut().poll(cx).is_ready() {
-            if self.waiting {
-                return Poll::Ready(());
-            }
-            if pings.send_ping(h2::Ping::opaque()).is_err() {
-                return Poll::Pending;
-            }
-            self.waiting = true;
-            self.timer.as_mut().reset(Instant::now() + H2_KEEP_ALIVE_TIMEOUT);
-            // The pong may already be in: ask to be woken for it.
-            if let Poll::Ready(Ok(_)) = pings.poll_pong(cx) {
-                self.waiting = false;
-                self.timer.as_mut().reset(Instant::now() + H2_KEEP_ALIVE_INTERVAL);
-            }
-        }
-        Poll::Pending
     }
 }
 
@@ -264,9 +214,8 @@ async fn answer(
         }
     };
     let (mut head, body) = rsp.into_parts();
-    let headers = &mut head.headers;
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, date());
+    if !head.headers.contains_key(header::DATE) {
+        head.headers.insert(header::DATE, date());
     }
     if let Some((recv, tx)) = tunnel
         && head.status.is_success()
@@ -489,8 +438,10 @@ mod tests {
 
     use http_body_util::Full;
 
+    use tokio::time::Instant;
+
     use super::*;
-    use crate::http::TargetSet;
+    use crate::http::{H2_KEEP_ALIVE_INTERVAL, TargetSet};
 
     fn config() -> HttpConfig {
         HttpConfig {

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, pool::ReqBody};
+use super::{H2_KEEP_ALIVE_TIMEOUT, pool::ReqBody};
 use crate::idle::{Activity, InFlight};
 
 /// Receive windows and limits as hyper's HTTP/2 client sets them, so replacing it
@@ -87,28 +87,13 @@ where
                 Some(Ok(())) => {}
                 None => debug!(?idle_timeout, "upstream HTTP/2 connection idle; closed"),
             },
-            () = keep_alive(pings) => {
+            () = super::h2_keep_alive(pings) => {
                 debug!(timeout = ?H2_KEEP_ALIVE_TIMEOUT, "upstream HTTP/2 peer did not answer a ping in time; closed");
             }
         }
         done.store(true, Ordering::Release);
     });
     Ok(Sender { tx, closed, activity })
-}
-
-/// Pings the peer every `H2_KEEP_ALIVE_INTERVAL`; ends when one is not answered within
-/// `H2_KEEP_ALIVE_TIMEOUT`. (A failed connection ends its own future first.)
-async fn keep_alive(pings: Option<h2::PingPong>) {
-    let Some(mut pings) = pings else { return std::future::pending().await };
-    loop {
-        tokio::time::sleep(H2_KEEP_ALIVE_INTERVAL).await;
-        match tokio::time::timeout(H2_KEEP_ALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            // The connection failed: its own future says so.
-            Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return,
-        }
-    }
 }
 
 /// Why a request did not get a response.
@@ -230,7 +215,7 @@ pub(super) async fn pump<B>(
 
 /// Sends `data` as the window allows; capacity is asked for only once the data is in
 /// hand, so a body that never produces data holds none of the connection's window.
-pub(super) async fn send_data(
+async fn send_data(
     tx: &mut h2::SendStream<Bytes>,
     mut data: Bytes,
     eos: bool,
@@ -552,6 +537,7 @@ mod idle_tests {
     };
 
     use super::*;
+    use crate::http::H2_KEEP_ALIVE_INTERVAL;
 
     /// An HTTP/2 server that answers `ok`; counts its connections still open.
     async fn server() -> (SocketAddr, Arc<AtomicUsize>) {

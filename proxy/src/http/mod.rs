@@ -134,6 +134,21 @@ const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// vanished, or one that will not answer.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Pings an HTTP/2 peer (a client, or an upstream) every `H2_KEEP_ALIVE_INTERVAL`; ends when one is not answered within
+/// `H2_KEEP_ALIVE_TIMEOUT`. (A failed connection ends its own future first.)
+pub(super) async fn h2_keep_alive(pings: Option<h2::PingPong>) {
+    let Some(mut pings) = pings else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(H2_KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(H2_KEEP_ALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection failed: its own future says so.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
+}
+
 /// Serves one detected HTTP connection until it closes, or until `side.stop` asks for a
 /// graceful close (HTTP/1: after the current response; HTTP/2: GOAWAY). A connection with
 /// no request in flight for `idle_timeout` is closed the same way, so idle clients give
@@ -297,7 +312,7 @@ struct Conn {
 
 /// Forwards one request; never fails: the proxy's own failures become responses.
 async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody> {
-    let (side, dst) = (&conn.side, conn.dst.clone());
+    let side = &conn.side;
     let target = conn.target;
     if side.direction == Direction::Inbound {
         // Only this proxy may say who the client is.
@@ -388,7 +403,7 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody
     }
     let reply =
         Reply { side, started, client_version, is_grpc, access: Mutex::new(access), rt: None };
-    match dst {
+    match &conn.dst {
         Some(res) => {
             let req = balanced::Request {
                 parts,
@@ -401,7 +416,7 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody
             };
             // Boxed: its future (retries, each a send) is large, and would otherwise be
             // part of every request's, which is moved as a whole.
-            Box::pin(balanced::forward(req, &res, reply)).await
+            Box::pin(balanced::forward(req, res, reply)).await
         }
         None => {
             metrics.http.request(&direct_route);
