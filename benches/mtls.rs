@@ -20,7 +20,11 @@
 //! - `weft mTLS pair`: A (identity `client`) resolves the service through the destination
 //!   service, whose endpoint is B's inbound with B's identity (`web`) and the `h2` protocol
 //!   hint, so A speaks HTTP/2 to B over mTLS. The bench fails unless both proxies' metrics
-//!   show every request as `tls="true"` with the right `server_id` / `client_id`.
+//!   show every request as `tls="true"` with the right `server_id` / `client_id`;
+//! - `haproxy mTLS pair` (if haproxy is installed): the same shape in haproxy, one thread
+//!   each — HTTP/2 over TLS 1.3 between A and B, client certificates required, leaves for
+//!   `client` and `web` signed by the same issuer, B's name checked — so the CPU figure has
+//!   a mature proxy beside it on the same machine.
 //!
 //! Points: open loop at 200 and 2 000 req/s (timerfd-paced, latency from each request's
 //! intended send time, HDR histograms) and the closed loop (max req/s). Per path: p50, p99,
@@ -56,7 +60,8 @@
 //! - `WEFT_BENCH_BODY` (default 1024): bytes of the backend's responses;
 //! - `WEFT_BENCH_CONN_CONCURRENCY` (default 16): concurrent connections of the handshake loop;
 //! - `WEFT_BENCH_HANDSHAKES=0`: skip the handshake points;
-//! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `mtls`); all by default;
+//! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `mtls`, `haproxy`);
+//!   all by default;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
 //!   (needs root to go below 0; 0 leaves it).
@@ -124,9 +129,9 @@ impl Config {
     fn from_env() -> anyhow::Result<Config> {
         let knobs = Knobs::from_env()?;
         if let Some(bad) =
-            knobs.only.iter().flatten().find(|o| !matches!(o.as_str(), "weft" | "mtls"))
+            knobs.only.iter().flatten().find(|o| !matches!(o.as_str(), "weft" | "mtls" | "haproxy"))
         {
-            bail!("WEFT_BENCH_ONLY: {bad:?} is neither weft nor mtls");
+            bail!("WEFT_BENCH_ONLY: {bad:?} is none of weft, mtls, haproxy");
         }
         Ok(Config {
             knobs,
@@ -250,12 +255,18 @@ fn main() -> anyhow::Result<()> {
     }
     let mut control_plane = Vec::new();
     let mut handshake_bytes = None;
-    if cfg.knobs.wants("mtls") {
+    if cfg.knobs.wants("mtls") || cfg.knobs.wants("haproxy") {
         let mesh::Mesh { identity, destination, http, tcp, lone_b, lone_b_inbound, pki } =
             mesh::start(&weft, &bin, backend, close_server, dir).context("starting the mesh")?;
         control_plane = vec![identity, destination];
-        scenarios.push(Scenario::through("mtls", "weft mTLS pair", http, String::new()));
-        if cfg.handshakes {
+        if cfg.knobs.wants("mtls") {
+            scenarios.push(Scenario::through("mtls", "weft mTLS pair", http, String::new()));
+        }
+        if cfg.knobs.wants("haproxy") && procs::haproxy_installed() {
+            let pair = mesh::haproxy_pair(&pki, backend, dir).context("the haproxy mTLS pair")?;
+            scenarios.push(Scenario::through("haproxy", "haproxy mTLS pair", pair, String::new()));
+        }
+        if cfg.handshakes && cfg.knobs.wants("mtls") {
             handshake_bytes = Some(calibrate(&tcp)?);
             let entry = tcp.entry;
             conn_scenarios.push(ConnScenario::new("mtls", "weft mTLS pair", entry).with_pair(tcp));

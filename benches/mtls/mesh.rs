@@ -17,11 +17,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use weft_identity::{
     IdentityDomain, SharedTrust, TrustBundle,
     ca::{Ca, CaConfig, Issuer, check_csr},
-    pki::{build_csr, generate_key},
+    pki::{build_csr, cert_pem, generate_key},
 };
 use weft_proxy::transport_header::{self, TransportHeader};
 
@@ -179,17 +179,7 @@ pub fn start(
 /// ALPN `transport.l5d.io/v1`, server identity `echo`, and a transport header naming
 /// `target_port`.
 pub fn bench_dial(pki: &Path, target_port: u16) -> anyhow::Result<MtlsDial> {
-    let read = |f: &str| fs::read(pki.join(f)).with_context(|| format!("reading {f}"));
-    let bundle = TrustBundle::from_pem("ca.crt", &read("ca.crt")?)?;
-    let issuer =
-        Issuer::from_pem(&read("issuer.crt")?, &read("issuer.key")?, &bundle, SystemTime::now())?;
-    let domain = IdentityDomain::new("weft", "cluster.local")?;
-    let name = domain.identity("prod", "bench")?;
-    let key = generate_key()?;
-    let csr = check_csr(&build_csr(&key, &name)?, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ca = Ca::new(CaConfig::new(domain), issuer);
-    let issued = ca.issue(&name, &csr, SystemTime::now()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let chain = [vec![issued.leaf], issued.chain].concat();
+    let (bundle, chain, key) = issue(pki, "bench")?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let mut config = rustls::ClientConfig::builder_with_provider(weft_identity::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -204,6 +194,76 @@ pub fn bench_dial(pki: &Path, target_port: u16) -> anyhow::Result<MtlsDial> {
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         server_name: ServerName::try_from(id("echo"))?,
         header: header.encode().to_vec(),
+    })
+}
+
+/// The trust bundle of `pki`, and a leaf (with its chain) and key for identity `sa`,
+/// signed with its issuer as the identity service would sign them.
+fn issue(
+    pki: &Path,
+    sa: &str,
+) -> anyhow::Result<(TrustBundle, Vec<CertificateDer<'static>>, rcgen::KeyPair)> {
+    let read = |f: &str| fs::read(pki.join(f)).with_context(|| format!("reading {f}"));
+    let bundle = TrustBundle::from_pem("ca.crt", &read("ca.crt")?)?;
+    let issuer =
+        Issuer::from_pem(&read("issuer.crt")?, &read("issuer.key")?, &bundle, SystemTime::now())?;
+    let domain = IdentityDomain::new("weft", "cluster.local")?;
+    let name = domain.identity("prod", sa)?;
+    let key = generate_key()?;
+    let csr = check_csr(&build_csr(&key, &name)?, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ca = Ca::new(CaConfig::new(domain), issuer);
+    let issued = ca.issue(&name, &csr, SystemTime::now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((bundle, [vec![issued.leaf], issued.chain].concat(), key))
+}
+
+/// A haproxy pair (one thread each, HTTP mode) meshed like the weft mTLS pair, as a
+/// baseline for it: HTTP/1.1 from the client to A; A → B HTTP/2 over TLS 1.3 with a
+/// client certificate (identity `client`), accepting only a server certificate that
+/// chains to the anchors and names `web`; B requires a client certificate from the
+/// anchors and speaks HTTP/1.1 to `backend`. Leaves are signed with `pki`'s issuer; B's
+/// port speaks only TLS, so a request through the pair proves it was mTLS.
+pub fn haproxy_pair(pki: &Path, backend: SocketAddr, dir: &Path) -> anyhow::Result<Pair> {
+    let ca = pki.join("ca.crt");
+    let mut pems = Vec::new();
+    for sa in ["client", "web"] {
+        let (_, chain, key) = issue(pki, sa)?;
+        let mut pem: String = chain.iter().map(|c| cert_pem(c)).collect();
+        pem.push_str(&key.serialize_pem());
+        let file = dir.join(format!("haproxy-mtls-{sa}.pem"));
+        fs::write(&file, pem)?;
+        pems.push(file);
+    }
+    let (a_pem, b_pem, ca, web) = (pems[0].display(), pems[1].display(), ca.display(), id("web"));
+    procs::listening_pair(backend, |name, listen, to| {
+        let (bind_tls, server_tls) = match name {
+            "B" => (
+                format!(
+                    " ssl crt {b_pem} ca-file {ca} verify required alpn h2 ssl-min-ver TLSv1.3"
+                ),
+                String::new(),
+            ),
+            _ => (
+                String::new(),
+                format!(
+                    " ssl crt {a_pem} ca-file {ca} verify required verifyhost {web} sni str({web}) \
+                     alpn h2 ssl-min-ver TLSv1.3"
+                ),
+            ),
+        };
+        let cfg = dir.join(format!("haproxy-mtls-{name}.cfg"));
+        fs::write(
+            &cfg,
+            format!(
+                "global\n  nbthread 1\n  maxconn 4000\n\ndefaults\n  mode http\n  \
+                 option http-keep-alive\n  http-reuse always\n  timeout connect 1s\n  \
+                 timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n\n\
+                 frontend fe\n  bind {listen}{bind_tls}\n  default_backend be\n\n\
+                 backend be\n  server upstream {to}{server_tls}\n"
+            ),
+        )?;
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&cfg);
+        Proc::spawn(&mut cmd, format!("haproxy mtls {name}"), dir)
     })
 }
 

@@ -108,7 +108,9 @@ pub fn render(
          Paths: direct; a weft pair in plaintext with HTTP/2 between the proxies \
          (`--outbound-http2-upgrade-targets '*'`); a weft pair with identities from `weft \
          identity` and the backend's endpoint from `weft destination` (identity + `h2` hint): \
-         HTTP/2 over mTLS between the proxies. Each proxy runs one thread (`--cores 1`). {}",
+         HTTP/2 over mTLS between the proxies; a haproxy pair meshed the same way (HTTP/2 over TLS \
+         1.3 with client certificates from the same issuer). Each proxy runs one thread \
+         (`--cores 1`, `nbthread 1`). {}",
         cfg.body,
         measured(&cfg.knobs, facts, "closed loop and handshakes", "paths")
     );
