@@ -464,7 +464,7 @@ mod tests {
     > {
         let hello = |_| {
             let body = Full::new(Bytes::from_static(b"hello")).map_err(|never| match never {});
-            std::future::ready(Response::new(body.boxed_unsync()))
+            std::future::ready(Response::new(RspBody::other(body)))
         };
         Server::new(io, &config(), Activity::new(), hello)
     }

@@ -96,40 +96,64 @@ where
     Ok(Sender { tx, closed, activity })
 }
 
-/// Why a request did not get a response.
-#[derive(Debug)]
-pub enum SendFailure {
-    /// The connection cannot open a stream (closed, or going away): the request never
-    /// left and comes back whole.
-    Unsent(h2::Error, Box<Request<ReqBody>>),
-    /// The request left; the stream or the connection failed before the response head.
-    Sent(h2::Error),
-}
-
 impl Sender {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Sends `req` and waits for the response head. A streaming request body goes on
-    /// being sent while the response flows; dropping this future before the response
-    /// resets the stream. Takes the handle the pool lent (one clone per request, not two).
-    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendFailure> {
+    /// Waits until the connection can open a stream; `Err`: it cannot (closed, or going
+    /// away), and a request not yet sent may go on another. Takes the handle the pool
+    /// lent (one clone per request, not two).
+    pub async fn ready(self) -> Result<Ready, h2::Error> {
         let in_flight = self.activity.begin();
-        let mut tx = match self.tx.ready().await {
-            Ok(tx) => tx,
-            Err(e) => return Err(SendFailure::Unsent(e, Box::new(req))),
-        };
+        let tx = self.tx.ready().await?;
+        Ok(Ready { tx, in_flight })
+    }
+
+    /// Sends `req` and waits for the response head (what the pool does in steps).
+    #[cfg(test)]
+    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<H2Body>, h2::Error> {
+        self.ready().await?.send(req)?.response().await
+    }
+}
+
+/// A connection ready to open a stream for one request.
+#[derive(Debug)]
+pub struct Ready {
+    tx: h2::client::SendRequest<Bytes>,
+    in_flight: InFlight,
+}
+
+impl Ready {
+    /// Sends `req`'s head; a streaming body goes on being sent on a task of its own while
+    /// the response flows. Not `async`: the caller's future holds the request, no other.
+    pub fn send(mut self, req: Request<ReqBody>) -> Result<Sent, h2::Error> {
         let (parts, body) = req.into_parts();
         let eos = body.is_end_stream();
-        let (response, stream) =
-            tx.send_request(Request::from_parts(parts, ()), eos).map_err(SendFailure::Sent)?;
+        let (response, stream) = self.tx.send_request(Request::from_parts(parts, ()), eos)?;
         let cancel = (!eos).then(|| {
             let (cancel, cancelled) = oneshot::channel();
             tokio::spawn(pipe(body, stream, cancelled));
             CancelOnDrop(Some(cancel))
         });
-        let rsp = response.await.map_err(SendFailure::Sent)?;
+        Ok(Sent { response, cancel, in_flight: self.in_flight })
+    }
+}
+
+/// A request sent, its response to come.
+#[derive(Debug)]
+pub struct Sent {
+    response: h2::client::ResponseFuture,
+    cancel: Option<CancelOnDrop>,
+    in_flight: InFlight,
+}
+
+impl Sent {
+    /// Waits for the response head; dropping this future before it came resets the
+    /// stream (and stops the body's pipe).
+    pub async fn response(self) -> Result<Response<H2Body>, h2::Error> {
+        let Sent { response, cancel, in_flight } = self;
+        let rsp = response.await?;
         // The response came: the body pipe goes on on its own.
         if let Some(mut c) = cancel {
             c.0.take();
@@ -140,6 +164,7 @@ impl Sender {
 
 /// Resets the request's stream when the request is given up before its response (a
 /// timeout, or the client went away), so the body pipe stops.
+#[derive(Debug)]
 struct CancelOnDrop(Option<oneshot::Sender<()>>);
 
 impl Drop for CancelOnDrop {
@@ -502,7 +527,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_closed_connection_gives_the_request_back_unsent() {
+    async fn a_closed_connection_is_not_ready_so_the_request_is_kept() {
         let (client, server) = pair().await;
         drop(server);
         // The connection task sees the close, then the sender reports it.
@@ -513,11 +538,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(client.is_closed());
-        let (_tx, req) = streaming_request();
-        match client.send(req).await {
-            Err(SendFailure::Unsent(_, req)) => assert_eq!(req.uri().path(), "/echo"),
-            other => panic!("expected the request back unsent, got {other:?}"),
-        }
+        // The pool sends a request only once the connection is ready: here it never is,
+        // so the request stays with the pool, to go on another connection.
+        let ready = client.ready().await;
+        assert!(ready.is_err(), "a closed connection took a stream: {ready:?}");
     }
 }
 

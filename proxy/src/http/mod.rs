@@ -46,7 +46,52 @@ use crate::{
 
 pub use pool::{Pool, PoolConfig};
 
-type RspBody = UnsyncBoxBody<Bytes, pool::BodyError>;
+/// A response body as the proxy sends it to its client.
+pub enum RspBody {
+    /// An upstream's, counted when it ends: every proxied response has one, so it is not
+    /// boxed (an allocation per request less).
+    Upstream(metrics::MeteredBody<pool::UpstreamBody>),
+    /// Any other, such as the proxy's own answers (counted too).
+    Other(UnsyncBoxBody<Bytes, pool::BodyError>),
+}
+
+impl RspBody {
+    fn other<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = pool::BodyError> + Send + 'static,
+    {
+        RspBody::Other(body.boxed_unsync())
+    }
+}
+
+impl Body for RspBody {
+    type Data = Bytes;
+    type Error = pool::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, pool::BodyError>>> {
+        match self.get_mut() {
+            RspBody::Upstream(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RspBody::Other(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RspBody::Upstream(b) => b.is_end_stream(),
+            RspBody::Other(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RspBody::Upstream(b) => b.size_hint(),
+            RspBody::Other(b) => b.size_hint(),
+        }
+    }
+}
 
 /// The header that tells the app the identity of a meshed client.
 pub const CLIENT_ID: &str = "l5d-client-id";
@@ -194,12 +239,10 @@ pub async fn serve<I>(
     let h2 = matches!(protocol, Protocol::Http2);
     let failed: Option<(&'static str, String)> = if h2 {
         // Each stream is in flight until its response body has been sent (or given up).
-        let handle = move |req| {
-            let conn = conn.clone();
-            // Boxed: moving a future copies all of it, and the stream's task moves this
-            // one several times before its first poll; a pointer is cheaper to move.
-            async move { Box::pin(proxy(req, &conn)).await }
-        };
+        // Boxed: moving a future copies all of it, and the stream's task moves this one
+        // several times before its first poll; a pointer is cheaper to move. It also keeps
+        // the task small enough for the allocator's per-thread cache (see `h2_server`).
+        let handle = move |req| Box::pin(proxy(req, conn.clone()));
         let c = h2_server::Server::new(client, config, activity.clone(), handle);
         tokio::pin!(c);
         let watched = crate::idle::watch(
@@ -224,7 +267,7 @@ pub async fn serve<I>(
             // Boxed: the request's future is large, and hyper moves it; a pointer is
             // cheaper to move than the state machine.
             async move {
-                let rsp = Box::pin(proxy(req.map(h1_body), &conn)).await;
+                let rsp = Box::pin(proxy(req.map(h1_body), conn)).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(rsp)
             }
@@ -311,7 +354,8 @@ struct Conn {
 }
 
 /// Forwards one request; never fails: the proxy's own failures become responses.
-async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody> {
+async fn proxy(mut req: Request<pool::ReqBody>, conn: Arc<Conn>) -> Response<RspBody> {
+    let conn = &*conn;
     let side = &conn.side;
     let target = conn.target;
     if side.direction == Direction::Inbound {
@@ -422,8 +466,8 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: &Conn) -> Response<RspBody
             metrics.http.request(&direct_route);
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
-            // Boxed, as the request's own future: the timeout would move it whole.
-            let send = Box::pin(send(side, target, parts, body, h2, None));
+            // Boxed (`pool::Sending`): the timeout moves only a pointer.
+            let send = send(side, target, parts, body, h2, None);
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }
@@ -439,15 +483,17 @@ fn normalize(mut req: Request<pool::ReqBody>) -> Result<Request<pool::ReqBody>, 
 }
 
 /// Sends one try to `addr`; `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2;
-/// `server_id`: the peer is meshed, reached over mTLS proving that identity.
-async fn send(
+/// `server_id`: the peer is meshed, reached over mTLS proving that identity. Not `async`:
+/// the request is made ready here, so that the pool's future (boxed) is the only one that
+/// holds it.
+fn send(
     side: &Side,
     addr: SocketAddr,
     parts: http::request::Parts,
     body: pool::ReqBody,
     h2: bool,
     server_id: Option<Arc<str>>,
-) -> Result<Response<pool::UpstreamBody>, pool::Failed> {
+) -> pool::Sending<'_> {
     let mut req = Request::from_parts(parts, body);
     if h2
         && req.version() != Version::HTTP_2
@@ -456,7 +502,7 @@ async fn send(
         debug!(error = %e, "sending as HTTP/1");
     }
     let version = req.version();
-    side.http.pool.send(pool::Key { addr, server_id }, version, req).await
+    side.http.pool.send(pool::Key { addr, server_id }, version, req)
 }
 
 /// `Err(())` when `limit` (non-zero) passed first.
@@ -511,7 +557,7 @@ impl Reply<'_> {
                     access: self.take_access(),
                     rt: self.rt_done(status),
                 };
-                return rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync());
+                return rsp.map(|b| RspBody::Upstream(metrics::MeteredBody::new(b, done)));
             }
         };
         self.finish(route, rsp)
@@ -587,13 +633,13 @@ fn finish(
         access,
         rt,
     };
-    rsp.map(|b| metrics::MeteredBody::new(b, done).boxed_unsync())
+    rsp.map(|b| RspBody::other(metrics::MeteredBody::new(b, done)))
 }
 
 fn error_response(status: StatusCode, why: &str) -> Response<RspBody> {
-    let mut rsp = Response::new(
-        Full::new(Bytes::from(format!("{why}\n"))).map_err(|never| match never {}).boxed_unsync(),
-    );
+    let mut rsp = Response::new(RspBody::other(
+        Full::new(Bytes::from(format!("{why}\n"))).map_err(|never| match never {}),
+    ));
     *rsp.status_mut() = status;
     let h = rsp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -610,7 +656,7 @@ fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
     match answer {
         Answer::Redirect { status, location } => {
             let mut rsp =
-                Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+                Response::new(RspBody::other(Empty::new().map_err(|never| match never {})));
             *rsp.status_mut() = status;
             rsp.headers_mut().insert(header::LOCATION, location);
             rsp
@@ -631,7 +677,7 @@ fn filter_answer(answer: crate::policy::filter::Answer) -> Response<RspBody> {
 /// A gRPC error as a trailers-only response: HTTP 200 with `grpc-status` and
 /// `grpc-message` in the headers, and no body.
 fn grpc_error_response(code: u32, why: &str) -> Response<RspBody> {
-    let mut rsp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    let mut rsp = Response::new(RspBody::other(Empty::new().map_err(|never| match never {})));
     let h = rsp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert("grpc-status", HeaderValue::from(code));
@@ -797,7 +843,7 @@ mod upgrade {
                 }
             });
         }
-        rsp.map(|b| b.map_err(pool::BodyError::H1).boxed_unsync())
+        rsp.map(|b| RspBody::other(b.map_err(pool::BodyError::H1)))
     }
 
     /// The client's side of a tunnel, once the upstream has said yes.

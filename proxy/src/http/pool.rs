@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -16,7 +17,7 @@ use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::h2_upstream::{self, H2Body, SendFailure};
+use super::h2_upstream::{self, H2Body};
 use crate::{
     detect::Protocol,
     io::MeteredIo,
@@ -208,6 +209,10 @@ pub(crate) fn empty_body() -> ReqBody {
     http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A request on its way to an upstream (`Pool::send`).
+pub type Sending<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a>>;
+
 /// Settings of the upstream connections.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -300,16 +305,19 @@ impl Pool {
     }
 
     /// Sends `req` to `target` over a connection of `version` (HTTP/2, or else HTTP/1).
-    pub async fn send(
+    /// Boxed, each version's future alone: one allocation per request that stays small
+    /// (HTTP/2's fits the allocator's per-thread cache, HTTP/1's is larger), where the
+    /// caller's future would otherwise be as large as the larger of the two, and moved.
+    pub fn send(
         self: &Arc<Self>,
         target: Key,
         version: Version,
         req: Request<ReqBody>,
-    ) -> Result<Response<UpstreamBody>, Failed> {
+    ) -> Sending<'_> {
         if version == Version::HTTP_2 {
-            self.send_h2(target, req).await
+            Box::pin(self.send_h2(target, req))
         } else {
-            self.send_h1(target, req).await
+            Box::pin(self.send_h1(target, req))
         }
     }
 
@@ -396,13 +404,12 @@ impl Pool {
     async fn send_h2(
         &self,
         target: Key,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
     ) -> Result<Response<UpstreamBody>, Failed> {
         // A request without a body can be sent again as it is when the upstream refused
         // its stream unprocessed: a server closing its connection gracefully (nginx after
         // `keepalive_requests`, a restarting app) refuses the streams it will not serve.
         let head = http_body::Body::is_end_stream(req.body()).then(|| copy_head(&req));
-        let mut req = req;
         let mut sends = 0;
         loop {
             sends += 1;
@@ -410,21 +417,27 @@ impl Pool {
                 Ok(s) => s,
                 Err(error) => return Err(Failed { error, unsent: Some(req) }),
             };
-            let error = match sender.send(req).await {
-                Ok(rsp) => return Ok(rsp.map(UpstreamBody::H2)),
+            let ready = match sender.ready().await {
+                Ok(ready) => ready,
                 // The connection closed (a GOAWAY) before the request left: it goes on a
                 // new connection, body and all.
-                Err(SendFailure::Unsent(e, unsent)) if sends < MAX_H2_SENDS => {
+                Err(e) if sends < MAX_H2_SENDS => {
                     debug!(upstream = %target.addr, error = %e, sends, generation, "the connection closed before the request was sent; sending it on a new one");
                     self.forget_h2(&target, generation);
-                    req = *unsent;
                     continue;
                 }
-                Err(SendFailure::Unsent(e, unsent)) => {
+                Err(e) => {
                     debug!(upstream = %target.addr, error = %e, sends, generation, "the connection closed before the request was sent; giving up");
-                    return Err(Failed::unsent(e, *unsent));
+                    return Err(Failed::unsent(e, req));
                 }
-                Err(SendFailure::Sent(e)) => e,
+            };
+            // The request goes into the stream, and this future holds no other copy of it.
+            let error = match ready.send(req) {
+                Ok(sent) => match sent.response().await {
+                    Ok(rsp) => return Ok(rsp.map(UpstreamBody::H2)),
+                    Err(e) => e,
+                },
+                Err(e) => e,
             };
             let refused = refused_unprocessed(&error);
             let Some(head) = head.as_ref().filter(|_| refused.is_some() && sends < MAX_H2_SENDS)
