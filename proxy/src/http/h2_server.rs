@@ -432,7 +432,8 @@ fn h2_io_error(e: h2::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     //! The server against the h2 crate's client over an in-memory pipe, on paused time:
-    //! the pings that find a vanished client, and that they leave a live one alone.
+    //! the pings that find a vanished client, and that they leave a live one alone; a
+    //! client's reset ending a response that waits for its body.
 
     use std::time::Duration;
 
@@ -501,5 +502,52 @@ mod tests {
         assert_eq!(rsp.headers()[header::CONTENT_LENGTH], "5");
         let mut body = rsp.into_body();
         assert_eq!(body.data().await.expect("data").expect("data"), "hello");
+    }
+
+    /// A response body that never has data; says when it is dropped.
+    struct Stalled(Arc<tokio::sync::Notify>);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = BodyError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+            Poll::Pending
+        }
+    }
+
+    impl Drop for Stalled {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reset_ends_a_response_whose_body_is_awaited() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let dropped = Arc::new(tokio::sync::Notify::new());
+        let stalled = {
+            let dropped = dropped.clone();
+            move |_| std::future::ready(Response::new(RspBody::other(Stalled(dropped.clone()))))
+        };
+        tokio::spawn(Server::new(server_io, &config(), Activity::new(), stalled));
+        let (tx, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(async move { conn.await.expect("client connection") });
+        let mut tx = tx.ready().await.expect("the connection is open");
+        let req = Request::get("http://svc.test/").body(()).expect("request");
+        let (rsp, send) = tx.send_request(req, true).expect("send");
+        let rsp = rsp.await.expect("response head");
+        assert_eq!(rsp.status(), 200);
+        // The body waits for data that never comes, until the client gives up.
+        let waited = tokio::time::timeout(Duration::from_secs(60), dropped.notified()).await;
+        assert!(waited.is_err(), "the body was dropped while the client still wanted it");
+        // Dropping its stream's last handles resets it (CANCEL).
+        drop((rsp, send));
+        tokio::time::timeout(Duration::from_secs(60), dropped.notified())
+            .await
+            .expect("the server gave the body up once the client reset its stream");
     }
 }

@@ -20,7 +20,6 @@ use std::{
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -201,13 +200,21 @@ pub(super) async fn pump<B>(
     B::Error: std::fmt::Display,
 {
     loop {
-        let frame = tokio::select! {
-            biased;
-            reason = poll_fn(|cx| tx.poll_reset(cx)) => {
+        // The body first: a frame at hand is sent without asking the stream whether the
+        // peer reset it (sending would say so); only a body that must be waited for has
+        // the reset watched meanwhile (a client that went away ends the wait).
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Ok(frame));
+            }
+            tx.poll_reset(cx).map(Err)
+        });
+        let frame = match next.await {
+            Ok(frame) => frame,
+            Err(reason) => {
                 debug!(?reason, "the peer reset the stream");
                 return;
             }
-            frame = body.frame() => frame,
         };
         let sent = match frame {
             None => tx.send_data(Bytes::new(), true).map(|()| false),
@@ -329,6 +336,7 @@ mod tests {
     use std::time::Duration;
 
     use http::{HeaderValue, Method, StatusCode};
+    use http_body_util::BodyExt;
     use http_body_util::channel::{Channel, Sender as BodyTx};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -551,7 +559,7 @@ mod idle_tests {
 
     use std::{net::SocketAddr, sync::atomic::AtomicUsize};
 
-    use http_body_util::{Empty, Full};
+    use http_body_util::{BodyExt, Empty, Full};
     use hyper::{server::conn::http2, service::service_fn};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::{

@@ -419,6 +419,9 @@ pub struct MeteredBody<B> {
     done: Option<Done>,
     /// Data bytes so far (for the access log).
     bytes: u64,
+    /// Seen to its end: asking the inner body again (which locks an HTTP/2 stream) is
+    /// not needed.
+    ended: bool,
 }
 
 pub struct Done {
@@ -479,9 +482,9 @@ impl<B: Body> MeteredBody<B> {
         if inner.is_end_stream() {
             // An empty body is never polled: the response is complete now.
             done.finish(None, false, 0);
-            return MeteredBody { inner, done: None, bytes: 0 };
+            return MeteredBody { inner, done: None, bytes: 0, ended: true };
         }
-        MeteredBody { inner, done: Some(done), bytes: 0 }
+        MeteredBody { inner, done: Some(done), bytes: 0, ended: false }
     }
 }
 
@@ -509,14 +512,16 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(done) = this.done.take()
-                {
-                    done.finish(Some(trailers), false, this.bytes);
-                } else if this.inner.is_end_stream()
-                    && let Some(done) = this.done.take()
-                {
-                    done.finish(None, false, this.bytes);
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.ended = true;
+                    if let Some(done) = this.done.take() {
+                        done.finish(Some(trailers), false, this.bytes);
+                    }
+                } else if this.inner.is_end_stream() {
+                    this.ended = true;
+                    if let Some(done) = this.done.take() {
+                        done.finish(None, false, this.bytes);
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -525,6 +530,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                 }
             }
             Poll::Ready(None) => {
+                this.ended = true;
                 if let Some(done) = this.done.take() {
                     done.finish(None, false, this.bytes);
                 }
@@ -535,11 +541,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.ended { SizeHint::with_exact(0) } else { self.inner.size_hint() }
     }
 }
 
