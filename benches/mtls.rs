@@ -68,6 +68,10 @@
 //!
 //! A default run takes about 5 minutes on 2 CPUs.
 
+// Its haproxy configuration; the nginx pair is the HTTP bench's alone.
+#[allow(dead_code)]
+#[path = "http/baselines.rs"]
+mod baselines;
 #[path = "mtls/conns.rs"]
 mod conns;
 #[allow(dead_code)]

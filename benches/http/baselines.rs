@@ -11,15 +11,19 @@ use crate::{
 /// haproxy in HTTP mode, one thread, reusing upstream connections across client
 /// connections (`http-reuse always`); with `Proto::H2`, HTTP/2 (h2c) on both sides.
 pub fn haproxy_config(proto: Proto) -> impl Fn(SocketAddr, SocketAddr) -> String {
-    move |listen, to| {
-        let h2 = if proto == Proto::H2 { " proto h2" } else { "" };
-        format!(
-            "global\n  nbthread 1\n  maxconn 4000\n\ndefaults\n  mode http\n  option http-keep-alive\n  \
-             http-reuse always\n  timeout connect 1s\n  timeout client 300s\n  timeout server 300s\n  \
-             timeout http-keep-alive 300s\n\nfrontend fe\n  bind {listen}{h2}\n  default_backend be\n\n\
-             backend be\n  server upstream {to}{h2}\n"
-        )
-    }
+    let h2 = if proto == Proto::H2 { " proto h2" } else { "" };
+    move |listen, to| haproxy_http(listen, h2, to, h2)
+}
+
+/// haproxy in HTTP mode as `haproxy_config` has it, with `bind` and `server` options (TLS,
+/// ALPN, protocol) after the addresses.
+pub fn haproxy_http(listen: SocketAddr, bind: &str, to: SocketAddr, server: &str) -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 4000\n\ndefaults\n  mode http\n  option http-keep-alive\n  \
+         http-reuse always\n  timeout connect 1s\n  timeout client 300s\n  timeout server 300s\n  \
+         timeout http-keep-alive 300s\n\nfrontend fe\n  bind {listen}{bind}\n  default_backend be\n\n\
+         backend be\n  server upstream {to}{server}\n"
+    )
 }
 
 pub fn nginx_installed() -> bool {

@@ -26,6 +26,7 @@ use weft_identity::{
 use weft_proxy::transport_header::{self, TransportHeader};
 
 use crate::{
+    baselines,
     conns::MtlsDial,
     procs::{self, Pair, Proc, metric, scrape},
 };
@@ -234,37 +235,20 @@ pub fn haproxy_pair(pki: &Path, backend: SocketAddr, dir: &Path) -> anyhow::Resu
         pems.push(file);
     }
     let (a_pem, b_pem, ca, web) = (pems[0].display(), pems[1].display(), ca.display(), id("web"));
-    procs::listening_pair(backend, |name, listen, to| {
-        let (bind_tls, server_tls) = match name {
-            "B" => (
-                format!(
-                    " ssl crt {b_pem} ca-file {ca} verify required alpn h2 ssl-min-ver TLSv1.3"
-                ),
-                String::new(),
-            ),
-            _ => (
-                String::new(),
-                format!(
-                    " ssl crt {a_pem} ca-file {ca} verify required verifyhost {web} sni str({web}) \
-                     alpn h2 ssl-min-ver TLSv1.3"
-                ),
-            ),
-        };
-        let cfg = dir.join(format!("haproxy-mtls-{name}.cfg"));
-        fs::write(
-            &cfg,
-            format!(
-                "global\n  nbthread 1\n  maxconn 4000\n\ndefaults\n  mode http\n  \
-                 option http-keep-alive\n  http-reuse always\n  timeout connect 1s\n  \
-                 timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n\n\
-                 frontend fe\n  bind {listen}{bind_tls}\n  default_backend be\n\n\
-                 backend be\n  server upstream {to}{server_tls}\n"
-            ),
-        )?;
-        let mut cmd = Command::new("haproxy");
-        cmd.arg("-db").arg("-f").arg(&cfg);
-        Proc::spawn(&mut cmd, format!("haproxy mtls {name}"), dir)
-    })
+    let tls = " alpn h2 ssl-min-ver TLSv1.3";
+    let a = format!(
+        " ssl crt {a_pem} ca-file {ca} verify required verifyhost {web} sni str({web}){tls}"
+    );
+    let b = format!(" ssl crt {b_pem} ca-file {ca} verify required{tls}");
+    // B is the one whose upstream is the backend.
+    let config = move |listen, to| {
+        if to == backend {
+            baselines::haproxy_http(listen, &b, to, "")
+        } else {
+            baselines::haproxy_http(listen, "", to, &a)
+        }
+    };
+    procs::haproxy_pair_with(backend, dir, "haproxy mtls", config)
 }
 
 /// mTLS connections `b` accepted from identity `sa` (opaque, through a transport header).

@@ -28,7 +28,7 @@ use tracing::debug;
 
 use super::{
     H2_KEEP_ALIVE_TIMEOUT, HttpConfig, RspBody, h2_keep_alive,
-    h2_upstream::{H2Body, pump},
+    h2_upstream::{H2Body, poll_send_capacity, pump},
     pool::{self, BodyError, ReqBody},
 };
 use crate::idle::Activity;
@@ -395,16 +395,10 @@ impl AsyncWrite for H2Io {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.send.reserve_capacity(buf.len());
-        let granted = loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => break n,
-                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
+        let n = match ready!(poll_send_capacity(&mut self.send, buf.len(), cx)) {
+            Ok(n) => n,
+            Err(e) => return Poll::Ready(Err(h2_io_error(e))),
         };
-        let n = granted.min(buf.len());
         match self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
             Ok(()) => Poll::Ready(Ok(n)),
             Err(e) => Poll::Ready(Err(h2_io_error(e))),

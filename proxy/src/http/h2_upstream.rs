@@ -108,12 +108,6 @@ impl Sender {
         let tx = self.tx.ready().await?;
         Ok(Ready { tx, in_flight })
     }
-
-    /// Sends `req` and waits for the response head (what the pool does in steps).
-    #[cfg(test)]
-    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<H2Body>, h2::Error> {
-        self.ready().await?.send(req)?.response().await
-    }
 }
 
 /// A connection ready to open a stream for one request.
@@ -256,19 +250,29 @@ async fn send_data(
         return tx.send_data(data, eos);
     }
     while data.has_remaining() {
-        tx.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| tx.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Reason::CANCEL.into()),
-        };
-        if granted == 0 {
-            continue;
-        }
-        let chunk = data.split_to(granted.min(data.len()));
+        let granted = poll_fn(|cx| poll_send_capacity(tx, data.len(), cx)).await?;
+        let chunk = data.split_to(granted);
         tx.send_data(chunk, eos && !data.has_remaining())?;
     }
     Ok(())
+}
+
+/// Capacity to send up to `len` (> 0) bytes on `tx`: asked for, then granted (at least one
+/// byte, at most `len`); an error once the stream can send no more (reset, or closed).
+pub(super) fn poll_send_capacity(
+    tx: &mut h2::SendStream<Bytes>,
+    len: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, h2::Error>> {
+    tx.reserve_capacity(len);
+    loop {
+        match ready!(tx.poll_capacity(cx)) {
+            Some(Ok(0)) => continue,
+            Some(Ok(n)) => return Poll::Ready(Ok(n.min(len))),
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            None => return Poll::Ready(Err(h2::Reason::CANCEL.into())),
+        }
+    }
 }
 
 /// A body read from an HTTP/2 stream, trailers included: an upstream's response, or a
@@ -376,6 +380,14 @@ mod tests {
         (tx, req)
     }
 
+    /// Sends `req` on `client` and waits for the response head: the pool's steps in one.
+    pub(super) async fn send(
+        client: Sender,
+        req: Request<ReqBody>,
+    ) -> Result<Response<H2Body>, h2::Error> {
+        client.ready().await?.send(req)?.response().await
+    }
+
     /// Accepts one stream and answers 200 at once; the connection goes on being driven in
     /// the background.
     async fn accept(
@@ -412,7 +424,7 @@ mod tests {
             send.send_trailers(trailers).expect("the test's h2 exchange");
         });
         let (mut tx, req) = streaming_request();
-        let rsp = tokio::time::timeout(Duration::from_secs(5), client.send(req))
+        let rsp = tokio::time::timeout(Duration::from_secs(5), send(client, req))
             .await
             .expect("the test's h2 exchange");
         let mut body = rsp.expect("response head before the request body ended").into_body();
@@ -463,7 +475,7 @@ mod tests {
                     .expect("the test's h2 exchange");
             }
         });
-        let rsp = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+        let rsp = tokio::time::timeout(Duration::from_secs(20), send(client, req))
             .await
             .expect("no deadlock on flow control")
             .expect("the test's h2 exchange");
@@ -495,7 +507,7 @@ mod tests {
             }
         });
         tx.send_data(Bytes::from_static(b"partial")).await.expect("the test's h2 exchange");
-        let send = client.send(req);
+        let send = send(client, req);
         tokio::select! {
             _ = send => panic!("the upstream never answers"),
             _ = got_rx => {}
@@ -525,7 +537,7 @@ mod tests {
             send.send_reset(h2::Reason::NO_ERROR);
         });
         let (tx, req) = streaming_request();
-        let mut body = client.send(req).await.expect("the test's h2 exchange").into_body();
+        let mut body = send(client, req).await.expect("the test's h2 exchange").into_body();
         let frame =
             body.frame().await.expect("the test's h2 exchange").expect("the test's h2 exchange");
         assert_eq!(frame.into_data().expect("the test's h2 exchange"), "early answer");
@@ -618,7 +630,7 @@ mod idle_tests {
         let idle = Duration::from_millis(300);
         let io = TcpStream::connect(addr).await.expect("connect");
         let sender = handshake(io, 65536, idle).await.expect("handshake");
-        let rsp = sender.clone().send(get()).await.expect("response");
+        let rsp = super::tests::send(sender.clone(), get()).await.expect("response");
         // The response body not read yet: a stream in flight, for several idle timeouts.
         tokio::time::sleep(idle * 4).await;
         assert!(!sender.is_closed(), "closed with a stream in flight");

@@ -488,6 +488,16 @@ impl<B: Body> MeteredBody<B> {
     }
 }
 
+impl<B> MeteredBody<B> {
+    /// The body ended well (with `trailers`, if any): counted once.
+    fn end(&mut self, trailers: Option<&HeaderMap>) {
+        self.ended = true;
+        if let Some(done) = self.done.take() {
+            done.finish(trailers, false, self.bytes);
+        }
+    }
+}
+
 impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away or the stream was reset.
@@ -512,16 +522,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
-                if let Some(trailers) = frame.trailers_ref() {
-                    this.ended = true;
-                    if let Some(done) = this.done.take() {
-                        done.finish(Some(trailers), false, this.bytes);
-                    }
-                } else if this.inner.is_end_stream() {
-                    this.ended = true;
-                    if let Some(done) = this.done.take() {
-                        done.finish(None, false, this.bytes);
-                    }
+                let trailers = frame.trailers_ref();
+                if trailers.is_some() || this.inner.is_end_stream() {
+                    this.end(trailers);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -529,12 +532,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                     done.finish(None, true, this.bytes);
                 }
             }
-            Poll::Ready(None) => {
-                this.ended = true;
-                if let Some(done) = this.done.take() {
-                    done.finish(None, false, this.bytes);
-                }
-            }
+            Poll::Ready(None) => this.end(None),
             Poll::Pending => {}
         }
         r

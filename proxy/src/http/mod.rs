@@ -47,7 +47,7 @@ use crate::{
 pub use pool::{Pool, PoolConfig};
 
 /// A response body as the proxy sends it to its client.
-pub enum RspBody {
+pub(crate) enum RspBody {
     /// An upstream's, counted when it ends: every proxied response has one, so it is not
     /// boxed (an allocation per request less).
     Upstream(metrics::MeteredBody<pool::UpstreamBody>),
@@ -179,8 +179,9 @@ const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// vanished, or one that will not answer.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Pings an HTTP/2 peer (a client, or an upstream) every `H2_KEEP_ALIVE_INTERVAL`; ends when one is not answered within
-/// `H2_KEEP_ALIVE_TIMEOUT`. (A failed connection ends its own future first.)
+/// Pings an HTTP/2 peer (a client, or an upstream) every `H2_KEEP_ALIVE_INTERVAL`; ends
+/// when one is not answered within `H2_KEEP_ALIVE_TIMEOUT`. (A failed connection ends its
+/// own future first.)
 pub(super) async fn h2_keep_alive(pings: Option<h2::PingPong>) {
     let Some(mut pings) = pings else { return std::future::pending().await };
     loop {
