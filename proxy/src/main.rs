@@ -43,7 +43,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    keep_freed_heap();
     let log_level = weft_proxy::logging::init(&args.log, args.log_format)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = match usize::from(args.cores) {
@@ -76,19 +75,6 @@ fn warn_unknown_settings() {
     }
 }
 
-/// glibc returns the top of the heap to the kernel whenever 128 KiB of it is free, and
-/// the next burst of requests faults the pages back in: under steady load that is several
-/// `brk` round trips a second, each a latency spike for the requests that hit it. Keeping
-/// up to 1 MiB free (and growing by 256 KiB at a time) removes them; an idle proxy, whose
-/// heap never grew, is no bigger.
-fn keep_freed_heap() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
-        libc::mallopt(libc::M_TOP_PAD, 256 * 1024);
-    }
-}
-
 /// Completes on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -103,3 +89,11 @@ async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
+
+/// mimalloc rather than glibc's malloc: a proxied HTTP/2 request makes about a dozen small
+/// allocations, freed on the same thread soon after, which is mimalloc's best case. On the
+/// benchmark rig it cut the CPU per request at HTTP/2 maximum throughput by about 13 %.
+/// Built without transparent huge pages (`no_thp`): with them an idle proxy's heap rounds up
+/// to 2 MiB pages and its RSS doubles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
