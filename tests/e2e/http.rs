@@ -194,12 +194,7 @@ fn a_100_mib_chunked_upload_streams_without_buffering() {
 }
 
 fn peak_rss_bytes(p: &Proxy) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    status_bytes(p.pid(), "VmHWM")
 }
 
 #[test]

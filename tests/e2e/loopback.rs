@@ -316,6 +316,26 @@ fn a_connection_to_the_proxy_itself_is_refused_not_looped() {
 }
 
 #[test]
+fn an_idle_proxy_holds_little_memory_of_its_own() {
+    // Its own memory is the anonymous part of its RSS (this test binary's debug proxy maps
+    // a large file besides). The allocator must give it in small pages: an allocator that
+    // asks for transparent huge pages rounds an idle heap up to 2 MiB pages, several MiB.
+    let backend = http_server(local_listener());
+    let (client, server) = pair(backend, &[]);
+    let url = format!("http://{}/", client.outbound);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let (ok, out, err) = run(Command::new("curl").args(["-sS", version, &url]));
+        assert!(ok && out.starts_with("hello"), "curl {version}: {out} {err}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for p in [&client, &server] {
+        let anon = status_bytes(p.pid(), "RssAnon");
+        assert!(anon > 0, "no RssAnon in /proc/{}/status", p.pid());
+        assert!(anon < 4 << 20, "an idle proxy holds {} KiB of anonymous memory", anon >> 10);
+    }
+}
+
+#[test]
 fn a_thousand_silent_connections_stay_bounded_and_others_are_served() {
     let backend = serve(local_listener(), echo);
     let (client, server) =

@@ -241,8 +241,7 @@ pub async fn serve<I>(
     let failed: Option<(&'static str, String)> = if h2 {
         // Each stream is in flight until its response body has been sent (or given up).
         // Boxed: moving a future copies all of it, and the stream's task moves this one
-        // several times before its first poll; a pointer is cheaper to move. It also keeps
-        // the task small enough for the allocator's per-thread cache (see `h2_server`).
+        // several times before its first poll; a pointer is cheaper to move.
         let handle = move |req| Box::pin(proxy(req, conn.clone()));
         let c = h2_server::Server::new(client, config, activity.clone(), handle);
         tokio::pin!(c);

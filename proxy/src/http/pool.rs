@@ -305,9 +305,9 @@ impl Pool {
     }
 
     /// Sends `req` to `target` over a connection of `version` (HTTP/2, or else HTTP/1).
-    /// Boxed, each version's future alone: one allocation per request that stays small
-    /// (HTTP/2's fits the allocator's per-thread cache, HTTP/1's is larger), where the
-    /// caller's future would otherwise be as large as the larger of the two, and moved.
+    /// Boxed, each version's future alone: one allocation per request of its own size
+    /// (HTTP/2's under 1 KiB, HTTP/1's larger), where the caller's future would otherwise
+    /// be as large as the larger of the two, and moved.
     pub fn send(
         self: &Arc<Self>,
         target: Key,
