@@ -51,13 +51,12 @@ impl Bench {
         let mut notes = Vec::new();
         let proxy = match std::env::var_os("WEFT_BENCH_PROXY_BIN") {
             Some(bin) => {
+                let bin = PathBuf::from(bin);
                 if note_source {
-                    notes.push(format!(
-                        "weft-proxy: {} (`WEFT_BENCH_PROXY_BIN`).",
-                        bin.to_string_lossy()
-                    ));
+                    notes.push(format!("weft-proxy: {} (`WEFT_BENCH_PROXY_BIN`).", bin.display()));
+                    notes.extend(provenance(&bin));
                 }
-                PathBuf::from(bin)
+                bin
             }
             None => {
                 let bin = build_proxy(&target_dir)?;
@@ -136,6 +135,8 @@ fn build_proxy(target: &Path) -> anyhow::Result<PathBuf> {
         .args(["build", "--profile", "release-static", "--target", STATIC_TARGET])
         .args(["-p", "weft-proxy", "--bin", "weft-proxy"])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // As the README's release build: `proxy_build_info` names the commit.
+        .env("WEFT_BUILD_GIT_SHA", checkout_version())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .context("running cargo build")?;
@@ -147,6 +148,50 @@ fn build_proxy(target: &Path) -> anyhow::Result<PathBuf> {
         bail!("{} is missing after the build", bin.display());
     }
     Ok(bin)
+}
+
+/// The checkout as a build names it (`WEFT_BUILD_GIT_SHA`, README "The static proxy
+/// binary"): the commit, `-dirty` with uncommitted changes; `unknown` outside git.
+fn checkout_version() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What a given proxy binary was built from (its `--version`), against the checkout: a
+/// binary left over from another build must not pass for this checkout's.
+fn provenance(bin: &Path) -> Vec<String> {
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let built = version.split_once("(git ").and_then(|(_, rest)| rest.split_once(','));
+    let checkout = checkout_version();
+    let warn = match built.map(|(sha, _)| sha) {
+        None => {
+            format!("{} has no build info (`{version}`): not this checkout's proxy?", bin.display())
+        }
+        Some("unknown") => format!(
+            "**the measured proxy does not say what it was built from** (built without `WEFT_BUILD_GIT_SHA`); the checkout is {checkout}."
+        ),
+        Some(sha) if sha.ends_with("-dirty") => format!(
+            "**the measured proxy was built from uncommitted changes** ({sha}); the checkout is {checkout}."
+        ),
+        Some(sha) if sha != checkout => {
+            format!(
+                "**the measured proxy was built from {sha}, not from this checkout** ({checkout})."
+            )
+        }
+        Some(sha) => return vec![format!("weft-proxy built from {sha}, this checkout.")],
+    };
+    eprintln!("note: {warn}");
+    vec![warn]
 }
 
 /// Notes on what was measured: the commit, and uncommitted changes in the crates the

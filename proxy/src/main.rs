@@ -6,10 +6,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use weft_proxy::{BoundProxy, config::RunArgs, init::InitArgs};
 
+/// `--version`: the version, and what the binary was built from (as `proxy_build_info`).
+static LONG_VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| weft_proxy::metrics::BUILD_INFO.long_version());
+
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-proxy",
-    version,
+    version = LONG_VERSION.as_str(),
     about = "The Weft sidecar proxy",
     args_conflicts_with_subcommands = true
 )]

@@ -1,6 +1,6 @@
 //! The proxy's metrics: one registry, transport families with Linkerd's names and labels,
-//! bounded label cardinality, idle series retention, and process metrics read from /proc on
-//! each scrape.
+//! bounded label cardinality, idle series retention, process metrics read from /proc on
+//! each scrape, and what the proxy was built from (`proxy_build_info`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,6 +27,45 @@ pub mod retention;
 use retention::{Index, Lease};
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What this proxy was built from: Linkerd's `proxy_build_info` labels (constant 1), and
+/// `weft-proxy --version`. The commit and the date are the builder's to give, as
+/// linkerd2-proxy's are (`WEFT_BUILD_GIT_SHA`, `WEFT_BUILD_DATE` at build time;
+/// the release build and the benches set them): a plain `cargo build` says `unknown`
+/// rather than recompile the proxy at every commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildInfo {
+    pub date: &'static str,
+    pub git_sha: &'static str,
+    pub profile: &'static str,
+    pub vendor: &'static str,
+    pub version: &'static str,
+}
+
+pub const BUILD_INFO: BuildInfo = BuildInfo {
+    date: match option_env!("WEFT_BUILD_DATE") {
+        Some(d) => d,
+        None => "unknown",
+    },
+    git_sha: match option_env!("WEFT_BUILD_GIT_SHA") {
+        Some(s) => s,
+        None => "unknown",
+    },
+    profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+    vendor: "weft",
+    version: env!("CARGO_PKG_VERSION"),
+};
+
+impl BuildInfo {
+    /// `--version`'s text after the name.
+    pub fn long_version(&self) -> String {
+        let BuildInfo { date, git_sha, profile, version, .. } = self;
+        match *date {
+            "unknown" => format!("{version} (git {git_sha}, {profile})"),
+            date => format!("{version} (git {git_sha}, built {date}, {profile})"),
+        }
+    }
+}
 
 /// Which side of the pod a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -423,6 +462,9 @@ impl Metrics {
         let policy = crate::policy::discover::PolicyMetrics::register(&mut registry);
         let access_log = crate::http::access_log::AccessLogMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
+        let build = Family::<BuildInfo, Gauge>::default();
+        build.get_or_create(&BUILD_INFO).set(1);
+        registry.register("proxy_build_info", "Proxy build info", build);
         let metrics = Arc::new(Metrics {
             registry,
             tcp,
@@ -733,6 +775,14 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+        // Linkerd's build info, with this build's values.
+        let BuildInfo { date, git_sha, profile, version, .. } = BUILD_INFO;
+        let build = format!(
+            "proxy_build_info{{date=\"{date}\",git_sha=\"{git_sha}\",profile=\"{profile}\",vendor=\"weft\",version=\"{version}\"}} 1\n"
+        );
+        assert!(text.contains(&build), "missing {build:?} in:\n{text}");
+        assert_eq!(profile, "debug", "tests build with debug assertions");
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
         assert!(text.contains("} 5\n"), "{text}");
     }
 

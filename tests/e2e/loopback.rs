@@ -426,6 +426,20 @@ fn admin_endpoints() {
             "{name} in {m}"
         );
     }
+    // Linkerd's build info: what this binary was built from, as `--version` says it too.
+    let build = weft_proxy::metrics::BUILD_INFO;
+    let want = format!(
+        "proxy_build_info{{date=\"{}\",git_sha=\"{}\",profile=\"{}\",vendor=\"weft\",version=\"{}\"}} 1\n",
+        build.date, build.git_sha, build.profile, build.version
+    );
+    assert!(m.contains(&want), "{want} in {m}");
+    let out = std::process::Command::new(crate::netns::proxy_bin())
+        .arg("--version")
+        .output()
+        .expect("weft-proxy --version");
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(version.trim(), format!("weft-proxy {}", build.long_version()));
+    assert!(version.contains(&format!("(git {},", build.git_sha)), "{version}");
     assert_eq!(admin_request(p.admin, "GET", "/nope", "").0, 404);
     assert_eq!(admin_request(p.admin, "GET", "/shutdown", "").0, 405);
 
