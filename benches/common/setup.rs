@@ -43,7 +43,7 @@ pub struct Facts {
 
 impl Bench {
     /// Gets the proxy (a build can take minutes; with `note_source`, the first note says
-    /// which proxy is measured), then starts the clock, makes the scratch directory and sets
+    /// which proxy is measured; a given binary's provenance is always noted), then starts the clock, makes the scratch directory and sets
     /// the nice value: after the build, before any thread or process of the measurement is
     /// started, so that they inherit it.
     pub fn start(bench: &'static str, nice: i32, note_source: bool) -> anyhow::Result<Bench> {
@@ -54,8 +54,9 @@ impl Bench {
                 let bin = PathBuf::from(bin);
                 if note_source {
                     notes.push(format!("weft-proxy: {} (`WEFT_BENCH_PROXY_BIN`).", bin.display()));
-                    notes.extend(provenance(&bin));
                 }
+                // Every report says whether a given binary is this checkout's.
+                notes.extend(provenance(&bin));
                 bin
             }
             None => {
