@@ -142,7 +142,7 @@ impl Sender {
                     let rsp = s.send_request(req).await?;
                     let (parts, body) = rsp.into_parts();
                     let body = body.collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((parts.status, body))
+                    Ok::<_, hyper::Error>((parts, body))
                 }
                 .await;
                 *cell.borrow_mut() = Some(s);
@@ -158,14 +158,31 @@ impl Sender {
                     let rsp = s.send_request(req).await?;
                     let (parts, body) = rsp.into_parts();
                     let body = body.collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((parts.status, body))
+                    Ok::<_, hyper::Error>((parts, body))
                 }
                 .await
             }
         };
         match rsp {
-            Ok((StatusCode::OK, body)) if body.len() == self.body => Ok(()),
-            Ok((status, body)) => Err(format!("status {status}, {} body bytes", body.len())),
+            Ok((parts, body)) if parts.status == StatusCode::OK && body.len() == self.body => {
+                Ok(())
+            }
+            Ok((parts, body)) => {
+                // Who answered, and why, when a proxy says: a wrong answer names its source.
+                let header = |name: &str| {
+                    parts
+                        .headers
+                        .get(name)
+                        .map(|v| format!(", {name}: {}", v.to_str().unwrap_or("?")))
+                };
+                Err(format!(
+                    "status {}, {} body bytes{}{}",
+                    parts.status,
+                    body.len(),
+                    header("server").unwrap_or_default(),
+                    header("l5d-proxy-error").unwrap_or_default()
+                ))
+            }
             Err(e) => Err(format!("{e} ({e:?})")),
         }
     }
