@@ -43,9 +43,9 @@ pub struct Facts {
 
 impl Bench {
     /// Gets the proxy (a build can take minutes; with `note_source`, the first note says
-    /// which proxy is measured; a given binary's provenance is always noted), then starts the clock, makes the scratch directory and sets
-    /// the nice value: after the build, before any thread or process of the measurement is
-    /// started, so that they inherit it.
+    /// which proxy is measured; a given binary's provenance is always noted), then starts
+    /// the clock, makes the scratch directory and sets the nice value: after the build,
+    /// before any thread or process of the measurement is started, so that they inherit it.
     pub fn start(bench: &'static str, nice: i32, note_source: bool) -> anyhow::Result<Bench> {
         let target_dir = target_dir()?;
         let mut notes = Vec::new();

@@ -781,7 +781,6 @@ mod tests {
             "proxy_build_info{{date=\"{date}\",git_sha=\"{git_sha}\",profile=\"{profile}\",vendor=\"weft\",version=\"{version}\"}} 1\n"
         );
         assert!(text.contains(&build), "missing {build:?} in:\n{text}");
-        assert_eq!(profile, "debug", "tests build with debug assertions");
         assert_eq!(version, env!("CARGO_PKG_VERSION"));
         assert!(text.contains("} 5\n"), "{text}");
     }
