@@ -151,17 +151,17 @@ fn build_proxy(target: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `git ARGS` in the checkout: its standard output, if it succeeded.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into())
+}
+
 /// The checkout as a build names it (`WEFT_BUILD_GIT_SHA`, README "The static proxy
 /// binary"): the commit, `-dirty` with uncommitted changes; `unknown` outside git.
 fn checkout_version() -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    git(&["describe", "--always", "--dirty", "--abbrev=12"])
+        .map_or_else(|| "unknown".into(), |v| v.trim().to_string())
 }
 
 /// What a given proxy binary was built from (its `--version`), against the checkout: a
@@ -198,32 +198,20 @@ fn provenance(bin: &Path) -> Vec<String> {
 /// Notes on what was measured: the commit, and uncommitted changes in the crates the
 /// binaries are built from (someone may be editing the proxy while this runs).
 fn source_state() -> Vec<String> {
-    let out = Command::new("git")
-        .args(["status", "--porcelain", "--", "proxy", "identity", "destination", "src"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    match out {
-        Ok(o) if o.status.success() => {
-            let dirty: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| format!("`{}`", l.get(3..).unwrap_or(l)))
-                .collect();
-            if dirty.is_empty() {
-                vec![format!("binaries built from commit {commit}, no uncommitted changes.")]
-            } else {
-                vec![format!(
-                    "binaries built from commit {commit} plus uncommitted changes in {}.",
-                    dirty.join(", ")
-                )]
-            }
-        }
-        _ => Vec::new(),
+    let status = git(&["status", "--porcelain", "--", "proxy", "identity", "destination", "src"]);
+    let Some(status) = status else { return Vec::new() };
+    // The name the proxy carries (`-dirty` for a change anywhere in the tree), then what
+    // changed in the binaries' own crates.
+    let version = checkout_version();
+    let dirty: Vec<String> =
+        status.lines().map(|l| format!("`{}`", l.get(3..).unwrap_or(l))).collect();
+    if dirty.is_empty() {
+        vec![format!("binaries built from {version}; no uncommitted changes in their crates.")]
+    } else {
+        vec![format!(
+            "binaries built from {version}, with uncommitted changes in {}.",
+            dirty.join(", ")
+        )]
     }
 }
 
