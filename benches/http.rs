@@ -12,7 +12,10 @@
 //!   the proxies, HTTP/1.1 again to the backend); a haproxy pair (`mode http`, `nbthread 1`,
 //!   `http-reuse always`); an nginx pair (one process each, keep-alive upstreams);
 //! - HTTP/2 (prior knowledge): direct; the weft pair; a haproxy pair with h2 on both sides
-//!   (nginx cannot proxy HTTP/2 to its upstream, so it has no HTTP/2 pair here).
+//!   (nginx cannot proxy HTTP/2 to its upstream, so it has no HTTP/2 pair here);
+//! - both: a pair of minimal relays (`common/relay.rs`: accept, connect, copy bytes), the
+//!   floor of any userspace hop on this machine; it does not parse HTTP, so each client
+//!   connection keeps its own connection to the backend.
 //!
 //! The backend is a hyper server (HTTP/1.1 and h2c on one port, its own thread) answering
 //! every request with 64 bytes; the client is hyper's connection API on one thread.
@@ -42,7 +45,7 @@
 //! - `WEFT_BENCH_RATES` (default `200,2000`): open-loop rates in req/s;
 //! - `WEFT_BENCH_PROTOCOLS` (default `h1,h2`): client protocols;
 //! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `weft-upgrade`,
-//!   `haproxy`, `nginx`); all by default;
+//!   `relay`, `haproxy`, `nginx`); all by default;
 //! - `WEFT_BENCH_H2LOAD=0`: skip the h2load cross-check;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
@@ -72,6 +75,8 @@ mod procfs;
 #[allow(dead_code)]
 #[path = "transport/procs.rs"]
 mod procs;
+#[path = "common/relay.rs"]
+mod relay;
 #[path = "http/report.rs"]
 mod report;
 #[path = "common/setup.rs"]
@@ -149,6 +154,7 @@ impl Scenario {
 }
 
 fn main() -> anyhow::Result<()> {
+    relay::run_if_asked()?;
     let cfg = Config::from_env()?;
     let mut bench = Bench::start("http", cfg.knobs.nice, false)?;
     let bin = bench.proxy.clone();
@@ -180,6 +186,10 @@ fn main() -> anyhow::Result<()> {
             };
             let pair = procs::weft_pair_with(&bin, backend, dir, "h1 weft-upgrade", upgrade)?;
             scenarios.push(through("weft-upgrade", "weft pair, HTTP/2 between", pair));
+        }
+        if cfg.knobs.wants("relay") {
+            let pair = relay::pair(backend, dir, None)?;
+            scenarios.push(through("relay", "minimal relay pair (bytes only)", pair));
         }
         if haproxy && cfg.knobs.wants("haproxy") {
             let config = baselines::haproxy_config(proto);

@@ -13,7 +13,7 @@
 //! and proxies that obtain their certificates before they are used (`/ready`).
 //!
 //! HTTP, the client speaking HTTP/1.1 over 16 keep-alive connections to a hyper backend
-//! that answers 1 KiB bodies (the HTTP bench's generator and backend), on three paths:
+//! that answers 1 KiB bodies (the HTTP bench's generator and backend), on these paths:
 //! - `direct`: client → backend;
 //! - `weft pair, plaintext, HTTP/2 between`: A's outbound → B's inbound with
 //!   `--outbound-http2-upgrade-targets '*'` (the HTTP bench's weft-upgrade);
@@ -21,6 +21,11 @@
 //!   service, whose endpoint is B's inbound with B's identity (`web`) and the `h2` protocol
 //!   hint, so A speaks HTTP/2 to B over mTLS. The bench fails unless both proxies' metrics
 //!   show every request as `tls="true"` with the right `server_id` / `client_id`;
+//! - `bare rustls relay pair (mTLS, bytes only)`: the floor of an mTLS hop on this
+//!   machine, the "bare rustls forwarder pair" (`common/relay.rs`): A originates
+//!   TLS 1.3 with `client`'s certificate and requires `web`'s name of B, B requires a client
+//!   certificate from the anchors; they copy bytes — no HTTP, no HTTP/2 between them (one
+//!   TLS connection per client connection), no discovery, no metrics;
 //! - `haproxy mTLS pair` (if haproxy is installed): the same shape in haproxy, one thread
 //!   each — HTTP/2 over TLS 1.3 between A and B, client certificates required, leaves for
 //!   `client` and `web` signed by the same issuer, B's name checked — so the CPU figure has
@@ -60,7 +65,8 @@
 //! - `WEFT_BENCH_BODY` (default 1024): bytes of the backend's responses;
 //! - `WEFT_BENCH_CONN_CONCURRENCY` (default 16): concurrent connections of the handshake loop;
 //! - `WEFT_BENCH_HANDSHAKES=0`: skip the handshake points;
-//! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `mtls`, `haproxy`);
+//! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `mtls`, `relay`,
+//!   `haproxy`);
 //!   all by default;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
@@ -95,6 +101,8 @@ mod procfs;
 #[allow(dead_code)]
 #[path = "transport/procs.rs"]
 mod procs;
+#[path = "common/relay.rs"]
+mod relay;
 #[path = "mtls/report.rs"]
 mod report;
 #[path = "common/setup.rs"]
@@ -132,10 +140,13 @@ pub struct Config {
 impl Config {
     fn from_env() -> anyhow::Result<Config> {
         let knobs = Knobs::from_env()?;
-        if let Some(bad) =
-            knobs.only.iter().flatten().find(|o| !matches!(o.as_str(), "weft" | "mtls" | "haproxy"))
+        if let Some(bad) = knobs
+            .only
+            .iter()
+            .flatten()
+            .find(|o| !matches!(o.as_str(), "weft" | "mtls" | "relay" | "haproxy"))
         {
-            bail!("WEFT_BENCH_ONLY: {bad:?} is none of weft, mtls, haproxy");
+            bail!("WEFT_BENCH_ONLY: {bad:?} is none of weft, mtls, relay, haproxy");
         }
         Ok(Config {
             knobs,
@@ -230,6 +241,7 @@ impl ConnScenario {
 }
 
 fn main() -> anyhow::Result<()> {
+    relay::run_if_asked()?;
     let cfg = Config::from_env()?;
     let mut bench = Bench::start("mtls", cfg.knobs.nice, true)?;
     let bin = bench.proxy.clone();
@@ -259,12 +271,18 @@ fn main() -> anyhow::Result<()> {
     }
     let mut control_plane = Vec::new();
     let mut handshake_bytes = None;
-    if cfg.knobs.wants("mtls") || cfg.knobs.wants("haproxy") {
+    if cfg.knobs.wants("mtls") || cfg.knobs.wants("relay") || cfg.knobs.wants("haproxy") {
         let mesh::Mesh { identity, destination, http, tcp, lone_b, lone_b_inbound, pki } =
             mesh::start(&weft, &bin, backend, close_server, dir).context("starting the mesh")?;
         control_plane = vec![identity, destination];
         if cfg.knobs.wants("mtls") {
             scenarios.push(Scenario::through("mtls", "weft mTLS pair", http, String::new()));
+        }
+        if cfg.knobs.wants("relay") {
+            let pair =
+                mesh::rustls_relay_pair(&pki, backend, dir).context("the rustls relay pair")?;
+            let name = "bare rustls relay pair (mTLS, bytes only)";
+            scenarios.push(Scenario::through("relay", name, pair, String::new()));
         }
         if cfg.knobs.wants("haproxy") && procs::haproxy_installed() {
             let pair = mesh::haproxy_pair(&pki, backend, dir).context("the haproxy mTLS pair")?;

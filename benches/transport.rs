@@ -1,14 +1,17 @@
 //! Transport benchmark: small request/response over opaque TCP on loopback, through a
 //! pair of `weft-proxy` processes (client-side outbound → server-side inbound) against a
-//! direct connection and, when `haproxy` is on PATH, a pair of haproxy in TCP mode — all
-//! in one run, so noise of the shared machine hits every scenario alike.
+//! direct connection, a pair of minimal relays (the floor of any userspace proxy) and,
+//! when `haproxy` is on PATH, a pair of haproxy in TCP mode — all in one run, so noise of
+//! the shared machine hits every scenario alike.
 //!
 //! Run: `cargo bench --bench transport` (builds the shipped static `weft-proxy` first). It
 //! prints a Markdown table and writes it to `target/bench-transport.md`.
 //!
 //! Scenarios: "direct" (client → echo), "weft" (both proxies detect the protocol; every
 //! request starts with 0x00, which detection calls opaque on the first read), "weft
-//! (opaque port)" (the targets are opaque ports: no detection), "haproxy pair".
+//! (opaque port)" (the targets are opaque ports: no detection), "minimal relay pair" (two
+//! 50-line tokio relays, `common/relay.rs`: accept, connect, `copy_bidirectional`),
+//! "haproxy pair".
 //! Points, each over 16 connections with 64-byte requests and responses:
 //! - open loop at 200 and 2 000 req/s: constant arrival rate, requests pipelined, latency
 //!   from each request's intended send time (so queueing is not hidden), HDR histogram;
@@ -27,7 +30,7 @@
 //! - `WEFT_BENCH_WARMUP_MS` (default 500): unrecorded warm-up before each point;
 //! - `WEFT_BENCH_RATES` (default `200,2000`): open-loop rates in req/s;
 //! - `WEFT_BENCH_ONLY`: comma-separated scenarios besides direct (`weft`, `weft-opaque`,
-//!   `haproxy`); all by default;
+//!   `relay`, `haproxy`); all by default;
 //! - `WEFT_BENCH_IDLE_CONNS` (default 1000): idle connections of the memory point;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
@@ -51,6 +54,8 @@ mod procfs;
 #[allow(dead_code)]
 #[path = "transport/procs.rs"]
 mod procs;
+#[path = "common/relay.rs"]
+mod relay;
 #[path = "transport/report.rs"]
 mod report;
 #[path = "common/setup.rs"]
@@ -92,6 +97,7 @@ pub struct Extra {
 pub type Scenario = measure::Scenario<Extra>;
 
 fn main() -> anyhow::Result<()> {
+    relay::run_if_asked()?;
     let cfg = Config::from_env()?;
     raise_fd_limit();
     let mut bench = Bench::start("transport", cfg.knobs.nice, false)?;
@@ -112,6 +118,10 @@ fn main() -> anyhow::Result<()> {
             pair,
             Extra::default(),
         ));
+    }
+    if cfg.knobs.wants("relay") {
+        let pair = relay::pair(echo, &dir, None)?;
+        scenarios.push(Scenario::through("relay", "minimal relay pair", pair, Extra::default()));
     }
     if cfg.knobs.wants("haproxy") {
         if procs::haproxy_installed() {

@@ -29,6 +29,7 @@ use crate::{
     baselines,
     conns::MtlsDial,
     procs::{self, Pair, Proc, metric, scrape},
+    relay,
 };
 
 const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
@@ -225,15 +226,7 @@ fn issue(
 /// port speaks only TLS, so a request through the pair proves it was mTLS.
 pub fn haproxy_pair(pki: &Path, backend: SocketAddr, dir: &Path) -> anyhow::Result<Pair> {
     let ca = pki.join("ca.crt");
-    let mut pems = Vec::new();
-    for sa in ["client", "web"] {
-        let (_, chain, key) = issue(pki, sa)?;
-        let mut pem: String = chain.iter().map(|c| cert_pem(c)).collect();
-        pem.push_str(&key.serialize_pem());
-        let file = dir.join(format!("haproxy-mtls-{sa}.pem"));
-        fs::write(&file, pem)?;
-        pems.push(file);
-    }
+    let pems = leaf_pems(pki, dir)?;
     let (a_pem, b_pem, ca, web) = (pems[0].display(), pems[1].display(), ca.display(), id("web"));
     let tls = " alpn h2 ssl-min-ver TLSv1.3";
     let a = format!(
@@ -249,6 +242,29 @@ pub fn haproxy_pair(pki: &Path, backend: SocketAddr, dir: &Path) -> anyhow::Resu
         }
     };
     procs::haproxy_pair_with(backend, dir, "haproxy mtls", config)
+}
+
+/// The bare rustls forwarder pair (`relay.rs`) meshed like the weft mTLS pair: A
+/// presents `client`'s certificate and requires `web`'s name of B; B requires a client
+/// certificate from the anchors. Bytes only: HTTP/1.1 from the client goes through as it
+/// is, one TLS connection per client connection.
+pub fn rustls_relay_pair(pki: &Path, backend: SocketAddr, dir: &Path) -> anyhow::Result<Pair> {
+    let [a_pem, b_pem] = leaf_pems(pki, dir)?.map(|p| p.display().to_string());
+    let ca = pki.join("ca.crt").display().to_string();
+    relay::pair(backend, dir, Some(relay::Mtls { a_pem, b_pem, ca, b_name: id("web") }))
+}
+
+/// PEM files (chain, then key) of leaves for `client` and `web`, signed by `pki`'s issuer.
+fn leaf_pems(pki: &Path, dir: &Path) -> anyhow::Result<[PathBuf; 2]> {
+    let write = |sa: &str| -> anyhow::Result<PathBuf> {
+        let (_, chain, key) = issue(pki, sa)?;
+        let mut pem: String = chain.iter().map(|c| cert_pem(c)).collect();
+        pem.push_str(&key.serialize_pem());
+        let file = dir.join(format!("mtls-leaf-{sa}.pem"));
+        fs::write(&file, pem)?;
+        Ok(file)
+    };
+    Ok([write("client")?, write("web")?])
 }
 
 /// mTLS connections `b` accepted from identity `sa` (opaque, through a transport header).
