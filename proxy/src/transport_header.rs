@@ -179,16 +179,34 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_bad_headers() {
-        for (bytes, what) in [
-            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "no preface"),
-            ([PREFACE, &[0, 0, 0x10, 0]].concat(), "too long"),
-            ([PREFACE, &[0, 0, 0, 2], &[0x08, 0x00]].concat(), "port 0"),
-            ([PREFACE, &[0, 0, 0, 3], &[0x0a, 0x05, 0x00]].concat(), "truncated protobuf"),
-            ([PREFACE, &[0, 0, 0, 9]].concat(), "eof"),
-        ] {
+        type Check = fn(&HeaderError) -> bool;
+        let cases: [(Vec<u8>, &str, Check); 5] = [
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "no preface", |e| {
+                matches!(e, HeaderError::NoPreface)
+            }),
+            // The length alone is refused: nothing after it is waited for.
+            ([PREFACE, &[0, 0, 0x10, 0]].concat(), "too long", |e| {
+                matches!(e, HeaderError::TooLong(4096))
+            }),
+            ([PREFACE, &[0, 0, 0, 2], &[0x08, 0x00]].concat(), "port 0", |e| {
+                matches!(e, HeaderError::Port(0))
+            }),
+            ([PREFACE, &[0, 0, 0, 3], &[0x0a, 0x05, 0x00]].concat(), "truncated protobuf", |e| {
+                matches!(e, HeaderError::Decode(_))
+            }),
+            (
+                [PREFACE, &[0, 0, 0, 9]].concat(),
+                "eof",
+                |e| matches!(e, HeaderError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof),
+            ),
+        ];
+        for (bytes, what, expected) in cases {
             let mut io = std::io::Cursor::new(bytes);
             let mut buf = BytesMut::new();
-            assert!(TransportHeader::read(&mut io, &mut buf).await.is_err(), "{what}");
+            match TransportHeader::read(&mut io, &mut buf).await {
+                Err(e) => assert!(expected(&e), "{what}: wrong error {e:?}"),
+                Ok(h) => panic!("{what}: accepted as {h:?}"),
+            }
         }
     }
 

@@ -539,8 +539,6 @@ fn chart_required_values_fail_with_their_message() {
     assert!(e.contains("is required"), "{e}");
 }
 
-/// The defaults alone: hardened pods, one replica each (so no PodDisruptionBudget), images
-/// from appVersion, and the webhook registered as injector/manifests/webhook.yaml says.
 #[test]
 fn chart_route_status_can_be_switched_off_with_its_rbac() {
     let dir = Dir::new("route-status");
@@ -575,6 +573,8 @@ fn chart_route_status_can_be_switched_off_with_its_rbac() {
     assert!(off.names("Role").is_empty() && off.names("RoleBinding").is_empty());
 }
 
+/// The defaults alone: hardened pods, one replica each (so no PodDisruptionBudget), images
+/// from appVersion, and the webhook registered as injector/manifests/webhook.yaml says.
 #[test]
 fn chart_defaults_are_hardened_and_match_the_webhook_manifest() {
     let dir = Dir::new("defaults");
@@ -737,7 +737,6 @@ fn assert_subset(ours: &Value, theirs: &Value, at: &str) {
     }
 }
 
-/// values.yaml is documented line by line: every key has a comment right above it, except
 /// The CRDs of `crds/` (which helm installs as they are, untemplated) define exactly the
 /// policy kinds the destination service watches, where it watches them, with the spec
 /// fields it reads; the destination's ClusterRole may list and watch each (the running
@@ -831,6 +830,7 @@ fn chart_crds_are_the_policy_kinds_the_destination_watches() {
     }
 }
 
+/// values.yaml is documented line by line: every key has a comment right above it, except
 /// inside the Kubernetes objects passed through as they are (resources, security contexts,
 /// scheduling), whose fields are Kubernetes' own.
 #[test]

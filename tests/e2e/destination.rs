@@ -655,6 +655,8 @@ fn destination_bad_configuration_fails_at_start() {
     let bad_domain =
         run(&["--source", "static", "--static-file", "/x", "--trust-domain", "bad..domain"]);
     assert!(!bad_domain.status.success());
+    let stderr = String::from_utf8_lossy(&bad_domain.stderr);
+    assert!(stderr.contains(r#"--trust-domain "bad..domain" is not a DNS name"#), "{stderr}");
     let bad_lease = run(&[
         "--route-status-lease-duration",
         "10s",

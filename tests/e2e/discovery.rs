@@ -409,7 +409,17 @@ fn request_and_per_try_timeouts_from_the_profile() {
     }));
     let statuses = load(p.outbound, 4, 40);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    assert!(slow.hits() > 0, "the slow endpoint was never tried");
+    let slow_tries = slow.hits();
+    assert!(slow_tries > 0, "the slow endpoint was never tried");
+    // The slow endpoint answers 200 too, after 3 s: only a try given up at 200 ms is
+    // retried, so every try it got must have been followed by a retry.
+    let m = p.metrics();
+    let retries =
+        metric(&m, "outbound_http_retries_total", &[("result", "taken"), ("dst_service", "web")]);
+    assert!(
+        retries >= slow_tries as f64,
+        "{slow_tries} tries on the slow endpoint, {retries} retries:\n{m}"
+    );
 }
 
 /// Two services, `web` (the ClusterIP the app calls) and `web-canary`, and a split of

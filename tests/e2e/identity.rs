@@ -415,6 +415,7 @@ fn identity_certify_with_static_tokens() {
         "",
     );
     assert!(!text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(text.contains("verify error:num=62:hostname mismatch"), "{text}");
 
     let m = server.metrics();
     assert_eq!(support::metric(&m, "identity_certificates_issued_total", &[]), 1.0, "{m}");

@@ -405,8 +405,15 @@ fn the_grace_period_bounds_the_drain() {
     let mut buf = [0u8; 5];
     s.read_exact(&mut buf).expect("echo");
     client.signal(libc::SIGINT);
+    // SIGINT drains as SIGTERM does: the open connection still works for now...
+    s.write_all(b"\x00wait").expect("write during the drain");
+    s.read_exact(&mut buf).expect("echo during the drain");
+    assert_eq!(&buf, b"\x00wait");
+    assert!(client.wait_exit(Duration::from_millis(300)).is_none(), "exited without draining");
+    // ...but it is still open when the grace period ends, and the proxy exits anyway.
     let status = client.wait_exit(Duration::from_secs(10)).expect("exits after the grace period");
     assert!(status.success(), "{status:?}");
+    drop(s);
 }
 
 #[test]

@@ -312,7 +312,7 @@ fn the_proxy_enforces_the_servers_and_policies_it_watches() {
     let updates: Vec<(&str, &str)> = updates.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert!(metric(&m, "inbound_policy_updates_total", &updates) >= 1.0, "{m}");
 
-    // The AuthorizationPolicy goes: 127.0.0.2 is refused too, on the connection it has.
+    // The AuthorizationPolicy goes: 127.0.0.2 is refused too (a new connection each time).
     api.delete(POLICIES, "prod", "web-http-from-127-0-0-2");
     assert!(
         eventually(Duration::from_secs(10), || curl_from("127.0.0.2", &http).contains(" 403")),

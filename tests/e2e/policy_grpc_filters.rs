@@ -196,7 +196,6 @@ impl InboundServerPolicies for FakePolicy {
     }
 }
 
-/// Any client from anywhere, meshed or not.
 /// A `kind` route's metadata (a Gateway API resource named `name`).
 pub(crate) fn gateway_meta(kind: &str, name: &str) -> Option<Metadata> {
     Some(Metadata {
@@ -247,6 +246,7 @@ pub(crate) fn inbound_proxy(app: SocketAddr, policy: &PolicyServer, extra: &[&st
     proxy
 }
 
+/// Any client from anywhere, meshed or not.
 pub(crate) fn everyone() -> pb::Authz {
     use pb::authn::{Permit, PermitUnauthenticated};
     let net = |ip: std::net::IpAddr| pb::Network {

@@ -310,19 +310,25 @@ fn route_status_lease_is_handed_over_at_shutdown() {
 fn route_status_writing_can_be_switched_off() {
     let api = cluster();
     api.put(ROUTES, fixture("httproute-web-metrics.json"));
+    let writes = || -> Vec<String> {
+        let all = api.requests().into_iter();
+        all.filter(|r| !r.starts_with("GET ") || r.contains("leases")).collect()
+    };
     let d = Destination::kubernetes_with(&api, &["--route-status=false"]);
+    // Longer than a replica with status writing on takes to ask for the lease once ready
+    // (checked below).
+    const WINDOW: Duration = Duration::from_secs(2);
+    std::thread::sleep(WINDOW);
     let m = d.metrics();
     assert_eq!(metric(&m, "destination_route_status_leader", &[]), 0.0, "{m}");
-    // Ready means listed: with status writing on, the lease would have been asked for by
-    // now (the election starts first).
-    let others: Vec<_> = api
-        .requests()
-        .into_iter()
-        .filter(|r| !r.starts_with("GET ") || r.contains("leases"))
-        .collect();
-    assert!(others.is_empty(), "{others:?}");
+    assert!(writes().is_empty(), "{:?}", writes());
     let route = api.get(ROUTES, "prod", "web-metrics").expect("route");
     assert!(route["status"].is_null(), "{route}");
+    drop(d);
+    // The same API with status writing on: the lease is asked for within the window, so
+    // the silence above was the flag's doing.
+    let _on = Destination::kubernetes_with(&api, &[]);
+    assert!(eventually(WINDOW, || !writes().is_empty()), "no lease request with status on");
 }
 
 /// Destination replicas `destination-a` and `destination-b` electing a route status writer

@@ -189,15 +189,18 @@ pub fn rss_bytes(pid: u32) -> u64 {
     status_bytes(pid, "VmRSS")
 }
 
-/// A memory figure of `/proc/PID/status` (`VmRSS`, `VmHWM`, `RssAnon`...), in bytes; 0 if
-/// the process is gone.
+/// A memory figure of `/proc/PID/status` (`VmRSS`, `VmHWM`, `RssAnon`...), in bytes.
+/// Panics when the process is gone or the figure is missing: a memory ceiling must not
+/// pass on a figure that was never read.
 pub fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
 }
 
 /// One HTTP/1.0 request to an admin port; returns (status code, body).
