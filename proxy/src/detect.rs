@@ -37,9 +37,10 @@ pub enum Detect {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Methods an HTTP/1 request line may start with (RFC 9110 and WebDAV's common ones).
-/// Tokens that are not on this list are treated as opaque: guessing HTTP for an
-/// arbitrary token would send binary protocols into the HTTP layer.
+/// Methods worth waiting for when the first bytes hold no space yet (RFC 9110 and
+/// WebDAV's common ones). Once the method's space has come, any token will do (below); but
+/// waiting on every token-looking prefix would stall a text protocol whose client sends a
+/// word and waits for the answer (`ping`) until the detection timeout.
 const METHODS: &[&[u8]] = &[
     b"GET",
     b"HEAD",
@@ -60,7 +61,17 @@ const METHODS: &[&[u8]] = &[
     b"REPORT",
     b"SEARCH",
     b"PURGE",
+    b"QUERY",
 ];
+
+/// Longest method taken: real ones are short (`PROPPATCH`), and a long run of token bytes
+/// is more likely some other text protocol.
+const MAX_METHOD: usize = 32;
+
+/// A byte of an HTTP token (RFC 9110 §5.6.2): what a method is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
 /// Longest HTTP/1 request line we wait for before calling the stream opaque.
 const MAX_REQUEST_LINE: usize = 8192;
@@ -116,7 +127,11 @@ fn http1(buf: &[u8]) -> Detect {
             ruled_out()
         };
     };
-    if !METHODS.contains(&&buf[..sp]) {
+    // Any token is a method (RFC 9110 §9.1): a client using one we do not know (`get`,
+    // `M-SEARCH`) still gets HTTP — its headers checked, the client identity header
+    // stripped — not a tunnel. What decides is the whole line, ending in the HTTP/1 version.
+    let method = &buf[..sp];
+    if method.is_empty() || method.len() > MAX_METHOD || !method.iter().all(|&b| is_tchar(b)) {
         return ruled_out();
     }
     let rest = &buf[sp + 1..];
@@ -144,6 +159,11 @@ fn http1(buf: &[u8]) -> Detect {
         }
         _ => ruled_out(),
     }
+}
+
+/// Whether `buf` is the start of a TLS ClientHello, not yet whole.
+pub fn is_tls_prefix(buf: &[u8]) -> bool {
+    !buf.is_empty() && tls(buf) == Detect::NeedMore
 }
 
 fn tls(buf: &[u8]) -> Detect {
@@ -290,6 +310,17 @@ mod tests {
     }
 
     #[test]
+    fn tls_prefixes_are_known_as_such() {
+        let hello = client_hello(Some("web.prod.svc.cluster.local"));
+        for n in 1..hello.len() {
+            assert!(is_tls_prefix(&hello[..n]), "{n}");
+        }
+        assert!(!is_tls_prefix(&hello), "whole: detected, not a prefix");
+        assert!(!is_tls_prefix(b""));
+        assert!(!is_tls_prefix(b"GET /"));
+    }
+
+    #[test]
     fn tls_with_and_without_sni() {
         let hello = client_hello(Some("Web.Prod.svc.cluster.local"));
         assert_eq!(
@@ -351,6 +382,10 @@ mod tests {
             b"GET http://a.example/ HTTP/1.1\n",
             b"CONNECT a.example:443 HTTP/1.1\r\n",
             b"OPTIONS * HTTP/1.1\r\n",
+            // Methods are tokens, known or not, in any case.
+            b"QUERY /search HTTP/1.1\r\n",
+            b"get / HTTP/1.1\r\n",
+            b"M-SEARCH * HTTP/1.1\r\n",
         ] {
             assert_eq!(detect(line, MAX), found(Protocol::Http1), "{line:?}");
         }
@@ -363,11 +398,14 @@ mod tests {
     #[test]
     fn not_http1() {
         for bytes in [
-            &b"get / HTTP/1.1\r\n"[..],
-            b"GET / HTTP/2.0\r\n",
+            &b"GET / HTTP/2.0\r\n"[..],
             b"GET / SPDY/3\r\n",
             b"GET\r\n",
-            b"FETCH / HTTP/1.1\r\n",
+            b"GE(T / HTTP/1.1\r\n",
+            b" GET / HTTP/1.1\r\n",
+            b"GET  /a HTTP/1.1\r\n",
+            b"get key\r\n", // memcached
+            b"ping",        // a word, then waiting for the answer: no stall
             b"GET /\x00 HTTP/1.1\r\n",
             b"GET  HTTP/1.1\r\n",
             b"SSH-2.0-OpenSSH_9.2\r\n",

@@ -20,7 +20,7 @@ use crate::{
     identity::{Alpn, Identity, peer_identity},
     io::{Metered, MeteredIo, Prefixed},
     metrics::{Direction, Metrics, Peer, TlsLabels},
-    transport::{self, ConnError, Side},
+    transport::{self, ConnError, Side, is_own_listener},
     transport_header::{self, SessionProtocol, TransportHeader},
 };
 
@@ -43,6 +43,7 @@ pub async fn serve_inbound(
     let errors = side.metrics.errors(side.direction);
     let client_addr = client.addr;
     let client_ip = client_addr.ip();
+    let local = client.io.local_addr().ok();
     let io = MeteredIo::deferred(client.io, prefix);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, id.acceptor().accept(io)).await {
         Ok(Ok(tls)) => tls,
@@ -85,7 +86,16 @@ pub async fn serve_inbound(
             Some(SessionProtocol::Http2) => Protocol::Http2,
             None => Protocol::Opaque,
         };
-        (SocketAddr::new(target.ip(), header.port), protocol)
+        let to = SocketAddr::new(target.ip(), header.port);
+        // A peer names the port; never one of this proxy's own listeners. Else a meshed
+        // peer reaches the admin port from this host (the localhost-only `/shutdown`), or
+        // sends through the outbound listener under this workload's identity.
+        if local.is_none_or(|local| is_own_listener(to, local, &side.own_addrs)) {
+            errors.inc("loop");
+            crate::throttled!(warn, target = %to, client = %client_addr, "transport header names one of this proxy's own listeners; refused");
+            return;
+        }
+        (to, protocol)
     } else {
         let protocol = match alpn.as_deref() {
             Some(b"h2") => Protocol::Http2,

@@ -123,6 +123,8 @@ pub enum ConnError {
     Loop(SocketAddr),
     #[error("nobody spoke within the detect timeout ({0:?}); closing")]
     Silent(Duration),
+    #[error("a TLS ClientHello did not arrive whole within the detect timeout ({0:?}); closing")]
+    SlowClientHello(Duration),
     #[error("client error during protocol detection: {0}")]
     DetectIo(io::Error),
     #[error("connection to {0} refused: is anything listening there?")]
@@ -144,7 +146,7 @@ impl ConnError {
         match self {
             ConnError::OrigDst(_) => "orig_dst_unavailable",
             ConnError::Loop(_) => "loop",
-            ConnError::Silent(_) => "detect_timeout",
+            ConnError::Silent(_) | ConnError::SlowClientHello(_) => "detect_timeout",
             ConnError::DetectIo(_) => "detect_io",
             ConnError::ConnectRefused(_) => "connect_refused",
             ConnError::ConnectTimeout(..) => "connect_timeout",
@@ -386,6 +388,12 @@ async fn detect_protocol(
                 }
             }
             Ok(Err(e)) => return Err(ConnError::DetectIo(e)),
+            Err(_elapsed) if detect::is_tls_prefix(&buf) => {
+                // A ClientHello still coming after the timeout is a broken or hostile TLS
+                // client; forwarded, it could be one meant for this proxy's own name (to be
+                // terminated) and reach the app instead. Closed, as linkerd2-proxy does.
+                return Err(ConnError::SlowClientHello(limits.timeout));
+            }
             Err(_elapsed) => {
                 // Slow or truncated bytes: forward what came, as opaque, rather than lose it.
                 side.metrics.errors(side.direction).inc("detect_timeout");
@@ -492,7 +500,7 @@ async fn connect_balanced(
 
 /// Whether `target` is one of this proxy's listeners: same port, and the same IP, or
 /// any local IP when the listener is on the unspecified address.
-fn is_own_listener(target: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
+pub(crate) fn is_own_listener(target: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
     own.iter().any(|l| {
         l.port() == target.port()
             && (l.ip() == target.ip()

@@ -38,7 +38,7 @@ const ADMIN_ONLY_FOR_CLIENT: &str = "  - apiVersion: policy.weft.dev/v1beta1
 /// A certificate for `sa`'s identity from the mesh's issuer, made by openssl (an
 /// independent client: not the proxy's own certificate code). Returns the chain (leaf,
 /// issuer), the leaf alone, and the key.
-fn issue(dir: &Path, sa: &str) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn issue(dir: &Path, sa: &str) -> (PathBuf, PathBuf, PathBuf) {
     let (key, csr, leaf, chain, ext) = (
         dir.join(format!("{sa}-admin.key")),
         dir.join(format!("{sa}-admin.csr")),

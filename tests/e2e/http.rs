@@ -580,6 +580,55 @@ fn closing_h2_server(per_connection: u64) -> (SocketAddr, std::sync::Arc<Closing
     (addr, counts)
 }
 
+/// An HTTP/2 backend that answers every stream with a head, half a JSON body, and then
+/// RST_STREAM(NO_ERROR) instead of END_STREAM.
+fn cutting_h2_server() -> SocketAddr {
+    let listener = local_listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((io, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(io).await else { return };
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let Ok(mut body) = respond.send_response(Default::default(), false) else {
+                            continue;
+                        };
+                        let _ =
+                            body.send_data(bytes::Bytes::from_static(b"{\"items\":[1,2,"), false);
+                        tokio::spawn(async move {
+                            // Once the data is out: a reset drops what is still queued.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            body.send_reset(h2::Reason::NO_ERROR);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+#[test]
+fn a_response_cut_by_a_no_error_reset_reaches_the_client_as_cut() {
+    let backend = cutting_h2_server();
+    let (client, server) = pair(backend, &[]);
+    // HTTP/2 through the pair: curl sees the stream end without END_STREAM.
+    let url = format!("http://{}/items", client.outbound);
+    let (ok, out, err) =
+        run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-m", "10", &url]));
+    assert!(!ok, "curl took a cut body as whole: {out:?}");
+    assert!(err.contains("stream") || err.contains("HTTP/2"), "{err}");
+    for (p, direction) in [(&client, "outbound"), (&server, "inbound")] {
+        let m = p.metrics();
+        let labels = [("direction", direction), ("classification", "success")];
+        assert_eq!(metric(&m, "response_total", &labels), 0.0, "{m}");
+    }
+}
+
 /// The proxy's log lines about resending refused streams, and its warnings: each give-up
 /// with the ten resends before it, which is what a failure of the test below needs to be
 /// understood (it failed twice in CI, never locally).

@@ -182,14 +182,25 @@ fn slow_truncated_bytes_hit_the_detect_timeout_and_are_not_lost() {
     let backend = serve(local_listener(), echo);
     let (client, _server) = pair(backend, &["--detect-timeout", "1s"]);
     let mut s = TcpStream::connect(client.outbound).expect("connect");
-    // The start of a TLS record header, then nothing: detection cannot decide.
-    s.write_all(&[22, 3]).expect("write");
+    // A request line that never ends: detection cannot decide.
+    s.write_all(b"GET /slo").expect("write");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut back = [0u8; 2];
+    let mut back = [0u8; 8];
     s.read_exact(&mut back).expect("the bytes come back once forwarded as opaque");
-    assert_eq!(back, [22, 3]);
+    assert_eq!(&back, b"GET /slo");
     let m = client.metrics();
     assert_eq!(metric(&m, "outbound_tcp_errors_total", &[("error", "detect_timeout")]), 1.0, "{m}");
+
+    // The start of a TLS ClientHello that never comes whole: closed, never forwarded (it
+    // might be one for the proxy's own name), as linkerd2-proxy does.
+    let mut s = TcpStream::connect(client.outbound).expect("connect");
+    s.write_all(&[22, 3, 1]).expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = [0u8; 8];
+    let r = s.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not echoed: {r:?} {buf:?}");
+    let m = client.metrics();
+    assert_eq!(metric(&m, "outbound_tcp_errors_total", &[("error", "detect_timeout")]), 2.0, "{m}");
 }
 
 #[test]

@@ -432,6 +432,77 @@ fn opaque_tcp_goes_over_the_peers_inbound_port_with_a_transport_header() {
     );
 }
 
+/// Dials `to` (a proxy's inbound port) as a meshed peer with `sa`'s certificate (made by
+/// openssl) and Linkerd's transport header naming `port`, sends `bytes`, and returns what
+/// came back before the connection ended (or 5 s passed).
+fn through_transport_header(
+    mesh: &Mesh,
+    sa: &str,
+    to: SocketAddr,
+    port: u16,
+    bytes: &[u8],
+) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use weft_proxy::transport_header::{ALPN, TransportHeader};
+    let (chain, _, key) = crate::admin::issue(&mesh.dir, sa);
+    let chain = CertificateDer::pem_file_iter(&chain)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .expect("the chain");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("the key");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(mesh.dir.join("ca.crt")).expect("anchors") {
+        roots.add(ca.expect("anchor")).expect("anchor");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let name = ServerName::try_from(id("web")).expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let tcp = TcpStream::connect(to).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let header = TransportHeader { port, name: None, protocol: None }.encode();
+    let mut got = Vec::new();
+    if tls.write_all(&[&header[..], bytes].concat()).is_ok() {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tls.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() >= bytes.len() && got.starts_with(bytes) {
+                break;
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn a_transport_header_cannot_name_the_proxys_own_listeners() {
+    let mesh = Mesh::new();
+    let server = &mesh.server;
+    // The way in works: to the app's port, the bytes come back from the echo server.
+    let ping = b"\x00ping";
+    let echoed = through_transport_header(&mesh, "tcp", server.inbound, mesh.echo.port(), ping);
+    assert_eq!(echoed, ping);
+    // To the proxy's own admin port (here on the target's loopback IP, where the admin
+    // server would take it for a local caller), and to its inbound and outbound ports:
+    // closed without a word, counted.
+    let get = b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n";
+    for port in [server.admin.port(), server.inbound.port(), server.outbound.port()] {
+        let got = through_transport_header(&mesh, "tcp", server.inbound, port, get);
+        assert!(got.is_empty(), "port {port}: {}", String::from_utf8_lossy(&got));
+    }
+    let m = server.metrics();
+    assert_eq!(metric(&m, "inbound_tcp_errors_total", &[("error", "loop")]), 3.0, "{m}");
+}
+
 #[test]
 fn openssl_sees_the_documented_chain_and_is_refused_without_a_client_certificate() {
     let mesh = Mesh::new();

@@ -146,7 +146,7 @@ fn accept<S, F>(
     } else {
         let slot = Leftover::default();
         leftover = Some(slot.clone());
-        let body = RequestBody { body: Some(H2Body::new(recv, None)), leftover: slot };
+        let body = RequestBody { body: Some(H2Body::request(recv)), leftover: slot };
         (body.map_err(BodyError::H2).boxed_unsync(), None)
     };
     let rsp = handle(Request::from_parts(parts, body));
@@ -222,7 +222,7 @@ async fn answer(
     {
         // The HTTP/1.1 upstream's answer, as HTTP/2 allows it: no connection-specific
         // headers, and no length for a tunnel.
-        super::strip_hop_by_hop(&mut head.headers, true);
+        super::strip_hop_by_hop(&mut head.headers, super::Hop::Response);
         head.headers.remove(header::CONTENT_LENGTH);
         match respond.send_response(Response::from_parts(head, ()), false) {
             Ok(send) => {
@@ -240,7 +240,9 @@ async fn answer(
         head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     match respond.send_response(Response::from_parts(head, ()), eos) {
-        Ok(send) if !eos => pump(body, send, reset_reason).await,
+        Ok(send) if !eos => {
+            pump(body, send, reset_reason).await;
+        }
         Ok(_) => {}
         Err(e) => debug!(error = %e, "sending the response head failed"),
     }
@@ -311,10 +313,16 @@ async fn drain(mut rest: H2Body) {
 }
 
 /// The code a client's stream is reset with when its response body fails: the upstream's
-/// own reset code when it reset its stream, else `INTERNAL_ERROR`.
+/// own reset code when it reset its stream, else `INTERNAL_ERROR` — also for an upstream's
+/// `NO_ERROR`, which cut the body (a complete one would not fail): passed on, it would
+/// read as a clean end to a client that takes it the way HTTP/2 allows after a complete
+/// response.
 fn reset_reason(e: &BodyError) -> h2::Reason {
     match e {
-        BodyError::H2(e) => e.reason().unwrap_or(h2::Reason::INTERNAL_ERROR),
+        BodyError::H2(e) => match e.reason() {
+            Some(h2::Reason::NO_ERROR) | None => h2::Reason::INTERNAL_ERROR,
+            Some(reason) => reason,
+        },
         BodyError::H1(_) => h2::Reason::INTERNAL_ERROR,
     }
 }

@@ -124,12 +124,15 @@ impl Ready {
         let (parts, body) = req.into_parts();
         let eos = body.is_end_stream();
         let (response, stream) = self.tx.send_request(Request::from_parts(parts, ()), eos)?;
-        let cancel = (!eos).then(|| {
+        let (cancel, request) = if eos {
+            (None, RequestEnd::Sent)
+        } else {
             let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(pipe(body, stream, cancelled));
-            CancelOnDrop(Some(cancel))
-        });
-        Ok(Sent { response, cancel, in_flight: self.in_flight })
+            let sent = Arc::new(AtomicBool::new(false));
+            tokio::spawn(pipe(body, stream, cancelled, sent.clone()));
+            (Some(CancelOnDrop(Some(cancel))), RequestEnd::Streaming(sent))
+        };
+        Ok(Sent { response, cancel, request, in_flight: self.in_flight })
     }
 }
 
@@ -138,6 +141,7 @@ impl Ready {
 pub struct Sent {
     response: h2::client::ResponseFuture,
     cancel: Option<CancelOnDrop>,
+    request: RequestEnd,
     in_flight: InFlight,
 }
 
@@ -145,13 +149,13 @@ impl Sent {
     /// Waits for the response head; dropping this future before it came resets the
     /// stream (and stops the body's pipe).
     pub async fn response(self) -> Result<Response<H2Body>, h2::Error> {
-        let Sent { response, cancel, in_flight } = self;
+        let Sent { response, cancel, request, in_flight } = self;
         let rsp = response.await?;
         // The response came: the body pipe goes on on its own.
         if let Some(mut c) = cancel {
             c.0.take();
         }
-        Ok(rsp.map(|recv| H2Body::new(recv, Some(in_flight))))
+        Ok(rsp.map(|recv| H2Body::response(recv, request, in_flight)))
     }
 }
 
@@ -171,25 +175,31 @@ impl Drop for CancelOnDrop {
 /// Sends a request body on its stream until it ends, fails or the upstream resets the
 /// stream; stops early when the request is given up before its response (dropping the
 /// stream's last handle resets it).
-async fn pipe(body: ReqBody, tx: h2::SendStream<Bytes>, cancelled: oneshot::Receiver<()>) {
+async fn pipe(
+    body: ReqBody,
+    tx: h2::SendStream<Bytes>,
+    cancelled: oneshot::Receiver<()>,
+    sent: Arc<AtomicBool>,
+) {
     let pump = pump(body, tx, |_| h2::Reason::CANCEL);
     tokio::pin!(pump);
     tokio::select! {
         biased;
-        () = &mut pump => {}
+        ended = &mut pump => sent.store(ended, Ordering::Release),
         // `Err`: the response came and the sender was dropped; the pump goes on.
         Ok(()) = cancelled => debug!("request given up; resetting its stream"),
     }
 }
 
-/// Sends `body` on its stream until it ends, fails (the stream is then reset with
-/// `reason(error)`) or the peer resets the stream. Request bodies here; response bodies
-/// for the proxy's own HTTP/2 server (`h2_server`).
+/// Sends `body` on its stream until it ends (`true`: its end was sent), fails (the stream
+/// is then reset with `reason(error)`) or the peer resets the stream. Request bodies here;
+/// response bodies for the proxy's own HTTP/2 server (`h2_server`).
 pub(super) async fn pump<B>(
     mut body: B,
     mut tx: h2::SendStream<Bytes>,
     reason: impl Fn(&B::Error) -> h2::Reason,
-) where
+) -> bool
+where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
@@ -207,7 +217,7 @@ pub(super) async fn pump<B>(
             Ok(frame) => frame,
             Err(reason) => {
                 debug!(?reason, "the peer reset the stream");
-                return;
+                return false;
             }
         };
         let sent = match frame {
@@ -225,15 +235,15 @@ pub(super) async fn pump<B>(
             Some(Err(e)) => {
                 debug!(error = %e, "the body failed; resetting the stream");
                 tx.send_reset(reason(&e));
-                return;
+                return false;
             }
         };
         match sent {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return true,
             Err(e) => {
                 debug!(error = %e, "sending the body failed");
-                return;
+                return false;
             }
         }
     }
@@ -282,13 +292,44 @@ pub(super) fn poll_send_capacity(
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
+    /// A response's request, whose state tells a `NO_ERROR` reset's meaning; `None` for a
+    /// client's request, which such a reset cuts short.
+    request: Option<RequestEnd>,
     /// An upstream stream is in flight until its response body is dropped.
     _in_flight: Option<InFlight>,
 }
 
+/// How far a request whose response is being read was sent.
+#[derive(Debug)]
+enum RequestEnd {
+    /// Whole (its end went with its head).
+    Sent,
+    /// Its body streams on a pipe task, which sets this once the body's end is sent.
+    Streaming(Arc<AtomicBool>),
+}
+
 impl H2Body {
-    pub(super) fn new(recv: h2::RecvStream, in_flight: Option<InFlight>) -> Self {
-        H2Body { recv, data_done: false, _in_flight: in_flight }
+    /// A client's request body, read by the proxy's HTTP/2 server.
+    pub(super) fn request(recv: h2::RecvStream) -> Self {
+        H2Body { recv, data_done: false, request: None, _in_flight: None }
+    }
+
+    fn response(recv: h2::RecvStream, request: RequestEnd, in_flight: InFlight) -> Self {
+        H2Body { recv, data_done: false, request: Some(request), _in_flight: Some(in_flight) }
+    }
+
+    /// What a reset that ended the stream's data early means: `None`, the body ended
+    /// complete; else the error that cuts it short. A `NO_ERROR` reset ends a response
+    /// complete only while its request is still being sent: that is the server saying it
+    /// needs no more of the request after a complete response (RFC 9113 §8.1; h2 reports
+    /// the reset even when the response's end came first). Any other time the body was
+    /// cut: a response reset after its whole request was sent, or a client's request.
+    fn early_end(&self, e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
+        let request_open = match &self.request {
+            Some(RequestEnd::Streaming(sent)) => !sent.load(Ordering::Acquire),
+            Some(RequestEnd::Sent) | None => false,
+        };
+        if e.reason() == Some(h2::Reason::NO_ERROR) && request_open { None } else { Some(Err(e)) }
     }
 }
 
@@ -307,13 +348,13 @@ impl Body for H2Body {
                     let _ = this.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(early_end(e)),
+                Some(Err(e)) => return Poll::Ready(this.early_end(e)),
                 None => this.data_done = true,
             }
         }
         match ready!(this.recv.poll_trailers(cx)) {
             Ok(trailers) => Poll::Ready(trailers.map(|t: HeaderMap| Ok(Frame::trailers(t)))),
-            Err(e) => Poll::Ready(early_end(e)),
+            Err(e) => Poll::Ready(this.early_end(e)),
         }
     }
 
@@ -324,12 +365,6 @@ impl Body for H2Body {
     fn size_hint(&self) -> SizeHint {
         if self.recv.is_end_stream() { SizeHint::with_exact(0) } else { SizeHint::default() }
     }
-}
-
-/// A stream reset with `NO_ERROR` after the response began is the server saying it needs
-/// no more of the request (RFC 9113 §8.1): the response ends there, complete.
-fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
-    if e.reason() == Some(h2::Reason::NO_ERROR) { None } else { Some(Err(e)) }
 }
 
 #[cfg(test)]
@@ -544,6 +579,36 @@ mod tests {
         read.send(()).expect("the test's h2 exchange");
         assert!(body.frame().await.is_none(), "a complete body, not an error");
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_no_error_reset_after_the_whole_request_cuts_the_response_short() {
+        let (client, server) = pair().await;
+        let (read, read_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (_req, mut respond) = accept(server).await;
+            let mut send =
+                respond.send_response(Response::new(()), false).expect("the test's h2 exchange");
+            send.send_data(Bytes::from_static(b"{\"items\":[1,2,"), false)
+                .expect("the test's h2 exchange");
+            read_rx.await.expect("the test's h2 exchange");
+            // No END_STREAM: the response is cut, whatever the reset's code.
+            send.send_reset(h2::Reason::NO_ERROR);
+        });
+        let get = Request::get("http://svc.test/items")
+            .body(ReqBody::default())
+            .expect("the test's h2 exchange");
+        let mut body = send(client, get).await.expect("the test's h2 exchange").into_body();
+        let frame =
+            body.frame().await.expect("the test's h2 exchange").expect("the test's h2 exchange");
+        assert_eq!(frame.into_data().expect("the test's h2 exchange"), "{\"items\":[1,2,");
+        read.send(()).expect("the test's h2 exchange");
+        let end = body.frame().await;
+        let reason = match end {
+            Some(Err(e)) => e.reason(),
+            other => panic!("a cut response read as {other:?}"),
+        };
+        assert_eq!(reason, Some(h2::Reason::NO_ERROR));
     }
 
     #[tokio::test]

@@ -25,8 +25,9 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
+    uri::Authority,
 };
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
@@ -358,6 +359,9 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: Arc<Conn>) -> Response<Rsp
     let conn = &*conn;
     let side = &conn.side;
     let target = conn.target;
+    // Before anything reads or adds a header: the request's framing and target checked,
+    // the hop-by-hop headers dropped.
+    let checked_head = check_head(&mut req);
     if side.direction == Direction::Inbound {
         // Only this proxy may say who the client is.
         req.headers_mut().remove(&CLIENT_ID_HEADER);
@@ -389,6 +393,14 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: Arc<Conn>) -> Response<Rsp
         };
         conn.routes.get(authority, None, |_| true, make)
     };
+
+    if let Err(bad) = checked_head {
+        metrics.http.request(&direct_route);
+        metrics.http.error(direction, bad.label());
+        debug!(method = %req.method(), error = %bad, "malformed request");
+        let rsp = error_response(bad.status(), &bad.to_string());
+        return finish(side, direct_route, started, rsp, access, None);
+    }
 
     let checked = conn.authz.as_ref().map(|authz| authz.check_request(&req));
     if let Some(Err(refusal)) = checked {
@@ -475,11 +487,163 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: Arc<Conn>) -> Response<Rsp
 }
 
 /// Makes the request fit to forward: the original HTTP/1 request restored when a peer
-/// proxy carried it as HTTP/2, and the hop-by-hop headers dropped.
+/// proxy carried it as HTTP/2 (only HTTP/2 carries it: `check_head` dropped the marker
+/// from an HTTP/1 request).
 fn normalize(mut req: Request<pool::ReqBody>) -> Result<Request<pool::ReqBody>, orig_proto::Error> {
-    orig_proto::downgrade(&mut req)?;
-    strip_hop_by_hop(req.headers_mut(), true);
+    if req.version() == Version::HTTP_2 {
+        orig_proto::downgrade(&mut req)?;
+    }
     Ok(req)
+}
+
+/// Why a request was refused before it went anywhere.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum BadHead {
+    #[error("an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2)")]
+    Host,
+    #[error("the Host header is not a valid authority")]
+    BadHost,
+    #[error("the Host header names another authority than :authority (RFC 9113 §8.3.1)")]
+    HostMismatch,
+    #[error("the request names no authority (neither :authority nor Host)")]
+    NoAuthority,
+    #[error("the request target carries user information (RFC 9110 §4.2.4)")]
+    UserInfo,
+    #[error("the request target * is for OPTIONS only (RFC 9112 §3.2.4)")]
+    Asterisk,
+    #[error("transfer coding {0:?} is not supported: only chunked is (RFC 9112 §6.1)")]
+    TransferCoding(String),
+}
+
+impl BadHead {
+    fn status(&self) -> StatusCode {
+        match self {
+            BadHead::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `{inbound,outbound}_http_errors_total` label.
+    fn label(&self) -> &'static str {
+        "bad_request"
+    }
+}
+
+/// Checks a request's head before anything reads it, and makes it consistent:
+/// - the target: HTTP/1.1 has exactly one valid Host, which an absolute-form target's
+///   authority replaces (RFC 9112 §3.2.2); HTTP/2 has `:authority`, or gets it from Host,
+///   and a Host that names another authority is malformed (RFC 9113 §8.3.1), so the
+///   proxy's routing, policy and metrics see what the app will see;
+/// - the framing: a transfer coding other than chunked cannot be passed on (501);
+/// - the hop-by-hop headers (RFC 9110 §7.6.1) dropped — before the proxy adds its own,
+///   so that `Connection` cannot name them — except, on an upgrade, `Upgrade` and
+///   `Connection: upgrade`; an `Upgrade` that `Connection` does not name, or to `h2c`
+///   (RFC 9113 §3.1), is no upgrade, and is dropped;
+/// - `l5d-orig-proto` dropped from HTTP/1: only a peer proxy's HTTP/2 carries it.
+fn check_head<B>(req: &mut Request<B>) -> Result<(), BadHead> {
+    if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(BadHead::UserInfo);
+    }
+    if req.uri().path() == "*" && req.method() != Method::OPTIONS {
+        return Err(BadHead::Asterisk);
+    }
+    if req.version() == Version::HTTP_2 {
+        h2_authority(req)?;
+    } else {
+        h1_host(req)?;
+        req.headers_mut().remove(&orig_proto::HEADER);
+    }
+    if let Some(other) = other_transfer_coding(req.headers()) {
+        return Err(BadHead::TransferCoding(other.to_string()));
+    }
+    let upgrade = req.headers().contains_key(UPGRADE) && !drop_false_upgrade(req.headers_mut());
+    strip_hop_by_hop(req.headers_mut(), if upgrade { Hop::Upgrade } else { Hop::Request });
+    Ok(())
+}
+
+/// HTTP/1: one Host, a valid authority, replaced by an absolute-form target's.
+fn h1_host<B>(req: &mut Request<B>) -> Result<(), BadHead> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() || (host.is_none() && req.version() == Version::HTTP_11) {
+        return Err(BadHead::Host);
+    }
+    if let Some(host) = host {
+        let valid = host.to_str().ok().and_then(|h| h.parse::<Authority>().ok());
+        if valid.is_none_or(|a| a.as_str().contains('@')) {
+            return Err(BadHead::BadHost);
+        }
+    }
+    if let Some(authority) = req.uri().authority()
+        && req.method() != Method::CONNECT
+    {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| BadHead::BadHost)?;
+        req.headers_mut().insert(HOST, value);
+    }
+    Ok(())
+}
+
+/// HTTP/2: `:authority`, from Host when only that came; Host, if any, agrees with it and
+/// goes (`:authority` carries it on).
+fn h2_authority<B>(req: &mut Request<B>) -> Result<(), BadHead> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let (host, more) = (hosts.next(), hosts.next().is_some());
+    match (req.uri().authority(), host) {
+        (Some(_), None) => return Ok(()),
+        (None, None) => return Err(BadHead::NoAuthority),
+        (_, Some(_)) if more => return Err(BadHead::Host),
+        (Some(a), Some(h)) => {
+            if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                return Err(BadHead::HostMismatch);
+            }
+        }
+        (None, Some(h)) => {
+            let authority = h
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<Authority>().ok())
+                .filter(|a| !a.as_str().contains('@'))
+                .ok_or(BadHead::BadHost)?;
+            let uri = req.uri();
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let built = Uri::builder()
+                .scheme(uri.scheme_str().unwrap_or("http"))
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| BadHead::BadHost)?;
+            *req.uri_mut() = built;
+        }
+    }
+    req.headers_mut().remove(HOST);
+    Ok(())
+}
+
+/// Drops an `Upgrade` that is no upgrade to forward: one that `Connection` does not name
+/// (RFC 9110 §7.8), or to `h2c` (HTTP/2 between the proxies is theirs to choose, and
+/// RFC 9113 §3.1 retired it). `true` when dropped.
+fn drop_false_upgrade(headers: &mut HeaderMap) -> bool {
+    let named = connection_names(headers).any(|n| n == UPGRADE);
+    let h2c = headers
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    if named && !h2c {
+        return false;
+    }
+    headers.remove(UPGRADE);
+    true
+}
+
+/// The header names a message's `Connection` lists.
+fn connection_names(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
 }
 
 /// Sends one try to `addr`; `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2;
@@ -542,8 +706,13 @@ impl Reply<'_> {
                 crate::throttled!(warn, %upstream, error = %e, "request failed");
                 error_response(StatusCode::BAD_GATEWAY, &message)
             }
+            Ok(Ok(rsp)) if let Some(why) = unforwardable(&rsp) => {
+                metrics.http.error(direction, "upstream_error");
+                crate::throttled!(warn, %upstream, why, "response not forwarded");
+                error_response(StatusCode::BAD_GATEWAY, why)
+            }
             Ok(Ok(mut rsp)) => {
-                strip_hop_by_hop(rsp.headers_mut(), self.client_version == Version::HTTP_2);
+                strip_hop_by_hop(rsp.headers_mut(), Hop::Response);
                 // The client gets the response in its own version.
                 *rsp.version_mut() = self.client_version;
                 let status = rsp.status().as_u16();
@@ -584,6 +753,28 @@ impl Reply<'_> {
     fn take_access(&self) -> Option<Box<access_log::Entry>> {
         self.access.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+}
+
+/// Why an upstream's response to a plain request cannot be passed on, if it cannot: a
+/// `101` nobody asked for (upgrades take their own path), or a transfer coding other than
+/// chunked, which the proxy would have to drop while the body stays coded.
+fn unforwardable<B>(rsp: &Response<B>) -> Option<&'static str> {
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Some("the upstream switched protocols on a request that asked for no upgrade");
+    }
+    other_transfer_coding(rsp.headers())
+        .map(|_| "the upstream used a transfer coding other than chunked")
+}
+
+/// The first transfer coding `headers` name other than chunked (the only one the proxy
+/// decodes), if any.
+fn other_transfer_coding(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.eq_ignore_ascii_case("chunked"))
 }
 
 /// The answer when `upstream` sent no response headers within the response-header timeout:
@@ -731,9 +922,23 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
         || (req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE))
 }
 
+/// Which message `strip_hop_by_hop` cleans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// A request: it keeps `te: trailers`, which gRPC needs (RFC 9113 §8.2.2 allows it
+    /// there only).
+    Request,
+    /// An upgrade request: it keeps `Upgrade`, and `Connection` is only `upgrade`.
+    Upgrade,
+    /// A response: it loses any `TE`.
+    Response,
+}
+
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1): `Connection` and those it
-/// names, and the fixed list. HTTP/2 keeps `te: trailers`, which gRPC needs.
-fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
+/// names (never `Host`), and the fixed list. A message with `Transfer-Encoding` loses its
+/// `Content-Length` too: the coding framed it, and the next hop frames it anew (RFC 9112
+/// §6.3: a length kept beside a coding would cut the body short).
+fn strip_hop_by_hop(headers: &mut HeaderMap, hop: Hop) {
     // Most messages carry none: one pass over the names is cheaper than the removals.
     let hop_by_hop = |n: &HeaderName| {
         [CONNECTION, TRANSFER_ENCODING, UPGRADE, TE, header::PROXY_AUTHENTICATE].contains(n)
@@ -743,18 +948,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
     if !headers.keys().any(hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> = connection_names(headers).filter(|n| n != HOST).collect();
     for name in named {
+        if !(hop == Hop::Upgrade && name == UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if headers.remove(TRANSFER_ENCODING).is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    for name in [CONNECTION, header::PROXY_AUTHENTICATE] {
         headers.remove(name);
     }
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, header::PROXY_AUTHENTICATE] {
-        headers.remove(name);
+    if hop == Hop::Upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
     }
     for name in ["keep-alive", "proxy-connection"] {
         headers.remove(name);
@@ -762,7 +971,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, h2: bool) {
     let te_trailers =
         headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers.remove(TE);
-    if h2 && te_trailers {
+    if hop == Hop::Request && te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
@@ -866,6 +1075,133 @@ mod tests {
 
     use super::*;
     use crate::policy::filter::{Answer, Failure};
+
+    fn head(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn http1_targets_are_one_valid_host_which_an_absolute_target_replaces() {
+        let h11 = Version::HTTP_11;
+        for (uri, headers, want) in [
+            ("/a", &[][..], Err(BadHead::Host)),
+            ("/a", &[("host", "a.test"), ("host", "b.test")], Err(BadHead::Host)),
+            ("/a", &[("host", "a.test, b.test")], Err(BadHead::BadHost)),
+            ("/a", &[("host", "user@a.test")], Err(BadHead::BadHost)),
+            ("http://user@a.test/a", &[("host", "a.test")], Err(BadHead::UserInfo)),
+            ("/a", &[("host", "a.test"), ("transfer-encoding", "gzip, chunked")], {
+                Err(BadHead::TransferCoding("gzip".into()))
+            }),
+            ("/a", &[("host", "a.test:8080")], Ok(Some("a.test:8080"))),
+            ("http://uri.test/a", &[("host", "hdr.test")], Ok(Some("uri.test"))),
+        ] {
+            let mut r = head(h11, uri, headers);
+            let got = check_head(&mut r)
+                .map(|()| r.headers().get(HOST).map(|h| h.to_str().expect("ascii").to_string()));
+            assert_eq!(got, want.map(|h| h.map(str::to_string)), "{uri} {headers:?}");
+        }
+        // HTTP/1.0 may name no host.
+        assert_eq!(check_head(&mut head(Version::HTTP_10, "/a", &[])), Ok(()));
+        // A client cannot pass itself off as a peer proxy's HTTP/2.
+        let mut r = head(h11, "/a", &[("host", "a.test"), ("l5d-orig-proto", "HTTP/1.0")]);
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert!(r.headers().get(&orig_proto::HEADER).is_none());
+    }
+
+    #[test]
+    fn http2_authority_and_host_agree_or_the_request_is_malformed() {
+        let h2 = Version::HTTP_2;
+        let mut r = head(h2, "http://a.test/x", &[("host", "b.test")]);
+        assert_eq!(check_head(&mut r), Err(BadHead::HostMismatch));
+        let mut r = head(h2, "http://a.test/x", &[("host", "A.test")]);
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert!(r.headers().get(HOST).is_none(), ":authority carries it");
+        // Host alone gives the authority.
+        let mut r = head(h2, "/x?y=1", &[("host", "a.test:81")]);
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert_eq!(r.uri(), "http://a.test:81/x?y=1");
+        assert!(r.headers().get(HOST).is_none());
+        assert_eq!(check_head(&mut head(h2, "/x", &[])), Err(BadHead::NoAuthority));
+        let mut r = head(h2, "http://a.test/", &[]);
+        *r.uri_mut() = Uri::from_parts({
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(http::uri::Scheme::HTTP);
+            p.authority = Some(Authority::from_static("a.test"));
+            p.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
+            p
+        })
+        .expect("uri");
+        assert_eq!(check_head(&mut r), Err(BadHead::Asterisk));
+        *r.method_mut() = Method::OPTIONS;
+        assert_eq!(check_head(&mut r), Ok(()));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_before_the_proxy_adds_its_own() {
+        let mut r = head(
+            Version::HTTP_11,
+            "/a",
+            &[
+                ("host", "a.test"),
+                ("connection", "close, X-Foo, Host"),
+                ("x-foo", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "5"),
+            ],
+        );
+        assert_eq!(check_head(&mut r), Ok(()));
+        let left: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+        // `Connection` may not take Host; a coding's message loses its length.
+        assert_eq!(left, ["host", "te"]);
+        assert_eq!(r.headers()[TE], "trailers");
+    }
+
+    #[test]
+    fn only_a_named_upgrade_other_than_h2c_stays_an_upgrade() {
+        let ws = [("host", "a.test"), ("upgrade", "websocket"), ("x-foo", "1")];
+        let mut r =
+            head(Version::HTTP_11, "/ws", &[&ws[..], &[("connection", "Upgrade, X-Foo")]].concat());
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert!(is_upgrade(&r));
+        assert_eq!(r.headers()[CONNECTION], "upgrade");
+        assert_eq!(r.headers()[UPGRADE], "websocket");
+        assert!(r.headers().get("x-foo").is_none());
+        // Not named by Connection: no upgrade.
+        let mut r = head(Version::HTTP_11, "/ws", &ws);
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert!(!is_upgrade(&r));
+        // h2c: no upgrade either, and nothing of it is forwarded.
+        let h2c = [
+            ("host", "a.test"),
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ];
+        let mut r = head(Version::HTTP_11, "/", &h2c);
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert!(!is_upgrade(&r));
+        let left: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host"]);
+    }
+
+    #[test]
+    fn a_response_loses_te_and_a_length_beside_a_coding() {
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h, Hop::Response);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
 
     #[tokio::test]
     async fn an_injected_grpc_failure_is_a_trailers_only_grpc_error() {

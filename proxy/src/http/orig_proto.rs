@@ -3,7 +3,11 @@
 //! with `; absolute-form` when the request target was absolute), and the inbound proxy
 //! restores the original request for the app.
 
-use http::{HeaderName, HeaderValue, Request, Uri, Version, header::HOST, uri::Authority};
+use http::{
+    HeaderName, HeaderValue, Request, Uri, Version,
+    header::{COOKIE, HOST},
+    uri::Authority,
+};
 
 /// (A `HeaderName` made at compile time: a `&str` name is parsed and checked on every use.)
 pub static HEADER: HeaderName = HeaderName::from_static("l5d-orig-proto");
@@ -66,10 +70,25 @@ pub fn downgrade<B>(req: &mut Request<B>) -> Result<bool, Error> {
         "HTTP/1.0" => Version::HTTP_10,
         _ => return Err(Error::BadHeader(value)),
     };
+    // HTTP/1's Host is `:authority` (RFC 9113 §8.3.1: an intermediary making one must).
     if let Some(authority) = req.uri().authority() {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| Error::BadHeader(value.clone()))?;
-        req.headers_mut().entry(HOST).or_insert(host);
+        req.headers_mut().insert(HOST, host);
+    }
+    // HTTP/2 may split the cookies over several fields; HTTP/1 has one (RFC 9113 §8.2.3).
+    let headers = req.headers_mut();
+    if headers.get_all(COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<u8> = headers.get_all(COOKIE).iter().fold(Vec::new(), |mut all, c| {
+            if !all.is_empty() {
+                all.extend_from_slice(b"; ");
+            }
+            all.extend_from_slice(c.as_bytes());
+            all
+        });
+        let joined =
+            HeaderValue::from_bytes(&joined).map_err(|_| Error::BadHeader(value.clone()))?;
+        headers.insert(COOKIE, joined);
     }
     if !absolute {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -114,6 +133,23 @@ mod tests {
         assert_eq!(r.version(), Version::HTTP_10);
         assert_eq!(r.uri(), "http://a.example/x");
         assert_eq!(r.headers()[HOST], "a.example");
+    }
+
+    #[test]
+    fn the_http1_request_gets_authority_as_host_and_one_cookie_field() {
+        let mut r = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://svc.test/a")
+            .header(&HEADER, "HTTP/1.1")
+            .header(HOST, "admin.internal")
+            .header(COOKIE, "a=1")
+            .header(COOKIE, "b=2")
+            .body(())
+            .expect("request");
+        assert_eq!(downgrade(&mut r), Ok(true));
+        assert_eq!(r.headers()[HOST], "svc.test");
+        let cookies: Vec<_> = r.headers().get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
     }
 
     #[test]
