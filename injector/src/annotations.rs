@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use crate::{config::InjectorConfig, values};
+use crate::{config::InjectorConfig, quantity::Quantity, values};
 
 /// `enabled` or `disabled`, on a namespace or a pod; the pod's value wins.
 pub const INJECT: &str = "weft.dev/inject";
@@ -98,8 +98,9 @@ pub struct ProxyOptions {
     pub cpu_limit: Option<String>,
     pub memory_request: Option<String>,
     pub memory_limit: Option<String>,
-    /// The CPU limit in cores, when set: the proxy sizes its runtime from it.
-    pub cpu_limit_cores: Option<f64>,
+    /// The CPU limit in whole cores, rounded up, when set: the proxy sizes its runtime
+    /// from it.
+    pub cpu_limit_cores: Option<u64>,
     pub proxy_uid: i64,
     pub native_sidecar: bool,
     pub shutdown_grace_period: String,
@@ -166,9 +167,10 @@ impl Layered<'_> {
                 }
             }};
         }
-        let some_quantity = |v: &str| values::quantity(v).map(|q| Some((v.to_string(), q)));
+        let some_quantity = |v: &str| Quantity::parse(v).map(|q| Some((v.to_string(), q)));
+        // The flags' values, which `InjectorConfig::validate` has checked.
         let cfg_q = |v: &Option<String>| {
-            v.as_ref().map(|s| (s.clone(), values::quantity(s).unwrap_or(0.0)))
+            v.as_ref().map(|s| (s.clone(), Quantity::parse(s).unwrap_or_default()))
         };
         let image = opt!("proxy-image", values::image, config.proxy_image.clone());
         let log_level = opt!("proxy-log-level", values::log_level, config.proxy_log_level.clone());
@@ -199,22 +201,42 @@ impl Layered<'_> {
         );
         let access_log = opt!("access-log", |v: &str| values::access_log(v).map(Some), None);
 
-        // Kubernetes rejects a request above its limit: say so here, next to the annotation.
-        for (what, req, lim, req_key) in [
-            ("cpu", &cpu_request, &cpu_limit, "proxy-cpu-request"),
-            ("memory", &memory_request, &memory_limit, "proxy-memory-request"),
-        ] {
-            if let (Some((r, rq)), Some((l, lq))) = (req, lim)
-                && rq > lq
-            {
-                let key = format!("{CONFIG_PREFIX}{req_key}");
-                let source = self.get(&key).map_or(Source::Namespace, |(_, s)| s);
-                errors.push(Invalid {
-                    key,
+        // Kubernetes rejects a request above its limit: say so here, next to the annotation
+        // that makes it so, and where the other value comes from. Both from the injector's
+        // flags cannot be: `InjectorConfig::validate` refuses them at start.
+        for (what, req, lim) in
+            [("cpu", &cpu_request, &cpu_limit), ("memory", &memory_request, &memory_limit)]
+        {
+            let (Some((r, rq)), Some((l, lq))) = (req, lim) else { continue };
+            if rq <= lq {
+                continue;
+            }
+            let req_key = format!("{CONFIG_PREFIX}proxy-{what}-request");
+            let lim_key = format!("{CONFIG_PREFIX}proxy-{what}-limit");
+            let origin = |key: &str, flag: &str| match self.get(key) {
+                Some((_, source)) => format!("{key} {source}"),
+                None => format!("the injector's --proxy-{what}-{flag}"),
+            };
+            match (self.get(&req_key), self.get(&lim_key)) {
+                (Some((_, source)), _) => errors.push(Invalid {
+                    reason: format!(
+                        "the {what} request is above the {what} limit {l} ({})",
+                        origin(&lim_key, "limit")
+                    ),
+                    key: req_key,
                     value: r.clone(),
                     source,
-                    reason: format!("the {what} request is above the {what} limit {l}"),
-                });
+                }),
+                (None, Some((_, source))) => errors.push(Invalid {
+                    reason: format!(
+                        "the {what} limit is below the {what} request {r} ({})",
+                        origin(&req_key, "request")
+                    ),
+                    key: lim_key,
+                    value: l.clone(),
+                    source,
+                }),
+                (None, None) => {}
             }
         }
         if !errors.is_empty() {
@@ -228,7 +250,7 @@ impl Layered<'_> {
             skip_outbound_ports,
             skip_subnets,
             opaque_ports,
-            cpu_limit_cores: cpu_limit.as_ref().map(|(_, q)| *q),
+            cpu_limit_cores: cpu_limit.as_ref().map(|(_, q)| q.ceil_units()),
             cpu_request: cpu_request.map(|(s, _)| s),
             cpu_limit: cpu_limit.map(|(s, _)| s),
             memory_request: memory_request.map(|(s, _)| s),
@@ -291,6 +313,79 @@ mod tests {
                 ("config.weft.dev/proxy-cpu-request", Source::Pod),
             ]
         );
+    }
+
+    /// The audit: compared in f64, `700m` was above `0.7` and `3e-1` above `300m` (both
+    /// refused), and a memory request one byte above its limit was not (admitted, then
+    /// refused by Kubernetes); `n` and `u` were refused.
+    #[test]
+    fn requests_and_limits_compare_exactly() {
+        let resolve = |pod: &[(&str, &str)]| {
+            let pod: BTreeMap<_, _> =
+                pod.iter().map(|(k, v)| (format!("{CONFIG_PREFIX}{k}"), v.to_string())).collect();
+            Layered { pod: &pod, namespace: &BTreeMap::new() }.resolve(&InjectorConfig::default())
+        };
+        for (request, limit) in
+            [("700m", "0.7"), ("3e-1", "300m"), ("500u", "0.5m"), ("1000000n", "1m"), ("1", "1")]
+        {
+            let o = resolve(&[("proxy-cpu-request", request), ("proxy-cpu-limit", limit)])
+                .unwrap_or_else(|e| panic!("{request} <= {limit}: {e:?}"));
+            assert_eq!(
+                (o.cpu_request.as_deref(), o.cpu_limit.as_deref()),
+                (Some(request), Some(limit))
+            );
+        }
+        let errors = resolve(&[
+            ("proxy-memory-request", "9007199254740993"),
+            ("proxy-memory-limit", "9007199254740992"),
+        ])
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "config.weft.dev/proxy-memory-request");
+        assert_eq!(resolve(&[("proxy-cpu-limit", "1001m")]).unwrap().cpu_limit_cores, Some(2));
+    }
+
+    /// With the request or the limit from the injector's flags, the annotation that makes
+    /// the request exceed the limit is blamed, and the flag named: it was blamed on a
+    /// namespace annotation that did not exist.
+    #[test]
+    fn a_request_above_a_flags_limit_blames_the_annotation_and_names_the_flag() {
+        let config = InjectorConfig {
+            proxy_cpu_request: Some("500m".into()),
+            proxy_cpu_limit: Some("1".into()),
+            ..InjectorConfig::default()
+        };
+        let pod = map(&[("config.weft.dev/proxy-cpu-limit", "250m")]);
+        let ns = map(&[]);
+        let errs = Layered { pod: &pod, namespace: &ns }.resolve(&config).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].source),
+            ("config.weft.dev/proxy-cpu-limit", Source::Pod)
+        );
+        let message = errs[0].to_string();
+        assert!(
+            message.contains("below the cpu request 500m (the injector's --proxy-cpu-request)"),
+            "{message}"
+        );
+
+        let pod = map(&[]);
+        let ns = map(&[("config.weft.dev/proxy-cpu-request", "2")]);
+        let errs = Layered { pod: &pod, namespace: &ns }.resolve(&config).unwrap_err();
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].source),
+            ("config.weft.dev/proxy-cpu-request", Source::Namespace)
+        );
+        let message = errs[0].to_string();
+        assert!(
+            message.contains("above the cpu limit 1 (the injector's --proxy-cpu-limit)"),
+            "{message}"
+        );
+
+        let pod = map(&[("config.weft.dev/proxy-cpu-limit", "1")]);
+        let errs = Layered { pod: &pod, namespace: &ns }.resolve(&config).unwrap_err();
+        let message = errs[0].to_string();
+        assert!(message.contains("(config.weft.dev/proxy-cpu-limit on the pod)"), "{message}");
     }
 
     #[test]

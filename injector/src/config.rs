@@ -1,7 +1,7 @@
 //! The injector's configuration: cluster-wide defaults that config annotations override,
 //! and the names of the control plane that every injected proxy is pointed at.
 
-use crate::values;
+use crate::{quantity::Quantity, values};
 
 /// The proxy's fixed ports (DESIGN.md, "The proxy").
 pub const INBOUND_PORT: u16 = 4143;
@@ -145,7 +145,25 @@ impl InjectorConfig {
             ("proxy memory limit", &self.proxy_memory_limit),
         ] {
             if let Some(v) = v {
-                check(name, values::quantity(v).map(drop));
+                check(name, Quantity::parse(v).map(drop));
+            }
+        }
+        // Kubernetes refuses a pod whose request is above its limit: with these defaults
+        // every injected pod would be refused, whatever its annotations.
+        for (what, request, limit) in [
+            ("cpu", &self.proxy_cpu_request, &self.proxy_cpu_limit),
+            ("memory", &self.proxy_memory_request, &self.proxy_memory_limit),
+        ] {
+            if let (Some(r), Some(l)) = (request, limit)
+                && let (Ok(rq), Ok(lq)) = (Quantity::parse(r), Quantity::parse(l))
+                && rq > lq
+            {
+                check(
+                    &format!("proxy {what} request"),
+                    Err(format!(
+                        "{r:?} (--proxy-{what}-request) is above the {what} limit {l:?} (--proxy-{what}-limit): Kubernetes would refuse every injected pod"
+                    )),
+                );
             }
         }
         check(
@@ -248,6 +266,30 @@ mod tests {
             let errors = c.validate().unwrap_err();
             assert!(errors[0].starts_with("trust anchors: "), "{pem:?}: {errors:?}");
         }
+    }
+
+    /// A request above its limit in the flags was only found pod by pod, blamed on a
+    /// namespace annotation that did not exist: every injected pod was refused.
+    #[test]
+    fn a_request_above_its_limit_in_the_flags_is_refused_at_start() {
+        let c = InjectorConfig {
+            proxy_cpu_request: Some("2".into()),
+            proxy_cpu_limit: Some("1".into()),
+            proxy_memory_request: Some("1Gi".into()),
+            proxy_memory_limit: Some("1024Mi".into()),
+            ..InjectorConfig::default()
+        };
+        let errors = c.validate().unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        for part in ["proxy cpu request", "--proxy-cpu-request", "--proxy-cpu-limit", "\"2\""] {
+            assert!(errors[0].contains(part), "{part}: {errors:?}");
+        }
+        let equal = InjectorConfig {
+            proxy_cpu_request: Some("700m".into()),
+            proxy_cpu_limit: Some("0.7".into()),
+            ..InjectorConfig::default()
+        };
+        assert_eq!(equal.validate(), Ok(()));
     }
 
     #[test]

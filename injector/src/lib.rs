@@ -10,10 +10,12 @@ pub mod metrics;
 pub mod namespaces;
 pub mod patch;
 pub mod probes;
+pub mod quantity;
 pub mod server;
 pub mod spec;
 pub mod tls;
 pub mod values;
+pub mod yaml;
 
 pub use config::InjectorConfig;
 pub use patch::{Outcome, Report, Skip, build};

@@ -10,6 +10,7 @@ use crate::{
     InjectorConfig,
     annotations::INJECT,
     patch::{self, Outcome, Skip},
+    yaml,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,17 +84,9 @@ pub fn inject(input: &str, mode: Mode, config: &InjectorConfig) -> Injected {
         let before = out.reports.len();
         visit(&mut value, mode, config, &label, &mut out.reports);
         if out.reports[before..].iter().any(|r| r.status == Status::Changed) {
-            match serde_yaml_ng::to_string(&value) {
-                Ok(yaml) => out.output.push_str(&yaml),
-                Err(e) => {
-                    out.reports.push(ObjectReport {
-                        object: label,
-                        status: Status::Error,
-                        message: format!("cannot write it back as YAML: {e}"),
-                    });
-                    out.output.push_str(body);
-                }
-            }
+            // Not serde_yaml_ng's writer: it leaves `on`, `no`, `0x10` … plain, which
+            // kubectl reads as booleans and numbers (see `yaml`).
+            out.output.push_str(&yaml::to_string(&value));
         } else {
             out.output.push_str(body);
         }
@@ -310,6 +303,39 @@ mod tests {
         let again = inject(&manual.output, Mode::Manual, &InjectorConfig::default());
         assert_eq!(again.output, manual.output);
         assert!(again.reports.iter().all(|r| r.message.contains("already injected")));
+    }
+
+    /// The audit: a Deployment written back with `value: on` and `value: no` plain, which
+    /// kubectl reads as booleans (and the API server refuses), in both modes.
+    #[test]
+    fn values_yaml_1_1_reads_otherwise_are_written_back_quoted() {
+        let input = "kind: Deployment\nmetadata: {name: web, labels: {\"on\": \"yes\"}}\nspec:\n  template:\n    metadata: {annotations: {a: \"0x10\", b: \"1:20\"}}\n    spec:\n      containers:\n      - name: app\n        image: app\n        args: [\"012\", \"1e3\", \"~\", \"y\"]\n        env:\n        - {name: A, value: \"on\"}\n        - {name: B, value: \"no\"}\n        - {name: C, value: \"1_000\"}\n        - {name: D, value: \".inf\"}\n        - {name: E, value: \"line\\nline\\n\"}\n";
+        let before: Value = serde_yaml_ng::from_str(input).unwrap();
+        for mode in [Mode::Annotate, Mode::Manual] {
+            let out = inject(input, mode, &InjectorConfig::default());
+            assert_eq!(out.errors(), 0, "{:#?}", out.reports);
+            for quoted in [
+                "\"on\": \"yes\"",
+                "a: \"0x10\"",
+                "b: \"1:20\"",
+                "- \"012\"",
+                "- \"1e3\"",
+                "- \"~\"",
+                "- \"y\"",
+                "value: \"on\"",
+                "value: \"no\"",
+                "value: \"1_000\"",
+                "value: \".inf\"",
+            ] {
+                assert!(out.output.contains(quoted), "{mode:?}: {quoted}:\n{}", out.output);
+            }
+            let after: Value = serde_yaml_ng::from_str(&out.output).unwrap();
+            let pointer = "/spec/template/spec/containers";
+            let containers = after.pointer(pointer).unwrap().as_array().unwrap();
+            let app = containers.iter().find(|c| c["name"] == "app").unwrap();
+            assert_eq!(app, &before.pointer(pointer).unwrap()[0], "{mode:?}");
+            assert_eq!(after["metadata"], before["metadata"], "{mode:?}");
+        }
     }
 
     #[test]

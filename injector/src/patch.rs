@@ -247,6 +247,21 @@ pub fn build(
         ));
     }
 
+    // A regular-container proxy keeps running after the app exits: a pod meant to complete
+    // (a Job's, a CronJob's: their restartPolicy is Never or OnFailure) never does.
+    if !opts.native_sidecar
+        && let Some(policy @ ("Never" | "OnFailure")) = pod_spec.restart_policy.as_deref()
+    {
+        let key = format!("{}native-sidecar", ann::CONFIG_PREFIX);
+        let asked = match layered.get(&key) {
+            Some((value, source)) => format!("{key}: {value:?} ({source})"),
+            None => "the injector's --native-sidecar=false".to_string(),
+        };
+        warnings.push(format!(
+            "{asked} makes the proxy a regular container, which keeps running after the app exits: this pod (restartPolicy: {policy}, as a Job's or CronJob's) will never complete; without it the proxy is a native sidecar, which Kubernetes stops once the app is done"
+        ));
+    }
+
     // Policies that refuse the kubelet (it is not meshed) let only the probe routes in.
     if matches!(
         opts.default_inbound_policy.as_str(),
@@ -396,7 +411,44 @@ impl Ops {
 
 #[cfg(test)]
 mod tests {
-    use super::grace_ms;
+    use serde_json::json;
+
+    use super::*;
+
+    /// The audit: a Job with `native-sidecar: "false"` got a proxy that kept it running
+    /// for ever, without a word.
+    #[test]
+    fn a_pod_meant_to_complete_with_a_regular_proxy_is_warned_about() {
+        let pod = |restart: &str, native: Option<&str>| {
+            let mut annotations = json!({"weft.dev/inject": "enabled"});
+            if let Some(n) = native {
+                annotations["config.weft.dev/native-sidecar"] = json!(n);
+            }
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": annotations},
+                   "spec": {"restartPolicy": restart, "containers": [{"name": "job", "image": "job"}]}})
+        };
+        let warnings = |pod: &Value, config: &InjectorConfig| {
+            let report = build(pod, "default", &BTreeMap::new(), config);
+            assert!(matches!(report.outcome, Outcome::Injected(_)), "{}", report.outcome);
+            report.warnings
+        };
+        let config = InjectorConfig::default();
+        for policy in ["Never", "OnFailure"] {
+            let w = warnings(&pod(policy, Some("false")), &config);
+            assert_eq!(w.len(), 1, "{w:?}");
+            for part in
+                ["config.weft.dev/native-sidecar: \"false\" (on the pod)", "never complete", policy]
+            {
+                assert!(w[0].contains(part), "{part}: {w:?}");
+            }
+            assert_eq!(warnings(&pod(policy, None), &config), Vec::<String>::new());
+            assert_eq!(warnings(&pod(policy, Some("true")), &config), Vec::<String>::new());
+        }
+        assert_eq!(warnings(&pod("Always", Some("false")), &config), Vec::<String>::new());
+        let flag = InjectorConfig { native_sidecar: false, ..config };
+        let w = warnings(&pod("Never", None), &flag);
+        assert!(w.len() == 1 && w[0].contains("--native-sidecar=false"), "{w:?}");
+    }
 
     #[test]
     fn grace_period_in_ms_saturates() {

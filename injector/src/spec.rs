@@ -213,7 +213,7 @@ pub fn env(
     if let Some(cores) = o.cpu_limit_cores {
         // A runtime thread per whole core of the limit, at least one, at most the 1 024 the
         // proxy takes (it starts no more than the node's CPUs anyway).
-        env.push(var("WEFT_PROXY_CORES", (cores.ceil().clamp(1.0, 1024.0) as u64).to_string()));
+        env.push(var("WEFT_PROXY_CORES", cores.clamp(1, 1024).to_string()));
     }
     // Referenced below as $(…): Kubernetes expands only variables defined before.
     env.push(field("WEFT_POD_NS", "metadata.namespace"));

@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 
+pub use crate::quantity::Quantity;
+
 /// A comma-separated list of ports and ranges (`25,8000-8100`), as `weft-proxy` reads
 /// `WEFT_PROXY_OPAQUE_PORTS` and `weft-proxy init` its `--skip-*-ports`. Returns the list
 /// normalized (items trimmed, empties dropped).
@@ -64,55 +66,11 @@ pub fn subnets(s: &str) -> Result<String, String> {
     Ok(out.join(","))
 }
 
-/// A Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`), returned as its value in
-/// base units, so that a request can be compared with its limit.
+/// A Kubernetes resource quantity (`100m`, `0.5`, `64Mi`, `1e3`), as [`Quantity::parse`]
+/// reads it, in base units, approximately: compare quantities as [`Quantity`]s, exactly,
+/// as Kubernetes compares them.
 pub fn quantity(s: &str) -> Result<f64, String> {
-    let bad = || format!("{s:?} is not a Kubernetes quantity (e.g. 100m, 0.5, 64Mi)");
-    let t = s.trim();
-    if t.is_empty() || t != s {
-        return Err(bad());
-    }
-    let body = t.strip_prefix('+').unwrap_or(t);
-    if body.starts_with('-') {
-        return Err(format!("{s:?} is negative"));
-    }
-    let end = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
-    let (num, suffix) = body.split_at(end);
-    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-        return Err(bad());
-    }
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        e if e.starts_with(['e', 'E']) => {
-            let exp = &e[1..];
-            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            10f64.powi(exp.parse::<i32>().map_err(|_| bad())?)
-        }
-        _ => return Err(bad()),
-    };
-    // `1e400` parses to infinity: no quantity Kubernetes takes, and incomparable with a limit.
-    let q = n * mult;
-    if !q.is_finite() {
-        return Err(format!("{s:?} is too large for a Kubernetes quantity"));
-    }
-    Ok(q)
+    Quantity::parse(s).map(Quantity::to_f64)
 }
 
 /// A user id for `runAsUser` of a container that must run as non-root: 1 to 2^31-1.
@@ -133,8 +91,12 @@ pub fn boolean(s: &str) -> Result<bool, String> {
     }
 }
 
+/// The longest duration `weft-proxy` takes for any setting (`MAX_DURATION` of its config,
+/// 366 days): a longer grace period would be admitted here and crash-loop the proxy.
+pub const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
+
 /// A duration as `weft-proxy` reads it (`500ms`, `30s`, `2m`, `1h`; digits alone are
-/// seconds), returned in milliseconds.
+/// seconds; at most [`MAX_DURATION_MS`]), returned in milliseconds.
 pub fn duration_ms(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -146,9 +108,13 @@ pub fn duration_ms(s: &str) -> Result<u64, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    match ms {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(ms),
+        _ => Err(format!(
+            "{s:?} is longer than a year (8784h), the longest duration weft-proxy takes"
+        )),
     }
-    .ok_or_else(|| format!("{s:?} is too long a duration"))?;
-    Ok(ms)
 }
 
 /// The access log format of the proxy (`--access-log`).
@@ -159,24 +125,35 @@ pub fn access_log(s: &str) -> Result<String, String> {
     }
 }
 
-/// A tracing filter of `[target=]level` directives (`warn,weft_proxy=debug`).
+/// A tracing filter (`warn,weft_proxy=debug`), passed on unchanged. `weft-proxy` reads
+/// `WEFT_PROXY_LOG` with tracing's `EnvFilter` and refuses to start on what it cannot parse
+/// (`warn, weft_proxy=debug` with its space, `=debug`), so the same parser decides here.
+/// Stricter on what it reads as something else: each directive must name its level, else
+/// `loud`, `x=` or ` warn` (a space before it) would be a target logged at trace.
 pub fn log_level(s: &str) -> Result<String, String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    use tracing_subscriber::{EnvFilter, filter::LevelFilter};
+    const USAGE: &str =
+        "use comma-separated [target=]level directives without spaces, e.g. warn,weft_proxy=debug";
+    if s.contains(char::is_whitespace) {
+        return Err(format!("{s:?} contains whitespace; {USAGE}"));
+    }
+    if let Err(e) = EnvFilter::try_new(s) {
+        return Err(format!("{s:?} is not a log filter weft-proxy takes ({e}); {USAGE}"));
+    }
     let mut any = false;
-    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let (target, level) = d.rsplit_once('=').map_or(("", d), |(t, l)| (t, l));
-        let target_ok = target.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b));
-        if !target_ok || !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+    for d in s.split(',').filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, level)| level);
+        if level.is_empty() || level.parse::<LevelFilter>().is_err() {
             return Err(format!(
-                "{d:?} is not a log directive ([target=]trace|debug|info|warn|error|off)"
+                "{d:?} names no level (off, error, warn, info, debug, trace): weft-proxy would log everything of a target {d:?}; {USAGE}"
             ));
         }
         any = true;
     }
     if !any {
-        return Err("empty log level".to_string());
+        return Err(format!("empty log level; {USAGE}"));
     }
-    Ok(s.trim().to_string())
+    Ok(s.to_string())
 }
 
 /// A container image reference: registry/repository with an optional tag and/or digest.
@@ -246,6 +223,8 @@ mod tests {
         assert_eq!(quantity("1e3"), Ok(1000.0));
         assert_eq!(quantity("0.5"), Ok(0.5));
         assert_eq!(quantity("2"), Ok(2.0));
+        assert_eq!(quantity("250u"), Ok(0.00025));
+        assert_eq!(quantity("5n"), Ok(0.000000005));
         for bad in ["", "-1", "1x", "m", "1.2.3", " 1", "1Mib", "1e", "abc", "."] {
             assert!(quantity(bad).is_err(), "{bad}");
         }
@@ -286,14 +265,69 @@ mod tests {
     /// Found by the `config_values` fuzzer: `198E390` was accepted as an infinite quantity
     /// (which compares as "not above" any limit), and `100391840031101039` (seconds) as a
     /// duration whose milliseconds saturated, so the injector's grace period was not the
-    /// one the proxy reads from the same value.
+    /// one the proxy reads from the same value. Quantities are now exact, and at most
+    /// 2^63-1 (see `Quantity`).
     #[test]
     fn overflowing_quantities_and_durations_are_refused() {
         assert!(quantity("198E390").is_err());
-        assert!(quantity("1e308").is_ok());
+        assert!(quantity("1e308").is_err());
+        assert!(quantity("1e18").is_ok());
         assert!(duration_ms("100391840031101039").is_err());
         assert!(duration_ms("5124095576030432h").is_err());
-        assert_eq!(duration_ms("18446744073709551ms"), Ok(18_446_744_073_709_551));
+        assert!(duration_ms("18446744073709551ms").is_err());
+    }
+
+    /// The audit: `9000h` was accepted here, and `weft-proxy` refuses durations over a year
+    /// (its `MAX_DURATION`), so the pod was admitted and its proxy crash-looped.
+    #[test]
+    fn durations_stop_where_the_proxys_do() {
+        assert_eq!(duration_ms("8784h"), Ok(MAX_DURATION_MS));
+        assert_eq!(duration_ms("31622400s"), Ok(MAX_DURATION_MS));
+        assert_eq!(duration_ms("31622400000ms"), Ok(MAX_DURATION_MS));
+        for long in ["8785h", "9000h", "31622401s", "31622400001ms", "527041m"] {
+            let e = duration_ms(long).unwrap_err();
+            assert!(e.contains("longer than a year"), "{long}: {e}");
+        }
+    }
+
+    /// The audit: `warn, weft_proxy=debug` (a space after the comma), `=debug` and
+    /// `warn,=warn` were accepted here and refused by `weft-proxy`'s EnvFilter, so the proxy
+    /// never started. Every value accepted is passed on unchanged.
+    #[test]
+    fn log_levels_are_what_the_proxys_filter_takes() {
+        for bad in [
+            "warn, weft_proxy=debug",
+            "=debug",
+            "warn,=warn",
+            "loud",
+            "x=",
+            " warn",
+            "warn\n",
+            "a b=info",
+            "",
+            " ",
+            ",",
+            "x=loud",
+        ] {
+            assert!(log_level(bad).is_err(), "{bad:?}");
+        }
+        let e = log_level("warn, weft_proxy=debug").unwrap_err();
+        assert!(
+            e.contains("warn, weft_proxy=debug") && e.contains("e.g. warn,weft_proxy=debug"),
+            "{e}"
+        );
+        for good in [
+            "warn",
+            "WARN",
+            "warn,weft_proxy=debug",
+            "weft_proxy::http=trace",
+            "info,weft_proxy[conn]=debug",
+            "off",
+            "3",
+            "warn,,info",
+        ] {
+            assert_eq!(log_level(good).as_deref(), Ok(good));
+        }
     }
 
     /// A prefix of more than 3 digits (`/0008`) was accepted here and refused by
