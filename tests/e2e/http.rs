@@ -580,6 +580,29 @@ fn closing_h2_server(per_connection: u64) -> (SocketAddr, std::sync::Arc<Closing
     (addr, counts)
 }
 
+#[test]
+fn a_malformed_request_body_is_the_clients_error_not_the_upstreams() {
+    let backend = http_server(local_listener());
+    // HTTP/1.1 between the proxies, then HTTP/2 between them.
+    for upgrade in [false, true] {
+        let extra: &[&str] = if upgrade { &["--outbound-http2-upgrade-targets", "*"] } else { &[] };
+        let (client, server) = pair(backend, extra);
+        let s = TcpStream::connect(client.outbound).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        // A chunk size with a 0x prefix: hyper's parser refuses it mid-body.
+        (&s).write_all(
+            b"POST /echo HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0x5\r\nworld\r\n0\r\n\r\n",
+        )
+        .expect("write");
+        let status = read_response(&mut BufReader::new(s));
+        assert_eq!(status, 400, "upgrade {upgrade}");
+        let m = client.metrics();
+        let errors = |e: &str| metric(&m, "outbound_http_errors_total", &[("error", e)]);
+        assert_eq!((errors("bad_request"), errors("upstream_error")), (1.0, 0.0), "{m}");
+        drop(server);
+    }
+}
+
 /// An HTTP/2 backend that answers every stream with a head, half a JSON body, and then
 /// RST_STREAM(NO_ERROR) instead of END_STREAM.
 fn cutting_h2_server() -> SocketAddr {

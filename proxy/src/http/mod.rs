@@ -700,12 +700,24 @@ impl Reply<'_> {
         let (metrics, direction) = (&self.side.metrics, self.side.direction);
         let rsp = match result {
             Err(()) => response_timeout(self.side, upstream),
-            Ok(Err(e)) => {
-                let (label, message) = send_error(&e);
-                metrics.http.error(direction, label);
-                crate::throttled!(warn, %upstream, error = %e, "request failed");
-                error_response(StatusCode::BAD_GATEWAY, &message)
-            }
+            Ok(Err(e)) => match client_body_error(&e) {
+                // The client's own body failed (bad chunking, a client gone mid-upload):
+                // its error, not the upstream's.
+                Some(why) => {
+                    metrics.http.error(direction, "bad_request");
+                    debug!(error = %why, "the client's request body failed");
+                    error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the request body failed: {why}"),
+                    )
+                }
+                None => {
+                    let (label, message) = send_error(&e);
+                    metrics.http.error(direction, label);
+                    crate::throttled!(warn, %upstream, error = %e, "request failed");
+                    error_response(StatusCode::BAD_GATEWAY, &message)
+                }
+            },
             Ok(Ok(rsp)) if let Some(why) = unforwardable(&rsp) => {
                 metrics.http.error(direction, "upstream_error");
                 crate::throttled!(warn, %upstream, why, "response not forwarded");
@@ -787,6 +799,24 @@ fn response_timeout(side: &Side, upstream: SocketAddr) -> Response<RspBody> {
         StatusCode::GATEWAY_TIMEOUT,
         &format!("response timeout: no response headers from {upstream} in time"),
     )
+}
+
+/// What failed a try when it was the client's request body, not the upstream: over
+/// HTTP/1, hyper reports a user error with the body's error as its source; over HTTP/2,
+/// the body's pipe reset the stream itself (`CANCEL`, sent by us) and the response
+/// reports that.
+fn client_body_error(e: &pool::SendError) -> Option<String> {
+    match e {
+        pool::SendError::Http(h) if h.is_user() => {
+            std::error::Error::source(h)?.downcast_ref::<pool::BodyError>().map(ToString::to_string)
+        }
+        pool::SendError::H2(h)
+            if h.is_reset() && !h.is_remote() && h.reason() == Some(h2::Reason::CANCEL) =>
+        {
+            Some("the body ended in an error, so its stream was reset".into())
+        }
+        _ => None,
+    }
 }
 
 /// The `error` label and the `l5d-proxy-error` text of a failed try.
