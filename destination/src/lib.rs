@@ -44,7 +44,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info};
 use weft_identity::{
     ClientAuth, admin_http,
-    incoming::{Handshake, MAX_CONNECTIONS, PlainIncoming, TlsIncoming},
+    incoming::{Handshake, PlainIncoming, Refused, TlsIncoming},
     workload::{Workload, WorkloadConfig},
 };
 
@@ -105,12 +105,18 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     // Here rather than in `Metrics`: it belongs to the listener, which this module owns.
-    let connections_refused = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let connections_refused = ConnectionsRefused::default();
     registry.register(
         "destination_connections_refused",
-        "Connections closed unserved because the connection cap was reached",
+        "Connections closed unserved, by reason: a cap reached (max_connections, \
+         max_client_connections, max_handshakes, max_client_handshakes), a deadline missed \
+         (client_hello_timeout, preface_timeout), or not an HTTP/2 client (not_http2)",
         connections_refused.clone(),
     );
+    // Every series exists from the start, so that rate() and alerts see zeros.
+    for r in Refused::ALL {
+        let _ = connections_refused.get_or_create(&metrics::ReasonLabels { reason: r.reason() });
+    }
     let (synced_tx, synced) = watch::channel(false);
     let (policy_synced_tx, policy_synced) = watch::channel(false);
     let policy_index = SharedPolicyIndex::new(
@@ -219,11 +225,16 @@ pub async fn run(
         match &workload {
             None => {
                 let refused = connections_refused.clone();
+                // The same caps and deadlines as TLS (per client address, the preface in
+                // time); refusals are logged where they happen.
                 let incoming = PlainIncoming::new(
                     grpc,
-                    MAX_CONNECTIONS,
-                    Arc::new(move |_| {
-                        refused.inc();
+                    Arc::new(move |h| {
+                        if let Handshake::Refused { reason, .. } = h {
+                            refused
+                                .get_or_create(&metrics::ReasonLabels { reason: reason.reason() })
+                                .inc();
+                        }
                     }),
                 );
                 Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
@@ -264,10 +275,16 @@ fn tls_acceptor(w: &Workload) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
-/// Counts TLS connections by client identity, failed handshakes and refused connections.
+type ConnectionsRefused = prometheus_client::metrics::family::Family<
+    metrics::ReasonLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// Counts TLS connections by client identity, failed handshakes and refused connections (by
+/// reason; logged where they happen).
 fn on_handshake(
     metrics: Metrics,
-    refused: prometheus_client::metrics::counter::Counter,
+    refused: ConnectionsRefused,
 ) -> weft_identity::incoming::OnHandshake {
     Arc::new(move |h| match h {
         Handshake::Done(info) => {
@@ -278,8 +295,8 @@ fn on_handshake(
         Handshake::Failed { .. } => {
             metrics.tls_handshake_errors.inc();
         }
-        Handshake::Refused { .. } => {
-            refused.inc();
+        Handshake::Refused { reason, .. } => {
+            refused.get_or_create(&metrics::ReasonLabels { reason: reason.reason() }).inc();
         }
         // Logged where it happens.
         Handshake::AcceptFailed { .. } => {}

@@ -39,6 +39,12 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Why a connection was refused (`weft_identity::incoming::Refused`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientIdLabels {
     /// The identity the client's certificate proves; empty without a certificate.

@@ -15,9 +15,11 @@ use rustls::pki_types::CertificateDer;
 use x509_parser::{
     certificate::X509Certificate,
     certification_request::X509CertificationRequest,
+    error::X509Error,
     extensions::{GeneralName, ParsedExtension},
     oid_registry::{
-        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION,
+        OID_SIG_ECDSA_WITH_SHA224, OID_SIG_ECDSA_WITH_SHA512, OID_SIG_ED25519,
     },
     prelude::FromDer,
 };
@@ -177,6 +179,12 @@ pub enum Refusal {
     MalformedCsr(String),
     #[error("the CSR's signature does not verify with the public key it carries")]
     BadCsrSignature,
+    /// Refused before verifying: ring, which verifies, has no ECDSA P-256 with SHA-512.
+    #[error(
+        "the CSR is signed with {0}, which is not verified here; sign it with ECDSA and SHA-256 \
+         (or SHA-384), as the proxy does"
+    )]
+    UnsupportedCsrSignature(String),
     #[error("the CSR's key is {0}; only ECDSA P-256 keys are certified")]
     UnsupportedKey(String),
     #[error("the CSR asks for {found}, which contradicts the requested identity {expected}")]
@@ -194,6 +202,15 @@ pub enum Refusal {
     /// Refused by the gRPC decoder before the request reaches the CA.
     #[error("the request is larger than the {limit} bytes a Certify may take")]
     TooLarge { limit: usize },
+    /// Refused by the gRPC decoder before the request reaches the CA: not a Certify request
+    /// (protobuf garbage, a field of the wrong type, an identity that is not UTF-8), or an
+    /// encoding the server does not take. The client was answered by the decoder (`INTERNAL`,
+    /// as gRPC specifies for a request that does not parse); this is for the count and the log.
+    #[error(
+        "the request is not a CertifyRequest the server can decode ({0}); is the client built \
+         against linkerd2-proxy-api's identity.proto?"
+    )]
+    MalformedRequest(String),
 }
 
 impl Refusal {
@@ -204,12 +221,13 @@ impl Refusal {
             | Refusal::BadIdentity(_)
             | Refusal::MalformedCsr(_)
             | Refusal::BadCsrSignature
+            | Refusal::UnsupportedCsrSignature(_)
             | Refusal::UnsupportedKey(_)
             | Refusal::CsrNames { .. } => Code::InvalidArgument,
             Refusal::InvalidToken(_) => Code::Unauthenticated,
             Refusal::WrongIdentity { .. } => Code::PermissionDenied,
             Refusal::TokenUnavailable(_) | Refusal::IssuerExpired => Code::Unavailable,
-            Refusal::Internal(_) => Code::Internal,
+            Refusal::Internal(_) | Refusal::MalformedRequest(_) => Code::Internal,
             Refusal::TooLarge { .. } => Code::OutOfRange,
         }
     }
@@ -221,6 +239,7 @@ impl Refusal {
             Refusal::BadIdentity(_) => "invalid_identity",
             Refusal::MalformedCsr(_) => "malformed_csr",
             Refusal::BadCsrSignature => "bad_csr_signature",
+            Refusal::UnsupportedCsrSignature(_) => "unsupported_csr_signature",
             Refusal::UnsupportedKey(_) => "unsupported_key",
             Refusal::CsrNames { .. } => "csr_names",
             Refusal::InvalidToken(_) => "invalid_token",
@@ -229,14 +248,16 @@ impl Refusal {
             Refusal::IssuerExpired => "issuer_expired",
             Refusal::Internal(_) => "internal",
             Refusal::TooLarge { .. } => "message_too_large",
+            Refusal::MalformedRequest(_) => "malformed_request",
         }
     }
 
-    pub const REASONS: [&'static str; 12] = [
+    pub const REASONS: [&'static str; 14] = [
         "missing_field",
         "invalid_identity",
         "malformed_csr",
         "bad_csr_signature",
+        "unsupported_csr_signature",
         "unsupported_key",
         "csr_names",
         "invalid_token",
@@ -245,6 +266,7 @@ impl Refusal {
         "issuer_expired",
         "internal",
         "message_too_large",
+        "malformed_request",
     ];
 }
 
@@ -294,7 +316,21 @@ pub fn check_csr(der: &[u8], identity: &IdentityName) -> Result<CheckedCsr, Refu
     } else {
         return Err(Refusal::UnsupportedKey(format!("of type {}", alg.algorithm.to_id_string())));
     }
-    csr.verify_signature().map_err(|_| Refusal::BadCsrSignature)?;
+    csr.verify_signature().map_err(|e| match e {
+        X509Error::SignatureUnsupportedAlgorithm => {
+            let alg = &csr.signature_algorithm.algorithm;
+            // The ones a P-256 key could sign with; anything else by its OID.
+            let name = if *alg == OID_SIG_ECDSA_WITH_SHA512 {
+                "ECDSA with SHA-512".to_string()
+            } else if *alg == OID_SIG_ECDSA_WITH_SHA224 {
+                "ECDSA with SHA-224".to_string()
+            } else {
+                format!("the algorithm {}", alg.to_id_string())
+            };
+            Refusal::UnsupportedCsrSignature(name)
+        }
+        _ => Refusal::BadCsrSignature,
+    })?;
 
     let contradiction = |found: String| Refusal::CsrNames {
         found: crate::name::truncate(&found, crate::name::MAX_ECHO_BYTES),

@@ -274,6 +274,27 @@ async fn bad_signature_is_refused() {
     assert_eq!(r.reason(), "bad_csr_signature", "{r}");
 }
 
+/// A P-256 CSR signed with ECDSA-SHA512 (what `openssl req -sha512` or Python's
+/// `cryptography` make) is refused for its algorithm, not as a bad signature. ring cannot
+/// sign with that pair, so the test relabels a SHA-256 signature: the algorithm is refused
+/// before any verification, so the signature bytes do not matter.
+#[tokio::test]
+async fn unsupported_signature_algorithms_are_named() {
+    let f = fixture();
+    let (_, csr) = csr_for(&web());
+    let sha256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    let pos = csr.windows(sha256.len()).rposition(|w| w == sha256).unwrap();
+    let mut sha512 = csr.clone();
+    sha512[pos + sha256.len() - 1] = 0x04;
+    let r = refusal(&f, web().as_str(), b"web-token", &sha512).await;
+    assert_eq!(
+        (r.code(), r.reason()),
+        (tonic::Code::InvalidArgument, "unsupported_csr_signature"),
+        "{r}"
+    );
+    assert!(r.to_string().contains("SHA-512") && r.to_string().contains("SHA-256"), "{r}");
+}
+
 #[tokio::test]
 async fn other_key_types_are_refused() {
     let f = fixture();
@@ -333,6 +354,7 @@ fn every_reason_is_listed() {
         Refusal::BadIdentity(NameError::Empty { what: "x" }),
         Refusal::MalformedCsr(String::new()),
         Refusal::BadCsrSignature,
+        Refusal::UnsupportedCsrSignature(String::new()),
         Refusal::UnsupportedKey(String::new()),
         Refusal::CsrNames { found: String::new(), expected: String::new() },
         Refusal::InvalidToken(String::new()),
@@ -341,6 +363,7 @@ fn every_reason_is_listed() {
         Refusal::IssuerExpired,
         Refusal::Internal(String::new()),
         Refusal::TooLarge { limit: 1 },
+        Refusal::MalformedRequest(String::new()),
     ];
     let reasons: Vec<_> = all.iter().map(Refusal::reason).collect();
     assert_eq!(reasons, Refusal::REASONS);

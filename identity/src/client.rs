@@ -402,4 +402,4 @@ fn jitter() -> f64 {
 
 #[cfg(test)]
 #[path = "client_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -15,6 +15,7 @@ pub mod client;
 pub mod control;
 pub mod credentials;
 pub mod incoming;
+pub mod loud;
 pub mod name;
 pub mod pki;
 pub mod policy;

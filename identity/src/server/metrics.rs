@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::ca::Refusal;
+use crate::{ca::Refusal, incoming::Refused};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -25,8 +25,9 @@ pub struct CaMetrics {
     pub refusals: Family<ReasonLabels, Counter>,
     pub issuer_expiry: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
-    /// Connections closed unserved: the connection cap was reached.
-    pub connections_refused: Counter,
+    /// Connections closed unserved, by reason (`incoming::Refused`): a cap reached, a
+    /// deadline missed, not an HTTP/2 client.
+    pub connections_refused: Family<ReasonLabels, Counter>,
     /// TLS handshakes that failed: plaintext clients, clients that do not trust the anchors.
     pub tls_handshake_errors: Counter,
     /// `accept` failures (out of file descriptors and the like).
@@ -62,7 +63,9 @@ impl CaMetrics {
         );
         registry.register(
             "identity_connections_refused",
-            "Connections closed unserved because the connection cap was reached",
+            "Connections closed unserved, by reason: a cap reached (max_connections, \
+             max_client_connections, max_handshakes, max_client_handshakes), a deadline missed \
+             (client_hello_timeout, preface_timeout), or not an HTTP/2 client (not_http2)",
             m.connections_refused.clone(),
         );
         registry.register(
@@ -89,6 +92,9 @@ impl CaMetrics {
         for reason in Refusal::REASONS {
             let _ = m.refusals.get_or_create(&ReasonLabels { reason });
         }
+        for r in Refused::ALL {
+            let _ = m.connections_refused.get_or_create(&ReasonLabels { reason: r.reason() });
+        }
         for result in ["ok", "error"] {
             let _ = m.reloads.get_or_create(&ResultLabels { result });
             let _ = m.static_token_reloads.get_or_create(&ResultLabels { result });
@@ -98,6 +104,10 @@ impl CaMetrics {
 
     pub fn refused(&self, r: &Refusal) {
         self.refusals.get_or_create(&ReasonLabels { reason: r.reason() }).inc();
+    }
+
+    pub fn connection_refused(&self, r: Refused) {
+        self.connections_refused.get_or_create(&ReasonLabels { reason: r.reason() }).inc();
     }
 
     pub fn static_token_reloaded(&self, ok: bool) {

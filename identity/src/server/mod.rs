@@ -28,7 +28,8 @@ use crate::{
     TrustBundle,
     ca::{Ca, CaConfig, CheckedCsr, Issuer, IssuerError, Refusal},
     credentials::{CertResolver, certified_key},
-    incoming::{Handshake, OnHandshake, TlsConnectInfo, TlsIncoming},
+    incoming::{self, Handshake, OnHandshake, TlsConnectInfo, TlsIncoming},
+    loud::LoudEvery,
     name::{IdentityName, echo},
     pki::{PkiError, generate_key, unix_secs},
     reload::{FileSet, Snapshot},
@@ -52,6 +53,32 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// How long one Certify may take: above the TokenReview's own limit (5 s, see
 /// `token::kubernetes`) with margin, so a review that times out is still answered.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection is served: then it gets a GOAWAY, its Certify calls in flight
+/// finish (each within `REQUEST_TIMEOUT`), and it closes. A proxy opens a connection per
+/// renewal and drops it after its one Certify, so no real client holds one for minutes; one
+/// that does (a leak, or a client that completed TLS and the preface and then went quiet)
+/// gives its place back. This stands in for gRPC's MaxConnectionIdle, which tonic has not:
+/// on this service the two differ only for a connection making Certify calls for minutes.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// The limits on the gRPC listener's connections: the defaults are for production; tests
+/// shorten the deadlines.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Caps and handshake deadlines (see `incoming`).
+    pub incoming: incoming::Limits,
+    pub max_connection_age: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            incoming: incoming::Limits::default(),
+            max_connection_age: MAX_CONNECTION_AGE,
+        }
+    }
+}
 
 /// Where tokens are checked.
 pub enum TokenSource {
@@ -102,6 +129,7 @@ pub struct IdentityService {
     registry: Registry,
     own: OwnCert,
     reload_interval: Duration,
+    limits: ConnectionLimits,
 }
 
 impl IdentityService {
@@ -153,7 +181,14 @@ impl IdentityService {
             registry,
             own,
             reload_interval: config.reload_interval,
+            limits: ConnectionLimits::default(),
         })
+    }
+
+    /// Replaces the default connection limits.
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn ca(&self) -> &Arc<Ca> {
@@ -186,6 +221,7 @@ impl IdentityService {
             registry,
             own,
             reload_interval,
+            limits,
         } = self;
         let tls = rustls::ServerConfig::builder_with_provider(crate::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -208,18 +244,26 @@ impl IdentityService {
             }
             .run(),
         );
-        let incoming = TlsIncoming::new(grpc, acceptor, on_handshake(metrics.clone()));
+        let incoming = TlsIncoming::with_limits(
+            grpc,
+            acceptor,
+            on_handshake(metrics.clone()),
+            limits.incoming,
+        );
 
-        let loud = LoudEvery::new(Duration::from_secs(1));
-        let certifier = Certifier { ca, tokens, metrics: metrics.clone(), loud };
+        let loud = Arc::new(LoudEvery::new(Duration::from_secs(1)));
+        let certifier = Certifier { ca, tokens, metrics: metrics.clone(), loud: loud.clone() };
         let svc = IdentityServer::new(certifier).max_decoding_message_size(MAX_REQUEST_BYTES);
-        let svc = CountTooLarge { inner: svc, metrics };
+        let svc = CountDecoderRefusals { inner: svc, metrics, loud };
         let result = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .timeout(REQUEST_TIMEOUT)
             // Connections are short (one Certify per renewal): notice the vanished ones.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // Graceful (GOAWAY). No `max_connection_age_grace`: tonic would then skip the
+            // GOAWAY and close abruptly; `timeout` already bounds what is in flight.
+            .max_connection_age(limits.max_connection_age)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -229,24 +273,32 @@ impl IdentityService {
     }
 }
 
-/// Counts the Certify requests refused for their size: tonic's decoder answers them
-/// (`OUT_OF_RANGE`, trailers-only) before `Certifier` sees them.
+/// Counts the Certify requests that tonic's decoder refuses before `Certifier` sees them:
+/// too large (`OUT_OF_RANGE`), or undecodable (`INTERNAL`: protobuf garbage, a string that is
+/// not UTF-8, an unsupported compression). Every refusal is counted under a reason, these too.
 #[derive(Clone)]
-struct CountTooLarge<S> {
+struct CountDecoderRefusals<S> {
     inner: S,
     metrics: CaMetrics,
+    loud: Arc<LoudEvery>,
 }
 
-impl<S: NamedService> NamedService for CountTooLarge<S> {
+/// Put in each request's extensions; `Certifier` sets it, so that a failed response
+/// without it came from the decoder.
+#[derive(Clone, Default)]
+struct Reached(Arc<AtomicBool>);
+
+impl<S: NamedService> NamedService for CountDecoderRefusals<S> {
     const NAME: &'static str = S::NAME;
 }
 
 type HttpRequest = http::Request<tonic::body::Body>;
 type HttpResponse = http::Response<tonic::body::Body>;
 
-impl<S> Service<HttpRequest> for CountTooLarge<S>
+impl<S> Service<HttpRequest> for CountDecoderRefusals<S>
 where
-    S: Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible>,
+    S: Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible>
+        + NamedService,
     S::Future: Send + 'static,
 {
     type Response = HttpResponse;
@@ -257,37 +309,62 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, mut req: HttpRequest) -> Self::Future {
+        // Other paths are answered UNIMPLEMENTED by tonic: not Certify requests.
+        let certify = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            .is_some_and(|m| m == "/Certify");
+        let reached = Reached::default();
+        req.extensions_mut().insert(reached.clone());
+        let peer = req.extensions().get::<TlsConnectInfo>().map(|i| i.peer);
         let rsp = self.inner.call(req);
-        let metrics = self.metrics.clone();
+        let (metrics, loud) = (self.metrics.clone(), self.loud.clone());
         // Boxed: one Certify per proxy per renewal, not a hot path.
         Box::pin(async move {
             let rsp = rsp.await?;
-            if is_too_large(rsp.headers()) {
-                let refusal = Refusal::TooLarge { limit: MAX_REQUEST_BYTES };
+            let from_decoder = certify && !reached.0.load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(refusal) = from_decoder.then(|| decoder_refusal(rsp.headers())).flatten() {
                 metrics.refused(&refusal);
-                tracing::debug!(reason = refusal.reason(), error = %refusal, "refused");
+                // As `Certifier` logs its refusals: loud at most once a second.
+                if loud.take() {
+                    tracing::info!(client.addr = ?peer, reason = refusal.reason(), error = %refusal, "refused");
+                } else {
+                    tracing::debug!(client.addr = ?peer, reason = refusal.reason(), error = %refusal, "refused");
+                }
             }
             Ok(rsp)
         })
     }
 }
 
-/// Whether a response is the decoder's refusal of a message past the limit: `OUT_OF_RANGE`,
-/// which `Certifier` never answers (and a Certify response is far below any limit).
-fn is_too_large(headers: &http::HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+/// The refusal a response of the decoder's stands for, when it is one: its status in the
+/// headers (a trailers-only response) and not OK. `OUT_OF_RANGE` is the size limit; any
+/// other is a request that could not be decoded.
+fn decoder_refusal(headers: &http::HeaderMap) -> Option<Refusal> {
+    let status = tonic::Status::from_header_map(headers)?;
+    match status.code() {
+        tonic::Code::Ok => None,
+        tonic::Code::OutOfRange => Some(Refusal::TooLarge { limit: MAX_REQUEST_BYTES }),
+        _ => Some(Refusal::MalformedRequest(crate::name::truncate(
+            status.message(),
+            crate::name::MAX_ECHO_BYTES,
+        ))),
+    }
 }
 
-/// Counts failed handshakes, connections refused at the cap and accept errors.
+/// Counts failed handshakes, connections refused (by reason) and accept errors; the
+/// refusals are logged in `incoming`.
 fn on_handshake(metrics: CaMetrics) -> OnHandshake {
     Arc::new(move |h| match h {
         Handshake::Done(_) => {}
         Handshake::Failed { .. } => {
             metrics.tls_handshake_errors.inc();
         }
-        Handshake::Refused { .. } => {
-            metrics.connections_refused.inc();
+        Handshake::Refused { reason, .. } => {
+            metrics.connection_refused(reason);
         }
         Handshake::AcceptFailed { .. } => {
             metrics.accept_errors.inc();
@@ -414,32 +491,7 @@ struct Certifier {
     ca: Arc<Ca>,
     tokens: Arc<dyn TokenValidator>,
     metrics: CaMetrics,
-    loud: LoudEvery,
-}
-
-/// Lets one event a second through to a loud log level (as the proxy's inbound policy
-/// does for its refusals).
-struct LoudEvery {
-    started: std::time::Instant,
-    every_ms: u64,
-    last: std::sync::atomic::AtomicU64,
-}
-
-impl LoudEvery {
-    fn new(every: Duration) -> Self {
-        let every_ms = every.as_millis().max(1) as u64;
-        LoudEvery { started: std::time::Instant::now(), every_ms, last: 0.into() }
-    }
-
-    /// Whether this event may be loud: the first in each period is.
-    fn take(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        // Offset by one period so that the very first event is loud.
-        let now = self.started.elapsed().as_millis() as u64 + self.every_ms;
-        let last = self.last.load(Ordering::Relaxed);
-        now - last >= self.every_ms
-            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-    }
+    loud: Arc<LoudEvery>,
 }
 
 #[tonic::async_trait]
@@ -448,6 +500,9 @@ impl Identity for Certifier {
         &self,
         req: tonic::Request<CertifyRequest>,
     ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
+        if let Some(reached) = req.extensions().get::<Reached>() {
+            reached.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let peer = req.extensions().get::<TlsConnectInfo>().map(|i| i.peer);
         let CertifyRequest { identity, token, certificate_signing_request } = req.into_inner();
         // The requested name is input: echoed cut (it may be as long as the request).
@@ -496,24 +551,4 @@ impl Identity for Certifier {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_out_of_range_counts_as_too_large() {
-        let headers = |status: &'static str, message: &'static str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-status", http::HeaderValue::from_static(status));
-            h.insert("grpc-message", http::HeaderValue::from_static(message));
-            h
-        };
-        let too_large = "Error,%20decoded%20message%20length%20too%20large";
-        assert!(is_too_large(&headers("11", too_large)));
-        assert!(!is_too_large(&headers("3", too_large)));
-        assert!(!is_too_large(&headers("0", "")));
-        assert!(!is_too_large(&http::HeaderMap::new()), "a response whose status is in trailers");
-        let r = Refusal::TooLarge { limit: MAX_REQUEST_BYTES };
-        assert_eq!((r.code(), r.reason()), (tonic::Code::OutOfRange, "message_too_large"));
-        assert!(Refusal::REASONS.contains(&r.reason()));
-    }
-}
+mod tests;
