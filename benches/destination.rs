@@ -1,6 +1,7 @@
 //! Destination service benchmark: the real `weft destination` (Kubernetes source) against the
 //! fake API server of the e2e tests, loaded with 1 000 Services × 10 ready endpoints (10 000
-//! meshed pods, 1 000 EndpointSlices), and 500 gRPC clients, each on its own connection.
+//! meshed pods, 1 000 EndpointSlices), and 500 gRPC clients, each on its own connection from
+//! an address of its own (127.1-2.0.x: as 500 proxies in as many pods).
 //!
 //! Each client follows two services of its own (so all 1 000 are resolved) and one shared
 //! service (so one change fans out to all 500). Figures:
@@ -157,13 +158,26 @@ enum Seen {
     Update { service: usize, at: Instant },
 }
 
+/// Client `i`'s source address: 500 clients stand for 500 proxies in as many pods, each
+/// from an address of its own (the server caps connections per client address).
+fn source(i: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 1 + (i / 250) as u8, 0, 1 + (i % 250) as u8).into()
+}
+
 async fn client(
     grpc: SocketAddr,
+    from: std::net::IpAddr,
     services: Vec<usize>,
     endpoints: usize,
     tx: mpsc::Sender<Seen>,
 ) -> anyhow::Result<()> {
-    let mut c = DestinationClient::connect(format!("http://{grpc}")).await?;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(from));
+    connector.set_nodelay(true);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect_with_connector(connector)
+        .await?;
+    let mut c = DestinationClient::new(channel);
     let mut tasks = Vec::new();
     for s in services {
         let mut stream = c.get(request(s)).await?.into_inner();
@@ -253,7 +267,7 @@ fn main() -> anyhow::Result<()> {
         streams += services.len();
         let tx = tx.clone();
         rt.spawn(async move {
-            if let Err(e) = client(grpc, services, n_endpoints, tx).await {
+            if let Err(e) = client(grpc, source(i), services, n_endpoints, tx).await {
                 eprintln!("client {i}: {e:#}");
             }
         });
