@@ -556,21 +556,27 @@ mod tests {
         drop(tx);
     }
 
-    #[tokio::test]
-    async fn a_no_error_reset_after_the_response_ends_the_body_complete() {
-        let (client, server) = pair().await;
+    /// Answers the one stream `server` gets with a head and `data`, no END_STREAM, and a
+    /// `NO_ERROR` reset once the returned sender says the data was read (a reset drops what
+    /// is still queued).
+    fn answer_then_reset(server: Server, data: &'static [u8]) -> oneshot::Sender<()> {
         let (read, read_rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let (_req, mut respond) = accept(server).await;
             let mut send =
                 respond.send_response(Response::new(()), false).expect("the test's h2 exchange");
-            send.send_data(Bytes::from_static(b"early answer"), false)
-                .expect("the test's h2 exchange");
-            // Reset only once the answer is out: a reset drops what is still queued.
+            send.send_data(Bytes::from_static(data), false).expect("the test's h2 exchange");
             read_rx.await.expect("the test's h2 exchange");
-            // RFC 9113 §8.1: the server needs no more of the request.
             send.send_reset(h2::Reason::NO_ERROR);
         });
+        read
+    }
+
+    #[tokio::test]
+    async fn a_no_error_reset_after_the_response_ends_the_body_complete() {
+        let (client, server) = pair().await;
+        // RFC 9113 §8.1: the server needs no more of the request, still streaming.
+        let read = answer_then_reset(server, b"early answer");
         let (tx, req) = streaming_request();
         let mut body = send(client, req).await.expect("the test's h2 exchange").into_body();
         let frame =
@@ -584,17 +590,9 @@ mod tests {
     #[tokio::test]
     async fn a_no_error_reset_after_the_whole_request_cuts_the_response_short() {
         let (client, server) = pair().await;
-        let (read, read_rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (_req, mut respond) = accept(server).await;
-            let mut send =
-                respond.send_response(Response::new(()), false).expect("the test's h2 exchange");
-            send.send_data(Bytes::from_static(b"{\"items\":[1,2,"), false)
-                .expect("the test's h2 exchange");
-            read_rx.await.expect("the test's h2 exchange");
-            // No END_STREAM: the response is cut, whatever the reset's code.
-            send.send_reset(h2::Reason::NO_ERROR);
-        });
+        // The whole request went with its head: no END_STREAM means a cut response,
+        // whatever the reset's code.
+        let read = answer_then_reset(server, b"{\"items\":[1,2,");
         let get = Request::get("http://svc.test/items")
             .body(ReqBody::default())
             .expect("the test's h2 exchange");
@@ -603,8 +601,7 @@ mod tests {
             body.frame().await.expect("the test's h2 exchange").expect("the test's h2 exchange");
         assert_eq!(frame.into_data().expect("the test's h2 exchange"), "{\"items\":[1,2,");
         read.send(()).expect("the test's h2 exchange");
-        let end = body.frame().await;
-        let reason = match end {
+        let reason = match body.frame().await {
             Some(Err(e)) => e.reason(),
             other => panic!("a cut response read as {other:?}"),
         };
