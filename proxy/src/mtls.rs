@@ -43,7 +43,6 @@ pub async fn serve_inbound(
     let errors = side.metrics.errors(side.direction);
     let client_addr = client.addr;
     let client_ip = client_addr.ip();
-    let local = client.io.local_addr().ok();
     let io = MeteredIo::deferred(client.io, prefix);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, id.acceptor().accept(io)).await {
         Ok(Ok(tls)) => tls,
@@ -89,8 +88,10 @@ pub async fn serve_inbound(
         let to = SocketAddr::new(target.ip(), header.port);
         // A peer names the port; never one of this proxy's own listeners. Else a meshed
         // peer reaches the admin port from this host (the localhost-only `/shutdown`), or
-        // sends through the outbound listener under this workload's identity.
-        if local.is_none_or(|local| is_own_listener(to, local, &side.own_addrs)) {
+        // sends through the outbound listener under this workload's identity. The
+        // original destination is an address of this host (the connection came in by
+        // it), so it stands for the local address.
+        if is_own_listener(to, target, &side.own_addrs) {
             errors.inc("loop");
             crate::throttled!(warn, target = %to, client = %client_addr, "transport header names one of this proxy's own listeners; refused");
             return;
