@@ -9,11 +9,12 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tracing::info;
 use weft_destination::{
-    Config, IndexConfig, LeaseConfig, PolicyConfig, Source,
+    Config, ConnectionLimits, IndexConfig, LeaseConfig, PolicyConfig, Source,
     policy::model::{DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, parse_networks},
 };
 use weft_identity::{
     control::{self, ControlAddr, Resolver},
+    incoming,
     workload::WorkloadConfig,
 };
 use weft_proxy::config::{LogFormat, parse_duration};
@@ -101,6 +102,24 @@ pub struct DestinationArgs {
     /// How often the Lease is read and renewed; shorter than the lease duration.
     #[arg(long, env = "WEFT_DESTINATION_ROUTE_STATUS_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     route_status_lease_renew_interval: std::time::Duration,
+    /// Most connections the gRPC listener serves at once; more are closed at once
+    /// (`destination_connections_refused_total{reason="max_connections"}`).
+    #[arg(long, env = "WEFT_DESTINATION_MAX_CONNECTIONS", default_value_t = incoming::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most connections one client (an IPv4 address, an IPv6 /64) holds at once: its share
+    /// of --max-connections. Proxies behind one SNAT address share it.
+    #[arg(long, env = "WEFT_DESTINATION_MAX_CLIENT_CONNECTIONS", default_value_t = incoming::MAX_CLIENT_CONNECTIONS)]
+    max_client_connections: usize,
+    /// Most handshakes (TLS, then the HTTP/2 preface) in progress at once.
+    #[arg(long, env = "WEFT_DESTINATION_MAX_HANDSHAKES", default_value_t = incoming::MAX_HANDSHAKES)]
+    max_handshakes: usize,
+    /// Most handshakes in progress at once from one client: its share of --max-handshakes.
+    #[arg(long, env = "WEFT_DESTINATION_MAX_CLIENT_HANDSHAKES", default_value_t = incoming::MAX_CLIENT_HANDSHAKES)]
+    max_client_handshakes: usize,
+    /// How long a gRPC connection may stay without an open stream: then it gets a GOAWAY
+    /// and is closed (`destination_connections_idle_closed_total`); gRPC's MaxConnectionIdle.
+    #[arg(long, env = "WEFT_DESTINATION_MAX_CONNECTION_IDLE", default_value = "10m", value_parser = parse_duration)]
+    max_connection_idle: std::time::Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
     log: String,
@@ -143,6 +162,11 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         pod_name,
         route_status_lease_duration,
         route_status_lease_renew_interval,
+        max_connections,
+        max_client_connections,
+        max_handshakes,
+        max_client_handshakes,
+        max_connection_idle,
         log,
         log_format,
     } = args;
@@ -218,6 +242,17 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
             "--route-status-lease-renew-interval must be more than 0 and less than --route-status-lease-duration"
         );
     }
+    let incoming = incoming::Limits {
+        max_connections,
+        max_client_connections,
+        max_handshakes,
+        max_client_handshakes,
+        ..Default::default()
+    };
+    incoming.check()?;
+    if max_connection_idle.is_zero() {
+        bail!("--max-connection-idle must be more than 0");
+    }
     let pod_name = pod_name
         .or_else(|| std::env::var("HOSTNAME").ok())
         .filter(|n| !n.is_empty())
@@ -250,8 +285,88 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
         policy: PolicyConfig { default_policy: default_inbound_policy, cluster_networks },
         identity,
         route_status,
+        connections: ConnectionLimits { incoming, max_connection_idle },
     };
     info!(?config, "starting destination service");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(weft_destination::run(config, crate::cli::shutdown_signal()))
+}
+
+/// The connection caps' flags: their env vars, defaults (the listener's constants), and the
+/// startup errors for caps that cannot be meant, each naming its flag.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod connection_flags {
+    use clap::{CommandFactory as _, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: DestinationArgs,
+    }
+
+    fn parse(flags: &[&str]) -> DestinationArgs {
+        Cmd::try_parse_from([&["weft"], flags].concat()).unwrap().args
+    }
+
+    #[test]
+    fn env_vars_and_defaults() {
+        let cmd = Cmd::command();
+        for (id, env) in [
+            ("max_connections", "WEFT_DESTINATION_MAX_CONNECTIONS"),
+            ("max_client_connections", "WEFT_DESTINATION_MAX_CLIENT_CONNECTIONS"),
+            ("max_handshakes", "WEFT_DESTINATION_MAX_HANDSHAKES"),
+            ("max_client_handshakes", "WEFT_DESTINATION_MAX_CLIENT_HANDSHAKES"),
+            ("max_connection_idle", "WEFT_DESTINATION_MAX_CONNECTION_IDLE"),
+        ] {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
+        }
+        let a = parse(&[]);
+        let caps = (
+            a.max_connections,
+            a.max_client_connections,
+            a.max_handshakes,
+            a.max_client_handshakes,
+        );
+        assert_eq!(caps, (8192, 512, 512, 128));
+        assert_eq!(
+            caps,
+            (
+                incoming::MAX_CONNECTIONS,
+                incoming::MAX_CLIENT_CONNECTIONS,
+                incoming::MAX_HANDSHAKES,
+                incoming::MAX_CLIENT_HANDSHAKES
+            )
+        );
+    }
+
+    #[test]
+    fn caps_that_cannot_be_meant_stop_the_start() {
+        for (flags, error) in [
+            (["--max-connections", "0"], "--max-connections must be at least 1"),
+            (["--max-client-connections", "0"], "--max-client-connections must be at least 1"),
+            (["--max-handshakes", "0"], "--max-handshakes must be at least 1"),
+            (["--max-client-handshakes", "0"], "--max-client-handshakes must be at least 1"),
+            (
+                ["--max-client-connections", "9000"],
+                "--max-client-connections (9000) must not be more than --max-connections (8192)",
+            ),
+            (
+                ["--max-handshakes", "100"],
+                "--max-client-handshakes (128) must not be more than --max-handshakes (100)",
+            ),
+        ] {
+            // Refused before anything is started (logging, a runtime, a listener).
+            let e = run(parse(&flags)).unwrap_err().to_string();
+            assert!(e.starts_with(error), "{flags:?}: {e}");
+        }
+        let e = run(parse(&["--max-connection-idle", "0s"])).unwrap_err().to_string();
+        assert_eq!(e, "--max-connection-idle must be more than 0");
+        assert_eq!(parse(&[]).max_connection_idle, std::time::Duration::from_secs(600));
+        let a = parse(&["--max-connections", "100", "--max-client-connections", "100"]);
+        assert_eq!((a.max_connections, a.max_client_connections), (100, 100));
+    }
 }

@@ -9,7 +9,8 @@ use tracing::info;
 use weft_identity::{
     IdentityDomain,
     ca::CaConfig,
-    server::{Config, IdentityService, TokenSource},
+    incoming,
+    server::{Config, ConnectionLimits, IdentityService, TokenSource},
     token::{AUDIENCE, kubernetes::TokenReviewValidator},
 };
 use weft_proxy::config::LogFormat;
@@ -68,6 +69,21 @@ pub struct IdentityArgs {
     /// How often the issuer, bundle and token files are checked for changes.
     #[arg(long, env = "WEFT_IDENTITY_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     reload_interval: Duration,
+    /// Most connections the gRPC listener serves at once; more are closed at once
+    /// (`identity_connections_refused_total{reason="max_connections"}`).
+    #[arg(long, env = "WEFT_IDENTITY_MAX_CONNECTIONS", default_value_t = incoming::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most connections one client (an IPv4 address, an IPv6 /64) holds at once: its share
+    /// of --max-connections. Proxies behind one SNAT address share it.
+    #[arg(long, env = "WEFT_IDENTITY_MAX_CLIENT_CONNECTIONS", default_value_t = incoming::MAX_CLIENT_CONNECTIONS)]
+    max_client_connections: usize,
+    /// Most TLS handshakes in progress at once (until the HTTP/2 preface).
+    #[arg(long, env = "WEFT_IDENTITY_MAX_HANDSHAKES", default_value_t = incoming::MAX_HANDSHAKES)]
+    max_handshakes: usize,
+    /// Most TLS handshakes in progress at once from one client: its share of
+    /// --max-handshakes.
+    #[arg(long, env = "WEFT_IDENTITY_MAX_CLIENT_HANDSHAKES", default_value_t = incoming::MAX_CLIENT_HANDSHAKES)]
+    max_client_handshakes: usize,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "WEFT_IDENTITY_LOG", default_value = "info")]
     log: String,
@@ -114,6 +130,10 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
         static_tokens,
         token_audience,
         reload_interval,
+        max_connections,
+        max_client_connections,
+        max_handshakes,
+        max_client_handshakes,
         log,
         log_format,
     } = args;
@@ -125,6 +145,14 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
     if reload_interval.is_zero() {
         bail!("--reload-interval must be more than 0");
     }
+    let connections = incoming::Limits {
+        max_connections,
+        max_client_connections,
+        max_handshakes,
+        max_client_handshakes,
+        ..Default::default()
+    };
+    connections.check()?;
     match (token_validator, &static_tokens) {
         (Validator::Static, None) => {
             bail!("--token-validator static needs --static-tokens (WEFT_IDENTITY_STATIC_TOKENS)")
@@ -156,9 +184,13 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
             ?lifetime,
             ?clock_skew,
             validator = ?token_validator,
+            ?connections,
             "starting identity service"
         );
-        let svc = IdentityService::load(config)?;
+        let svc = IdentityService::load(config)?.with_connection_limits(ConnectionLimits {
+            incoming: connections,
+            ..Default::default()
+        });
         let grpc = tokio::net::TcpListener::bind(listen_addr)
             .await
             .with_context(|| format!("binding the gRPC listener on {listen_addr}"))?;
@@ -195,5 +227,80 @@ mod tests {
         for bad in ["", "s", "1.5h", "10y", "-1s", "1 h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// The connection caps' flags: their env vars, defaults (the listener's constants), and the
+/// startup errors for caps that cannot be meant, each naming its flag.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod connection_flags {
+    use clap::{CommandFactory as _, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: IdentityArgs,
+    }
+
+    fn parse(flags: &[&str]) -> IdentityArgs {
+        Cmd::try_parse_from([&["weft"], flags].concat()).unwrap().args
+    }
+
+    #[test]
+    fn env_vars_and_defaults() {
+        let cmd = Cmd::command();
+        for (id, env) in [
+            ("max_connections", "WEFT_IDENTITY_MAX_CONNECTIONS"),
+            ("max_client_connections", "WEFT_IDENTITY_MAX_CLIENT_CONNECTIONS"),
+            ("max_handshakes", "WEFT_IDENTITY_MAX_HANDSHAKES"),
+            ("max_client_handshakes", "WEFT_IDENTITY_MAX_CLIENT_HANDSHAKES"),
+        ] {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
+        }
+        let a = parse(&[]);
+        let caps = (
+            a.max_connections,
+            a.max_client_connections,
+            a.max_handshakes,
+            a.max_client_handshakes,
+        );
+        assert_eq!(caps, (8192, 512, 512, 128));
+        assert_eq!(
+            caps,
+            (
+                incoming::MAX_CONNECTIONS,
+                incoming::MAX_CLIENT_CONNECTIONS,
+                incoming::MAX_HANDSHAKES,
+                incoming::MAX_CLIENT_HANDSHAKES
+            )
+        );
+    }
+
+    #[test]
+    fn caps_that_cannot_be_meant_stop_the_start() {
+        for (flags, error) in [
+            (["--max-connections", "0"], "--max-connections must be at least 1"),
+            (["--max-client-connections", "0"], "--max-client-connections must be at least 1"),
+            (["--max-handshakes", "0"], "--max-handshakes must be at least 1"),
+            (["--max-client-handshakes", "0"], "--max-client-handshakes must be at least 1"),
+            (
+                ["--max-client-connections", "9000"],
+                "--max-client-connections (9000) must not be more than --max-connections (8192)",
+            ),
+            (
+                ["--max-handshakes", "100"],
+                "--max-client-handshakes (128) must not be more than --max-handshakes (100)",
+            ),
+        ] {
+            // Refused before anything is started (logging, a runtime, a listener).
+            let e = run(parse(&flags)).unwrap_err().to_string();
+            assert!(e.starts_with(error), "{flags:?}: {e}");
+        }
+        let a = parse(&["--max-connections", "100", "--max-client-connections", "100"]);
+        assert_eq!((a.max_connections, a.max_client_connections), (100, 100));
     }
 }

@@ -10,9 +10,10 @@
 //! - [`resolve`]: lookup targets, resolutions and the watch channels that followers hold;
 //! - [`index`]: the Kubernetes index (pure), fed by [`k8s`] watches; [`static_source`]: a
 //!   YAML file instead;
-//! - [`server`]: the gRPC streams; [`admin`]: `/metrics`, `/ready`, `/live`; [`run`] ties
-//!   them together, over TLS with a certificate of the service's own when it has an
-//!   identity (obtained and renewed from the identity service, like a proxy's).
+//! - [`server`]: the gRPC streams; [`connections`]: the listener's HTTP/2 connections
+//!   (closed once idle); [`admin`]: `/metrics`, `/ready`, `/live`; [`run`] ties them
+//!   together, over TLS with a certificate of the service's own when it has an identity
+//!   (obtained and renewed from the identity service, like a proxy's).
 //!
 //! [`status`] computes the status of the routes it serves, which the replica holding a Lease
 //! writes ([`k8s::lease`], [`k8s::status_writer`]).
@@ -23,6 +24,7 @@
 //! proxies find its destination and policy controllers.
 
 pub mod admin;
+pub mod connections;
 pub mod index;
 pub mod k8s;
 pub mod metrics;
@@ -48,7 +50,10 @@ use weft_identity::{
     workload::{Workload, WorkloadConfig},
 };
 
-pub use crate::{index::IndexConfig, k8s::lease::LeaseConfig, policy::PolicyConfig};
+pub use crate::{
+    connections::ConnectionLimits, index::IndexConfig, k8s::lease::LeaseConfig,
+    policy::PolicyConfig,
+};
 use crate::{
     index::SharedIndex,
     metrics::Metrics,
@@ -76,6 +81,8 @@ pub struct Config {
     pub identity: Option<WorkloadConfig>,
     /// Route status writing (Kubernetes only) and its leader election; `None`: off.
     pub route_status: Option<LeaseConfig>,
+    /// The gRPC listener's caps, handshake deadlines and idle timeout.
+    pub connections: ConnectionLimits,
 }
 
 /// Largest request decoded: lookups carry a name, a port and a context token of a few
@@ -101,7 +108,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The one crypto provider of the workspace, for the kube client's TLS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Config { listen_addr, admin_addr, source, index, policy, identity, route_status } = config;
+    let Config {
+        listen_addr,
+        admin_addr,
+        source,
+        index,
+        policy,
+        identity,
+        route_status,
+        connections,
+    } = config;
+    connections.incoming.check()?;
+    anyhow::ensure!(
+        !connections.max_connection_idle.is_zero(),
+        "max_connection_idle must be more than 0"
+    );
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     // Here rather than in `Metrics`: it belongs to the listener, which this module owns.
@@ -117,6 +138,13 @@ pub async fn run(
     for r in Refused::ALL {
         let _ = connections_refused.get_or_create(&metrics::ReasonLabels { reason: r.reason() });
     }
+    let connections_idle_closed = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "destination_connections_idle_closed",
+        "Connections closed (gracefully, with a GOAWAY) after max_connection_idle without an \
+         open stream",
+        connections_idle_closed.clone(),
+    );
     let (synced_tx, synced) = watch::channel(false);
     let (policy_synced_tx, policy_synced) = watch::channel(false);
     let policy_index = SharedPolicyIndex::new(
@@ -213,54 +241,54 @@ pub async fn run(
     let service = DestinationService::new(discover, &index.cluster_domain, metrics.clone(), synced);
     let policy_service = InboundPolicyService::new(policy_index, metrics.clone(), policy_synced);
     let outbound_service = outbound::OutboundPolicyService::new(metrics.clone());
-    let server = tonic::transport::Server::builder()
-        // Proxies hold their streams for hours: notice the ones that vanished.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(policy_service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(outbound_service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES));
-    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &workload {
-            None => {
-                let refused = connections_refused.clone();
-                // The same caps and deadlines as TLS (per client address, the preface in
-                // time); refusals are logged where they happen.
-                let incoming = PlainIncoming::new(
-                    grpc,
-                    Arc::new(move |h| {
-                        if let Handshake::Refused { reason, .. } = h {
-                            refused
-                                .get_or_create(&metrics::ReasonLabels { reason: reason.reason() })
-                                .inc();
-                        }
-                    }),
-                );
-                Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
-            }
-            Some(w) => {
-                let on = on_handshake(metrics, connections_refused);
-                let incoming = TlsIncoming::new(grpc, tls_acceptor(w)?, on);
-                Box::pin(server.serve_with_incoming_shutdown(incoming, stopped()))
-            }
-        };
+    let routes = tonic::service::Routes::new(
+        service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(policy_service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES))
+    .add_service(outbound_service.into_server().max_decoding_message_size(MAX_REQUEST_BYTES));
+    let idle = connections.max_connection_idle;
+    let closed = connections_idle_closed;
+    let server: Task = match &workload {
+        None => {
+            let refused = connections_refused.clone();
+            // The same caps and deadlines as TLS (per client, the preface in time);
+            // refusals are logged where they happen.
+            let incoming = PlainIncoming::with_limits(
+                grpc,
+                Arc::new(move |h| {
+                    if let Handshake::Refused { reason, .. } = h {
+                        refused
+                            .get_or_create(&metrics::ReasonLabels { reason: reason.reason() })
+                            .inc();
+                    }
+                }),
+                connections.incoming,
+            );
+            Box::pin(connections::serve(incoming, routes, idle, closed, stopped()))
+        }
+        Some(w) => {
+            let on = on_handshake(metrics, connections_refused);
+            let incoming =
+                TlsIncoming::with_limits(grpc, tls_acceptor(w)?, on, connections.incoming);
+            Box::pin(connections::serve(incoming, routes, idle, closed, stopped()))
+        }
+    };
     // Streams never end by themselves: after the shutdown signal, give proxies a moment to
     // see the GOAWAY, then close what is left.
     let grace = stopped();
-    let served = tokio::select! {
-        r = server => r,
+    tokio::select! {
+        () = server => {}
         () = async move {
             grace.await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => Ok(()),
-    };
+        } => {}
+    }
     info!("stopped");
     admin_task.abort();
     if let Some(elector) = elector {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, elector).await;
     }
-    served.context("gRPC server failed")
+    Ok(())
 }
 
 /// TLS 1.3 with ALPN h2 and the service's current certificate. Client certificates are asked

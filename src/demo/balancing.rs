@@ -175,6 +175,7 @@ pub fn serve_destination(
         policy: Default::default(),
         identity,
         route_status: None,
+        connections: Default::default(),
     };
     tokio::spawn(async move {
         if let Err(e) = weft_destination::run(config, std::future::pending()).await {

@@ -1,10 +1,10 @@
 //! Who may start a handshake: the per-listener caps on connections and handshakes in
-//! progress, and the same caps per client IP address, checked when a connection is accepted.
-//! The slots handed out give their place back when dropped.
+//! progress, and the same caps per client (an IPv4 address, an IPv6 /64), checked when a
+//! connection is accepted. The slots handed out give their place back when dropped.
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -20,7 +20,7 @@ struct Counts {
 struct State {
     total: Counts,
     /// Only clients holding a slot: at most `max_handshakes + max_connections` entries.
-    clients: HashMap<IpAddr, Counts>,
+    clients: HashMap<Client, Counts>,
 }
 
 /// The counts of one listener.
@@ -36,11 +36,36 @@ enum Kind {
     Connection,
 }
 
+/// Who the per-client caps count: an IPv4 address, or the /64 of an IPv6 address. An
+/// IPv6 host (a pod, a VM, an attacker) routinely holds a whole /64 — SLAAC, privacy
+/// addresses and prefix delegation all hand one out — and picks any address in it at will,
+/// so a cap per IPv6 address would be no cap at all; /64 is the smallest prefix one host is
+/// assigned (RFC 7421), the granularity rate limiters such as Envoy's and nginx's group
+/// IPv6 clients by. An IPv4 client of a dual-stack listener (`::ffff:a.b.c.d`) is its IPv4
+/// address, not the /64 that every IPv4 address would share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Client(IpAddr);
+
+impl Client {
+    /// The length of the IPv6 prefix one client is taken to hold.
+    pub(super) const IPV6_PREFIX_LEN: u32 = 64;
+
+    pub(super) fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Client(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX << (128 - Self::IPV6_PREFIX_LEN);
+                Client(IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask)))
+            }
+        }
+    }
+}
+
 /// A place under the caps, for one client, given back when dropped.
 #[derive(Debug)]
 pub(super) struct Slot {
     admission: Arc<Admission>,
-    client: IpAddr,
+    client: Client,
     kind: Kind,
 }
 
@@ -59,11 +84,10 @@ impl Admission {
     }
 
     /// A connection slot (held for the connection's life) and a handshake slot (held until
-    /// it is ready to serve) for a connection from `client`, or why not. The client's own
+    /// it is ready to serve) for a connection from `peer`, or why not. The client's own
     /// caps are checked first, so that a client past its share is named as such.
-    pub(super) fn admit(self: &Arc<Self>, client: IpAddr) -> Result<(Slot, Slot), Refused> {
-        // An IPv4 client of a dual-stack listener shows as `::ffff:a.b.c.d`: the same client.
-        let client = client.to_canonical();
+    pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<(Slot, Slot), Refused> {
+        let client = Client::of(peer);
         let l = &self.limits;
         let mut s = self.lock();
         let mine = s.clients.get(&client).copied().unwrap_or_default();
@@ -127,6 +151,10 @@ mod tests {
 
     use super::*;
 
+    fn v6(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn limits() -> Limits {
         Limits {
             max_connections: 4,
@@ -177,5 +205,59 @@ mod tests {
         let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
         let _held = [adm.admit(A).unwrap(), adm.admit(mapped).unwrap()];
         assert_eq!(adm.admit(mapped).unwrap_err(), Refused::MaxClientConnections);
+    }
+
+    /// Addresses of one IPv6 /64 are one client: another address of the same host (or of
+    /// an attacker holding the prefix) does not get another share.
+    #[test]
+    fn an_ipv6_64_is_one_client() {
+        let adm = Admission::new(limits());
+        // Connection slots only: their handshakes done.
+        let conn = |ip| adm.admit(v6(ip)).map(|(conn, _handshake)| conn);
+        let _held =
+            [conn("2001:db8:1:2::1").unwrap(), conn("2001:db8:1:2:ffff:ffff:ffff:ffff").unwrap()];
+        assert_eq!(conn("2001:db8:1:2:a:b:c:d").unwrap_err(), Refused::MaxClientConnections);
+        assert_eq!(adm.counts(), (2, 0, 1), "one client, not two");
+        // The neighbouring /64s are other clients.
+        let _others =
+            [conn("2001:db8:1:3::1").unwrap(), conn("2001:db8:1:1:ffff:ffff:ffff:ffff").unwrap()];
+        assert_eq!(adm.counts(), (4, 0, 3));
+    }
+
+    #[test]
+    fn ipv6_handshakes_are_capped_per_64() {
+        let limits = Limits { max_connections: 100, max_client_connections: 100, ..limits() };
+        let adm = Admission::new(limits);
+        let _held = [adm.admit(v6("fd00::1")).unwrap(), adm.admit(v6("fd00::2")).unwrap()];
+        assert_eq!(adm.admit(v6("fd00::3")).unwrap_err(), Refused::MaxClientHandshakes);
+        let _other = adm.admit(v6("fd00:0:0:1::3")).unwrap();
+    }
+
+    /// Every IPv4-mapped address lies in `::/64` (`::ffff:0:0/96`); each is still its own
+    /// IPv4 client, not one share for all IPv4 clients of a dual-stack listener.
+    #[test]
+    fn ipv4_mapped_addresses_are_not_grouped_by_64() {
+        let adm = Admission::new(limits());
+        let mapped = |o| IpAddr::V6(Ipv4Addr::new(10, 0, 0, o).to_ipv6_mapped());
+        let conn = |ip| adm.admit(ip).map(|(conn, _handshake)| conn);
+        let _a = [conn(mapped(1)).unwrap(), conn(mapped(1)).unwrap()];
+        let _b = conn(mapped(2)).unwrap();
+        assert_eq!(adm.counts(), (3, 0, 2));
+        // Nor are IPv4 addresses grouped by any prefix.
+        let _c = conn(C).unwrap();
+        assert_eq!(adm.counts(), (4, 0, 3));
+    }
+
+    #[test]
+    fn clients() {
+        let c = |s: &str| Client::of(s.parse().unwrap()).0;
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(c("10.1.2.3"), v4);
+        assert_eq!(c("::ffff:10.1.2.3"), v4);
+        assert_eq!(c("2001:db8:aa:bb:cc:dd:ee:ff"), v6("2001:db8:aa:bb::"));
+        assert_eq!(c("::1"), v6("::"));
+        // IPv4-compatible (deprecated, `::a.b.c.d`) is not mapped: an IPv6 address like any.
+        assert_eq!(c("::10.1.2.3"), v6("::"));
+        assert_eq!(c("fe80::1"), v6("fe80::"));
     }
 }

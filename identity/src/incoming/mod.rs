@@ -10,7 +10,8 @@
 //! So:
 //! - a connection is refused (closed at once, counted with its reason, see [`Refused`])
 //!   when the listener has `max_connections` established or `max_handshakes` in progress,
-//!   or its client IP address has its own, smaller share of either ([`Limits`]). Refusing
+//!   or its client has its own, smaller share of either ([`Limits`]); a client is an IPv4
+//!   address or an IPv6 /64, since one IPv6 host picks any address in its /64. Refusing
 //!   rather than leaving the connection in the listen backlog is what keeps real clients
 //!   from waiting behind silent ones: a refused proxy retries (another replica, later)
 //!   within its backoff, a queued one times out;
@@ -20,8 +21,9 @@
 //!   connection's is allocated before it has proved to be an HTTP/2 client. The preface is
 //!   read here and replayed to tonic, which has no such deadline of its own.
 //!
-//! Idle connections past the preface are the server's to close (see the identity server's
-//! `MAX_CONNECTION_AGE`); the per-client cap bounds how many one address can hold.
+//! Idle connections past the preface are the server's to close (the identity server's
+//! `MAX_CONNECTION_AGE`, the destination server's `--max-connection-idle`); the per-client
+//! cap bounds how many one client can hold.
 
 mod admission;
 #[cfg(test)]
@@ -63,12 +65,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// far above what thousands of proxies reconnecting together need.
 pub const MAX_HANDSHAKES: usize = 512;
 
-/// Most handshakes in progress at once from one client IP address: one client holding
-/// silent sockets can take this many of the `MAX_HANDSHAKES` slots, not all of them. Real
-/// clients that share an address (a node's proxies behind SNAT reconnecting together after
-/// a restart; every client of a test or bench on loopback) hold a slot for milliseconds,
-/// so a burst of hundreds rarely has this many in progress; one refused retries within its
-/// backoff.
+/// Most handshakes in progress at once from one client (an IPv4 address, an IPv6 /64): one
+/// client holding silent sockets can take this many of the `MAX_HANDSHAKES` slots, not all
+/// of them. Real clients that share an address (a node's proxies behind SNAT reconnecting
+/// together after a restart; every client of a test or bench on loopback) hold a slot for
+/// milliseconds, so a burst of hundreds rarely has this many in progress; one refused
+/// retries within its backoff. The default of `--max-client-handshakes`.
 pub const MAX_CLIENT_HANDSHAKES: usize = 128;
 
 /// Most connections established at once, per listener. Each costs a socket, a TLS session
@@ -77,10 +79,11 @@ pub const MAX_CLIENT_HANDSHAKES: usize = 128;
 /// descriptor limit (65 536 in the chart's pods).
 pub const MAX_CONNECTIONS: usize = 8192;
 
-/// Most connections established at once from one client IP address: a proxy holds one, so
-/// this is for the proxies of one node sharing its address through SNAT (110 pods a node by
-/// default, a few hundred where max-pods is raised), with margin; 16 addresses, not one, are
-/// needed to fill `MAX_CONNECTIONS`.
+/// Most connections established at once from one client (an IPv4 address, an IPv6 /64): a
+/// proxy holds one, so this is for the proxies of one node sharing its address through SNAT
+/// (110 pods a node by default, a few hundred where max-pods is raised), with margin; 16
+/// addresses, not one, are needed to fill `MAX_CONNECTIONS`. The default of
+/// `--max-client-connections`.
 pub const MAX_CLIENT_CONNECTIONS: usize = 512;
 
 /// What every HTTP/2 client sends first (RFC 9113 §3.4).
@@ -90,8 +93,9 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// PROTOCOL_ERROR (1).
 const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
-/// The caps and deadlines of one listener; `Default` is the constants above. Tests shorten
-/// the deadlines here.
+/// The caps and deadlines of one listener; `Default` is the constants above. The servers
+/// take the caps from flags of the same names (`--max-connections`, …), checked with
+/// [`Limits::check`]; tests shorten the deadlines here.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
@@ -115,17 +119,64 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses caps that cannot be what was meant: 0 (nothing would ever be served), or a
+    /// client's share larger than the listener's (it would not be a share: one client could
+    /// take every slot). The messages name the flags the servers read the caps from.
+    pub fn check(&self) -> Result<(), LimitsError> {
+        let caps = [
+            ("max-connections", self.max_connections),
+            ("max-client-connections", self.max_client_connections),
+            ("max-handshakes", self.max_handshakes),
+            ("max-client-handshakes", self.max_client_handshakes),
+        ];
+        if let Some((flag, _)) = caps.iter().find(|(_, cap)| *cap == 0) {
+            return Err(LimitsError::Zero(flag));
+        }
+        for [(listener, listener_cap), (client, client_cap)] in
+            [[caps[0], caps[1]], [caps[2], caps[3]]]
+        {
+            if client_cap > listener_cap {
+                return Err(LimitsError::ClientAboveListener {
+                    client,
+                    client_cap,
+                    listener,
+                    listener_cap,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Caps that [`Limits::check`] refuses, named as the servers' flags.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("--{0} must be at least 1: with 0, no connection would ever be served")]
+    Zero(&'static str),
+    #[error(
+        "--{client} ({client_cap}) must not be more than --{listener} ({listener_cap}): it is \
+         one client's share of the listener's cap"
+    )]
+    ClientAboveListener {
+        client: &'static str,
+        client_cap: usize,
+        listener: &'static str,
+        listener_cap: usize,
+    },
+}
+
 /// Why a connection was closed before it was served: the `reason` label of the servers'
 /// `*_connections_refused_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// The listener had `max_connections` established.
     MaxConnections,
-    /// The client's address had `max_client_connections` established.
+    /// The client (its IPv4 address, its IPv6 /64) had `max_client_connections` established.
     MaxClientConnections,
     /// The listener had `max_handshakes` in progress.
     MaxHandshakes,
-    /// The client's address had `max_client_handshakes` in progress.
+    /// The client (its IPv4 address, its IPv6 /64) had `max_client_handshakes` in progress.
     MaxClientHandshakes,
     /// No ClientHello within `client_hello_timeout`.
     ClientHelloTimeout,
@@ -164,20 +215,21 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Refused::MaxConnections => {
-                "the listener has the most connections it serves at once; add replicas if \
-                 this many clients are real"
+                "the listener has the most connections it serves at once; add replicas or \
+                 raise --max-connections if this many clients are real"
             }
             Refused::MaxClientConnections => {
-                "this client address has the most connections one address may hold; if many \
-                 proxies share it (SNAT), spread them over more addresses"
+                "this client address (for IPv6, its /64) has the most connections one client \
+                 may hold; if many proxies share it (SNAT), spread them over more addresses or \
+                 raise --max-client-connections"
             }
             Refused::MaxHandshakes => {
                 "the listener has the most handshakes in progress at once; silent clients hold \
                  them (see client_hello_timeout and preface_timeout refusals), or add replicas"
             }
             Refused::MaxClientHandshakes => {
-                "this client address has the most handshakes in progress one address may have: \
-                 it opens connections faster than it completes them"
+                "this client address (for IPv6, its /64) has the most handshakes in progress \
+                 one client may have: it opens connections faster than it completes them"
             }
             Refused::ClientHelloTimeout => {
                 "no TLS ClientHello in time after connecting: a silent or very slow client"

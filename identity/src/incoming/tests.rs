@@ -336,3 +336,57 @@ async fn plaintext_clients_must_send_the_preface_soon() {
     assert_eq!(seen.take(1).await, [Refused::NotHttp2]);
     assert!(incoming.rx.try_recv().is_err(), "a refused connection reached the server");
 }
+
+/// On a dual-stack listener IPv4 clients show as `::ffff:a.b.c.d`, all in one IPv6 /64:
+/// each is still its own client (its IPv4 address), and one address's sockets still count
+/// together.
+#[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_not_one_64() {
+    let listener = TcpListener::bind("[::]:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let addr = SocketAddr::from((ONE, port));
+    let seen = Seen::default();
+    let (acceptor, _) = tls();
+    let limits = Limits { max_client_handshakes: 1, ..limits() };
+    let _incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+
+    let _silent = connect_from(TWO, addr).await;
+    let again = connect_from(TWO, addr).await;
+    assert!(closed_within(again, Duration::from_secs(5)).await, "not refused");
+    assert_eq!(seen.take(1).await, [Refused::MaxClientHandshakes]);
+    assert!(
+        answered(connect_from([127, 0, 0, 3], addr).await).await,
+        "another IPv4 client refused"
+    );
+    assert!(seen.take(0).await.is_empty());
+}
+
+#[test]
+fn limits_are_checked() {
+    assert_eq!(Limits::default().check(), Ok(()));
+    let equal = Limits { max_client_connections: 8192, max_client_handshakes: 512, ..limits() };
+    assert_eq!(equal.check(), Ok(()));
+    let zero = |l: Limits| l.check().unwrap_err().to_string();
+    for (limits, flag) in [
+        (Limits { max_connections: 0, ..limits() }, "--max-connections "),
+        (Limits { max_client_connections: 0, ..limits() }, "--max-client-connections "),
+        (Limits { max_handshakes: 0, ..limits() }, "--max-handshakes "),
+        (Limits { max_client_handshakes: 0, ..limits() }, "--max-client-handshakes "),
+    ] {
+        let e = zero(limits);
+        assert!(e.starts_with(flag) && e.contains("at least 1"), "{e}");
+    }
+    let e = Limits { max_client_connections: 8193, ..limits() }.check().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--max-client-connections (8193) must not be more than --max-connections (8192): it is \
+         one client's share of the listener's cap"
+    );
+    let e = Limits { max_handshakes: 64, ..limits() }.check().unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "--max-client-handshakes (128) must not be more than --max-handshakes (64)"
+        ),
+        "{e}"
+    );
+}
