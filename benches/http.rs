@@ -11,8 +11,9 @@
 //!   pair with `--outbound-http2-upgrade-targets '*'` (HTTP/2 with `l5d-orig-proto` between
 //!   the proxies, HTTP/1.1 again to the backend); a haproxy pair (`mode http`, `nbthread 1`,
 //!   `http-reuse always`); an nginx pair (one process each, keep-alive upstreams);
-//! - HTTP/2 (prior knowledge): direct; the weft pair; a haproxy pair with h2 on both sides
-//!   (nginx cannot proxy HTTP/2 to its upstream, so it has no HTTP/2 pair here);
+//! - HTTP/2 (prior knowledge): direct; the weft pair; a haproxy pair with h2 on both sides;
+//!   an nginx pair taking HTTP/2 from the client (`listen ... http2`) and, as nginx cannot
+//!   proxy HTTP/2 to its upstream, HTTP/1.1 keep-alive from A to B and to the backend;
 //! - both: a pair of minimal relays (`common/relay.rs`: accept, connect, copy bytes), the
 //!   floor of any userspace hop on this machine; it does not parse HTTP, so each client
 //!   connection keeps its own connection to the backend.
@@ -196,9 +197,10 @@ fn main() -> anyhow::Result<()> {
             let pair = procs::haproxy_pair_with(backend, dir, &format!("{tag} haproxy"), config)?;
             scenarios.push(through("haproxy", "haproxy pair", pair));
         }
-        if h1 && nginx && cfg.knobs.wants("nginx") {
-            let pair = baselines::nginx_pair(backend, dir, "h1 nginx")?;
-            scenarios.push(through("nginx", "nginx pair", pair));
+        if nginx && cfg.knobs.wants("nginx") {
+            let pair = baselines::nginx_pair(backend, dir, &format!("{tag} nginx"), proto)?;
+            let name = if h1 { "nginx pair" } else { "nginx pair (HTTP/1.1 from A on)" };
+            scenarios.push(through("nginx", name, pair));
         }
     }
 

@@ -32,21 +32,30 @@ pub fn nginx_installed() -> bool {
 
 const NGINX: &str = "/usr/sbin/nginx";
 
-/// An nginx pair for HTTP/1.1: one process each (`master_process off`, so the process
-/// measured is the one serving), keep-alive to clients and to a keep-alive upstream.
-pub fn nginx_pair(backend: SocketAddr, dir: &Path, tag: &str) -> anyhow::Result<Pair> {
+/// An nginx pair: one process each (`master_process off`, so the process measured is the
+/// one serving), keep-alive to clients and to a keep-alive upstream. nginx proxies only
+/// HTTP/1.1 to its upstream, so with `Proto::H2` only A's clients speak HTTP/2 (prior
+/// knowledge, `listen ... http2`); A → B → backend is HTTP/1.1 keep-alive.
+pub fn nginx_pair(
+    backend: SocketAddr,
+    dir: &Path,
+    tag: &str,
+    front: Proto,
+) -> anyhow::Result<Pair> {
     procs::listening_pair(backend, |name, listen, to| {
         let stem = format!("{}-{name}", tag.replace(' ', "-"));
         let conf = dir.join(format!("{stem}.conf"));
-        fs::write(&conf, nginx_config(listen, to, &dir.join(&stem)))?;
+        let h2 = front == Proto::H2 && name == "A";
+        fs::write(&conf, nginx_config(listen, h2, to, &dir.join(&stem)))?;
         let mut cmd = Command::new(NGINX);
         cmd.arg("-e").arg("stderr").arg("-c").arg(&conf).args(["-g", "daemon off;"]);
         Proc::spawn(&mut cmd, format!("{tag} {name}"), dir)
     })
 }
 
-fn nginx_config(listen: SocketAddr, to: SocketAddr, stem: &Path) -> String {
+fn nginx_config(listen: SocketAddr, h2: bool, to: SocketAddr, stem: &Path) -> String {
     let s = stem.display();
+    let http2 = if h2 { " http2" } else { "" };
     // keepalive_requests: nginx closes a keep-alive connection after 1 000 requests by
     // default, which would make it reconnect every half second at 2 000 req/s.
     format!(
@@ -56,7 +65,7 @@ fn nginx_config(listen: SocketAddr, to: SocketAddr, stem: &Path) -> String {
          fastcgi_temp_path {s}-fastcgi;\n  uwsgi_temp_path {s}-uwsgi;\n  scgi_temp_path {s}-scgi;\n  \
          keepalive_timeout 300s;\n  keepalive_requests 1000000000;\n  \
          upstream up {{ server {to}; keepalive 64; keepalive_requests 1000000000; keepalive_timeout 300s; }}\n  \
-         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n      \
+         server {{\n    listen {listen}{http2};\n    location / {{\n      proxy_pass http://up;\n      \
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
     )
 }
