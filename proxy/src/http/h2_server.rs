@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::{
@@ -149,9 +149,10 @@ fn accept<S, F>(
         let body = RequestBody { body: Some(H2Body::request(recv)), leftover: slot };
         (body.map_err(BodyError::H2).boxed_unsync(), None)
     };
+    let head_request = parts.method == Method::HEAD;
     let rsp = handle(Request::from_parts(parts, body));
     tokio::spawn(async move {
-        answer(respond, rsp, tunnel).await;
+        answer(respond, rsp, tunnel, head_request).await;
         // The proxy answered without reading the whole request (a refusal, an injected
         // failure, an upstream that answered early): the rest is read, so that a client
         // still sending a short body gets no reset.
@@ -199,11 +200,13 @@ where
 }
 
 /// Answers one stream: waits for the response (giving the request up if the client resets
-/// the stream first), sends its head, then its body.
+/// the stream first), sends its head, then its body — none for a response that has no
+/// content (RFC 9110 §6.4.1: to HEAD, a 204 or a 304), whatever the upstream sent.
 async fn answer(
     mut respond: h2::server::SendResponse<Bytes>,
     rsp: impl Future<Output = Response<RspBody>>,
     tunnel: Option<(h2::RecvStream, oneshot::Sender<H2Io>)>,
+    head_request: bool,
 ) {
     let rsp = tokio::select! {
         biased;
@@ -232,7 +235,14 @@ async fn answer(
         }
         return;
     }
-    let eos = body.is_end_stream();
+    let no_content = head_request
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED;
+    if head.status == StatusCode::NO_CONTENT {
+        // Never sent with a 204 (RFC 9110 §8.6).
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    let eos = no_content || body.is_end_stream();
     if !eos
         && !head.headers.contains_key(header::CONTENT_LENGTH)
         && let Some(len) = body.size_hint().exact()
@@ -243,6 +253,7 @@ async fn answer(
         Ok(send) if !eos => {
             pump(body, send, reset_reason).await;
         }
+        Ok(_) if no_content => body.end_without_content(),
         Ok(_) => {}
         Err(e) => debug!(error = %e, "sending the response head failed"),
     }
@@ -504,6 +515,49 @@ mod tests {
         assert_eq!(rsp.headers()[header::CONTENT_LENGTH], "5");
         let mut body = rsp.into_body();
         assert_eq!(body.data().await.expect("data").expect("data"), "hello");
+    }
+
+    /// Answers every request with `status`, a `content-length: 5` and "hello", content or
+    /// not; returns the response the h2 client got to `method`, and its body's data.
+    async fn no_content(method: Method, status: StatusCode) -> (Response<()>, Option<Bytes>) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let answer = move |_| {
+            let body = Full::new(Bytes::from_static(b"hello")).map_err(|never| match never {});
+            let mut rsp = Response::new(RspBody::other(body));
+            *rsp.status_mut() = status;
+            rsp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(5));
+            std::future::ready(rsp)
+        };
+        tokio::spawn(Server::new(server_io, &config(), Activity::new(), answer));
+        let (tx, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(async move { conn.await.expect("client connection") });
+        let mut tx = tx.ready().await.expect("the connection is open");
+        let req = Request::builder().method(&method).uri("http://svc.test/").body(());
+        let req = req.expect("request");
+        let (rsp, _) = tx.send_request(req, true).expect("send");
+        let rsp = rsp.await.expect("response");
+        let (head, mut body) = rsp.into_parts();
+        // Without content, the end of the stream came with the head: no DATA frame follows.
+        let no_content = method == Method::HEAD || status != StatusCode::OK;
+        assert_eq!(body.is_end_stream(), no_content, "{method} {status}");
+        let data = body.data().await.transpose().expect("no error");
+        (Response::from_parts(head, ()), data)
+    }
+
+    #[tokio::test]
+    async fn responses_without_content_get_no_body() {
+        let (rsp, data) = no_content(Method::HEAD, StatusCode::OK).await;
+        assert_eq!((rsp.status(), data), (StatusCode::OK, None));
+        // To HEAD, the length of what a GET would get.
+        assert_eq!(rsp.headers()[header::CONTENT_LENGTH], "5");
+        let (rsp, data) = no_content(Method::GET, StatusCode::NOT_MODIFIED).await;
+        assert_eq!((rsp.status(), data), (StatusCode::NOT_MODIFIED, None));
+        let (rsp, data) = no_content(Method::GET, StatusCode::NO_CONTENT).await;
+        assert_eq!((rsp.status(), data), (StatusCode::NO_CONTENT, None));
+        assert!(!rsp.headers().contains_key(header::CONTENT_LENGTH), "{:?}", rsp.headers());
+        // Anything else keeps its body.
+        let (rsp, data) = no_content(Method::GET, StatusCode::OK).await;
+        assert_eq!((rsp.status(), data.as_deref()), (StatusCode::OK, Some(&b"hello"[..])));
     }
 
     /// A response body that never has data; says when it is dropped.

@@ -498,6 +498,16 @@ impl<B> MeteredBody<B> {
     }
 }
 
+impl<B> MeteredBody<B> {
+    /// Ends the response without its body, which it cannot have (to HEAD, a 204, a 304):
+    /// counted as complete, not as cut.
+    pub fn end_without_content(mut self) {
+        if let Some(done) = self.done.take() {
+            done.finish(None, false, 0);
+        }
+    }
+}
+
 impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away or the stream was reset.

@@ -65,6 +65,17 @@ impl RspBody {
     }
 }
 
+impl RspBody {
+    /// Ends a response that cannot have content (to HEAD, a 204, a 304) without reading
+    /// its body; an HTTP/2 upstream's stream is reset (CANCEL) if it had more to send.
+    fn end_without_content(self) {
+        match self {
+            RspBody::Upstream(b) => b.end_without_content(),
+            RspBody::Other(_) => {}
+        }
+    }
+}
+
 impl Body for RspBody {
     type Data = Bytes;
     type Error = pool::BodyError;
