@@ -148,6 +148,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PROXY_HTTP_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http_response_header_timeout: Duration,
 
+    /// Longest wait for the next part of an upstream's response body once its headers
+    /// came: then the response is cut (HTTP/2 clients get a reset stream, HTTP/1 clients a
+    /// closed connection) and counted as `error="stream_idle_timeout"` (`0s`: no limit).
+    #[arg(long, env = "WEFT_PROXY_HTTP_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub http_stream_idle_timeout: Duration,
+
     /// A client's HTTP connection with no request in flight this long is closed: HTTP/2
     /// gracefully (GOAWAY), HTTP/1 between requests (for HTTP/1 it also bounds the wait for
     /// a request's headers). Not `0s`: an idle client always gives its slot back.

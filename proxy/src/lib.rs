@@ -331,6 +331,7 @@ impl BoundProxy {
                 http: http::Http {
                     config: http::HttpConfig {
                         response_header_timeout: args.http_response_header_timeout,
+                        stream_idle_timeout: args.http_stream_idle_timeout,
                         idle_timeout: args.http_idle_timeout,
                         max_header_bytes: args.http_max_header_bytes as usize,
                         h2_max_concurrent_streams: args.http2_max_concurrent_streams,

@@ -700,3 +700,131 @@ fn streams_an_http2_upstream_refused_unprocessed_are_sent_again() {
         "{m}"
     );
 }
+
+/// How the stalling backends below answer: a head and a first piece of the body; then,
+/// for `/stall`, nothing more (the connection stays up, and an HTTP/2 one answers pings),
+/// for `/drip`, ten more pieces 400 ms apart and the end.
+const PIECE: &[u8] = b"piece\n";
+const DRIPS: usize = 10;
+const DRIP_EVERY: Duration = Duration::from_millis(400);
+
+/// The stalling backend in HTTP/1.1 (chunked), a thread per connection.
+fn stalling_h1_server() -> SocketAddr {
+    let listener = local_listener();
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let drip = line.starts_with("GET /drip ");
+                    // The rest of the head.
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {}
+                    let chunk = |data: &[u8]| {
+                        let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+                        c.extend_from_slice(data);
+                        c.extend_from_slice(b"\r\n");
+                        c
+                    };
+                    let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let _ = conn.write_all(&[&head[..], &chunk(PIECE)].concat());
+                    if !drip {
+                        // Held, never ended, until the client goes.
+                        let _ = reader.read_to_end(&mut Vec::new());
+                        return;
+                    }
+                    for _ in 0..DRIPS {
+                        std::thread::sleep(DRIP_EVERY);
+                        let _ = conn.write_all(&chunk(PIECE));
+                    }
+                    let _ = conn.write_all(b"0\r\n\r\n");
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The stalling backend in HTTP/2.
+fn stalling_h2_server() -> SocketAddr {
+    let listener = local_listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((io, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(io).await else { return };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let Ok(mut body) = respond.send_response(Default::default(), false) else {
+                            continue;
+                        };
+                        let piece = bytes::Bytes::from_static(PIECE);
+                        let _ = body.send_data(piece.clone(), false);
+                        let drip = req.uri().path() == "/drip";
+                        tokio::spawn(async move {
+                            if !drip {
+                                // Held, never ended, until the client goes.
+                                let _ = std::future::poll_fn(|cx| body.poll_reset(cx)).await;
+                                return;
+                            }
+                            for _ in 0..DRIPS {
+                                tokio::time::sleep(DRIP_EVERY).await;
+                                let _ = body.send_data(piece.clone(), false);
+                            }
+                            let _ = body.send_data(bytes::Bytes::new(), true);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+#[test]
+fn a_response_body_the_upstream_stalls_is_cut_after_the_stream_idle_timeout() {
+    for h2 in [false, true] {
+        let backend = if h2 { stalling_h2_server() } else { stalling_h1_server() };
+        let backend = backend.to_string();
+        // Only the client-side proxy has the short timeout, so that it is the one that cuts.
+        let server = Proxy::start(&["--inbound-orig-dst-addr", &backend]);
+        let inbound = server.inbound.to_string();
+        let client = Proxy::start(&[
+            "--outbound-orig-dst-addr",
+            &inbound,
+            "--http-stream-idle-timeout",
+            "1s",
+        ]);
+        let curl = |path: &str| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "-m", "30"]);
+            cmd.arg(if h2 { "--http2-prior-knowledge" } else { "--http1.1" });
+            let out = cmd.arg(format!("http://{}{path}", client.outbound)).output().expect("curl");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), err)
+        };
+        // A body whose pieces come more often than the timeout, for longer, is whole.
+        let (code, body, err) = curl("/drip");
+        assert_eq!(code, Some(0), "h2 {h2}: {err}");
+        assert_eq!(body, "piece\n".repeat(DRIPS + 1), "h2 {h2}");
+        // A stalled one is cut: curl fails, and not on its own 30 s limit (28).
+        let (code, body, err) = curl("/stall");
+        assert!(!matches!(code, Some(0) | Some(28)), "h2 {h2}: {code:?} {err}");
+        assert_eq!(body, "piece\n", "h2 {h2}: what came before the stall is passed on");
+        let m = client.metrics();
+        let errors = |e: &str| metric(&m, "outbound_http_errors_total", &[("error", e)]);
+        assert_eq!(errors("stream_idle_timeout"), 1.0, "h2 {h2}: {m}");
+        for (class, n) in [("success", 1.0), ("failure", 1.0)] {
+            let labels = [("direction", "outbound"), ("classification", class)];
+            assert_eq!(metric(&m, "response_total", &labels), n, "h2 {h2}: {m}");
+        }
+    }
+}

@@ -334,7 +334,7 @@ fn reset_reason(e: &BodyError) -> h2::Reason {
             Some(h2::Reason::NO_ERROR) | None => h2::Reason::INTERNAL_ERROR,
             Some(reason) => reason,
         },
-        BodyError::H1(_) => h2::Reason::INTERNAL_ERROR,
+        BodyError::H1(_) | BodyError::StreamIdle(_) => h2::Reason::INTERNAL_ERROR,
     }
 }
 
@@ -460,6 +460,7 @@ mod tests {
     fn config() -> HttpConfig {
         HttpConfig {
             response_header_timeout: Duration::ZERO,
+            stream_idle_timeout: Duration::ZERO,
             idle_timeout: Duration::from_secs(3600),
             max_header_bytes: 16 * 1024,
             h2_max_concurrent_streams: 100,

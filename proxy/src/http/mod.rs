@@ -15,6 +15,7 @@ pub mod retry;
 pub mod route_metrics;
 #[cfg(test)]
 mod socket_tests;
+pub mod stream_idle;
 
 use std::{
     convert::Infallible,
@@ -48,10 +49,14 @@ use crate::{
 pub use pool::{Pool, PoolConfig};
 
 /// A response body as the proxy sends it to its client.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the large variant is the common one; boxing it would allocate per request"
+)]
 pub(crate) enum RspBody {
     /// An upstream's, counted when it ends: every proxied response has one, so it is not
     /// boxed (an allocation per request less).
-    Upstream(metrics::MeteredBody<pool::UpstreamBody>),
+    Upstream(metrics::MeteredBody<stream_idle::StreamIdle>),
     /// Any other, such as the proxy's own answers (counted too).
     Other(UnsyncBoxBody<Bytes, pool::BodyError>),
 }
@@ -117,6 +122,8 @@ pub const PROXY_ERROR: &str = "l5d-proxy-error";
 pub struct HttpConfig {
     /// Longest wait for an upstream's response headers (none when zero).
     pub response_header_timeout: Duration,
+    /// Longest wait for the next frame of an upstream's response body (none when zero).
+    pub stream_idle_timeout: Duration,
     /// A client connection with nothing in flight this long is closed (see `serve`).
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
@@ -749,7 +756,12 @@ impl Reply<'_> {
                     access: self.take_access(),
                     rt: self.rt_done(status),
                 };
-                return rsp.map(|b| RspBody::Upstream(metrics::MeteredBody::new(b, done)));
+                let timeout = self.side.http.config.stream_idle_timeout;
+                let direction = self.side.direction;
+                return rsp.map(|b| {
+                    let b = stream_idle::StreamIdle::new(b, timeout, metrics, direction);
+                    RspBody::Upstream(metrics::MeteredBody::new(b, done))
+                });
             }
         };
         self.finish(route, rsp)

@@ -112,6 +112,9 @@ pub enum BodyError {
     H1(#[from] hyper::Error),
     #[error(transparent)]
     H2(#[from] h2::Error),
+    /// The upstream sent nothing more of its response for the stream idle timeout.
+    #[error("the upstream sent nothing more of its response for {0:?} (stream idle timeout)")]
+    StreamIdle(std::time::Duration),
 }
 
 impl Body for UpstreamBody {
