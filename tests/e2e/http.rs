@@ -828,3 +828,19 @@ fn a_response_body_the_upstream_stalls_is_cut_after_the_stream_idle_timeout() {
         }
     }
 }
+
+#[test]
+fn an_http2_header_value_padded_with_whitespace_is_a_bad_request() {
+    let backend = http_server(local_listener());
+    let (client, server) = pair(backend, &[]);
+    // Python's h2, told not to check or trim what it sends.
+    let (ok, out, err) = Py::client("h2-padded-header", &client.outbound.to_string());
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "status=400", "{err}");
+    let m = client.metrics();
+    let errors = |e: &str| metric(&m, "outbound_http_errors_total", &[("error", e)]);
+    assert_eq!(errors("bad_request"), 1.0, "{m}");
+    // Not forwarded.
+    let m = server.metrics();
+    assert_eq!(metric(&m, "request_total", &[("direction", "inbound")]), 0.0, "{m}");
+}

@@ -531,6 +531,8 @@ enum BadHead {
     Asterisk,
     #[error("transfer coding {0:?} is not supported: only chunked is (RFC 9112 §6.1)")]
     TransferCoding(String),
+    #[error("the value of header {0:?} starts or ends with whitespace (RFC 9113 §8.2.1)")]
+    FieldWhitespace(HeaderName),
 }
 
 impl BadHead {
@@ -552,7 +554,10 @@ impl BadHead {
 ///   so that `Connection` cannot name them — except, on an upgrade, `Upgrade` and
 ///   `Connection: upgrade`; an `Upgrade` that `Connection` does not name, or to `h2c`
 ///   (RFC 9113 §3.1), is no upgrade, and is dropped;
-/// - `l5d-orig-proto` dropped from HTTP/1: only a peer proxy's HTTP/2 carries it.
+/// - `l5d-orig-proto` dropped from HTTP/1: only a peer proxy's HTTP/2 carries it;
+/// - HTTP/2 field values: none starts or ends with whitespace (RFC 9113 §8.2.1 makes such
+///   a request malformed, for an intermediary not to forward; the h2 crate lets it by, and
+///   HTTP/1 parsers trim it).
 fn check_head<B>(req: &mut Request<B>) -> Result<(), BadHead> {
     if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(BadHead::UserInfo);
@@ -561,6 +566,13 @@ fn check_head<B>(req: &mut Request<B>) -> Result<(), BadHead> {
         return Err(BadHead::Asterisk);
     }
     if req.version() == Version::HTTP_2 {
+        let padded = |v: &HeaderValue| {
+            let b = v.as_bytes();
+            [b.first(), b.last()].into_iter().flatten().any(|&c| c == b' ' || c == b'\t')
+        };
+        if let Some((name, _)) = req.headers().iter().find(|(_, v)| padded(v)) {
+            return Err(BadHead::FieldWhitespace(name.clone()));
+        }
         h2_authority(req)?;
     } else {
         h1_host(req)?;
@@ -1190,6 +1202,22 @@ mod tests {
         .expect("uri");
         assert_eq!(check_head(&mut r), Err(BadHead::Asterisk));
         *r.method_mut() = Method::OPTIONS;
+        assert_eq!(check_head(&mut r), Ok(()));
+    }
+
+    #[test]
+    fn http2_field_values_padded_with_whitespace_are_malformed() {
+        let x = HeaderName::from_static("x-a");
+        for v in [" v", "v ", "\tv", "v\t", " "] {
+            let mut r = head(Version::HTTP_2, "http://a.test/", &[("x-a", v)]);
+            assert_eq!(check_head(&mut r), Err(BadHead::FieldWhitespace(x.clone())), "{v:?}");
+        }
+        for v in ["v", "a b", "", "a\tb"] {
+            let mut r = head(Version::HTTP_2, "http://a.test/", &[("x-a", v)]);
+            assert_eq!(check_head(&mut r), Ok(()), "{v:?}");
+        }
+        // HTTP/1 parsers trim it (RFC 9112 §5.1): hyper gives no such value to check.
+        let mut r = head(Version::HTTP_11, "/", &[("host", "a.test"), ("x-a", " v")]);
         assert_eq!(check_head(&mut r), Ok(()));
     }
 

@@ -6,13 +6,14 @@ usage: peers.py grpc-server PORT | grpc-client HOST:PORT | grpc-call HOST:PORT /
               | grpc-calls HOST:PORT /SERVICE/METHOD N [NAME=VALUE ...]
               | ws-server PORT | ws-client URL
               | h2-settings HOST:PORT | h2-rapid-reset HOST:PORT | h2-continuation-flood HOST:PORT
-              | h2-tunnel HOST:PORT AUTHORITY
+              | h2-tunnel HOST:PORT AUTHORITY | h2-padded-header HOST:PORT
 Servers print "ready" once listening; clients print "ok" and exit 0 on success (grpc-call
 prints the call's status code name, e.g. OK or PERMISSION_DENIED, and the details; grpc-calls
 makes N calls and prints one JSON line: how many ended how, and the last reply and the last
 error's metadata); h2-tunnel opens a CONNECT stream to AUTHORITY, sends bytes through it
 and prints the status and what came back; the raw HTTP/2 abuse clients print what they
-observed. The server's
+observed; h2-padded-header sends a GET whose header value starts with a space (malformed,
+RFC 9113 section 8.2.1) and prints "status=S" or "reset=CODE". The server's
 Metadata method answers with the metadata its call arrived with, as JSON.
 """
 import asyncio
@@ -256,6 +257,37 @@ def h2_tunnel(addr, authority):
     print(f"status={status} echo={echo.hex()} sent={int(sent)} ended={int(ended)}")
 
 
+def h2_padded_header(addr):
+    """A GET with `x-a: " v"`, sent as is (the library would refuse or trim it)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    config = h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a.test")]
+    conn.send_headers(1, request + [("x-a", " v")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    while True:
+        data = s.recv(65536)
+        if not data:
+            print("closed")
+            return
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                print(f"status={dict(event.headers)[b':status'].decode()}")
+                return
+            if isinstance(event, h2.events.StreamReset):
+                print(f"reset={int(event.error_code)}")
+                return
+        s.sendall(conn.data_to_send())
+
+
 COMMANDS = {
     "grpc-server": grpc_server,
     "grpc-client": grpc_client,
@@ -267,6 +299,7 @@ COMMANDS = {
     "h2-rapid-reset": h2_rapid_reset,
     "h2-continuation-flood": h2_continuation_flood,
     "h2-tunnel": h2_tunnel,
+    "h2-padded-header": h2_padded_header,
 }
 
 if __name__ == "__main__":
