@@ -292,81 +292,26 @@ pub fn run(args: DestinationArgs) -> anyhow::Result<()> {
     rt.block_on(weft_destination::run(config, crate::cli::shutdown_signal()))
 }
 
-/// The connection caps' flags: their env vars, defaults (the listener's constants), and the
-/// startup errors for caps that cannot be meant, each naming its flag.
+/// The connection caps' flags (see `cli::connection_flags`).
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod connection_flags {
-    use clap::{CommandFactory as _, Parser};
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: DestinationArgs,
-    }
-
-    fn parse(flags: &[&str]) -> DestinationArgs {
-        Cmd::try_parse_from([&["weft"], flags].concat()).unwrap().args
-    }
+    use crate::cli::connection_flags::{check_env_and_defaults, check_refusals, parse};
 
     #[test]
-    fn env_vars_and_defaults() {
-        let cmd = Cmd::command();
-        for (id, env) in [
-            ("max_connections", "WEFT_DESTINATION_MAX_CONNECTIONS"),
-            ("max_client_connections", "WEFT_DESTINATION_MAX_CLIENT_CONNECTIONS"),
-            ("max_handshakes", "WEFT_DESTINATION_MAX_HANDSHAKES"),
-            ("max_client_handshakes", "WEFT_DESTINATION_MAX_CLIENT_HANDSHAKES"),
-            ("max_connection_idle", "WEFT_DESTINATION_MAX_CONNECTION_IDLE"),
-        ] {
-            let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
-            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
-        }
-        let a = parse(&[]);
-        let caps = (
-            a.max_connections,
-            a.max_client_connections,
-            a.max_handshakes,
-            a.max_client_handshakes,
-        );
-        assert_eq!(caps, (8192, 512, 512, 128));
-        assert_eq!(
-            caps,
-            (
-                incoming::MAX_CONNECTIONS,
-                incoming::MAX_CLIENT_CONNECTIONS,
-                incoming::MAX_HANDSHAKES,
-                incoming::MAX_CLIENT_HANDSHAKES
-            )
-        );
-    }
-
-    #[test]
-    fn caps_that_cannot_be_meant_stop_the_start() {
-        for (flags, error) in [
-            (["--max-connections", "0"], "--max-connections must be at least 1"),
-            (["--max-client-connections", "0"], "--max-client-connections must be at least 1"),
-            (["--max-handshakes", "0"], "--max-handshakes must be at least 1"),
-            (["--max-client-handshakes", "0"], "--max-client-handshakes must be at least 1"),
-            (
-                ["--max-client-connections", "9000"],
-                "--max-client-connections (9000) must not be more than --max-connections (8192)",
-            ),
-            (
-                ["--max-handshakes", "100"],
-                "--max-client-handshakes (128) must not be more than --max-handshakes (100)",
-            ),
-        ] {
-            // Refused before anything is started (logging, a runtime, a listener).
-            let e = run(parse(&flags)).unwrap_err().to_string();
-            assert!(e.starts_with(error), "{flags:?}: {e}");
-        }
-        let e = run(parse(&["--max-connection-idle", "0s"])).unwrap_err().to_string();
-        assert_eq!(e, "--max-connection-idle must be more than 0");
-        assert_eq!(parse(&[]).max_connection_idle, std::time::Duration::from_secs(600));
-        let a = parse(&["--max-connections", "100", "--max-client-connections", "100"]);
+    fn env_vars_defaults_and_refusals() {
+        check_env_and_defaults::<DestinationArgs>("WEFT_DESTINATION");
+        check_refusals(run);
+        let a: DestinationArgs =
+            parse(&["--max-connections", "100", "--max-client-connections", "100"]);
         assert_eq!((a.max_connections, a.max_client_connections), (100, 100));
+        let idle = "WEFT_DESTINATION_MAX_CONNECTION_IDLE";
+        let cmd = <DestinationArgs as clap::Args>::augment_args(clap::Command::new("weft"));
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "max_connection_idle");
+        assert_eq!(arg.and_then(|a| a.get_env()).and_then(|e| e.to_str()), Some(idle));
+        let a: DestinationArgs = parse(&[]);
+        assert_eq!(a.max_connection_idle, std::time::Duration::from_secs(600));
+        let e = run(parse(&["--max-connection-idle", "0s"])).expect_err("refused").to_string();
+        assert_eq!(e, "--max-connection-idle must be more than 0");
     }
 }

@@ -603,9 +603,11 @@ fn a_malformed_request_body_is_the_clients_error_not_the_upstreams() {
     }
 }
 
-/// An HTTP/2 backend that answers every stream with a head, half a JSON body, and then
-/// RST_STREAM(NO_ERROR) instead of END_STREAM.
-fn cutting_h2_server() -> SocketAddr {
+/// An HTTP/2 backend on its own thread that answers every stream with a head (200) and
+/// hands the stream's request and body to `then`, which sends the rest on a task of its own.
+fn h2_backend(
+    then: impl Fn(http::Request<h2::RecvStream>, h2::SendStream<bytes::Bytes>) + Copy + Send + 'static,
+) -> SocketAddr {
     let listener = local_listener();
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
@@ -616,23 +618,29 @@ fn cutting_h2_server() -> SocketAddr {
             while let Ok((io, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(io).await else { return };
-                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                        let Ok(mut body) = respond.send_response(Default::default(), false) else {
-                            continue;
-                        };
-                        let _ =
-                            body.send_data(bytes::Bytes::from_static(b"{\"items\":[1,2,"), false);
-                        tokio::spawn(async move {
-                            // Once the data is out: a reset drops what is still queued.
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            body.send_reset(h2::Reason::NO_ERROR);
-                        });
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        if let Ok(body) = respond.send_response(Default::default(), false) {
+                            then(req, body);
+                        }
                     }
                 });
             }
         });
     });
     addr
+}
+
+/// An HTTP/2 backend that answers every stream with a head, half a JSON body, and then
+/// RST_STREAM(NO_ERROR) instead of END_STREAM.
+fn cutting_h2_server() -> SocketAddr {
+    h2_backend(|_, mut body| {
+        let _ = body.send_data(bytes::Bytes::from_static(b"{\"items\":[1,2,"), false);
+        tokio::spawn(async move {
+            // Once the data is out: a reset drops what is still queued.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            body.send_reset(h2::Reason::NO_ERROR);
+        });
+    })
 }
 
 #[test]
@@ -752,41 +760,23 @@ fn stalling_h1_server() -> SocketAddr {
 
 /// The stalling backend in HTTP/2.
 fn stalling_h2_server() -> SocketAddr {
-    let listener = local_listener();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            while let Ok((io, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(io).await else { return };
-                    while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        let Ok(mut body) = respond.send_response(Default::default(), false) else {
-                            continue;
-                        };
-                        let piece = bytes::Bytes::from_static(PIECE);
-                        let _ = body.send_data(piece.clone(), false);
-                        let drip = req.uri().path() == "/drip";
-                        tokio::spawn(async move {
-                            if !drip {
-                                // Held, never ended, until the client goes.
-                                let _ = std::future::poll_fn(|cx| body.poll_reset(cx)).await;
-                                return;
-                            }
-                            for _ in 0..DRIPS {
-                                tokio::time::sleep(DRIP_EVERY).await;
-                                let _ = body.send_data(piece.clone(), false);
-                            }
-                            let _ = body.send_data(bytes::Bytes::new(), true);
-                        });
-                    }
-                });
+    h2_backend(|req, mut body| {
+        let piece = bytes::Bytes::from_static(PIECE);
+        let _ = body.send_data(piece.clone(), false);
+        let drip = req.uri().path() == "/drip";
+        tokio::spawn(async move {
+            if !drip {
+                // Held, never ended, until the client goes.
+                let _ = std::future::poll_fn(|cx| body.poll_reset(cx)).await;
+                return;
             }
+            for _ in 0..DRIPS {
+                tokio::time::sleep(DRIP_EVERY).await;
+                let _ = body.send_data(piece.clone(), false);
+            }
+            let _ = body.send_data(bytes::Bytes::new(), true);
         });
-    });
-    addr
+    })
 }
 
 #[test]
