@@ -253,7 +253,7 @@ pub async fn run(
             let refused = connections_refused.clone();
             // The same caps and deadlines as TLS (per client, the preface in time);
             // refusals are logged where they happen.
-            let incoming = PlainIncoming::with_limits(
+            let incoming = PlainIncoming::new(
                 grpc,
                 Arc::new(move |h| {
                     if let Handshake::Refused { reason, .. } = h {
@@ -268,8 +268,7 @@ pub async fn run(
         }
         Some(w) => {
             let on = on_handshake(metrics, connections_refused);
-            let incoming =
-                TlsIncoming::with_limits(grpc, tls_acceptor(w)?, on, connections.incoming);
+            let incoming = TlsIncoming::new(grpc, tls_acceptor(w)?, on, connections.incoming);
             Box::pin(connections::serve(incoming, routes, idle, closed, stopped()))
         }
     };

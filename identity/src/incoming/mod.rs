@@ -277,19 +277,33 @@ pub enum Handshake<'a> {
 /// Called once per accepted connection (and per failed accept).
 pub type OnHandshake = Arc<dyn Fn(Handshake<'_>) + Send + Sync>;
 
-/// The stream of TLS connections of one listener; the accept task ends when it is dropped.
-pub struct TlsIncoming {
-    rx: mpsc::Receiver<io::Result<TlsConn>>,
+/// The stream of the established connections (`TlsConn`, `PlainConn`) of one listener;
+/// the accept task ends when it is dropped.
+pub struct Incoming<C> {
+    rx: mpsc::Receiver<io::Result<C>>,
     task: JoinHandle<()>,
 }
 
-impl TlsIncoming {
-    /// Accepts on `listener` (on the current tokio runtime) with `acceptor`.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, on_handshake: OnHandshake) -> Self {
-        Self::with_limits(listener, acceptor, on_handshake, Limits::default())
+impl<C> Drop for Incoming<C> {
+    fn drop(&mut self) {
+        self.task.abort();
     }
+}
 
-    pub fn with_limits(
+impl<C> Stream for Incoming<C> {
+    type Item = io::Result<C>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// TLS connections.
+pub type TlsIncoming = Incoming<TlsConn>;
+
+impl TlsIncoming {
+    /// Accepts on `listener` (on the current tokio runtime) with `acceptor`, under `limits`.
+    pub fn new(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         on_handshake: OnHandshake,
@@ -317,38 +331,16 @@ impl TlsIncoming {
             }
         };
         let task = tokio::spawn(accept(listener, limits, on_handshake, tx, establish));
-        TlsIncoming { rx, task }
+        Incoming { rx, task }
     }
 }
 
-impl Drop for TlsIncoming {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stream for TlsIncoming {
-    type Item = io::Result<TlsConn>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-/// The stream of plaintext TCP connections of one listener, under the same caps and
-/// deadlines as TLS (the preface within `client_hello_timeout`, since it is the first thing
-/// sent); the accept task ends when it is dropped.
-pub struct PlainIncoming {
-    rx: mpsc::Receiver<io::Result<PlainConn>>,
-    task: JoinHandle<()>,
-}
+/// Plaintext TCP connections, under the same caps and deadlines as TLS (the preface within
+/// `client_hello_timeout`, since it is the first thing sent).
+pub type PlainIncoming = Incoming<PlainConn>;
 
 impl PlainIncoming {
-    pub fn new(listener: TcpListener, on_handshake: OnHandshake) -> Self {
-        Self::with_limits(listener, on_handshake, Limits::default())
-    }
-
-    pub fn with_limits(listener: TcpListener, on_handshake: OnHandshake, limits: Limits) -> Self {
+    pub fn new(listener: TcpListener, on_handshake: OnHandshake, limits: Limits) -> Self {
         let (tx, rx) = mpsc::channel(128);
         let establish = |mut tcp: TcpStream, _peer, deadlines: Deadlines| async move {
             Deadlines::preface(&mut tcp, deadlines.client_hello).await?;
@@ -356,21 +348,7 @@ impl PlainIncoming {
             Ok((tcp, info))
         };
         let task = tokio::spawn(accept(listener, limits, on_handshake, tx, establish));
-        PlainIncoming { rx, task }
-    }
-}
-
-impl Drop for PlainIncoming {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stream for PlainIncoming {
-    type Item = io::Result<PlainConn>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        Incoming { rx, task }
     }
 }
 

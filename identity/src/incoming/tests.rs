@@ -142,7 +142,7 @@ async fn tls_connections_are_capped() {
     let seen = Seen::default();
     let (acceptor, _) = tls();
     let limits = Limits { max_connections: 1, ..limits() };
-    let _incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let _incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let holder = TcpStream::connect(addr).await.unwrap();
     let mut refused_conn = TcpStream::connect(addr).await.unwrap();
@@ -166,7 +166,7 @@ async fn plaintext_connections_are_capped() {
     let (listener, addr) = listener().await;
     let seen = Seen::default();
     let limits = Limits { max_connections: 1, ..limits() };
-    let mut incoming = PlainIncoming::with_limits(listener, seen.on_handshake(), limits);
+    let mut incoming = PlainIncoming::new(listener, seen.on_handshake(), limits);
     let mut c1 = TcpStream::connect(addr).await.unwrap();
     c1.write_all(PREFACE).await.unwrap();
     c1.write_all(b"settings").await.unwrap();
@@ -195,7 +195,7 @@ async fn beyond_the_handshake_cap_clients_are_refused_not_queued() {
     let seen = Seen::default();
     let (acceptor, _) = tls();
     let limits = Limits { max_handshakes: 1, ..limits() };
-    let _incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let _incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let silent = connect_from(TWO, addr).await;
     let mut client = connect_from(ONE, addr).await;
@@ -217,7 +217,7 @@ async fn one_client_cannot_take_every_handshake_slot() {
     let seen = Seen::default();
     let (acceptor, _) = tls();
     let limits = Limits { max_handshakes: 3, max_client_handshakes: 2, ..limits() };
-    let _incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let _incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let _silent = [connect_from(TWO, addr).await, connect_from(TWO, addr).await];
     let third = connect_from(TWO, addr).await;
@@ -233,7 +233,7 @@ async fn one_client_cannot_take_every_connection() {
     let seen = Seen::default();
     let (acceptor, connector) = tls();
     let limits = Limits { max_connections: 3, max_client_connections: 1, ..limits() };
-    let mut incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let mut incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let mut held = tls_from(TWO, addr, &connector).await;
     held.write_all(PREFACE).await.unwrap();
@@ -255,7 +255,7 @@ async fn the_client_hello_must_come_soon() {
     let seen = Seen::default();
     let (acceptor, _) = tls();
     let limits = Limits { client_hello_timeout: Duration::from_millis(200), ..limits() };
-    let _incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let _incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let silent = TcpStream::connect(addr).await.unwrap();
     let mut dripped = TcpStream::connect(addr).await.unwrap();
@@ -275,7 +275,7 @@ async fn tls_clients_must_send_the_preface() {
     let seen = Seen::default();
     let (acceptor, connector) = tls();
     let limits = Limits { handshake_timeout: Duration::from_millis(500), ..limits() };
-    let mut incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let mut incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let idle = tls_from(ONE, addr, &connector).await;
     let idle_addr = idle.get_ref().0.local_addr().unwrap();
@@ -320,7 +320,7 @@ async fn plaintext_clients_must_send_the_preface_soon() {
     let (listener, addr) = listener().await;
     let seen = Seen::default();
     let limits = Limits { client_hello_timeout: Duration::from_millis(200), ..limits() };
-    let mut incoming = PlainIncoming::with_limits(listener, seen.on_handshake(), limits);
+    let mut incoming = PlainIncoming::new(listener, seen.on_handshake(), limits);
     let silent = TcpStream::connect(addr).await.unwrap();
     // 10 s: the handshake deadline is 600 s, so only the first-bytes one can close it.
     assert!(closed_within(silent, Duration::from_secs(10)).await, "silent socket kept");
@@ -348,7 +348,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_are_not_one_64() {
     let seen = Seen::default();
     let (acceptor, _) = tls();
     let limits = Limits { max_client_handshakes: 1, ..limits() };
-    let _incoming = TlsIncoming::with_limits(listener, acceptor, seen.on_handshake(), limits);
+    let _incoming = TlsIncoming::new(listener, acceptor, seen.on_handshake(), limits);
 
     let _silent = connect_from(TWO, addr).await;
     let again = connect_from(TWO, addr).await;

@@ -244,12 +244,8 @@ impl IdentityService {
             }
             .run(),
         );
-        let incoming = TlsIncoming::with_limits(
-            grpc,
-            acceptor,
-            on_handshake(metrics.clone()),
-            limits.incoming,
-        );
+        let incoming =
+            TlsIncoming::new(grpc, acceptor, on_handshake(metrics.clone()), limits.incoming);
 
         let loud = Arc::new(LoudEvery::new(Duration::from_secs(1)));
         let certifier = Certifier { ca, tokens, metrics: metrics.clone(), loud: loud.clone() };

@@ -32,10 +32,15 @@ pub const ERROR_LABEL: &str = "stream_idle_timeout";
 /// last frame are allocated on the first wait.
 pub struct StreamIdle<B = UpstreamBody> {
     inner: B,
-    /// Zero: no limit.
+    /// `None`: no limit (the default), and nothing kept for one.
+    limit: Option<Limit>,
+}
+
+struct Limit {
     timeout: Duration,
     metrics: Arc<Metrics>,
     direction: Direction,
+    /// Made on the first wait.
     armed: Option<Box<Armed>>,
 }
 
@@ -49,9 +54,17 @@ struct Armed {
 impl<B> StreamIdle<B> {
     /// `timeout` zero: no limit.
     pub fn new(inner: B, timeout: Duration, metrics: &Arc<Metrics>, direction: Direction) -> Self {
-        StreamIdle { inner, timeout, metrics: metrics.clone(), direction, armed: None }
+        let limit = (!timeout.is_zero()).then(|| Limit {
+            timeout,
+            metrics: metrics.clone(),
+            direction,
+            armed: None,
+        });
+        StreamIdle { inner, limit }
     }
+}
 
+impl Limit {
     /// Ready once the body has waited `timeout` since its last frame.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let timeout = self.timeout;
@@ -81,24 +94,22 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Body for StreamIdle<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if this.timeout.is_zero() {
-            return polled;
-        }
+        let Some(limit) = &mut this.limit else { return polled };
         if polled.is_ready() {
-            if let Some(armed) = &mut this.armed {
+            if let Some(armed) = &mut limit.armed {
                 armed.progress = Instant::now();
             }
             return polled;
         }
-        ready!(this.poll_expired(cx));
-        let timeout = this.timeout;
+        ready!(limit.poll_expired(cx));
+        let timeout = limit.timeout;
         debug!(
             ?timeout,
             "the upstream sent nothing more of its response for the stream idle timeout; cut"
         );
-        this.metrics.http.error(this.direction, ERROR_LABEL);
+        limit.metrics.http.error(limit.direction, ERROR_LABEL);
         // Once: the body is done.
-        (this.timeout, this.armed) = (Duration::ZERO, None);
+        this.limit = None;
         Poll::Ready(Some(Err(BodyError::StreamIdle(timeout))))
     }
 
