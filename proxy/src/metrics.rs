@@ -579,8 +579,14 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        let _ = self.render_into(&mut out);
         out
+    }
+
+    /// Encodes the page into `out` as it goes, with no copy of the whole page in between
+    /// (a proxy with thousands of label sets has megabytes of it).
+    pub fn render_into(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        prometheus_client::encoding::prometheus_text::encode(out, &self.registry)
     }
 }
 

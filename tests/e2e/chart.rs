@@ -11,6 +11,7 @@
 
 mod certs;
 mod cluster;
+mod connection_caps;
 mod mesh;
 pub(crate) mod render;
 mod run;
@@ -230,8 +231,12 @@ fn run_the_chart(dir: &Path, mut services: Services) {
     let pki = pki(dir);
     let values = with(
         required_values(&pki),
-        json!({"logFormat": "json", "identity": {"replicas": 2}, "injector": {"replicas": 3},
+        json!({"logFormat": "json", "injector": {"replicas": 3},
                "clusterNetworks": CLUSTER_NETWORKS,
+               // Caps other than the servers' defaults, checked in the configuration each
+               // server logs at start.
+               "identity": {"replicas": 2, "maxConnections": 16384, "maxClientHandshakes": 64},
+               "destination": {"maxClientConnections": 1024, "maxConnectionIdle": "30m"},
                "proxy": {"image": {"tag": "test"}, "logLevel": "debug", "resources": {"cpu": {"limit": "2"}}}}),
     );
     let rendered = chart().render(&release(), &values).expect("the chart renders");
@@ -257,6 +262,9 @@ fn run_the_chart(dir: &Path, mut services: Services) {
         &services.for_pod(NS),
     );
     identity.check_pod_plumbing(&objects, "weft-identity", "grpc");
+    for cap in ["max_connections: 16384", "max_client_handshakes: 64"] {
+        assert!(identity.logs().contains(cap), "{cap} not in\n{}", identity.logs());
+    }
     services.expose(&objects, "weft-identity", identity.serving.addr("grpc"));
 
     // destination: serves over TLS with a certificate from the identity service, which it
@@ -284,6 +292,9 @@ fn run_the_chart(dir: &Path, mut services: Services) {
         &services.for_pod(NS),
     );
     destination.check_pod_plumbing(&objects, "weft-destination", "grpc");
+    for cap in ["max_client_connections: 1024", "max_connection_idle: 1800s"] {
+        assert!(destination.logs().contains(cap), "{cap} not in\n{}", destination.logs());
+    }
     services.expose(&objects, "weft-destination", destination.serving.addr("grpc"));
 
     let injector_api = FakeApi::start();

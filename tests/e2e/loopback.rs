@@ -451,6 +451,32 @@ fn admin_endpoints() {
         build.date, build.git_sha, build.profile, build.version
     );
     assert!(m.contains(&want), "{want} in {m}");
+    // Gzipped for a scraper that asks, as Prometheus does; curl decodes it (an independent
+    // gunzip), and what it decodes is the page, not a fragment.
+    let url = format!("http://{}/metrics", p.admin);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "-D", "-", "--max-time", "10"])
+            .args(args)
+            .arg(&url)
+            .output();
+        let out = out.expect("curl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let end = out.stdout.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        (String::from_utf8_lossy(&out.stdout[..end]).to_lowercase(), out.stdout[end..].to_vec())
+    };
+    let (head, page) = curl(&["--compressed"]);
+    assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
+    let page = String::from_utf8(page).expect("text");
+    assert!(page.contains(&want) && page.contains("\nprocess_open_fds "), "{page}");
+    let (_, raw) = curl(&["-H", "Accept-Encoding: gzip"]);
+    assert_eq!(raw.get(..2), Some(&[0x1f, 0x8b][..]), "gzip's magic");
+    assert!(raw.len() < page.len(), "{} bytes gzipped, {} plain", raw.len(), page.len());
+    for refused in ["gzip;q=0", "identity", "br, *;q=0"] {
+        let (head, page) = curl(&["-H", &format!("Accept-Encoding: {refused}")]);
+        assert!(!head.contains("content-encoding"), "{refused}: {head}");
+        assert!(String::from_utf8_lossy(&page).contains(&want), "{refused}");
+    }
     let out = std::process::Command::new(crate::netns::proxy_bin())
         .arg("--version")
         .output()

@@ -66,6 +66,20 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
 
+{{/*
+The connection caps of a control-plane gRPC listener as flags of `weft identity` or `weft
+destination`, list items for `args:`, from the component's values (`.Values.identity` or
+`.Values.destination`). Through `int`: helm reads values.yaml's numbers as float64, which
+printf's `%v` writes as 1e+06 from a million on, and `%d` not at all. The servers check the
+caps at start (at least 1, a client's no more than the listener's).
+*/}}
+{{- define "weft.connectionCaps" -}}
+- {{ printf "--max-connections=%d" (int .maxConnections) | quote }}
+- {{ printf "--max-client-connections=%d" (int .maxClientConnections) | quote }}
+- {{ printf "--max-handshakes=%d" (int .maxHandshakes) | quote }}
+- {{ printf "--max-client-handshakes=%d" (int .maxClientHandshakes) | quote }}
+{{- end }}
+
 {{/* Liveness and readiness of a server, on its admin port (named `admin-http`). */}}
 {{- define "weft.probes" -}}
 livenessProbe:

@@ -13,7 +13,11 @@
 //! `NOTES.txt` is rendered apart; `lookup` sees the objects the test says the cluster holds
 //! (none: `helm template`, or a first install). Where gtmpl differs from Go: `range` over a
 //! map follows the map's (unordered) iteration instead of sorted keys, which the chart never
-//! does; there is no `=` assignment (Go 1.11), so the chart does without it.
+//! does; there is no `=` assignment (Go 1.11), so the chart does without it; a whole number
+//! is an integer here (gtmpl's values), where helm reads every number of a values file as
+//! float64, which Go's `%v` prints as `1e+06` from a million on and `%d` not at all. So the
+//! chart prints numbers that may be large through `int` (the connection caps); one printed
+//! as it is would not be caught here.
 
 use std::{cell::RefCell, collections::HashMap, path::Path};
 
