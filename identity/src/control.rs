@@ -78,6 +78,20 @@ impl ControlAddr {
     pub fn is_name(&self) -> bool {
         matches!(self.host, Host::Name(_))
     }
+
+    /// Whether connections to it stay on this host: an IPv4 address in 127/8, `::1` or
+    /// `::ffff:127.x.y.z`. A name is never loopback, `localhost` included: what it resolves
+    /// to is up to resolv.conf and /etc/hosts, which the proxy does not control. Plaintext
+    /// control-plane connections are allowed only to such addresses.
+    pub fn is_loopback(&self) -> bool {
+        match self.host {
+            Host::Ip(IpAddr::V4(ip)) => ip.is_loopback(),
+            Host::Ip(IpAddr::V6(ip)) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Host::Name(_) => false,
+        }
+    }
 }
 
 impl From<SocketAddr> for ControlAddr {

@@ -20,6 +20,34 @@ fn addresses_parse_ips_and_names() {
 }
 
 #[test]
+fn only_loopback_ip_literals_are_loopback() {
+    let ok = |s: &str| s.parse::<ControlAddr>().unwrap();
+    for s in ["127.0.0.1:8086", "127.0.0.2:8086", "127.255.255.254:1", "[::1]:8086"] {
+        assert!(ok(s).is_loopback(), "{s}");
+    }
+    assert!(ok("[::ffff:127.0.0.1]:8086").is_loopback());
+    for s in [
+        "10.0.0.1:8086",
+        "192.168.1.1:8086",
+        "0.0.0.0:8086",
+        "128.0.0.1:8086",
+        "126.255.255.255:8086",
+        "[::]:8086",
+        "[::2]:8086",
+        "[fd00::1]:8086",
+        "[::ffff:10.0.0.1]:8086",
+        // The IPv4-compatible form (deprecated) is not loopback on Linux.
+        "[::127.0.0.1]:8086",
+        "localhost:8086",
+        "localhost.:8086",
+        "weft-destination.weft.svc.cluster.local:8086",
+        "127.0.0.1.nip.io:8086",
+    ] {
+        assert!(!ok(s).is_loopback(), "{s}");
+    }
+}
+
+#[test]
 fn bad_addresses_say_what_is_wrong() {
     let err = |s: &str| s.parse::<ControlAddr>().unwrap_err();
     for s in ["weft-destination.weft.svc.cluster.local", "10.0.0.1", "::1", "[::1]", ""] {

@@ -86,7 +86,7 @@ pub struct RunArgs {
     pub policy_addr: Option<ControlAddr>,
 
     /// The identity the policy service's certificate must prove (as for the destination
-    /// service).
+    /// service; required with an identity unless `WEFT_PROXY_POLICY_ADDR` is loopback).
     #[arg(long, env = "WEFT_PROXY_POLICY_SVC_NAME")]
     pub policy_svc_name: Option<String>,
 
@@ -203,7 +203,9 @@ pub struct RunArgs {
 
     /// The identity the destination service's certificate must prove. With it and an
     /// identity, discovery runs over TLS 1.3 (mTLS: this proxy's certificate goes along);
-    /// without an identity it stays plaintext.
+    /// without an identity it stays plaintext. With an identity it is required unless
+    /// `WEFT_PROXY_DESTINATION_ADDR` is a loopback IP (127.0.0.0/8, `::1`; not a name):
+    /// plaintext discovery never leaves the host.
     #[arg(long, env = "WEFT_PROXY_DESTINATION_SVC_NAME")]
     pub destination_svc_name: Option<String>,
 
@@ -330,7 +332,32 @@ impl RunArgs {
                 self.failure_accrual_max_backoff
             );
         }
-        self.check_policy()
+        self.check_policy()?;
+        self.check_control_plane_tls()
+    }
+
+    /// With identity on, discovery and policy traffic leaves the host only over TLS: a
+    /// destination or policy address that is not loopback needs the service's name, so that
+    /// a misconfigured pod stops rather than talk to its control plane in plaintext.
+    fn check_control_plane_tls(&self) -> anyhow::Result<()> {
+        if self.identity_name.is_none() {
+            return Ok(());
+        }
+        let services = [
+            (&self.destination_addr, &self.destination_svc_name, "DESTINATION", "destination"),
+            (&self.policy_addr, &self.policy_svc_name, "POLICY", "policy"),
+        ];
+        for (addr, svc, var, flag) in services {
+            if let Some(addr) = addr
+                && svc.is_none()
+                && !addr.is_loopback()
+            {
+                anyhow::bail!(
+                    "identity is on but WEFT_PROXY_{var}_SVC_NAME (--{flag}-svc-name) is not set, and WEFT_PROXY_{var}_ADDR {addr} is not a loopback address: set it to the {flag} service's identity name (e.g. weft-destination.weft.serviceaccount.identity.weft.cluster.local) so that the connection is TLS; plaintext control-plane connections are for loopback (127.0.0.0/8, ::1) only"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The inbound policy settings that contradict each other or the rest.
@@ -574,6 +601,59 @@ mod tests {
         Cli::try_parse_from(std::iter::once("weft-proxy").chain(flag.iter().copied()))
             .map(|cli| cli.run.metrics_retain_idle)
             .map_err(|e| e.to_string())
+    }
+
+    /// `check()` of the proxy's settings with identity on and `flags`.
+    fn check_with_identity(flags: &[&str]) -> Result<(), String> {
+        use clap::Parser;
+        let identity = [
+            "--identity-name=web.prod.serviceaccount.identity.weft.cluster.local",
+            "--identity-addr=weft-identity.weft.svc.cluster.local:8080",
+            "--identity-svc-name=weft-identity.weft.serviceaccount.identity.weft.cluster.local",
+            "--identity-token-file=/var/run/secrets/tokens/weft-identity-token",
+            "--identity-trust-anchors-file=/var/run/weft/identity/trust-roots/ca-bundle.crt",
+        ];
+        let argv = std::iter::once("weft-proxy").chain(identity).chain(flags.iter().copied());
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.run.identity().map_err(|e| e.to_string())?;
+        cli.run.check().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn with_identity_only_loopback_control_plane_addresses_may_go_without_a_name() {
+        const SVC: &str = "weft-destination.weft.serviceaccount.identity.weft.cluster.local";
+        // A name is never loopback, `localhost` included (resolv.conf and /etc/hosts decide).
+        let off_host =
+            ["10.0.0.1:8086", "[fd00::1]:8086", "weft-destination.weft.svc:8086", "localhost:8086"];
+        for addr in off_host {
+            let err = check_with_identity(&["--destination-addr", addr]).expect_err(addr);
+            assert!(
+                err.contains("WEFT_PROXY_DESTINATION_SVC_NAME (--destination-svc-name) is not set")
+                    && err.contains(addr),
+                "{err}"
+            );
+            let policy = ["--policy-addr", addr, "--policy-workload=prod:web-1"];
+            let err = check_with_identity(&policy).expect_err(addr);
+            assert!(
+                err.contains("WEFT_PROXY_POLICY_SVC_NAME (--policy-svc-name) is not set"),
+                "{err}"
+            );
+            let named = ["--destination-addr", addr, "--destination-svc-name", SVC];
+            assert_eq!(check_with_identity(&named), Ok(()), "{addr}");
+            let named = [&policy[..], &["--policy-svc-name", SVC]].concat();
+            assert_eq!(check_with_identity(&named), Ok(()), "{addr}");
+        }
+        // Loopback keeps working without a name (plaintext, with a warning at start).
+        for addr in ["127.0.0.1:8086", "127.1.2.3:8086", "[::1]:8086"] {
+            assert_eq!(check_with_identity(&["--destination-addr", addr]), Ok(()), "{addr}");
+            let policy = ["--policy-addr", addr, "--policy-workload=prod:web-1"];
+            assert_eq!(check_with_identity(&policy), Ok(()), "{addr}");
+        }
+        // Without identity there is no TLS to ask for.
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["weft-proxy", "--destination-addr", "10.0.0.1:8086"])
+            .expect("flags");
+        assert!(cli.run.check().is_ok());
     }
 
     #[test]

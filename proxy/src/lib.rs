@@ -189,10 +189,12 @@ impl BoundProxy {
                     );
                     None
                 }
+                // `check` refused this off loopback: the plaintext stays on the host.
                 (Some(_), None) => {
                     warn!(
                         service = what,
-                        "identity is on but the service's name (WEFT_PROXY_*_SVC_NAME) is not set: its connection is plaintext"
+                        %addr,
+                        "identity is on but the service's name (WEFT_PROXY_*_SVC_NAME) is not set: its connection, on loopback, is plaintext"
                     );
                     None
                 }

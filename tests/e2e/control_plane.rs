@@ -372,3 +372,94 @@ fn bad_control_plane_addresses_fail_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no port"));
 }
+
+/// With identity on, discovery and policy traffic leaves the host only over TLS: an address
+/// that is not loopback with no service name stops the proxy at start, saying which setting
+/// to add; with the name the proxy starts; loopback without one still starts, with a warning
+/// (tests and benches run so).
+#[test]
+fn with_identity_control_plane_addresses_off_loopback_need_the_services_name() {
+    let dir = temp_dir("svc-name");
+    let d = dir.display().to_string();
+    let (ok, _, err) =
+        run(Command::new(env!("CARGO_BIN_EXE_weft")).args(["certs", "generate", "--out-dir", &d]));
+    assert!(ok, "weft certs generate: {err}");
+    std::fs::write(dir.join("web.token"), "web-token").expect("token");
+    // Nothing answers there: the proxy starts and waits for its certificate.
+    let identity_addr = format!("127.0.0.1:{}", free_port());
+    let identity = [
+        "--identity-name",
+        "web.prod.serviceaccount.identity.weft.cluster.local",
+        "--identity-addr",
+        &identity_addr,
+        "--identity-svc-name",
+        "identity.weft.serviceaccount.identity.weft.cluster.local",
+        "--identity-token-file",
+        &format!("{d}/web.token"),
+        "--identity-trust-anchors-file",
+        &format!("{d}/ca.crt"),
+    ];
+    let svc = "weft-destination.weft.serviceaccount.identity.weft.cluster.local";
+    let policy = |addr: &'static str| ["--policy-addr", addr, "--policy-workload", "prod:web-1"];
+    let refused = [
+        (vec!["--destination-addr", "10.0.0.1:8086"], "DESTINATION", "destination"),
+        (vec!["--destination-addr", "[fd00::1]:8086"], "DESTINATION", "destination"),
+        // A name may resolve anywhere, `localhost` too.
+        (
+            vec!["--destination-addr", "weft-destination.weft.svc:8086"],
+            "DESTINATION",
+            "destination",
+        ),
+        (vec!["--destination-addr", "localhost:8086"], "DESTINATION", "destination"),
+        (policy("10.0.0.1:8090").to_vec(), "POLICY", "policy"),
+        // The destination named, the policy service (same address) not.
+        (
+            [
+                &["--destination-addr", "10.0.0.1:8086", "--destination-svc-name", svc][..],
+                &policy("10.0.0.1:8086"),
+            ]
+            .concat(),
+            "POLICY",
+            "policy",
+        ),
+    ];
+    for (flags, var, flag) in refused {
+        let out = Command::new(proxy_bin())
+            .args(identity)
+            .args(&flags)
+            .args(["--admin-listen-addr", "127.0.0.1:0", "--inbound-listen-addr", "127.0.0.1:0"])
+            .args(["--outbound-listen-addr", "127.0.0.1:0"])
+            .output()
+            .expect("weft-proxy");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted: {err}");
+        let want = format!("WEFT_PROXY_{var}_SVC_NAME (--{flag}-svc-name) is not set");
+        assert!(err.contains(&want) && err.contains(flags[1]), "{flags:?}: {err}");
+    }
+    // The same addresses with the names set: past that check, the proxy serves (a lookup
+    // would go over TLS; none is made here).
+    let named = [
+        &["--destination-addr", "10.0.0.1:8086", "--destination-svc-name", svc][..],
+        &policy("10.0.0.1:8086"),
+        &["--policy-svc-name", svc],
+        &identity,
+    ]
+    .concat();
+    let p = Proxy::start(&named);
+    assert!(!p.logs().contains("is not set"), "{}", p.logs());
+    drop(p);
+    // Loopback without a name: plaintext, as before, said at start.
+    let loopback =
+        [&["--destination-addr", "127.0.0.1:8086"][..], &policy("[::1]:8090"), &identity].concat();
+    let p = Proxy::start(&loopback);
+    let logs = p.logs();
+    for service in ["destination", "policy"] {
+        assert!(
+            logs.lines().any(|l| l.contains("its connection, on loopback, is plaintext")
+                && l.contains(&format!("\"service\":\"{service}\""))),
+            "{service}: {logs}"
+        );
+    }
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -367,6 +367,7 @@ fn ipv6_is_intercepted_with_its_original_destination() {
 /// bootstrap does not depend on its proxy.
 const IDENTITY_PORT: u16 = 18080;
 const DESTINATION_PORT: u16 = 18086;
+const DESTINATION_ADMIN_PORT: u16 = 18087;
 const DOMAIN: &str = "serviceaccount.identity.weft.cluster.local";
 
 #[test]
@@ -384,10 +385,14 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
     let weft = env!("CARGO_BIN_EXE_weft");
     let (ok, _, err) = run(Command::new(weft).args(["certs", "generate", "--out-dir", &d]));
     assert!(ok, "{err}");
-    std::fs::write(dir.join("tokens.yaml"), "c-token: prod/client\nw-token: prod/web\n")
-        .expect("tokens");
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        "c-token: prod/client\nw-token: prod/web\nd-token: weft/weft-destination\n",
+    )
+    .expect("tokens");
     std::fs::write(dir.join("client.token"), "c-token").expect("token");
     std::fs::write(dir.join("web.token"), "w-token").expect("token");
+    std::fs::write(dir.join("destination.token"), "d-token").expect("token");
     let web = format!("web.prod.{DOMAIN}");
     let client_id = format!("client.prod.{DOMAIN}");
     std::fs::write(
@@ -399,6 +404,10 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
     .expect("endpoints");
     let identity_listen = format!("0.0.0.0:{IDENTITY_PORT}");
     let destination_listen = format!("0.0.0.0:{DESTINATION_PORT}");
+    let destination_admin: SocketAddr = ([127, 0, 0, 1], DESTINATION_ADMIN_PORT).into();
+    // The client proxy reaches it across the pods' network: with an identity of its own it
+    // serves TLS, as the proxy requires off loopback.
+    let destination_svc = format!("weft-destination.weft.{DOMAIN}");
     let mut control_plane = [
         server.spawn(
             weft,
@@ -433,7 +442,17 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
                 "--listen-addr",
                 &destination_listen,
                 "--admin-addr",
-                "127.0.0.1:0",
+                &destination_admin.to_string(),
+                "--identity-name",
+                &destination_svc,
+                "--identity-addr",
+                &format!("127.0.0.1:{IDENTITY_PORT}"),
+                "--identity-svc-name",
+                &format!("identity.weft.{DOMAIN}"),
+                "--identity-token-file",
+                &format!("{d}/destination.token"),
+                "--identity-trust-anchors-file",
+                &format!("{d}/ca.crt"),
             ],
             &[],
             None,
@@ -448,6 +467,17 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
             server.logs()
         );
     }
+    assert!(
+        eventually(Duration::from_secs(20), || server.run_in(|| admin_request(
+            destination_admin,
+            "GET",
+            "/ready",
+            ""
+        )
+        .0 == 200)),
+        "the destination service never got its certificate:\n{}",
+        server.logs()
+    );
     let identity_env = |name: &str, token: &str, identity_addr: String| {
         vec![
             ("WEFT_PROXY_IDENTITY_NAME".to_string(), name.to_string()),
@@ -467,6 +497,7 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
         "WEFT_PROXY_DESTINATION_ADDR".to_string(),
         format!("{SERVER_IP}:{DESTINATION_PORT}"),
     ));
+    client_env.push(("WEFT_PROXY_DESTINATION_SVC_NAME".to_string(), destination_svc.clone()));
     let client_proxy = start_proxy_with(&client, &client_env);
     for (ns, p) in [(&client, &client_proxy), (&server, &server_proxy)] {
         assert!(
@@ -513,6 +544,12 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
     assert!(
         metric(&s, "request_total", &[("direction", "inbound"), ("client_id", &client_id)]) >= 1.0,
         "{s}"
+    );
+    // Discovery crossed the pods' network as mTLS, with the client's identity.
+    let dm = server.run_in(|| scrape(destination_admin));
+    assert!(
+        metric(&dm, "destination_tls_connections_total", &[("client_id", &client_id)]) >= 1.0,
+        "{dm}"
     );
 
     // The app's own TLS (SNI app.test, not the proxy's identity) passes through untouched.
