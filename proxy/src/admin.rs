@@ -387,6 +387,85 @@ mod tests {
         assert_eq!(get(addr, "/ready").await.0, "200");
     }
 
+    /// One HTTP/1.0 request to the admin routes as if `peer` had sent it (over an
+    /// in-memory connection: the peer address is what the accepted socket would report):
+    /// the status and the body.
+    async fn request_from(
+        admin: &Arc<Admin>,
+        peer: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let admin = admin.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, std::convert::Infallible>(admin.route(req, peer).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+        tokio::spawn(conn);
+        let len = body.len();
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {len}\r\n\r\n{body}"
+        );
+        client.write_all(req.as_bytes()).await.expect("send");
+        let mut rsp = String::new();
+        client.read_to_string(&mut rsp).await.expect("read");
+        let status = rsp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, rsp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    /// `POST /shutdown` and `PUT /proxy-log-level` from anywhere but this host are refused
+    /// and change nothing; from loopback (IPv4, IPv6, IPv4-mapped) they act.
+    #[tokio::test]
+    async fn shutdown_and_log_level_changes_are_taken_from_localhost_only() {
+        let (log_level, _subscriber) = LogLevel::detached("info");
+        let admin = Arc::new(Admin { log_level: Some(log_level), ..(*ready_admin()).clone() });
+        let level = || admin.log_level.as_ref().expect("managed").get();
+        let remote = ["192.0.2.7:40000", "[2001:db8::7]:40000", "[::ffff:192.0.2.7]:40000"];
+        for peer in remote.map(|p| p.parse::<SocketAddr>().expect("peer")) {
+            let (status, body) = request_from(&admin, peer, "POST", "/shutdown", "").await;
+            assert_eq!(
+                (status, body.as_str()),
+                (403, "shutdown is only accepted from localhost\n"),
+                "{peer}"
+            );
+            assert!(!admin.shutdown.is_cancelled(), "{peer} shut the proxy down");
+            let (status, body) =
+                request_from(&admin, peer, "PUT", "/proxy-log-level", "trace").await;
+            assert_eq!(
+                (status, body.as_str()),
+                (403, "the log level is only set from localhost\n"),
+                "{peer}"
+            );
+            assert_eq!(level(), "info", "{peer} changed the log level");
+            // Reading the level is no change: anyone the port lets in may.
+            assert_eq!(
+                request_from(&admin, peer, "GET", "/proxy-log-level", "").await,
+                (200, "info\n".into())
+            );
+            assert!(admin.ready.load(Ordering::Acquire), "{peer}: still ready");
+        }
+
+        // The same requests from this host take effect.
+        let local = ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"];
+        for (peer, filter) in local
+            .map(|p| p.parse::<SocketAddr>().expect("peer"))
+            .into_iter()
+            .zip(["debug", "warn", "trace"])
+        {
+            let (status, body) =
+                request_from(&admin, peer, "PUT", "/proxy-log-level", filter).await;
+            assert_eq!((status, body.trim()), (200, filter), "{peer}");
+            assert_eq!(level(), filter, "{peer}");
+        }
+        let peer = "[::1]:40000".parse().expect("peer");
+        assert_eq!(request_from(&admin, peer, "POST", "/shutdown", "").await.0, 200);
+        assert!(admin.shutdown.is_cancelled(), "a local POST /shutdown did not shut down");
+    }
+
     #[test]
     fn gzip_is_taken_as_rfc_9110_weighs_it() {
         let takes = |values: &[&str]| {

@@ -16,7 +16,7 @@ use linkerd2_proxy_api::destination::{
     self as api, destination_client::DestinationClient, update::Update,
 };
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -28,6 +28,7 @@ use weft_identity::control::Connector;
 use crate::{
     balance::{BalanceConfig, Balancer},
     http::retry::RetryBudget,
+    metrics::DstLabels,
     profile::{self, Profile},
 };
 
@@ -42,16 +43,6 @@ pub struct EndpointMeta {
     pub h2: bool,
     /// Its proxy's inbound port for opaque transport.
     pub opaque_transport_port: Option<u16>,
-}
-
-/// `dst_*` labels, shared by every request to an endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct DstLabels(pub Arc<Vec<(String, String)>>);
-
-impl EncodeLabelSet for DstLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        self.0.as_slice().encode(encoder)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -415,7 +406,10 @@ fn apply(
             d.count("add");
             for addr in &set.addrs {
                 match endpoint(&set.metric_labels, addr) {
-                    Some((a, meta)) => {
+                    Some((a, meta, labels_fixed)) => {
+                        if labels_fixed {
+                            d.count("bad_labels");
+                        }
                         endpoints.insert(a, meta);
                     }
                     None => d.count("bad_endpoint"),
@@ -457,20 +451,39 @@ fn socket_addr(a: &linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(a.port).ok()?))
 }
 
+/// Most `dst_*` labels an endpoint's series carry (Linkerd's destination sends about ten).
+pub const MAX_DST_LABELS: usize = 16;
+
 /// One endpoint of a destination service's `Add` (with the set's `metric_labels`); `None`
 /// when it has no usable address. Public for the fuzzer: the update comes from the network.
+/// Its labels become `dst_<key>`: the endpoint's own over the set's of the same key, keys
+/// made valid Prometheus label names (any other character `_`; an empty key dropped), at
+/// most [`MAX_DST_LABELS`] of them (the first by key), so that no update can make
+/// `/metrics` unparsable or grow every series without bound. The `bool` says whether any of
+/// that changed what was sent (counted as `outbound_discovery_updates{result="bad_labels"}`).
 pub fn endpoint(
     set_labels: &HashMap<String, String>,
     a: &api::WeightedAddr,
-) -> Option<(SocketAddr, EndpointMeta)> {
+) -> Option<(SocketAddr, EndpointMeta, bool)> {
     let addr = socket_addr(a.addr.as_ref()?)?;
-    let mut labels: Vec<(String, String)> = set_labels
-        .iter()
-        .chain(a.metric_labels.iter())
-        .map(|(k, v)| (format!("dst_{k}"), v.clone()))
-        .collect();
-    labels.sort();
-    labels.dedup_by(|x, y| x.0 == y.0);
+    let mut fixed = false;
+    let mut labels = std::collections::BTreeMap::new();
+    // The endpoint's own last: they replace the set's.
+    for (k, v) in set_labels.iter().chain(a.metric_labels.iter()) {
+        if k.is_empty() {
+            fixed = true;
+            continue;
+        }
+        let key: String = std::iter::once("dst_")
+            .chain([k.as_str()])
+            .flat_map(str::chars)
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect();
+        fixed |= key.len() != k.len() + 4 || key[4..] != *k;
+        labels.insert(key, v.clone());
+    }
+    fixed |= labels.len() > MAX_DST_LABELS;
+    let labels: Vec<(String, String)> = labels.into_iter().take(MAX_DST_LABELS).collect();
     let identity = a.tls_identity.as_ref().and_then(|t| match &t.strategy {
         Some(api::tls_identity::Strategy::DnsLikeIdentity(id)) => Some(id.name.clone()),
         _ => None,
@@ -481,10 +494,9 @@ pub fn endpoint(
     let opaque_transport_port = hint
         .and_then(|h| h.opaque_transport.as_ref())
         .and_then(|o| u16::try_from(o.inbound_port).ok());
-    Some((
-        addr,
-        EndpointMeta { labels: DstLabels(Arc::new(labels)), identity, h2, opaque_transport_port },
-    ))
+    let meta =
+        EndpointMeta { labels: DstLabels(Arc::new(labels)), identity, h2, opaque_transport_port };
+    Some((addr, meta, fixed))
 }
 
 async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
@@ -537,6 +549,62 @@ async fn follow_profile(d: Arc<Discovery>, res: std::sync::Weak<Resolution>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// An endpoint at 10.0.0.1:8080 with `own` labels.
+    fn weighted(own: &[(&str, &str)]) -> api::WeightedAddr {
+        api::WeightedAddr {
+            addr: Some(std::net::SocketAddr::from(([10, 0, 0, 1], 8080)).into()),
+            metric_labels: labels(own),
+            ..Default::default()
+        }
+    }
+
+    fn dst(set: &[(&str, &str)], own: &[(&str, &str)]) -> (Vec<(String, String)>, bool) {
+        let (_, meta, fixed) = endpoint(&labels(set), &weighted(own)).expect("an endpoint");
+        (meta.labels.0.as_ref().clone(), fixed)
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn endpoint_labels_are_prefixed_and_the_endpoints_own_win() {
+        let (got, fixed) = dst(&[("service", "web"), ("pod", "set")], &[("pod", "web-1")]);
+        assert_eq!(got, pairs(&[("dst_pod", "web-1"), ("dst_service", "web")]));
+        assert!(!fixed, "valid labels are taken as sent");
+    }
+
+    #[test]
+    fn endpoint_label_keys_become_valid_prometheus_names() {
+        let (got, fixed) =
+            dst(&[("app.kubernetes.io/name", "web"), ("", "dropped")], &[("zone\"}", "a")]);
+        assert_eq!(got, pairs(&[("dst_app_kubernetes_io_name", "web"), ("dst_zone__", "a")]));
+        assert!(fixed);
+        // Values keep what they are: the encoder escapes them.
+        let (got, _) = dst(&[], &[("pod", "a\"b\\c\nd")]);
+        assert_eq!(got, pairs(&[("dst_pod", "a\"b\\c\nd")]));
+        // A page with such labels still parses: every key is a valid label name.
+        let name_ok = |k: &str| {
+            k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        assert!(got.iter().all(|(k, _)| name_ok(k)));
+    }
+
+    #[test]
+    fn endpoint_labels_are_capped() {
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i:02}")).collect();
+        let many: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        let (got, fixed) = dst(&many, &[]);
+        assert_eq!(got.len(), MAX_DST_LABELS);
+        assert_eq!(got.first().map(|(k, _)| k.as_str()), Some("dst_k00"));
+        assert!(fixed);
+    }
 
     #[test]
     fn reconnect_backoffs_are_spread() {

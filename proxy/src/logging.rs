@@ -32,6 +32,16 @@ impl LogLevel {
     }
 }
 
+#[cfg(test)]
+impl LogLevel {
+    /// A filter not installed as the global subscriber, for tests of what reads and
+    /// replaces it; it can be replaced while the returned subscriber lives.
+    pub(crate) fn detached(filter: &str) -> (LogLevel, impl tracing::Subscriber) {
+        let (layer, handle) = reload::Layer::new(EnvFilter::new(filter));
+        (LogLevel(handle), tracing_subscriber::registry().with(layer))
+    }
+}
+
 /// Installs the global subscriber. Fails on an invalid filter.
 pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<LogLevel> {
     let filter = EnvFilter::try_new(filter)

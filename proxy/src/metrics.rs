@@ -99,6 +99,10 @@ pub struct TcpLabels {
     pub protocol: &'static str,
     #[prometheus(flatten)]
     pub tls: TlsLabels,
+    /// The `dst_*` labels of the discovered endpoint a `peer="dst"` connection went to;
+    /// none on any other connection.
+    #[prometheus(flatten)]
+    pub dst: DstLabels,
 }
 
 /// Linkerd's TLS labels: `tls="true"` with the peer's `client_id` (inbound) or
@@ -147,6 +151,23 @@ impl prometheus_client::encoding::EncodeLabelSet for TlsLabels {
             labels.push(("server_id", id));
         }
         labels.as_slice().encode(encoder)
+    }
+}
+
+/// The `dst_*` labels of a discovered endpoint: its set's and its own `metric_labels` as
+/// the destination service sent them, each key prefixed `dst_` (see
+/// `discovery::endpoint`), sorted. Made once per endpoint and shared (an `Arc`) by the
+/// series of its routes and its connections, on which they are the same labels in the same
+/// order. Their number follows the endpoints discovery holds, not the clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DstLabels(pub Arc<Vec<(String, String)>>);
+
+impl EncodeLabelSet for DstLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.as_slice().encode(encoder)
     }
 }
 
@@ -520,6 +541,31 @@ impl Metrics {
         protocol: &Protocol,
         tls: TlsLabels,
     ) -> ConnMetrics {
+        self.open_with(direction, peer, target_addr, protocol, tls, DstLabels::default())
+    }
+
+    /// `open` for the upstream side of a connection that the balancer sent to a discovered
+    /// endpoint: its series carry the endpoint's `dst_*` labels too, as its routes' do.
+    pub fn open_endpoint(
+        &self,
+        direction: Direction,
+        target_addr: &std::net::SocketAddr,
+        protocol: &Protocol,
+        tls: TlsLabels,
+        dst: &DstLabels,
+    ) -> ConnMetrics {
+        self.open_with(direction, Peer::Dst, target_addr, protocol, tls, dst.clone())
+    }
+
+    fn open_with(
+        &self,
+        direction: Direction,
+        peer: Peer,
+        target_addr: &std::net::SocketAddr,
+        protocol: &Protocol,
+        tls: TlsLabels,
+        dst: DstLabels,
+    ) -> ConnMetrics {
         let labels = TcpLabels {
             direction: direction.as_str(),
             peer: match peer {
@@ -529,6 +575,7 @@ impl Metrics {
             target_addr: self.target_label(target_addr),
             protocol: protocol.label(),
             tls,
+            dst,
         };
         // Before any handle: see `retention`.
         let lease = self.connections.lease(&labels);
@@ -805,6 +852,123 @@ mod tests {
         let text = m.render();
         assert!(text.contains("errno=\"\"} 1"), "{text}");
         assert!(text.contains("tcp_open_connections{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 0"), "{text}");
+    }
+
+    fn dst_labels(pairs: &[(&str, &str)]) -> DstLabels {
+        DstLabels(Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+    }
+
+    /// The labels of the first `name` series, between the braces.
+    fn series_labels<'a>(text: &'a str, name: &str) -> &'a str {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        &line[name.len() + 1..line.rfind('}').expect("closing brace")]
+    }
+
+    /// A connection to a discovered endpoint carries its `dst_*` labels after the TLS
+    /// ones, on every transport family (the close's `errno` last).
+    #[test]
+    fn an_endpoints_connection_carries_its_dst_labels() {
+        let m = Metrics::new(10);
+        let addr = "10.0.0.7:5432".parse().expect("addr");
+        let dst =
+            dst_labels(&[("dst_namespace", "prod"), ("dst_pod", "db-0"), ("dst_service", "db")]);
+        let tls =
+            TlsLabels::server(Arc::from("db.prod.serviceaccount.identity.weft.cluster.local"));
+        let c = m.open_endpoint(Direction::Outbound, &addr, &Protocol::Opaque, tls, &dst);
+        c.read_bytes.inc_by(3);
+        c.write_bytes.inc_by(4);
+        c.close(Some(&io::Error::from_raw_os_error(libc::ECONNRESET)));
+        let text = m.render();
+        let labels = "direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.7:5432\",protocol=\"opaque\",tls=\"true\",server_id=\"db.prod.serviceaccount.identity.weft.cluster.local\",dst_namespace=\"prod\",dst_pod=\"db-0\",dst_service=\"db\"";
+        for want in [
+            format!("tcp_open_total{{{labels}}} 1\n"),
+            format!("tcp_open_connections{{{labels}}} 0\n"),
+            format!("tcp_read_bytes_total{{{labels}}} 3\n"),
+            format!("tcp_write_bytes_total{{{labels}}} 4\n"),
+            format!("tcp_close_total{{{labels},errno=\"ECONNRESET\"}} 1\n"),
+        ] {
+            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    /// Without discovery's labels, a connection's series are what they always were: no
+    /// `dst_*` label, no stray separator.
+    #[test]
+    fn a_connection_without_dst_labels_keeps_its_labels() {
+        let m = Metrics::new(10);
+        let addr = "10.0.0.1:80".parse().expect("addr");
+        let tls = TlsLabels::disabled;
+        m.open_endpoint(
+            Direction::Outbound,
+            &addr,
+            &Protocol::Opaque,
+            tls(),
+            &DstLabels::default(),
+        )
+        .close(None);
+        let text = m.render();
+        let want = "tcp_open_total{direction=\"outbound\",peer=\"dst\",target_addr=\"10.0.0.1:80\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\"} 1\n";
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        m.open(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, tls()).close(None);
+        let text = m.render();
+        assert!(text.contains(&want.replace("} 1\n", "} 2\n")), "one series:\n{text}");
+        assert!(text.contains("errno=\"\"} 2\n"), "{text}");
+        assert!(!text.contains("dst_"), "{text}");
+    }
+
+    /// The `dst_*` labels of an endpoint read the same on its connections as on its
+    /// routes: same names, same order, values escaped by the same encoder.
+    #[test]
+    fn dst_labels_encode_as_on_http_routes() {
+        let m = Metrics::new(10);
+        let addr = "10.0.0.7:80".parse().expect("addr");
+        let dst = dst_labels(&[
+            ("dst_deployment", "web"),
+            ("dst_namespace", "prod"),
+            ("dst_pod", "web-\"0\"\\x\ny"),
+            ("dst_service", "web"),
+        ]);
+        let tls = || TlsLabels::plaintext("not_provided_by_service_discovery");
+        m.open_endpoint(Direction::Outbound, &addr, &Protocol::Opaque, tls(), &dst).close(None);
+        let route = m.http.route(Direction::Outbound, "web:80", "10.0.0.7:80".into(), dst, tls());
+        m.http.request(&route);
+        let text = m.render();
+        let tcp = series_labels(&text, "tcp_open_total");
+        let http = series_labels(&text, "request_total");
+        let suffix = ",no_tls_reason=\"not_provided_by_service_discovery\",dst_deployment=\"web\",dst_namespace=\"prod\",dst_pod=\"web-\\\"0\\\"\\\\x\\ny\",dst_service=\"web\"";
+        assert!(tcp.ends_with(suffix), "{tcp}");
+        assert!(http.ends_with(suffix), "{http}");
+    }
+
+    /// Each endpoint of a target has series of its own, evicted once idle like any other
+    /// connection's; the endpoints' labels are not counted against the `target_addr` cap.
+    #[test]
+    fn endpoint_connection_series_are_evicted_when_idle() {
+        let m = Metrics::new(1);
+        let addr = "10.96.0.41:5432".parse().expect("addr");
+        for pod in ["db-0", "db-1"] {
+            let dst = dst_labels(&[("dst_pod", pod)]);
+            let tls = TlsLabels::disabled();
+            m.open_endpoint(Direction::Outbound, &addr, &Protocol::Opaque, tls, &dst).close(None);
+        }
+        let text = m.render();
+        for pod in ["db-0", "db-1"] {
+            let want = format!(
+                "target_addr=\"10.96.0.41:5432\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\",dst_pod=\"{pod}\"}} 1\n"
+            );
+            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+        }
+        sweep_past_retention(&m, Instant::now());
+        let text = m.render();
+        assert!(!text.contains("dst_pod="), "every endpoint series is gone:\n{text}");
+        assert!(text.contains("metrics_series_evicted_total 2\n"), "{text}");
+        // The target's value left the cap: another target has room again.
+        conn(&m, "10.0.0.9:80").close(None);
+        let text = m.render();
+        assert!(text.contains("target_addr=\"10.0.0.9:80\""), "{text}");
     }
 
     const RETAIN: Duration = Duration::from_secs(600);

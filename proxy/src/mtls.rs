@@ -10,16 +10,16 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tracing::debug;
 
 use crate::{
-    detect::Protocol,
+    detect::{self, Detect, Protocol},
     identity::{Alpn, Identity, peer_identity},
     io::{Metered, MeteredIo, Prefixed},
-    metrics::{Direction, Metrics, Peer, TlsLabels},
+    metrics::{Direction, DstLabels, Metrics, Peer, TlsLabels},
     transport::{self, ConnError, Side, is_own_listener},
     transport_header::{self, SessionProtocol, TransportHeader},
 };
@@ -101,7 +101,19 @@ pub async fn serve_inbound(
         let protocol = match alpn.as_deref() {
             Some(b"h2") => Protocol::Http2,
             Some(b"http/1.1") => Protocol::Http1,
-            _ => Protocol::Opaque,
+            _ => {
+                let detecting = side.metrics.detecting(side.direction);
+                let detected = detect_inside(&mut tls, &mut rest, target.port(), &side).await;
+                drop(detecting);
+                match detected {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.inc("detect_io");
+                        debug!(error = %e, "mTLS connection failed during detection");
+                        return;
+                    }
+                }
+            }
         };
         (target, protocol)
     };
@@ -163,6 +175,57 @@ pub async fn serve_inbound(
     }
 }
 
+/// The protocol inside an mTLS connection whose client named none by ALPN — as
+/// linkerd2-proxy sends meshed HTTP, and this proxy HTTP/1 without an `h2` hint —
+/// detected on the decrypted bytes (kept in `buf`) as on a plaintext connection, unless the
+/// port is opaque. A client silent for the silent window is opaque at once: a meshed
+/// client's proxy sends what it has as soon as it connects, so its silence is a server
+/// that speaks first (whose client's proxy opened this connection speculatively), not a
+/// slow HTTP client. TLS inside is the app's own, and opaque too.
+async fn detect_inside<S: AsyncRead + Unpin>(
+    tls: &mut S,
+    buf: &mut BytesMut,
+    port: u16,
+    side: &Side,
+) -> std::io::Result<Protocol> {
+    let policy = side.policy.as_ref().map(|p| p.current(port));
+    let Some(limits) = side.detection(port, policy.as_deref()) else {
+        return Ok(Protocol::Opaque);
+    };
+    let started = tokio::time::Instant::now();
+    let max = side.detect_max_bytes;
+    loop {
+        let waited = if buf.is_empty() { limits.silent_window } else { limits.timeout };
+        let room = (max - buf.len()) as u64;
+        let mut limited = (&mut *tls).take(room);
+        let protocol = match tokio::time::timeout_at(started + waited, limited.read_buf(buf)).await
+        {
+            Err(_) if buf.is_empty() => {
+                debug!("meshed client silent; forwarding as opaque");
+                Protocol::Opaque
+            }
+            Err(_) => {
+                side.metrics.errors(side.direction).inc("detect_timeout");
+                debug!(bytes = buf.len(), "detection timed out; forwarding as opaque");
+                Protocol::Opaque
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => match detect::detect(buf, buf.len()) {
+                Detect::Found(p) => p,
+                Detect::NeedMore => Protocol::Opaque,
+            },
+            Ok(Ok(_)) => match detect::detect(buf, max) {
+                Detect::Found(p) => p,
+                Detect::NeedMore => continue,
+            },
+        };
+        return Ok(match protocol {
+            Protocol::Http1 | Protocol::Http2 => protocol,
+            _ => Protocol::Opaque,
+        });
+    }
+}
+
 /// Copies both ways until both sides are done (half-close kept). On an error, counted as
 /// `forward_io`, both connections are closed with it and reset, as plain forwarding does.
 pub async fn splice<A, B>(a: &mut A, b: &mut B, errors: &crate::metrics::TcpErrors)
@@ -188,6 +251,9 @@ pub struct TlsTarget {
     /// Reach it at this port of its IP with a transport header naming `addr`'s port.
     pub opaque_port: Option<u16>,
     pub protocol: Option<SessionProtocol>,
+    /// Its `dst_*` labels, when discovery picked it for a connection of its own (the
+    /// connection's metrics carry them).
+    pub labels: DstLabels,
 }
 
 /// Opens an mTLS connection to a meshed endpoint.
@@ -209,7 +275,7 @@ pub async fn connect(
     let io = MeteredIo::new(
         stream,
         BytesMut::new(),
-        metrics.open(direction, Peer::Dst, &addr, label_protocol, labels),
+        metrics.open_endpoint(direction, &addr, label_protocol, labels, &t.labels),
     );
     let name = ServerName::try_from(t.server_id.clone()).map_err(|e| {
         ConnError::Tls(addr, format!("{:?} is not a valid server name: {e}", t.server_id))

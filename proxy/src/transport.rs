@@ -23,7 +23,7 @@ use crate::{
     config::PortSet,
     detect::{self, Detect, Protocol},
     forward,
-    metrics::{Direction, Metrics, Peer},
+    metrics::{Direction, DstLabels, Metrics, Peer},
     orig_dst,
 };
 
@@ -215,7 +215,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         return;
     }
     let upstream = match upstream {
-        Some(u) => Upstream::Plain(u),
+        Some(u) => Upstream::Plain(u, DstLabels::default()),
         None => match Box::pin(connect_balanced(target, &side, &protocol)).await {
             Ok(u) => u,
             Err(e) => {
@@ -229,8 +229,9 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls.clone());
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
     match upstream {
-        Upstream::Plain(mut upstream) => {
-            let dst = side.metrics.open(side.direction, Peer::Dst, &target, &protocol, tls);
+        Upstream::Plain(mut upstream, endpoint) => {
+            let dst =
+                side.metrics.open_endpoint(side.direction, &target, &protocol, tls, &endpoint);
             let forward = forward::forward(&mut client, &mut upstream, prefix, &src, &dst);
             let (result, revoked) = match &authz {
                 Some(a) => tokio::select! {
@@ -260,7 +261,9 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
 
 /// Where an opaque connection goes.
 enum Upstream {
-    Plain(TcpStream),
+    /// With the `dst_*` labels of the endpoint when discovery picked it (none when the
+    /// connection goes to its original destination).
+    Plain(TcpStream, DstLabels),
     Tls(Box<tokio_rustls::client::TlsStream<crate::io::MeteredIo>>),
 }
 
@@ -294,30 +297,43 @@ async fn prepare(
     if is_own_listener(target, local, &side.own_addrs) {
         return Err(ConnError::Loop(target));
     }
-    let port = target.port();
-    let policy = side.policy.as_ref().map(|p| p.current(port));
-    // Opaque by configuration, or because the control plane's Server says so.
-    let opaque = policy
-        .as_ref()
-        .is_some_and(|p| p.protocol == crate::policy::server::ServerProtocol::Opaque);
-    if opaque || side.opaque_ports.contains(port) {
+    let policy = side.policy.as_ref().map(|p| p.current(target.port()));
+    let Some(limits) = side.detection(target.port(), policy.as_deref()) else {
         return Ok((target, Protocol::Opaque, BytesMut::new(), None));
-    }
+    };
     // A client the policy would refuse in plaintext gets no speculative connection to the
     // app: a server that speaks first must not talk to it before it is authorized.
     let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
-    let policy_timeout = policy.and_then(|p| p.detect_timeout);
-    let limits = DetectLimits::new(policy_timeout, side.detect_timeout, side.detect_silent_window);
     let (protocol, prefix, upstream) =
         detect_protocol(client, target, side, limits, speculate).await?;
     Ok((target, protocol, prefix, upstream))
 }
 
+impl Side {
+    /// How long detection waits on a connection to `port`, whose policy (with a policy
+    /// source) is `policy`; `None` when the port is opaque, by configuration or because
+    /// the control plane's Server says so, and nothing is detected.
+    pub(crate) fn detection(
+        &self,
+        port: u16,
+        policy: Option<&crate::policy::server::ServerPolicy>,
+    ) -> Option<DetectLimits> {
+        use crate::policy::server::ServerProtocol;
+        if self.opaque_ports.contains(port)
+            || policy.is_some_and(|p| p.protocol == ServerProtocol::Opaque)
+        {
+            return None;
+        }
+        let policy_timeout = policy.and_then(|p| p.detect_timeout);
+        Some(DetectLimits::new(policy_timeout, self.detect_timeout, self.detect_silent_window))
+    }
+}
+
 /// How long detection waits on one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DetectLimits {
-    timeout: Duration,
-    silent_window: Duration,
+pub(crate) struct DetectLimits {
+    pub(crate) timeout: Duration,
+    pub(crate) silent_window: Duration,
 }
 
 impl DetectLimits {
@@ -468,7 +484,9 @@ async fn connect_balanced(
         Some(d) => d.resolve(target).await,
         None => None,
     }) else {
-        return connect(target, side.connect).await.map(Upstream::Plain);
+        return connect(target, side.connect)
+            .await
+            .map(|s| Upstream::Plain(s, DstLabels::default()));
     };
     // A traffic split: this connection goes to one of the backend services, by weight.
     let backend = match &side.discovery {
@@ -486,12 +504,15 @@ async fn connect_balanced(
                 alpn: crate::identity::Alpn::None,
                 opaque_port: endpoint.meta.opaque_transport_port,
                 protocol: None,
+                labels: endpoint.meta.labels.clone(),
             };
             crate::mtls::connect(id, &t, &side.metrics, side.direction, side.connect, protocol)
                 .await
                 .map(|tls| Upstream::Tls(Box::new(tls)))
         }
-        _ => connect(endpoint.addr, side.connect).await.map(Upstream::Plain),
+        _ => connect(endpoint.addr, side.connect)
+            .await
+            .map(|s| Upstream::Plain(s, endpoint.meta.labels.clone())),
     };
     // The connect time feeds the latency estimate; a failed connect, failure accrual.
     picked.complete(result.is_ok());

@@ -504,3 +504,200 @@ fn a_traffic_split_moves_requests_to_the_canary_by_weight() {
     load(p.outbound, 4, 200);
     assert_eq!(canary.hits(), before);
 }
+
+/// Opaque TCP is balanced per connection: the proxy counts its connection to the endpoint
+/// with the endpoint's `dst_*` labels (Linkerd's); a connection that goes to its original
+/// destination undiscovered keeps exactly the labels it had.
+#[test]
+fn opaque_connections_to_an_endpoint_carry_its_dst_labels() {
+    use std::io::{Read, Write};
+    // Each server names itself, so the client sees where its connection went.
+    let named = |name: &'static [u8]| {
+        serve(local_listener(), move |mut s: std::net::TcpStream| {
+            let _ = s.write_all(name);
+        })
+    };
+    let (original, endpoint) = (named(b"original"), named(b"endpoint"));
+    let file = static_file("opaque");
+    let y = format!(
+        "services:\n  - name: db\n    namespace: prod\n    clusterIPs: [{}]\n    ports:\n      - port: {}\n        endpoints:\n          - address: {}\n            labels: {{pod: db-0}}\n",
+        original.ip(),
+        original.port(),
+        endpoint
+    );
+    std::fs::write(&file, y).expect("write");
+    let dst = Destination::start(file, free_port());
+    let (target, dst) = (original.to_string(), dst.addr.to_string());
+    let start = |networks: &str| {
+        let args = ["--outbound-orig-dst-addr", &target, "--destination-addr", &dst];
+        let opaque = ["--opaque-ports", "1-65535", "--destination-networks", networks];
+        Proxy::start(&[&args[..], &opaque].concat())
+    };
+    let through = |p: &Proxy| {
+        let mut s = std::net::TcpStream::connect(p.outbound).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        got
+    };
+    let common = format!(
+        "direction=\"outbound\",peer=\"dst\",target_addr=\"{target}\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\""
+    );
+    let closed = |p: &Proxy, labels: &str| {
+        let series = format!("tcp_close_total{{{labels},errno=\"\"}} 1\n");
+        eventually(Duration::from_secs(5), || p.metrics().contains(&series))
+    };
+    let tcp_lines = |m: &str| -> Vec<String> {
+        m.lines().filter(|l| l.starts_with("tcp_")).map(str::to_string).collect()
+    };
+
+    // Discovered: to the endpoint, with its labels (the service's and the file's).
+    let inside = start("127.0.0.0/8");
+    assert_eq!(through(&inside), b"endpoint", "{}", inside.logs());
+    let labels = format!("{common},dst_namespace=\"prod\",dst_pod=\"db-0\",dst_service=\"db\"");
+    assert!(closed(&inside, &labels), "{}", inside.metrics());
+    let m = inside.metrics();
+    for family in ["tcp_open_total", "tcp_read_bytes_total"] {
+        let series = format!("{family}{{{labels}}} ");
+        assert!(m.contains(&series), "no {series} in:\n{m}");
+    }
+    // The app's side of the connection is not the endpoint's.
+    let src: Vec<String> =
+        tcp_lines(&m).into_iter().filter(|l| l.contains("peer=\"src\"")).collect();
+    assert!(!src.is_empty() && src.iter().all(|l| !l.contains("dst_")), "{m}");
+
+    // Undiscovered (outside the destination networks): to the original destination, with
+    // no `dst_*` label.
+    let outside = start("10.0.0.0/8");
+    assert_eq!(through(&outside), b"original", "{}", outside.logs());
+    assert!(closed(&outside, &common), "{}", outside.metrics());
+    let m = outside.metrics();
+    assert!(m.contains(&format!("tcp_open_total{{{common}}} 1\n")), "{m}");
+    assert!(tcp_lines(&m).iter().all(|l| !l.contains("dst_")), "{m}");
+}
+
+/// An opaque TCP endpoint: echoes, counts the connections it accepted, and can close its
+/// listener, after which connections to it are refused.
+struct TcpEndpoint {
+    addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpEndpoint {
+    fn start() -> TcpEndpoint {
+        use std::sync::atomic::Ordering;
+        let listener = local_listener();
+        let addr = listener.local_addr().expect("addr");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stop) = (accepted.clone(), closing.clone());
+        let accepting = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if stop.load(Ordering::SeqCst) {
+                    break; // the listener goes with this thread
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || echo(conn));
+            }
+        });
+        TcpEndpoint { addr, accepted, closing, accepting: Some(accepting) }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes the listener: the endpoint refuses connections from now on.
+    fn close(&mut self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `closing` (this one is not counted).
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.accepting.take() {
+            t.join().expect("accept thread");
+        }
+        assert!(std::net::TcpStream::connect(self.addr).is_err(), "{} still accepts", self.addr);
+    }
+}
+
+/// One connection through the proxy's outbound port: whether bytes sent came back (the
+/// proxy resets it when it could not connect to the endpoint it picked).
+fn echoed(outbound: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let msg = b"\x00opaque ping";
+    let Ok(mut s) = std::net::TcpStream::connect(outbound) else { return false };
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut back = [0u8; 12];
+    s.write_all(msg).is_ok() && s.read_exact(&mut back).is_ok() && &back == msg
+}
+
+#[test]
+fn opaque_connections_are_balanced_per_connection_and_a_refusing_endpoint_is_ejected() {
+    let mut endpoints = [TcpEndpoint::start(), TcpEndpoint::start(), TcpEndpoint::start()];
+    let mut y = String::from(
+        "services:\n  - name: db\n    namespace: prod\n    clusterIPs: [10.96.0.11]\n    annotations:\n      config.weft.dev/opaque-ports: \"5432\"\n    ports:\n      - port: 5432\n        endpoints:\n",
+    );
+    for (i, e) in endpoints.iter().enumerate() {
+        y.push_str(&format!(
+            "          - address: {}\n            labels: {{pod: db-{i}}}\n",
+            e.addr
+        ));
+    }
+    let file = static_file("opaque-balance");
+    std::fs::write(&file, y).expect("write");
+    let dst = Destination::start(file, free_port());
+    let dst_addr = dst.addr.to_string();
+    // Opaque: no detection, every connection is balanced on its own. The ejection's backoff
+    // outlasts the test, so that no probe of the closed endpoint fails a client after it.
+    let p = Proxy::start(&[
+        "--outbound-orig-dst-addr",
+        "10.96.0.11:5432",
+        "--destination-addr",
+        &dst_addr,
+        "--opaque-ports",
+        "5432",
+        "--failure-accrual-min-backoff",
+        "60s",
+    ]);
+    let counts = |e: &[TcpEndpoint]| e.iter().map(TcpEndpoint::accepted).collect::<Vec<_>>();
+
+    // One connection at a time, so each is a pick of its own: every endpoint gets some.
+    // (Not evenly: a connect that stalls on a busy machine is a latency peak that keeps its
+    // endpoint aside for a while, as it should.)
+    for i in 0..60 {
+        assert!(echoed(p.outbound), "connection {i} failed\n{}", p.logs());
+    }
+    let got = counts(&endpoints);
+    eprintln!("opaque connections per endpoint: {got:?}");
+    assert_eq!(got.iter().sum::<u64>(), 60, "{got:?}");
+    assert!(got.iter().all(|&n| n > 0), "an endpoint was left out: {got:?}");
+    let m = p.metrics();
+    let opened = [("direction", "outbound"), ("peer", "dst"), ("protocol", "opaque")];
+    assert_eq!(metric(&m, "tcp_open_total", &opened), 60.0, "{m}");
+    assert!(metric(&m, "outbound_discovery_lookups_total", &[("result", "balanced")]) >= 1.0);
+
+    // db-2 goes away (its listener closed; discovery still lists it). Connections the
+    // balancer sends there are refused and the client's is reset, until seven failures in
+    // a row take it out.
+    endpoints[2].close();
+    let refused = |m: &str| metric(m, "outbound_tcp_errors_total", &[("error", "connect_refused")]);
+    let mut failed = 0;
+    let ejected = eventually(Duration::from_secs(30), || {
+        failed += u32::from(!echoed(p.outbound));
+        refused(&p.metrics()) >= 7.0
+    });
+    assert!(ejected, "{failed} failed connections, never seven refusals:\n{}", p.metrics());
+    assert_eq!(failed, 7, "clients that failed: one per refused connect");
+
+    // From then on every connection reaches the two others.
+    let before = counts(&endpoints);
+    for i in 0..30 {
+        assert!(echoed(p.outbound), "connection {i} after the ejection failed\n{}", p.logs());
+    }
+    let after = counts(&endpoints);
+    assert_eq!(after[0] + after[1] - before[0] - before[1], 30, "{before:?} → {after:?}");
+    let m = p.metrics();
+    assert_eq!(refused(&m), 7.0, "connects to the ejected endpoint: {m}");
+}

@@ -69,7 +69,7 @@ fn generate(dir: &Path, tag: &str, extra: &[&str]) -> PathBuf {
 
 /// Publishes files as the kubelet updates a mounted Secret: a fresh `..<generation>` directory,
 /// a new `..data` symlink renamed over the old one, and stable `name -> ..data/name` links.
-fn kubelet_publish(mount: &Path, generation: &str, files: &[(&str, Vec<u8>)]) {
+pub(crate) fn kubelet_publish(mount: &Path, generation: &str, files: &[(&str, Vec<u8>)]) {
     let gen_dir = mount.join(format!("..{generation}"));
     std::fs::create_dir_all(&gen_dir).expect("generation dir");
     for (name, data) in files {

@@ -27,6 +27,7 @@ mod policy_grpc_routes;
 mod policy_http_filters;
 mod policy_rate_limit;
 mod policy_routes;
+mod proxy_identity;
 mod route_status;
 mod split;
 mod support;

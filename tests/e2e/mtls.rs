@@ -26,7 +26,8 @@ pub(crate) fn id(sa: &str) -> String {
     format!("{sa}.prod.{DOMAIN}")
 }
 
-struct Child_(Child);
+/// A control-plane process of ours, killed on drop.
+pub(crate) struct Child_(Child);
 
 impl Drop for Child_ {
     fn drop(&mut self) {
@@ -72,7 +73,18 @@ impl Drop for Mesh {
 }
 
 /// `weft identity` signing with `pki/issuer.{crt,key}`, trusting `bundle`.
-fn start_identity(
+pub(crate) fn start_identity(
+    pki: &Path,
+    bundle: &Path,
+    tokens: &Path,
+    extra: &[&str],
+) -> (Child_, SocketAddr) {
+    start_identity_on("127.0.0.1:0", pki, bundle, tokens, extra)
+}
+
+/// Like `start_identity`, listening on `listen`.
+pub(crate) fn start_identity_on(
+    listen: &str,
     pki: &Path,
     bundle: &Path,
     tokens: &Path,
@@ -84,7 +96,7 @@ fn start_identity(
     let mut args = vec![
         "identity",
         "--listen-addr",
-        "127.0.0.1:0",
+        listen,
         "--admin-addr",
         "127.0.0.1:0",
         "--token-validator",
@@ -185,7 +197,7 @@ impl Mesh {
         // web: HTTP, the endpoint is the server proxy's inbound (there are no iptables
         // here to redirect to it). db: opaque, reached through the opaque transport port.
         let yaml = format!(
-            "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.40]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n  - name: db\n    namespace: prod\n    clusterIPs: [10.96.0.41]\n    ports:\n      - port: 5432\n        endpoints:\n          - address: {}\n            identity: {}\n            opaqueTransportPort: {}\n",
+            "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.40]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n  - name: db\n    namespace: prod\n    clusterIPs: [10.96.0.41]\n    ports:\n      - port: 5432\n        endpoints:\n          - address: {}\n            identity: {}\n            opaqueTransportPort: {}\n            labels: {{pod: db-0}}\n",
             server.inbound,
             id("web"),
             echo,
@@ -268,7 +280,7 @@ fn echo_through(proxy: SocketAddr, msg: &[u8]) -> Vec<u8> {
     back
 }
 
-fn rand_suffix() -> u64 {
+pub(crate) fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64)
@@ -430,6 +442,28 @@ fn opaque_tcp_goes_over_the_peers_inbound_port_with_a_transport_header() {
         ) >= 1.0,
         "{srv}"
     );
+    // The client's proxy counts its connection to the endpoint with the `dst_*` labels
+    // discovery gave the endpoint (the service's and the static file's), as Linkerd does.
+    let web = id("web");
+    let endpoint = [
+        ("direction", "outbound"),
+        ("peer", "dst"),
+        ("target_addr", &echo),
+        ("protocol", "opaque"),
+        ("tls", "true"),
+        ("server_id", &web),
+        ("dst_namespace", "prod"),
+        ("dst_pod", "db-0"),
+        ("dst_service", "db"),
+    ];
+    let closed = || metric(&mesh.tcp_client.metrics(), "tcp_close_total", &endpoint) == 1.0;
+    assert!(eventually(Duration::from_secs(5), closed), "{}", mesh.tcp_client.metrics());
+    let c = mesh.tcp_client.metrics();
+    assert_eq!(metric(&c, "tcp_open_total", &endpoint), 1.0, "{c}");
+    assert!(metric(&c, "tcp_write_bytes_total", &endpoint) > msg.len() as f64, "{c}");
+    // The app's side of the connection is not the endpoint's.
+    let app_side = |l: &&str| l.starts_with("tcp_") && l.contains("peer=\"src\"");
+    assert!(!c.lines().filter(app_side).any(|l| l.contains("dst_")), "{c}");
 }
 
 /// Dials `to` (a proxy's inbound port) as a meshed peer with `sa`'s certificate (made by

@@ -22,12 +22,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    discovery::DstLabels,
-    metrics::{
-        Direction, ErrorLabels, FoldLabels, INVALID, LabelCap, OVERFLOW, TlsLabels,
-        retention::{Index, Lease},
-    },
+use crate::metrics::{
+    Direction, DstLabels, ErrorLabels, FoldLabels, INVALID, LabelCap, OVERFLOW, TlsLabels,
+    retention::{Index, Lease},
 };
 
 /// Linkerd's `response_latency_ms` buckets.

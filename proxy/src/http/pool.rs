@@ -531,6 +531,8 @@ impl Pool {
                 alpn,
                 opaque_port: None,
                 protocol: None,
+                // Pooled per address: no one endpoint's `dst_*` labels to carry.
+                labels: crate::metrics::DstLabels::default(),
             };
             let tls = crate::mtls::connect(
                 id,

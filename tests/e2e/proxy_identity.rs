@@ -1,0 +1,243 @@
+//! The proxy's side of identity, with the real `weft identity` and a PKI from `weft certs
+//! generate`: `/ready` waits for a certificate (a pod without one must not get traffic),
+//! and the trust anchors are re-read when the kubelet publishes a new bundle (a trust
+//! anchor rotation needs no restart), checked with openssl as the meshed peer.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::{
+    identity::kubelet_publish,
+    mtls::{id, identity_args, rand_suffix, start_identity, start_identity_on, start_proxy},
+    support::*,
+};
+
+/// A temporary directory with a PKI from `weft certs generate` in each of `pkis`, the
+/// static tokens of `web` and `client`, and their token files; removed on drop.
+struct Pki(PathBuf);
+
+impl Pki {
+    fn new(tag: &str, pkis: &[&str]) -> Pki {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-e2e-proxy-identity-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        for pki in pkis {
+            let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_weft"))
+                .args(["certs", "generate", "--out-dir"])
+                .arg(dir.join(pki)));
+            assert!(ok, "weft certs generate: {err}");
+        }
+        std::fs::write(dir.join("tokens.yaml"), "web-token: prod/web\nclient-token: prod/client\n")
+            .expect("tokens");
+        Pki(dir)
+    }
+
+    /// `sa`'s token file in `dir`, as a projected token would be mounted there.
+    fn token(&self, dir: &Path, sa: &str) {
+        std::fs::write(dir.join(format!("{sa}.token")), format!("{sa}-token")).expect("token");
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn ready_only_once_the_proxy_has_a_certificate() {
+    let pki = Pki::new("ready", &["pki"]);
+    let dir = pki.0.join("pki");
+    pki.token(&dir, "web");
+    // The identity service's address, where nothing listens yet.
+    let identity = local_listener().local_addr().expect("addr").to_string();
+    let app = http_server(local_listener());
+    let args = [
+        vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
+        identity_args(&dir, &id("web"), "web.token", &identity),
+    ]
+    .concat();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(&args);
+
+    // Serving, live, and having tried for a certificate and failed: not ready.
+    let tried = || proxy.logs().contains("could not obtain an identity certificate");
+    assert!(eventually(Duration::from_secs(20), tried), "no attempt:\n{}", proxy.logs());
+    assert_eq!(admin_request(proxy.admin, "GET", "/live", "").0, 200);
+    let (code, body) = admin_request(proxy.admin, "GET", "/ready", "");
+    assert_eq!((code, body.as_str()), (503, "not ready\n"), "{}", proxy.logs());
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "identity_cert_refreshes_total", &[]), 0.0, "{m}");
+
+    // The identity service comes up on that address: the proxy's next attempt gets a
+    // certificate, and it is ready.
+    let (_identity, at) =
+        start_identity_on(&identity, &dir, &dir.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
+    assert_eq!(at.to_string(), identity);
+    let ready = || admin_request(proxy.admin, "GET", "/ready", "") == (200, "ready\n".into());
+    assert!(eventually(Duration::from_secs(30), ready), "never ready:\n{}", proxy.logs());
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "identity_cert_refreshes_total", &[]), 1.0, "{m}");
+    assert!(metric(&m, "identity_cert_expiration_timestamp_seconds", &[]) > 1.7e9, "{m}");
+}
+
+/// openssl as a meshed client of `proxy`'s inbound port (`server_ca`: what verifies the
+/// proxy), presenting `sa`'s certificate from `pki`'s issuer, offering `alpn` (none when
+/// `None`, as linkerd2-proxy's clients send HTTP); stdin and stdout piped.
+fn s_client(proxy: &Proxy, server_ca: &Path, pki: &Path, sa: &str, alpn: Option<&str>) -> Command {
+    let (_, leaf, key) = crate::admin::issue(pki, sa);
+    let web = id("web");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &proxy.inbound.to_string(), "-servername", &web])
+        .args(["-verify_hostname", &web, "-verify_return_error", "-ign_eof"])
+        .args(alpn.map(|a| ["-alpn", a]).into_iter().flatten())
+        .arg("-CAfile")
+        .arg(server_ca)
+        .arg("-cert")
+        .arg(leaf)
+        .arg("-cert_chain")
+        .arg(pki.join("issuer.crt"))
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// `request` sent by [`s_client`], and everything openssl printed: the app's answer
+/// included when the proxy took the certificate.
+fn meshed_request(mut client: Command, request: &[u8]) -> String {
+    let mut child = client.spawn().expect("openssl s_client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(request);
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl output");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `GET /echo` from `sa` over HTTP/1.1 by ALPN, so that the proxy serves it as HTTP and
+/// tells the app who called.
+fn meshed_get(proxy: &Proxy, server_ca: &Path, pki: &Path, sa: &str) -> String {
+    let client = s_client(proxy, server_ca, pki, sa, Some("http/1.1"));
+    meshed_request(client, b"GET /echo HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+}
+
+/// A meshed client that names no protocol by ALPN — linkerd2-proxy sends HTTP that way —
+/// gets its HTTP detected inside the TLS: served as HTTP, counted, and the app told the
+/// real caller (a forged `l5d-client-id` is replaced, not passed on as bytes). A meshed
+/// client that stays silent is opaque at once, so a server that speaks first is heard.
+#[test]
+fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
+    let pki = Pki::new("no-alpn", &["pki"]);
+    let dir = pki.0.join("pki");
+    pki.token(&dir, "web");
+    let (_identity, identity) =
+        start_identity(&dir, &dir.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
+    let proxy_to = |app: std::net::SocketAddr| {
+        let args = [
+            vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
+            identity_args(&dir, &id("web"), "web.token", &identity.to_string()),
+        ];
+        start_proxy(args.concat())
+    };
+    let proxy = proxy_to(http_server(local_listener()));
+    let ca = dir.join("ca.crt");
+    let forged = b"GET /echo HTTP/1.1\r\nHost: web\r\nl5d-client-id: admin.prod.forged\r\nConnection: close\r\n\r\n";
+    let out = meshed_request(s_client(&proxy, &ca, &dir, "client", None), forged);
+    let client = id("client");
+    assert!(out.contains("HTTP/1.1 200"), "{out}\n{}", proxy.logs());
+    assert!(out.contains(&format!("l5d-client-id: {client}\n")), "{out}");
+    assert!(!out.contains("forged"), "the client's own l5d-client-id reached the app:\n{out}");
+    let m = proxy.metrics();
+    let meshed = [("direction", "inbound"), ("tls", "true"), ("client_id", client.as_str())];
+    assert_eq!(metric(&m, "request_total", &meshed), 1.0, "{m}");
+    let http = [meshed.as_slice(), &[("peer", "src"), ("protocol", "http/1")]].concat();
+    assert_eq!(metric(&m, "tcp_open_total", &http), 1.0, "{m}");
+
+    // A server that speaks first, and a meshed client that waits for it.
+    let banner_app = serve(local_listener(), banner(b"220 ready\r\n"));
+    let proxy = proxy_to(banner_app);
+    let mut child = s_client(&proxy, &ca, &dir, "client", None).spawn().expect("openssl");
+    let _stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(9).any(|w| w == b"220 ready") {
+                let _ = tx.send(());
+                break;
+            }
+        }
+    });
+    let heard = rx.recv_timeout(Duration::from_secs(15)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(heard, "the server's banner never reached the silent meshed client:\n{}", proxy.logs());
+    let m = proxy.metrics();
+    let opaque = [meshed.as_slice(), &[("peer", "src"), ("protocol", "opaque")]].concat();
+    assert_eq!(metric(&m, "tcp_open_total", &opaque), 1.0, "{m}");
+}
+
+#[test]
+fn the_proxy_rereads_its_trust_anchors_when_the_kubelet_publishes_new_ones() {
+    // Two PKIs: `a`, which the proxy's own certificate comes from, and `b`, a new anchor.
+    let pki = Pki::new("anchors", &["a", "b"]);
+    let (a, b) = (pki.0.join("a"), pki.0.join("b"));
+    let (_identity, identity) =
+        start_identity(&a, &a.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
+    // The proxy's anchors are a mounted ConfigMap holding A only.
+    let mount = pki.0.join("mount");
+    std::fs::create_dir_all(&mount).expect("mount");
+    let anchor = |p: &Path| std::fs::read(p.join("ca.crt")).expect("anchor");
+    kubelet_publish(&mount, "2026_01_01_00_00_00.000000001", &[("ca.crt", anchor(&a))]);
+    pki.token(&mount, "web");
+    let app = http_server(local_listener());
+    let proxy = start_proxy(
+        [
+            vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
+            identity_args(&mount, &id("web"), "web.token", &identity.to_string()),
+        ]
+        .concat(),
+    );
+    let client = id("client");
+    let told = format!("l5d-client-id: {client}\n");
+    let served = |out: &str| out.contains("HTTP/1.1 200") && out.contains(&told);
+    let refused =
+        || metric(&proxy.metrics(), "inbound_tcp_errors_total", &[("error", "tls_handshake")]);
+
+    // Before: a client certificate under A is taken; one under B is refused in the handshake.
+    let out = meshed_get(&proxy, &a.join("ca.crt"), &a, "client");
+    assert!(served(&out), "a peer under the proxy's own anchor was refused:\n{out}");
+    let out = meshed_get(&proxy, &a.join("ca.crt"), &b, "client");
+    assert!(!out.contains("HTTP/1.1"), "a peer under an unknown anchor got in:\n{out}");
+    assert!(eventually(Duration::from_secs(5), || refused() == 1.0), "{}", proxy.metrics());
+
+    // The kubelet publishes the bundle A+B (a new `..data`, as for any ConfigMap update).
+    let both = [anchor(&a), anchor(&b)].concat();
+    kubelet_publish(&mount, "2026_02_01_00_00_00.000000001", &[("ca.crt", both)]);
+    let reloaded = || proxy.logs().contains("trust anchors reloaded");
+    assert!(eventually(Duration::from_secs(20), reloaded), "not re-read:\n{}", proxy.logs());
+
+    // After: the peer under B is taken, with its identity; A's still is; no restart.
+    let out = meshed_get(&proxy, &a.join("ca.crt"), &b, "client");
+    assert!(served(&out), "a peer under the new anchor was refused:\n{out}\n{}", proxy.logs());
+    let out = meshed_get(&proxy, &a.join("ca.crt"), &a, "client");
+    assert!(served(&out), "a peer under the old anchor was refused:\n{out}");
+    assert_eq!(refused(), 1.0, "{}", proxy.metrics());
+    let m = proxy.metrics();
+    let from_client = [("direction", "inbound"), ("tls", "true"), ("client_id", client.as_str())];
+    assert_eq!(metric(&m, "request_total", &from_client), 3.0, "{m}");
+}
