@@ -34,27 +34,27 @@ struct GenerateArgs {
     #[arg(long, env = "WEFT_CERTS_OUT_DIR", default_value = ".")]
     out_dir: PathBuf,
     /// Overwrite existing files.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_CERTS_FORCE")]
     force: bool,
     /// Trust domain; names the certificates (`root.<td>`, `identity.<td>`).
     #[arg(long, env = "WEFT_CERTS_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
     /// Lifetime of the trust anchor.
-    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    #[arg(long, env = "WEFT_CERTS_ANCHOR_LIFETIME", default_value = "3650d", value_parser = parse_duration)]
     anchor_lifetime: Duration,
     /// Lifetime of the issuer.
-    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    #[arg(long, env = "WEFT_CERTS_ISSUER_LIFETIME", default_value = "365d", value_parser = parse_duration)]
     issuer_lifetime: Duration,
     /// Also write the trust anchor's key (ca.key), to sign future issuers with it. Keep it
     /// offline: whoever holds it can mint any identity.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_CERTS_WRITE_ANCHOR_KEY")]
     write_anchor_key: bool,
     /// Sign the new issuer with this existing anchor instead of creating one (issuer
     /// rotation under the same root); needs --anchor-key.
-    #[arg(long, requires = "anchor_key")]
+    #[arg(long, env = "WEFT_CERTS_ANCHOR_CERT", requires = "anchor_key")]
     anchor_cert: Option<PathBuf>,
     /// The existing anchor's key (PEM).
-    #[arg(long, requires = "anchor_cert")]
+    #[arg(long, env = "WEFT_CERTS_ANCHOR_KEY", requires = "anchor_cert")]
     anchor_key: Option<PathBuf>,
 }
 

@@ -21,7 +21,7 @@ pub struct InjectArgs {
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Render the full sidecar (init container, proxy, volumes) instead of the annotation.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_INJECT_MANUAL")]
     manual: bool,
     #[command(flatten)]
     proxy: ProxyArgs,

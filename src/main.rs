@@ -60,3 +60,70 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{ArgAction, Command, CommandFactory as _};
+
+    use super::Cli;
+
+    /// DESIGN.md: every flag is also an env var, `WEFT_<SUBCOMMAND>_<FLAG>` (a nested
+    /// subcommand's flags take its top-level subcommand's prefix: `WEFT_CERTS_FORCE`). The
+    /// proxy settings that `weft inject` shares with `weft injector` keep the injector's
+    /// names, so that one set of env vars configures both.
+    #[test]
+    fn every_flag_is_also_an_env_var() {
+        fn check(cmd: &Command, prefixes: &[String], problems: &mut Vec<String>) {
+            let mut seen = std::collections::HashSet::new();
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(
+                    arg.get_action(),
+                    ArgAction::Help
+                        | ArgAction::HelpShort
+                        | ArgAction::HelpLong
+                        | ArgAction::Version
+                );
+                if arg.is_positional() || builtin {
+                    continue;
+                }
+                let flag = arg.get_long().expect("every flag has a long name");
+                let name = flag.to_ascii_uppercase().replace('-', "_");
+                let want = prefixes.iter().map(|p| format!("{p}{name}")).collect::<Vec<_>>();
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    None => problems.push(format!("{}: --{flag} has no env var", cmd.get_name())),
+                    Some(env) if !want.iter().any(|w| w == env) => problems.push(format!(
+                        "{}: --{flag} has env var {env}, not one of {want:?}",
+                        cmd.get_name()
+                    )),
+                    Some(env) if !seen.insert(env.to_string()) => {
+                        problems.push(format!("{}: {env} is used twice", cmd.get_name()));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, prefixes, problems);
+            }
+        }
+
+        let mut cli = Cli::command();
+        cli.build();
+        let mut problems = Vec::new();
+        let mut flags = 0;
+        for sub in cli.get_subcommands() {
+            let mut prefixes = vec![format!("WEFT_{}_", sub.get_name().to_ascii_uppercase())];
+            if sub.get_name() == "inject" {
+                prefixes.push("WEFT_INJECTOR_".to_string());
+            }
+            check(sub, &prefixes, &mut problems);
+            flags += sub.get_arguments().filter(|a| a.get_env().is_some()).count();
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        assert!(flags > 50, "the walk saw the subcommands' flags ({flags})");
+        // The subcommands that have flags; a new one is walked the same way.
+        let names: Vec<&str> = cli.get_subcommands().map(Command::get_name).collect();
+        for name in ["identity", "certs", "injector", "inject", "demo", "destination", "check"] {
+            assert!(names.contains(&name), "{name}");
+        }
+    }
+}

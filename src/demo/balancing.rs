@@ -186,15 +186,17 @@ pub fn serve_destination(
 }
 
 /// `n` GETs over `connections` keep-alive HTTP/1.1 connections; returns how many got 2xx.
+/// Exactly `n`: the success rates printed are of `n`, so none may be left unsent.
 pub async fn drive(proxy: SocketAddr, connections: u64, n: u64) -> anyhow::Result<u64> {
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for i in 0..connections {
+        let share = n / connections + u64::from(i < n % connections);
         tasks.push(tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy).await?);
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
             let mut ok = 0u64;
-            for _ in 0..n / connections {
+            for _ in 0..share {
                 sender.ready().await?;
                 let req = http::Request::get("/")
                     .header(http::header::HOST, "api.demo.svc.cluster.local")

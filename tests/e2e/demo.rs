@@ -51,4 +51,34 @@ fn the_demo_runs_a_whole_mesh_and_shows_what_it_promises() {
         assert!(out.contains(want), "missing {want:?} in:\n{out}\n{err}");
     }
     assert!(!err.contains("panicked"), "{err}");
+
+    // The balancing table: what each endpoint received and what the client saw, without
+    // and with retries. The demo's claims, checked on its own numbers: peak-EWMA keeps
+    // traffic off the slow endpoint, and retries hide the flaky one (which, without them,
+    // the client sees).
+    let header = out.lines().find(|l| l.contains("success at client")).expect("the table");
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns, ["fast", "slow", "flaky", "success", "at", "client"], "{out}");
+    let row = |label: &str| -> [f64; 4] {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} row in:\n{out}"));
+        let cells: Vec<f64> = line
+            .split_whitespace()
+            .map(|c| c.strip_suffix('%').and_then(|c| c.parse().ok()))
+            .collect::<Option<_>>()
+            .unwrap_or_else(|| panic!("{label:?} row is not four percentages: {line:?}"));
+        cells.try_into().unwrap_or_else(|_| panic!("{label:?} row: {line:?}"))
+    };
+    let (without, with) = (row("no retries "), row("with retries "));
+    for (label, [fast, slow, flaky, _]) in [("no retries", without), ("with retries", with)] {
+        assert!(
+            slow < fast,
+            "{label}: the slow endpoint's share {slow} % is not below the fast one's {fast} %\n{out}"
+        );
+        assert!((fast + slow + flaky - 100.0).abs() < 0.5, "{label}: shares do not add up\n{out}");
+    }
+    assert_eq!(with[3], 100.0, "with retries, a request failed at the client\n{out}");
+    assert!(without[3] < 100.0, "without retries the flaky endpoint's 503s never showed\n{out}");
 }

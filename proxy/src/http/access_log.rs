@@ -311,6 +311,39 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
     b3.filter(|id| hex(id)).map(str::to_ascii_lowercase)
 }
 
+/// What the log takes from a request, for the fuzz targets (`fuzz/`): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    pub const MAX_FIELD_BYTES: usize = super::MAX_FIELD_BYTES;
+
+    pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+        super::trace_id(headers)
+    }
+
+    /// The Apache and the JSON line of `req`, as written when its response ends, without
+    /// a writer thread.
+    pub fn lines<B>(
+        req: &Request<B>,
+        client: SocketAddr,
+        client_id: Option<Arc<str>>,
+        status: u16,
+        response_bytes: u64,
+    ) -> [String; 2] {
+        let (_, finished) = mpsc::channel();
+        let log = Arc::new(AccessLog {
+            format: Format::Json,
+            tx: None,
+            backlog: Arc::default(),
+            metrics: AccessLogMetrics::default(),
+            finished: Mutex::new(finished),
+        });
+        let entry = log.begin(req, client, client_id);
+        [entry.apache(status, response_bytes), entry.json(status, response_bytes, Duration::ZERO)]
+    }
+}
+
 /// A request body that counts its bytes for the access log.
 pub struct Counted<B> {
     inner: B,

@@ -40,9 +40,9 @@ use tracing::debug;
 use crate::{
     config::PortSet,
     detect::Protocol,
-    discovery::{DstLabels, Resolution},
+    discovery::Resolution,
     metrics::Direction,
-    metrics::TlsLabels,
+    metrics::{DstLabels, TlsLabels},
     transport::{ConnError, Side},
 };
 
@@ -553,7 +553,8 @@ impl BadHead {
 /// - the hop-by-hop headers (RFC 9110 §7.6.1) dropped — before the proxy adds its own,
 ///   so that `Connection` cannot name them — except, on an upgrade, `Upgrade` and
 ///   `Connection: upgrade`; an `Upgrade` that `Connection` does not name, or to `h2c`
-///   (RFC 9113 §3.1), is no upgrade, and is dropped;
+///   (RFC 9113 §3.1), or in HTTP/1.0 (RFC 9110 §7.8: ignored, as hyper does), is no
+///   upgrade, and is dropped;
 /// - `l5d-orig-proto` dropped from HTTP/1: only a peer proxy's HTTP/2 carries it;
 /// - HTTP/2 field values: none starts or ends with whitespace (RFC 9113 §8.2.1 makes such
 ///   a request malformed, for an intermediary not to forward; the h2 crate lets it by, and
@@ -581,7 +582,9 @@ fn check_head<B>(req: &mut Request<B>) -> Result<(), BadHead> {
     if let Some(other) = other_transfer_coding(req.headers()) {
         return Err(BadHead::TransferCoding(other.to_string()));
     }
-    let upgrade = req.headers().contains_key(UPGRADE) && !drop_false_upgrade(req.headers_mut());
+    let upgrade = req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && !drop_false_upgrade(req.headers_mut());
     strip_hop_by_hop(req.headers_mut(), if upgrade { Hop::Upgrade } else { Hop::Request });
     Ok(())
 }
@@ -647,6 +650,39 @@ fn h2_authority<B>(req: &mut Request<B>) -> Result<(), BadHead> {
     }
     req.headers_mut().remove(HOST);
     Ok(())
+}
+
+/// The request-head checks, for the fuzz targets (`fuzz/`): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use http::{Request, StatusCode};
+
+    /// `check_head`; a refusal as the status and the message the client gets.
+    pub fn check_head<B>(req: &mut Request<B>) -> Result<(), (StatusCode, String)> {
+        super::check_head(req).map_err(|e| (e.status(), e.to_string()))
+    }
+
+    pub fn h1_host<B>(req: &mut Request<B>) -> Result<(), String> {
+        super::h1_host(req).map_err(|e| e.to_string())
+    }
+
+    pub fn h2_authority<B>(req: &mut Request<B>) -> Result<(), String> {
+        super::h2_authority(req).map_err(|e| e.to_string())
+    }
+
+    pub fn host_syntax(host: &[u8]) -> bool {
+        super::host_syntax(host)
+    }
+
+    /// The authority that routing, policy and metrics see.
+    pub fn authority<B>(req: &Request<B>) -> &str {
+        super::authority(req)
+    }
+
+    /// Whether the request goes on as an upgrade (WebSocket, CONNECT).
+    pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+        super::is_upgrade(req)
+    }
 }
 
 /// Drops an `Upgrade` that is no upgrade to forward: one that `Connection` does not name
@@ -1266,6 +1302,14 @@ mod tests {
             ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
         ];
         let mut r = head(Version::HTTP_11, "/", &h2c);
+        assert_eq!(check_head(&mut r), Ok(()));
+        assert!(!is_upgrade(&r));
+        let left: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host"]);
+        // HTTP/1.0 has no upgrade: nothing of one is forwarded (found by fuzz/http_head: a
+        // kept `Connection: upgrade` failed the request once carried as HTTP/2).
+        let mut r =
+            head(Version::HTTP_10, "/ws", &[&ws[..], &[("connection", "Upgrade, X-Foo")]].concat());
         assert_eq!(check_head(&mut r), Ok(()));
         assert!(!is_upgrade(&r));
         let left: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
