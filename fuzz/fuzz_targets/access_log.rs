@@ -7,9 +7,12 @@
 //! request's; the JSON line is a JSON object whose fields read back to the request's values.
 #![no_main]
 
+#[path = "shared/h1.rs"]
+mod h1;
+
 use std::{net::SocketAddr, sync::Arc};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderValue, Request};
 use libfuzzer_sys::fuzz_target;
 use weft_proxy::http::access_log::fuzzing::{MAX_FIELD_BYTES, lines, trace_id};
 
@@ -17,7 +20,7 @@ const CLIENT: &str = "10.0.0.1:41234";
 const CLIENT_ID: &str = "web.prod.serviceaccount.identity.weft.cluster.local";
 
 fuzz_target!(|data: &[u8]| {
-    let Some(req) = request(data) else { return };
+    let Some(req) = h1::h1_request(data) else { return };
     let headers = req.headers();
 
     let id = trace_id(headers);
@@ -125,22 +128,4 @@ fn json_line(req: &Request<()>, line: &str, id: Option<&str>) {
     assert_eq!(s("trace_id"), id.unwrap_or(""));
     assert_eq!(s("version"), format!("{:?}", req.version()));
     assert_eq!(v["status"], 503);
-}
-
-/// HTTP/1 as hyper's server reads it (httparse); the log sees every request the proxy
-/// takes, checked or not.
-fn request(data: &[u8]) -> Option<Request<()>> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(_) = parsed.parse(data).ok()? else { return None };
-    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
-    let uri: Uri = parsed.path?.parse().ok()?;
-    let version = if parsed.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-    let mut req = Request::builder().method(method).uri(uri).version(version).body(()).ok()?;
-    let map: &mut HeaderMap = req.headers_mut();
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
-    }
-    Some(req)
 }

@@ -12,8 +12,11 @@
 //! again passes and changes nothing.
 #![no_main]
 
+#[path = "shared/h1.rs"]
+mod h1;
+
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version,
     header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
     uri,
 };
@@ -26,7 +29,7 @@ use weft_proxy::http::{
 fuzz_target!(|data: &[u8]| {
     let req = match data.split_first() {
         Some((b'2', list)) => h2_request(list),
-        _ => h1_request(data),
+        _ => h1::h1_request(data),
     };
     let Some(req) = req else { return };
 
@@ -160,41 +163,6 @@ fn passed(before: &Request<()>, req: &Request<()>) {
         });
         assert!(kept || hop || named, "{name}: {value:?} went: {before:?} -> {req:?}");
     }
-}
-
-/// HTTP/1 as hyper's server reads it: httparse, then hyper's own framing rules.
-fn h1_request(data: &[u8]) -> Option<Request<()>> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(_) = parsed.parse(data).ok()? else { return None };
-    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
-    let uri: Uri = parsed.path?.parse().ok()?;
-    let version = if parsed.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-    let mut req = Request::builder().method(method).uri(uri).version(version).body(()).ok()?;
-    let map = req.headers_mut();
-    let (mut te, mut te_chunked) = (false, false);
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == TRANSFER_ENCODING {
-            // hyper: HTTP/1.0 has no codings; a coding drops the length; the last coding
-            // must be chunked.
-            if version == Version::HTTP_10 {
-                return None;
-            }
-            te = true;
-            map.remove(http::header::CONTENT_LENGTH);
-            te_chunked = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        } else if name == http::header::CONTENT_LENGTH && te {
-            continue;
-        }
-        map.append(name, value);
-    }
-    (!te || te_chunked).then_some(req)
 }
 
 /// HTTP/2 as h2 decodes a header block and hyper builds the request.

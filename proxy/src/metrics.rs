@@ -961,10 +961,7 @@ mod tests {
             );
             assert!(text.contains(&want), "missing {want:?} in:\n{text}");
         }
-        sweep_past_retention(&m, Instant::now());
-        let text = m.render();
-        assert!(!text.contains("dst_pod="), "every endpoint series is gone:\n{text}");
-        assert!(text.contains("metrics_series_evicted_total 2\n"), "{text}");
+        evict_idle(&m, "dst_pod=", 2);
         // The target's value left the cap: another target has room again.
         conn(&m, "10.0.0.9:80").close(None);
         let text = m.render();
@@ -980,6 +977,15 @@ mod tests {
 
     fn sweep_past_retention(m: &Metrics, t0: Instant) -> Instant {
         m.sweep_past_retention(t0, RETAIN)
+    }
+
+    /// Sweeps past the retention period: no series with `gone` is left, and `evicted` label
+    /// sets were counted as evicted.
+    fn evict_idle(m: &Metrics, gone: &str, evicted: u64) {
+        sweep_past_retention(m, Instant::now());
+        let text = m.render();
+        assert!(!text.contains(gone), "every series with {gone} is gone:\n{text}");
+        assert!(text.contains(&format!("metrics_series_evicted_total {evicted}\n")), "{text}");
     }
 
     #[test]
@@ -1007,10 +1013,7 @@ mod tests {
         }
         let text = m.render();
         assert!(text.contains("target_addr=\"overflow\""), "{text}");
-        sweep_past_retention(&m, Instant::now());
-        let text = m.render();
-        assert!(!text.contains("target_addr="), "every transport series is gone:\n{text}");
-        assert!(text.contains("metrics_series_evicted_total 3\n"), "{text}");
+        evict_idle(&m, "target_addr=", 3);
         // A new endpoint gets its own series again.
         conn(&m, "10.0.0.4:80").close(None);
         let text = m.render();
