@@ -85,10 +85,7 @@ impl ControlAddr {
     /// control-plane connections are allowed only to such addresses.
     pub fn is_loopback(&self) -> bool {
         match self.host {
-            Host::Ip(IpAddr::V4(ip)) => ip.is_loopback(),
-            Host::Ip(IpAddr::V6(ip)) => {
-                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
+            Host::Ip(ip) => ip.to_canonical().is_loopback(),
             Host::Name(_) => false,
         }
     }

@@ -174,8 +174,8 @@ impl Admin {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        let local = peer.ip().is_loopback()
-            || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+        // An IPv4-mapped loopback (a dual-stack listener's) is this host too.
+        let local = peer.ip().to_canonical().is_loopback();
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => self.metrics_page(accepts_gzip(req.headers())).await,
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),

@@ -102,6 +102,17 @@ pub fn detect(buf: &[u8], max: usize) -> Detect {
     }
 }
 
+/// The protocol once a read has left `buf`: `None` while more bytes (up to `max`) could
+/// still decide; at EOF (`eof`: the client is done sending) what it sent decides, and what
+/// nothing decided is opaque.
+pub fn after_read(buf: &[u8], max: usize, eof: bool) -> Option<Protocol> {
+    match detect(buf, if eof { buf.len() } else { max }) {
+        Detect::Found(p) => Some(p),
+        Detect::NeedMore if eof => Some(Protocol::Opaque),
+        Detect::NeedMore => None,
+    }
+}
+
 /// Each detector answers Found(its protocol), NeedMore, or this when the bytes rule it out.
 fn ruled_out() -> Detect {
     Detect::Found(Protocol::Opaque)

@@ -474,13 +474,12 @@ pub fn endpoint(
             fixed = true;
             continue;
         }
-        let key: String = std::iter::once("dst_")
-            .chain([k.as_str()])
-            .flat_map(str::chars)
+        let name: String = k
+            .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
             .collect();
-        fixed |= key.len() != k.len() + 4 || key[4..] != *k;
-        labels.insert(key, v.clone());
+        fixed |= name != *k;
+        labels.insert(format!("dst_{name}"), v.clone());
     }
     fixed |= labels.len() > MAX_DST_LABELS;
     let labels: Vec<(String, String)> = labels.into_iter().take(MAX_DST_LABELS).collect();

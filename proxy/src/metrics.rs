@@ -159,8 +159,18 @@ impl prometheus_client::encoding::EncodeLabelSet for TlsLabels {
 /// `discovery::endpoint`), sorted. Made once per endpoint and shared (an `Arc`) by the
 /// series of its routes and its connections, on which they are the same labels in the same
 /// order. Their number follows the endpoints discovery holds, not the clients.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DstLabels(pub Arc<Vec<(String, String)>>);
+
+impl Default for DstLabels {
+    /// None: one empty list shared by every connection and route without any, so that
+    /// opening a connection's metrics allocates none.
+    fn default() -> Self {
+        static NONE: std::sync::LazyLock<Arc<Vec<(String, String)>>> =
+            std::sync::LazyLock::new(|| Arc::new(Vec::new()));
+        DstLabels(NONE.clone())
+    }
+}
 
 impl EncodeLabelSet for DstLabels {
     fn encode(

@@ -16,7 +16,7 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    detect::{self, Detect, Protocol},
+    detect::{self, Protocol},
     identity::{Alpn, Identity, peer_identity},
     io::{Metered, MeteredIo, Prefixed},
     metrics::{Direction, DstLabels, Metrics, Peer, TlsLabels},
@@ -210,13 +210,9 @@ async fn detect_inside<S: AsyncRead + Unpin>(
                 Protocol::Opaque
             }
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => match detect::detect(buf, buf.len()) {
-                Detect::Found(p) => p,
-                Detect::NeedMore => Protocol::Opaque,
-            },
-            Ok(Ok(_)) => match detect::detect(buf, max) {
-                Detect::Found(p) => p,
-                Detect::NeedMore => continue,
+            Ok(Ok(n)) => match detect::after_read(buf, max, n == 0) {
+                Some(p) => p,
+                None => continue,
             },
         };
         return Ok(match protocol {

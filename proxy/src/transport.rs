@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::{
     config::PortSet,
-    detect::{self, Detect, Protocol},
+    detect::{self, Protocol},
     forward,
     metrics::{Direction, DstLabels, Metrics, Peer},
     orig_dst,
@@ -383,22 +383,18 @@ async fn detect_protocol(
     loop {
         let room = max - buf.len();
         match timeout_at(deadline, read_some(client, &mut buf, room)).await {
-            Ok(Ok(0)) => {
-                debug!(bytes = buf.len(), "client closed during detection");
-                // The client finished sending: decide on what it sent.
-                let protocol = match detect::detect(&buf, buf.len()) {
-                    Detect::Found(p) => p,
-                    Detect::NeedMore => Protocol::Opaque,
-                };
-                return Ok((protocol, buf, upstream));
-            }
-            Ok(Ok(_)) => {
-                if let Detect::Found(p) = detect::detect(&buf, max) {
+            Ok(Ok(n)) => {
+                if let Some(p) = detect::after_read(&buf, max, n == 0) {
                     match &p {
                         Protocol::Tls { sni: Some(sni) } => {
                             debug!(protocol = "tls", sni, "detected")
                         }
-                        _ => debug!(protocol = p.label(), bytes = buf.len(), "detected"),
+                        _ => debug!(
+                            protocol = p.label(),
+                            bytes = buf.len(),
+                            eof = n == 0,
+                            "detected"
+                        ),
                     }
                     return Ok((p, buf, upstream));
                 }
