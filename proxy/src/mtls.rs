@@ -140,7 +140,7 @@ pub async fn serve_inbound(
             if let Some(authz) = &authz {
                 authz.note_http();
             }
-            let caller = crate::http::Caller { client_addr, client_id, authz };
+            let caller = crate::http::Caller { client_addr, client_id, authz, dst: None };
             crate::http::serve(tls, protocol, target, side, caller).await
         }
         _ => {

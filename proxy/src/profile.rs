@@ -44,6 +44,9 @@ pub struct Profile {
     /// A traffic split (`dst_overrides`): requests (HTTP) and connections (TCP) go to
     /// these services by weight instead of the target's own endpoints. Empty: no split.
     pub backends: Vec<Backend>,
+    /// The service's port is opaque (`opaque_protocol`, from its `opaque-ports`
+    /// annotation): its connections skip protocol detection.
+    pub opaque: bool,
 }
 
 impl Default for Profile {
@@ -54,6 +57,7 @@ impl Default for Profile {
             routes: Vec::new(),
             budget: Budget::default(),
             backends: Vec::new(),
+            opaque: false,
         }
     }
 }
@@ -238,7 +242,8 @@ pub fn from_api(p: &api::DestinationProfile) -> (Profile, Vec<ProfileError>) {
     });
     let backends = backends(&p.dst_overrides, &mut errors);
     let name = Arc::from(p.fully_qualified_name.as_str());
-    (Profile { name, routes, budget, backends }, errors)
+    let opaque = p.opaque_protocol;
+    (Profile { name, routes, budget, backends, opaque }, errors)
 }
 
 /// The split's backends with a weight, each a valid authority; weight 0 means "none of

@@ -162,7 +162,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     let detecting = side.metrics.detecting(side.direction);
     let prepared = Box::pin(prepare(&mut client, client_addr.ip(), &side)).await;
     drop(detecting);
-    let (target, protocol, prefix, upstream) = match prepared {
+    let Prepared { target, protocol, prefix, upstream, dst } = match prepared {
         Ok(p) => p,
         Err(e) => {
             errors.inc(e.label());
@@ -205,7 +205,7 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         }
         let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls);
         let io = crate::io::MeteredIo::new(client, prefix, src);
-        let caller = crate::http::Caller { client_addr, client_id: None, authz };
+        let caller = crate::http::Caller { client_addr, client_id: None, authz, dst };
         Box::pin(crate::http::serve(io, protocol, target, side, caller)).await;
         return;
     }
@@ -214,10 +214,12 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         forward::reset_on_drop(&client);
         return;
     }
-    let upstream = match upstream {
-        Some(u) => Upstream::Plain(u, DstLabels::default()),
-        None => match Box::pin(connect_balanced(target, &side, &protocol)).await {
-            Ok(u) => u,
+    // What a server that spoke first said, read from a meshed upstream (a plaintext one's
+    // first bytes were only peeked at).
+    let (upstream, said) = match upstream {
+        Some(s) => (s.upstream, s.said),
+        None => match Box::pin(connect_balanced(target, dst, &side, &protocol)).await {
+            Ok(u) => (u, BytesMut::new()),
             Err(e) => {
                 errors.inc(e.label());
                 crate::throttled!(warn, error = %e, "closing");
@@ -229,9 +231,8 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     let src = side.metrics.open(side.direction, Peer::Src, &target, &protocol, tls.clone());
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
     match upstream {
-        Upstream::Plain(mut upstream, endpoint) => {
-            let dst =
-                side.metrics.open_endpoint(side.direction, &target, &protocol, tls, &endpoint);
+        Upstream::Plain(mut upstream, addr, endpoint) => {
+            let dst = side.metrics.open_endpoint(side.direction, &addr, &protocol, tls, &endpoint);
             let forward = forward::forward(&mut client, &mut upstream, prefix, &src, &dst);
             let (result, revoked) = match &authz {
                 Some(a) => tokio::select! {
@@ -254,16 +255,43 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
         // Meshed: the endpoint's proxy is reached over mTLS (its metrics are opened with it).
         Upstream::Tls(mut tls) => {
             let mut client = crate::io::MeteredIo::new(client, prefix, src);
+            if !said.is_empty()
+                && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &said).await
+            {
+                errors.inc("forward_io");
+                debug!(error = %e, "connection ended with an error");
+                return;
+            }
             Box::pin(crate::mtls::splice(&mut client, &mut *tls, errors)).await;
+        }
+    }
+}
+
+/// An upstream connection opened while the client was silent.
+struct Speculative {
+    upstream: Upstream,
+    /// What the server said first over mTLS (read: a TLS stream cannot be peeked at).
+    said: BytesMut,
+}
+
+impl Speculative {
+    /// Waits until the server speaks or closes, consuming nothing of a plaintext stream.
+    /// Cancel-safe: a read that has not completed has taken nothing.
+    async fn server_spoke(&mut self) -> io::Result<()> {
+        match &mut self.upstream {
+            Upstream::Plain(up, ..) => up.peek(&mut [0u8; 1]).await.map(drop),
+            Upstream::Tls(tls) => {
+                tokio::io::AsyncReadExt::read_buf(&mut **tls, &mut self.said).await.map(drop)
+            }
         }
     }
 }
 
 /// Where an opaque connection goes.
 enum Upstream {
-    /// With the `dst_*` labels of the endpoint when discovery picked it (none when the
-    /// connection goes to its original destination).
-    Plain(TcpStream, DstLabels),
+    /// To the address connected, with the `dst_*` labels of the endpoint when discovery
+    /// picked it (none when the connection goes to its original destination).
+    Plain(TcpStream, SocketAddr, DstLabels),
     Tls(Box<tokio_rustls::client::TlsStream<crate::io::MeteredIo>>),
 }
 
@@ -282,13 +310,24 @@ impl Side {
     }
 }
 
-/// Finds the target and the protocol; returns the bytes already read from the client and
-/// the upstream connection when detection had to open it.
+/// What is known of a connection before it is forwarded.
+struct Prepared {
+    target: SocketAddr,
+    protocol: Protocol,
+    /// The bytes already read from the client.
+    prefix: BytesMut,
+    /// The upstream connection, when detection had to open it.
+    upstream: Option<Speculative>,
+    /// Outbound: what discovery said of the target (`None`: forward to it as it is).
+    dst: Option<Arc<crate::discovery::Resolution>>,
+}
+
+/// Finds the target, what discovery says of it, and the protocol.
 async fn prepare(
     client: &mut TcpStream,
     client_ip: std::net::IpAddr,
     side: &Side,
-) -> Result<(SocketAddr, Protocol, BytesMut, Option<TcpStream>), ConnError> {
+) -> Result<Prepared, ConnError> {
     let target = match side.orig_dst_override {
         Some(t) => t,
         None => orig_dst::original_dst(client).map_err(ConnError::OrigDst)?,
@@ -297,16 +336,28 @@ async fn prepare(
     if is_own_listener(target, local, &side.own_addrs) {
         return Err(ConnError::Loop(target));
     }
+    // Discovery comes first, as in Linkerd: a service whose port is marked opaque (its
+    // profile's `opaque_protocol`) is not detected, so a server that speaks first is not
+    // kept waiting by a client that waits for it.
+    let dst = match &side.discovery {
+        Some(d) => d.resolve(target).await,
+        None => None,
+    };
+    let opaque_service = dst.as_ref().is_some_and(|r| r.profile().opaque);
     let policy = side.policy.as_ref().map(|p| p.current(target.port()));
-    let Some(limits) = side.detection(target.port(), policy.as_deref()) else {
-        return Ok((target, Protocol::Opaque, BytesMut::new(), None));
+    let limits = match side.detection(target.port(), policy.as_deref()) {
+        Some(limits) if !opaque_service => limits,
+        _ => {
+            let (protocol, prefix) = (Protocol::Opaque, BytesMut::new());
+            return Ok(Prepared { target, protocol, prefix, upstream: None, dst });
+        }
     };
     // A client the policy would refuse in plaintext gets no speculative connection to the
     // app: a server that speaks first must not talk to it before it is authorized.
     let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
     let (protocol, prefix, upstream) =
-        detect_protocol(client, target, side, limits, speculate).await?;
-    Ok((target, protocol, prefix, upstream))
+        detect_protocol(client, target, dst.as_ref(), side, limits, speculate).await?;
+    Ok(Prepared { target, protocol, prefix, upstream, dst })
 }
 
 impl Side {
@@ -352,30 +403,34 @@ impl DetectLimits {
 async fn detect_protocol(
     client: &mut TcpStream,
     target: SocketAddr,
+    dst: Option<&Arc<crate::discovery::Resolution>>,
     side: &Side,
     limits: DetectLimits,
     speculate: bool,
-) -> Result<(Protocol, BytesMut, Option<TcpStream>), ConnError> {
+) -> Result<(Protocol, BytesMut, Option<Speculative>), ConnError> {
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let mut upstream = None;
     // `readable()` may wake spuriously (it does at once on a fresh socket); `peek`
     // waits for a byte (or EOF) that is really there.
     let mut one = [0u8; 1];
     if speculate && timeout(limits.silent_window, client.peek(&mut one)).await.is_err() {
-        let up = connect(target, side.connect).await?;
-        let mut up_one = [0u8; 1];
+        // To an endpoint of a known service, as any opaque connection: over mTLS when it
+        // is meshed, so that what a server that speaks first says is never in plaintext
+        // between pods.
+        let up = Box::pin(connect_balanced(target, dst.cloned(), side, &Protocol::Opaque)).await?;
+        let mut s = Speculative { upstream: up, said: BytesMut::new() };
         tokio::select! {
             r = client.peek(&mut one) => { r.map_err(ConnError::DetectIo)?; }
-            r = up.peek(&mut up_one) => {
+            r = s.server_spoke() => {
                 // The server spoke first (or closed): nothing for detection to see.
                 r.map_err(ConnError::DetectIo)?;
                 debug!("server spoke first; forwarding as opaque");
-                return Ok((Protocol::Opaque, BytesMut::new(), Some(up)));
+                return Ok((Protocol::Opaque, BytesMut::new(), Some(s)));
             }
             _ = sleep_until(deadline) => return Err(ConnError::Silent(limits.timeout)),
         }
         debug!("client spoke after the silent window");
-        upstream = Some(up);
+        upstream = Some(s);
     }
     let started = Instant::now();
     let max = side.detect_max_bytes;
@@ -473,16 +528,14 @@ pub async fn connect(target: SocketAddr, opts: ConnectOpts) -> Result<TcpStream,
 /// the target itself.
 async fn connect_balanced(
     target: SocketAddr,
+    dst: Option<Arc<crate::discovery::Resolution>>,
     side: &Side,
     protocol: &Protocol,
 ) -> Result<Upstream, ConnError> {
-    let Some(res) = (match &side.discovery {
-        Some(d) => d.resolve(target).await,
-        None => None,
-    }) else {
+    let Some(res) = dst else {
         return connect(target, side.connect)
             .await
-            .map(|s| Upstream::Plain(s, DstLabels::default()));
+            .map(|s| Upstream::Plain(s, target, DstLabels::default()));
     };
     // A traffic split: this connection goes to one of the backend services, by weight.
     let backend = match &side.discovery {
@@ -508,7 +561,7 @@ async fn connect_balanced(
         }
         _ => connect(endpoint.addr, side.connect)
             .await
-            .map(|s| Upstream::Plain(s, endpoint.meta.labels.clone())),
+            .map(|s| Upstream::Plain(s, endpoint.addr, endpoint.meta.labels.clone())),
     };
     // The connect time feeds the latency estimate; a failed connect, failure accrual.
     picked.complete(result.is_ok());

@@ -130,6 +130,17 @@ fn the_balancer_sends_little_to_a_slow_endpoint() {
         metric(&m, "outbound_discovery_lookups_total", &[("result", "balanced")]) >= 1.0,
         "{m}"
     );
+    // The pooled connections to each endpoint carry its address and its `dst_*` labels.
+    for (i, b) in [&fast[0], &fast[1], &slow].iter().enumerate() {
+        let pod = format!("web-{i}");
+        let labels = [
+            ("peer", "dst"),
+            ("target_addr", &b.addr.to_string()),
+            ("dst_pod", &pod),
+            ("dst_service", "web"),
+        ];
+        assert!(metric(&m, "tcp_open_total", &labels) >= 1.0, "no connection to {pod}:\n{m}");
+    }
 }
 
 #[test]
@@ -540,9 +551,12 @@ fn opaque_connections_to_an_endpoint_carry_its_dst_labels() {
         s.read_to_end(&mut got).expect("read");
         got
     };
-    let common = format!(
-        "direction=\"outbound\",peer=\"dst\",target_addr=\"{target}\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\""
-    );
+    // The address the proxy connected to: the endpoint's when discovery picked it.
+    let common = |addr: &str| {
+        format!(
+            "direction=\"outbound\",peer=\"dst\",target_addr=\"{addr}\",protocol=\"opaque\",tls=\"no_identity\",no_tls_reason=\"disabled\""
+        )
+    };
     let closed = |p: &Proxy, labels: &str| {
         let series = format!("tcp_close_total{{{labels},errno=\"\"}} 1\n");
         eventually(Duration::from_secs(5), || p.metrics().contains(&series))
@@ -554,7 +568,10 @@ fn opaque_connections_to_an_endpoint_carry_its_dst_labels() {
     // Discovered: to the endpoint, with its labels (the service's and the file's).
     let inside = start("127.0.0.0/8");
     assert_eq!(through(&inside), b"endpoint", "{}", inside.logs());
-    let labels = format!("{common},dst_namespace=\"prod\",dst_pod=\"db-0\",dst_service=\"db\"");
+    let labels = format!(
+        "{},dst_namespace=\"prod\",dst_pod=\"db-0\",dst_service=\"db\"",
+        common(&endpoint.to_string())
+    );
     assert!(closed(&inside, &labels), "{}", inside.metrics());
     let m = inside.metrics();
     for family in ["tcp_open_total", "tcp_read_bytes_total"] {
@@ -570,6 +587,7 @@ fn opaque_connections_to_an_endpoint_carry_its_dst_labels() {
     // no `dst_*` label.
     let outside = start("10.0.0.0/8");
     assert_eq!(through(&outside), b"original", "{}", outside.logs());
+    let common = common(&target);
     assert!(closed(&outside, &common), "{}", outside.metrics());
     let m = outside.metrics();
     assert!(m.contains(&format!("tcp_open_total{{{common}}} 1\n")), "{m}");
@@ -700,4 +718,65 @@ fn opaque_connections_are_balanced_per_connection_and_a_refusing_endpoint_is_eje
     assert_eq!(after[0] + after[1] - before[0] - before[1], 30, "{before:?} → {after:?}");
     let m = p.metrics();
     assert_eq!(refused(&m), 7.0, "connects to the ejected endpoint: {m}");
+}
+
+/// A service whose port is marked opaque on the Service (`config.weft.dev/opaque-ports`,
+/// which the destination service turns into the profile's `opaque_protocol`) is not
+/// detected: the banner of a server that speaks first reaches a client that waits for it
+/// at once, though the proxy's silent window and detect timeout (60 s) outlast the client.
+/// The same server behind an unmarked service stays unheard for as long.
+#[test]
+fn a_service_marked_opaque_by_its_profile_is_not_detected() {
+    use std::io::{Read, Write};
+    let banner = serve(local_listener(), |mut s: std::net::TcpStream| {
+        let _ = s.write_all(b"220 ready\r\n");
+    });
+    let service = |name: &str, ip: &str, opaque: bool| {
+        let annotation = if opaque {
+            "    annotations:\n      config.weft.dev/opaque-ports: \"2525\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "  - name: {name}\n    namespace: prod\n    clusterIPs: [{ip}]\n{annotation}    ports:\n      - port: 2525\n        endpoints:\n          - address: {banner}\n            labels: {{pod: {name}-0}}\n"
+        )
+    };
+    let file = static_file("opaque-profile");
+    let y = format!(
+        "services:\n{}{}",
+        service("smtp", "10.96.0.12", true),
+        service("plain", "10.96.0.13", false)
+    );
+    std::fs::write(&file, y).expect("write");
+    let dst = Destination::start(file, free_port());
+    let dst = dst.addr.to_string();
+    let start = |target: &str| {
+        let args = ["--outbound-orig-dst-addr", target, "--destination-addr", &dst];
+        let slow = ["--detect-silent-window", "60s", "--detect-timeout", "60s"];
+        Proxy::start(&[&args[..], &slow].concat())
+    };
+    let heard = |p: &Proxy, wait: Duration| {
+        let mut s = std::net::TcpStream::connect(p.outbound).expect("connect");
+        s.set_read_timeout(Some(wait)).expect("timeout");
+        let mut got = [0u8; 11];
+        s.read_exact(&mut got).is_ok_and(|()| &got == b"220 ready\r\n")
+    };
+
+    let marked = start("10.96.0.12:2525");
+    assert!(heard(&marked, Duration::from_secs(20)), "no banner\n{}", marked.logs());
+    let opened = [("direction", "outbound"), ("peer", "dst"), ("protocol", "opaque")];
+    let m = marked.metrics();
+    assert_eq!(
+        metric(&m, "tcp_open_total", &[&opened[..], &[("dst_service", "smtp")]].concat()),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "outbound_discovery_lookups_total", &[("result", "balanced")]),
+        1.0,
+        "{m}"
+    );
+
+    let unmarked = start("10.96.0.13:2525");
+    assert!(!heard(&unmarked, Duration::from_secs(3)), "an unmarked port was not detected");
 }

@@ -64,6 +64,33 @@ pub(crate) struct Mesh {
     tcp_client: Proxy,
     server: Proxy,
     echo: SocketAddr,
+    /// An app that speaks first: says `BANNER`, then echoes.
+    banner: SocketAddr,
+}
+
+const BANNER: &[u8] = b"220 ready\r\n";
+
+/// Flags of a client-side proxy with `sa`'s identity, whose outbound target is `target`.
+fn client_args(
+    dir: &Path,
+    destination: &str,
+    identity: &str,
+    target: &str,
+    sa: &str,
+    token: &str,
+) -> Vec<String> {
+    [
+        vec![
+            "--outbound-orig-dst-addr".to_string(),
+            target.to_string(),
+            "--destination-addr".to_string(),
+            destination.to_string(),
+            "--destination-svc-name".to_string(),
+            DST_SVC_NAME.to_string(),
+        ],
+        identity_args(dir, &id(sa), token, identity),
+    ]
+    .concat()
 }
 
 impl Drop for Mesh {
@@ -186,6 +213,11 @@ impl Mesh {
 
         let app = http_server(local_listener());
         let echo = serve(local_listener(), crate::support::echo);
+        let banner = serve(local_listener(), |mut s: TcpStream| {
+            if s.write_all(BANNER).is_ok() {
+                crate::support::echo(s);
+            }
+        });
         let server = start_proxy(
             [
                 vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
@@ -196,11 +228,15 @@ impl Mesh {
         );
         // web: HTTP, the endpoint is the server proxy's inbound (there are no iptables
         // here to redirect to it). db: opaque, reached through the opaque transport port.
+        // smtp: a server that speaks first, on a port nobody marked opaque.
         let yaml = format!(
-            "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.40]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n  - name: db\n    namespace: prod\n    clusterIPs: [10.96.0.41]\n    ports:\n      - port: 5432\n        endpoints:\n          - address: {}\n            identity: {}\n            opaqueTransportPort: {}\n            labels: {{pod: db-0}}\n",
+            "services:\n  - name: web\n    namespace: prod\n    clusterIPs: [10.96.0.40]\n    ports:\n      - port: 80\n        endpoints:\n          - address: {}\n            identity: {}\n            protocolHint: h2\n  - name: db\n    namespace: prod\n    clusterIPs: [10.96.0.41]\n    ports:\n      - port: 5432\n        endpoints:\n          - address: {}\n            identity: {}\n            opaqueTransportPort: {}\n            labels: {{pod: db-0}}\n  - name: smtp\n    namespace: prod\n    clusterIPs: [10.96.0.43]\n    ports:\n      - port: 2525\n        endpoints:\n          - address: {}\n            identity: {}\n            opaqueTransportPort: {}\n",
             server.inbound,
             id("web"),
             echo,
+            id("web"),
+            server.inbound.port(),
+            banner,
             id("web"),
             server.inbound.port()
         );
@@ -209,18 +245,7 @@ impl Mesh {
             start_tls_destination(&dir, &format!("{d}/endpoints.yaml"), &identity_addr);
         let dst_addr = dst_addr.to_string();
         let client_args = |target: &str, sa: &str, token: &str| {
-            [
-                vec![
-                    "--outbound-orig-dst-addr".to_string(),
-                    target.to_string(),
-                    "--destination-addr".to_string(),
-                    dst_addr.clone(),
-                    "--destination-svc-name".to_string(),
-                    DST_SVC_NAME.to_string(),
-                ],
-                identity_args(&dir, &id(sa), token, &identity_addr),
-            ]
-            .concat()
+            client_args(&dir, &dst_addr, &identity_addr, target, sa, token)
         };
         let http_client = start_proxy(client_args("10.96.0.40:80", "client", "client.token"));
         let tcp_client = start_proxy(client_args("10.96.0.41:5432", "tcp", "tcp.token"));
@@ -237,7 +262,14 @@ impl Mesh {
             tcp_client,
             server,
             echo,
+            banner,
         }
+    }
+
+    /// A client-side proxy with the `tcp` identity, whose outbound target is `target`.
+    fn tcp_client_to(&self, target: &str) -> Proxy {
+        let (dst, id) = (self.destination.to_string(), self.identity_addr.to_string());
+        start_proxy(client_args(&self.dir, &dst, &id, target, "tcp", "tcp.token"))
     }
 }
 
@@ -464,6 +496,51 @@ fn opaque_tcp_goes_over_the_peers_inbound_port_with_a_transport_header() {
     // The app's side of the connection is not the endpoint's.
     let app_side = |l: &&str| l.starts_with("tcp_") && l.contains("peer=\"src\"");
     assert!(!c.lines().filter(app_side).any(|l| l.contains("dst_")), "{c}");
+}
+
+/// A server that speaks first, on a port nobody marked opaque, behind a meshed endpoint:
+/// the client's proxy opens its speculative connection (the client is silent) to the
+/// endpoint over mTLS, as any opaque connection to it, so the banner reaches the client
+/// and neither it nor what follows ever crosses in plaintext.
+#[test]
+fn a_server_that_speaks_first_is_reached_over_mtls() {
+    let mesh = Mesh::new();
+    let client = mesh.tcp_client_to("10.96.0.43:2525");
+    let mut s = TcpStream::connect(client.outbound).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut said = [0u8; BANNER.len()];
+    s.read_exact(&mut said).unwrap_or_else(|e| panic!("no banner: {e}\n{}", client.logs()));
+    assert_eq!(said, BANNER);
+    let msg = b"EHLO client\r\n";
+    s.write_all(msg).expect("write");
+    let mut back = [0u8; 13];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, msg);
+    drop(s);
+
+    let (banner, tcp, web) = (mesh.banner.to_string(), id("tcp"), id("web"));
+    let inbound = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        ("client_id", &tcp),
+        ("target_addr", &banner),
+        ("protocol", "opaque"),
+    ];
+    let srv = mesh.server.metrics();
+    assert_eq!(metric(&srv, "tcp_open_total", &inbound), 1.0, "{srv}");
+    let outbound = [
+        ("direction", "outbound"),
+        ("peer", "dst"),
+        ("tls", "true"),
+        ("server_id", &web),
+        ("dst_service", "smtp"),
+    ];
+    let closed = || metric(&client.metrics(), "tcp_close_total", &outbound) == 1.0;
+    assert!(eventually(Duration::from_secs(5), closed), "{}", client.metrics());
+    let c = client.metrics();
+    assert!(metric(&c, "tcp_read_bytes_total", &outbound) > 0.0, "{c}");
+    let plaintext = [("direction", "outbound"), ("peer", "dst"), ("tls", "no_identity")];
+    assert_eq!(metric(&c, "tcp_open_total", &plaintext), 0.0, "{c}");
 }
 
 /// Dials `to` (a proxy's inbound port) as a meshed peer with `sa`'s certificate (made by
@@ -894,21 +971,9 @@ pub(crate) fn web2_under(policies: &str) -> Web2 {
     ));
     std::fs::write(&file, yaml).expect("endpoints");
 
+    let dst = mesh.destination.to_string();
     let client_of = |sa: &str, token: &str| {
-        start_proxy(
-            [
-                vec![
-                    "--outbound-orig-dst-addr".to_string(),
-                    "10.96.0.42:80".to_string(),
-                    "--destination-addr".to_string(),
-                    mesh.destination.to_string(),
-                    "--destination-svc-name".to_string(),
-                    DST_SVC_NAME.to_string(),
-                ],
-                identity_args(&mesh.dir, &id(sa), token, &identity_addr),
-            ]
-            .concat(),
-        )
+        start_proxy(client_args(&mesh.dir, &dst, &identity_addr, "10.96.0.42:80", sa, token))
     };
     let (client, other) = (client_of("client", "client.token"), client_of("tcp", "tcp.token"));
     Web2 { mesh, web2, client, other }

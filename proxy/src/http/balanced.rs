@@ -170,6 +170,8 @@ async fn tries(
             Some(id) => crate::metrics::TlsLabels::server(id.clone()),
             None => tls.clone(),
         };
+        let key =
+            pool::Key { addr: endpoint.addr, server_id, labels: endpoint.meta.labels.clone() };
         let labels = routes.get(
             &authority,
             Some(endpoint.addr),
@@ -199,11 +201,7 @@ async fn tries(
         let h2 = endpoint.meta.h2
             || (direction == Direction::Outbound
                 && side.http.config.h2_upgrade.contains(endpoint.addr));
-        let result = with_timeout(
-            try_timeout,
-            send(side, endpoint.addr, parts.clone(), body, h2, server_id),
-        )
-        .await;
+        let result = with_timeout(try_timeout, send(side, key, parts.clone(), body, h2)).await;
         match result {
             Ok(Ok(rsp)) => {
                 let failure =

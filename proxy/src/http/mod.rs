@@ -189,6 +189,9 @@ pub struct Caller {
     pub client_id: Option<Arc<str>>,
     /// Inbound: the policy's decision for the connection, checked per request.
     pub authz: Option<crate::policy::ConnAuthz>,
+    /// Outbound: what discovery said of the target (looked up once per connection,
+    /// before detection); `None` forwards to the target as it is.
+    pub dst: Option<Arc<crate::discovery::Resolution>>,
 }
 
 /// HTTP/2 pings to a peer (a client, or an upstream) every this long...
@@ -229,7 +232,7 @@ pub async fn serve<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Caller { client_addr, client_id, authz } = caller;
+    let Caller { client_addr, client_id, authz, dst } = caller;
     let tls = match &client_id {
         Some(_) => TlsLabels::client(client_id.clone()),
         None => side.tls_labels(&protocol),
@@ -237,11 +240,6 @@ pub async fn serve<I>(
     let tunnels = tokio_util::task::TaskTracker::new();
     let config = &side.http.config;
     let stop = side.stop.clone();
-    // Discovery, once per connection: a known service is balanced per request.
-    let dst = match &side.discovery {
-        Some(d) => d.resolve(target).await,
-        None => None,
-    };
     let conn = Arc::new(Conn {
         side: side.clone(),
         dst,
@@ -497,7 +495,7 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: Arc<Conn>) -> Response<Rsp
             let h2 =
                 direction == Direction::Outbound && side.http.config.h2_upgrade.contains(target);
             // Boxed (`pool::Sending`): the timeout moves only a pointer.
-            let send = send(side, target, parts, body, h2, None);
+            let send = send(side, pool::Key::plain(target), parts, body, h2);
             let result = with_timeout(side.http.config.response_header_timeout, send).await;
             reply.respond(direct_route, result.map(|r| r.map_err(|f| f.error)), target)
         }
@@ -712,17 +710,16 @@ fn connection_names(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
 }
 
-/// Sends one try to `addr`; `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2;
-/// `server_id`: the peer is meshed, reached over mTLS proving that identity. Not `async`:
+/// Sends one try to `target` (an endpoint, and the identity its proxy must prove when it
+/// is meshed); `h2`: the peer is a proxy that takes HTTP/1 as HTTP/2. Not `async`:
 /// the request is made ready here, so that the pool's future (boxed) is the only one that
 /// holds it.
 fn send(
     side: &Side,
-    addr: SocketAddr,
+    target: pool::Key,
     parts: http::request::Parts,
     body: pool::ReqBody,
     h2: bool,
-    server_id: Option<Arc<str>>,
 ) -> pool::Sending<'_> {
     let mut req = Request::from_parts(parts, body);
     if h2
@@ -732,7 +729,7 @@ fn send(
         debug!(error = %e, "sending as HTTP/1");
     }
     let version = req.version();
-    side.http.pool.send(pool::Key { addr, server_id }, version, req)
+    side.http.pool.send(target, version, req)
 }
 
 /// `Err(())` when `limit` (non-zero) passed first.

@@ -21,7 +21,7 @@ use super::h2_upstream::{self, H2Body};
 use crate::{
     detect::Protocol,
     io::MeteredIo,
-    metrics::{Direction, Metrics, Peer},
+    metrics::{Direction, DstLabels, Metrics},
     transport::{self, ConnError},
 };
 
@@ -226,15 +226,33 @@ pub struct PoolConfig {
 
 /// A pool key: the endpoint, and the identity its proxy must prove when the connection is
 /// mTLS (a plaintext and an mTLS connection to one address never mix).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct Key {
     pub addr: SocketAddr,
     pub server_id: Option<Arc<str>>,
+    /// The endpoint's `dst_*` labels, which a new connection's TCP metrics carry; not part
+    /// of what the key is (one address is one endpoint).
+    pub labels: DstLabels,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr && self.server_id == other.server_id
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.server_id.hash(state);
+    }
 }
 
 impl Key {
     pub fn plain(addr: SocketAddr) -> Self {
-        Key { addr, server_id: None }
+        Key { addr, server_id: None, labels: DstLabels::default() }
     }
 }
 
@@ -531,8 +549,7 @@ impl Pool {
                 alpn,
                 opaque_port: None,
                 protocol: None,
-                // Pooled per address: no one endpoint's `dst_*` labels to carry.
-                labels: crate::metrics::DstLabels::default(),
+                labels: target.labels.clone(),
             };
             let tls = crate::mtls::connect(
                 id,
@@ -551,7 +568,13 @@ impl Pool {
         } else {
             "disabled"
         });
-        let metrics = self.metrics.open(self.direction, Peer::Dst, &target.addr, &protocol, tls);
+        let metrics = self.metrics.open_endpoint(
+            self.direction,
+            &target.addr,
+            &protocol,
+            tls,
+            &target.labels,
+        );
         Ok(Box::new(MeteredIo::new(stream, bytes::BytesMut::new(), metrics)))
     }
 }
