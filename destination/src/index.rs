@@ -514,7 +514,9 @@ impl State {
             if let Some((kind, name)) = &pod.owner {
                 labels.insert(kind.clone(), name.clone());
             }
-            if pod.meshed {
+            // A port that bypasses the pod's proxy is reached as an unmeshed one: mTLS
+            // (or HTTP/2) offered to it would reach the app itself.
+            if pod.meshed && !pod.skip_inbound_ports.contains(addr.port()) {
                 identity = Some(self.config.identity(&pod.key.namespace, &pod.service_account));
                 let opaque = self.pod_port_opaque(pod, addr.port());
                 hint =

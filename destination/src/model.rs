@@ -17,6 +17,9 @@ use crate::{
 
 /// Annotation (on a pod or its namespace) listing the ports that skip protocol detection.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "config.weft.dev/opaque-ports";
+/// Annotation (on a pod; the injector writes the effective list) naming the ports whose
+/// inbound connections bypass the proxy: no mTLS is offered to them.
+pub const SKIP_INBOUND_PORTS_ANNOTATION: &str = "config.weft.dev/skip-inbound-ports";
 /// Annotation that the injector puts on meshed pods.
 pub const PROXY_VERSION_ANNOTATION: &str = "weft.dev/proxy-version";
 /// Name of the injected proxy container (a native sidecar or a plain container).
@@ -152,6 +155,9 @@ pub struct Pod {
     pub owner: Option<(String, String)>,
     pub meshed: bool,
     pub opaque_ports: Option<PortSet>,
+    /// Ports its proxy does not intercept (`config.weft.dev/skip-inbound-ports`): an
+    /// endpoint on one is not meshed, whatever the pod is.
+    pub skip_inbound_ports: PortSet,
     /// Succeeded/Failed pods and host-network pods do not own their IP.
     pub owns_ip: bool,
     pub inbound: PodInbound,
@@ -468,6 +474,18 @@ impl Pod {
         let meshed =
             has_proxy || annotations.is_some_and(|a| a.contains_key(PROXY_VERSION_ANNOTATION));
         let opaque_ports = opaque_ports(KIND, &key, annotations, &mut problems);
+        let skip_inbound_ports =
+            match annotations.and_then(|a| a.get(SKIP_INBOUND_PORTS_ANNOTATION)) {
+                Some(value) => {
+                    let (set, bad) = PortSet::parse(value);
+                    if !bad.is_empty() {
+                        let what = format!("{SKIP_INBOUND_PORTS_ANNOTATION}: ignoring {bad:?}");
+                        problems.push(Problem::new(KIND, &key, "invalid_annotation", what));
+                    }
+                    set
+                }
+                None => PortSet::default(),
+            };
         let terminated = status
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
@@ -481,6 +499,7 @@ impl Pod {
                 service_account,
                 meshed,
                 opaque_ports,
+                skip_inbound_ports,
                 owns_ip: !terminated && !host_network,
                 inbound,
             },

@@ -22,6 +22,10 @@ pub const CONTROL_PLANE_COMPONENT: &str = "weft.dev/control-plane-component";
 /// Label written on injected pods: the control plane they belong to (discovery selects on it).
 pub const CONTROL_PLANE_NS: &str = "weft.dev/control-plane-ns";
 pub const CONFIG_PREFIX: &str = "config.weft.dev/";
+/// Written on every injected pod that skips inbound ports, whether the list came from the
+/// pod, its namespace or the injector's default: the destination service reads it from the
+/// pod (it offers no mTLS to those ports).
+pub const SKIP_INBOUND_PORTS: &str = "config.weft.dev/skip-inbound-ports";
 
 /// Container and volume names the injector adds.
 pub const PROXY_CONTAINER: &str = "weft-proxy";

@@ -300,6 +300,9 @@ pub fn build(
     if let Some(pem) = &config.trust_anchors_pem {
         new_annotations.push((ann::TRUST_ANCHORS, pem.clone()));
     }
+    if !opts.skip_inbound_ports.is_empty() {
+        new_annotations.push((ann::SKIP_INBOUND_PORTS, opts.skip_inbound_ports.clone()));
+    }
     ops.map_entries(pod, &["metadata", "annotations"], new_annotations);
     ops.map_entries(
         pod,

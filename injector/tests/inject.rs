@@ -386,6 +386,23 @@ fn namespace_config_annotations_are_defaults() {
     assert_eq!(proxy.security_context.as_ref().unwrap().run_as_user, Some(5000));
 }
 
+/// The ports that skip the proxy are written on the pod, wherever they were set, for the
+/// destination service, which offers no mTLS to them; a pod without any gets none.
+#[test]
+fn skipped_inbound_ports_are_written_on_the_pod() {
+    let key = "config.weft.dev/skip-inbound-ports";
+    let annotation = |v: &Value| v["metadata"]["annotations"][key].as_str().map(str::to_string);
+    let pod = pod_from("deployment-web.json", "prod");
+    let nsa = ns(&[("weft.dev/inject", "enabled"), (key, "9000-9010, 22")]);
+    let (patched, _) = inject(&pod, &nsa);
+    assert_eq!(annotation(&patched).as_deref(), Some("9000-9010,22"));
+    let config = InjectorConfig { skip_inbound_ports: "4000".into(), ..Default::default() };
+    let (patched, _) = inject_with(&pod, &ns(&[("weft.dev/inject", "enabled")]), &config);
+    assert_eq!(annotation(&patched).as_deref(), Some("4000"));
+    let (patched, _) = inject(&pod, &ns(&[("weft.dev/inject", "enabled")]));
+    assert_eq!(annotation(&patched), None);
+}
+
 #[test]
 fn invalid_values_are_reported_not_guessed() {
     let cases = [

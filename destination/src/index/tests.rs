@@ -80,6 +80,7 @@ fn pod(name: &str, addr: &str, meshed: bool) -> Pod {
         owner: Some(("deployment".into(), "web".into())),
         meshed,
         opaque_ports: None,
+        skip_inbound_ports: PortSet::default(),
         owns_ip: true,
         inbound: Default::default(),
     }
@@ -302,6 +303,27 @@ fn pod_ip_follower_sees_pod_go_and_ip_reused() {
     );
     idx.delete_pod(&ObjKey::new("prod", "web-9"));
     assert!(!changed(&mut rx).unwrap().exists);
+}
+
+/// A port the pod's proxy does not intercept is reached as an unmeshed endpoint: no
+/// identity (so no mTLS), no hint; its other ports stay meshed.
+#[test]
+fn a_skipped_inbound_port_is_not_meshed() {
+    let mut idx = populated();
+    let mut rx = follow(&mut idx, by_name("web", 80));
+    let mut p = pod("web-1", "10.244.0.1", true);
+    p.skip_inbound_ports = PortSet::parse("8000-8080").0;
+    idx.apply_pod(p);
+    let r = changed(&mut rx).expect("update");
+    let ep = &r.endpoints[&sa("10.244.0.1:8080")];
+    assert_eq!((ep.identity.as_deref(), &ep.hint), (None, &Hint::Unknown));
+    assert_eq!(ep.labels["pod"], "web-1", "still the pod's endpoint");
+    let mut p = pod("web-1", "10.244.0.1", true);
+    p.skip_inbound_ports = PortSet::parse("9090").0;
+    idx.apply_pod(p);
+    let r = changed(&mut rx).expect("update");
+    let ep = &r.endpoints[&sa("10.244.0.1:8080")];
+    assert!(ep.identity.is_some() && ep.hint != Hint::Unknown, "{ep:?}");
 }
 
 #[test]

@@ -128,12 +128,14 @@ fn bad_pods() {
     assert_eq!(pod(json!({"metadata": {"name": "p"}})).unwrap_err().reason, "missing_name");
     assert_eq!(pod(json!({"metadata": {"namespace": "n"}})).unwrap_err().reason, "missing_name");
     let (p, problems) = pod(json!({"metadata": {"name": "p", "namespace": "n",
-            "annotations": {"config.weft.dev/opaque-ports": "many"}},
+            "annotations": {"config.weft.dev/opaque-ports": "many",
+                "config.weft.dev/skip-inbound-ports": "9000-9010,x"}},
         "status": {"podIP": "10.0.0.300", "podIPs": [{"ip": "10.0.0.3"}]}}))
     .expect("still usable");
     assert_eq!(p.ips, ["10.0.0.3".parse::<IpAddr>().unwrap()]);
+    assert!(p.skip_inbound_ports.contains(9005) && !p.skip_inbound_ports.contains(8080));
     let reasons: Vec<_> = problems.iter().map(|p| p.reason).collect();
-    assert_eq!(reasons, ["invalid_ip", "invalid_annotation"]);
+    assert_eq!(reasons, ["invalid_ip", "invalid_annotation", "invalid_annotation"]);
 }
 
 #[test]
