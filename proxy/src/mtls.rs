@@ -181,7 +181,8 @@ pub async fn serve_inbound(
 /// port is opaque. A client silent for the silent window is opaque at once: a meshed
 /// client's proxy sends what it has as soon as it connects, so its silence is a server
 /// that speaks first (whose client's proxy opened this connection speculatively), not a
-/// slow HTTP client. TLS inside is the app's own, and opaque too.
+/// slow HTTP client. TLS inside is the app's own, and opaque too. A port whose server
+/// declares HTTP is served as that, unread.
 async fn detect_inside<S: AsyncRead + Unpin>(
     tls: &mut S,
     buf: &mut BytesMut,
@@ -192,6 +193,9 @@ async fn detect_inside<S: AsyncRead + Unpin>(
     let Some(limits) = side.detection(port, policy.as_deref()) else {
         return Ok(Protocol::Opaque);
     };
+    if let Some(http) = crate::transport::declared_http(policy.as_deref()) {
+        return Ok(http);
+    }
     let started = tokio::time::Instant::now();
     let max = side.detect_max_bytes;
     loop {

@@ -352,11 +352,18 @@ async fn prepare(
             return Ok(Prepared { target, protocol, prefix, upstream: None, dst });
         }
     };
+    let declared = declared_http(policy.as_deref());
     // A client the policy would refuse in plaintext gets no speculative connection to the
-    // app: a server that speaks first must not talk to it before it is authorized.
-    let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
+    // app: a server that speaks first must not talk to it before it is authorized. Nor
+    // does one of a port whose server is HTTP: no server there speaks first.
+    let speculate =
+        declared.is_none() && policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
     let (protocol, prefix, upstream) =
         detect_protocol(client, target, dst.as_ref(), side, limits, speculate).await?;
+    let protocol = match (declared, protocol) {
+        (_, p @ Protocol::Tls { .. }) | (None, p) => p,
+        (Some(http), _) => http,
+    };
     Ok(Prepared { target, protocol, prefix, upstream, dst })
 }
 
@@ -377,6 +384,20 @@ impl Side {
         }
         let policy_timeout = policy.and_then(|p| p.detect_timeout);
         Some(DetectLimits::new(policy_timeout, self.detect_timeout, self.detect_silent_window))
+    }
+}
+
+/// The protocol a port's server declares HTTP (Linkerd's `HTTP/1`, `HTTP/2`, `gRPC`): a
+/// connection there that is not TLS is served as it, whatever its bytes or its silence (as
+/// Linkerd does), so that no client gets past the port's HTTP routes as opaque TCP.
+pub(crate) fn declared_http(
+    policy: Option<&crate::policy::server::ServerPolicy>,
+) -> Option<Protocol> {
+    use crate::policy::server::ServerProtocol;
+    match policy?.protocol {
+        ServerProtocol::Http1 => Some(Protocol::Http1),
+        ServerProtocol::Http2 | ServerProtocol::Grpc => Some(Protocol::Http2),
+        ServerProtocol::Detect | ServerProtocol::Opaque | ServerProtocol::Tls => None,
     }
 }
 

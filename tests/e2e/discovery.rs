@@ -727,10 +727,8 @@ fn opaque_connections_are_balanced_per_connection_and_a_refusing_endpoint_is_eje
 /// The same server behind an unmarked service stays unheard for as long.
 #[test]
 fn a_service_marked_opaque_by_its_profile_is_not_detected() {
-    use std::io::{Read, Write};
-    let banner = serve(local_listener(), |mut s: std::net::TcpStream| {
-        let _ = s.write_all(b"220 ready\r\n");
-    });
+    use std::io::Read;
+    let banner = serve(local_listener(), banner(b"220 ready\r\n"));
     let service = |name: &str, ip: &str, opaque: bool| {
         let annotation = if opaque {
             "    annotations:\n      config.weft.dev/opaque-ports: \"2525\"\n"

@@ -213,11 +213,7 @@ impl Mesh {
 
         let app = http_server(local_listener());
         let echo = serve(local_listener(), crate::support::echo);
-        let banner = serve(local_listener(), |mut s: TcpStream| {
-            if s.write_all(BANNER).is_ok() {
-                crate::support::echo(s);
-            }
-        });
+        let banner = serve(local_listener(), crate::support::banner(BANNER));
         let server = start_proxy(
             [
                 vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],

@@ -79,3 +79,51 @@ fn a_server_that_speaks_first_is_reached_within_a_policys_short_detect_timeout()
     let m = proxy.metrics();
     assert_eq!(metric(&m, "inbound_tcp_errors_total", &[("error", "detect_timeout")]), 0.0, "{m}");
 }
+
+/// A port whose server declares HTTP/1 is served as HTTP/1, as Linkerd does: bytes that
+/// are not HTTP get the proxy's 400 and never reach the app (detected, they would have
+/// gone to it as opaque TCP, past the port's HTTP routes); a silent client opens no
+/// speculative connection to it, and is served once it sends its request.
+#[test]
+fn a_port_whose_server_declares_http_is_served_as_http_whatever_comes() {
+    use std::{
+        io::Write,
+        sync::{
+            Arc,
+            atomic::{AtomicU64, Ordering},
+        },
+    };
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    let app = serve(local_listener(), move |mut s: TcpStream| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let _ = s.read(&mut [0u8; 4096]);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+    });
+    let http1 = pb::proxy_protocol::Http1 { routes: Vec::new(), local_rate_limit: None };
+    let server = server_policy("web-http", pb::proxy_protocol::Kind::Http1(http1));
+    let policy = PolicyServer::start(FakePolicy { port: app.port().into(), server });
+    let proxy = inbound_proxy(app, &policy, &[]);
+    let answer = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+
+    let mut s = TcpStream::connect(proxy.inbound).expect("connect");
+    s.write_all(b"\x00\x01 not http at all\r\n\r\n").expect("write");
+    let got = answer(&mut s);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got:?}\n{}", proxy.logs());
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the app got bytes that are not HTTP");
+
+    let mut s = TcpStream::connect(proxy.inbound).expect("connect");
+    std::thread::sleep(Duration::from_secs(1)); // past the 300 ms silent window
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "a speculative connection to the app");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n").expect("write");
+    let got = answer(&mut s);
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "request_total", &[("direction", "inbound")]), 1.0, "{m}");
+}
