@@ -191,6 +191,46 @@ fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
     assert_eq!(metric(&m, "tcp_open_total", &opaque), 1.0, "{m}");
 }
 
+/// Inside the mTLS of a port whose server declares HTTP/1, a meshed client that names no
+/// protocol is served as HTTP/1 unread: bytes that are not HTTP get the proxy's 400 and
+/// never reach the app as opaque TCP.
+#[test]
+fn meshed_bytes_on_a_port_declared_http_are_served_as_http() {
+    use crate::policy_grpc_filters::{FakePolicy, PolicyServer, server_policy};
+    use linkerd2_proxy_api::inbound as pb;
+    let pki = Pki::new("declared", &["pki"]);
+    let dir = pki.0.join("pki");
+    pki.token(&dir, "web");
+    let (_identity, identity) =
+        start_identity(&dir, &dir.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
+    let app = http_server(local_listener());
+    let http1 = pb::proxy_protocol::Http1 { routes: Vec::new(), local_rate_limit: None };
+    let server = server_policy("web-http", pb::proxy_protocol::Kind::Http1(http1));
+    let policy = PolicyServer::start(FakePolicy { port: app.port().into(), server });
+    let args = [
+        vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
+        identity_args(&dir, &id("web"), "web.token", &identity.to_string()),
+        ["--policy-addr", &policy.addr.to_string(), "--policy-workload", crate::policy_api::POD]
+            .map(String::from)
+            .to_vec(),
+        vec!["--inbound-ports".to_string(), app.port().to_string()],
+    ];
+    let proxy = start_proxy(args.concat());
+    let port = app.port().to_string();
+    let updated = [("port", port.as_str()), ("result", "ok")];
+    let arrived = eventually(Duration::from_secs(20), || {
+        metric(&proxy.metrics(), "inbound_policy_updates_total", &updated) >= 1.0
+    });
+    assert!(arrived, "no policy reached the proxy:\n{}", proxy.logs());
+
+    let ca = dir.join("ca.crt");
+    let out = meshed_request(s_client(&proxy, &ca, &dir, "client", None), b"\x00 not http\r\n\r\n");
+    assert!(out.contains("HTTP/1.1 400"), "{out}\n{}", proxy.logs());
+    let m = proxy.metrics();
+    let opaque = [("direction", "inbound"), ("tls", "true"), ("protocol", "opaque")];
+    assert_eq!(metric(&m, "tcp_open_total", &opaque), 0.0, "{m}");
+}
+
 #[test]
 fn the_proxy_rereads_its_trust_anchors_when_the_kubelet_publishes_new_ones() {
     // Two PKIs: `a`, which the proxy's own certificate comes from, and `b`, a new anchor.
