@@ -150,7 +150,8 @@ pub struct RunArgs {
 
     /// Longest wait for the next part of an upstream's response body once its headers
     /// came: then the response is cut (HTTP/2 clients get a reset stream, HTTP/1 clients a
-    /// closed connection) and counted as `error="stream_idle_timeout"`. `0s` (the default,
+    /// closed connection) and counted as `error="stream_idle_timeout"`; likewise for the
+    /// next part of a client's request body (the upstream sees the request fail). `0s` (the default,
     /// as Linkerd): no limit — a gRPC watch or an event stream may rightly be silent for
     /// hours, and a mesh that cuts them by default (Envoy's 5 min) breaks working apps.
     #[arg(long, env = "WEFT_PROXY_HTTP_STREAM_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]

@@ -378,6 +378,14 @@ async fn proxy(mut req: Request<pool::ReqBody>, conn: Arc<Conn>) -> Response<Rsp
     // Before anything reads or adds a header: the request's framing and target checked,
     // the hop-by-hop headers dropped.
     let checked_head = check_head(&mut req);
+    // A client that stops sending its request's body holds the upstream's stream as a
+    // stalled upstream holds the client's: the same limit cuts it (the upstream sees the
+    // request fail).
+    let idle = side.http.config.stream_idle_timeout;
+    if !idle.is_zero() && !req.body().is_end_stream() {
+        let (metrics, direction) = (&side.metrics, side.direction);
+        req = req.map(|b| stream_idle::StreamIdle::new(b, idle, metrics, direction).boxed_unsync());
+    }
     if side.direction == Direction::Inbound {
         // Only this proxy may say who the client is.
         req.headers_mut().remove(&CLIENT_ID_HEADER);
@@ -764,15 +772,17 @@ impl Reply<'_> {
         let rsp = match result {
             Err(()) => response_timeout(self.side, upstream),
             Ok(Err(e)) => match client_body_error(&e) {
-                // The client's own body failed (bad chunking, a client gone mid-upload):
-                // its error, not the upstream's.
-                Some(why) => {
-                    metrics.http.error(direction, "bad_request");
+                // The client's own body failed (bad chunking, a client gone mid-upload, one
+                // that stalled it past the stream idle timeout, which counted it): its
+                // error, not the upstream's.
+                Some((why, stalled)) => {
+                    if !stalled {
+                        metrics.http.error(direction, "bad_request");
+                    }
                     debug!(error = %why, "the client's request body failed");
-                    error_response(
-                        StatusCode::BAD_REQUEST,
-                        &format!("the request body failed: {why}"),
-                    )
+                    let status =
+                        if stalled { StatusCode::REQUEST_TIMEOUT } else { StatusCode::BAD_REQUEST };
+                    error_response(status, &format!("the request body failed: {why}"))
                 }
                 None => {
                     let (label, message) = send_error(&e);
@@ -872,16 +882,18 @@ fn response_timeout(side: &Side, upstream: SocketAddr) -> Response<RspBody> {
 /// What failed a try when it was the client's request body, not the upstream: over
 /// HTTP/1, hyper reports a user error with the body's error as its source; over HTTP/2,
 /// the body's pipe reset the stream itself (`CANCEL`, sent by us) and the response
-/// reports that.
-fn client_body_error(e: &pool::SendError) -> Option<String> {
+/// reports that. With why, and whether the body stalled past the stream idle timeout
+/// (known over HTTP/1 only).
+fn client_body_error(e: &pool::SendError) -> Option<(String, bool)> {
     match e {
         pool::SendError::Http(h) if h.is_user() => {
-            std::error::Error::source(h)?.downcast_ref::<pool::BodyError>().map(ToString::to_string)
+            let body = std::error::Error::source(h)?.downcast_ref::<pool::BodyError>()?;
+            Some((body.to_string(), matches!(body, pool::BodyError::StreamIdle(_))))
         }
         pool::SendError::H2(h)
             if h.is_reset() && !h.is_remote() && h.reason() == Some(h2::Reason::CANCEL) =>
         {
-            Some("the body ended in an error, so its stream was reset".into())
+            Some(("the body ended in an error, so its stream was reset".into(), false))
         }
         _ => None,
     }

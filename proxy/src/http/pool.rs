@@ -113,7 +113,7 @@ pub enum BodyError {
     #[error(transparent)]
     H2(#[from] h2::Error),
     /// The upstream sent nothing more of its response for the stream idle timeout.
-    #[error("the upstream sent nothing more of its response for {0:?} (stream idle timeout)")]
+    #[error("nothing more of the body came for {0:?} (stream idle timeout)")]
     StreamIdle(std::time::Duration),
 }
 

@@ -1,8 +1,9 @@
 //! The stream idle timeout: an upstream that sent its response headers and then nothing
 //! more (no data, no end) for this long has its response cut, as Envoy's
-//! `stream_idle_timeout` does. Without it, a backend that stalls mid-body while it still
-//! answers pings holds the client's stream, and everything the proxy keeps for it, until
-//! the client gives up.
+//! `stream_idle_timeout` does; so has a client's request whose body stops coming. Without
+//! it, a backend that stalls mid-body while it still answers pings holds the client's
+//! stream, and everything the proxy keeps for it, until the client gives up (and a client
+//! that stalls its upload, the upstream's).
 //!
 //! Cheap for the bodies that never wait: the timer is made the first time the body has
 //! nothing to give, and then moved on only when it fires (the time of the last frame is
@@ -27,8 +28,8 @@ use crate::metrics::{Direction, Metrics};
 /// The `error` label of `{inbound,outbound}_http_errors_total` for a response cut by it.
 pub const ERROR_LABEL: &str = "stream_idle_timeout";
 
-/// An upstream's response body, cut with `BodyError::StreamIdle` after `timeout` without
-/// a frame. Small, as it is part of every proxied response: the timer and the time of the
+/// A body (an upstream's response's, or a client's request's), cut with
+/// `BodyError::StreamIdle` after `timeout` without a frame. Small, as it is part of every proxied response: the timer and the time of the
 /// last frame are allocated on the first wait.
 pub struct StreamIdle<B = UpstreamBody> {
     inner: B,
@@ -103,10 +104,7 @@ impl<B: Body<Data = Bytes, Error = BodyError> + Unpin> Body for StreamIdle<B> {
         }
         ready!(limit.poll_expired(cx));
         let timeout = limit.timeout;
-        debug!(
-            ?timeout,
-            "the upstream sent nothing more of its response for the stream idle timeout; cut"
-        );
+        debug!(?timeout, "a body sent nothing more for the stream idle timeout; cut");
         limit.metrics.http.error(limit.direction, ERROR_LABEL);
         // Once: the body is done.
         this.limit = None;
