@@ -44,6 +44,38 @@ impl Pki {
     }
 }
 
+/// One PKI, `web`'s token, and `weft identity` signing from it.
+struct Signing {
+    pki: Pki,
+    _identity: crate::mtls::Child_,
+    identity: String,
+}
+
+impl Signing {
+    fn new(tag: &str) -> Signing {
+        let pki = Pki::new(tag, &["pki"]);
+        pki.token(&pki.0.join("pki"), "web");
+        let dir = pki.0.join("pki");
+        let (child, identity) =
+            start_identity(&dir, &dir.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
+        Signing { pki, _identity: child, identity: identity.to_string() }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.pki.0.join("pki")
+    }
+
+    /// A proxy with `web`'s identity in front of `app`, with `extra` flags; once ready.
+    fn web_proxy(&self, app: std::net::SocketAddr, extra: &[String]) -> Proxy {
+        let args = [
+            vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
+            identity_args(&self.dir(), &id("web"), "web.token", &self.identity),
+            extra.to_vec(),
+        ];
+        start_proxy(args.concat())
+    }
+}
+
 impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -135,18 +167,9 @@ fn meshed_get(proxy: &Proxy, server_ca: &Path, pki: &Path, sa: &str) -> String {
 /// client that stays silent is opaque at once, so a server that speaks first is heard.
 #[test]
 fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
-    let pki = Pki::new("no-alpn", &["pki"]);
-    let dir = pki.0.join("pki");
-    pki.token(&dir, "web");
-    let (_identity, identity) =
-        start_identity(&dir, &dir.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
-    let proxy_to = |app: std::net::SocketAddr| {
-        let args = [
-            vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
-            identity_args(&dir, &id("web"), "web.token", &identity.to_string()),
-        ];
-        start_proxy(args.concat())
-    };
+    let signing = Signing::new("no-alpn");
+    let dir = signing.dir();
+    let proxy_to = |app: std::net::SocketAddr| signing.web_proxy(app, &[]);
     let proxy = proxy_to(http_server(local_listener()));
     let ca = dir.join("ca.crt");
     let forged = b"GET /echo HTTP/1.1\r\nHost: web\r\nl5d-client-id: admin.prod.forged\r\nConnection: close\r\n\r\n";
@@ -198,25 +221,17 @@ fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
 fn meshed_bytes_on_a_port_declared_http_are_served_as_http() {
     use crate::policy_grpc_filters::{FakePolicy, PolicyServer, server_policy};
     use linkerd2_proxy_api::inbound as pb;
-    let pki = Pki::new("declared", &["pki"]);
-    let dir = pki.0.join("pki");
-    pki.token(&dir, "web");
-    let (_identity, identity) =
-        start_identity(&dir, &dir.join("ca.crt"), &pki.0.join("tokens.yaml"), &[]);
+    let signing = Signing::new("declared");
+    let dir = signing.dir();
     let app = http_server(local_listener());
     let http1 = pb::proxy_protocol::Http1 { routes: Vec::new(), local_rate_limit: None };
     let server = server_policy("web-http", pb::proxy_protocol::Kind::Http1(http1));
     let policy = PolicyServer::start(FakePolicy { port: app.port().into(), server });
-    let args = [
-        vec!["--inbound-orig-dst-addr".to_string(), app.to_string()],
-        identity_args(&dir, &id("web"), "web.token", &identity.to_string()),
-        ["--policy-addr", &policy.addr.to_string(), "--policy-workload", crate::policy_api::POD]
-            .map(String::from)
-            .to_vec(),
-        vec!["--inbound-ports".to_string(), app.port().to_string()],
-    ];
-    let proxy = start_proxy(args.concat());
-    let port = app.port().to_string();
+    let (policy_addr, port) = (policy.addr.to_string(), app.port().to_string());
+    let extra = ["--policy-addr", &policy_addr, "--policy-workload", crate::policy_api::POD];
+    let extra = [&extra[..], &["--inbound-ports", &port]].concat();
+    let extra: Vec<String> = extra.into_iter().map(String::from).collect();
+    let proxy = signing.web_proxy(app, &extra);
     let updated = [("port", port.as_str()), ("result", "ok")];
     let arrived = eventually(Duration::from_secs(20), || {
         metric(&proxy.metrics(), "inbound_policy_updates_total", &updated) >= 1.0
