@@ -62,6 +62,8 @@ pub async fn serve_inbound(
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let mut tls = tls;
     let mut rest = BytesMut::new();
+    // The app's connection, when detection opened it.
+    let mut speculative = None;
     let (target, protocol) = if alpn.as_deref() == Some(transport_header::ALPN) {
         let header = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -103,10 +105,14 @@ pub async fn serve_inbound(
             Some(b"http/1.1") => Protocol::Http1,
             _ => {
                 let detecting = side.metrics.detecting(side.direction);
-                let detected = detect_inside(&mut tls, &mut rest, target.port(), &side).await;
+                let client = (client_ip, client_id.as_deref());
+                let detected = detect_inside(&mut tls, &mut rest, target, client, &side).await;
                 drop(detecting);
                 match detected {
-                    Ok(p) => p,
+                    Ok((p, up)) => {
+                        speculative = up;
+                        p
+                    }
                     Err(e) => {
                         errors.inc("detect_io");
                         debug!(error = %e, "mTLS connection failed during detection");
@@ -147,7 +153,11 @@ pub async fn serve_inbound(
             if authz.as_ref().is_some_and(|a| !a.admit_tcp()) {
                 return;
             }
-            let upstream = match transport::connect(target, side.connect).await {
+            let connected = match speculative {
+                Some(up) => Ok(up),
+                None => transport::connect(target, side.connect).await,
+            };
+            let upstream = match connected {
                 Ok(u) => u,
                 Err(e) => {
                     errors.inc(e.label());
@@ -178,50 +188,77 @@ pub async fn serve_inbound(
 /// The protocol inside an mTLS connection whose client named none by ALPN — as
 /// linkerd2-proxy sends meshed HTTP, and this proxy HTTP/1 without an `h2` hint —
 /// detected on the decrypted bytes (kept in `buf`) as on a plaintext connection, unless the
-/// port is opaque. A client silent for the silent window is opaque at once: a meshed
-/// client's proxy sends what it has as soon as it connects, so its silence is a server
-/// that speaks first (whose client's proxy opened this connection speculatively), not a
-/// slow HTTP client. TLS inside is the app's own, and opaque too. A port whose server
+/// port is opaque; with the connection to the app when detection opened it. A client
+/// silent for the silent window gets that connection opened, as in plaintext: if the app
+/// speaks first, the connection is opaque at once; if the client does, detection goes on,
+/// so that a meshed client cannot pass HTTP to the app unread (its own `l5d-client-id`
+/// included) by waiting. TLS inside is the app's own, and opaque too. A port whose server
 /// declares HTTP is served as that, unread.
 async fn detect_inside<S: AsyncRead + Unpin>(
     tls: &mut S,
     buf: &mut BytesMut,
-    port: u16,
+    target: SocketAddr,
+    client: (std::net::IpAddr, Option<&str>),
     side: &Side,
-) -> std::io::Result<Protocol> {
-    let policy = side.policy.as_ref().map(|p| p.current(port));
-    let Some(limits) = side.detection(port, policy.as_deref()) else {
-        return Ok(Protocol::Opaque);
+) -> std::io::Result<(Protocol, Option<TcpStream>)> {
+    let policy = side.policy.as_ref().map(|p| p.current(target.port()));
+    let Some(limits) = side.detection(target.port(), policy.as_deref()) else {
+        return Ok((Protocol::Opaque, None));
     };
     if let Some(http) = crate::transport::declared_http(policy.as_deref()) {
-        return Ok(http);
+        return Ok((http, None));
     }
+    // No connection to the app for a client the policy would refuse anyway.
+    let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client.0, client.1));
     let started = tokio::time::Instant::now();
+    let deadline = started + limits.timeout;
     let max = side.detect_max_bytes;
+    let mut upstream: Option<TcpStream> = None;
     loop {
-        let waited = if buf.is_empty() { limits.silent_window } else { limits.timeout };
+        let waited = if buf.is_empty() && upstream.is_none() && speculate {
+            started + limits.silent_window
+        } else {
+            deadline
+        };
         let room = (max - buf.len()) as u64;
-        let mut limited = (&mut *tls).take(room);
-        let protocol = match tokio::time::timeout_at(started + waited, limited.read_buf(buf)).await
-        {
+        let read = tokio::time::timeout_at(waited, (&mut *tls).take(room).read_buf(buf)).await;
+        let n = match read {
+            Err(_) if buf.is_empty() && upstream.is_none() && speculate => {
+                let up = match transport::connect(target, side.connect).await {
+                    Ok(up) => up,
+                    // Connected to (and counted) again when the connection is forwarded.
+                    Err(_) => return Ok((Protocol::Opaque, None)),
+                };
+                let mut one = [0u8; 1];
+                let mut limited = (&mut *tls).take(room);
+                tokio::select! {
+                    r = up.peek(&mut one) => {
+                        r?;
+                        debug!("meshed client silent and the app spoke first; forwarding as opaque");
+                        return Ok((Protocol::Opaque, Some(up)));
+                    }
+                    r = limited.read_buf(buf) => {
+                        upstream = Some(up);
+                        r?
+                    }
+                    () = tokio::time::sleep_until(deadline) => return Ok((Protocol::Opaque, Some(up))),
+                }
+            }
             Err(_) if buf.is_empty() => {
                 debug!("meshed client silent; forwarding as opaque");
-                Protocol::Opaque
+                return Ok((Protocol::Opaque, upstream));
             }
             Err(_) => {
                 side.metrics.errors(side.direction).inc("detect_timeout");
                 debug!(bytes = buf.len(), "detection timed out; forwarding as opaque");
-                Protocol::Opaque
+                return Ok((Protocol::Opaque, upstream));
             }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(n)) => match detect::after_read(buf, max, n == 0) {
-                Some(p) => p,
-                None => continue,
-            },
+            Ok(r) => r?,
         };
+        let Some(protocol) = detect::after_read(buf, max, n == 0) else { continue };
         return Ok(match protocol {
-            Protocol::Http1 | Protocol::Http2 => protocol,
-            _ => Protocol::Opaque,
+            Protocol::Http1 | Protocol::Http2 => (protocol, None),
+            _ => (Protocol::Opaque, upstream),
         });
     }
 }

@@ -145,9 +145,15 @@ fn s_client(proxy: &Proxy, server_ca: &Path, pki: &Path, sa: &str, alpn: Option<
 
 /// `request` sent by [`s_client`], and everything openssl printed: the app's answer
 /// included when the proxy took the certificate.
-fn meshed_request(mut client: Command, request: &[u8]) -> String {
+fn meshed_request(client: Command, request: &[u8]) -> String {
+    meshed_request_after(client, Duration::ZERO, request)
+}
+
+/// [`meshed_request`], the client silent for `silent` after it started.
+fn meshed_request_after(mut client: Command, silent: Duration, request: &[u8]) -> String {
     let mut child = client.spawn().expect("openssl s_client");
     let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(silent);
     let _ = stdin.write_all(request);
     drop(stdin);
     let out = child.wait_with_output().expect("openssl output");
@@ -163,8 +169,9 @@ fn meshed_get(proxy: &Proxy, server_ca: &Path, pki: &Path, sa: &str) -> String {
 
 /// A meshed client that names no protocol by ALPN — linkerd2-proxy sends HTTP that way —
 /// gets its HTTP detected inside the TLS: served as HTTP, counted, and the app told the
-/// real caller (a forged `l5d-client-id` is replaced, not passed on as bytes). A meshed
-/// client that stays silent is opaque at once, so a server that speaks first is heard.
+/// real caller (a forged `l5d-client-id` is replaced, not passed on as bytes), even when it
+/// waited past the silent window first. A meshed client that stays silent is opaque once
+/// the app speaks first, so a server that speaks first is heard.
 #[test]
 fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
     let signing = Signing::new("no-alpn");
@@ -183,6 +190,15 @@ fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
     assert_eq!(metric(&m, "request_total", &meshed), 1.0, "{m}");
     let http = [meshed.as_slice(), &[("peer", "src"), ("protocol", "http/1")]].concat();
     assert_eq!(metric(&m, "tcp_open_total", &http), 1.0, "{m}");
+    // Waiting past the silent window changes nothing: the client spoke before the app,
+    // so its HTTP is still detected, and its forged header still replaced.
+    let client_cmd = s_client(&proxy, &ca, &dir, "client", None);
+    let out = meshed_request_after(client_cmd, Duration::from_millis(1500), forged);
+    assert!(out.contains("HTTP/1.1 200"), "{out}\n{}", proxy.logs());
+    assert!(out.contains(&format!("l5d-client-id: {client}\n")), "{out}");
+    assert!(!out.contains("forged"), "a slow client's own l5d-client-id reached the app:\n{out}");
+    let m = proxy.metrics();
+    assert_eq!(metric(&m, "request_total", &meshed), 2.0, "{m}");
 
     // A server that speaks first, and a meshed client that waits for it.
     let banner_app = serve(local_listener(), banner(b"220 ready\r\n"));
