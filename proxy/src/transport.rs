@@ -353,13 +353,25 @@ async fn prepare(
         }
     };
     let declared = declared_http(policy.as_deref());
+    if let Some(http) = declared.clone() {
+        // Only TLS (a meshed client's, or the app's own) is told apart, by its first byte,
+        // a handshake record; anything else, or silence, is the declared protocol, which
+        // then bounds the wait for a request itself. No server there speaks first, so
+        // nothing is opened speculatively.
+        let mut first = [0u8; 1];
+        let tls = timeout(limits.timeout, client.peek(&mut first)).await;
+        if !matches!(tls, Ok(Ok(1)) if detect::is_tls_prefix(&first)) {
+            let prefix = BytesMut::new();
+            return Ok(Prepared { target, protocol: http, prefix, upstream: None, dst });
+        }
+    }
     // A client the policy would refuse in plaintext gets no speculative connection to the
-    // app: a server that speaks first must not talk to it before it is authorized. Nor
-    // does one of a port whose server is HTTP: no server there speaks first.
+    // app: a server that speaks first must not talk to it before it is authorized.
     let speculate =
         declared.is_none() && policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
     let (protocol, prefix, upstream) =
         detect_protocol(client, target, dst.as_ref(), side, limits, speculate).await?;
+    // A declared port's TLS that turns out not to be a ClientHello is still its protocol.
     let protocol = match (declared, protocol) {
         (_, p @ Protocol::Tls { .. }) | (None, p) => p,
         (Some(http), _) => http,

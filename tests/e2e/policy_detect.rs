@@ -83,7 +83,8 @@ fn a_server_that_speaks_first_is_reached_within_a_policys_short_detect_timeout()
 /// A port whose server declares HTTP/1 is served as HTTP/1, as Linkerd does: bytes that
 /// are not HTTP get the proxy's 400 and never reach the app (detected, they would have
 /// gone to it as opaque TCP, past the port's HTTP routes); a silent client opens no
-/// speculative connection to it, and is served once it sends its request.
+/// speculative connection to it, and is served once it sends its request, its silence
+/// no detection failure.
 #[test]
 fn a_port_whose_server_declares_http_is_served_as_http_whatever_comes() {
     use std::{
@@ -103,7 +104,9 @@ fn a_port_whose_server_declares_http_is_served_as_http_whatever_comes() {
     let http1 = pb::proxy_protocol::Http1 { routes: Vec::new(), local_rate_limit: None };
     let server = server_policy("web-http", pb::proxy_protocol::Kind::Http1(http1));
     let policy = PolicyServer::start(FakePolicy { port: app.port().into(), server });
-    let proxy = inbound_proxy(app, &policy, &[]);
+    // A detect timeout shorter than the client's silence below: only TLS is detected on
+    // such a port, so it passes unremarked.
+    let proxy = inbound_proxy(app, &policy, &["--detect-timeout", "500ms"]);
     let answer = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let mut got = Vec::new();
@@ -126,4 +129,5 @@ fn a_port_whose_server_declares_http_is_served_as_http_whatever_comes() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     let m = proxy.metrics();
     assert_eq!(metric(&m, "request_total", &[("direction", "inbound")]), 1.0, "{m}");
+    assert_eq!(metric(&m, "inbound_tcp_errors_total", &[("error", "detect_timeout")]), 0.0, "{m}");
 }
