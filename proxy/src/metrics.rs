@@ -551,30 +551,20 @@ impl Metrics {
         protocol: &Protocol,
         tls: TlsLabels,
     ) -> ConnMetrics {
-        self.open_with(direction, peer, target_addr, protocol, tls, DstLabels::default())
+        self.open_endpoint(direction, peer, target_addr, protocol, tls, &DstLabels::default())
     }
 
-    /// `open` for the upstream side of a connection that the balancer sent to a discovered
-    /// endpoint: its series carry the endpoint's `dst_*` labels too, as its routes' do.
+    /// `open` for a connection to a discovered endpoint (the upstream side, `Peer::Dst`,
+    /// of one the balancer sent there): its series carry the endpoint's `dst_*` labels
+    /// too, as its routes' do.
     pub fn open_endpoint(
-        &self,
-        direction: Direction,
-        target_addr: &std::net::SocketAddr,
-        protocol: &Protocol,
-        tls: TlsLabels,
-        dst: &DstLabels,
-    ) -> ConnMetrics {
-        self.open_with(direction, Peer::Dst, target_addr, protocol, tls, dst.clone())
-    }
-
-    fn open_with(
         &self,
         direction: Direction,
         peer: Peer,
         target_addr: &std::net::SocketAddr,
         protocol: &Protocol,
         tls: TlsLabels,
-        dst: DstLabels,
+        dst: &DstLabels,
     ) -> ConnMetrics {
         let labels = TcpLabels {
             direction: direction.as_str(),
@@ -585,7 +575,7 @@ impl Metrics {
             target_addr: self.target_label(target_addr),
             protocol: protocol.label(),
             tls,
-            dst,
+            dst: dst.clone(),
         };
         // Before any handle: see `retention`.
         let lease = self.connections.lease(&labels);
@@ -887,7 +877,8 @@ mod tests {
             dst_labels(&[("dst_namespace", "prod"), ("dst_pod", "db-0"), ("dst_service", "db")]);
         let tls =
             TlsLabels::server(Arc::from("db.prod.serviceaccount.identity.weft.cluster.local"));
-        let c = m.open_endpoint(Direction::Outbound, &addr, &Protocol::Opaque, tls, &dst);
+        let c =
+            m.open_endpoint(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, tls, &dst);
         c.read_bytes.inc_by(3);
         c.write_bytes.inc_by(4);
         c.close(Some(&io::Error::from_raw_os_error(libc::ECONNRESET)));
@@ -913,6 +904,7 @@ mod tests {
         let tls = TlsLabels::disabled;
         m.open_endpoint(
             Direction::Outbound,
+            Peer::Dst,
             &addr,
             &Protocol::Opaque,
             tls(),
@@ -942,7 +934,8 @@ mod tests {
             ("dst_service", "web"),
         ]);
         let tls = || TlsLabels::plaintext("not_provided_by_service_discovery");
-        m.open_endpoint(Direction::Outbound, &addr, &Protocol::Opaque, tls(), &dst).close(None);
+        m.open_endpoint(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, tls(), &dst)
+            .close(None);
         let route = m.http.route(Direction::Outbound, "web:80", "10.0.0.7:80".into(), dst, tls());
         m.http.request(&route);
         let text = m.render();
@@ -962,7 +955,8 @@ mod tests {
         for pod in ["db-0", "db-1"] {
             let dst = dst_labels(&[("dst_pod", pod)]);
             let tls = TlsLabels::disabled();
-            m.open_endpoint(Direction::Outbound, &addr, &Protocol::Opaque, tls, &dst).close(None);
+            m.open_endpoint(Direction::Outbound, Peer::Dst, &addr, &Protocol::Opaque, tls, &dst)
+                .close(None);
         }
         let text = m.render();
         for pod in ["db-0", "db-1"] {

@@ -20,7 +20,7 @@ use crate::{
     identity::{Alpn, Identity, peer_identity},
     io::{Metered, MeteredIo, Prefixed},
     metrics::{Direction, DstLabels, Metrics, Peer, TlsLabels},
-    transport::{self, ConnError, Side, is_own_listener},
+    transport::{self, ConnError, Detection, Side, is_own_listener},
     transport_header::{self, SessionProtocol, TransportHeader},
 };
 
@@ -202,12 +202,11 @@ async fn detect_inside<S: AsyncRead + Unpin>(
     side: &Side,
 ) -> std::io::Result<(Protocol, Option<TcpStream>)> {
     let policy = side.policy.as_ref().map(|p| p.current(target.port()));
-    let Some(limits) = side.detection(target.port(), policy.as_deref()) else {
-        return Ok((Protocol::Opaque, None));
+    let limits = match side.detection(target.port(), policy.as_deref()) {
+        Detection::Opaque => return Ok((Protocol::Opaque, None)),
+        Detection::Declared(http, _) => return Ok((http, None)),
+        Detection::Detect(limits) => limits,
     };
-    if let Some(http) = crate::transport::declared_http(policy.as_deref()) {
-        return Ok((http, None));
-    }
     // No connection to the app for a client the policy would refuse anyway.
     let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client.0, client.1));
     let started = tokio::time::Instant::now();
@@ -312,7 +311,7 @@ pub async fn connect(
     let io = MeteredIo::new(
         stream,
         BytesMut::new(),
-        metrics.open_endpoint(direction, &addr, label_protocol, labels, &t.labels),
+        metrics.open_endpoint(direction, Peer::Dst, &addr, label_protocol, labels, &t.labels),
     );
     let name = ServerName::try_from(t.server_id.clone()).map_err(|e| {
         ConnError::Tls(addr, format!("{:?} is not a valid server name: {e}", t.server_id))

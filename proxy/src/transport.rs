@@ -232,7 +232,14 @@ async fn handle(mut client: TcpStream, client_addr: SocketAddr, side: Arc<Side>)
     debug!(server.addr = %target, protocol = protocol.label(), "forwarding");
     match upstream {
         Upstream::Plain(mut upstream, addr, endpoint) => {
-            let dst = side.metrics.open_endpoint(side.direction, &addr, &protocol, tls, &endpoint);
+            let dst = side.metrics.open_endpoint(
+                side.direction,
+                Peer::Dst,
+                &addr,
+                &protocol,
+                tls,
+                &endpoint,
+            );
             let forward = forward::forward(&mut client, &mut upstream, prefix, &src, &dst);
             let (result, revoked) = match &authz {
                 Some(a) => tokio::select! {
@@ -345,30 +352,31 @@ async fn prepare(
     };
     let opaque_service = dst.as_ref().is_some_and(|r| r.profile().opaque);
     let policy = side.policy.as_ref().map(|p| p.current(target.port()));
-    let limits = match side.detection(target.port(), policy.as_deref()) {
-        Some(limits) if !opaque_service => limits,
-        _ => {
-            let (protocol, prefix) = (Protocol::Opaque, BytesMut::new());
-            return Ok(Prepared { target, protocol, prefix, upstream: None, dst });
+    let unread =
+        |protocol, dst| Prepared { target, protocol, prefix: BytesMut::new(), upstream: None, dst };
+    let detection = if opaque_service {
+        Detection::Opaque
+    } else {
+        side.detection(target.port(), policy.as_deref())
+    };
+    let (limits, declared) = match detection {
+        Detection::Opaque => return Ok(unread(Protocol::Opaque, dst)),
+        Detection::Detect(limits) => (limits, None),
+        Detection::Declared(http, limits) => {
+            // Only TLS (a meshed client's, or the app's own) is told apart, by its first
+            // byte, a handshake record; anything else, or silence, is the declared
+            // protocol, whose server then bounds the wait for a request.
+            let mut first = [0u8; 1];
+            let tls = timeout(limits.timeout, client.peek(&mut first)).await;
+            if !matches!(tls, Ok(Ok(1)) if detect::is_tls_prefix(&first)) {
+                return Ok(unread(http, dst));
+            }
+            (limits, Some(http))
         }
     };
-    let declared = declared_http(policy.as_deref());
-    if let Some(http) = declared.clone() {
-        // Only TLS (a meshed client's, or the app's own) is told apart, by its first byte,
-        // a handshake record; anything else, or silence, is the declared protocol, which
-        // then bounds the wait for a request itself. No server there speaks first, so
-        // nothing is opened speculatively.
-        let mut first = [0u8; 1];
-        let tls = timeout(limits.timeout, client.peek(&mut first)).await;
-        if !matches!(tls, Ok(Ok(1)) if detect::is_tls_prefix(&first)) {
-            let prefix = BytesMut::new();
-            return Ok(Prepared { target, protocol: http, prefix, upstream: None, dst });
-        }
-    }
     // A client the policy would refuse in plaintext gets no speculative connection to the
     // app: a server that speaks first must not talk to it before it is authorized.
-    let speculate =
-        declared.is_none() && policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
+    let speculate = policy.as_ref().is_none_or(|p| p.may_admit(client_ip, None));
     let (protocol, prefix, upstream) =
         detect_protocol(client, target, dst.as_ref(), side, limits, speculate).await?;
     // A declared port's TLS that turns out not to be a ClientHello is still its protocol.
@@ -379,37 +387,43 @@ async fn prepare(
     Ok(Prepared { target, protocol, prefix, upstream, dst })
 }
 
+/// How connections to a port are taken.
+pub(crate) enum Detection {
+    /// As opaque TCP, unread.
+    Opaque,
+    /// Detected within these limits.
+    Detect(DetectLimits),
+    /// Its server declares this HTTP protocol (Linkerd's `HTTP/1`, `HTTP/2`, `gRPC`): what
+    /// is not TLS is served as it, whatever its bytes or silence (as Linkerd does), so that
+    /// no client gets past the port's HTTP routes as opaque TCP. TLS is told apart within
+    /// the limits.
+    Declared(Protocol, DetectLimits),
+}
+
 impl Side {
-    /// How long detection waits on a connection to `port`, whose policy (with a policy
-    /// source) is `policy`; `None` when the port is opaque, by configuration or because
-    /// the control plane's Server says so, and nothing is detected.
+    /// How a connection to `port` is taken, whose policy (with a policy source) is
+    /// `policy`: opaque when the port is, by configuration or because the control plane's
+    /// Server says so; as the HTTP its Server declares; else detected.
     pub(crate) fn detection(
         &self,
         port: u16,
         policy: Option<&crate::policy::server::ServerPolicy>,
-    ) -> Option<DetectLimits> {
+    ) -> Detection {
         use crate::policy::server::ServerProtocol;
-        if self.opaque_ports.contains(port)
-            || policy.is_some_and(|p| p.protocol == ServerProtocol::Opaque)
-        {
-            return None;
+        if self.opaque_ports.contains(port) {
+            return Detection::Opaque;
         }
         let policy_timeout = policy.and_then(|p| p.detect_timeout);
-        Some(DetectLimits::new(policy_timeout, self.detect_timeout, self.detect_silent_window))
-    }
-}
-
-/// The protocol a port's server declares HTTP (Linkerd's `HTTP/1`, `HTTP/2`, `gRPC`): a
-/// connection there that is not TLS is served as it, whatever its bytes or its silence (as
-/// Linkerd does), so that no client gets past the port's HTTP routes as opaque TCP.
-pub(crate) fn declared_http(
-    policy: Option<&crate::policy::server::ServerPolicy>,
-) -> Option<Protocol> {
-    use crate::policy::server::ServerProtocol;
-    match policy?.protocol {
-        ServerProtocol::Http1 => Some(Protocol::Http1),
-        ServerProtocol::Http2 | ServerProtocol::Grpc => Some(Protocol::Http2),
-        ServerProtocol::Detect | ServerProtocol::Opaque | ServerProtocol::Tls => None,
+        let limits =
+            DetectLimits::new(policy_timeout, self.detect_timeout, self.detect_silent_window);
+        match policy.map(|p| p.protocol) {
+            Some(ServerProtocol::Opaque) => Detection::Opaque,
+            Some(ServerProtocol::Http1) => Detection::Declared(Protocol::Http1, limits),
+            Some(ServerProtocol::Http2 | ServerProtocol::Grpc) => {
+                Detection::Declared(Protocol::Http2, limits)
+            }
+            Some(ServerProtocol::Detect | ServerProtocol::Tls) | None => Detection::Detect(limits),
+        }
     }
 }
 

@@ -5,16 +5,15 @@
 //! scraper's outbound proxy reaching another proxy's admin port over mTLS through discovery.
 
 use std::{
-    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use crate::{
     mtls::{DST_SVC_NAME, Web2, id, identity_args, start_proxy, web2_under},
-    support::{Proxy, admin_request, eventually, metric, run},
+    support::{Proxy, admin_request, eventually, meshed_s_client, metric, run, s_client_exchange},
 };
 
 /// web2's admin port: a Server that admits only `client`'s identity (its access policy,
@@ -118,27 +117,11 @@ fn s_client(
     cert: &(PathBuf, PathBuf, PathBuf),
 ) -> String {
     let (_, leaf, key) = cert;
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &admin.to_string(), "-servername", sni])
-        .args(["-verify_hostname", sni, "-verify_return_error", "-ign_eof", "-showcerts"])
-        .arg("-CAfile")
-        .arg(dir.join("ca.crt"))
-        .arg("-cert")
-        .arg(leaf)
-        .arg("-cert_chain")
-        .arg(dir.join("issuer.crt"))
-        .arg("-key")
-        .arg(key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let _ = stdin.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    drop(stdin);
-    let out = child.wait_with_output().expect("openssl output");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    let chain = dir.join("issuer.crt");
+    let mut client = meshed_s_client(admin, sni, &dir.join("ca.crt"), (leaf, &chain, key));
+    client.arg("-showcerts");
+    let request = b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+    s_client_exchange(client, Duration::ZERO, request)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::{
     io::Read,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 #[test]
@@ -15,16 +15,9 @@ fn the_demo_runs_a_whole_mesh_and_shows_what_it_promises() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("weft demo");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("weft demo did not finish within 240 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = crate::support::wait_exit(&mut child, Duration::from_secs(240)) else {
+        let _ = child.kill();
+        panic!("weft demo did not finish within 240 s");
     };
     let (mut out, mut err) = (String::new(), String::new());
     child.stdout.take().expect("stdout").read_to_string(&mut out).expect("stdout");

@@ -4,9 +4,8 @@
 //! anchor rotation needs no restart), checked with openssl as the meshed peer.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -124,40 +123,16 @@ fn ready_only_once_the_proxy_has_a_certificate() {
 /// `None`, as linkerd2-proxy's clients send HTTP); stdin and stdout piped.
 fn s_client(proxy: &Proxy, server_ca: &Path, pki: &Path, sa: &str, alpn: Option<&str>) -> Command {
     let (_, leaf, key) = crate::admin::issue(pki, sa);
-    let web = id("web");
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &proxy.inbound.to_string(), "-servername", &web])
-        .args(["-verify_hostname", &web, "-verify_return_error", "-ign_eof"])
-        .args(alpn.map(|a| ["-alpn", a]).into_iter().flatten())
-        .arg("-CAfile")
-        .arg(server_ca)
-        .arg("-cert")
-        .arg(leaf)
-        .arg("-cert_chain")
-        .arg(pki.join("issuer.crt"))
-        .arg("-key")
-        .arg(key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let chain = pki.join("issuer.crt");
+    let mut cmd = meshed_s_client(proxy.inbound, &id("web"), server_ca, (&leaf, &chain, &key));
+    cmd.args(alpn.map(|a| ["-alpn", a]).into_iter().flatten());
     cmd
 }
 
 /// `request` sent by [`s_client`], and everything openssl printed: the app's answer
 /// included when the proxy took the certificate.
 fn meshed_request(client: Command, request: &[u8]) -> String {
-    meshed_request_after(client, Duration::ZERO, request)
-}
-
-/// [`meshed_request`], the client silent for `silent` after it started.
-fn meshed_request_after(mut client: Command, silent: Duration, request: &[u8]) -> String {
-    let mut child = client.spawn().expect("openssl s_client");
-    let mut stdin = child.stdin.take().expect("stdin");
-    std::thread::sleep(silent);
-    let _ = stdin.write_all(request);
-    drop(stdin);
-    let out = child.wait_with_output().expect("openssl output");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    s_client_exchange(client, Duration::ZERO, request)
 }
 
 /// `GET /echo` from `sa` over HTTP/1.1 by ALPN, so that the proxy serves it as HTTP and
@@ -193,7 +168,7 @@ fn meshed_http_without_alpn_is_detected_and_a_silent_meshed_client_is_opaque() {
     // Waiting past the silent window changes nothing: the client spoke before the app,
     // so its HTTP is still detected, and its forged header still replaced.
     let client_cmd = s_client(&proxy, &ca, &dir, "client", None);
-    let out = meshed_request_after(client_cmd, Duration::from_millis(1500), forged);
+    let out = s_client_exchange(client_cmd, Duration::from_millis(1500), forged);
     assert!(out.contains("HTTP/1.1 200"), "{out}\n{}", proxy.logs());
     assert!(out.contains(&format!("l5d-client-id: {client}\n")), "{out}");
     assert!(!out.contains("forged"), "a slow client's own l5d-client-id reached the app:\n{out}");

@@ -154,15 +154,20 @@ impl Proxy {
 
     /// Waits for the process to exit, up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, limit)
     }
+}
+
+/// Waits for `child` to exit, up to `limit` (`None`: it still runs).
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 impl Drop for Proxy {
@@ -599,4 +604,42 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `openssl s_client` to `addr` as a meshed peer: SNI (and the name it verifies) `sni`, the
+/// server's chain checked against `ca`, presenting `leaf` with `chain` and its `key`;
+/// stdio piped.
+pub fn meshed_s_client(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &std::path::Path,
+    (leaf, chain, key): (&std::path::Path, &std::path::Path, &std::path::Path),
+) -> Command {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &addr.to_string(), "-servername", sni])
+        .args(["-verify_hostname", sni, "-verify_return_error", "-ign_eof"])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-cert")
+        .arg(leaf)
+        .arg("-cert_chain")
+        .arg(chain)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `client` (an `openssl s_client`), sends `request` after `silent`, and returns
+/// everything it printed.
+pub fn s_client_exchange(mut client: Command, silent: Duration, request: &[u8]) -> String {
+    let mut child = client.spawn().expect("openssl s_client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(silent);
+    let _ = stdin.write_all(request);
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl output");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

@@ -21,7 +21,7 @@ use super::h2_upstream::{self, H2Body};
 use crate::{
     detect::Protocol,
     io::MeteredIo,
-    metrics::{Direction, DstLabels, Metrics},
+    metrics::{Direction, DstLabels, Metrics, Peer},
     transport::{self, ConnError},
 };
 
@@ -570,6 +570,7 @@ impl Pool {
         });
         let metrics = self.metrics.open_endpoint(
             self.direction,
+            Peer::Dst,
             &target.addr,
             &protocol,
             tls,

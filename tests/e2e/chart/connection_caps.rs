@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     io::Read as _,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -143,17 +143,10 @@ fn start_from(objects: &Objects, deployment: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("weft");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{deployment} from the chart kept running: the value was not refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = crate::support::wait_exit(&mut child, Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{deployment} from the chart kept running: the value was not refused");
     };
     let mut err = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
