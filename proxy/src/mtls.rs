@@ -26,6 +26,14 @@ use crate::{
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a meshed client may stay silent after its handshake before the app is
+/// connected speculatively; the port's silent window when that is shorter. A meshed
+/// client is a proxy that sends what it has at once (what its client said, or the HTTP/2
+/// preface); one that is silent is waiting on a silent client of its own, and has waited
+/// its silent window for it already. Waiting a whole window again here would make a
+/// server that speaks first wait two, one per proxy.
+const MESHED_SILENT_WINDOW: Duration = Duration::from_millis(50);
+
 /// An accepted client connection and its address.
 pub struct Client {
     pub io: TcpStream,
@@ -189,9 +197,9 @@ pub async fn serve_inbound(
 /// linkerd2-proxy sends meshed HTTP, and this proxy HTTP/1 without an `h2` hint —
 /// detected on the decrypted bytes (kept in `buf`) as on a plaintext connection, unless the
 /// port is opaque; with the connection to the app when detection opened it. A client
-/// silent for the silent window gets that connection opened, as in plaintext: if the app
-/// speaks first, the connection is opaque at once; if the client does, detection goes on,
-/// so that a meshed client cannot pass HTTP to the app unread (its own `l5d-client-id`
+/// silent for [`MESHED_SILENT_WINDOW`] gets that connection opened, as in plaintext: if the
+/// app speaks first, the connection is opaque at once; if the client does, detection goes
+/// on, so that a meshed client cannot pass HTTP to the app unread (its own `l5d-client-id`
 /// included) by waiting. TLS inside is the app's own, and opaque too. A port whose server
 /// declares HTTP is served as that, unread.
 async fn detect_inside<S: AsyncRead + Unpin>(
@@ -215,7 +223,7 @@ async fn detect_inside<S: AsyncRead + Unpin>(
     let mut upstream: Option<TcpStream> = None;
     loop {
         let waited = if buf.is_empty() && upstream.is_none() && speculate {
-            started + limits.silent_window
+            started + limits.silent_window.min(MESHED_SILENT_WINDOW)
         } else {
             deadline
         };

@@ -57,7 +57,8 @@ fn start_proxy(ns: &Netns) -> Proxy {
     start_proxy_with(ns, &[])
 }
 
-/// A proxy in `ns` as uid 2102, with `envs` (e.g. its identity settings).
+/// A proxy in `ns` as uid 2102, with `envs` (e.g. its identity settings; they may change
+/// the silent window of 200 ms and the detect timeout of 30 s).
 fn start_proxy_with(ns: &Netns, envs: &[(String, String)]) -> Proxy {
     let mut cmd = Command::new("ip");
     cmd.args([
@@ -73,7 +74,8 @@ fn start_proxy_with(ns: &Netns, envs: &[(String, String)]) -> Proxy {
         "--",
     ])
     .arg(proxy_bin())
-    .args(["--detect-silent-window", "200ms", "--detect-timeout", "30s"])
+    .env("WEFT_PROXY_DETECT_SILENT_WINDOW", "200ms")
+    .env("WEFT_PROXY_DETECT_TIMEOUT", "30s")
     .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Proxy::start_cmd(cmd)
 }
@@ -376,6 +378,7 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
     let skip = format!("{IDENTITY_PORT},{DESTINATION_PORT}");
     let (client, server, _) = ipv4_pods("weft-m", true, &["--skip-inbound-ports", &skip]);
     http_server(listen(&server, HTTP));
+    serve(listen(&server, SMTP), banner(BANNER));
     let tls_server = start_tls_server(&server);
 
     // The control plane, in the server pod: a fresh PKI, static tokens, static endpoints.
@@ -398,7 +401,7 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
     std::fs::write(
         dir.join("endpoints.yaml"),
         format!(
-            "services:\n  - name: web\n    namespace: prod\n    ports:\n      - port: {HTTP}\n        endpoints:\n          - address: {SERVER_IP}:{HTTP}\n            identity: {web}\n            protocolHint: h2\n"
+            "services:\n  - name: web\n    namespace: prod\n    ports:\n      - port: {HTTP}\n        endpoints:\n          - address: {SERVER_IP}:{HTTP}\n            identity: {web}\n            protocolHint: h2\n      - port: {SMTP}\n        endpoints:\n          - address: {SERVER_IP}:{SMTP}\n            identity: {web}\n"
         ),
     )
     .expect("endpoints");
@@ -487,10 +490,11 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
             ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE".to_string(), format!("{d}/ca.crt")),
         ]
     };
-    let server_proxy = start_proxy_with(
-        &server,
-        &identity_env(&web, "web.token", format!("127.0.0.1:{IDENTITY_PORT}")),
-    );
+    // The server proxy's own silent window is long: a meshed client that is silent (its
+    // proxy waited its 200 ms for a silent client) must not wait it too.
+    let mut server_env = identity_env(&web, "web.token", format!("127.0.0.1:{IDENTITY_PORT}"));
+    server_env.push(("WEFT_PROXY_DETECT_SILENT_WINDOW".to_string(), "10s".to_string()));
+    let server_proxy = start_proxy_with(&server, &server_env);
     let mut client_env =
         identity_env(&client_id, "client.token", format!("{SERVER_IP}:{IDENTITY_PORT}"));
     client_env.push((
@@ -545,6 +549,34 @@ fn meshed_pods_talk_mtls_through_iptables_and_the_apps_own_tls_passes_through() 
         metric(&s, "request_total", &[("direction", "inbound"), ("client_id", &client_id)]) >= 1.0,
         "{s}"
     );
+    // A server that speaks first, on a port nobody marked opaque, behind the meshed
+    // endpoint (no opaque transport port): the banner crosses as mTLS after the client
+    // proxy's silent window, not after the server proxy's 10 s too.
+    let started = Instant::now();
+    let banner_heard = client.run_in(|| {
+        let mut s = TcpStream::connect((SERVER_IP, SMTP)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut got = vec![0; BANNER.len()];
+        s.read_exact(&mut got).map(|()| got)
+    });
+    let waited = started.elapsed();
+    let got = banner_heard.unwrap_or_else(|e| {
+        panic!("banner: {e}\n{}\n{}", client_proxy.logs(), server_proxy.logs())
+    });
+    assert_eq!(got, BANNER);
+    assert!(waited < Duration::from_secs(5), "the banner took {waited:?}");
+    let smtp = format!("{SERVER_IP}:{SMTP}");
+    let s = server.run_in(|| scrape(server_proxy.admin));
+    let meshed_opaque = [
+        ("direction", "inbound"),
+        ("peer", "src"),
+        ("tls", "true"),
+        ("client_id", &client_id),
+        ("protocol", "opaque"),
+        ("target_addr", &smtp),
+    ];
+    assert_eq!(metric(&s, "tcp_open_total", &meshed_opaque), 1.0, "{s}");
+
     // Discovery crossed the pods' network as mTLS, with the client's identity.
     let dm = server.run_in(|| scrape(destination_admin));
     assert!(
