@@ -821,7 +821,8 @@ fn a_response_body_the_upstream_stalls_is_cut_after_the_stream_idle_timeout() {
 
 /// A client that stops sending its request's body is cut by the same limit: the upstream
 /// sees its request end unfinished instead of holding its stream forever, and the client
-/// gets a 408, counted once.
+/// gets a 408, counted once — whether the upstream is HTTP/1 or, between proxies, HTTP/2
+/// (whose stream the proxy resets).
 #[test]
 fn a_request_body_the_client_stalls_is_cut_after_the_stream_idle_timeout() {
     use std::io::{Read, Write};
@@ -837,24 +838,33 @@ fn a_request_body_the_client_stalls_is_cut_after_the_stream_idle_timeout() {
         }
         let _ = tx.send(got);
     });
+    let idle = ["--http-stream-idle-timeout", "1s"];
     let backend = backend.to_string();
-    let p =
-        Proxy::start(&["--outbound-orig-dst-addr", &backend, "--http-stream-idle-timeout", "1s"]);
-    let mut client = std::net::TcpStream::connect(p.outbound).expect("connect");
-    let head = b"POST /upload HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n";
-    client.write_all(&[&head[..], b"5\r\nhello\r\n"].concat()).expect("write");
-    // The client now sends nothing more, and keeps its connection open.
-    let got = rx.recv_timeout(Duration::from_secs(20)).expect("the upstream's request never ended");
-    let got = String::from_utf8_lossy(&got);
-    assert!(got.contains("hello") && !got.ends_with("0\r\n\r\n"), "{got:?}");
-    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    let mut answer = Vec::new();
-    let _ = client.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    let m = p.metrics();
-    let errors = |e: &str| metric(&m, "outbound_http_errors_total", &[("error", e)]);
-    assert_eq!((errors("stream_idle_timeout"), errors("bad_request")), (1.0, 0.0), "{m}");
+    let alone = Proxy::start(&[&["--outbound-orig-dst-addr", &backend][..], &idle].concat());
+    let (client, _server) = pair(
+        backend.parse().expect("addr"),
+        &[&idle[..], &["--outbound-http2-upgrade-targets", "*"]].concat(),
+    );
+    for (p, between) in [(&alone, "HTTP/1"), (&client, "HTTP/2")] {
+        let mut client = std::net::TcpStream::connect(p.outbound).expect("connect");
+        let head = b"POST /upload HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n";
+        client.write_all(&[&head[..], b"5\r\nhello\r\n"].concat()).expect("write");
+        // The client now sends nothing more, and keeps its connection open.
+        let got = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{between}: the upstream's request never ended"));
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.contains("hello") && !got.ends_with("0\r\n\r\n"), "{between}: {got:?}");
+        client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{between}: {answer:?}\n{}", p.logs());
+        let m = p.metrics();
+        let errors = |e: &str| metric(&m, "outbound_http_errors_total", &[("error", e)]);
+        let counted = (errors("stream_idle_timeout"), errors("bad_request"));
+        assert_eq!(counted, (1.0, 0.0), "{between}: {m}");
+    }
 }
 
 #[test]

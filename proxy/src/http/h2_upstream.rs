@@ -10,7 +10,7 @@ use std::{
     future::poll_fn,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, ready},
@@ -24,7 +24,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{H2_KEEP_ALIVE_TIMEOUT, pool::ReqBody};
+use super::{
+    H2_KEEP_ALIVE_TIMEOUT,
+    pool::{BodyError, ReqBody, SendError},
+};
 use crate::idle::{Activity, InFlight};
 
 /// Receive windows and limits as hyper's HTTP/2 client sets them, so replacing it
@@ -128,9 +131,9 @@ impl Ready {
             (None, RequestEnd::Sent)
         } else {
             let (cancel, cancelled) = oneshot::channel();
-            let sent = Arc::new(AtomicBool::new(false));
-            tokio::spawn(pipe(body, stream, cancelled, sent.clone()));
-            (Some(CancelOnDrop(Some(cancel))), RequestEnd::Streaming(sent))
+            let piped = Arc::new(Piped::default());
+            tokio::spawn(pipe(body, stream, cancelled, piped.clone()));
+            (Some(CancelOnDrop(Some(cancel))), RequestEnd::Streaming(piped))
         };
         Ok(Sent { response, cancel, request, in_flight: self.in_flight })
     }
@@ -147,10 +150,14 @@ pub struct Sent {
 
 impl Sent {
     /// Waits for the response head; dropping this future before it came resets the
-    /// stream (and stops the body's pipe).
-    pub async fn response(self) -> Result<Response<H2Body>, h2::Error> {
+    /// stream (and stops the body's pipe). A request whose own body failed, which reset
+    /// the stream, fails with [`SendError::RequestBody`], not with that reset.
+    pub async fn response(self) -> Result<Response<H2Body>, SendError> {
         let Sent { response, cancel, request, in_flight } = self;
-        let rsp = response.await?;
+        let rsp = match response.await {
+            Ok(rsp) => rsp,
+            Err(e) => return Err(request.failure(e)),
+        };
         // The response came: the body pipe goes on on its own.
         if let Some(mut c) = cancel {
             c.0.take();
@@ -179,13 +186,17 @@ async fn pipe(
     body: ReqBody,
     tx: h2::SendStream<Bytes>,
     cancelled: oneshot::Receiver<()>,
-    sent: Arc<AtomicBool>,
+    piped: Arc<Piped>,
 ) {
-    let pump = pump(body, tx, |_| h2::Reason::CANCEL);
+    let failed = |e: &BodyError| {
+        let _ = piped.failed.set((e.to_string(), matches!(e, BodyError::StreamIdle(_))));
+        h2::Reason::CANCEL
+    };
+    let pump = pump(body, tx, failed);
     tokio::pin!(pump);
     tokio::select! {
         biased;
-        ended = &mut pump => sent.store(ended, Ordering::Release),
+        ended = &mut pump => piped.sent.store(ended, Ordering::Release),
         // `Err`: the response came and the sender was dropped; the pump goes on.
         Ok(()) = cancelled => debug!("request given up; resetting its stream"),
     }
@@ -304,8 +315,34 @@ pub struct H2Body {
 enum RequestEnd {
     /// Whole (its end went with its head).
     Sent,
-    /// Its body streams on a pipe task, which sets this once the body's end is sent.
-    Streaming(Arc<AtomicBool>),
+    /// Its body streams on a pipe task.
+    Streaming(Arc<Piped>),
+}
+
+/// What the pipe task of a request body tells the request.
+#[derive(Debug, Default)]
+struct Piped {
+    /// Set once the body's end is sent.
+    sent: AtomicBool,
+    /// Set when the body failed (the stream is then reset): why, and whether it stalled
+    /// past the stream idle timeout.
+    failed: OnceLock<(String, bool)>,
+}
+
+impl RequestEnd {
+    /// What failed a request whose response ended in `e`: its own body when that failed
+    /// (which reset the stream), else `e`.
+    fn failure(&self, e: h2::Error) -> SendError {
+        match self {
+            RequestEnd::Streaming(piped) => match piped.failed.get() {
+                Some((why, stalled)) => {
+                    SendError::RequestBody { why: why.clone(), stalled: *stalled }
+                }
+                None => SendError::H2(e),
+            },
+            RequestEnd::Sent => SendError::H2(e),
+        }
+    }
 }
 
 impl H2Body {
@@ -326,7 +363,7 @@ impl H2Body {
     /// cut: a response reset after its whole request was sent, or a client's request.
     fn early_end(&self, e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
         let request_open = match &self.request {
-            Some(RequestEnd::Streaming(sent)) => !sent.load(Ordering::Acquire),
+            Some(RequestEnd::Streaming(piped)) => !piped.sent.load(Ordering::Acquire),
             Some(RequestEnd::Sent) | None => false,
         };
         if e.reason() == Some(h2::Reason::NO_ERROR) && request_open { None } else { Some(Err(e)) }
@@ -419,7 +456,7 @@ mod tests {
     pub(super) async fn send(
         client: Sender,
         req: Request<ReqBody>,
-    ) -> Result<Response<H2Body>, h2::Error> {
+    ) -> Result<Response<H2Body>, SendError> {
         client.ready().await?.send(req)?.response().await
     }
 

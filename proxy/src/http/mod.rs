@@ -881,20 +881,15 @@ fn response_timeout(side: &Side, upstream: SocketAddr) -> Response<RspBody> {
 
 /// What failed a try when it was the client's request body, not the upstream: over
 /// HTTP/1, hyper reports a user error with the body's error as its source; over HTTP/2,
-/// the body's pipe reset the stream itself (`CANCEL`, sent by us) and the response
-/// reports that. With why, and whether the body stalled past the stream idle timeout
-/// (known over HTTP/1 only).
+/// the body's pipe reset the stream and says why. With why, and whether the body stalled
+/// past the stream idle timeout.
 fn client_body_error(e: &pool::SendError) -> Option<(String, bool)> {
     match e {
         pool::SendError::Http(h) if h.is_user() => {
             let body = std::error::Error::source(h)?.downcast_ref::<pool::BodyError>()?;
             Some((body.to_string(), matches!(body, pool::BodyError::StreamIdle(_))))
         }
-        pool::SendError::H2(h)
-            if h.is_reset() && !h.is_remote() && h.reason() == Some(h2::Reason::CANCEL) =>
-        {
-            Some(("the body ended in an error, so its stream was reset".into(), false))
-        }
+        pool::SendError::RequestBody { why, stalled } => Some((why.clone(), *stalled)),
         _ => None,
     }
 }

@@ -41,6 +41,11 @@ pub enum SendError {
     Http(#[from] hyper::Error),
     #[error("the upstream failed the request: {0}")]
     H2(#[from] h2::Error),
+    /// The client's request body failed as it went to an HTTP/2 upstream (its stream
+    /// was reset for it); `stalled`: it stopped past the stream idle timeout. Over
+    /// HTTP/1, hyper reports it as a user error (`Http`).
+    #[error("the request body failed: {why}")]
+    RequestBody { why: String, stalled: bool },
 }
 
 /// An upstream response's body: hyper's for HTTP/1, the stream's for HTTP/2.
@@ -458,9 +463,12 @@ impl Pool {
                     Ok(rsp) => return Ok(rsp.map(UpstreamBody::H2)),
                     Err(e) => e,
                 },
-                Err(e) => e,
+                Err(e) => SendError::H2(e),
             };
-            let refused = refused_unprocessed(&error);
+            let refused = match &error {
+                SendError::H2(h2) => refused_unprocessed(h2),
+                _ => None,
+            };
             let Some(head) = head.as_ref().filter(|_| refused.is_some() && sends < MAX_H2_SENDS)
             else {
                 if refused.is_some() {
