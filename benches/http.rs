@@ -31,7 +31,8 @@
 //!   each, or 4 HTTP/2 connections × 16 streams.
 //!
 //! Each point runs after an unrecorded warm-up; points are repeated, the reps of all paths
-//! interleaved, and every figure is the median over the reps. Per proxy: CPU seconds per
+//! interleaved (in an order that rotates from rep to rep and point to point, so that no
+//! path always runs right after the same one), and every figure is the median over the reps. Per proxy: CPU seconds per
 //! 10 000 requests (from /proc, inside the window), RSS at the end of each point's window
 //! (the table shows it at 2 000 req/s), idle and peak RSS. Once, after the reps, `h2load`
 //! (if installed) measures every path's max throughput with the closed loop's connections
@@ -230,7 +231,7 @@ fn main() -> anyhow::Result<()> {
     // Reps outermost and paths innermost: a noisy minute hits every path.
     for rep in 0..cfg.knobs.reps {
         for (i, point) in points.iter().enumerate() {
-            for s in &mut scenarios {
+            for s in measure::rotated(&mut scenarios, rep + i) {
                 let proto = s.extra.proto;
                 let start = |entry| {
                     http_load::start(entry, proto, point.kind, cfg.knobs.warmup, point.measure)

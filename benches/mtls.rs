@@ -52,7 +52,8 @@
 //! client (a certificate signed with the issuer, resumption off, a transport header).
 //!
 //! Each point runs after an unrecorded warm-up; points are repeated, the reps of all paths
-//! interleaved, and every figure is the median over the reps. Targets are shown next to
+//! interleaved (in an order that rotates from rep to rep and point to point, so that no
+//! path always runs right after the same one), and every figure is the median over the reps. Targets are shown next to
 //! the figures, not asserted.
 //!
 //! Env knobs:
@@ -327,7 +328,7 @@ fn main() -> anyhow::Result<()> {
     // Reps outermost and paths innermost: a noisy minute hits every path.
     for rep in 0..cfg.knobs.reps {
         for (i, point) in points.iter().enumerate() {
-            for s in &mut scenarios {
+            for s in measure::rotated(&mut scenarios, rep + i) {
                 let (kind, span) = (point.kind, point.measure);
                 let (warmup, body) = (cfg.knobs.warmup, cfg.body);
                 let start = |to| http_load::start_sized(to, Proto::H1, kind, warmup, span, body);

@@ -18,7 +18,8 @@
 //! - closed loop: each connection sends its next request on the previous response; max req/s.
 //!
 //! Each point runs after a warm-up that is not recorded; points are repeated, the reps of
-//! all scenarios interleaved, and every figure is the median over the reps. Per proxy:
+//! all scenarios interleaved (in an order that rotates from rep to rep and point to point,
+//! so that no scenario always runs right after the same one), and every figure is the median over the reps. Per proxy:
 //! CPU seconds per 10 000 requests (from /proc, inside the measured window), idle RSS,
 //! peak RSS (VmHWM) after the load, RSS with 1 000 idle connections open through the pair.
 //!
@@ -154,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     // Reps outermost and scenarios innermost: a noisy minute hits every scenario.
     for rep in 0..cfg.knobs.reps {
         for (i, point) in points.iter().enumerate() {
-            for s in &mut scenarios {
+            for s in measure::rotated(&mut scenarios, rep + i) {
                 let start = |entry| load::start(entry, point.kind, cfg.knobs.warmup, point.measure);
                 let run = s
                     .measure(i, echo_tid, start)

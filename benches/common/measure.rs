@@ -45,6 +45,15 @@ pub fn at_rate(points: &[Point], rate: u64) -> Option<usize> {
     points.iter().position(|p| matches!(p.kind, Kind::Open { rate: r } if r == rate))
 }
 
+/// `items` from the one at `by` (modulo their number) around to the one before it: each
+/// rep and point measures the paths in another order, so that no path always runs right
+/// after the same one (after direct, say) and takes whatever that leaves behind.
+pub fn rotated<T>(items: &mut [T], by: usize) -> impl Iterator<Item = &mut T> {
+    let at = by % items.len().max(1);
+    let (before, from) = items.split_at_mut(at);
+    from.iter_mut().chain(before.iter_mut())
+}
+
 /// The index of the closed-loop point.
 pub fn closed(points: &[Point]) -> Option<usize> {
     points.iter().position(|p| matches!(p.kind, Kind::Closed))
