@@ -867,6 +867,33 @@ fn a_request_body_the_client_stalls_is_cut_after_the_stream_idle_timeout() {
     }
 }
 
+/// The proxy keeps the client's protocol: an HTTP/2 request to an app that speaks only
+/// HTTP/1 (Python's http.server, which answers the preface with a bare error page) fails,
+/// as it would without the proxy, with a 502 that says why rather than h2's "frame with
+/// invalid size"; HTTP/1.1 to it is served.
+#[test]
+fn an_http2_request_to_an_app_that_speaks_only_http1_gets_a_502_that_says_so() {
+    let port = free_port();
+    let _app = Py::server("http1-server", port);
+    let app = format!("127.0.0.1:{port}");
+    let p = Proxy::start(&["--outbound-orig-dst-addr", &app]);
+    let url = format!("http://{}/", p.outbound);
+    let (ok, out, err) =
+        run(Command::new("curl").args(["-sS", "-i", "--http2-prior-knowledge", &url]));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/2 502"), "{out}\n{}", p.logs());
+    assert!(
+        out.contains("l5d-proxy-error: the upstream does not speak HTTP/2, which the request came in: its first bytes were not HTTP/2's"),
+        "{out}\n{}",
+        p.logs()
+    );
+    let (ok, out, err) = run(Command::new("curl").args(["-sS", "--http1.1", &url]));
+    assert!(ok && out == "http/1 only\n", "{out}{err}");
+    let m = p.metrics();
+    let errors = metric(&m, "outbound_http_errors_total", &[("error", "upstream_error")]);
+    assert_eq!(errors, 1.0, "{m}");
+}
+
 #[test]
 fn an_http2_header_value_padded_with_whitespace_is_a_bad_request() {
     let backend = http_server(local_listener());

@@ -47,6 +47,10 @@ pub struct Sender {
     closed: Arc<AtomicBool>,
     /// Streams in flight: each from its request until its response body ends.
     activity: Arc<Activity>,
+    /// Set when the peer's first bytes were not HTTP/2's SETTINGS frame (an HTTP/1
+    /// server's error page, say): it does not speak HTTP/2, which is worth saying when
+    /// requests fail.
+    not_http2: Arc<AtomicBool>,
 }
 
 /// Handshakes HTTP/2 over `io` and drives the connection on a task of its own, until the
@@ -62,6 +66,8 @@ pub async fn handshake<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let not_http2 = Arc::new(AtomicBool::new(false));
+    let io = FirstBytes { io, head: [0; 4], got: 0, not_http2: not_http2.clone() };
     let (tx, mut conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
@@ -95,12 +101,17 @@ where
         }
         done.store(true, Ordering::Release);
     });
-    Ok(Sender { tx, closed, activity })
+    Ok(Sender { tx, closed, activity, not_http2 })
 }
 
 impl Sender {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer's first bytes showed that it does not speak HTTP/2.
+    pub fn not_http2(&self) -> bool {
+        self.not_http2.load(Ordering::Acquire)
     }
 
     /// Waits until the connection can open a stream; `Err`: it cannot (closed, or going
@@ -110,6 +121,68 @@ impl Sender {
         let in_flight = self.activity.begin();
         let tx = self.tx.ready().await?;
         Ok(Ready { tx, in_flight })
+    }
+}
+
+/// An upstream connection that notes whether the first frame header it reads is not a
+/// SETTINGS frame's, which a server's connection preface must start with (RFC 9113 §3.4).
+struct FirstBytes<I> {
+    io: I,
+    /// The first bytes read, up to a frame header's type (the fourth byte).
+    head: [u8; 4],
+    got: usize,
+    not_http2: Arc<AtomicBool>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if this.got < this.head.len() {
+            let read = &buf.filled()[before..];
+            let n = read.len().min(this.head.len() - this.got);
+            this.head[this.got..this.got + n].copy_from_slice(&read[..n]);
+            this.got += n;
+            if this.got == this.head.len() && this.head[3] != 0x4 {
+                this.not_http2.store(true, Ordering::Release);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytes<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -46,6 +46,12 @@ pub enum SendError {
     /// HTTP/1, hyper reports it as a user error (`Http`).
     #[error("the request body failed: {why}")]
     RequestBody { why: String, stalled: bool },
+    /// The upstream did not open its side of the connection with HTTP/2's SETTINGS frame
+    /// (an HTTP/1 server answers the preface with an error of its own).
+    #[error(
+        "the upstream does not speak HTTP/2, which the request came in: its first bytes were not HTTP/2's ({0})"
+    )]
+    NotHttp2(h2::Error),
 }
 
 /// An upstream response's body: hyper's for HTTP/1, the stream's for HTTP/2.
@@ -465,6 +471,10 @@ impl Pool {
                 },
                 Err(e) => SendError::H2(e),
             };
+            let error = match error {
+                SendError::H2(e) if self.not_http2(&target, generation) => SendError::NotHttp2(e),
+                e => e,
+            };
             let refused = match &error {
                 SendError::H2(h2) => refused_unprocessed(h2),
                 _ => None,
@@ -531,6 +541,18 @@ impl Pool {
         slot.generation += 1;
         slot.sender = Some(sender.clone());
         Ok((slot.generation, sender))
+    }
+
+    /// Whether the target's connection of `generation` found that the upstream does not
+    /// speak HTTP/2 (on the failure path only: the pool is locked for it).
+    fn not_http2(&self, target: &Key, generation: u64) -> bool {
+        let slot = self.h2.lock().unwrap_or_else(|e| e.into_inner()).get(target).cloned();
+        slot.is_some_and(|slot| {
+            slot.try_lock().is_ok_and(|s| {
+                s.generation == generation
+                    && s.sender.as_ref().is_some_and(h2_upstream::Sender::not_http2)
+            })
+        })
     }
 
     /// Stops giving out the target's connection of `generation` (it is going away); a

@@ -4,7 +4,7 @@ CONTINUATION flood).
 
 usage: peers.py grpc-server PORT | grpc-client HOST:PORT | grpc-call HOST:PORT /SERVICE/METHOD [NAME=VALUE]
               | grpc-calls HOST:PORT /SERVICE/METHOD N [NAME=VALUE ...]
-              | ws-server PORT | ws-client URL
+              | ws-server PORT | ws-client URL | http1-server PORT
               | h2-settings HOST:PORT | h2-rapid-reset HOST:PORT | h2-continuation-flood HOST:PORT
               | h2-tunnel HOST:PORT AUTHORITY | h2-padded-header HOST:PORT
 Servers print "ready" once listening; clients print "ok" and exit 0 on success (grpc-call
@@ -14,7 +14,8 @@ error's metadata); h2-tunnel opens a CONNECT stream to AUTHORITY, sends bytes th
 and prints the status and what came back; the raw HTTP/2 abuse clients print what they
 observed; h2-padded-header sends a GET whose header value starts with a space (malformed,
 RFC 9113 section 8.2.1) and prints "status=S" or "reset=CODE". The server's
-Metadata method answers with the metadata its call arrived with, as JSON.
+Metadata method answers with the metadata its call arrived with, as JSON. http1-server is
+Python's own http.server, which speaks HTTP/1 only and answers GET with "http/1 only".
 """
 import asyncio
 import json
@@ -288,6 +289,27 @@ def h2_padded_header(addr):
         s.sendall(conn.data_to_send())
 
 
+def http1_server(port):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = b"http/1 only\n"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
 COMMANDS = {
     "grpc-server": grpc_server,
     "grpc-client": grpc_client,
@@ -295,6 +317,7 @@ COMMANDS = {
     "grpc-calls": grpc_calls,
     "ws-server": lambda port: asyncio.run(ws_server(port)),
     "ws-client": lambda url: asyncio.run(ws_client(url)),
+    "http1-server": http1_server,
     "h2-settings": h2_settings,
     "h2-rapid-reset": h2_rapid_reset,
     "h2-continuation-flood": h2_continuation_flood,
