@@ -109,8 +109,8 @@ pub fn measured(k: &Knobs, f: &Facts, closed: &str, paths: &str) -> String {
     });
     format!(
         "Open loop: {} s per point; {closed}: {} s; {} ms unrecorded warm-up; median of {} \
-         rep(s), reps of all {paths} interleaved, in an order that rotates; nice {}. {} CPUs; load average {} at start, \
-         {} at end; measuring took {:.0} s.{wakeup}",
+         rep(s), reps of all {paths} interleaved, in an order that rotates; nice {}. {} CPUs; \
+         load average {} at start, {} at end; measuring took {:.0} s.{wakeup}",
         k.open_secs,
         k.closed_secs,
         k.warmup.as_millis(),

@@ -67,7 +67,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let not_http2 = Arc::new(AtomicBool::new(false));
-    let io = FirstBytes { io, head: [0; 4], got: 0, not_http2: not_http2.clone() };
+    let io = FirstBytes { io, read: 0, not_http2: not_http2.clone() };
     let (tx, mut conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
@@ -124,15 +124,19 @@ impl Sender {
     }
 }
 
-/// An upstream connection that notes whether the first frame header it reads is not a
-/// SETTINGS frame's, which a server's connection preface must start with (RFC 9113 §3.4).
+/// An upstream connection that notes whether the first frame it reads is not of type
+/// SETTINGS (the fourth byte of its header), which a server's connection preface must
+/// start with (RFC 9113 §3.4).
 struct FirstBytes<I> {
     io: I,
-    /// The first bytes read, up to a frame header's type (the fourth byte).
-    head: [u8; 4],
-    got: usize,
+    /// Bytes read so far, counted until the type byte went by.
+    read: usize,
     not_http2: Arc<AtomicBool>,
 }
+
+/// Where a frame header's type is.
+const FRAME_TYPE_AT: usize = 3;
+const SETTINGS: u8 = 0x4;
 
 impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<I> {
     fn poll_read(
@@ -143,14 +147,12 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<I> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if this.got < this.head.len() {
-            let read = &buf.filled()[before..];
-            let n = read.len().min(this.head.len() - this.got);
-            this.head[this.got..this.got + n].copy_from_slice(&read[..n]);
-            this.got += n;
-            if this.got == this.head.len() && this.head[3] != 0x4 {
+        if this.read <= FRAME_TYPE_AT {
+            let got = &buf.filled()[before..];
+            if got.get(FRAME_TYPE_AT - this.read).is_some_and(|&t| t != SETTINGS) {
                 this.not_http2.store(true, Ordering::Release);
             }
+            this.read += got.len();
         }
         Poll::Ready(Ok(()))
     }
@@ -531,6 +533,32 @@ mod tests {
         req: Request<ReqBody>,
     ) -> Result<Response<H2Body>, SendError> {
         client.ready().await?.send(req)?.response().await
+    }
+
+    /// The type of the peer's first frame decides, however the bytes are split across
+    /// reads: SETTINGS is HTTP/2; an HTTP/1 server's answer to the preface is not.
+    #[tokio::test]
+    async fn a_peer_whose_first_frame_is_not_settings_does_not_speak_http2() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        for (first, not_http2) in [(&settings[..], false), (b"HTTP/1.1 400 Bad Request", true)] {
+            for split in [1, 3, 4, first.len()] {
+                let (mut peer, io) = tokio::io::duplex(64);
+                let flag = Arc::new(AtomicBool::new(false));
+                let mut io = FirstBytes { io, read: 0, not_http2: flag.clone() };
+                let mut buf = [0u8; 64];
+                for part in [&first[..split], &first[split..]] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    peer.write_all(part).await.expect("write");
+                    let n = io.read(&mut buf).await.expect("read");
+                    assert_eq!(n, part.len());
+                }
+                let got = flag.load(Ordering::Acquire);
+                assert_eq!(got, not_http2, "{:?} split at {split}", String::from_utf8_lossy(first));
+            }
+        }
     }
 
     /// Accepts one stream and answers 200 at once; the connection goes on being driven in
