@@ -50,6 +50,9 @@
 //!   `relay`, `haproxy`, `nginx`); all by default;
 //! - `WEFT_BENCH_H2LOAD=0`: skip the h2load cross-check;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
+//! - `WEFT_BENCH_BASE_BIN`: a second `weft-proxy` binary, measured in the same run as the
+//!   path `weft-base` (a plain weft pair of it), for before-and-after comparisons that the
+//!   machine's noise between runs would swamp;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
 //!   (needs root to go below 0; 0 leaves it).
 //!
@@ -173,6 +176,12 @@ fn main() -> anyhow::Result<()> {
         bench.notes.push("nginx is not installed: the nginx pair was skipped.".into());
     }
     let no_extra = |_: SocketAddr| Vec::new();
+    let base_bin = std::env::var_os("WEFT_BENCH_BASE_BIN").map(std::path::PathBuf::from);
+    if let Some(base) = &base_bin {
+        let version = std::process::Command::new(base).arg("--version").output()?;
+        let version = String::from_utf8_lossy(&version.stdout);
+        bench.notes.push(format!("weft-base: {} ({}).", base.display(), version.trim()));
+    }
     let mut scenarios = Vec::new();
     for &proto in &cfg.protocols {
         let (h1, tag) = (proto == Proto::H1, if proto == Proto::H1 { "h1" } else { "h2" });
@@ -181,6 +190,11 @@ fn main() -> anyhow::Result<()> {
         if cfg.knobs.wants("weft") {
             let pair = procs::weft_pair_with(&bin, backend, dir, &format!("{tag} weft"), no_extra)?;
             scenarios.push(through("weft", "weft pair", pair));
+        }
+        if let Some(base) = base_bin.as_ref().filter(|_| cfg.knobs.wants("weft-base")) {
+            let pair =
+                procs::weft_pair_with(base, backend, dir, &format!("{tag} weft-base"), no_extra)?;
+            scenarios.push(through("weft-base", "weft pair, base binary", pair));
         }
         if h1 && cfg.knobs.wants("weft-upgrade") {
             let upgrade = |_: SocketAddr| {

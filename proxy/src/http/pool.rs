@@ -61,8 +61,68 @@ pub enum UpstreamBody {
     H2(H2Body),
 }
 
-/// An HTTP/1 response body that returns its connection to the pool once it has been
-/// read to the end — with no task per request waiting for that.
+/// An HTTP/1 upstream connection with no task of its own: the request that has it drives
+/// it, from sending the request to the end of the response's body (one task per request,
+/// where hyper's spawned connection made two, and a wake-up between them each way).
+struct H1Conn {
+    sender: http1::SendRequest<ReqBody>,
+    /// None once the connection finished (closed, failed, or upgraded unasked): dropped
+    /// at once, which fails a request still waiting on it.
+    conn: Option<http1::Connection<TokioIo<Box<dyn Io>>, ReqBody>>,
+}
+
+impl std::fmt::Debug for H1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Conn").field("done", &self.done()).finish_non_exhaustive()
+    }
+}
+
+impl H1Conn {
+    /// Moves the connection on as far as it can go now: writes what it has, reads what
+    /// came, notices a close.
+    fn drive(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Some(conn) = &mut self.conn
+            && let std::task::Poll::Ready(r) = conn.poll_without_shutdown(cx)
+        {
+            if let Err(e) = r {
+                debug!(error = %e, "upstream HTTP/1 connection failed");
+            }
+            self.conn = None;
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    /// Drives the connection with no one to wake: what is ready now, or a close that
+    /// came while it was idle.
+    fn drive_now(&mut self) {
+        self.drive(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    }
+
+    /// Ready for another request.
+    fn is_ready(&self) -> bool {
+        !self.done() && self.sender.is_ready()
+    }
+
+    /// Sends `req`, driving the connection until the response's head comes. The request
+    /// comes back unsent if the connection closed before taking it.
+    async fn send(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>> {
+        let mut rsp = std::pin::pin!(self.sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            rsp.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// An HTTP/1 response body that drives its connection and returns it to the pool once
+/// the body has been read to the end.
 #[derive(Debug)]
 pub struct H1Body {
     body: Incoming,
@@ -70,13 +130,8 @@ pub struct H1Body {
 }
 
 impl H1Body {
-    fn pooled(
-        body: Incoming,
-        pool: &Arc<Pool>,
-        key: Key,
-        sender: http1::SendRequest<ReqBody>,
-    ) -> Self {
-        let checkin = Checkin { pool: Arc::downgrade(pool), key, sender };
+    fn pooled(body: Incoming, pool: &Arc<Pool>, key: Key, conn: Box<H1Conn>) -> Self {
+        let checkin = Checkin { pool: Arc::downgrade(pool), key, conn };
         H1Body { body, checkin: Some(checkin) }
     }
 
@@ -89,8 +144,8 @@ impl H1Body {
 
 impl Drop for H1Body {
     fn drop(&mut self) {
-        // A body dropped before its end leaves its connection mid-response: hyper closes
-        // it, and it is not pooled.
+        // A body dropped before its end leaves its connection mid-response: it is closed,
+        // not pooled.
         if self.body.is_end_stream() {
             self.ended();
         }
@@ -102,17 +157,20 @@ impl Drop for H1Body {
 struct Checkin {
     pool: std::sync::Weak<Pool>,
     key: Key,
-    sender: http1::SendRequest<ReqBody>,
+    conn: Box<H1Conn>,
 }
 
 impl Checkin {
-    fn run(self) {
+    fn run(mut self) {
         let Some(pool) = self.pool.upgrade() else { return };
-        if self.sender.is_ready() {
-            pool.checkin(self.key, self.sender);
-        } else {
-            // The connection has not yet finished the response on its side.
-            pool.checkin_when_ready(self.key, self.sender);
+        // The response's end read, the connection turns idle (or closes).
+        self.conn.drive_now();
+        if self.conn.is_ready() {
+            pool.checkin(self.key, self.conn);
+        } else if !self.conn.done() {
+            // The request's body is still on its way (the upstream answered before it
+            // ended): the connection goes on in a task of its own until it is idle.
+            pool.checkin_when_ready(self.key, self.conn);
         }
     }
 }
@@ -138,6 +196,9 @@ impl Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => {
+                if let Some(c) = &mut b.checkin {
+                    c.conn.drive(cx);
+                }
                 let frame = std::pin::Pin::new(&mut b.body).poll_frame(cx);
                 if matches!(frame, std::task::Poll::Ready(None)) || b.body.is_end_stream() {
                     b.ended();
@@ -281,7 +342,7 @@ struct H2Conn {
 
 type H2Slot = Arc<tokio::sync::Mutex<H2Conn>>;
 /// Idle HTTP/1 connections of a target, with the time each became idle.
-type H1Idle = Vec<(http1::SendRequest<ReqBody>, Instant)>;
+type H1Idle = Vec<(Box<H1Conn>, Instant)>;
 
 #[derive(Debug)]
 pub struct Pool {
@@ -327,7 +388,10 @@ impl Pool {
         let idle = self.config.idle_timeout;
         let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         h1.retain(|_, conns| {
-            conns.retain(|(s, since)| since.elapsed() < idle && !s.is_closed());
+            conns.retain_mut(|(c, since)| {
+                c.drive_now();
+                since.elapsed() < idle && c.is_ready()
+            });
             !conns.is_empty()
         });
         let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
@@ -360,9 +424,9 @@ impl Pool {
     ) -> Result<Response<UpstreamBody>, Failed> {
         // A pooled connection the server closed meanwhile gives the request back
         // unsent: it is then safe to try again on a fresh connection.
-        while let Some(mut sender) = self.checkout_h1(&target) {
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok(self.pooled(rsp, target, sender)),
+        while let Some(mut conn) = self.checkout_h1(&target) {
+            match conn.send(req).await {
+                Ok(rsp) => return Ok(self.pooled(rsp, target, conn)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(Failed::sent(e.into_error())),
@@ -370,61 +434,84 @@ impl Pool {
             }
         }
         // Boxed: connecting (TLS included) is rare, and its future large.
-        let mut sender = match Box::pin(self.connect_h1(&target)).await {
-            Ok(s) => s,
+        let mut conn = match Box::pin(self.connect_h1_inline(&target)).await {
+            Ok(c) => c,
             Err(error) => return Err(Failed { error, unsent: Some(req) }),
         };
-        let rsp = sender.send_request(req).await.map_err(Failed::sent)?;
-        Ok(self.pooled(rsp, target, sender))
+        let rsp = conn.send(req).await.map_err(|e| Failed::sent(e.into_error()))?;
+        Ok(self.pooled(rsp, target, conn))
     }
 
-    /// The response, its body holding the connection until read to the end.
+    /// The response, its body holding (and driving) the connection until read to the
+    /// end.
     fn pooled(
         self: &Arc<Self>,
         rsp: Response<Incoming>,
         target: Key,
-        sender: http1::SendRequest<ReqBody>,
+        conn: Box<H1Conn>,
     ) -> Response<UpstreamBody> {
-        rsp.map(|body| UpstreamBody::H1(H1Body::pooled(body, self, target, sender)))
+        rsp.map(|body| UpstreamBody::H1(H1Body::pooled(body, self, target, conn)))
     }
 
-    fn checkin(&self, target: Key, sender: http1::SendRequest<ReqBody>) {
+    fn checkin(&self, target: Key, conn: Box<H1Conn>) {
         let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        h1.entry(target).or_default().push((sender, Instant::now()));
+        h1.entry(target).or_default().push((conn, Instant::now()));
     }
 
-    fn checkout_h1(&self, target: &Key) -> Option<http1::SendRequest<ReqBody>> {
+    fn checkout_h1(&self, target: &Key) -> Option<Box<H1Conn>> {
         let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = h1.get_mut(target)?;
-        while let Some((s, since)) = conns.pop() {
-            if s.is_ready() && since.elapsed() < self.config.idle_timeout {
-                return Some(s);
+        while let Some((mut c, since)) = conns.pop() {
+            // Nothing drove it while it was idle: a close the server sent meanwhile is
+            // read now.
+            c.drive_now();
+            if c.is_ready() && since.elapsed() < self.config.idle_timeout {
+                return Some(c);
             }
         }
         None
     }
 
-    /// Returns the connection to the pool once it is ready for another request (an
-    /// upgraded or closed one never comes back).
-    fn checkin_when_ready(self: &Arc<Self>, target: Key, mut sender: http1::SendRequest<ReqBody>) {
+    /// Drives the connection in a task of its own and returns it to the pool once it is
+    /// ready for another request (an upgraded or closed one never comes back).
+    fn checkin_when_ready(self: &Arc<Self>, target: Key, mut conn: Box<H1Conn>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
-            if sender.ready().await.is_ok()
-                && let Some(pool) = pool.upgrade()
-            {
-                pool.checkin(target, sender);
+            let ready = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                if conn.done() {
+                    return std::task::Poll::Ready(false);
+                }
+                conn.sender.poll_ready(cx).map(|r| r.is_ok())
+            })
+            .await;
+            if ready && let Some(pool) = pool.upgrade() {
+                pool.checkin(target, conn);
             }
         });
     }
 
-    /// A new HTTP/1 connection, not pooled until its first response is read.
+    /// A new HTTP/1 connection for one request after another, driven by the requests
+    /// themselves; not pooled until its first response is read.
+    async fn connect_h1_inline(&self, target: &Key) -> Result<Box<H1Conn>, SendError> {
+        let io = self.connect(target, Protocol::Http1).await?;
+        let (sender, conn) =
+            self.h1_builder().handshake(TokioIo::new(io)).await.map_err(SendError::H1Handshake)?;
+        Ok(Box::new(H1Conn { sender, conn: Some(conn) }))
+    }
+
+    fn h1_builder(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.max_buf_size(self.config.max_header_bytes.max(8192));
+        b
+    }
+
+    /// A new HTTP/1 connection for an upgrade (WebSocket, CONNECT), in a task of its own
+    /// that hands the connection over after the 101 or 2xx.
     pub async fn connect_h1(&self, target: &Key) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let io = self.connect(target, Protocol::Http1).await?;
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(self.config.max_header_bytes.max(8192))
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(SendError::H1Handshake)?;
+        let (sender, conn) =
+            self.h1_builder().handshake(TokioIo::new(io)).await.map_err(SendError::H1Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream HTTP/1 connection failed");

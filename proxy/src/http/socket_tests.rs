@@ -259,3 +259,99 @@ async fn an_open_tunnel_counts_against_the_connection_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An HTTP/1 upstream on raw sockets that answers each request `200 ok` as soon as it has
+/// the head; with `close_after`, it closes the connection that long after its answer
+/// (without saying so); otherwise it reads the request's body (`Content-Length`), reports
+/// it on the channel and waits for the next request. Counts the connections it accepted.
+async fn raw_h1_upstream(
+    close_after: Option<Duration>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if io.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if io.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    if let Some(after) = close_after {
+                        tokio::time::sleep(after).await;
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().expect("a length"));
+                    let mut body = vec![0u8; length];
+                    if io.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send(body);
+                }
+            });
+        }
+    });
+    (addr, accepted, rx)
+}
+
+/// One request through the proxy on a connection of its own; the whole response.
+async fn get_once(proxy: SocketAddr) -> String {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").await.expect("send");
+    String::from_utf8_lossy(&until_closed(&mut s, Duration::from_secs(5)).await).into_owned()
+}
+
+/// Nothing drives a pooled HTTP/1 connection while it is idle: one the upstream closed
+/// meanwhile (with no `Connection: close`) is found closed before the request is written
+/// to it, and the request goes on a new connection rather than failing on the dead one.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_used() {
+    let (upstream, accepted, _bodies) = raw_h1_upstream(Some(Duration::from_millis(20))).await;
+    let proxy = test_proxy::start(upstream, &[]);
+    for i in 1..=3 {
+        let got = get_once(proxy.inbound).await;
+        assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "request {i}: {got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+/// An upstream that answers before the request's body has all come: the connection goes
+/// on carrying the body after the response has ended, and is pooled once it is sent.
+#[tokio::test]
+async fn a_connection_answered_before_its_request_body_ended_is_pooled_after_it() {
+    let (upstream, accepted, mut bodies) = raw_h1_upstream(None).await;
+    let proxy = test_proxy::start(upstream, &[]);
+    let mut client = TcpStream::connect(proxy.inbound).await.expect("connect");
+    let head = b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\n12345";
+    client.write_all(head).await.expect("send");
+    let rsp = read_head(&mut client).await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    let mut ok = [0u8; 2];
+    timeout(Duration::from_secs(5), client.read_exact(&mut ok)).await.expect("body").expect("read");
+    client.write_all(b"67890").await.expect("the rest of the body");
+    let body = timeout(Duration::from_secs(5), bodies.recv()).await.expect("the body came");
+    assert_eq!(body.as_deref(), Some(&b"1234567890"[..]));
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = get_once(proxy.inbound).await;
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the connection was reused");
+}
