@@ -150,6 +150,20 @@ async fn an_http2_connection_with_a_stream_open_is_not_idle() {
     assert_eq!(rsp.status(), StatusCode::OK);
 }
 
+/// An upstream's read of a request head, byte by byte (nothing past it); `None` if the
+/// connection ends first.
+async fn request_head(io: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if io.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
 /// An HTTP/1 upstream that reads a request's headers and then, with `switch`, answers 101
 /// and echoes what it gets; without, says nothing and keeps the connection open.
 async fn upgrade_upstream(switch: bool) -> SocketAddr {
@@ -158,13 +172,8 @@ async fn upgrade_upstream(switch: bool) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut io, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut byte = [0u8; 1];
-                    if io.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if request_head(&mut io).await.is_none() {
+                    return;
                 }
                 if !switch {
                     // Holds the connection, silent, until the proxy drops it.
@@ -277,15 +286,7 @@ async fn raw_h1_upstream(
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let tx = tx.clone();
             tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut byte = [0u8; 1];
-                        if io.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
+                while let Some(head) = request_head(&mut io).await {
                     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if io.write_all(ok).await.is_err() {
                         return;
