@@ -67,9 +67,12 @@
 //! - `WEFT_BENCH_CONN_CONCURRENCY` (default 16): concurrent connections of the handshake loop;
 //! - `WEFT_BENCH_HANDSHAKES=0`: skip the handshake points;
 //! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `mtls`, `relay`,
-//!   `haproxy`);
+//!   `haproxy`, `mtls-base`);
 //!   all by default;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
+//! - `WEFT_BENCH_BASE_BIN`: a second `weft-proxy` binary, measured in the same run as the
+//!   path `mtls-base` (an mTLS pair of it, in a mesh of its own), for before-and-after
+//!   comparisons that the machine's noise between runs would swamp;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
 //!   (needs root to go below 0; 0 leaves it).
 //!
@@ -141,13 +144,12 @@ pub struct Config {
 impl Config {
     fn from_env() -> anyhow::Result<Config> {
         let knobs = Knobs::from_env()?;
-        if let Some(bad) = knobs
-            .only
-            .iter()
-            .flatten()
-            .find(|o| !matches!(o.as_str(), "weft" | "mtls" | "relay" | "haproxy"))
+        if let Some(bad) =
+            knobs.only.iter().flatten().find(|o| {
+                !matches!(o.as_str(), "weft" | "mtls" | "relay" | "haproxy" | "mtls-base")
+            })
         {
-            bail!("WEFT_BENCH_ONLY: {bad:?} is none of weft, mtls, relay, haproxy");
+            bail!("WEFT_BENCH_ONLY: {bad:?} is none of weft, mtls, relay, haproxy, mtls-base");
         }
         Ok(Config {
             knobs,
@@ -289,6 +291,19 @@ fn main() -> anyhow::Result<()> {
             let pair = mesh::haproxy_pair(&pki, backend, dir).context("the haproxy mTLS pair")?;
             scenarios.push(Scenario::through("haproxy", "haproxy mTLS pair", pair, String::new()));
         }
+        let base_bin = std::env::var_os("WEFT_BENCH_BASE_BIN").map(PathBuf::from);
+        if let Some(base) = base_bin.as_ref().filter(|_| cfg.knobs.wants("mtls-base")) {
+            let version = std::process::Command::new(base).arg("--version").output()?;
+            let version = String::from_utf8_lossy(&version.stdout);
+            bench.notes.push(format!("mtls-base: {} ({}).", base.display(), version.trim()));
+            let base_dir = dir.join("base");
+            std::fs::create_dir_all(&base_dir)?;
+            let m = mesh::start(&weft, base, backend, close_server, &base_dir)
+                .context("starting the base binary's mesh")?;
+            control_plane.extend([m.identity, m.destination]);
+            let name = "weft mTLS pair, base binary";
+            scenarios.push(Scenario::through("mtls-base", name, m.http, String::new()));
+        }
         if cfg.handshakes && cfg.knobs.wants("mtls") {
             handshake_bytes = Some(calibrate(&tcp)?);
             let entry = tcp.entry;
@@ -368,7 +383,7 @@ fn main() -> anyhow::Result<()> {
     for s in &mut scenarios {
         s.peak_rss = s.procs().iter().map(Proc::peak_rss_bytes).collect();
         match s.key {
-            "mtls" => {
+            "mtls" | "mtls-base" => {
                 let pair = s.pair.as_ref().context("the mTLS pair")?;
                 // Fails the bench: figures of a pair that was not mTLS would be a lie.
                 s.extra = mesh::verify_http(pair)?;
