@@ -32,11 +32,11 @@
 //!
 //! Each point runs after an unrecorded warm-up; points are repeated, the reps of all paths
 //! interleaved (in an order that rotates from rep to rep and point to point, so that no
-//! path always runs right after the same one), and every figure is the median over the reps. Per proxy: CPU seconds per
-//! 10 000 requests (from /proc, inside the window), RSS at the end of each point's window
-//! (the table shows it at 2 000 req/s), idle and peak RSS. Once, after the reps, `h2load`
-//! (if installed) measures every path's max throughput with the closed loop's connections
-//! and concurrency, as a cross-check of the generator.
+//! path always runs right after the same one), and every figure is the median over the
+//! reps. Per proxy: CPU seconds per 10 000 requests (from /proc, inside the window), RSS at
+//! the end of each point's window (the table shows it at 2 000 req/s), idle and peak RSS.
+//! Once, after the reps, `h2load` (if installed) measures every path's max throughput with
+//! the closed loop's connections and concurrency, as a cross-check of the generator.
 //!
 //! Env knobs:
 //! - `WEFT_BENCH_QUICK=1`: smoke run, 2 s per point and 1 rep (the knobs below still win);
@@ -47,7 +47,7 @@
 //! - `WEFT_BENCH_RATES` (default `200,2000`): open-loop rates in req/s;
 //! - `WEFT_BENCH_PROTOCOLS` (default `h1,h2`): client protocols;
 //! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `weft-upgrade`,
-//!   `relay`, `haproxy`, `nginx`); all by default;
+//!   `relay`, `haproxy`, `nginx`, `weft-base`); all by default;
 //! - `WEFT_BENCH_H2LOAD=0`: skip the h2load cross-check;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
 //! - `WEFT_BENCH_BASE_BIN`: a second `weft-proxy` binary, measured in the same run as the
@@ -176,12 +176,7 @@ fn main() -> anyhow::Result<()> {
         bench.notes.push("nginx is not installed: the nginx pair was skipped.".into());
     }
     let no_extra = |_: SocketAddr| Vec::new();
-    let base_bin = std::env::var_os("WEFT_BENCH_BASE_BIN").map(std::path::PathBuf::from);
-    if let Some(base) = &base_bin {
-        let version = std::process::Command::new(base).arg("--version").output()?;
-        let version = String::from_utf8_lossy(&version.stdout);
-        bench.notes.push(format!("weft-base: {} ({}).", base.display(), version.trim()));
-    }
+    let base_bin = if cfg.knobs.wants("weft-base") { bench.base_proxy("weft-base")? } else { None };
     let mut scenarios = Vec::new();
     for &proto in &cfg.protocols {
         let (h1, tag) = (proto == Proto::H1, if proto == Proto::H1 { "h1" } else { "h2" });
@@ -191,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             let pair = procs::weft_pair_with(&bin, backend, dir, &format!("{tag} weft"), no_extra)?;
             scenarios.push(through("weft", "weft pair", pair));
         }
-        if let Some(base) = base_bin.as_ref().filter(|_| cfg.knobs.wants("weft-base")) {
+        if let Some(base) = &base_bin {
             let pair =
                 procs::weft_pair_with(base, backend, dir, &format!("{tag} weft-base"), no_extra)?;
             scenarios.push(through("weft-base", "weft pair, base binary", pair));

@@ -53,8 +53,8 @@
 //!
 //! Each point runs after an unrecorded warm-up; points are repeated, the reps of all paths
 //! interleaved (in an order that rotates from rep to rep and point to point, so that no
-//! path always runs right after the same one), and every figure is the median over the reps. Targets are shown next to
-//! the figures, not asserted.
+//! path always runs right after the same one), and every figure is the median over the
+//! reps. Targets are shown next to the figures, not asserted.
 //!
 //! Env knobs:
 //! - `WEFT_BENCH_QUICK=1`: smoke run, 2 s per point and 1 rep (the knobs below still win);
@@ -291,11 +291,9 @@ fn main() -> anyhow::Result<()> {
             let pair = mesh::haproxy_pair(&pki, backend, dir).context("the haproxy mTLS pair")?;
             scenarios.push(Scenario::through("haproxy", "haproxy mTLS pair", pair, String::new()));
         }
-        let base_bin = std::env::var_os("WEFT_BENCH_BASE_BIN").map(PathBuf::from);
-        if let Some(base) = base_bin.as_ref().filter(|_| cfg.knobs.wants("mtls-base")) {
-            let version = std::process::Command::new(base).arg("--version").output()?;
-            let version = String::from_utf8_lossy(&version.stdout);
-            bench.notes.push(format!("mtls-base: {} ({}).", base.display(), version.trim()));
+        let base_bin =
+            if cfg.knobs.wants("mtls-base") { bench.base_proxy("mtls-base")? } else { None };
+        if let Some(base) = &base_bin {
             let base_dir = dir.join("base");
             std::fs::create_dir_all(&base_dir)?;
             let m = mesh::start(&weft, base, backend, close_server, &base_dir)

@@ -19,9 +19,10 @@
 //!
 //! Each point runs after a warm-up that is not recorded; points are repeated, the reps of
 //! all scenarios interleaved (in an order that rotates from rep to rep and point to point,
-//! so that no scenario always runs right after the same one), and every figure is the median over the reps. Per proxy:
-//! CPU seconds per 10 000 requests (from /proc, inside the measured window), idle RSS,
-//! peak RSS (VmHWM) after the load, RSS with 1 000 idle connections open through the pair.
+//! so that no scenario always runs right after the same one), and every figure is the
+//! median over the reps. Per proxy: CPU seconds per 10 000 requests (from /proc, inside the
+//! measured window), idle RSS, peak RSS (VmHWM) after the load, RSS with 1 000 idle
+//! connections open through the pair.
 //!
 //! Env knobs:
 //! - `WEFT_BENCH_QUICK=1`: smoke run, 2 s per point and 1 rep (the knobs below still win);
@@ -31,9 +32,12 @@
 //! - `WEFT_BENCH_WARMUP_MS` (default 500): unrecorded warm-up before each point;
 //! - `WEFT_BENCH_RATES` (default `200,2000`): open-loop rates in req/s;
 //! - `WEFT_BENCH_ONLY`: comma-separated scenarios besides direct (`weft`, `weft-opaque`,
-//!   `relay`, `haproxy`); all by default;
+//!   `relay`, `haproxy`, `weft-base`); all by default;
 //! - `WEFT_BENCH_IDLE_CONNS` (default 1000): idle connections of the memory point;
 //! - `WEFT_BENCH_PROXY_BIN`: a `weft-proxy` binary to measure instead of building one;
+//! - `WEFT_BENCH_BASE_BIN`: a second `weft-proxy` binary, measured in the same run as the
+//!   scenario `weft-base` (the detecting pair of it), for before-and-after comparisons
+//!   that the machine's noise between runs would swamp;
 //! - `WEFT_BENCH_NICE` (default -10): nice value of the bench and everything it starts
 //!   (needs root to go below 0; 0 leaves it), so other work on the machine disturbs less.
 //!
@@ -110,6 +114,12 @@ fn main() -> anyhow::Result<()> {
     if cfg.knobs.wants("weft") {
         let pair = procs::weft_pair(&bin, echo, false, &dir, "weft")?;
         scenarios.push(Scenario::through("weft", "weft", pair, Extra::default()));
+    }
+    let base_bin = if cfg.knobs.wants("weft-base") { bench.base_proxy("weft-base")? } else { None };
+    if let Some(base) = &base_bin {
+        let pair = procs::weft_pair(base, echo, false, &dir, "weft-base")?;
+        let name = "weft, base binary";
+        scenarios.push(Scenario::through("weft-base", name, pair, Extra::default()));
     }
     if cfg.knobs.wants("weft-opaque") {
         let pair = procs::weft_pair(&bin, echo, true, &dir, "weft-opaque")?;

@@ -42,6 +42,21 @@ pub struct Facts {
 }
 
 impl Bench {
+    /// `WEFT_BENCH_BASE_BIN`: a second `weft-proxy` to measure in the same run as the path
+    /// `path`, noted with what it says it was built from.
+    pub fn base_proxy(&mut self, path: &str) -> anyhow::Result<Option<PathBuf>> {
+        let Some(base) = std::env::var_os("WEFT_BENCH_BASE_BIN").map(PathBuf::from) else {
+            return Ok(None);
+        };
+        let version = Command::new(&base)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("WEFT_BENCH_BASE_BIN: running {}", base.display()))?;
+        let version = String::from_utf8_lossy(&version.stdout);
+        self.notes.push(format!("{path}: {} ({}).", base.display(), version.trim()));
+        Ok(Some(base))
+    }
+
     /// Gets the proxy (a build can take minutes; with `note_source`, the first note says
     /// which proxy is measured; a given binary's provenance is always noted), then starts
     /// the clock, makes the scratch directory and sets the nice value: after the build,

@@ -68,8 +68,12 @@ struct H1Conn {
     sender: http1::SendRequest<ReqBody>,
     /// None once the connection finished (closed, failed, or upgraded unasked): dropped
     /// at once, which fails a request still waiting on it.
-    conn: Option<http1::Connection<TokioIo<Box<dyn Io>>, ReqBody>>,
+    conn: Option<H1Connection>,
 }
+
+type H1Connection = http1::Connection<TokioIo<Box<dyn Io>>, ReqBody>;
+/// An HTTP/1 connection's two halves: what sends requests on it, and what drives it.
+type H1Parts = (http1::SendRequest<ReqBody>, H1Connection);
 
 impl std::fmt::Debug for H1Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,8 +167,11 @@ struct Checkin {
 impl Checkin {
     fn run(mut self) {
         let Some(pool) = self.pool.upgrade() else { return };
-        // The response's end read, the connection turns idle (or closes).
-        self.conn.drive_now();
+        // The response's end read, the connection turns idle (or closes) once driven,
+        // unless the body's last read already got it there.
+        if !self.conn.is_ready() {
+            self.conn.drive_now();
+        }
         if self.conn.is_ready() {
             pool.checkin(self.key, self.conn);
         } else if !self.conn.done() {
@@ -461,10 +468,9 @@ impl Pool {
     fn checkout_h1(&self, target: &Key) -> Option<Box<H1Conn>> {
         let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = h1.get_mut(target)?;
-        while let Some((mut c, since)) = conns.pop() {
-            // Nothing drove it while it was idle: a close the server sent meanwhile is
-            // read now.
-            c.drive_now();
+        // A close that came while the connection sat idle is read by its first drive,
+        // which gives the request back unsent (`send_h1`).
+        while let Some((c, since)) = conns.pop() {
             if c.is_ready() && since.elapsed() < self.config.idle_timeout {
                 return Some(c);
             }
@@ -494,30 +500,29 @@ impl Pool {
     /// A new HTTP/1 connection for one request after another, driven by the requests
     /// themselves; not pooled until its first response is read.
     async fn connect_h1_inline(&self, target: &Key) -> Result<Box<H1Conn>, SendError> {
-        let io = self.connect(target, Protocol::Http1).await?;
-        let (sender, conn) =
-            self.h1_builder().handshake(TokioIo::new(io)).await.map_err(SendError::H1Handshake)?;
+        let (sender, conn) = self.handshake_h1(target).await?;
         Ok(Box::new(H1Conn { sender, conn: Some(conn) }))
-    }
-
-    fn h1_builder(&self) -> http1::Builder {
-        let mut b = http1::Builder::new();
-        b.max_buf_size(self.config.max_header_bytes.max(8192));
-        b
     }
 
     /// A new HTTP/1 connection for an upgrade (WebSocket, CONNECT), in a task of its own
     /// that hands the connection over after the 101 or 2xx.
     pub async fn connect_h1(&self, target: &Key) -> Result<http1::SendRequest<ReqBody>, SendError> {
-        let io = self.connect(target, Protocol::Http1).await?;
-        let (sender, conn) =
-            self.h1_builder().handshake(TokioIo::new(io)).await.map_err(SendError::H1Handshake)?;
+        let (sender, conn) = self.handshake_h1(target).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream HTTP/1 connection failed");
             }
         });
         Ok(sender)
+    }
+
+    async fn handshake_h1(&self, target: &Key) -> Result<H1Parts, SendError> {
+        let io = self.connect(target, Protocol::Http1).await?;
+        http1::Builder::new()
+            .max_buf_size(self.config.max_header_bytes.max(8192))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::H1Handshake)
     }
 
     async fn send_h2(
