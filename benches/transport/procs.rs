@@ -1,6 +1,6 @@
 //! The processes under test: `weft-proxy` and haproxy pairs, each process behind a guard
-//! that kills it on drop (and, through PR_SET_PDEATHSIG, when the bench dies without
-//! unwinding), what /proc says about a process (CPU time and memory, from `procfs`) and what
+//! that stops it on drop (and kills it, through PR_SET_PDEATHSIG, when the bench dies
+//! without unwinding), what /proc says about a process (CPU time and memory, from `procfs`) and what
 //! a weft proxy's metrics say.
 
 use std::{
@@ -17,7 +17,9 @@ use anyhow::{Context as _, bail};
 
 use crate::procfs;
 
-/// A child process that is killed when this is dropped.
+/// A child process that is stopped when this is dropped: SIGTERM, then SIGKILL if it has
+/// not exited within [`STOP_GRACE`]. A proxy that exits on its own runs its exit handlers,
+/// which is how an instrumented build writes its profile (`scripts/pgo-train`).
 #[derive(Debug)]
 pub struct Proc {
     pub name: String,
@@ -92,8 +94,22 @@ impl Proc {
     }
 }
 
+/// How long a dropped [`Proc`] may take to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill only sends a signal, to a child not yet reaped (so the pid is ours).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

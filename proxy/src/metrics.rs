@@ -56,14 +56,20 @@ pub const BUILD_INFO: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
 };
 
+/// `PGO` when the optimizer was guided by a profile (the shipped binary),
+/// `PGO-instrumented` for a build that records one, empty otherwise (`build.rs`).
+const PGO: &str = env!("WEFT_BUILD_PGO");
+
 impl BuildInfo {
     /// `--version`'s text after the name.
     pub fn long_version(&self) -> String {
         let BuildInfo { date, git_sha, profile, version, .. } = self;
-        match *date {
-            "unknown" => format!("{version} (git {git_sha}, {profile})"),
-            date => format!("{version} (git {git_sha}, built {date}, {profile})"),
-        }
+        let built = match *date {
+            "unknown" => String::new(),
+            date => format!(", built {date}"),
+        };
+        let pgo = if PGO.is_empty() { String::new() } else { format!(", {PGO}") };
+        format!("{version} (git {git_sha}{built}, {profile}{pgo})")
     }
 }
 
