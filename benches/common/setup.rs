@@ -156,14 +156,13 @@ fn build_proxy(target: &Path) -> anyhow::Result<PathBuf> {
     if !profile.exists() {
         bail!("{} is missing: the shipped proxy is built with it", profile.display());
     }
-    // The README's RUSTFLAGS, one flag per field (the path may hold spaces), so that a
-    // build made by hand from the README is the one measured, and is not rebuilt.
-    let flags = ["-C", "target-feature=+crt-static", "-C"]
-        .map(String::from)
-        .into_iter()
-        .chain([format!("profile-use={}", profile.display())])
-        .collect::<Vec<_>>()
-        .join("\u{1f}");
+    // The README's RUSTFLAGS, one flag per 0x1f-separated field (the path may hold
+    // spaces), so that a build made by hand from the README is the one measured, and is
+    // not rebuilt.
+    let flags = format!(
+        "-C\u{1f}target-feature=+crt-static\u{1f}-C\u{1f}profile-use={}",
+        profile.display()
+    );
     let status = Command::new(env!("CARGO"))
         .args(["build", "--profile", "release-static", "--target", STATIC_TARGET])
         .args(["-p", "weft-proxy", "--bin", "weft-proxy"])
@@ -207,19 +206,12 @@ fn provenance(bin: &Path) -> Vec<String> {
         .unwrap_or_default();
     let built = version.split_once("(git ").and_then(|(_, rest)| rest.split_once(','));
     let checkout = checkout_version();
-    // The shipped proxy is optimized with the committed profile; one built without it
-    // (a plain README build of an older checkout, a training build) costs 20–30 % more.
-    let mut notes = Vec::new();
-    if built.is_some() && !version.ends_with(", PGO)") {
-        let note = format!(
-            "**the measured proxy was not optimized with the PGO profile** (`{version}`), as the shipped one is."
-        );
-        eprintln!("note: {note}");
-        notes.push(note);
-    }
     let warn = match built.map(|(sha, _)| sha) {
         None => {
-            format!("{} has no build info (`{version}`): not this checkout's proxy?", bin.display())
+            format!(
+                "**{} has no build info** (`{version}`): not this checkout's proxy?",
+                bin.display()
+            )
         }
         Some("unknown") => format!(
             "**the measured proxy does not say what it was built from** (built without `WEFT_BUILD_GIT_SHA`); the checkout is {checkout}."
@@ -232,13 +224,20 @@ fn provenance(bin: &Path) -> Vec<String> {
                 "**the measured proxy was built from {sha}, not from this checkout** ({checkout})."
             )
         }
-        Some(sha) => {
-            notes.insert(0, format!("weft-proxy built from {sha}, this checkout."));
-            return notes;
-        }
+        Some(sha) => format!("weft-proxy built from {sha}, this checkout."),
     };
-    eprintln!("note: {warn}");
-    notes.insert(0, warn);
+    let mut notes = vec![warn];
+    // The shipped proxy is optimized with the committed profile; one built without it
+    // (a plain README build of an older checkout, a training build) costs 20–30 % more.
+    if built.is_some() && !version.ends_with(", PGO)") {
+        notes.push(format!(
+            "**the measured proxy was not optimized with the PGO profile** (`{version}`), as the shipped one is."
+        ));
+    }
+    // The warnings (in bold) go to the terminal too.
+    for note in notes.iter().filter(|n| n.starts_with("**")) {
+        eprintln!("note: {note}");
+    }
     notes
 }
 

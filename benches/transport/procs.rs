@@ -1,7 +1,7 @@
 //! The processes under test: `weft-proxy` and haproxy pairs, each process behind a guard
 //! that stops it on drop (and kills it, through PR_SET_PDEATHSIG, when the bench dies
-//! without unwinding), what /proc says about a process (CPU time and memory, from `procfs`) and what
-//! a weft proxy's metrics say.
+//! without unwinding), what /proc says about a process (CPU time and memory, from
+//! `procfs`) and what a weft proxy's metrics say.
 
 use std::{
     fs,
@@ -99,8 +99,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill only sends a signal, to a child not yet reaped (so the pid is ours).
+        // Only a child not yet reaped still owns its pid: signal nothing else.
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if let (true, Ok(pid)) = (running, libc::pid_t::try_from(self.child.id())) {
+            // SAFETY: kill only sends a signal, to our unreaped child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let deadline = Instant::now() + STOP_GRACE;
             while Instant::now() < deadline {

@@ -111,10 +111,9 @@ pub fn render(
         .iter()
         .map(|(name, size)| match size {
             Some(b) => format!("{name} {} MiB", in_mib(b)),
-            None => format!(
-                "{name} not built (`RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile \
-                 release-static -p weft-proxy --target x86_64-unknown-linux-gnu`)"
-            ),
+            None => {
+                format!("{name} not built (README, \"The static proxy binary\", gives the command)")
+            }
         })
         .collect();
     let _ = writeln!(md, "- weft-proxy binary: {}.", bin.join("; "));
