@@ -46,6 +46,8 @@
 //! - `WEFT_BENCH_WARMUP_MS` (default 500): unrecorded warm-up before each point;
 //! - `WEFT_BENCH_RATES` (default `200,2000`): open-loop rates in req/s;
 //! - `WEFT_BENCH_PROTOCOLS` (default `h1,h2`): client protocols;
+//! - `WEFT_BENCH_REQUEST_BODY` (default 0): bytes each request sends, as a POST (0: a GET
+//!   without a body);
 //! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `weft-upgrade`,
 //!   `relay`, `haproxy`, `nginx`, `weft-base`); all by default;
 //! - `WEFT_BENCH_H2LOAD=0`: skip the h2load cross-check;
@@ -95,7 +97,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     env::Knobs,
-    http_load::Proto,
+    http_load::{Bodies, Proto},
     measure::Point,
     procs::{Pair, Proc},
     setup::Bench,
@@ -106,6 +108,7 @@ use crate::{
 pub struct Config {
     pub knobs: Knobs,
     pub protocols: Vec<Proto>,
+    pub bodies: Bodies,
     pub h2load: bool,
 }
 
@@ -123,7 +126,13 @@ impl Config {
                 })
                 .collect::<anyhow::Result<_>>()?,
         };
-        Ok(Config { knobs, protocols, h2load: env::switch("WEFT_BENCH_H2LOAD", true)? })
+        let request = env::var("WEFT_BENCH_REQUEST_BODY")?.unwrap_or(0);
+        Ok(Config {
+            knobs,
+            protocols,
+            bodies: Bodies { request, ..Bodies::GET },
+            h2load: env::switch("WEFT_BENCH_H2LOAD", true)?,
+        })
     }
 }
 
@@ -166,7 +175,7 @@ fn main() -> anyhow::Result<()> {
     let dir = bench.dir().to_path_buf();
     let dir = &dir;
 
-    let (backend, backend_tid) = http_load::spawn_backend()?;
+    let (backend, backend_tid) = http_load::spawn_backend(cfg.bodies.response)?;
     let haproxy = procs::haproxy_installed();
     let nginx = baselines::nginx_installed();
     if cfg.knobs.wants("haproxy") && !haproxy {
@@ -219,7 +228,7 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     for s in &mut scenarios {
         s.idle_rss = s.procs().iter().map(Proc::rss_bytes).collect();
-        http_load::check(s.entry, s.extra.proto).with_context(|| {
+        http_load::check(s.entry, s.extra.proto, cfg.bodies).with_context(|| {
             format!("a first request through {} ({})", s.name, s.extra.proto.label())
         })?;
     }
@@ -242,9 +251,8 @@ fn main() -> anyhow::Result<()> {
         for (i, point) in points.iter().enumerate() {
             for s in measure::rotated(&mut scenarios, rep + i) {
                 let proto = s.extra.proto;
-                let start = |entry| {
-                    http_load::start(entry, proto, point.kind, cfg.knobs.warmup, point.measure)
-                };
+                let (kind, warmup, span) = (point.kind, cfg.knobs.warmup, point.measure);
+                let start = |entry| http_load::start(entry, proto, cfg.bodies, kind, warmup, span);
                 let run = s.measure(i, backend_tid, start).with_context(|| {
                     format!("{} {} at {} (rep {})", proto.label(), s.name, point.label, rep + 1)
                 })?;
@@ -270,9 +278,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if h2load_on {
+        // h2load POSTs a file's bytes: the same request body as the generator's.
+        let data = (cfg.bodies.request > 0)
+            .then(|| {
+                let path = dir.join("h2load-request-body");
+                std::fs::write(&path, vec![b'u'; cfg.bodies.request]).map(|()| path)
+            })
+            .transpose()
+            .context("writing h2load's request body")?;
         for s in &mut scenarios {
             let proto = s.extra.proto;
-            let run = h2load::run(s.entry, proto, cfg.knobs.warmup, cfg.knobs.closed_secs);
+            let (warmup, secs) = (cfg.knobs.warmup, cfg.knobs.closed_secs);
+            let run = h2load::run(s.entry, proto, data.as_deref(), warmup, secs);
             match &run {
                 Ok(r) => {
                     eprintln!("  h2load {:<8} {:<26} {:>8.0} req/s", proto.label(), s.name, r.rps)

@@ -64,6 +64,8 @@
 //! - `WEFT_BENCH_WARMUP_MS` (default 500): unrecorded warm-up before each point;
 //! - `WEFT_BENCH_RATES` (default `200,2000`): open-loop rates in req/s;
 //! - `WEFT_BENCH_BODY` (default 1024): bytes of the backend's responses;
+//! - `WEFT_BENCH_REQUEST_BODY` (default 0): bytes each request sends, as a POST (0: a GET
+//!   without a body);
 //! - `WEFT_BENCH_CONN_CONCURRENCY` (default 16): concurrent connections of the handshake loop;
 //! - `WEFT_BENCH_HANDSHAKES=0`: skip the handshake points;
 //! - `WEFT_BENCH_ONLY`: comma-separated paths besides direct (`weft`, `mtls`, `relay`,
@@ -125,7 +127,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     env::Knobs,
-    http_load::Proto,
+    http_load::{Bodies, Proto},
     measure::Point,
     mesh::TlsCounts,
     procs::{Pair, Proc},
@@ -136,7 +138,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Config {
     pub knobs: Knobs,
-    pub body: usize,
+    pub bodies: Bodies,
     pub concurrency: usize,
     pub handshakes: bool,
 }
@@ -153,7 +155,10 @@ impl Config {
         }
         Ok(Config {
             knobs,
-            body: env::var("WEFT_BENCH_BODY")?.unwrap_or(1024),
+            bodies: Bodies {
+                request: env::var("WEFT_BENCH_REQUEST_BODY")?.unwrap_or(0),
+                response: env::var("WEFT_BENCH_BODY")?.unwrap_or(1024),
+            },
             concurrency: env::var::<usize>("WEFT_BENCH_CONN_CONCURRENCY")?.unwrap_or(16).max(1),
             handshakes: env::switch("WEFT_BENCH_HANDSHAKES", true)?,
         })
@@ -252,7 +257,7 @@ fn main() -> anyhow::Result<()> {
     let dir = bench.dir().to_path_buf();
     let dir = &dir;
 
-    let (backend, backend_tid) = http_load::spawn_backend_sized(cfg.body)?;
+    let (backend, backend_tid) = http_load::spawn_backend(cfg.bodies.response)?;
     let (close_server, close_tid) = conns::spawn_close_server()?;
     let mut scenarios = vec![Scenario::direct("direct", "direct", backend, String::new())];
     let mut conn_scenarios = Vec::new();
@@ -320,7 +325,7 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     for s in &mut scenarios {
         s.idle_rss = s.procs().iter().map(Proc::rss_bytes).collect();
-        http_load::check_sized(s.entry, Proto::H1, cfg.body)
+        http_load::check(s.entry, Proto::H1, cfg.bodies)
             .with_context(|| format!("a first request through {}", s.name))?;
     }
     for s in &conn_scenarios {
@@ -343,8 +348,8 @@ fn main() -> anyhow::Result<()> {
         for (i, point) in points.iter().enumerate() {
             for s in measure::rotated(&mut scenarios, rep + i) {
                 let (kind, span) = (point.kind, point.measure);
-                let (warmup, body) = (cfg.knobs.warmup, cfg.body);
-                let start = |to| http_load::start_sized(to, Proto::H1, kind, warmup, span, body);
+                let (warmup, bodies) = (cfg.knobs.warmup, cfg.bodies);
+                let start = |to| http_load::start(to, Proto::H1, bodies, kind, warmup, span);
                 let run = s
                     .measure(i, backend_tid, start)
                     .with_context(|| format!("{} at {} (rep {})", s.name, point.label, rep + 1))?;

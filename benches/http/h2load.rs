@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -25,7 +26,14 @@ pub fn installed() -> bool {
     crate::procs::installed("h2load", "--version")
 }
 
-pub fn run(entry: SocketAddr, proto: Proto, warmup: Duration, secs: f64) -> anyhow::Result<Run> {
+/// Runs h2load against `entry`: GETs, or POSTs of the bytes of `data`.
+pub fn run(
+    entry: SocketAddr,
+    proto: Proto,
+    data: Option<&Path>,
+    warmup: Duration,
+    secs: f64,
+) -> anyhow::Result<Run> {
     let (conns, streams) = match proto {
         Proto::H1 => (H1_CONNS, 1),
         Proto::H2 => (H2_CONNS, H2_STREAMS),
@@ -38,6 +46,9 @@ pub fn run(entry: SocketAddr, proto: Proto, warmup: Duration, secs: f64) -> anyh
         .arg(format!("{}ms", warmup.as_millis().max(1)));
     if proto == Proto::H1 {
         cmd.arg("--h1");
+    }
+    if let Some(data) = data {
+        cmd.arg("-d").arg(data);
     }
     cmd.arg(format!("http://{entry}/")).stdin(Stdio::null()).stderr(Stdio::null());
     let out = cmd.stdout(Stdio::piped()).spawn().context("starting h2load")?;

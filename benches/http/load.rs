@@ -1,6 +1,7 @@
 //! The load side of the HTTP bench: the backend (hyper, HTTP/1.1 and HTTP/2 prior
 //! knowledge on one port, a fixed response: 64 bytes, or the size the mTLS bench asks
-//! for) and the hyper-based generators —
+//! for; it reads a request's whole body and says how many bytes it got) and the
+//! hyper-based generators (GETs, or POSTs of a fixed body) —
 //! open loop (constant arrival rate, latency from the intended send time) and closed
 //! loop (max throughput) — over the transport bench's thread, window, open-loop schedule,
 //! timerfd pacing and result.
@@ -16,8 +17,9 @@ use std::{cell::RefCell, convert::Infallible, net::SocketAddr, rc::Rc, time::Dur
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Version, header::HOST};
-use http_body_util::{BodyExt as _, Empty, Full};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header::HOST};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Body as _;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
@@ -39,6 +41,8 @@ pub const H2_CONNS: usize = 4;
 pub const H2_STREAMS: usize = 16;
 /// The `Host` / `:authority` of every request.
 const AUTHORITY: &str = "backend.bench.weft";
+/// The backend's answer to a request with a body: how many bytes of it arrived.
+const REQUEST_BYTES: &str = "x-request-bytes";
 /// How long the open loop waits for the last responses after the last send.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -62,45 +66,79 @@ impl Proto {
     }
 }
 
-/// Starts the backend on its own thread (and current-thread runtime). Returns its
-/// address and the thread's kernel id. A request went through when its response is a 200
-/// with the whole body.
-pub fn spawn_backend() -> anyhow::Result<(SocketAddr, i32)> {
-    spawn_backend_sized(BODY)
+/// What every request of a load sends and what its response must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bodies {
+    /// Bytes of the request body: 0 for a GET without one, else a POST of that many.
+    pub request: usize,
+    /// Bytes of the response body, as the backend answers them.
+    pub response: usize,
 }
 
-/// `spawn_backend` answering `body` bytes.
-pub fn spawn_backend_sized(body: usize) -> anyhow::Result<(SocketAddr, i32)> {
+impl Bodies {
+    /// The HTTP bench's exchange unless told otherwise: a GET, a 64-byte response.
+    pub const GET: Bodies = Bodies { request: 0, response: BODY };
+
+    /// What the reports say a request is.
+    pub fn describe(self) -> String {
+        match self.request {
+            0 => format!("GET with a {}-byte response", self.response),
+            n => format!("POST of {n} bytes with a {}-byte response", self.response),
+        }
+    }
+}
+
+/// Starts the backend on its own thread (and current-thread runtime), answering
+/// `response` bytes. Returns its address and the thread's kernel id. A request went
+/// through when its response is a 200 with the whole body and, if it sent a body, the
+/// backend's count of that body's bytes.
+pub fn spawn_backend(response: usize) -> anyhow::Result<(SocketAddr, i32)> {
     // Static, as the 64-byte one: a response costs the backend the same whatever its size.
-    let response: &'static [u8] =
-        if body == BODY { &RESPONSE } else { Box::leak(vec![b'w'; body].into_boxed_slice()) };
+    let response: &'static [u8] = if response == BODY {
+        &RESPONSE
+    } else {
+        Box::leak(vec![b'w'; response].into_boxed_slice())
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the backend")?;
     let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     load::spawn_server("backend", listener, move |conn| {
         let server = server.clone();
         async move {
-            let svc = hyper::service::service_fn(move |_req| async move {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(response))))
-            });
+            let svc =
+                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let mut rsp = Response::new(Full::new(Bytes::from_static(response)));
+                    if !req.body().is_end_stream() {
+                        match req.into_body().collect().await {
+                            Ok(body) => {
+                                let n = HeaderValue::from(body.to_bytes().len());
+                                rsp.headers_mut().insert(REQUEST_BYTES, n);
+                            }
+                            Err(_) => *rsp.status_mut() = StatusCode::BAD_REQUEST,
+                        }
+                    }
+                    Ok::<_, Infallible>(rsp)
+                });
             let _ = server.serve_connection(TokioIo::new(conn), svc).await;
         }
     })
 }
 
-/// One client connection's request handle, and the body size it expects.
+/// One client connection's request handle, what it sends and what it expects back.
 #[derive(Debug, Clone)]
 struct Sender {
     conn: Conn,
-    body: usize,
+    bodies: Bodies,
+    /// The request body (shared, not copied, per request).
+    request: Bytes,
 }
 
 #[derive(Debug, Clone)]
 enum Conn {
-    H1(Rc<RefCell<Option<http1::SendRequest<Empty<Bytes>>>>>),
-    H2(http2::SendRequest<Empty<Bytes>>),
+    H1(Rc<RefCell<Option<http1::SendRequest<Full<Bytes>>>>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(target: SocketAddr, proto: Proto, body: usize) -> anyhow::Result<Sender> {
+async fn connect(target: SocketAddr, proto: Proto, bodies: Bodies) -> anyhow::Result<Sender> {
     let tcp =
         TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
     tcp.set_nodelay(true)?;
@@ -118,7 +156,7 @@ async fn connect(target: SocketAddr, proto: Proto, body: usize) -> anyhow::Resul
             Conn::H2(send)
         }
     };
-    Ok(Sender { conn, body })
+    Ok(Sender { conn, bodies, request: Bytes::from(vec![b'u'; bodies.request]) })
 }
 
 impl Sender {
@@ -131,12 +169,19 @@ impl Sender {
 
     /// One request and its whole response; `Err` says why it failed.
     async fn roundtrip(&mut self) -> Result<(), String> {
+        // A GET, or a POST of the request body.
+        let body = &self.request;
+        let request = |uri: &str, version| {
+            let req = if body.is_empty() { Request::get(uri) } else { Request::post(uri) };
+            let req = req.version(version);
+            let req = if version == Version::HTTP_2 { req } else { req.header(HOST, AUTHORITY) };
+            req.body(Full::new(body.clone())).map_err(|e| e.to_string())
+        };
         let rsp = match &mut self.conn {
             Conn::H1(cell) => {
                 // Taken out for the request: one request at a time per connection.
                 let mut s = cell.borrow_mut().take().ok_or("connection busy")?;
-                let req = Request::get("/").header(HOST, AUTHORITY).body(Empty::new());
-                let req = req.map_err(|e| e.to_string())?;
+                let req = request("/", Version::HTTP_11)?;
                 let rsp = async {
                     s.ready().await?;
                     let rsp = s.send_request(req).await?;
@@ -149,10 +194,7 @@ impl Sender {
                 rsp
             }
             Conn::H2(s) => {
-                let req = Request::get(format!("http://{AUTHORITY}/"))
-                    .version(Version::HTTP_2)
-                    .body(Empty::new())
-                    .map_err(|e| e.to_string())?;
+                let req = request(&format!("http://{AUTHORITY}/"), Version::HTTP_2)?;
                 async {
                     s.ready().await?;
                     let rsp = s.send_request(req).await?;
@@ -163,8 +205,17 @@ impl Sender {
                 .await
             }
         };
+        let sent = |parts: &http::response::Parts| {
+            self.request.is_empty()
+                || parts.headers.get(REQUEST_BYTES).and_then(|v| v.to_str().ok())
+                    == Some(self.request.len().to_string().as_str())
+        };
         match rsp {
-            Ok((parts, body)) if parts.status == StatusCode::OK && body.len() == self.body => {
+            Ok((parts, body))
+                if parts.status == StatusCode::OK
+                    && body.len() == self.bodies.response
+                    && sent(&parts) =>
+            {
                 Ok(())
             }
             Ok((parts, body)) => {
@@ -176,9 +227,10 @@ impl Sender {
                         .map(|v| format!(", {name}: {}", v.to_str().unwrap_or("?")))
                 };
                 Err(format!(
-                    "status {}, {} body bytes{}{}",
+                    "status {}, {} body bytes{}{}{}",
                     parts.status,
                     body.len(),
+                    header(REQUEST_BYTES).unwrap_or_default(),
                     header("server").unwrap_or_default(),
                     header("l5d-proxy-error").unwrap_or_default()
                 ))
@@ -208,26 +260,16 @@ impl Stats {
     }
 }
 
-/// Starts a load point against `target` on a new thread. Returns once the connections
-/// are up, with the window to be measured; join the handle for the result.
+/// Starts a load point against `target` on a new thread, its requests and responses as
+/// `bodies` says. Returns once the connections are up, with the window to be measured;
+/// join the handle for the result.
 pub fn start(
     target: SocketAddr,
     proto: Proto,
+    bodies: Bodies,
     kind: Kind,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<Started<LoadResult>> {
-    start_sized(target, proto, kind, warmup, measure, BODY)
-}
-
-/// `start` against a backend that answers `body` bytes.
-pub fn start_sized(
-    target: SocketAddr,
-    proto: Proto,
-    kind: Kind,
-    warmup: Duration,
-    measure: Duration,
-    body: usize,
 ) -> anyhow::Result<Started<LoadResult>> {
     load::start_with(warmup, measure, move |begin| async move {
         let n = match proto {
@@ -236,7 +278,7 @@ pub fn start_sized(
         };
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut c = connect(target, proto, body).await?;
+            let mut c = connect(target, proto, bodies).await?;
             // One request each first, so the whole path is up before the clock starts.
             c.roundtrip().await.map_err(|e| anyhow::anyhow!("a first request: {e}"))?;
             conns.push(c);
@@ -280,7 +322,7 @@ async fn open_loop(
                             let failed = r.is_err();
                             stats.borrow_mut().record(start, r);
                             if failed && conn.is_closed() {
-                                conn = connect(target, proto, conn.body).await?;
+                                conn = connect(target, proto, conn.bodies).await?;
                             }
                         }
                         Ok::<_, anyhow::Error>(())
@@ -311,7 +353,7 @@ async fn open_loop(
                 for j in range {
                     let c = (j % conns.len() as u64) as usize;
                     if conns[c].is_closed() {
-                        conns[c] = connect(target, proto, conns[c].body).await?;
+                        conns[c] = connect(target, proto, conns[c].bodies).await?;
                     }
                     sched.note_lateness(j, &mut lateness);
                     let mut conn = conns[c].clone();
@@ -368,7 +410,7 @@ async fn closed_loop(
                     let failed = r.is_err();
                     stats.borrow_mut().record(sent, r);
                     if failed && conn.is_closed() {
-                        conn = connect(target, proto, conn.body).await?;
+                        conn = connect(target, proto, conn.bodies).await?;
                     }
                 }
             })
@@ -385,16 +427,11 @@ async fn closed_loop(
 }
 
 /// One HTTP request through `target`, to check a path before loading it.
-pub fn check(target: SocketAddr, proto: Proto) -> anyhow::Result<()> {
-    check_sized(target, proto, BODY)
-}
-
-/// `check` against a backend that answers `body` bytes.
-pub fn check_sized(target: SocketAddr, proto: Proto, body: usize) -> anyhow::Result<()> {
+pub fn check(target: SocketAddr, proto: Proto, bodies: Bodies) -> anyhow::Result<()> {
     let rt = load::runtime()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
-        let mut c = tokio::time::timeout(Duration::from_secs(5), connect(target, proto, body))
+        let mut c = tokio::time::timeout(Duration::from_secs(5), connect(target, proto, bodies))
             .await
             .context("connect timed out")??;
         match tokio::time::timeout(Duration::from_secs(5), c.roundtrip()).await {

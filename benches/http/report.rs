@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     Config, Scenario,
-    http_load::{BODY, H1_CONNS, H2_CONNS, H2_STREAMS, Proto},
+    http_load::{H1_CONNS, H2_CONNS, H2_STREAMS, Proto},
     load::Kind,
     measure::{Med, Point, at_rate, closed, med},
     setup::Facts,
@@ -24,10 +24,11 @@ pub fn render(scenarios: &[Scenario], points: &[Point], cfg: &Config, facts: &Fa
     let _ = writeln!(md, "## HTTP benchmark (`cargo bench --bench http`)\n");
     let _ = writeln!(
         md,
-        "Loopback; GET with a {BODY}-byte response from a hyper backend. HTTP/1.1: {H1_CONNS} keep-alive \
+        "Loopback; {} from a hyper backend. HTTP/1.1: {H1_CONNS} keep-alive \
          connections, never pipelined (open loop: due requests queue for a free connection). HTTP/2 \
          (prior knowledge): {H2_CONNS} connections, a stream per request (closed loop: {H2_STREAMS} \
          streams per connection). {}",
+        cfg.bodies.describe(),
         measured(&cfg.knobs, facts, "closed loop", "paths")
     );
     let _ = writeln!(

@@ -103,15 +103,15 @@ pub fn render(
     let _ = writeln!(md, "## mTLS benchmark (`cargo bench --bench mtls`)\n");
     let _ = writeln!(
         md,
-        "Loopback; HTTP/1.1 GETs over {H1_CONNS} keep-alive connections (never pipelined; open \
-         loop: due requests queue for a free connection), {}-byte responses from a hyper backend. \
+        "Loopback; HTTP/1.1 over {H1_CONNS} keep-alive connections (never pipelined; open loop: due \
+         requests queue for a free connection), each request a {} from a hyper backend. \
          Paths: direct; a weft pair in plaintext with HTTP/2 between the proxies \
          (`--outbound-http2-upgrade-targets '*'`); a weft pair with identities from `weft \
          identity` and the backend's endpoint from `weft destination` (identity + `h2` hint): \
          HTTP/2 over mTLS between the proxies; a haproxy pair meshed the same way (HTTP/2 over TLS \
          1.3 with client certificates from the same issuer). Each proxy runs one thread \
          (`--cores 1`, `nbthread 1`). {}",
-        cfg.body,
+        cfg.bodies.describe(),
         measured(&cfg.knobs, facts, "closed loop and handshakes", "paths")
     );
     let _ = writeln!(

@@ -220,11 +220,20 @@ impl Tally {
 
 /// A load started by `start_with`: the window to be measured, and the thread to join for
 /// the result.
-pub type Started<T> = (Window, JoinHandle<anyhow::Result<T>>);
+pub type Started<T> = (Window, Running<T>);
+
+/// A load thread. Done with its load, it waits to be joined, so that its CPU time can be
+/// read after the window however soon the load ended.
+#[derive(Debug)]
+pub struct Running<T> {
+    handle: JoinHandle<anyhow::Result<T>>,
+    release: mpsc::Sender<()>,
+}
 
 /// The result of a load thread started by `start_with`.
-pub fn join<T>(load: JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
-    match load.join() {
+pub fn join<T>(load: Running<T>) -> anyhow::Result<T> {
+    drop(load.release);
+    match load.handle.join() {
         Ok(r) => r,
         Err(_) => bail!("the load thread panicked"),
     }
@@ -281,17 +290,24 @@ where
     T: Send + 'static,
 {
     let (tx, rx) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
     let rt = runtime()?;
     let handle = std::thread::Builder::new().name("load".into()).spawn(move || {
         let local = LocalSet::new();
-        local.block_on(&rt, load(Begin { tx, warmup, measure }))
+        let result = local.block_on(&rt, load(Begin { tx, warmup, measure }));
+        // Until `join`: only the sender's drop ends this wait.
+        let _ = released.recv();
+        result
     })?;
     match rx.recv() {
-        Ok(window) => Ok((window, handle)),
-        Err(_) => match handle.join() {
-            Ok(Err(e)) => Err(e),
-            _ => bail!("load thread died before starting"),
-        },
+        Ok(window) => Ok((window, Running { handle, release })),
+        Err(_) => {
+            drop(release);
+            match handle.join() {
+                Ok(Err(e)) => Err(e),
+                _ => bail!("load thread died before starting"),
+            }
+        }
     }
 }
 
