@@ -76,6 +76,8 @@ mod http_load;
 mod load;
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/ports.rs"]
+mod ports;
 #[allow(dead_code)]
 #[path = "common/procfs.rs"]
 mod procfs;

@@ -101,6 +101,8 @@ mod load;
 mod measure;
 #[path = "mtls/mesh.rs"]
 mod mesh;
+#[path = "common/ports.rs"]
+mod ports;
 #[allow(dead_code)]
 #[path = "common/procfs.rs"]
 mod procfs;

@@ -53,6 +53,8 @@ mod load;
 #[allow(dead_code)]
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/ports.rs"]
+mod ports;
 #[allow(dead_code)]
 #[path = "common/procfs.rs"]
 mod procfs;

@@ -5,7 +5,6 @@
 
 use std::{
     fs,
-    hash::BuildHasher as _,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
@@ -262,50 +261,11 @@ pub fn installed(program: &str, arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `N` distinct loopback addresses to give the processes a bench starts. Their ports are
-/// below the kernel's ephemeral range when it leaves room for that: a port picked from it
-/// could be taken, before the process binds it, by any connection opened meanwhile (the
-/// generators and the control plane open many), as mTLS training runs saw.
+/// `N` distinct loopback addresses, free when picked, for the processes a bench starts
+/// (below the ephemeral range: `ports::unused`).
 pub fn free_addrs<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
-    const LOWEST: u16 = 20_000;
-    let below = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&low| low >= LOWEST + 1_000);
-    // Hold every listener until all are picked, so the N ports differ.
-    let mut listeners = Vec::with_capacity(N);
-    match below {
-        Some(low) => {
-            let mut x =
-                std::collections::hash_map::RandomState::new().hash_one(std::process::id()) | 1;
-            for _ in 0..10_000 {
-                if listeners.len() == N {
-                    break;
-                }
-                // xorshift64: a fresh port each try, different in each bench process.
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let port = LOWEST + (x % u64::from(low - LOWEST)) as u16;
-                if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                    listeners.push(l);
-                }
-            }
-            if listeners.len() < N {
-                bail!("no {N} free ports between {LOWEST} and {low}");
-            }
-        }
-        None => {
-            for _ in 0..N {
-                listeners.push(
-                    std::net::TcpListener::bind("127.0.0.1:0").context("finding free ports")?,
-                );
-            }
-        }
-    }
-    let addrs: Vec<SocketAddr> =
-        listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-    addrs.try_into().map_err(|_| anyhow::anyhow!("port count"))
+    let ports = crate::ports::unused::<N>().context("finding free ports")?;
+    Ok(ports.map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
 }
 
 pub fn retry<T>(mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {

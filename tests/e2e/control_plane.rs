@@ -151,10 +151,6 @@ fn kill(mut s: Serving) {
     let _ = s.child.wait();
 }
 
-fn free_port() -> u16 {
-    local_listener().local_addr().expect("addr").port()
-}
-
 fn hits(bs: &[&Backend]) -> u64 {
     bs.iter().map(|b| b.hits()).sum()
 }

@@ -82,10 +82,6 @@ fn yaml(endpoints: &[&Backend], annotations: &[(&str, &str)]) -> String {
     y
 }
 
-fn free_port() -> u16 {
-    local_listener().local_addr().expect("addr").port()
-}
-
 /// A proxy whose outbound target is the service address, with discovery at `dst`.
 fn proxy(dst: SocketAddr, extra: &[&str]) -> Proxy {
     let dst = dst.to_string();

@@ -55,10 +55,6 @@ impl Drop for Py {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    local_listener().local_addr().expect("addr").port()
-}
-
 fn requests(p: &Proxy, direction: &str) -> f64 {
     metric(&p.metrics(), "request_total", &[("direction", direction)])
 }

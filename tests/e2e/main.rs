@@ -27,6 +27,8 @@ mod policy_grpc_routes;
 mod policy_http_filters;
 mod policy_rate_limit;
 mod policy_routes;
+#[path = "../../benches/common/ports.rs"]
+mod ports;
 mod proxy_identity;
 mod route_status;
 mod split;

@@ -20,11 +20,11 @@ use tonic::codegen::tokio_stream;
 
 use crate::{
     destination::{Destination, metric, skipped},
-    http::{Py, free_port},
+    http::Py,
     policy_api::{POD, POLICIES, policy_proxy},
     policy_grpc_routes::{GRPC_ROUTES, grpc_app, grpc_route},
     policy_routes::policy,
-    support::{Proxy, run},
+    support::{Proxy, free_port, run},
 };
 
 /// What `peers.py grpc-calls` saw.

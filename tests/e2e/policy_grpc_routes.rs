@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 
 use crate::{
     destination::{self, Destination, WEB, cluster, fixture, metric, rt, skipped},
-    http::{Py, free_port},
+    http::Py,
     kubeapi::FakeApi,
     policy_api::{NAMESPACES, NETWORKS, POD, PODS, POLICIES, SERVERS, next, policy_proxy},
     policy_routes::{network, policy},
-    support::run,
+    support::{free_port, run},
 };
 
 pub(crate) const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
