@@ -67,7 +67,7 @@ impl Proto {
 }
 
 /// What every request of a load sends and what its response must carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Bodies {
     /// Bytes of the request body: 0 for a GET without one, else a POST of that many.
     pub request: usize,
@@ -108,13 +108,18 @@ pub fn spawn_backend(response: usize) -> anyhow::Result<(SocketAddr, i32)> {
                 hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
                     let mut rsp = Response::new(Full::new(Bytes::from_static(response)));
                     if !req.body().is_end_stream() {
-                        match req.into_body().collect().await {
-                            Ok(body) => {
-                                let n = HeaderValue::from(body.to_bytes().len());
-                                rsp.headers_mut().insert(REQUEST_BYTES, n);
+                        // Counted as it comes, not gathered.
+                        let (mut body, mut n) = (req.into_body(), 0);
+                        while let Some(frame) = body.frame().await {
+                            match frame {
+                                Ok(f) => n += f.data_ref().map_or(0, Bytes::len),
+                                Err(_) => {
+                                    *rsp.status_mut() = StatusCode::BAD_REQUEST;
+                                    break;
+                                }
                             }
-                            Err(_) => *rsp.status_mut() = StatusCode::BAD_REQUEST,
                         }
+                        rsp.headers_mut().insert(REQUEST_BYTES, HeaderValue::from(n));
                     }
                     Ok::<_, Infallible>(rsp)
                 });
@@ -127,9 +132,10 @@ pub fn spawn_backend(response: usize) -> anyhow::Result<(SocketAddr, i32)> {
 #[derive(Debug, Clone)]
 struct Sender {
     conn: Conn,
-    bodies: Bodies,
     /// The request body (shared, not copied, per request).
     request: Bytes,
+    /// Bytes of the response body.
+    response: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -156,10 +162,15 @@ async fn connect(target: SocketAddr, proto: Proto, bodies: Bodies) -> anyhow::Re
             Conn::H2(send)
         }
     };
-    Ok(Sender { conn, bodies, request: Bytes::from(vec![b'u'; bodies.request]) })
+    let request = Bytes::from(vec![b'u'; bodies.request]);
+    Ok(Sender { conn, request, response: bodies.response })
 }
 
 impl Sender {
+    fn bodies(&self) -> Bodies {
+        Bodies { request: self.request.len(), response: self.response }
+    }
+
     fn is_closed(&self) -> bool {
         match &self.conn {
             Conn::H1(s) => s.borrow().as_ref().is_none_or(|s| s.is_closed()),
@@ -207,13 +218,13 @@ impl Sender {
         };
         let sent = |parts: &http::response::Parts| {
             self.request.is_empty()
-                || parts.headers.get(REQUEST_BYTES).and_then(|v| v.to_str().ok())
-                    == Some(self.request.len().to_string().as_str())
+                || parts.headers.get(REQUEST_BYTES).and_then(|v| v.to_str().ok()?.parse().ok())
+                    == Some(self.request.len())
         };
         match rsp {
             Ok((parts, body))
                 if parts.status == StatusCode::OK
-                    && body.len() == self.bodies.response
+                    && body.len() == self.response
                     && sent(&parts) =>
             {
                 Ok(())
@@ -322,7 +333,7 @@ async fn open_loop(
                             let failed = r.is_err();
                             stats.borrow_mut().record(start, r);
                             if failed && conn.is_closed() {
-                                conn = connect(target, proto, conn.bodies).await?;
+                                conn = connect(target, proto, conn.bodies()).await?;
                             }
                         }
                         Ok::<_, anyhow::Error>(())
@@ -353,7 +364,7 @@ async fn open_loop(
                 for j in range {
                     let c = (j % conns.len() as u64) as usize;
                     if conns[c].is_closed() {
-                        conns[c] = connect(target, proto, conns[c].bodies).await?;
+                        conns[c] = connect(target, proto, conns[c].bodies()).await?;
                     }
                     sched.note_lateness(j, &mut lateness);
                     let mut conn = conns[c].clone();
@@ -410,7 +421,7 @@ async fn closed_loop(
                     let failed = r.is_err();
                     stats.borrow_mut().record(sent, r);
                     if failed && conn.is_closed() {
-                        conn = connect(target, proto, conn.bodies).await?;
+                        conn = connect(target, proto, conn.bodies()).await?;
                     }
                 }
             })

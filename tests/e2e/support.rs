@@ -262,14 +262,14 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A loopback listener on an ephemeral port with a deep accept queue (std's 128 drops
-/// SYNs when a proxy opens hundreds of upstream connections at once).
 /// A loopback port for another process to bind, free when picked (from below the ephemeral
 /// range: `ports::unused`).
 pub fn free_port() -> u16 {
     crate::ports::unused::<1>().expect("a free loopback port")[0]
 }
 
+/// A loopback listener on an ephemeral port with a deep accept queue (std's 128 drops
+/// SYNs when a proxy opens hundreds of upstream connections at once).
 pub fn local_listener() -> TcpListener {
     listener(([127, 0, 0, 1], 0).into())
 }
