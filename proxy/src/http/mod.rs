@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod orig_proto;
 pub mod pool;
 pub mod retry;
+mod rewake;
 pub mod route_metrics;
 #[cfg(test)]
 mod socket_tests;

@@ -17,7 +17,10 @@ use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::h2_upstream::{self, H2Body};
+use super::{
+    h2_upstream::{self, H2Body},
+    rewake::Rewake,
+};
 use crate::{
     detect::Protocol,
     io::MeteredIo,
@@ -69,6 +72,8 @@ struct H1Conn {
     /// None once the connection finished (closed, failed, or upgraded unasked): dropped
     /// at once, which fails a request still waiting on it.
     conn: Option<H1Connection>,
+    /// What the request driving the connection polls it with.
+    rewake: Rewake,
 }
 
 type H1Connection = http1::Connection<TokioIo<Box<dyn Io>>, ReqBody>;
@@ -85,14 +90,7 @@ impl H1Conn {
     /// Moves the connection on as far as it can go now: writes what it has, reads what
     /// came, notices a close.
     fn drive(&mut self, cx: &mut std::task::Context<'_>) {
-        if let Some(conn) = &mut self.conn
-            && let std::task::Poll::Ready(r) = conn.poll_without_shutdown(cx)
-        {
-            if let Err(e) = r {
-                debug!(error = %e, "upstream HTTP/1 connection failed");
-            }
-            self.conn = None;
-        }
+        drive(&mut self.conn, cx);
     }
 
     fn done(&self) -> bool {
@@ -116,12 +114,29 @@ impl H1Conn {
         &mut self,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>> {
-        let mut rsp = std::pin::pin!(self.sender.try_send_request(req));
+        let H1Conn { sender, conn, rewake } = self;
+        // Queued, the request wakes the connection, which the first poll below drives.
+        let rsp = rewake.quietly(|| sender.try_send_request(req));
+        let mut rsp = std::pin::pin!(rsp);
         std::future::poll_fn(|cx| {
-            self.drive(cx);
-            rsp.as_mut().poll(cx)
+            rewake.poll(cx, |cx| {
+                drive(conn, cx);
+                rsp.as_mut().poll(cx)
+            })
         })
         .await
+    }
+}
+
+/// Drives `conn` (`H1Conn::drive`); a finished connection is dropped.
+fn drive(conn: &mut Option<H1Connection>, cx: &mut std::task::Context<'_>) {
+    if let Some(c) = conn
+        && let std::task::Poll::Ready(r) = c.poll_without_shutdown(cx)
+    {
+        if let Err(e) = r {
+            debug!(error = %e, "upstream HTTP/1 connection failed");
+        }
+        *conn = None;
     }
 }
 
@@ -203,10 +218,17 @@ impl Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => {
-                if let Some(c) = &mut b.checkin {
-                    c.conn.drive(cx);
-                }
-                let frame = std::pin::Pin::new(&mut b.body).poll_frame(cx);
+                let frame = match &mut b.checkin {
+                    Some(c) => {
+                        let H1Conn { conn, rewake, .. } = &mut *c.conn;
+                        let body = &mut b.body;
+                        rewake.poll(cx, |cx| {
+                            drive(conn, cx);
+                            std::pin::Pin::new(&mut *body).poll_frame(cx)
+                        })
+                    }
+                    None => std::pin::Pin::new(&mut b.body).poll_frame(cx),
+                };
                 if matches!(frame, std::task::Poll::Ready(None)) || b.body.is_end_stream() {
                     b.ended();
                 }
@@ -348,6 +370,10 @@ struct H2Conn {
 }
 
 type H2Slot = Arc<tokio::sync::Mutex<H2Conn>>;
+/// Hashed with foldhash, not SipHash: every request looks its endpoint up (two lookups for
+/// HTTP/1), keys are endpoints that discovery or the connection's own destination gave, not
+/// what a client chose, and SipHash was 2 % of a proxied request's instructions.
+type Keyed<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 /// Idle HTTP/1 connections of a target, with the time each became idle.
 type H1Idle = Vec<(Box<H1Conn>, Instant)>;
 
@@ -356,8 +382,8 @@ pub struct Pool {
     direction: Direction,
     metrics: Arc<Metrics>,
     config: PoolConfig,
-    h1: Mutex<HashMap<Key, H1Idle>>,
-    h2: Mutex<HashMap<Key, H2Slot>>,
+    h1: Mutex<Keyed<H1Idle>>,
+    h2: Mutex<Keyed<H2Slot>>,
     identity: Option<Arc<crate::identity::Identity>>,
 }
 
@@ -501,7 +527,7 @@ impl Pool {
     /// themselves; not pooled until its first response is read.
     async fn connect_h1_inline(&self, target: &Key) -> Result<Box<H1Conn>, SendError> {
         let (sender, conn) = self.handshake_h1(target).await?;
-        Ok(Box::new(H1Conn { sender, conn: Some(conn) }))
+        Ok(Box::new(H1Conn { sender, conn: Some(conn), rewake: Rewake::default() }))
     }
 
     /// A new HTTP/1 connection for an upgrade (WebSocket, CONNECT), in a task of its own

@@ -356,3 +356,77 @@ async fn a_connection_answered_before_its_request_body_ended_is_pooled_after_it(
     assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got}");
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the connection was reused");
 }
+
+/// What a future's wakers saw while it was polled by hand: wake-ups that came while it was
+/// being polled (self-inflicted: the task would be polled again for nothing) and the others.
+#[derive(Default)]
+struct Wakes {
+    polling: std::sync::atomic::AtomicBool,
+    during_poll: std::sync::atomic::AtomicUsize,
+    between_polls: std::sync::atomic::AtomicUsize,
+}
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self.polling.load(SeqCst) {
+            true => self.during_poll.fetch_add(1, SeqCst),
+            false => self.between_polls.fetch_add(1, SeqCst),
+        };
+    }
+}
+
+impl Wakes {
+    /// Polls `f` to its end with this waker, each time after a wake-up.
+    async fn drive<F: Future>(self: &Arc<Self>, f: F) -> F::Output {
+        use std::sync::atomic::Ordering::SeqCst;
+        let waker = std::task::Waker::from(self.clone());
+        let mut f = std::pin::pin!(f);
+        loop {
+            let woken = self.between_polls.load(SeqCst) + self.during_poll.load(SeqCst);
+            self.polling.store(true, SeqCst);
+            let r = f.as_mut().poll(&mut std::task::Context::from_waker(&waker));
+            self.polling.store(false, SeqCst);
+            if let std::task::Poll::Ready(v) = r {
+                return v;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.between_polls.load(SeqCst) + self.during_poll.load(SeqCst) == woken {
+                assert!(Instant::now() < deadline, "never woken");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// A request that drives its upstream HTTP/1 connection (queues itself on it, writes it,
+/// reads the response's head and body) is woken only by its sockets: the hand-overs inside
+/// the connection (the request's queue, the response's oneshot, the body's channel) do not
+/// wake the request's own task while it polls, which would poll the whole task once more
+/// for nothing. Three requests, so the pooled connection's second and third count too.
+#[tokio::test]
+async fn a_request_driving_its_http1_connection_does_not_wake_itself() {
+    let (upstream, accepted, _bodies) = raw_h1_upstream(None).await;
+    let config = PoolConfig {
+        connect: crate::transport::ConnectOpts { timeout: Duration::from_secs(5), keepalive: None },
+        idle_timeout: Duration::from_secs(60),
+        max_header_bytes: 8192,
+    };
+    let pool = Pool::new(Direction::Outbound, crate::Metrics::new(10), config, None);
+    for i in 1..=3 {
+        let wakes = Arc::new(Wakes::default());
+        let req = Request::get("/").header("host", "web").body(pool::empty_body()).expect("req");
+        let sent = pool.send(pool::Key::plain(upstream), Version::HTTP_11, req);
+        let rsp = wakes.drive(sent).await.map_err(|f| f.error).expect("response");
+        let body = wakes.drive(rsp.into_body().collect()).await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok", "request {i}");
+        use std::sync::atomic::Ordering::SeqCst;
+        assert_eq!(wakes.during_poll.load(SeqCst), 0, "request {i}: self-inflicted wake-ups");
+        assert!(wakes.between_polls.load(SeqCst) >= 1, "request {i}: woken by its socket");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the connection was reused");
+}
