@@ -487,6 +487,7 @@ impl Pool {
     }
 
     fn checkin(&self, target: Key, conn: Box<H1Conn>) {
+        conn.rewake.forget();
         let mut h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         h1.entry(target).or_default().push((conn, Instant::now()));
     }

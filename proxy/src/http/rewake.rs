@@ -100,6 +100,12 @@ impl Rewake {
         Poll::Pending
     }
 
+    /// Lets go of the task it last woke: an idle pooled connection must not keep the task
+    /// of the request that last drove it (its memory) alive.
+    pub fn forget(&self) {
+        drop(self.shared.task.take());
+    }
+
     /// Runs `f`, which wakes what the next `poll` polls first (queues a request on the
     /// connection), without waking the task: the caller polls right after, in this poll.
     pub fn quietly<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -187,6 +193,23 @@ mod tests {
         assert_eq!(got, Poll::Pending);
         assert_eq!(rounds, MAX_ROUNDS);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_forgotten_task_is_not_woken_or_kept() {
+        let (count, waker) = task();
+        let r = Rewake::default();
+        let mut kept = None;
+        let _: Poll<()> = r.poll(&mut Context::from_waker(&waker), |cx| {
+            kept = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        drop(waker);
+        assert_eq!(Arc::strong_count(&count), 2, "the task's waker is held");
+        r.forget();
+        assert_eq!(Arc::strong_count(&count), 1, "and let go");
+        kept.expect("the round was polled").wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
