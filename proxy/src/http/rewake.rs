@@ -132,16 +132,33 @@ mod tests {
         }
     }
 
-    fn task() -> (Arc<Count>, Waker) {
+    /// A task's wake-up count and waker, and a `Rewake` to poll it with.
+    fn task() -> (Arc<Count>, Waker, Rewake) {
         let count = Arc::new(Count::default());
-        (count.clone(), Waker::from(count))
+        (count.clone(), Waker::from(count), Rewake::default())
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Polls one round that stays pending; the waker it was given, as what it polls keeps it.
+    fn pending_round(r: &Rewake, task: &Waker) -> Waker {
+        let mut kept = None;
+        let got: Poll<()> = r.poll(&mut Context::from_waker(task), |cx| {
+            kept = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        assert_eq!(got, Poll::Pending);
+        kept.expect("the round was polled")
     }
 
     #[test]
     fn a_wake_up_during_a_round_is_another_round_not_a_task_wake_up() {
-        let (count, waker) = task();
+        let (count, waker, r) = task();
         let mut cx = Context::from_waker(&waker);
-        let r = Rewake::default();
         let mut rounds = 0;
         let got = r.poll(&mut cx, |cx| {
             rounds += 1;
@@ -154,36 +171,27 @@ mod tests {
             }
         });
         assert_eq!(got, Poll::Ready(2));
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
     }
 
     #[test]
     fn a_wake_up_between_polls_wakes_the_task_once() {
-        let (count, waker) = task();
-        let mut cx = Context::from_waker(&waker);
-        let r = Rewake::default();
-        let mut kept = None;
-        let got: Poll<()> = r.poll(&mut cx, |cx| {
-            kept = Some(cx.waker().clone());
-            Poll::Pending
-        });
-        assert_eq!(got, Poll::Pending);
-        let kept = kept.expect("the round was polled");
+        let (count, waker, r) = task();
+        let kept = pending_round(&r, &waker);
         kept.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         // The task is woken; until it polls again there is nothing more to wake.
         kept.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        let _: Poll<()> = r.poll(&mut cx, |_| Poll::Pending);
+        assert_eq!(count.get(), 1);
+        let _: Poll<()> = r.poll(&mut Context::from_waker(&waker), |_| Poll::Pending);
         kept.wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
     }
 
     #[test]
     fn a_round_that_keeps_waking_itself_yields_to_the_scheduler() {
-        let (count, waker) = task();
+        let (count, waker, r) = task();
         let mut cx = Context::from_waker(&waker);
-        let r = Rewake::default();
         let mut rounds = 0;
         let got: Poll<()> = r.poll(&mut cx, |cx| {
             rounds += 1;
@@ -192,47 +200,35 @@ mod tests {
         });
         assert_eq!(got, Poll::Pending);
         assert_eq!(rounds, MAX_ROUNDS);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
     fn a_forgotten_task_is_not_woken_or_kept() {
-        let (count, waker) = task();
-        let r = Rewake::default();
-        let mut kept = None;
-        let _: Poll<()> = r.poll(&mut Context::from_waker(&waker), |cx| {
-            kept = Some(cx.waker().clone());
-            Poll::Pending
-        });
+        let (count, waker, r) = task();
+        let kept = pending_round(&r, &waker);
         drop(waker);
         assert_eq!(Arc::strong_count(&count), 2, "the task's waker is held");
         r.forget();
         assert_eq!(Arc::strong_count(&count), 1, "and let go");
-        kept.expect("the round was polled").wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        kept.wake();
+        assert_eq!(count.get(), 0);
     }
 
     #[test]
     fn a_hand_over_made_quietly_wakes_nothing_and_the_next_poll_sees_it() {
-        let (count, waker) = task();
-        let mut cx = Context::from_waker(&waker);
-        let r = Rewake::default();
-        let mut kept = None;
-        let _: Poll<()> = r.poll(&mut cx, |cx| {
-            kept = Some(cx.waker().clone());
-            Poll::Pending
-        });
-        let kept = kept.expect("the round was polled");
+        let (count, waker, r) = task();
+        let kept = pending_round(&r, &waker);
         r.quietly(|| kept.wake_by_ref());
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         let mut rounds = 0;
-        let got: Poll<()> = r.poll(&mut cx, |_| {
+        let got: Poll<()> = r.poll(&mut Context::from_waker(&waker), |_| {
             rounds += 1;
             Poll::Pending
         });
         assert_eq!((got, rounds), (Poll::Pending, 1));
         // Back to waking the task once the poll is over.
         kept.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
     }
 }
