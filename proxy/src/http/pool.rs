@@ -114,17 +114,25 @@ impl H1Conn {
         &mut self,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>> {
-        let H1Conn { sender, conn, rewake } = self;
         // Queued, the request wakes the connection, which the first poll below drives.
-        let rsp = rewake.quietly(|| sender.try_send_request(req));
+        let rsp = self.rewake.quietly(|| self.sender.try_send_request(req));
         let mut rsp = std::pin::pin!(rsp);
-        std::future::poll_fn(|cx| {
-            rewake.poll(cx, |cx| {
-                drive(conn, cx);
-                rsp.as_mut().poll(cx)
-            })
+        std::future::poll_fn(|cx| self.poll_driving(cx, |cx| rsp.as_mut().poll(cx))).await
+    }
+
+    /// Drives the connection, then polls `then` (what the connection feeds: a response's
+    /// head or body), with the waker that takes the connection's own wake-ups within this
+    /// poll (`Rewake`).
+    fn poll_driving<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut then: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>,
+    ) -> std::task::Poll<T> {
+        let H1Conn { conn, rewake, .. } = self;
+        rewake.poll(cx, |cx| {
+            drive(conn, cx);
+            then(cx)
         })
-        .await
     }
 }
 
@@ -218,16 +226,12 @@ impl Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => {
+                let body = &mut b.body;
                 let frame = match &mut b.checkin {
                     Some(c) => {
-                        let H1Conn { conn, rewake, .. } = &mut *c.conn;
-                        let body = &mut b.body;
-                        rewake.poll(cx, |cx| {
-                            drive(conn, cx);
-                            std::pin::Pin::new(&mut *body).poll_frame(cx)
-                        })
+                        c.conn.poll_driving(cx, |cx| std::pin::Pin::new(&mut *body).poll_frame(cx))
                     }
-                    None => std::pin::Pin::new(&mut b.body).poll_frame(cx),
+                    None => std::pin::Pin::new(body).poll_frame(cx),
                 };
                 if matches!(frame, std::task::Poll::Ready(None)) || b.body.is_end_stream() {
                     b.ended();
